@@ -1,0 +1,6 @@
+//! The only module that knows wire formats: PostgreSQL's protocol (`pgwire`), HTTP/JSON
+//! (`http`). Each turns requests into `sql::Session` calls and `sql::Output` / `Error` back
+//! into its own format (RowDescription + DataRow + SQLSTATE; JSON with an error code).
+
+pub mod http;
+pub mod pgwire;

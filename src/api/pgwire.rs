@@ -1,0 +1,381 @@
+//! PostgreSQL wire protocol on top of the `pgwire` crate: simple and extended query protocol,
+//! text and binary formats, cancel requests, transaction status in ReadyForQuery. One
+//! `sql::Session` per connection; closing the connection rolls back its transaction.
+
+use crate::error::{sqlstate, Error};
+use crate::limits;
+use crate::sql::{Engine, Field, Output, Prepared, Session, TxnEvent};
+use crate::types::{self, Format, PgType};
+use async_trait::async_trait;
+use bytes::{BufMut, BytesMut};
+use futures::{stream, Sink};
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::portal::{Format as PortalFormat, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{
+    DescribePortalResponse, DescribeStatementResponse, FieldFormat, FieldInfo, QueryResponse,
+    Response, Tag,
+};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionManager, PgWireServerHandlers, Type};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::data::DataRow;
+use pgwire::messages::PgWireBackendMessage;
+use std::fmt::Debug;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, Semaphore};
+
+fn pg_error(e: &Error) -> ErrorInfo {
+    if !e.is_client_error() {
+        tracing::warn!(error = %e, "statement failed");
+    }
+    ErrorInfo::new("ERROR".to_string(), e.code().to_string(), e.to_string())
+}
+
+fn user_error(e: Error) -> PgWireError {
+    PgWireError::UserError(Box::new(pg_error(&e)))
+}
+
+fn wire_type(ty: PgType) -> Type {
+    Type::from_oid(ty.oid()).unwrap_or(Type::TEXT)
+}
+
+fn field_infos(fields: &[Field], format: &PortalFormat) -> Vec<FieldInfo> {
+    fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            FieldInfo::new(
+                f.name.clone(),
+                None,
+                None,
+                wire_type(f.ty),
+                format.format_for(i),
+            )
+        })
+        .collect()
+}
+
+/// Encode result rows as DataRow messages in each column's requested format.
+fn data_rows(output: &Output, format: &PortalFormat) -> Result<Vec<PgWireResult<DataRow>>, Error> {
+    let mut rows = Vec::with_capacity(output.rows.len());
+    for row in &output.rows {
+        let mut data = BytesMut::new();
+        for (i, (value, field)) in row.iter().zip(&output.fields).enumerate() {
+            let fmt = if format.format_for(i) == FieldFormat::Binary {
+                Format::Binary
+            } else {
+                Format::Text
+            };
+            match types::encode(value, field.ty, fmt)? {
+                None => data.put_i32(-1),
+                Some(bytes) => {
+                    data.put_i32(bytes.len() as i32);
+                    data.put_slice(&bytes);
+                }
+            }
+        }
+        rows.push(Ok(DataRow::new(data, row.len() as i16)));
+    }
+    Ok(rows)
+}
+
+fn response(output: Output, format: &PortalFormat) -> Result<Response, Error> {
+    match output.txn {
+        TxnEvent::Started => return Ok(Response::TransactionStart(Tag::new(&output.tag))),
+        TxnEvent::Ended => return Ok(Response::TransactionEnd(Tag::new(&output.tag))),
+        TxnEvent::None => {}
+    }
+    if !output.returns_rows {
+        return Ok(Response::Execution(Tag::new(&output.tag)));
+    }
+    let schema = Arc::new(field_infos(&output.fields, format));
+    let rows = data_rows(&output, format)?;
+    let mut resp = QueryResponse::new(schema, stream::iter(rows));
+    // pgwire appends the row count itself: "SELECT" + " 3", "INSERT 0" + " 1".
+    let verb = output
+        .tag
+        .trim_end_matches(|c: char| c.is_ascii_digit())
+        .trim_end();
+    resp.set_command_tag(verb);
+    Ok(Response::Query(resp))
+}
+
+/// Translates statements at Parse time, so syntax errors surface there as in PostgreSQL.
+pub struct Parser {
+    engine: Arc<Engine>,
+}
+
+#[async_trait]
+impl QueryParser for Parser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(
+        &self,
+        _client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Prepared>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let given: Vec<Option<PgType>> = types
+            .iter()
+            .map(|t| t.as_ref().and_then(|t| PgType::from_oid(t.oid())))
+            .collect();
+        self.engine
+            .session()
+            .prepare(sql, &given)
+            .map_err(user_error)
+    }
+
+    fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
+        Ok(stmt.param_types().iter().map(|t| wire_type(*t)).collect())
+    }
+
+    fn get_result_schema(
+        &self,
+        _stmt: &Prepared,
+        _format: Option<&PortalFormat>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        // Describe is answered by `Connection` itself (it needs the database); see below.
+        Ok(Vec::new())
+    }
+}
+
+/// One client connection.
+pub struct Connection {
+    session: Mutex<Session>,
+    parser: Arc<Parser>,
+    manager: Arc<ConnectionManager>,
+    cancel: Arc<DefaultCancelHandler>,
+}
+
+impl NoopStartupHandler for Connection {
+    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
+        Some(self.manager.clone())
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Connection {
+    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mut session = self.session.lock().await;
+        let outputs = session.run_script(query).await;
+        let mut responses = Vec::with_capacity(outputs.len());
+        for output in outputs {
+            match output.and_then(|o| response(o, &PortalFormat::UnifiedText)) {
+                Ok(r) => responses.push(r),
+                Err(e) => {
+                    responses.push(Response::Error(Box::new(pg_error(&e))));
+                    break;
+                }
+            }
+        }
+        if responses.is_empty() {
+            responses.push(Response::EmptyQuery);
+        }
+        Ok(responses)
+    }
+}
+
+fn decode_params(portal: &Portal<Prepared>) -> Result<Vec<rusqlite::types::Value>, Error> {
+    let prepared = &portal.statement.statement;
+    let expected = prepared.param_types().len();
+    if portal.parameters.len() != expected {
+        return Err(Error::sql(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!(
+                "bind message supplies {} parameters, but prepared statement requires {expected}",
+                portal.parameters.len()
+            ),
+        ));
+    }
+    portal
+        .parameters
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let ty = portal
+                .statement
+                .parameter_types
+                .get(i)
+                .cloned()
+                .flatten()
+                .and_then(|t| PgType::from_oid(t.oid()))
+                .filter(|t| *t != PgType::Unknown)
+                .unwrap_or(prepared.param_types()[i]);
+            let fmt = if portal.parameter_format.is_binary(i) {
+                Format::Binary
+            } else {
+                Format::Text
+            };
+            match p {
+                None => Ok(rusqlite::types::Value::Null),
+                Some(bytes) => types::decode(bytes, ty, fmt),
+            }
+        })
+        .collect()
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Connection {
+    type Statement = Prepared;
+    type QueryParser = Parser;
+
+    fn query_parser(&self) -> Arc<Parser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(
+        &self,
+        _client: &mut C,
+        portal: &Portal<Prepared>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let params = decode_params(portal).map_err(user_error)?;
+        let mut session = self.session.lock().await;
+        let output = session
+            .execute(&portal.statement.statement, params)
+            .await
+            .map_err(user_error)?;
+        response(output, &portal.result_column_format).map_err(user_error)
+    }
+
+    async fn do_describe_statement<C>(
+        &self,
+        _client: &mut C,
+        target: &StoredStatement<Prepared>,
+    ) -> PgWireResult<DescribeStatementResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let prepared = &target.statement;
+        let params: Vec<Type> = prepared
+            .param_types()
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                target
+                    .parameter_types
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or_else(|| wire_type(*t))
+            })
+            .collect();
+        let fields = self
+            .session
+            .lock()
+            .await
+            .describe(prepared)
+            .await
+            .map_err(user_error)?;
+        Ok(DescribeStatementResponse::new(
+            params,
+            field_infos(&fields, &PortalFormat::UnifiedBinary),
+        ))
+    }
+
+    async fn do_describe_portal<C>(
+        &self,
+        _client: &mut C,
+        portal: &Portal<Prepared>,
+    ) -> PgWireResult<DescribePortalResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let fields = self
+            .session
+            .lock()
+            .await
+            .describe(&portal.statement.statement)
+            .await
+            .map_err(user_error)?;
+        Ok(DescribePortalResponse::new(field_infos(
+            &fields,
+            &portal.result_column_format,
+        )))
+    }
+}
+
+/// The handler set pgwire asks for; every role is played by the connection itself.
+struct Handlers(Arc<Connection>);
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.0.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.0.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
+        self.0.clone()
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        self.0.cancel.clone()
+    }
+}
+
+/// Serve PostgreSQL clients on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, engine: Arc<Engine>) {
+    let manager = Arc::new(ConnectionManager::new());
+    let cancel = Arc::new(DefaultCancelHandler::new(manager.clone()));
+    let parser = Arc::new(Parser {
+        engine: engine.clone(),
+    });
+    let slots = Arc::new(Semaphore::new(limits::CONNECTIONS_MAX));
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "pgwire accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "refusing connection: {} connections open", limits::CONNECTIONS_MAX);
+            continue;
+        };
+        let _ = socket.set_nodelay(true);
+        let conn = Arc::new(Connection {
+            session: Mutex::new(engine.session()),
+            parser: parser.clone(),
+            manager: manager.clone(),
+            cancel: cancel.clone(),
+        });
+        tokio::spawn(async move {
+            let handlers = Handlers(conn.clone());
+            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                tracing::debug!(%peer, error = %e, "pgwire connection ended with an error");
+            }
+            conn.session.lock().await.close().await;
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,133 @@
+//! `cairn dev`: a local cluster of `cairn start` child processes (so one can be killed),
+//! their logs prefixed with the node name, connection hints printed once all are up.
+//! It restarts nothing on its own; Ctrl-C stops every node.
+
+use anyhow::{bail, Context};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    /// Number of nodes. Clusters of more than one node arrive with replication.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: u16,
+    /// Parent directory of every node's data dir (`<dir>/n1`, ...); kept between runs.
+    #[arg(long, default_value = "cairn-data")]
+    pub data_dir: PathBuf,
+    /// pgwire port of the first node; node i listens on pg-port + i - 1.
+    #[arg(long, default_value_t = 5433)]
+    pub pg_port: u16,
+    /// HTTP port of the first node; node i listens on http-port + i - 1.
+    #[arg(long, default_value_t = 8080)]
+    pub http_port: u16,
+}
+
+fn forward_logs(name: String, child: &mut Child) {
+    if let Some(out) = child.stderr.take() {
+        let name = name.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(out).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[{name}] {line}");
+            }
+        });
+    }
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(out).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                println!("[{name}] {line}");
+            }
+        });
+    }
+}
+
+fn wait_listening(addr: SocketAddr, child: &mut Child, deadline: Instant) -> anyhow::Result<()> {
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("node exited with {status} before listening on {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("node did not listen on {addr} within 30 s")
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    if args.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    if args.nodes > 1 {
+        bail!("clusters of more than one node are not available yet; use --nodes 1");
+    }
+    let exe = std::env::current_exe().context("locating the cairn binary")?;
+    let mut children = Vec::new();
+    for i in 0..args.nodes {
+        let name = format!("n{}", i + 1);
+        let pg: SocketAddr = ([127, 0, 0, 1], args.pg_port + i).into();
+        let http: SocketAddr = ([127, 0, 0, 1], args.http_port + i).into();
+        let dir = args.data_dir.join(&name);
+        let mut child = Command::new(&exe)
+            .arg("start")
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--pg-addr")
+            .arg(pg.to_string())
+            .arg("--http-addr")
+            .arg(http.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        forward_logs(name.clone(), &mut child);
+        children.push((name, pg, http, dir, child));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (_, pg, _, _, child) in children.iter_mut() {
+        wait_listening(*pg, child, deadline)?;
+    }
+    println!(
+        "\nCairn dev cluster is up ({} node{}):",
+        args.nodes,
+        if args.nodes == 1 { "" } else { "s" }
+    );
+    for (name, pg, http, dir, child) in &children {
+        println!(
+            "  {name}  pgwire {pg}  http {http}  pid {}  data {}",
+            child.id().unwrap_or(0),
+            dir.display()
+        );
+    }
+    let (_, pg, http, _, _) = &children[0];
+    println!("\nConnect:");
+    println!("  psql \"postgres://cairn@{pg}/cairn\"");
+    println!("  curl -s http://{http}/v1/sql -d '{{\"sql\": \"SELECT version()\"}}'");
+    println!("\nPress Ctrl-C to stop.\n");
+    tokio::select! {
+        _ = super::shutdown_signal() => {}
+        _ = async {
+            for (_, _, _, _, child) in children.iter_mut() {
+                let _ = child.wait().await;
+            }
+        } => { bail!("every node exited"); }
+    }
+    println!("stopping...");
+    for (name, _, _, _, child) in children.iter_mut() {
+        // Ctrl-C in a terminal reaches the children too; give them a moment to stop cleanly.
+        match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!("{name} did not stop within 10 s; killing it");
+                let _ = child.kill().await;
+            }
+        }
+    }
+    Ok(())
+}

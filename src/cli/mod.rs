@@ -1,0 +1,107 @@
+//! The `cairn` command: `start` runs one node; `dev` runs a local cluster of `cairn start`
+//! processes for development and prints how to connect.
+
+pub mod dev;
+
+use crate::node::{Node, NodeConfig};
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "A fault-tolerant, sharded, replicated SQL database"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one node.
+    Start(StartArgs),
+    /// Run a local cluster for development and print how to connect.
+    Dev(dev::DevArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StartArgs {
+    /// Directory holding this node's data (created if missing).
+    #[arg(long, default_value = "cairn-data")]
+    pub data_dir: PathBuf,
+    /// Address for PostgreSQL clients.
+    #[arg(long, default_value = "127.0.0.1:5433")]
+    pub pg_addr: SocketAddr,
+    /// Address for the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// Minimum Raft election timeout; the maximum is twice this.
+    #[arg(long, default_value_t = 300)]
+    pub election_timeout_ms: u64,
+    /// Raft heartbeat interval.
+    #[arg(long, default_value_t = 75)]
+    pub heartbeat_ms: u64,
+}
+
+pub fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=warn,fjall=warn,lsm_tree=warn")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+pub async fn start(args: StartArgs) -> anyhow::Result<()> {
+    let config = NodeConfig {
+        data_dir: args.data_dir,
+        pg_addr: args.pg_addr,
+        http_addr: args.http_addr,
+        election_timeout_ms_min: args.election_timeout_ms,
+        heartbeat_interval_ms: args.heartbeat_ms,
+    };
+    let node = Node::start(config).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler cannot fail on unix");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Start(args) => start(args).await,
+            Command::Dev(args) => dev::run(args).await,
+        }
+    })
+}

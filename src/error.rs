@@ -1,0 +1,180 @@
+//! Cairn's one error type. Variants are grouped by what the caller does next: report the
+//! client's mistake (`Sql`), try another node (`NotLeader`), retry later (`Unavailable`,
+//! `Retry`), or treat as a bug/corruption (`Internal`, `Corrupt`). Every variant maps to a
+//! PostgreSQL SQLSTATE so each API can report it in its own wire format.
+
+use crate::ids::NodeId;
+
+/// SQLSTATE codes used by Cairn (PostgreSQL's appendix A).
+pub mod sqlstate {
+    pub const SYNTAX_ERROR: &str = "42601";
+    pub const UNDEFINED_TABLE: &str = "42P01";
+    pub const UNDEFINED_COLUMN: &str = "42703";
+    pub const UNDEFINED_FUNCTION: &str = "42883";
+    pub const DUPLICATE_TABLE: &str = "42P07";
+    pub const DUPLICATE_OBJECT: &str = "42710";
+    pub const DATATYPE_MISMATCH: &str = "42804";
+    pub const UNDEFINED_OBJECT: &str = "42704";
+    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    pub const UNIQUE_VIOLATION: &str = "23505";
+    pub const NOT_NULL_VIOLATION: &str = "23502";
+    pub const FOREIGN_KEY_VIOLATION: &str = "23503";
+    pub const CHECK_VIOLATION: &str = "23514";
+    pub const INTEGRITY_CONSTRAINT_VIOLATION: &str = "23000";
+    pub const INVALID_TEXT_REPRESENTATION: &str = "22P02";
+    pub const DATA_EXCEPTION: &str = "22000";
+    pub const DIVISION_BY_ZERO: &str = "22012";
+    pub const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
+    pub const STRING_DATA_RIGHT_TRUNCATION: &str = "22001";
+    pub const INVALID_PARAMETER_VALUE: &str = "22023";
+    pub const PROTOCOL_VIOLATION: &str = "08P01";
+    pub const IN_FAILED_TRANSACTION: &str = "25P02";
+    pub const ACTIVE_SQL_TRANSACTION: &str = "25001";
+    pub const NO_ACTIVE_SQL_TRANSACTION: &str = "25P01";
+    pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
+    pub const SERIALIZATION_FAILURE: &str = "40001";
+    pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+    pub const STATEMENT_TOO_COMPLEX: &str = "54001";
+    pub const INSUFFICIENT_RESOURCES: &str = "53000";
+    pub const QUERY_CANCELED: &str = "57014";
+    pub const CANNOT_CONNECT_NOW: &str = "57P03";
+    pub const INTERNAL_ERROR: &str = "XX000";
+    pub const DATA_CORRUPTED: &str = "XX001";
+    pub const UNDEFINED_PARAMETER: &str = "42P02";
+    pub const INVALID_PARAMETER_TYPE: &str = "08P01";
+    pub const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The client's statement or input is at fault; `code` is its SQLSTATE.
+    #[error("{message}")]
+    Sql { code: &'static str, message: String },
+    /// This node does not lead the shard; `leader` is the best hint known.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    /// The operation may succeed if retried (conflict, leadership change, timeout).
+    #[error("{0}")]
+    Retry(String),
+    /// The node cannot serve the request now (shutting down, no quorum).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data failed a check. The replica stops rather than diverge.
+    #[error("corrupt: {0}")]
+    Corrupt(String),
+    /// A bug or an unexpected failure of the local machine (disk, threads).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn sql(code: &'static str, message: impl Into<String>) -> Self {
+        Error::Sql {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn unsupported(what: impl std::fmt::Display) -> Self {
+        Error::sql(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("{what} is not supported"),
+        )
+    }
+
+    pub fn internal(what: impl std::fmt::Display) -> Self {
+        Error::Internal(what.to_string())
+    }
+
+    /// The SQLSTATE reported to clients for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Sql { code, .. } => code,
+            Error::NotLeader { .. } | Error::Unavailable(_) => sqlstate::CANNOT_CONNECT_NOW,
+            Error::Retry(_) => sqlstate::SERIALIZATION_FAILURE,
+            Error::Corrupt(_) => sqlstate::DATA_CORRUPTED,
+            Error::Internal(_) => sqlstate::INTERNAL_ERROR,
+        }
+    }
+
+    /// Whether the HTTP API should answer 4xx (the client's fault) rather than 5xx.
+    pub fn is_client_error(&self) -> bool {
+        matches!(self, Error::Sql { .. })
+    }
+}
+
+/// SQLite errors met while executing a client's statement become SQL errors with the
+/// SQLSTATE PostgreSQL would use for the same condition.
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ffi;
+        let message = e.to_string();
+        let code = match &e {
+            rusqlite::Error::SqliteFailure(f, _) => match f.extended_code {
+                ffi::SQLITE_CONSTRAINT_PRIMARYKEY | ffi::SQLITE_CONSTRAINT_UNIQUE => {
+                    sqlstate::UNIQUE_VIOLATION
+                }
+                ffi::SQLITE_CONSTRAINT_NOTNULL => sqlstate::NOT_NULL_VIOLATION,
+                ffi::SQLITE_CONSTRAINT_FOREIGNKEY => sqlstate::FOREIGN_KEY_VIOLATION,
+                ffi::SQLITE_CONSTRAINT_CHECK => sqlstate::CHECK_VIOLATION,
+                ffi::SQLITE_CONSTRAINT_DATATYPE => sqlstate::DATATYPE_MISMATCH,
+                c if c & 0xff == ffi::SQLITE_CONSTRAINT => sqlstate::INTEGRITY_CONSTRAINT_VIOLATION,
+                c if c & 0xff == ffi::SQLITE_TOOBIG => sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                c if c & 0xff == ffi::SQLITE_INTERRUPT => sqlstate::QUERY_CANCELED,
+                c if c & 0xff == ffi::SQLITE_ERROR => classify_sqlite_message(&message),
+                c if c & 0xff == ffi::SQLITE_RANGE => sqlstate::UNDEFINED_PARAMETER,
+                c if c & 0xff == ffi::SQLITE_MISMATCH => sqlstate::DATATYPE_MISMATCH,
+                c if c & 0xff == ffi::SQLITE_FULL || c & 0xff == ffi::SQLITE_IOERR => {
+                    return Error::Internal(message)
+                }
+                c if c & 0xff == ffi::SQLITE_CORRUPT => return Error::Corrupt(message),
+                _ => sqlstate::INTERNAL_ERROR,
+            },
+            rusqlite::Error::InvalidParameterCount(..)
+            | rusqlite::Error::InvalidParameterName(_) => sqlstate::UNDEFINED_PARAMETER,
+            rusqlite::Error::ToSqlConversionFailure(_) | rusqlite::Error::InvalidColumnType(..) => {
+                sqlstate::DATATYPE_MISMATCH
+            }
+            rusqlite::Error::MultipleStatement => sqlstate::SYNTAX_ERROR,
+            rusqlite::Error::SqlInputError { msg, .. } => {
+                return Error::Sql {
+                    code: classify_sqlite_message(msg),
+                    message: strip_sqlite_noise(msg),
+                }
+            }
+            _ => sqlstate::INTERNAL_ERROR,
+        };
+        Error::Sql {
+            code,
+            message: strip_sqlite_noise(&message),
+        }
+    }
+}
+
+/// SQLite reports most statement errors as plain SQLITE_ERROR; its message says which.
+fn classify_sqlite_message(message: &str) -> &'static str {
+    if message.contains("no such table") {
+        sqlstate::UNDEFINED_TABLE
+    } else if message.contains("no such column") || message.contains("has no column named") {
+        sqlstate::UNDEFINED_COLUMN
+    } else if message.contains("no such function") || message.contains("wrong number of arguments")
+    {
+        sqlstate::UNDEFINED_FUNCTION
+    } else if message.contains("already exists") {
+        sqlstate::DUPLICATE_TABLE
+    } else if message.contains("syntax error") || message.contains("incomplete input") {
+        sqlstate::SYNTAX_ERROR
+    } else if message.contains("no such index") {
+        sqlstate::UNDEFINED_OBJECT
+    } else if message.contains("integer overflow") {
+        sqlstate::NUMERIC_VALUE_OUT_OF_RANGE
+    } else {
+        sqlstate::INTERNAL_ERROR
+    }
+}
+
+fn strip_sqlite_noise(message: &str) -> String {
+    message.trim_end_matches('.').to_string()
+}

@@ -1,0 +1,24 @@
+//! Cairn: a fault-tolerant, sharded, replicated SQL and key-value database in one binary.
+//!
+//! Layers, read bottom-up; dependencies point down only:
+//! - [`storage`]: one SQLite file per replica; changesets; snapshots.
+//! - [`replication`]: one openraft group per shard; the fjall log; the shard's writer.
+//! - [`catalog`]: tables and their declared PostgreSQL types.
+//! - [`sql`]: sessions, PostgreSQL → SQLite translation, transactions, execution.
+//! - [`api`]: pgwire and HTTP — the only place that knows wire formats.
+//! - [`node`]: one process wiring it all together; [`cli`]: the `cairn` command.
+//!
+//! Shared foundations: [`ids`] (newtype ids), [`error`] (one error type with SQLSTATEs),
+//! [`types`] (PostgreSQL types and their wire encodings), [`limits`] (every bound).
+
+pub mod api;
+pub mod catalog;
+pub mod cli;
+pub mod error;
+pub mod ids;
+pub mod limits;
+pub mod node;
+pub mod replication;
+pub mod sql;
+pub mod storage;
+pub mod types;

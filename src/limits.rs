@@ -1,0 +1,48 @@
+//! Every bound in one place, with the reason for its value. Exceeding one is a clear error
+//! (or backpressure), never unbounded memory growth.
+
+use std::time::Duration;
+
+/// Largest HTTP request body. Statements plus parameters; files use their own streaming path.
+pub const HTTP_BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Largest single SQL text accepted on any API. PostgreSQL itself allows 1 GiB, but nothing
+/// legitimate sent to Cairn is this large; bulk data goes through COPY.
+pub const SQL_TEXT_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Rows a single result may hold. Results are materialised before they are sent (the
+/// writer thread must not wait on a slow client), so this bounds memory per query.
+pub const RESULT_ROWS_MAX: usize = 1_000_000;
+
+/// Bytes a single result may hold, for the same reason.
+pub const RESULT_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// Statements a single HTTP request may carry.
+pub const HTTP_STATEMENTS_MAX: usize = 1_000;
+
+/// Autocommit statements one Raft proposal may carry (group commit). Bigger batches amortise
+/// the fsync further but hold every statement of the batch until the slowest is done.
+pub const WRITE_BATCH_STATEMENTS_MAX: usize = 256;
+
+/// Requests queued for a shard's writer before callers wait (backpressure).
+pub const WRITER_QUEUE_MAX: usize = 1_024;
+
+/// Requests queued for a replica's SQLite thread.
+pub const REPLICA_QUEUE_MAX: usize = 64;
+
+/// A transaction holding a shard's writer and then sending nothing for this long is aborted:
+/// while it holds the writer every other writer of the shard waits.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a write waits for the shard's writer (held by a transaction) before failing
+/// with a retryable error.
+pub const WRITER_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Read-only SQLite connections per replica serving reads outside transactions.
+pub const READ_CONNECTIONS_MAX: usize = 8;
+
+/// Applied log entries after which a snapshot is taken and the log before it purged.
+pub const SNAPSHOT_EVERY_ENTRIES: u64 = 5_000;
+
+/// Concurrent client connections per API before new ones are refused.
+pub const CONNECTIONS_MAX: usize = 1_024;

@@ -1,0 +1,153 @@
+//! One shard's Raft group on this node: the openraft instance, the replica it applies to, and
+//! (on the leader) the writer. Leadership changes are logged as one line each.
+
+use super::log_store::LogDb;
+use super::network::Network;
+use super::state_machine::StateMachine;
+use super::writer::Writer;
+use super::Raft;
+use crate::error::{Error, Result};
+use crate::ids::{NodeId, ShardId};
+use crate::storage::replica::{ReplicaHandle, Rows, Statement};
+use openraft::BasicNode;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// How a read may be served (DESIGN.md decision 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadConsistency {
+    /// Confirmed leader, state machine caught up to the read index. Never stale.
+    #[default]
+    Linearizable,
+    /// Whatever the local replica has applied.
+    Any,
+}
+
+pub struct ShardGroup {
+    pub shard: ShardId,
+    pub node: NodeId,
+    pub raft: Raft,
+    pub replica: ReplicaHandle,
+    pub writer: Writer,
+}
+
+/// Raft timing and log retention for every group of the node.
+pub fn raft_config(
+    election_timeout_ms_min: u64,
+    heartbeat_interval_ms: u64,
+) -> Result<Arc<openraft::Config>> {
+    let config = openraft::Config {
+        cluster_name: "cairn".into(),
+        heartbeat_interval: heartbeat_interval_ms,
+        election_timeout_min: election_timeout_ms_min,
+        election_timeout_max: election_timeout_ms_min * 2,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
+            crate::limits::SNAPSHOT_EVERY_ENTRIES,
+        ),
+        max_in_snapshot_log_to_keep: 1_000,
+        ..Default::default()
+    };
+    Ok(Arc::new(config.validate().map_err(|e| {
+        Error::internal(format!("raft config: {e}"))
+    })?))
+}
+
+impl ShardGroup {
+    /// Open (or create) the shard's replica under `dir` and start its group. A brand-new
+    /// single-node group initialises itself with this node as the only voter.
+    pub async fn start(
+        node: NodeId,
+        shard: ShardId,
+        dir: &Path,
+        logs: &LogDb,
+        config: Arc<openraft::Config>,
+        advertise: &str,
+    ) -> Result<ShardGroup> {
+        let shard_dir = dir.join(format!("{shard}"));
+        let replica = ReplicaHandle::start(&shard_dir.join("replica.db"), shard)?;
+        let state_machine = StateMachine::new(replica.clone(), &shard_dir.join("snapshots"))?;
+        let log_store = logs.store(shard)?;
+        let raft = Raft::new(node.0, config, Network, log_store, state_machine)
+            .await
+            .map_err(|e| Error::internal(format!("{shard}: starting raft: {e}")))?;
+        if !raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::internal(e.to_string()))?
+        {
+            let members = BTreeMap::from([(
+                node.0,
+                BasicNode {
+                    addr: advertise.to_string(),
+                },
+            )]);
+            raft.initialize(members)
+                .await
+                .map_err(|e| Error::internal(format!("{shard}: initializing: {e}")))?;
+        }
+        tokio::spawn(log_leadership(shard, raft.clone()));
+        let writer = Writer::start(raft.clone(), replica.clone(), node);
+        Ok(ShardGroup {
+            shard,
+            node,
+            raft,
+            replica,
+            writer,
+        })
+    }
+
+    /// Run a read-only statement at the given consistency.
+    pub async fn read(&self, stmt: Statement, consistency: ReadConsistency) -> Result<Rows> {
+        if consistency == ReadConsistency::Linearizable {
+            self.raft.ensure_linearizable().await.map_err(|e| match e {
+                openraft::error::RaftError::APIError(
+                    openraft::error::CheckIsLeaderError::ForwardToLeader(f),
+                ) => Error::NotLeader {
+                    leader: f.leader_id.map(NodeId),
+                },
+                other => Error::Unavailable(other.to_string()),
+            })?;
+        }
+        self.replica.read(stmt).await
+    }
+
+    /// The current leader and term, as this node knows them.
+    pub fn leader(&self) -> (Option<NodeId>, u64) {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (m.current_leader.map(NodeId), m.current_term)
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(shard = %self.shard, error = %e, "raft shutdown");
+        }
+    }
+}
+
+/// Logs one line per leadership change: `shard s1: n1 is leader for term 3`.
+async fn log_leadership(shard: ShardId, raft: Raft) {
+    let mut metrics = raft.metrics();
+    let mut last: Option<(Option<u64>, u64)> = None;
+    loop {
+        let now = {
+            let m = metrics.borrow_and_update();
+            (m.current_leader, m.current_term)
+        };
+        if last != Some(now) {
+            match now.0 {
+                Some(leader) => tracing::info!(
+                    "shard {shard}: {} is leader for term {}",
+                    NodeId(leader),
+                    now.1
+                ),
+                None => tracing::info!("shard {shard}: no leader in term {}", now.1),
+            }
+            last = Some(now);
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}

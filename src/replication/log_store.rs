@@ -1,0 +1,226 @@
+//! The Raft log on `fjall`: one keyspace per shard (`log_s<N>`) keyed by big-endian log
+//! index, plus the shard's vote, committed id and last purged id in a shared `raft_meta`
+//! keyspace. Every append is one write batch and one fsync (`PersistMode::SyncData`): the
+//! log is the durable copy of every acknowledged write (SQLite replicas run with
+//! `synchronous=OFF`).
+//!
+//! Invariant: `last_purged_log_id` is persisted before entries are removed, so a restart never
+//! sees a gap it cannot explain (openraft 0.9 crash-loops otherwise).
+
+use super::{storage_error, Entry, LogId, StorageError, TypeConfig};
+use crate::ids::ShardId;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, RaftLogReader, Vote};
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+/// The node-wide log database. One per data dir; shared by all groups of the node.
+#[derive(Clone)]
+pub struct LogDb {
+    db: Database,
+    meta: Keyspace,
+}
+
+impl LogDb {
+    pub fn open(path: &std::path::Path) -> crate::error::Result<Self> {
+        let db = Database::builder(path).open().map_err(|e| {
+            crate::error::Error::internal(format!("opening raft log at {}: {e}", path.display()))
+        })?;
+        let meta = db
+            .keyspace("raft_meta", KeyspaceCreateOptions::default)
+            .map_err(|e| crate::error::Error::internal(format!("opening raft meta: {e}")))?;
+        Ok(LogDb { db, meta })
+    }
+
+    /// The log store of one shard's group.
+    pub fn store(&self, shard: ShardId) -> crate::error::Result<LogStore> {
+        let log = self
+            .db
+            .keyspace(&format!("log_s{}", shard.0), KeyspaceCreateOptions::default)
+            .map_err(|e| crate::error::Error::internal(format!("opening log of {shard}: {e}")))?;
+        Ok(LogStore {
+            db: self.db.clone(),
+            meta: self.meta.clone(),
+            log,
+            shard,
+        })
+    }
+}
+
+#[derive(Clone)]
+pub struct LogStore {
+    db: Database,
+    meta: Keyspace,
+    log: Keyspace,
+    shard: ShardId,
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn read_err(e: impl std::fmt::Display) -> StorageError {
+    storage_error(ErrorSubject::Logs, ErrorVerb::Read, e)
+}
+
+fn write_err(e: impl std::fmt::Display) -> StorageError {
+    storage_error(ErrorSubject::Logs, ErrorVerb::Write, e)
+}
+
+impl LogStore {
+    fn meta_key(&self, name: &str) -> String {
+        format!("{}/{name}", self.shard)
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, StorageError> {
+        match self.meta.get(self.meta_key(name)).map_err(read_err)? {
+            None => Ok(None),
+            Some(bytes) => postcard::from_bytes(&bytes).map(Some).map_err(read_err),
+        }
+    }
+
+    fn put_meta<T: serde::Serialize>(&self, name: &str, value: &T) -> Result<(), StorageError> {
+        let bytes = postcard::to_stdvec(value).map_err(write_err)?;
+        self.meta
+            .insert(self.meta_key(name), bytes)
+            .map_err(write_err)?;
+        self.sync()
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
+        self.db.persist(PersistMode::SyncData).map_err(write_err)
+    }
+
+    fn last_entry(&self) -> Result<Option<Entry>, StorageError> {
+        match self.log.last_key_value() {
+            None => Ok(None),
+            Some(guard) => {
+                let (_, value) = guard.into_inner().map_err(read_err)?;
+                Ok(Some(postcard::from_bytes(&value).map_err(read_err)?))
+            }
+        }
+    }
+
+    /// Remove every entry whose index lies in `range`, in one batch.
+    fn remove_range(&self, range: impl RangeBounds<[u8; 8]>) -> Result<(), StorageError> {
+        let mut batch = self.db.batch();
+        for guard in self.log.range(range) {
+            let key = guard.key().map_err(read_err)?;
+            batch.remove(&self.log, key);
+        }
+        batch.commit().map_err(write_err)?;
+        self.sync()
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => Bound::Included(index_key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Bound::Included(index_key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let mut entries = Vec::new();
+        for guard in self.log.range((start, end)) {
+            let (_, value) = guard.into_inner().map_err(read_err)?;
+            entries.push(postcard::from_bytes(&value).map_err(read_err)?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self.get_meta("purged")?;
+        let last_log_id = match self.last_entry()? {
+            Some(entry) => Some(entry.log_id),
+            None => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
+        self.put_meta("vote", vote)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
+        self.get_meta("vote")
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not fsynced on its own: a lost committed id is re-learned from the leader or from a
+        // quorum; it only speeds up re-applying on restart.
+        let bytes = postcard::to_stdvec(&committed).map_err(write_err)?;
+        self.meta
+            .insert(self.meta_key("committed"), bytes)
+            .map_err(write_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get_meta::<Option<LogId>>("committed")?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut batch = self.db.batch();
+        for entry in entries {
+            let bytes = postcard::to_stdvec(&entry).map_err(write_err)?;
+            batch.insert(&self.log, index_key(entry.log_id.index), bytes);
+        }
+        let db = self.db.clone();
+        // The fsync blocks; keep it off the async workers without reordering appends.
+        let result = tokio::task::block_in_place(move || -> Result<(), fjall::Error> {
+            batch.commit()?;
+            db.persist(PersistMode::SyncData)
+        });
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(write_err(e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(shard = %self.shard, %log_id, "truncating log");
+        self.remove_range(index_key(log_id.index)..)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(shard = %self.shard, %log_id, "purging log");
+        self.put_meta("purged", &log_id)?;
+        self.remove_range(..=index_key(log_id.index))
+    }
+}

@@ -1,0 +1,77 @@
+//! Replication: each shard is one Raft group run by `openraft` 0.9. This module supplies
+//! openraft's three adapters — log storage (`log_store`, on `fjall`), the state machine
+//! (`state_machine`, the shard's SQLite replica) and the network (`network`) — and never the
+//! algorithm itself.
+//!
+//! What travels through the log is a [`Batch`]: the *result* of executing statements on the
+//! leader (SQLite changesets) plus DDL text, never the client's SQL for DML. So every replica
+//! applies exactly the same bytes, and `now()`, `random()` and generated ids are evaluated once.
+//!
+//! A write, traced: `sql::writer` executes statements speculatively on the leader's replica and
+//! rolls back → [`Batch`] → `Raft::client_write` → `LogStore::append` (one fsync per batch) →
+//! commit → `StateMachine::apply` → `storage::Replica::apply` (changeset + applied index in one
+//! SQLite transaction) → the writer answers the client.
+
+pub mod group;
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod writer;
+
+use serde::{Deserialize, Serialize};
+
+/// One operation of a replicated batch, applied in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// A SQLite changeset: the row changes of one or more statements.
+    Changeset(Vec<u8>),
+    /// Schema change, run as SQL on every replica (SQLite changesets carry no DDL).
+    Ddl(String),
+}
+
+/// The payload of one Raft log entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub ops: Vec<Op>,
+}
+
+impl std::fmt::Display for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "batch of {} ops", self.ops.len())
+    }
+}
+
+/// What a replica reports after applying an entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied;
+
+openraft::declare_raft_types!(
+    /// Cairn's openraft type configuration. Node ids are plain `u64` inside openraft and
+    /// [`crate::ids::NodeId`] everywhere else.
+    pub TypeConfig:
+        D = Batch,
+        R = Applied,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<u64>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type Membership = openraft::StoredMembership<u64, openraft::BasicNode>;
+pub type StorageError = openraft::StorageError<u64>;
+
+/// Turns any error into openraft's storage error for `subject`, logging it: a storage error
+/// stops the Raft group, which is what must happen rather than diverging.
+pub(crate) fn storage_error(
+    subject: openraft::ErrorSubject<u64>,
+    verb: openraft::ErrorVerb,
+    e: impl std::fmt::Display,
+) -> StorageError {
+    let io = std::io::Error::other(e.to_string());
+    tracing::error!(error = %e, "storage failure; stopping the group");
+    openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(&io)).into()
+}

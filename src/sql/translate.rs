@@ -1,0 +1,1140 @@
+//! PostgreSQL text in, SQLite text out. Parses with `sqlparser` (PostgreSQL dialect),
+//! classifies each statement, infers parameter types from the catalog, rewrites what SQLite
+//! spells differently (`$1`, `::` casts, typed literals, ILIKE, IS DISTINCT FROM, serial
+//! columns, non-literal defaults), and records DDL in the catalog. What cannot be translated
+//! is an error with SQLSTATE 0A000 naming the construct.
+
+use crate::catalog::{self, Catalog, Column, Table};
+use crate::error::{sqlstate, Error, Result};
+use crate::limits;
+use crate::types::{self, PgType};
+use rusqlite::types::Value;
+use sqlparser::ast::{
+    self, visit_expressions, visit_expressions_mut, visit_relations, AssignmentTarget, CastKind,
+    ColumnOption, DataType, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident,
+    ObjectName, ObjectNamePart, ObjectType, SelectItem, SetExpr, Statement, TableConstraint,
+    Value as AstValue,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use std::ops::ControlFlow;
+
+/// What a statement does, which decides where it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// Reads only: a replica's read connection, or the open transaction.
+    Read,
+    /// Changes rows: the shard's writer.
+    Write,
+    /// Changes the schema: the writer, replicated as SQL text.
+    Ddl,
+    Begin,
+    Commit,
+    Rollback,
+    Set {
+        name: String,
+        value: String,
+    },
+    Show {
+        name: String,
+    },
+    /// Accepted and ignored (DISCARD, DEALLOCATE, SET TRANSACTION ...): answers with `tag`.
+    Noop,
+}
+
+/// One translated statement, ready to bind and run.
+#[derive(Debug, Clone)]
+pub struct Translated {
+    pub kind: Kind,
+    /// SQLite SQL (empty for session statements).
+    pub sql: String,
+    /// One type per `$n` placeholder, by position.
+    pub param_types: Vec<PgType>,
+    /// Result column types inferred from the statement text, by position, where SQLite cannot
+    /// say (expressions). `None` where unknown or where SQLite's column origin is better.
+    pub expr_types: Vec<Option<PgType>>,
+    /// The command tag's verb: `INSERT`, `SELECT`, `CREATE TABLE`, ...
+    pub tag: String,
+}
+
+pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+    if sql.len() > limits::SQL_TEXT_BYTES_MAX {
+        return Err(Error::sql(
+            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+            format!(
+                "statement text of {} bytes exceeds the limit of {} bytes",
+                sql.len(),
+                limits::SQL_TEXT_BYTES_MAX
+            ),
+        ));
+    }
+    Parser::new(&PostgreSqlDialect {})
+        .with_recursion_limit(200)
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| {
+            let message = e.to_string();
+            let message = message
+                .strip_prefix("sql parser error: ")
+                .unwrap_or(&message)
+                .to_string();
+            if message.contains("recursion limit") {
+                Error::sql(sqlstate::STATEMENT_TOO_COMPLEX, message)
+            } else {
+                Error::sql(sqlstate::SYNTAX_ERROR, message)
+            }
+        })
+}
+
+fn ident_name(ident: &Ident) -> String {
+    // PostgreSQL folds unquoted identifiers to lower case.
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
+}
+
+/// The unqualified object name (`public.users` → `users`).
+fn object_name(name: &ObjectName) -> String {
+    match name.0.last() {
+        Some(ObjectNamePart::Identifier(i)) => ident_name(i),
+        _ => name.to_string(),
+    }
+}
+
+fn is_internal(name: &str) -> bool {
+    let n = name.to_lowercase();
+    n.starts_with("_cairn") || n.starts_with("sqlite_")
+}
+
+/// The PostgreSQL type a declared type names, or a 0A000 error.
+pub fn declared_type(data_type: &DataType) -> Result<PgType> {
+    let text = data_type.to_string();
+    PgType::parse_declared(&text).ok_or_else(|| Error::unsupported(format!("type {text}")))
+}
+
+fn serial_kind(data_type: &DataType) -> Option<PgType> {
+    match data_type.to_string().to_lowercase().as_str() {
+        "serial" | "serial4" => Some(PgType::Int4),
+        "bigserial" | "serial8" => Some(PgType::Int8),
+        "smallserial" | "serial2" => Some(PgType::Int2),
+        _ => None,
+    }
+}
+
+fn sqlite_type(name: &str) -> DataType {
+    DataType::Custom(ObjectName::from(vec![Ident::new(name)]), vec![])
+}
+
+fn placeholder_index(expr: &Expr) -> Option<usize> {
+    match expr {
+        Expr::Value(v) => match &v.value {
+            AstValue::Placeholder(p) => p
+                .strip_prefix('$')?
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .map(|n| n - 1),
+            _ => None,
+        },
+        Expr::Nested(e) => placeholder_index(e),
+        _ => None,
+    }
+}
+
+/// Tables a statement names that the catalog knows.
+fn scope<'c>(stmt: &Statement, catalog: &'c Catalog) -> Vec<&'c Table> {
+    let mut tables = Vec::new();
+    let _ = visit_relations(stmt, |name| {
+        if let Some(t) = catalog.table(&object_name(name)) {
+            if !tables.iter().any(|x: &&Table| x.name == t.name) {
+                tables.push(t);
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    tables
+}
+
+fn column_type(expr: &Expr, tables: &[&Table]) -> Option<PgType> {
+    let (table, column) = match expr {
+        Expr::Identifier(i) => (None, ident_name(i)),
+        Expr::CompoundIdentifier(parts) if parts.len() >= 2 => (
+            Some(ident_name(&parts[parts.len() - 2])),
+            ident_name(&parts[parts.len() - 1]),
+        ),
+        Expr::Nested(e) => return column_type(e, tables),
+        _ => return None,
+    };
+    let exact = table
+        .as_ref()
+        .and_then(|t| tables.iter().find(|x| x.name.eq_ignore_ascii_case(t)));
+    match exact {
+        Some(t) => t.column(&column).map(|c| c.ty),
+        None => tables.iter().find_map(|t| t.column(&column)).map(|c| c.ty),
+    }
+}
+
+fn function_name(f: &ast::Function) -> String {
+    object_name(&f.name)
+}
+
+fn function_args(f: &ast::Function) -> Vec<&Expr> {
+    match &f.args {
+        FunctionArguments::List(list) => list
+            .args
+            .iter()
+            .filter_map(|a| match a {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+                FunctionArg::Named {
+                    arg: FunctionArgExpr::Expr(e),
+                    ..
+                } => Some(e),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The PostgreSQL type of an expression, where the text says (before rewriting).
+fn expr_type(expr: &Expr, tables: &[&Table]) -> Option<PgType> {
+    use ast::BinaryOperator as B;
+    match expr {
+        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => column_type(expr, tables),
+        Expr::Nested(e) => expr_type(e, tables),
+        Expr::Cast { data_type, .. } => PgType::parse_declared(&data_type.to_string()),
+        Expr::TypedString(t) => PgType::parse_declared(&t.data_type.to_string()),
+        Expr::Value(v) => match &v.value {
+            AstValue::Number(n, _) if n.parse::<i32>().is_ok() => Some(PgType::Int4),
+            AstValue::Number(n, _) if n.parse::<i64>().is_ok() => Some(PgType::Int8),
+            AstValue::Number(_, _) => Some(PgType::Numeric),
+            AstValue::Boolean(_) => Some(PgType::Bool),
+            AstValue::SingleQuotedString(_) => Some(PgType::Text),
+            _ => None,
+        },
+        Expr::BinaryOp { left, op, right } => match op {
+            B::Eq | B::NotEq | B::Lt | B::LtEq | B::Gt | B::GtEq | B::And | B::Or => {
+                Some(PgType::Bool)
+            }
+            B::StringConcat => Some(PgType::Text),
+            B::Plus | B::Minus | B::Multiply | B::Divide | B::Modulo => {
+                let l = expr_type(left, tables);
+                let r = expr_type(right, tables);
+                [l, r]
+                    .into_iter()
+                    .flatten()
+                    .max_by_key(|t| numeric_rank(*t))
+            }
+            _ => None,
+        },
+        Expr::UnaryOp {
+            op: ast::UnaryOperator::Not,
+            ..
+        } => Some(PgType::Bool),
+        Expr::UnaryOp { expr, .. } => expr_type(expr, tables),
+        Expr::IsNull(_)
+        | Expr::IsNotNull(_)
+        | Expr::IsTrue(_)
+        | Expr::IsFalse(_)
+        | Expr::IsNotTrue(_)
+        | Expr::IsNotFalse(_)
+        | Expr::IsDistinctFrom(..)
+        | Expr::IsNotDistinctFrom(..)
+        | Expr::InList { .. }
+        | Expr::InSubquery { .. }
+        | Expr::Between { .. }
+        | Expr::Like { .. }
+        | Expr::ILike { .. }
+        | Expr::Exists { .. } => Some(PgType::Bool),
+        Expr::Function(f) => {
+            let args = function_args(f);
+            let first = args.first().and_then(|a| expr_type(a, tables));
+            match function_name(f).as_str() {
+                "count" => Some(PgType::Int8),
+                "sum" => match first {
+                    Some(PgType::Int2 | PgType::Int4 | PgType::Int8) => Some(PgType::Int8),
+                    Some(PgType::Float4 | PgType::Float8) => Some(PgType::Float8),
+                    _ => Some(PgType::Numeric),
+                },
+                "avg" => match first {
+                    Some(PgType::Float4 | PgType::Float8) => Some(PgType::Float8),
+                    _ => Some(PgType::Numeric),
+                },
+                "min" | "max" | "coalesce" | "abs" | "nullif" | "greatest" | "least" => first,
+                "round" | "trunc" | "ceil" | "ceiling" | "floor" => first.or(Some(PgType::Numeric)),
+                "length" | "char_length" | "octet_length" | "strpos" => Some(PgType::Int4),
+                "lower" | "upper" | "trim" | "ltrim" | "rtrim" | "substr" | "substring"
+                | "replace" | "concat" | "string_agg" | "version" | "current_database"
+                | "current_schema" | "current_user" | "session_user" | "md5" | "left" | "right"
+                | "lpad" | "rpad" => Some(PgType::Text),
+                "now" | "transaction_timestamp" | "statement_timestamp" | "clock_timestamp" => {
+                    Some(PgType::Timestamptz)
+                }
+                "random" => Some(PgType::Float8),
+                "gen_random_uuid" => Some(PgType::Uuid),
+                "pg_backend_pid" => Some(PgType::Int4),
+                "row_number" | "rank" | "dense_rank" | "ntile" => Some(PgType::Int8),
+                "lag" | "lead" | "first_value" | "last_value" => first,
+                _ => None,
+            }
+        }
+        Expr::Case {
+            conditions,
+            else_result,
+            ..
+        } => conditions
+            .iter()
+            .find_map(|c| expr_type(&c.result, tables))
+            .or_else(|| else_result.as_ref().and_then(|e| expr_type(e, tables))),
+        Expr::Subquery(q) => projection_types(q, tables).into_iter().next().flatten(),
+        _ => None,
+    }
+}
+
+fn numeric_rank(t: PgType) -> u8 {
+    match t {
+        PgType::Int2 => 1,
+        PgType::Int4 => 2,
+        PgType::Int8 => 3,
+        PgType::Numeric => 4,
+        PgType::Float4 => 5,
+        PgType::Float8 => 6,
+        _ => 0,
+    }
+}
+
+/// The name PostgreSQL gives an unaliased result column.
+fn pg_column_name(expr: &Expr) -> String {
+    match expr {
+        Expr::Identifier(i) => ident_name(i),
+        Expr::CompoundIdentifier(parts) => parts.last().map(ident_name).unwrap_or_default(),
+        Expr::Function(f) => function_name(f),
+        Expr::Cast {
+            expr, data_type, ..
+        } => match pg_column_name(expr).as_str() {
+            "?column?" => PgType::parse_declared(&data_type.to_string())
+                .map(|t| t.name().to_string())
+                .unwrap_or_else(|| "?column?".into()),
+            name => name.to_string(),
+        },
+        Expr::Nested(e) => pg_column_name(e),
+        Expr::Case { .. } => "case".into(),
+        Expr::Exists { .. } => "exists".into(),
+        Expr::Subquery(q) => match q.body.as_ref() {
+            SetExpr::Select(s) if s.projection.len() == 1 => match &s.projection[0] {
+                SelectItem::UnnamedExpr(e) => pg_column_name(e),
+                SelectItem::ExprWithAlias { alias, .. } => ident_name(alias),
+                _ => "?column?".into(),
+            },
+            _ => "?column?".into(),
+        },
+        _ => "?column?".into(),
+    }
+}
+
+/// Give unaliased result expressions PostgreSQL's names (SQLite would use the expression's text).
+fn name_columns(items: &mut [SelectItem]) {
+    for item in items.iter_mut() {
+        if let SelectItem::UnnamedExpr(e) = item {
+            if matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) {
+                continue;
+            }
+            let alias = Ident::with_quote('"', pg_column_name(e));
+            *item = SelectItem::ExprWithAlias {
+                expr: e.clone(),
+                alias,
+            };
+        }
+    }
+}
+
+fn name_query_columns(query: &mut ast::Query) {
+    let mut body = query.body.as_mut();
+    loop {
+        match body {
+            SetExpr::SetOperation { left, .. } => body = left.as_mut(),
+            SetExpr::Query(q) => body = q.body.as_mut(),
+            SetExpr::Select(select) => return name_columns(&mut select.projection),
+            _ => return,
+        }
+    }
+}
+
+fn item_types(items: &[SelectItem], tables: &[&Table]) -> Vec<Option<PgType>> {
+    if items.iter().any(|i| {
+        matches!(
+            i,
+            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+        )
+    }) {
+        return Vec::new();
+    }
+    items
+        .iter()
+        .map(|i| match i {
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                expr_type(e, tables)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn projection_types(query: &ast::Query, tables: &[&Table]) -> Vec<Option<PgType>> {
+    let mut body = query.body.as_ref();
+    while let SetExpr::SetOperation { left, .. } = body {
+        body = left;
+    }
+    match body {
+        SetExpr::Select(select) => item_types(&select.projection, tables),
+        SetExpr::Query(q) => projection_types(q, tables),
+        SetExpr::Values(v) => v
+            .rows
+            .first()
+            .map(|r| r.iter().map(|e| expr_type(e, tables)).collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+/// Parameter types from where each `$n` stands: compared with or assigned to a column,
+/// inserted into one, cast, or used as LIMIT/OFFSET.
+fn infer_params(stmt: &Statement, tables: &[&Table], given: &[Option<PgType>]) -> Vec<PgType> {
+    let mut count = 0usize;
+    let _ = visit_expressions(stmt, |e| {
+        if let Some(i) = placeholder_index(e) {
+            count = count.max(i + 1);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    count = count.max(given.len());
+    let mut found: Vec<Option<PgType>> = vec![None; count];
+    let mut note = |e: &Expr, ty: Option<PgType>| {
+        if let (Some(i), Some(ty)) = (placeholder_index(e), ty) {
+            if found[i].is_none() {
+                found[i] = Some(ty);
+            }
+        }
+    };
+    let _ = visit_expressions(stmt, |e| {
+        match e {
+            Expr::BinaryOp { left, right, .. } => {
+                note(
+                    right,
+                    column_type(left, tables).or_else(|| expr_type(left, tables)),
+                );
+                note(
+                    left,
+                    column_type(right, tables).or_else(|| expr_type(right, tables)),
+                );
+            }
+            Expr::InList { expr, list, .. } => {
+                let ty = expr_type(expr, tables);
+                for item in list {
+                    note(item, ty);
+                }
+            }
+            Expr::Between {
+                expr, low, high, ..
+            } => {
+                let ty = expr_type(expr, tables);
+                note(low, ty);
+                note(high, ty);
+            }
+            Expr::Cast {
+                expr, data_type, ..
+            } => note(expr, PgType::parse_declared(&data_type.to_string())),
+            Expr::Like { pattern, .. } | Expr::ILike { pattern, .. } => {
+                note(pattern, Some(PgType::Text))
+            }
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    match stmt {
+        Statement::Insert(insert) => {
+            let table = match &insert.table {
+                ast::TableObject::TableName(n) => tables
+                    .iter()
+                    .find(|t| t.name.eq_ignore_ascii_case(&object_name(n))),
+                _ => None,
+            };
+            if let (Some(table), Some(source)) = (table, &insert.source) {
+                let columns: Vec<Option<PgType>> = if insert.columns.is_empty() {
+                    table.columns.iter().map(|c| Some(c.ty)).collect()
+                } else {
+                    insert
+                        .columns
+                        .iter()
+                        .map(|c| table.column(&object_name(c)).map(|c| c.ty))
+                        .collect()
+                };
+                if let SetExpr::Values(values) = source.body.as_ref() {
+                    for row in &values.rows {
+                        for (e, ty) in row.iter().zip(&columns) {
+                            note(e, *ty);
+                        }
+                    }
+                }
+            }
+            if let Some(ast::OnInsert::OnConflict(c)) = &insert.on {
+                if let ast::OnConflictAction::DoUpdate(u) = &c.action {
+                    for a in &u.assignments {
+                        note_assignment(&mut note, a, tables);
+                    }
+                }
+            }
+        }
+        Statement::Update(update) => {
+            for a in &update.assignments {
+                note_assignment(&mut note, a, tables);
+            }
+        }
+        Statement::Query(q) => {
+            if let Some(ast::LimitClause::LimitOffset { limit, offset, .. }) = &q.limit_clause {
+                if let Some(l) = limit {
+                    note(l, Some(PgType::Int8));
+                }
+                if let Some(o) = offset {
+                    note(&o.value, Some(PgType::Int8));
+                }
+            }
+        }
+        _ => {}
+    }
+    (0..count)
+        .map(|i| {
+            given
+                .get(i)
+                .copied()
+                .flatten()
+                .filter(|t| *t != PgType::Unknown)
+                .or(found[i])
+                .unwrap_or(PgType::Text)
+        })
+        .collect()
+}
+
+fn note_assignment(
+    note: &mut impl FnMut(&Expr, Option<PgType>),
+    a: &ast::Assignment,
+    tables: &[&Table],
+) {
+    if let AssignmentTarget::ColumnName(name) = &a.target {
+        let column = object_name(name);
+        note(
+            &a.value,
+            tables.iter().find_map(|t| t.column(&column)).map(|c| c.ty),
+        );
+    }
+}
+
+fn literal_expr(value: &Value) -> Expr {
+    let v = match value {
+        Value::Null => AstValue::Null,
+        Value::Integer(i) => AstValue::Number(i.to_string(), false),
+        Value::Real(f) if f.is_finite() => AstValue::Number(format!("{f:?}"), false),
+        Value::Real(f) => AstValue::SingleQuotedString(f.to_string()),
+        Value::Text(s) => AstValue::SingleQuotedString(s.clone()),
+        Value::Blob(b) => {
+            AstValue::HexStringLiteral(b.iter().map(|x| format!("{x:02X}")).collect())
+        }
+    };
+    Expr::value(v)
+}
+
+/// A literal's value as SQLite would store it, if `expr` is a plain literal.
+fn literal_value(expr: &Expr) -> Option<Value> {
+    match expr {
+        Expr::Value(v) => match &v.value {
+            AstValue::Number(n, _) => n
+                .parse::<i64>()
+                .map(Value::Integer)
+                .ok()
+                .or_else(|| n.parse::<f64>().ok().map(Value::Real)),
+            AstValue::SingleQuotedString(s) | AstValue::EscapedStringLiteral(s) => {
+                Some(Value::Text(s.clone()))
+            }
+            AstValue::Boolean(b) => Some(Value::Integer(*b as i64)),
+            AstValue::Null => Some(Value::Null),
+            _ => None,
+        },
+        Expr::UnaryOp {
+            op: ast::UnaryOperator::Minus,
+            expr,
+        } => match literal_value(expr)? {
+            Value::Integer(i) => Some(Value::Integer(-i)),
+            Value::Real(f) => Some(Value::Real(-f)),
+            _ => None,
+        },
+        Expr::Nested(e) => literal_value(e),
+        _ => None,
+    }
+}
+
+/// Rewrite PostgreSQL spellings SQLite does not understand, in place.
+fn rewrite(stmt: &mut Statement) -> Result<()> {
+    let mut failure: Option<Error> = None;
+    let _ = visit_expressions_mut(stmt, |e| {
+        if let Err(err) = rewrite_expr(e) {
+            failure = Some(err);
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    failure.map_or(Ok(()), Err)
+}
+
+fn rewrite_expr(e: &mut Expr) -> Result<()> {
+    match e {
+        Expr::Value(v) => {
+            if let AstValue::Placeholder(p) = &v.value {
+                let n = p
+                    .strip_prefix('$')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| {
+                        Error::sql(sqlstate::SYNTAX_ERROR, format!("invalid parameter {p}"))
+                    })?;
+                v.value = AstValue::Placeholder(format!("?{n}"));
+            }
+        }
+        Expr::Cast {
+            kind,
+            expr,
+            data_type,
+            ..
+        } => {
+            let ty = declared_type(data_type)?;
+            if let Some(value) = literal_value(expr) {
+                *e = literal_expr(&types::coerce(value, ty)?);
+            } else if ty == PgType::Date {
+                let inner = std::mem::replace(expr.as_mut(), Expr::value(AstValue::Null));
+                *e = call("date", vec![inner]);
+            } else {
+                *kind = CastKind::Cast;
+                *data_type = sqlite_type(ty.sqlite_type());
+            }
+        }
+        Expr::TypedString(t) => {
+            let ty = declared_type(&t.data_type)?;
+            let text = match &t.value.value {
+                AstValue::SingleQuotedString(s) => s.clone(),
+                other => other.to_string(),
+            };
+            *e = literal_expr(&types::coerce(Value::Text(text), ty)?);
+        }
+        Expr::ILike {
+            negated,
+            any,
+            expr,
+            pattern,
+            escape_char,
+        } => {
+            // SQLite's LIKE is case-insensitive for ASCII (we turn that off for LIKE).
+            *e = Expr::Like {
+                negated: *negated,
+                any: *any,
+                expr: Box::new(call(
+                    "lower",
+                    vec![std::mem::replace(
+                        expr.as_mut(),
+                        Expr::value(AstValue::Null),
+                    )],
+                )),
+                pattern: Box::new(call(
+                    "lower",
+                    vec![std::mem::replace(
+                        pattern.as_mut(),
+                        Expr::value(AstValue::Null),
+                    )],
+                )),
+                escape_char: escape_char.clone(),
+            };
+        }
+        Expr::IsDistinctFrom(a, b) => {
+            let (a, b) = (take(a), take(b));
+            *e = Expr::BinaryOp {
+                left: Box::new(a),
+                op: ast::BinaryOperator::Custom("IS NOT".into()),
+                right: Box::new(b),
+            };
+        }
+        Expr::IsNotDistinctFrom(a, b) => {
+            let (a, b) = (take(a), take(b));
+            *e = Expr::BinaryOp {
+                left: Box::new(a),
+                op: ast::BinaryOperator::Custom("IS".into()),
+                right: Box::new(b),
+            };
+        }
+        Expr::Function(f) => match function_name(f).as_str() {
+            "string_agg" => f.name = ObjectName::from(vec![Ident::new("group_concat")]),
+            "char_length" | "character_length" => {
+                f.name = ObjectName::from(vec![Ident::new("length")])
+            }
+            "current_user" | "session_user" | "user" => {
+                *e = literal_expr(&Value::Text("cairn".into()))
+            }
+            _ => {}
+        },
+        _ => {}
+    }
+    Ok(())
+}
+
+fn take(b: &mut Box<Expr>) -> Expr {
+    std::mem::replace(b.as_mut(), Expr::value(AstValue::Null))
+}
+
+fn call(name: &str, args: Vec<Expr>) -> Expr {
+    Expr::Function(ast::Function {
+        name: ObjectName::from(vec![Ident::new(name)]),
+        uses_odbc_syntax: false,
+        parameters: FunctionArguments::None,
+        args: FunctionArguments::List(ast::FunctionArgumentList {
+            duplicate_treatment: None,
+            args: args
+                .into_iter()
+                .map(|a| FunctionArg::Unnamed(FunctionArgExpr::Expr(a)))
+                .collect(),
+            clauses: vec![],
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: vec![],
+    })
+}
+
+fn reject_internal(stmt: &Statement) -> Result<()> {
+    let mut bad = None;
+    let _ = visit_relations(stmt, |name| {
+        let n = object_name(name);
+        if is_internal(&n) {
+            bad = Some(n);
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    match bad {
+        Some(n) => Err(Error::sql(
+            "42501",
+            format!("permission denied for table {n}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The first words of a statement, to name it in "not supported" errors.
+fn statement_name(stmt: &Statement) -> String {
+    let text = stmt.to_string();
+    let words: Vec<&str> = text.split_whitespace().take(2).collect();
+    words.join(" ").to_uppercase()
+}
+
+/// Translate one parsed statement. `given` holds parameter types the client declared.
+/// Tables named by a query's WITH clause, with the columns its queries produce.
+fn cte_tables(stmt: &Statement, known: &[&Table]) -> Vec<Table> {
+    let Statement::Query(q) = stmt else {
+        return Vec::new();
+    };
+    let Some(with) = &q.with else {
+        return Vec::new();
+    };
+    let mut out: Vec<Table> = Vec::new();
+    for cte in &with.cte_tables {
+        let mut scope: Vec<&Table> = known.to_vec();
+        scope.extend(out.iter());
+        let types = projection_types(&cte.query, &scope);
+        let SetExpr::Select(select) = cte.query.body.as_ref() else {
+            continue;
+        };
+        let columns = select
+            .projection
+            .iter()
+            .zip(types.into_iter().chain(std::iter::repeat(None)))
+            .map(|(item, ty)| {
+                let name = match item {
+                    SelectItem::ExprWithAlias { alias, .. } => ident_name(alias),
+                    SelectItem::UnnamedExpr(e) => pg_column_name(e),
+                    _ => "?column?".into(),
+                };
+                Column {
+                    name,
+                    ty: ty.unwrap_or(PgType::Text),
+                }
+            })
+            .collect();
+        out.push(Table {
+            name: ident_name(&cte.alias.name),
+            columns,
+        });
+    }
+    out
+}
+
+pub fn translate(
+    mut stmt: Statement,
+    catalog: &Catalog,
+    given: &[Option<PgType>],
+) -> Result<Translated> {
+    reject_internal(&stmt)?;
+    let mut tables = scope(&stmt, catalog);
+    let ctes = cte_tables(&stmt, &tables);
+    tables.extend(ctes.iter());
+    let param_types = infer_params(&stmt, &tables, given);
+    let mut out = Translated {
+        kind: Kind::Read,
+        sql: String::new(),
+        param_types,
+        expr_types: Vec::new(),
+        tag: String::new(),
+    };
+    let session = |kind: Kind, tag: &str| Translated {
+        kind,
+        sql: String::new(),
+        param_types: Vec::new(),
+        expr_types: Vec::new(),
+        tag: tag.to_string(),
+    };
+    match &mut stmt {
+        Statement::Query(q) => {
+            out.expr_types = projection_types(q, &tables);
+            q.locks.clear(); // FOR UPDATE/SHARE: a shard's transactions are serializable already.
+            name_query_columns(q);
+            out.tag = "SELECT".into();
+        }
+        Statement::Insert(insert) => {
+            out.kind = Kind::Write;
+            out.tag = "INSERT".into();
+            out.expr_types = insert
+                .returning
+                .as_ref()
+                .map(|r| item_types(r, &tables))
+                .unwrap_or_default();
+            insert.returning.as_mut().map(|r| name_columns(r));
+            coerce_insert_literals(insert, &tables)?;
+        }
+        Statement::Update(update) => {
+            out.kind = Kind::Write;
+            out.tag = "UPDATE".into();
+            out.expr_types = update
+                .returning
+                .as_ref()
+                .map(|r| item_types(r, &tables))
+                .unwrap_or_default();
+            update.returning.as_mut().map(|r| name_columns(r));
+        }
+        Statement::Delete(delete) => {
+            out.kind = Kind::Write;
+            out.tag = "DELETE".into();
+            out.expr_types = delete
+                .returning
+                .as_ref()
+                .map(|r| item_types(r, &tables))
+                .unwrap_or_default();
+            delete.returning.as_mut().map(|r| name_columns(r));
+        }
+        Statement::Truncate(t) => {
+            out.kind = Kind::Write;
+            out.tag = "TRUNCATE TABLE".into();
+            out.sql = t
+                .table_names
+                .iter()
+                .map(|n| {
+                    format!(
+                        "DELETE FROM \"{}\"",
+                        object_name(&n.name).replace('"', "\"\"")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            if t.table_names.len() != 1 {
+                return Err(Error::unsupported(
+                    "TRUNCATE of several tables in one statement",
+                ));
+            }
+            return Ok(out);
+        }
+        Statement::CreateTable(create) => {
+            out.kind = Kind::Ddl;
+            out.tag = "CREATE TABLE".into();
+            out.sql = create_table(create)?;
+            return Ok(out);
+        }
+        Statement::CreateIndex(index) => {
+            out.kind = Kind::Ddl;
+            out.tag = "CREATE INDEX".into();
+            index.using = None;
+            index.concurrently = false;
+        }
+        Statement::AlterTable(alter) => {
+            out.kind = Kind::Ddl;
+            out.tag = "ALTER TABLE".into();
+            out.sql = alter_table(alter)?;
+            return Ok(out);
+        }
+        Statement::Drop {
+            object_type,
+            if_exists,
+            names,
+            ..
+        } => {
+            out.kind = Kind::Ddl;
+            let (what, forget) = match object_type {
+                ObjectType::Table => ("TABLE", true),
+                ObjectType::Index => ("INDEX", false),
+                ObjectType::View => ("VIEW", false),
+                other => return Err(Error::unsupported(format!("DROP {other}"))),
+            };
+            out.tag = format!("DROP {what}");
+            let mut sql = String::new();
+            for name in names.iter() {
+                let n = object_name(name);
+                let exists = if *if_exists { "IF EXISTS " } else { "" };
+                sql.push_str(&format!(
+                    "DROP {what} {exists}\"{}\";",
+                    n.replace('"', "\"\"")
+                ));
+                if forget {
+                    sql.push_str(&catalog::forget_table_sql(&n));
+                }
+            }
+            out.sql = sql;
+            return Ok(out);
+        }
+        Statement::CreateView(_) => {
+            out.kind = Kind::Ddl;
+            out.tag = "CREATE VIEW".into();
+        }
+        Statement::StartTransaction { .. } => return Ok(session(Kind::Begin, "BEGIN")),
+        Statement::Commit { .. } => return Ok(session(Kind::Commit, "COMMIT")),
+        Statement::Rollback {
+            savepoint: None, ..
+        } => return Ok(session(Kind::Rollback, "ROLLBACK")),
+        Statement::Rollback {
+            savepoint: Some(_), ..
+        }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. } => return Err(Error::unsupported("SAVEPOINT")),
+        Statement::Set(set) => return Ok(translate_set(set)),
+        Statement::ShowVariable { variable } => {
+            let name = variable
+                .iter()
+                .map(ident_name)
+                .collect::<Vec<_>>()
+                .join(" ");
+            return Ok(session(Kind::Show { name }, "SHOW"));
+        }
+        Statement::Discard { .. } => return Ok(session(Kind::Noop, "DISCARD ALL")),
+        Statement::Deallocate { .. } => return Ok(session(Kind::Noop, "DEALLOCATE")),
+        other => return Err(Error::unsupported(statement_name(other))),
+    }
+    rewrite(&mut stmt)?;
+    out.sql = stmt.to_string();
+    Ok(out)
+}
+
+fn translate_set(set: &ast::Set) -> Translated {
+    let noop = |tag: &str| Translated {
+        kind: Kind::Noop,
+        sql: String::new(),
+        param_types: Vec::new(),
+        expr_types: Vec::new(),
+        tag: tag.to_string(),
+    };
+    match set {
+        ast::Set::SingleAssignment {
+            variable, values, ..
+        } => {
+            let name = variable
+                .0
+                .iter()
+                .map(|p| match p {
+                    ObjectNamePart::Identifier(i) => ident_name(i),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(".");
+            let value = values
+                .iter()
+                .map(|v| match v {
+                    Expr::Value(v) => match &v.value {
+                        AstValue::SingleQuotedString(s) => s.clone(),
+                        other => other.to_string(),
+                    },
+                    Expr::Identifier(i) => i.value.clone(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            Translated {
+                kind: Kind::Set { name, value },
+                ..noop("SET")
+            }
+        }
+        _ => noop("SET"),
+    }
+}
+
+/// Coerce literal values in `INSERT ... VALUES` to their columns' types, as PostgreSQL would
+/// (so `'t'` into a boolean stores 1, and a timestamptz literal is stored normalised).
+fn coerce_insert_literals(insert: &mut ast::Insert, tables: &[&Table]) -> Result<()> {
+    let ast::TableObject::TableName(name) = &insert.table else {
+        return Ok(());
+    };
+    let Some(table) = tables
+        .iter()
+        .find(|t| t.name.eq_ignore_ascii_case(&object_name(name)))
+    else {
+        return Ok(());
+    };
+    let columns: Vec<Option<PgType>> = if insert.columns.is_empty() {
+        table.columns.iter().map(|c| Some(c.ty)).collect()
+    } else {
+        insert
+            .columns
+            .iter()
+            .map(|c| table.column(&object_name(c)).map(|c| c.ty))
+            .collect()
+    };
+    let Some(source) = insert.source.as_mut() else {
+        return Ok(());
+    };
+    if let SetExpr::Values(values) = source.body.as_mut() {
+        for row in values.rows.iter_mut() {
+            for (e, ty) in row.iter_mut().zip(&columns) {
+                if let (Some(v), Some(ty)) = (literal_value(e), ty) {
+                    if !matches!(v, Value::Null) {
+                        *e = literal_expr(&types::coerce(v, *ty)?);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn create_table(create: &mut ast::CreateTable) -> Result<String> {
+    if create.temporary {
+        return Err(Error::unsupported("CREATE TEMPORARY TABLE"));
+    }
+    if create.query.is_some() {
+        return Err(Error::unsupported("CREATE TABLE ... AS"));
+    }
+    let table = object_name(&create.name);
+    if is_internal(&table) {
+        return Err(Error::sql(
+            "42939",
+            format!("table name \"{table}\" is reserved"),
+        ));
+    }
+    let table_pk: Vec<String> = create
+        .constraints
+        .iter()
+        .filter_map(|c| match c {
+            TableConstraint::PrimaryKey(pk) => Some(
+                pk.columns
+                    .iter()
+                    .map(|c| c.column.expr.to_string().to_lowercase())
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .next()
+        .unwrap_or_default();
+    let mut columns = Vec::new();
+    for col in create.columns.iter_mut() {
+        let name = ident_name(&col.name);
+        let ty = match serial_kind(&col.data_type) {
+            Some(ty) => {
+                let inline_pk = col
+                    .options
+                    .iter()
+                    .any(|o| matches!(o.option, ColumnOption::PrimaryKey(_)));
+                let table_level = table_pk.len() == 1 && table_pk[0] == name;
+                if !inline_pk && !table_level {
+                    return Err(Error::unsupported(format!("serial column \"{name}\" that is not the table's single-column primary key")));
+                }
+                // SQLite allocates ids only for a column declared exactly INTEGER PRIMARY KEY.
+                col.data_type = sqlite_type("INTEGER");
+                ty
+            }
+            None => declared_type(&col.data_type)?,
+        };
+        for opt in col.options.iter_mut() {
+            if let ColumnOption::Default(e) = &mut opt.option {
+                if literal_value(e).is_none() {
+                    let inner = std::mem::replace(e, Expr::value(AstValue::Null));
+                    *e = Expr::Nested(Box::new(inner));
+                } else if let Some(v) = literal_value(e) {
+                    if !matches!(v, Value::Null) {
+                        *e = literal_expr(&types::coerce(v, ty)?);
+                    }
+                }
+            }
+        }
+        columns.push(Column { name, ty });
+    }
+    let mut stmt = Statement::CreateTable(create.clone());
+    rewrite(&mut stmt)?;
+    Ok(format!(
+        "{stmt};{}",
+        catalog::record_table_sql(&table, &columns)
+    ))
+}
+
+fn alter_table(alter: &mut ast::AlterTable) -> Result<String> {
+    let table = object_name(&alter.name);
+    let template = ast::AlterTable {
+        operations: Vec::new(),
+        ..alter.clone()
+    };
+    let mut sql = String::new();
+    for op in alter.operations.iter_mut() {
+        match op {
+            ast::AlterTableOperation::AddColumn { column_def, .. } => {
+                let name = ident_name(&column_def.name);
+                let ty = declared_type(&column_def.data_type)?;
+                for opt in column_def.options.iter_mut() {
+                    if let ColumnOption::Default(e) = &mut opt.option {
+                        if let Some(v) = literal_value(e) {
+                            if !matches!(v, Value::Null) {
+                                *e = literal_expr(&types::coerce(v, ty)?);
+                            }
+                        }
+                    }
+                }
+                let mut s = Statement::AlterTable(ast::AlterTable {
+                    operations: vec![ast::AlterTableOperation::AddColumn {
+                        column_keyword: true,
+                        if_not_exists: false,
+                        column_def: column_def.clone(),
+                        column_position: None,
+                    }],
+                    ..template.clone()
+                });
+                rewrite(&mut s)?;
+                sql.push_str(&format!(
+                    "{s};{}",
+                    catalog::record_column_sql(&table, &Column { name, ty })
+                ));
+            }
+            other => {
+                return Err(Error::unsupported(format!(
+                    "ALTER TABLE {}",
+                    other
+                        .to_string()
+                        .split_whitespace()
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )))
+            }
+        }
+    }
+    Ok(sql)
+}

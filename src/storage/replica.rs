@@ -1,0 +1,738 @@
+//! One shard's replica: a SQLite file, the thread that owns its writable connection, and a
+//! pool of read-only connections.
+//!
+//! Invariants:
+//! - Only the replica thread writes the file. Speculative execution (the leader's writer) and
+//!   applying committed entries both happen there, one after the other.
+//! - `_cairn_state.applied` changes in the same SQLite transaction as the rows it covers.
+//! - A committed entry that fails to apply stops the replica (the error reaches openraft as a
+//!   storage error, which stops the group): replicas must never silently diverge.
+
+use super::changeset::{self, Session};
+use crate::catalog::Catalog;
+use crate::error::{Error, Result};
+use crate::ids::ShardId;
+use crate::limits;
+use crate::replication::{Entry, LogId, Membership, Op};
+use openraft::EntryPayload;
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
+use tokio::sync::oneshot;
+
+/// Tables Cairn keeps inside every replica. Clients cannot name them (see `sql::plan`).
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS _cairn_state (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+    CREATE TABLE IF NOT EXISTS _cairn_columns (
+        table_name TEXT NOT NULL, column_name TEXT NOT NULL, ordinal INTEGER NOT NULL,
+        pg_type TEXT NOT NULL, PRIMARY KEY (table_name, column_name));
+";
+
+/// A column of a statement's result, as SQLite describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultColumn {
+    pub name: String,
+    /// The table and column the value comes from, when it is a plain column reference.
+    pub origin: Option<(String, String)>,
+    pub decl_type: Option<String>,
+}
+
+/// What a statement produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rows {
+    pub columns: Vec<ResultColumn>,
+    pub rows: Vec<Vec<Value>>,
+    /// Rows inserted, updated or deleted.
+    pub changes: u64,
+}
+
+/// A statement ready for SQLite: translated text and bound parameter values.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    pub sql: String,
+    pub params: Vec<Value>,
+    pub kind: StatementKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatementKind {
+    /// Reads or writes rows; writes are captured in a changeset.
+    Dml,
+    /// Changes the schema; replicated as this SQL text (which also updates `_cairn_columns`).
+    Ddl,
+    /// Prepare only, to report the result columns; nothing runs.
+    Describe,
+}
+
+fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection> {
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| Error::internal(format!("opening {}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    // PostgreSQL's LIKE is case-sensitive; ILIKE is rewritten to lower() LIKE lower().
+    conn.pragma_update(None, "case_sensitive_like", true)?;
+    conn.set_prepared_statement_cache_capacity(128);
+    super::functions::register(&conn)?;
+    Ok(conn)
+}
+
+/// Run one statement on `conn`, collecting at most the result limits.
+pub fn run(conn: &Connection, sql: &str, params: &[Value]) -> Result<Rows> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let expected = stmt.parameter_count();
+    if params.len() != expected {
+        return Err(Error::sql(
+            crate::error::sqlstate::PROTOCOL_VIOLATION,
+            format!(
+                "statement has {expected} parameters but {} were supplied",
+                params.len()
+            ),
+        ));
+    }
+    let columns = describe(conn, sql)?.columns;
+    if columns.is_empty() {
+        let changes = stmt.execute(rusqlite::params_from_iter(params.iter()))? as u64;
+        return Ok(Rows {
+            columns,
+            rows: Vec::new(),
+            changes,
+        });
+    }
+    let mut rows = Vec::new();
+    let mut bytes = 0usize;
+    let mut cursor = stmt.query(rusqlite::params_from_iter(params.iter()))?;
+    while let Some(row) = cursor.next()? {
+        let mut values = Vec::with_capacity(columns.len());
+        for i in 0..columns.len() {
+            let v: Value = row.get(i)?;
+            bytes += match &v {
+                Value::Text(s) => s.len(),
+                Value::Blob(b) => b.len(),
+                _ => 8,
+            };
+            values.push(v);
+        }
+        rows.push(values);
+        if rows.len() > limits::RESULT_ROWS_MAX || bytes > limits::RESULT_BYTES_MAX {
+            return Err(Error::sql(
+                crate::error::sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "result exceeds {} rows or {} bytes; add a LIMIT or narrow the query",
+                    limits::RESULT_ROWS_MAX,
+                    limits::RESULT_BYTES_MAX
+                ),
+            ));
+        }
+    }
+    drop(cursor);
+    let changes = if stmt.readonly() {
+        0
+    } else {
+        rows.len() as u64
+    };
+    Ok(Rows {
+        columns,
+        rows,
+        changes,
+    })
+}
+
+/// Prepare `sql` and report its result columns without running it.
+pub fn describe(conn: &Connection, sql: &str) -> Result<Rows> {
+    let stmt = conn.prepare_cached(sql)?;
+    let columns = stmt
+        .columns_with_metadata()
+        .zip(stmt.columns())
+        .map(|(c, d)| ResultColumn {
+            name: c.name().to_string(),
+            origin: match (c.table_name(), c.origin_name()) {
+                (Some(t), Some(o)) => Some((t.to_string(), o.to_string())),
+                _ => None,
+            },
+            decl_type: d.decl_type().map(str::to_string),
+        })
+        .collect();
+    Ok(Rows {
+        columns,
+        rows: Vec::new(),
+        changes: 0,
+    })
+}
+
+/// The replica file and its writable connection. Lives on the replica thread.
+pub struct Replica {
+    conn: Connection,
+    shard: ShardId,
+    catalog: Arc<RwLock<Catalog>>,
+    /// Applied entries that could not be recorded yet because a speculative transaction was
+    /// open (only blank and membership entries; see `apply`). Recorded with the next write.
+    pending: RefCell<Option<(LogId, Membership)>>,
+}
+
+impl Replica {
+    pub fn open(path: &Path, shard: ShardId) -> Result<Replica> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::internal(format!("creating {}: {e}", dir.display())))?;
+        }
+        let conn = open_connection(path, OpenFlags::default())?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::internal(format!(
+                "{}: WAL mode refused ({mode})",
+                path.display()
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "OFF")?;
+        conn.execute_batch(SCHEMA)?;
+        let catalog = Arc::new(RwLock::new(Catalog::load(&conn)?));
+        Ok(Replica {
+            conn,
+            shard,
+            catalog,
+            pending: RefCell::new(None),
+        })
+    }
+
+    pub fn catalog(&self) -> Arc<RwLock<Catalog>> {
+        self.catalog.clone()
+    }
+
+    fn read_state<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        let bytes: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT value FROM _cairn_state WHERE key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match bytes {
+            None => Ok(None),
+            Some(b) => postcard::from_bytes(&b)
+                .map(Some)
+                .map_err(|e| Error::Corrupt(format!("{}: {key}: {e}", self.shard))),
+        }
+    }
+
+    fn write_state<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<()> {
+        let bytes = postcard::to_stdvec(value).map_err(Error::internal)?;
+        self.conn.execute(
+            "INSERT OR REPLACE INTO _cairn_state (key, value) VALUES (?1, ?2)",
+            params![key, bytes],
+        )?;
+        Ok(())
+    }
+
+    /// The last applied log id and membership, as openraft needs them on start.
+    pub fn applied_state(&self) -> Result<(Option<LogId>, Membership)> {
+        if let Some((log_id, membership)) = &*self.pending.borrow() {
+            return Ok((Some(*log_id), membership.clone()));
+        }
+        let applied = self.read_state::<LogId>("applied")?;
+        let membership = self
+            .read_state::<Membership>("membership")?
+            .unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    /// Apply committed entries, all in one SQLite transaction with the new applied id.
+    /// `in_txn` says whether a speculative transaction is open on the connection; then only
+    /// entries without data may arrive (the leader's writer waits for its own proposals).
+    fn apply(&self, entries: &[Entry], in_txn: bool) -> Result<bool> {
+        let Some(last) = entries.last() else {
+            return Ok(false);
+        };
+        let (_, mut membership) = self.applied_state()?;
+        let has_data = entries
+            .iter()
+            .any(|e| matches!(e.payload, EntryPayload::Normal(_)));
+        for entry in entries {
+            if let EntryPayload::Membership(m) = &entry.payload {
+                membership = Membership::new(Some(entry.log_id), m.clone());
+            }
+        }
+        if in_txn && !has_data {
+            *self.pending.borrow_mut() = Some((last.log_id, membership));
+            return Ok(false);
+        }
+        assert!(
+            !in_txn,
+            "{}: data entries applied while a speculative transaction is open",
+            self.shard
+        );
+        let tx = self.conn.unchecked_transaction()?;
+        let mut schema_changed = false;
+        for entry in entries {
+            if let EntryPayload::Normal(batch) = &entry.payload {
+                for op in &batch.ops {
+                    match op {
+                        Op::Changeset(bytes) => changeset::apply(&tx, bytes).map_err(|e| {
+                            Error::Corrupt(format!(
+                                "{}: applying {}: {e}",
+                                self.shard, entry.log_id
+                            ))
+                        })?,
+                        Op::Ddl(sql) => {
+                            tx.execute_batch(sql).map_err(|e| {
+                                Error::Corrupt(format!(
+                                    "{}: applying DDL at {}: {e}",
+                                    self.shard, entry.log_id
+                                ))
+                            })?;
+                            schema_changed = true;
+                        }
+                    }
+                }
+            }
+        }
+        self.write_state("applied", &last.log_id)?;
+        self.write_state("membership", &membership)?;
+        tx.commit()?;
+        *self.pending.borrow_mut() = None;
+        if schema_changed {
+            self.reload_catalog()?;
+        }
+        Ok(schema_changed)
+    }
+
+    fn reload_catalog(&self) -> Result<()> {
+        let fresh = Catalog::load(&self.conn)?;
+        *self.catalog.write().expect("catalog lock poisoned") = fresh;
+        Ok(())
+    }
+
+    /// Replace this replica's contents with a snapshot file, atomically (one SQLite write
+    /// transaction through the backup API; readers see the old or the new state).
+    fn restore_from(&mut self, snapshot: &Path) -> Result<()> {
+        self.conn
+            .restore(
+                rusqlite::MAIN_DB,
+                snapshot,
+                None::<fn(rusqlite::backup::Progress)>,
+            )
+            .map_err(|e| {
+                Error::internal(format!(
+                    "{}: restoring snapshot {}: {e}",
+                    self.shard,
+                    snapshot.display()
+                ))
+            })?;
+        *self.pending.get_mut() = None;
+        self.reload_catalog()
+    }
+
+    /// A checksum of every user table's rows, for comparing replicas in tests and checks.
+    pub fn checksum(conn: &Connection) -> Result<u64> {
+        let mut tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_cairn_state' ORDER BY name")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        tables.sort();
+        let mut hash = Fnv::default();
+        for table in tables {
+            hash.write(table.as_bytes());
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT * FROM \"{}\" ORDER BY 1, 2",
+                    table.replace('"', "\"\"")
+                ))
+                .or_else(|_| {
+                    conn.prepare(&format!(
+                        "SELECT * FROM \"{}\" ORDER BY 1",
+                        table.replace('"', "\"\"")
+                    ))
+                })?;
+            let n = stmt.column_count();
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                for i in 0..n {
+                    match row.get::<_, Value>(i)? {
+                        Value::Null => hash.write(b"N"),
+                        Value::Integer(v) => hash.write(&v.to_le_bytes()),
+                        Value::Real(v) => hash.write(&v.to_bits().to_le_bytes()),
+                        Value::Text(s) => hash.write(s.as_bytes()),
+                        Value::Blob(b) => hash.write(&b),
+                    }
+                }
+            }
+        }
+        Ok(hash.0)
+    }
+}
+
+/// FNV-1a, for checksums that must not change between builds or platforms.
+#[derive(Debug)]
+struct Fnv(u64);
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf29ce484222325)
+    }
+}
+impl Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= *b as u64;
+            self.0 = self.0.wrapping_mul(0x100000001b3);
+        }
+        self.0 ^= 0xff;
+        self.0 = self.0.wrapping_mul(0x100000001b3);
+    }
+}
+
+/// Snapshot a replica file into `dest` from a read transaction (consistent at one applied
+/// index; writers go on). Returns the applied log id and membership the snapshot holds.
+pub fn snapshot_to(source: &Path, dest: &Path) -> Result<(Option<LogId>, Membership)> {
+    let conn = open_connection(source, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let _ = std::fs::remove_file(dest);
+    conn.execute("VACUUM INTO ?1", [dest.to_string_lossy()])?;
+    snapshot_state(dest)
+}
+
+/// The applied log id and membership recorded in a snapshot file.
+pub fn snapshot_state(path: &Path) -> Result<(Option<LogId>, Membership)> {
+    let conn = open_connection(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let read = |key: &str| -> Result<Option<Vec<u8>>> {
+        Ok(conn
+            .query_row(
+                "SELECT value FROM _cairn_state WHERE key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    };
+    let applied = read("applied")?
+        .map(|b| postcard::from_bytes(&b))
+        .transpose()
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    let membership = read("membership")?
+        .map(|b| postcard::from_bytes(&b))
+        .transpose()
+        .map_err(|e| Error::Corrupt(e.to_string()))?
+        .unwrap_or_default();
+    Ok((applied, membership))
+}
+
+/// Read-only connections serving queries outside transactions.
+pub struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    pub fn new(path: &Path) -> ReadPool {
+        ReadPool {
+            path: path.to_path_buf(),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Run `f` on a read-only connection (on the calling thread: call from `spawn_blocking`).
+    pub fn with<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+        let conn = self.idle.lock().expect("pool lock poisoned").pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => {
+                let c = open_connection(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                c.pragma_update(None, "query_only", true)?;
+                c
+            }
+        };
+        let result = f(&conn);
+        let mut idle = self.idle.lock().expect("pool lock poisoned");
+        if idle.len() < limits::READ_CONNECTIONS_MAX && conn.is_autocommit() {
+            idle.push(conn);
+        }
+        result
+    }
+}
+
+/// Requests served by the replica thread.
+enum Command {
+    AppliedState(oneshot::Sender<Result<(Option<LogId>, Membership)>>),
+    Apply(Vec<Entry>, oneshot::Sender<Result<()>>),
+    /// Run statements in one speculative transaction, each in its own savepoint; return each
+    /// result and the ops to replicate, then roll back.
+    ExecBatch(
+        Vec<Statement>,
+        oneshot::Sender<Result<(Vec<Result<Rows>>, Vec<Op>)>>,
+    ),
+    Begin(oneshot::Sender<Result<()>>),
+    Exec(Statement, oneshot::Sender<Result<Rows>>),
+    /// Take the open transaction's ops and roll it back (`commit` proposes them).
+    Finish(oneshot::Sender<Result<Vec<Op>>>),
+    Rollback(oneshot::Sender<()>),
+    Restore(PathBuf, oneshot::Sender<Result<()>>),
+    Checksum(oneshot::Sender<Result<u64>>),
+}
+
+/// The async face of a replica thread. Cheap to clone.
+#[derive(Clone)]
+pub struct ReplicaHandle {
+    tx: mpsc::SyncSender<Command>,
+    pub path: PathBuf,
+    pub shard: ShardId,
+    pub catalog: Arc<RwLock<Catalog>>,
+    pub reads: Arc<ReadPool>,
+}
+
+impl ReplicaHandle {
+    /// Open the replica at `path` and start its thread.
+    pub fn start(path: &Path, shard: ShardId) -> Result<ReplicaHandle> {
+        let replica = Replica::open(path, shard)?;
+        let catalog = replica.catalog();
+        let (tx, rx) = mpsc::sync_channel(limits::REPLICA_QUEUE_MAX);
+        std::thread::Builder::new()
+            .name(format!("replica-{shard}"))
+            .spawn(move || thread_main(replica, rx))
+            .map_err(|e| Error::internal(format!("spawning replica thread: {e}")))?;
+        Ok(ReplicaHandle {
+            tx,
+            path: path.to_path_buf(),
+            shard,
+            catalog,
+            reads: Arc::new(ReadPool::new(path)),
+        })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.tx.clone();
+        let cmd = make(reply);
+        // The queue is bounded; a full queue blocks this caller only (backpressure).
+        tokio::task::spawn_blocking(move || tx.send(cmd))
+            .await
+            .map_err(Error::internal)?
+            .map_err(|_| Error::Unavailable(format!("replica {} stopped", self.shard)))?;
+        rx.await
+            .map_err(|_| Error::Unavailable(format!("replica {} stopped", self.shard)))
+    }
+
+    pub async fn applied_state(&self) -> Result<(Option<LogId>, Membership)> {
+        self.call(Command::AppliedState).await?
+    }
+    pub async fn apply(&self, entries: Vec<Entry>) -> Result<()> {
+        self.call(|r| Command::Apply(entries, r)).await?
+    }
+    pub async fn exec_batch(&self, stmts: Vec<Statement>) -> Result<(Vec<Result<Rows>>, Vec<Op>)> {
+        self.call(|r| Command::ExecBatch(stmts, r)).await?
+    }
+    pub async fn begin(&self) -> Result<()> {
+        self.call(Command::Begin).await?
+    }
+    pub async fn exec(&self, stmt: Statement) -> Result<Rows> {
+        self.call(|r| Command::Exec(stmt, r)).await?
+    }
+    pub async fn finish(&self) -> Result<Vec<Op>> {
+        self.call(Command::Finish).await?
+    }
+    pub async fn rollback(&self) -> Result<()> {
+        self.call(Command::Rollback).await
+    }
+    pub async fn restore(&self, snapshot: PathBuf) -> Result<()> {
+        self.call(|r| Command::Restore(snapshot, r)).await?
+    }
+    pub async fn checksum(&self) -> Result<u64> {
+        self.call(Command::Checksum).await?
+    }
+
+    /// Run a read-only query on a pooled connection.
+    pub async fn read(&self, stmt: Statement) -> Result<Rows> {
+        let reads = self.reads.clone();
+        tokio::task::spawn_blocking(move || {
+            reads.with(|c| match stmt.kind {
+                StatementKind::Describe => describe(c, &stmt.sql),
+                _ => run(c, &stmt.sql, &stmt.params),
+            })
+        })
+        .await
+        .map_err(Error::internal)?
+    }
+}
+
+/// A speculative transaction open on the replica's connection.
+struct Speculative<'c> {
+    session: Option<Session<'c>>,
+    ops: Vec<Op>,
+}
+
+impl<'c> Speculative<'c> {
+    fn begin(conn: &'c Connection) -> Result<Self> {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        match Session::new(conn) {
+            Ok(session) => Ok(Speculative {
+                session: Some(session),
+                ops: Vec::new(),
+            }),
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// Move the changes recorded so far into `ops`.
+    fn cut(&mut self) -> Result<()> {
+        if let Some(session) = self.session.as_mut() {
+            let bytes = session.changeset()?;
+            if !bytes.is_empty() {
+                self.ops.push(Op::Changeset(bytes));
+            }
+        }
+        Ok(())
+    }
+
+    /// Run one statement in its own savepoint: on error its effects are undone and the
+    /// transaction stays usable.
+    fn exec(&mut self, conn: &'c Connection, stmt: &Statement) -> Result<Rows> {
+        if stmt.kind == StatementKind::Describe {
+            return describe(conn, &stmt.sql);
+        }
+        conn.execute_batch("SAVEPOINT cairn_stmt")?;
+        let result = match stmt.kind {
+            StatementKind::Describe => unreachable!("handled above"),
+            StatementKind::Dml => run(conn, &stmt.sql, &stmt.params),
+            StatementKind::Ddl => {
+                // Changesets carry no schema: end the current changeset, run the DDL, record
+                // its text, and record later row changes in a fresh session.
+                self.cut()?;
+                self.session = None;
+                let result = conn
+                    .execute_batch(&stmt.sql)
+                    .map(|_| Rows::default())
+                    .map_err(Error::from);
+                if result.is_ok() {
+                    self.ops.push(Op::Ddl(stmt.sql.clone()));
+                }
+                self.session = Some(Session::new(conn)?);
+                result
+            }
+        };
+        match &result {
+            Ok(_) => conn.execute_batch("RELEASE cairn_stmt")?,
+            Err(_) => conn.execute_batch("ROLLBACK TO cairn_stmt; RELEASE cairn_stmt")?,
+        }
+        result
+    }
+
+    /// End the transaction: return the ops and roll back (the ops come back through Raft).
+    fn finish(mut self, conn: &Connection) -> Result<Vec<Op>> {
+        let cut = self.cut();
+        self.session = None;
+        conn.execute_batch("ROLLBACK")?;
+        cut?;
+        Ok(self.ops)
+    }
+
+    fn abort(mut self, conn: &Connection) {
+        self.session = None;
+        if let Err(e) = conn.execute_batch("ROLLBACK") {
+            tracing::error!(error = %e, "rolling back a speculative transaction failed");
+        }
+    }
+}
+
+fn thread_main(mut replica: Replica, rx: mpsc::Receiver<Command>) {
+    loop {
+        match serve(&replica, &rx) {
+            Some((path, reply)) => {
+                let _ = reply.send(replica.restore_from(&path));
+            }
+            None => return,
+        }
+    }
+}
+
+/// Serve commands until the channel closes (None) or a restore is asked for (which needs
+/// the connection exclusively, so it runs outside, with no transaction open).
+#[allow(clippy::type_complexity)]
+fn serve(
+    replica: &Replica,
+    rx: &mpsc::Receiver<Command>,
+) -> Option<(PathBuf, oneshot::Sender<Result<()>>)> {
+    let conn = &replica.conn;
+    let mut txn: Option<Speculative<'_>> = None;
+    while let Ok(cmd) = rx.recv() {
+        match cmd {
+            Command::AppliedState(reply) => {
+                let _ = reply.send(replica.applied_state());
+            }
+            Command::Apply(entries, reply) => {
+                let has_data = entries
+                    .iter()
+                    .any(|e| matches!(e.payload, EntryPayload::Normal(_)));
+                if has_data {
+                    if let Some(open) = txn.take() {
+                        // Only possible after losing leadership mid-transaction: the entries
+                        // come from another leader. The transaction's client gets an error.
+                        tracing::warn!(shard = %replica.shard, "aborting an open transaction: entries from another leader arrived");
+                        open.abort(conn);
+                    }
+                }
+                let _ = reply.send(replica.apply(&entries, txn.is_some()).map(|_| ()));
+            }
+            Command::ExecBatch(stmts, reply) => {
+                if txn.is_some() {
+                    let _ = reply.send(Err(Error::internal("batch while a transaction is open")));
+                    continue;
+                }
+                let result = Speculative::begin(conn).and_then(|mut spec| {
+                    let results: Vec<Result<Rows>> =
+                        stmts.iter().map(|s| spec.exec(conn, s)).collect();
+                    let ops = spec.finish(conn)?;
+                    Ok((results, ops))
+                });
+                let _ = reply.send(result);
+            }
+            Command::Begin(reply) => {
+                if let Some(open) = txn.take() {
+                    open.abort(conn);
+                }
+                let _ = reply.send(Speculative::begin(conn).map(|s| txn = Some(s)));
+            }
+            Command::Exec(stmt, reply) => {
+                let result = match txn.as_mut() {
+                    Some(open) => open.exec(conn, &stmt),
+                    None => Err(Error::Retry(
+                        "the transaction was aborted (leadership changed); retry it".into(),
+                    )),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Finish(reply) => {
+                let result = match txn.take() {
+                    Some(open) => open.finish(conn),
+                    None => Err(Error::Retry(
+                        "the transaction was aborted (leadership changed); retry it".into(),
+                    )),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Rollback(reply) => {
+                if let Some(open) = txn.take() {
+                    open.abort(conn);
+                }
+                let _ = reply.send(());
+            }
+            Command::Checksum(reply) => {
+                let _ = reply.send(Replica::checksum(conn));
+            }
+            Command::Restore(path, reply) => {
+                if let Some(open) = txn.take() {
+                    open.abort(conn);
+                }
+                return Some((path, reply));
+            }
+        }
+    }
+    if let Some(open) = txn.take() {
+        open.abort(conn);
+    }
+    None
+}

@@ -1,0 +1,506 @@
+//! pgwire end to end with a real driver (tokio-postgres) against a real node on 127.0.0.1.
+
+mod common;
+
+use common::TestNode;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::SimpleQueryMessage;
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.code().code().to_string())
+        .unwrap_or_else(|| format!("not a db error: {e}"))
+}
+
+async fn simple_rows(c: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    c.simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_connect_queries_and_settings() {
+    let node = TestNode::start().await;
+    let c = node.client().await;
+    let v: String = c.query_one("SELECT version()", &[]).await.unwrap().get(0);
+    assert!(v.starts_with("PostgreSQL 16"), "{v}");
+    let db: String = c
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(db, "cairn");
+    let schema: String = c
+        .query_one("SELECT current_schema()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(schema, "public");
+    c.batch_execute("SET application_name = 'tests'")
+        .await
+        .unwrap();
+    assert_eq!(
+        simple_rows(&c, "SHOW application_name").await,
+        vec![vec![Some("tests".into())]]
+    );
+    assert_eq!(
+        simple_rows(&c, "SHOW transaction_isolation").await,
+        vec![vec![Some("serializable".into())]]
+    );
+    let e = c.simple_query("SHOW no_such_setting").await.unwrap_err();
+    assert_eq!(code(&e), "42704");
+    c.batch_execute("SET cairn.read_consistency = 'any'")
+        .await
+        .unwrap();
+    let e = c
+        .batch_execute("SET cairn.read_consistency = 'sometimes'")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "22023");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_dml_and_queries() {
+    let node = TestNode::start().await;
+    let c = node.client().await;
+    c.batch_execute(
+        "CREATE TABLE users (id serial PRIMARY KEY, name text NOT NULL UNIQUE, region varchar(20) DEFAULT 'beijing', \
+           age integer CHECK (age >= 0), created timestamptz DEFAULT now());
+         CREATE TABLE reads (id bigserial PRIMARY KEY, uid integer NOT NULL REFERENCES users (id), aid integer, ts timestamp);
+         CREATE INDEX reads_uid ON reads (uid);",
+    )
+    .await
+    .unwrap();
+    // Multi-row INSERT with RETURNING; serial ids are generated once, on the leader.
+    let rows = c
+        .query("INSERT INTO users (name, age) VALUES ('ann', 30), ('bob', 25), ('cyd', 41) RETURNING id, name", &[])
+        .await
+        .unwrap();
+    let ids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    assert_eq!(
+        c.execute(
+            "INSERT INTO users (name, age) VALUES ('ann', 1) ON CONFLICT (name) DO NOTHING",
+            &[]
+        )
+        .await
+        .unwrap(),
+        0
+    );
+    let r = c
+        .query_one("INSERT INTO users (name, age) VALUES ('ann', 31) ON CONFLICT (name) DO UPDATE SET age = excluded.age RETURNING age", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, i32>(0), 31);
+    for (uid, aid) in [(1, 10), (1, 11), (2, 10), (3, 12), (3, 10)] {
+        c.execute(
+            "INSERT INTO reads (uid, aid, ts) VALUES ($1, $2, '2024-05-01 10:00:00')",
+            &[&uid, &aid],
+        )
+        .await
+        .unwrap();
+    }
+    // Joins, GROUP BY / HAVING, ORDER BY, LIMIT / OFFSET.
+    let rows = c
+        .query(
+            "SELECT u.name, count(*) AS n FROM users u JOIN reads r ON r.uid = u.id GROUP BY u.name HAVING count(*) > 1 ORDER BY u.name",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, vec![("ann".into(), 2), ("cyd".into(), 2)]);
+    let names: Vec<String> = c
+        .query(
+            "SELECT name FROM users ORDER BY age DESC LIMIT 2 OFFSET 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(names, vec!["ann", "bob"]);
+    // Subquery, CTE, window function.
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM users WHERE id IN (SELECT uid FROM reads WHERE aid = 10)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
+    let r = c
+        .query_one("WITH heavy AS (SELECT uid, count(*) AS c FROM reads GROUP BY uid) SELECT max(c) FROM heavy", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, i64>(0), 2);
+    let ranks: Vec<i64> = c
+        .query(
+            "SELECT rank() OVER (ORDER BY age DESC) FROM users ORDER BY age DESC",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ranks, vec![1, 2, 3]);
+    // UPDATE / DELETE with RETURNING, and their counts.
+    assert_eq!(
+        c.execute("UPDATE users SET age = age + 1 WHERE age < 40", &[])
+            .await
+            .unwrap(),
+        2
+    );
+    let r = c
+        .query("DELETE FROM reads WHERE aid = $1 RETURNING uid", &[&12i32])
+        .await
+        .unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].get::<_, i32>(0), 3);
+    // Defaults evaluated once, on the leader.
+    let r = c
+        .query_one("SELECT region, created FROM users WHERE name = 'bob'", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "beijing");
+    let created: chrono::DateTime<chrono::Utc> = r.get(1);
+    assert!((chrono::Utc::now() - created).num_seconds().abs() < 600);
+    // ALTER TABLE ADD COLUMN; the new column's declared type is used on the wire.
+    c.batch_execute("ALTER TABLE users ADD COLUMN score double precision DEFAULT 1.5")
+        .await
+        .unwrap();
+    let s: f64 = c
+        .query_one("SELECT score FROM users WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(s, 1.5);
+    c.batch_execute("DROP INDEX reads_uid; DROP TABLE reads")
+        .await
+        .unwrap();
+    let e = c.query("SELECT * FROM reads", &[]).await.unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code(), &SqlState::UNDEFINED_TABLE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_type_round_trips_in_binary() {
+    let node = TestNode::start().await;
+    let c = node.client().await;
+    c.batch_execute(
+        "CREATE TABLE t (k integer PRIMARY KEY, b boolean, s smallint, i integer, l bigint, r real, d double precision, \
+           n numeric(10,2), tx text, vc varchar(10), ch char(3), by bytea, dt date, ts timestamp, tz timestamptz, \
+           j json, jb jsonb, u uuid)",
+    )
+    .await
+    .unwrap();
+    let date = chrono::NaiveDate::from_ymd_opt(2024, 2, 29).unwrap();
+    let ts = date.and_hms_micro_opt(13, 14, 15, 123456).unwrap();
+    let tz = chrono::DateTime::<chrono::Utc>::from_naive_utc_and_offset(ts, chrono::Utc);
+    let uuid = uuid::Uuid::parse_str("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11").unwrap();
+    let json = serde_json::json!({"a": [1, 2, {"b": null}]});
+    let insert = c
+        .prepare(
+            "INSERT INTO t (k, b, s, i, l, r, d, tx, vc, ch, by, dt, ts, tz, j, jb, u) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        )
+        .await
+        .unwrap();
+    c.execute(
+        &insert,
+        &[
+            &1i32,
+            &true,
+            &-7i16,
+            &2_000_000_000i32,
+            &-9_000_000_000_000i64,
+            &1.5f32,
+            &-2.25e100f64,
+            &"héllo",
+            &"varchar",
+            &"abc",
+            &vec![0u8, 1, 255],
+            &date,
+            &ts,
+            &tz,
+            &json,
+            &json,
+            &uuid,
+        ],
+    )
+    .await
+    .unwrap();
+    c.execute("UPDATE t SET n = 12345.67 WHERE k = 1", &[])
+        .await
+        .unwrap();
+    let row = c.query_one("SELECT b, s, i, l, r, d, tx, vc, ch, by, dt, ts, tz, j, jb, u, n::text FROM t WHERE k = $1", &[&1i32]).await.unwrap();
+    assert!(row.get::<_, bool>(0));
+    assert_eq!(row.get::<_, i16>(1), -7);
+    assert_eq!(row.get::<_, i32>(2), 2_000_000_000);
+    assert_eq!(row.get::<_, i64>(3), -9_000_000_000_000);
+    assert_eq!(row.get::<_, f32>(4), 1.5);
+    assert_eq!(row.get::<_, f64>(5), -2.25e100);
+    assert_eq!(row.get::<_, String>(6), "héllo");
+    assert_eq!(row.get::<_, String>(7), "varchar");
+    assert_eq!(row.get::<_, String>(8), "abc");
+    assert_eq!(row.get::<_, Vec<u8>>(9), vec![0u8, 1, 255]);
+    assert_eq!(row.get::<_, chrono::NaiveDate>(10), date);
+    assert_eq!(row.get::<_, chrono::NaiveDateTime>(11), ts);
+    assert_eq!(row.get::<_, chrono::DateTime<chrono::Utc>>(12), tz);
+    assert_eq!(row.get::<_, serde_json::Value>(13), json);
+    assert_eq!(row.get::<_, serde_json::Value>(14), json);
+    assert_eq!(row.get::<_, uuid::Uuid>(15), uuid);
+    assert_eq!(row.get::<_, String>(16), "12345.67");
+    // The same row in text format (simple query protocol).
+    let text = simple_rows(&c, "SELECT b, s, by, dt, ts, tz, u, n FROM t").await;
+    assert_eq!(
+        text,
+        vec![vec![
+            Some("t".into()),
+            Some("-7".into()),
+            Some("\\x0001ff".into()),
+            Some("2024-02-29".into()),
+            Some("2024-02-29 13:14:15.123456".into()),
+            Some("2024-02-29 13:14:15.123456+00".into()),
+            Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into()),
+            Some("12345.67".into()),
+        ]]
+    );
+    // Parameters compared with columns take the column's type.
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM t WHERE u = $1 AND tz = $2 AND b = $3",
+            &[&uuid, &tz, &true],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    // NULLs of every type.
+    c.execute("INSERT INTO t (k) VALUES (2)", &[])
+        .await
+        .unwrap();
+    let row = c
+        .query_one("SELECT b, s, by, tz, j, u FROM t WHERE k = 2", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<bool>>(0), None);
+    assert_eq!(row.get::<_, Option<i16>>(1), None);
+    assert_eq!(row.get::<_, Option<Vec<u8>>>(2), None);
+    assert_eq!(row.get::<_, Option<chrono::DateTime<chrono::Utc>>>(3), None);
+    assert_eq!(row.get::<_, Option<serde_json::Value>>(4), None);
+    assert_eq!(row.get::<_, Option<uuid::Uuid>>(5), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_carry_sqlstates() {
+    let node = TestNode::start().await;
+    let c = node.client().await;
+    c.batch_execute("CREATE TABLE p (id integer PRIMARY KEY, v text NOT NULL); CREATE TABLE ch (id integer PRIMARY KEY, pid integer REFERENCES p (id))")
+        .await
+        .unwrap();
+    c.execute("INSERT INTO p VALUES (1, 'a')", &[])
+        .await
+        .unwrap();
+    let cases = [
+        ("SELEC 1", "42601"),
+        ("SELECT * FROM missing", "42P01"),
+        ("INSERT INTO p VALUES (1, 'dup')", "23505"),
+        ("INSERT INTO p VALUES (2, NULL)", "23502"),
+        ("INSERT INTO ch VALUES (1, 99)", "23503"),
+        ("CREATE TABLE x (a money)", "0A000"),
+        ("SELECT * FROM _cairn_state", "42501"),
+        ("SELECT no_such_function(1)", "42883"),
+        ("SELECT missing_column FROM p", "42703"),
+    ];
+    for (sql, want) in cases {
+        let e = c.simple_query(sql).await.expect_err(sql);
+        assert_eq!(code(&e), want, "{sql}: {e:?}");
+    }
+    // The connection is still fine.
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM p", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_commit_rollback_and_fail() {
+    let node = TestNode::start().await;
+    let mut c = node.client().await;
+    c.batch_execute("CREATE TABLE acct (id integer PRIMARY KEY, bal integer NOT NULL)")
+        .await
+        .unwrap();
+    c.batch_execute("INSERT INTO acct VALUES (1, 100), (2, 100)")
+        .await
+        .unwrap();
+
+    // Commit: both updates visible together; reads inside see the transaction's own writes.
+    let tx = c.transaction().await.unwrap();
+    tx.execute("UPDATE acct SET bal = bal - 30 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    let inside: i32 = tx
+        .query_one("SELECT bal FROM acct WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(inside, 70);
+    tx.execute("UPDATE acct SET bal = bal + 30 WHERE id = 2", &[])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let total: i64 = c
+        .query_one("SELECT sum(bal) FROM acct", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 200);
+    let b1: i32 = c
+        .query_one("SELECT bal FROM acct WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(b1, 70);
+
+    // Rollback: nothing applied.
+    let tx = c.transaction().await.unwrap();
+    tx.execute("UPDATE acct SET bal = 0", &[]).await.unwrap();
+    tx.rollback().await.unwrap();
+    let total: i64 = c
+        .query_one("SELECT sum(bal) FROM acct", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 200);
+
+    // An error fails the transaction: later statements get 25P02, COMMIT rolls back.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute("UPDATE acct SET bal = bal + 1000 WHERE id = 1")
+        .await
+        .unwrap();
+    let e = c
+        .batch_execute("INSERT INTO acct VALUES (1, 5)")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "23505");
+    let e = c.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(code(&e), "25P02");
+    let msgs = c.simple_query("COMMIT").await.unwrap();
+    assert!(matches!(
+        msgs.last(),
+        Some(SimpleQueryMessage::CommandComplete(_))
+    ));
+    let b1: i32 = c
+        .query_one("SELECT bal FROM acct WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(b1, 70);
+
+    // DDL inside a transaction commits atomically with the rows written after it.
+    c.batch_execute("BEGIN; CREATE TABLE audit (id integer PRIMARY KEY, note text); INSERT INTO audit VALUES (1, 'x'); COMMIT")
+        .await
+        .unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM audit", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    c.batch_execute("BEGIN; CREATE TABLE gone (id integer); INSERT INTO gone VALUES (1); ROLLBACK")
+        .await
+        .unwrap();
+    assert_eq!(
+        code(&c.simple_query("SELECT * FROM gone").await.unwrap_err()),
+        "42P01"
+    );
+
+    // Several statements in one simple query are one implicit transaction.
+    let e = c
+        .batch_execute("UPDATE acct SET bal = 1 WHERE id = 2; INSERT INTO acct VALUES (1, 1)")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "23505");
+    let b2: i32 = c
+        .query_one("SELECT bal FROM acct WHERE id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(b2, 130);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_inside_a_transaction_releases_the_writer() {
+    let node = TestNode::start().await;
+    let c = node.client().await;
+    c.batch_execute("CREATE TABLE kv (k integer PRIMARY KEY, v integer)")
+        .await
+        .unwrap();
+    {
+        let other = node.client().await;
+        other
+            .batch_execute("BEGIN; INSERT INTO kv VALUES (1, 1)")
+            .await
+            .unwrap();
+        // The client goes away without COMMIT.
+    }
+    // Another client can write (the writer was released) and the open write never landed.
+    let started = std::time::Instant::now();
+    c.execute("INSERT INTO kv VALUES (2, 2)", &[])
+        .await
+        .unwrap();
+    assert!(started.elapsed() < cairn::limits::WRITER_WAIT_TIMEOUT);
+    let keys: Vec<i32> = c
+        .query("SELECT k FROM kv ORDER BY k", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(keys, vec![2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_autocommit_writers_are_group_committed() {
+    let node = TestNode::start().await;
+    let c = node.client().await;
+    c.batch_execute("CREATE TABLE log (id integer PRIMARY KEY, who integer)")
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..8i32 {
+        let pg = node.pg;
+        tasks.push(tokio::spawn(async move {
+            let c = common::connect(pg).await;
+            let stmt = c.prepare("INSERT INTO log VALUES ($1, $2)").await.unwrap();
+            for i in 0..50i32 {
+                c.execute(&stmt, &[&(w * 1000 + i), &w]).await.unwrap();
+            }
+            // One duplicate fails alone; its batch-mates are unaffected.
+            let e = c.execute(&stmt, &[&(w * 1000), &w]).await.unwrap_err();
+            assert_eq!(code(&e), "23505");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 400);
+}
