@@ -168,7 +168,9 @@ fn classify_sqlite_message(message: &str) -> &'static str {
         sqlstate::SYNTAX_ERROR
     } else if message.contains("no such index") {
         sqlstate::UNDEFINED_OBJECT
-    } else if message.contains("integer overflow") {
+    } else if message.contains("division by zero") {
+        sqlstate::DIVISION_BY_ZERO
+    } else if message.contains("integer overflow") || message.contains("out of range") {
         sqlstate::NUMERIC_VALUE_OUT_OF_RANGE
     } else {
         sqlstate::INTERNAL_ERROR

@@ -46,3 +46,8 @@ pub const SNAPSHOT_EVERY_ENTRIES: u64 = 5_000;
 
 /// Concurrent client connections per API before new ones are refused.
 pub const CONNECTIONS_MAX: usize = 1_024;
+
+/// How long a request waits for an election in progress before failing with "no leader".
+/// A few election timeouts: long enough to ride out a failover, short enough to fail fast
+/// when there is no quorum.
+pub const LEADER_WAIT: Duration = Duration::from_secs(5);

@@ -90,6 +90,12 @@ impl Node {
             &pg_addr.to_string(),
         )
         .await?;
+        if crate::replication::group::wait_for_leader(&group.raft, crate::limits::LEADER_WAIT)
+            .await
+            .is_none()
+        {
+            tracing::warn!(shard = %group.shard, "no leader yet; serving anyway, requests will wait for one");
+        }
         let engine = Engine::new(Arc::new(group));
         let servers = vec![
             tokio::spawn(api::pgwire::serve(pg, engine.clone())),

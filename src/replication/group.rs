@@ -100,6 +100,7 @@ impl ShardGroup {
     /// Run a read-only statement at the given consistency.
     pub async fn read(&self, stmt: Statement, consistency: ReadConsistency) -> Result<Rows> {
         if consistency == ReadConsistency::Linearizable {
+            wait_for_leader(&self.raft, crate::limits::LEADER_WAIT).await;
             self.raft.ensure_linearizable().await.map_err(|e| match e {
                 openraft::error::RaftError::APIError(
                     openraft::error::CheckIsLeaderError::ForwardToLeader(f),
@@ -124,6 +125,18 @@ impl ShardGroup {
             tracing::warn!(shard = %self.shard, error = %e, "raft shutdown");
         }
     }
+}
+
+/// The group's leader, waiting up to `limit` for an election in progress.
+pub async fn wait_for_leader(raft: &Raft, limit: std::time::Duration) -> Option<NodeId> {
+    if let Some(l) = raft.metrics().borrow().current_leader {
+        return Some(NodeId(l));
+    }
+    raft.wait(Some(limit))
+        .metrics(|m| m.current_leader.is_some(), "a leader")
+        .await
+        .ok()
+        .and_then(|m| m.current_leader.map(NodeId))
 }
 
 /// Logs one line per leadership change: `shard s1: n1 is leader for term 3`.

@@ -125,6 +125,7 @@ impl Writer {
 
 /// Fails unless this node leads the group and has applied every entry of earlier terms.
 async fn ensure_ready(raft: &Raft, node: NodeId, ready_term: &mut Option<u64>) -> Result<()> {
+    super::group::wait_for_leader(raft, limits::LEADER_WAIT).await;
     let (leader, term) = {
         let m = raft.metrics();
         let m = m.borrow();

@@ -654,6 +654,19 @@ fn rewrite_expr(e: &mut Expr) -> Result<()> {
                 escape_char: escape_char.clone(),
             };
         }
+        Expr::BinaryOp {
+            left,
+            op: op @ (ast::BinaryOperator::Divide | ast::BinaryOperator::Modulo),
+            right,
+        } => {
+            let name = if *op == ast::BinaryOperator::Divide {
+                "cairn_div"
+            } else {
+                "cairn_mod"
+            };
+            let (l, r) = (take(left), take(right));
+            *e = call(name, vec![l, r]);
+        }
         Expr::IsDistinctFrom(a, b) => {
             let (a, b) = (take(a), take(b));
             *e = Expr::BinaryOp {

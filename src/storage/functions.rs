@@ -3,6 +3,7 @@
 //! the leader's speculative execution; replicas receive their results in changesets.
 
 use rusqlite::functions::FunctionFlags;
+use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -36,7 +37,65 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     // PostgreSQL's random() is a float in [0, 1); SQLite's is a 64-bit integer.
     conn.create_scalar_function("random", 0, volatile, |_| Ok(rand::random::<f64>()))?;
     conn.create_scalar_function("gen_random_uuid", 0, volatile, |_| Ok(random_uuid()))?;
+    // `/` and `%` are rewritten to these: SQLite yields NULL on a zero divisor where
+    // PostgreSQL raises "division by zero".
+    conn.create_scalar_function("cairn_div", 2, constant, |ctx| arith(ctx, Op::Div))?;
+    conn.create_scalar_function("cairn_mod", 2, constant, |ctx| arith(ctx, Op::Mod))?;
     Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Div,
+    Mod,
+}
+
+fn number(v: ValueRef<'_>) -> Option<Value> {
+    match v {
+        ValueRef::Null => None,
+        ValueRef::Integer(i) => Some(Value::Integer(i)),
+        ValueRef::Real(f) => Some(Value::Real(f)),
+        ValueRef::Text(t) => {
+            let s = std::str::from_utf8(t).ok()?.trim();
+            s.parse::<i64>()
+                .map(Value::Integer)
+                .ok()
+                .or_else(|| s.parse::<f64>().ok().map(Value::Real))
+        }
+        ValueRef::Blob(_) => None,
+    }
+}
+
+fn arith(ctx: &rusqlite::functions::Context<'_>, op: Op) -> rusqlite::Result<Value> {
+    let fail = |m: &str| rusqlite::Error::UserFunctionError(m.to_string().into());
+    let (Some(a), Some(b)) = (number(ctx.get_raw(0)), number(ctx.get_raw(1))) else {
+        return Ok(Value::Null);
+    };
+    match (a, b) {
+        (Value::Integer(_), Value::Integer(0)) => Err(fail("division by zero")),
+        (Value::Integer(a), Value::Integer(b)) => match op {
+            Op::Div => a
+                .checked_div(b)
+                .map(Value::Integer)
+                .ok_or_else(|| fail("integer out of range")),
+            Op::Mod => Ok(Value::Integer(a.checked_rem(b).unwrap_or(0))),
+        },
+        (a, b) => {
+            let f = |v: Value| match v {
+                Value::Integer(i) => i as f64,
+                Value::Real(f) => f,
+                _ => f64::NAN,
+            };
+            let (a, b) = (f(a), f(b));
+            if b == 0.0 {
+                return Err(fail("division by zero"));
+            }
+            Ok(Value::Real(match op {
+                Op::Div => a / b,
+                Op::Mod => a % b,
+            }))
+        }
+    }
 }
 
 /// The current time as PostgreSQL prints a `timestamptz` in UTC.

@@ -1,0 +1,130 @@
+//! HTTP API end to end with a real HTTP client (ureq) against a real node on 127.0.0.1.
+
+mod common;
+
+use common::TestNode;
+use serde_json::{json, Value};
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn post(url: &str, body: &str) -> (u16, Value) {
+    let mut resp = agent()
+        .post(&format!("{url}/v1/sql"))
+        .header("content-type", "application/json")
+        .send(body)
+        .expect("request");
+    let status = resp.status().as_u16();
+    let text = resp
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()
+        .expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")),
+    )
+}
+
+fn sql(url: &str, body: Value) -> (u16, Value) {
+    post(url, &body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_params_batches_and_errors() {
+    let node = TestNode::start().await;
+    let url = node.url();
+    let u = url.clone();
+    tokio::task::spawn_blocking(move || {
+        let url = u;
+        let (s, _) = sql(&url, json!({"sql": "CREATE TABLE items (id integer PRIMARY KEY, name text, price numeric, ok boolean, meta jsonb, at timestamptz)"}));
+        assert_eq!(s, 200);
+        let (s, v) = sql(
+            &url,
+            json!({"sql": "INSERT INTO items VALUES ($1, $2, $3, $4, $5, $6)", "params": [1, "lamp", 9.5, true, {"color": "red"}, "2024-01-02T03:04:05+01:00"]}),
+        );
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["rows_affected"], 1);
+        let (s, v) = sql(&url, json!({"sql": "SELECT id, name, price, ok, meta, at FROM items WHERE id = $1", "params": [1]}));
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["columns"], json!(["id", "name", "price", "ok", "meta", "at"]));
+        assert_eq!(v["types"], json!(["integer", "text", "numeric", "boolean", "jsonb", "timestamp with time zone"]));
+        assert_eq!(v["rows"], json!([[1, "lamp", 9.5, true, {"color": "red"}, "2024-01-02 02:04:05+00"]]));
+
+        // A batch is atomic: the failing statement takes the others with it.
+        let (s, v) = sql(
+            &url,
+            json!({"statements": [
+                {"sql": "INSERT INTO items (id, name) VALUES (2, 'desk')"},
+                {"sql": "INSERT INTO items (id, name) VALUES (1, 'dup')"}
+            ]}),
+        );
+        assert_eq!(s, 400, "{v}");
+        assert_eq!(v["error"]["code"], "23505");
+        assert!(v["error"]["message"].as_str().unwrap().starts_with("statement 1:"), "{v}");
+        let (_, v) = sql(&url, json!({"sql": "SELECT count(*) FROM items"}));
+        assert_eq!(v["rows"], json!([[1]]));
+        let (s, v) = sql(
+            &url,
+            json!({"statements": [
+                {"sql": "INSERT INTO items (id, name) VALUES ($1, $2)", "params": [2, "desk"]},
+                {"sql": "UPDATE items SET price = 20 WHERE id = 2 RETURNING name"}
+            ]}),
+        );
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["results"][1]["rows"], json!([["desk"]]));
+
+        // Errors are JSON with a SQLSTATE code and a 4xx status.
+        for (body, status, code) in [
+            (json!({"sql": "SELEC 1"}), 400, "42601"),
+            (json!({"sql": "SELECT * FROM nope"}), 400, "42P01"),
+            (json!({"sql": "SELECT $1::integer", "params": ["x"]}), 400, "22P02"),
+            (json!({"sql": "SELECT 1", "params": [1]}), 400, "08P01"),
+            (json!({"nothing": true}), 422, "08P01"),
+            (json!({"sql": "SELECT 1", "consistency": "whenever"}), 400, "22023"),
+        ] {
+            let (s, v) = sql(&url, body.clone());
+            assert_eq!((s, v["error"]["code"].as_str().unwrap_or("")), (status, code), "{body}: {v}");
+        }
+        let (s, v) = post(&url, "{not json");
+        assert_eq!(s, 400, "{v}");
+        assert_eq!(v["error"]["code"], "08P01");
+        // Reads may name their consistency.
+        let (s, v) = sql(&url, json!({"sql": "SELECT count(*) FROM items", "consistency": "any"}));
+        assert_eq!((s, v["rows"].clone()), (200, json!([[2]])));
+
+        let mut resp = agent().get(&format!("{url}/health")).call().unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let v: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+        assert_eq!(v["status"], "ok");
+        assert_eq!(v["shards"][0]["leader"], "n1");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_bodies_are_refused_and_the_node_keeps_serving() {
+    let node = TestNode::start().await;
+    let url = node.url();
+    tokio::task::spawn_blocking(move || {
+        let huge = format!("{{\"sql\": \"SELECT '{}'\"}}", "x".repeat(cairn::limits::HTTP_BODY_BYTES_MAX + 10));
+        let (s, v) = post(&url, &huge);
+        assert_eq!(s, 413, "{v}");
+        assert_eq!(v["error"]["code"], "54000");
+        // Within the body limit but over the SQL text limit.
+        let long = json!({"sql": format!("SELECT '{}'", "y".repeat(cairn::limits::SQL_TEXT_BYTES_MAX + 10))});
+        let (s, v) = sql(&url, long);
+        assert_eq!(s, 413, "{v}");
+        assert_eq!(v["error"]["code"], "54000");
+        let (s, v) = sql(&url, json!({"sql": "SELECT 1 + 1"}));
+        assert_eq!((s, v["rows"].clone()), (200, json!([[2]])));
+    })
+    .await
+    .unwrap();
+}
