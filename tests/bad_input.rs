@@ -201,7 +201,9 @@ async fn malformed_sql_and_wrong_parameters() {
     let addr = node.pg;
     tokio::task::spawn_blocking(move || {
         let mut r = Raw::startup(addr);
-        let cases: Vec<(&str, Vec<i32>, Vec<i16>, Vec<Option<&[u8]>>, &str)> = vec![
+        // (sql, parameter type oids, parameter formats, parameter values, expected SQLSTATE)
+        type Case<'a> = (&'a str, Vec<i32>, Vec<i16>, Vec<Option<&'a [u8]>>, &'a str);
+        let cases: Vec<Case> = vec![
             (
                 "INSERT INTO t (id) VALUES ($1)",
                 vec![23],

@@ -7,6 +7,9 @@
 //! Invariant: `last_purged_log_id` is persisted before entries are removed, so a restart never
 //! sees a gap it cannot explain (openraft 0.9 crash-loops otherwise).
 
+// openraft's `StorageError` is large by its design; these helpers only pass it through.
+#![allow(clippy::result_large_err)]
+
 use super::{storage_error, Entry, LogId, StorageError, TypeConfig};
 use crate::ids::ShardId;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};

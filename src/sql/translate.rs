@@ -828,7 +828,9 @@ pub fn translate(
                 .as_ref()
                 .map(|r| item_types(r, &tables))
                 .unwrap_or_default();
-            insert.returning.as_mut().map(|r| name_columns(r));
+            if let Some(r) = insert.returning.as_mut() {
+                name_columns(r);
+            }
             coerce_insert_literals(insert, &tables)?;
         }
         Statement::Update(update) => {
@@ -839,7 +841,9 @@ pub fn translate(
                 .as_ref()
                 .map(|r| item_types(r, &tables))
                 .unwrap_or_default();
-            update.returning.as_mut().map(|r| name_columns(r));
+            if let Some(r) = update.returning.as_mut() {
+                name_columns(r);
+            }
         }
         Statement::Delete(delete) => {
             out.kind = Kind::Write;
@@ -849,7 +853,9 @@ pub fn translate(
                 .as_ref()
                 .map(|r| item_types(r, &tables))
                 .unwrap_or_default();
-            delete.returning.as_mut().map(|r| name_columns(r));
+            if let Some(r) = delete.returning.as_mut() {
+                name_columns(r);
+            }
         }
         Statement::Truncate(t) => {
             out.kind = Kind::Write;

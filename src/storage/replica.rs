@@ -453,16 +453,16 @@ impl ReadPool {
     }
 }
 
+/// Each statement's result, and the ops that replicate the successful ones.
+pub type BatchOutcome = (Vec<Result<Rows>>, Vec<Op>);
+
 /// Requests served by the replica thread.
 enum Command {
     AppliedState(oneshot::Sender<Result<(Option<LogId>, Membership)>>),
     Apply(Vec<Entry>, oneshot::Sender<Result<()>>),
     /// Run statements in one speculative transaction, each in its own savepoint; return each
     /// result and the ops to replicate, then roll back.
-    ExecBatch(
-        Vec<Statement>,
-        oneshot::Sender<Result<(Vec<Result<Rows>>, Vec<Op>)>>,
-    ),
+    ExecBatch(Vec<Statement>, oneshot::Sender<Result<BatchOutcome>>),
     Begin(oneshot::Sender<Result<()>>),
     Exec(Statement, oneshot::Sender<Result<Rows>>),
     /// Take the open transaction's ops and roll it back (`commit` proposes them).
@@ -520,7 +520,7 @@ impl ReplicaHandle {
     pub async fn apply(&self, entries: Vec<Entry>) -> Result<()> {
         self.call(|r| Command::Apply(entries, r)).await?
     }
-    pub async fn exec_batch(&self, stmts: Vec<Statement>) -> Result<(Vec<Result<Rows>>, Vec<Op>)> {
+    pub async fn exec_batch(&self, stmts: Vec<Statement>) -> Result<BatchOutcome> {
         self.call(|r| Command::ExecBatch(stmts, r)).await?
     }
     pub async fn begin(&self) -> Result<()> {
