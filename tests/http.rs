@@ -85,12 +85,20 @@ async fn statements_params_batches_and_errors() {
             (json!({"sql": "SELECT * FROM nope"}), 400, "42P01"),
             (json!({"sql": "SELECT $1::integer", "params": ["x"]}), 400, "22P02"),
             (json!({"sql": "SELECT 1", "params": [1]}), 400, "08P01"),
-            (json!({"nothing": true}), 422, "08P01"),
+            (json!({"nothing": true}), 400, "08P01"),
             (json!({"sql": "SELECT 1", "consistency": "whenever"}), 400, "22023"),
         ] {
             let (s, v) = sql(&url, body.clone());
             assert_eq!((s, v["error"]["code"].as_str().unwrap_or("")), (status, code), "{body}: {v}");
         }
+        // The body is JSON whatever the Content-Type (curl -d sends a form type).
+        let mut resp = agent()
+            .post(&format!("{url}/v1/sql"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .send(r#"{"sql": "SELECT 2 * 21"}"#)
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        assert!(resp.body_mut().read_to_string().unwrap().contains("[[42]]"));
         let (s, v) = post(&url, "{not json");
         assert_eq!(s, 400, "{v}");
         assert_eq!(v["error"]["code"], "08P01");

@@ -320,6 +320,7 @@ async fn errors_carry_sqlstates() {
         ("INSERT INTO ch VALUES (1, 99)", "23503"),
         ("CREATE TABLE x (a money)", "0A000"),
         ("SELECT * FROM _cairn_state", "42501"),
+        ("SELECT relname FROM pg_catalog.pg_class", "0A000"),
         ("SELECT no_such_function(1)", "42883"),
         ("SELECT missing_column FROM p", "42703"),
     ];

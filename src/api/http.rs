@@ -6,7 +6,8 @@ use crate::error::{sqlstate, Error};
 use crate::limits;
 use crate::sql::{Engine, Output, Session};
 use crate::types::{self, PgType};
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -149,11 +150,12 @@ async fn run_one(session: &mut Session, stmt: &Statement) -> Result<Output, Erro
     session.execute(&prepared, params).await
 }
 
+/// The body is JSON whatever its Content-Type says (`curl -d` sends a form type).
 async fn sql(
     State(engine): State<Arc<Engine>>,
-    body: Result<Json<SqlRequest>, JsonRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Json_>, ApiError> {
-    let Json(req) = body.map_err(|r| {
+    let body = body.map_err(|r| {
         let status = r.status();
         let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
             sqlstate::PROGRAM_LIMIT_EXCEEDED
@@ -166,6 +168,8 @@ async fn sql(
             message: r.body_text(),
         }
     })?;
+    let req: SqlRequest = serde_json::from_slice(&body)
+        .map_err(|e| bad_request(format!("invalid JSON request: {e}")))?;
     let mut session = engine.session();
     if let Some(c) = &req.consistency {
         let set = Statement {

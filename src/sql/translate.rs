@@ -724,14 +724,31 @@ fn call(name: &str, args: Vec<Expr>) -> Expr {
 
 fn reject_internal(stmt: &Statement) -> Result<()> {
     let mut bad = None;
+    let mut catalog = None;
     let _ = visit_relations(stmt, |name| {
         let n = object_name(name);
+        let schema = match name.0.len() {
+            2.. => match &name.0[name.0.len() - 2] {
+                ObjectNamePart::Identifier(i) => Some(ident_name(i)),
+                _ => None,
+            },
+            _ => None,
+        };
+        if matches!(schema.as_deref(), Some("pg_catalog" | "information_schema")) || n.starts_with("pg_") {
+            catalog = Some(name.to_string());
+            return ControlFlow::Break(());
+        }
         if is_internal(&n) {
             bad = Some(n);
             return ControlFlow::Break(());
         }
         ControlFlow::Continue(())
     });
+    if let Some(c) = catalog {
+        return Err(Error::unsupported(format!(
+            "the system catalog {c} (used by psql's \\d commands)"
+        )));
+    }
     match bad {
         Some(n) => Err(Error::sql(
             "42501",
