@@ -4,8 +4,8 @@
 
 mod common;
 
-use cairn::storage::replica::{self, ReplicaHandle};
 use cairn::ids::ShardId;
+use cairn::storage::replica::{self, ReplicaHandle};
 use common::TestNode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,12 +20,25 @@ async fn snapshot_restore_gives_identical_contents() {
     .await
     .unwrap();
     for i in 0..50 {
-        c.execute("INSERT INTO e (note) VALUES ($1)", &[&format!("row {i}")]).await.unwrap();
-        c.execute("INSERT INTO nokey VALUES ($1, now()::text)", &[&i]).await.unwrap();
+        c.execute("INSERT INTO e (note) VALUES ($1)", &[&format!("row {i}")])
+            .await
+            .unwrap();
+        c.execute("INSERT INTO nokey VALUES ($1, now()::text)", &[&i])
+            .await
+            .unwrap();
     }
-    c.batch_execute("UPDATE e SET r = random() WHERE id % 3 = 0; DELETE FROM e WHERE id % 7 = 0").await.unwrap();
-    let distinct: i64 = c.query_one("SELECT count(DISTINCT r) FROM e", &[]).await.unwrap().get(0);
-    assert!(distinct > 30, "random() should differ per row, got {distinct} distinct values");
+    c.batch_execute("UPDATE e SET r = random() WHERE id % 3 = 0; DELETE FROM e WHERE id % 7 = 0")
+        .await
+        .unwrap();
+    let distinct: i64 = c
+        .query_one("SELECT count(DISTINCT r) FROM e", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        distinct > 30,
+        "random() should differ per row, got {distinct} distinct values"
+    );
 
     let live = node.node.as_ref().unwrap().engine.group.replica.clone();
     let snap_dir = tempfile::tempdir().unwrap();
@@ -35,13 +48,21 @@ async fn snapshot_restore_gives_identical_contents() {
 
     let fresh = ReplicaHandle::start(&snap_dir.path().join("fresh.db"), ShardId(1)).unwrap();
     fresh.restore(snap.clone()).await.unwrap();
-    let (live_sum, fresh_sum) = (live.checksum().await.unwrap(), fresh.checksum().await.unwrap());
+    let (live_sum, fresh_sum) = (
+        live.checksum().await.unwrap(),
+        fresh.checksum().await.unwrap(),
+    );
     assert_eq!(live_sum, fresh_sum);
     assert_eq!(fresh.applied_state().await.unwrap().0, applied);
     // The restored replica knows the tables' declared types.
     let catalog = fresh.catalog.read().unwrap().clone();
-    assert_eq!(catalog.column_type("e", "u"), Some(cairn::types::PgType::Uuid));
+    assert_eq!(
+        catalog.column_type("e", "u"),
+        Some(cairn::types::PgType::Uuid)
+    );
     // And the checksum notices a difference.
-    c.execute("INSERT INTO e (note) VALUES ('one more')", &[]).await.unwrap();
+    c.execute("INSERT INTO e (note) VALUES ('one more')", &[])
+        .await
+        .unwrap();
     assert_ne!(live.checksum().await.unwrap(), fresh_sum);
 }

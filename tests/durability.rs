@@ -12,7 +12,10 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9() {
-    let seed: u64 = std::env::var("CAIRN_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
+    let seed: u64 = std::env::var("CAIRN_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
     println!("seed {seed} (set CAIRN_TEST_SEED to reproduce another)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -20,7 +23,9 @@ async fn acknowledged_writes_survive_kill_9() {
     let mut node = ProcessNode::spawn(dir.path(), pg, http);
     {
         let c = common::connect(pg).await;
-        c.batch_execute("CREATE TABLE w (id bigint PRIMARY KEY, writer integer, grp bigint)").await.unwrap();
+        c.batch_execute("CREATE TABLE w (id bigint PRIMARY KEY, writer integer, grp bigint)")
+            .await
+            .unwrap();
     }
     // Acknowledged single-row ids, and acknowledged transaction groups (3 rows each).
     let acked: Arc<Mutex<BTreeSet<i64>>> = Arc::default();
@@ -32,8 +37,11 @@ async fn acknowledged_writes_survive_kill_9() {
             let (acked, acked_groups) = (acked.clone(), acked_groups.clone());
             let base = next_id + (w as i64) * 1_000_000;
             writers.push(tokio::spawn(async move {
-                let Ok((mut c, conn)) =
-                    tokio_postgres::connect(&format!("host={} port={} user=t", pg.ip(), pg.port()), tokio_postgres::NoTls).await
+                let Ok((mut c, conn)) = tokio_postgres::connect(
+                    &format!("host={} port={} user=t", pg.ip(), pg.port()),
+                    tokio_postgres::NoTls,
+                )
+                .await
                 else {
                     return;
                 };
@@ -41,16 +49,25 @@ async fn acknowledged_writes_survive_kill_9() {
                 for i in 0.. {
                     let id = base + i * 4;
                     if w % 2 == 0 {
-                        match c.execute("INSERT INTO w VALUES ($1, $2, NULL)", &[&id, &w]).await {
+                        match c
+                            .execute("INSERT INTO w VALUES ($1, $2, NULL)", &[&id, &w])
+                            .await
+                        {
                             Ok(_) => {
                                 acked.lock().unwrap().insert(id);
                             }
                             Err(_) => return,
                         }
                     } else {
-                        let Ok(tx) = c.transaction().await else { return };
+                        let Ok(tx) = c.transaction().await else {
+                            return;
+                        };
                         for k in 0..3 {
-                            if tx.execute("INSERT INTO w VALUES ($1, $2, $3)", &[&(id + k), &w, &id]).await.is_err() {
+                            if tx
+                                .execute("INSERT INTO w VALUES ($1, $2, $3)", &[&(id + k), &w, &id])
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                         }
@@ -70,18 +87,30 @@ async fn acknowledged_writes_survive_kill_9() {
         for wr in writers {
             let _ = wr.await;
         }
-        let (singles, groups) = (acked.lock().unwrap().len(), acked_groups.lock().unwrap().len());
+        let (singles, groups) = (
+            acked.lock().unwrap().len(),
+            acked_groups.lock().unwrap().len(),
+        );
         println!("cycle {cycle}: killed after {delay} ms; acknowledged so far: {singles} rows, {groups} transactions");
         next_id += 10_000_000;
         node = ProcessNode::spawn(dir.path(), pg, http);
         let c = common::connect(pg).await;
         let rows = c.query("SELECT id, grp FROM w", &[]).await.unwrap();
         let present: BTreeSet<i64> = rows.iter().map(|r| r.get(0)).collect();
-        let missing: Vec<i64> = acked.lock().unwrap().difference(&present).copied().collect();
+        let missing: Vec<i64> = acked
+            .lock()
+            .unwrap()
+            .difference(&present)
+            .copied()
+            .collect();
         assert!(missing.is_empty(), "acknowledged rows lost: {missing:?}");
         for g in acked_groups.lock().unwrap().iter() {
             for k in 0..3 {
-                assert!(present.contains(&(g + k)), "acknowledged transaction {g} lost row {}", g + k);
+                assert!(
+                    present.contains(&(g + k)),
+                    "acknowledged transaction {g} lost row {}",
+                    g + k
+                );
             }
         }
         // No transaction is half-applied, acknowledged or not.
@@ -95,5 +124,8 @@ async fn acknowledged_writes_survive_kill_9() {
             assert_eq!(n, 3, "transaction {g} is half-applied ({n} of 3 rows)");
         }
     }
-    assert!(!acked.lock().unwrap().is_empty() && !acked_groups.lock().unwrap().is_empty(), "the test wrote nothing");
+    assert!(
+        !acked.lock().unwrap().is_empty() && !acked_groups.lock().unwrap().is_empty(),
+        "the test wrote nothing"
+    );
 }

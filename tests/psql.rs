@@ -14,14 +14,21 @@ fn psql(node: &TestNode, script: &str) -> (bool, String) {
         .arg(script)
         .output()
         .expect("run psql");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_smoke() {
     if Command::new("psql").arg("--version").output().is_err() {
-        assert!(std::env::var("CAIRN_REQUIRE_PSQL").is_err(), "psql is required here but not installed");
+        assert!(
+            std::env::var("CAIRN_REQUIRE_PSQL").is_err(),
+            "psql is required here but not installed"
+        );
         println!("psql is not installed; skipped (install postgresql-client to run it)");
         return;
     }
@@ -44,5 +51,8 @@ async fn psql_smoke() {
     // Errors come back as psql prints them, with the connection still usable.
     let (ok, out) = tokio::task::block_in_place(|| psql(&node, "SELECT * FROM nowhere"));
     assert!(!ok);
-    assert!(out.contains("ERROR:") && out.contains("no such table"), "{out}");
+    assert!(
+        out.contains("ERROR:") && out.contains("no such table"),
+        "{out}"
+    );
 }

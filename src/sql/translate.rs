@@ -734,7 +734,9 @@ fn reject_internal(stmt: &Statement) -> Result<()> {
             },
             _ => None,
         };
-        if matches!(schema.as_deref(), Some("pg_catalog" | "information_schema")) || n.starts_with("pg_") {
+        if matches!(schema.as_deref(), Some("pg_catalog" | "information_schema"))
+            || n.starts_with("pg_")
+        {
             catalog = Some(name.to_string());
             return ControlFlow::Break(());
         }
