@@ -4,103 +4,10 @@
 
 mod common;
 
-use common::TestNode;
+use common::{Raw, TestNode};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
-
-/// A deliberately low-level pgwire client: it sends exactly the bytes a test asks for.
-struct Raw {
-    s: TcpStream,
-}
-
-impl Raw {
-    fn connect(addr: SocketAddr) -> Raw {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        Raw { s }
-    }
-
-    fn startup(addr: SocketAddr) -> Raw {
-        let mut r = Raw::connect(addr);
-        let mut body = 196608i32.to_be_bytes().to_vec();
-        body.extend_from_slice(b"user\0test\0database\0cairn\0\0");
-        let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-        msg.extend(body);
-        r.s.write_all(&msg).unwrap();
-        r.until_ready();
-        r
-    }
-
-    fn send(&mut self, tag: u8, body: &[u8]) {
-        let mut msg = vec![tag];
-        msg.extend(((body.len() + 4) as i32).to_be_bytes());
-        msg.extend_from_slice(body);
-        self.s.write_all(&msg).unwrap();
-    }
-
-    /// Read messages until ReadyForQuery; returns (type, body) of each.
-    fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
-        let mut out = Vec::new();
-        loop {
-            let mut head = [0u8; 5];
-            self.s.read_exact(&mut head).expect("server answers");
-            let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-            let mut body = vec![0u8; len - 4];
-            self.s.read_exact(&mut body).unwrap();
-            let done = head[0] == b'Z';
-            out.push((head[0], body));
-            if done {
-                return out;
-            }
-        }
-    }
-
-    fn error_code(msgs: &[(u8, Vec<u8>)]) -> Option<String> {
-        let (_, body) = msgs.iter().find(|(t, _)| *t == b'E')?;
-        body.split(|b| *b == 0)
-            .find(|f| f.first() == Some(&b'C'))
-            .map(|f| String::from_utf8_lossy(&f[1..]).to_string())
-    }
-
-    /// Parse + Bind (with the given parameter format codes and raw values) + Execute + Sync.
-    fn extended(
-        &mut self,
-        sql: &str,
-        param_oids: &[i32],
-        formats: &[i16],
-        params: &[Option<&[u8]>],
-    ) -> Vec<(u8, Vec<u8>)> {
-        let mut p = b"\0".to_vec();
-        p.extend(sql.as_bytes());
-        p.push(0);
-        p.extend((param_oids.len() as i16).to_be_bytes());
-        for o in param_oids {
-            p.extend(o.to_be_bytes());
-        }
-        self.send(b'P', &p);
-        let mut b = b"\0\0".to_vec();
-        b.extend((formats.len() as i16).to_be_bytes());
-        for f in formats {
-            b.extend(f.to_be_bytes());
-        }
-        b.extend((params.len() as i16).to_be_bytes());
-        for v in params {
-            match v {
-                None => b.extend((-1i32).to_be_bytes()),
-                Some(v) => {
-                    b.extend((v.len() as i32).to_be_bytes());
-                    b.extend_from_slice(v);
-                }
-            }
-        }
-        b.extend(0i16.to_be_bytes());
-        self.send(b'B', &b);
-        self.send(b'E', b"\0\0\0\0\0");
-        self.send(b'S', b"");
-        self.until_ready()
-    }
-}
 
 /// A fixed-seed xorshift, so a failing input can be reproduced.
 struct Rng(u64);

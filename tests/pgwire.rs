@@ -505,3 +505,96 @@ async fn concurrent_autocommit_writers_are_group_committed() {
         .get(0);
     assert_eq!(n, 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_type_accepts_text_format_parameters() {
+    let node = TestNode::start().await;
+    let c = node.client().await;
+    c.batch_execute(
+        "CREATE TABLE t (k integer PRIMARY KEY, b boolean, s smallint, l bigint, r real, d double precision, n numeric, \
+           tx text, vc varchar(10), ch char(3), by bytea, dt date, ts timestamp, tz timestamptz, j json, jb jsonb, u uuid)",
+    )
+    .await
+    .unwrap();
+    let addr = node.pg;
+    tokio::task::spawn_blocking(move || {
+        let mut r = common::Raw::startup(addr);
+        let values: [&[u8]; 17] = [
+            b"1", b"yes", b"-32768", b"9223372036854775807", b"1.25", b"-1e-300", b"123456789.25", b"t\xc3\xa9xt",
+            b"vc", b"abc", b"\\xdeadbeef", b"2000-02-29", b"2024-06-30T23:59:59.5", b"2024-06-30 23:59:59-07:00",
+            b"[1,\"two\"]", b"{\"k\": true}", b"{A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11}",
+        ];
+        let params: Vec<Option<&[u8]>> = values.iter().map(|v| Some(*v)).collect();
+        let msgs = r.extended(
+            "INSERT INTO t VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            &[],
+            &[0],
+            &params,
+        );
+        assert_eq!(common::Raw::error_code(&msgs), None, "{msgs:?}");
+    })
+    .await
+    .unwrap();
+    let text = simple_rows(
+        &c,
+        "SELECT b, s, l, r, d, n, tx, vc, ch, by, dt, ts, tz, j, jb, u FROM t",
+    )
+    .await;
+    let want = [
+        "t",
+        "-32768",
+        "9223372036854775807",
+        "1.25",
+        "-1e-300",
+        "123456789.25",
+        "téxt",
+        "vc",
+        "abc",
+        "\\xdeadbeef",
+        "2000-02-29",
+        "2024-06-30 23:59:59.5",
+        "2024-07-01 06:59:59+00",
+        "[1,\"two\"]",
+        "{\"k\": true}",
+        "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+    ];
+    assert_eq!(
+        text,
+        vec![want.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_request_stops_a_running_query() {
+    let node = TestNode::start().await;
+    let c = node.client().await;
+    let token = c.cancel_token();
+    let long = tokio::spawn(async move {
+        c.simple_query("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n")
+            .await
+            .map(|_| ())
+    });
+    // Cancel until the query has been seen running and stopped (a cancel that arrives before
+    // the query starts is a no-op, as in PostgreSQL).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !long.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "query was not cancelled"
+        );
+        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let e = long.await.unwrap().unwrap_err();
+    assert_eq!(code(&e), "57014", "{e}");
+    // The node is fine and its read connections are free again.
+    let again = node.client().await;
+    let n: i64 = again
+        .query_one("SELECT count(*) FROM t_missing_ok", &[])
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let v: i32 = again.query_one("SELECT 7", &[]).await.unwrap().get(0);
+    assert_eq!(v, 7);
+}

@@ -542,17 +542,58 @@ impl ReplicaHandle {
         self.call(Command::Checksum).await?
     }
 
-    /// Run a read-only query on a pooled connection.
+    /// Run a read-only query on a pooled connection. Dropping the returned future (a
+    /// cancelled query) interrupts SQLite, so no abandoned query keeps running — including
+    /// one cancelled before its thread has started.
     pub async fn read(&self, stmt: Statement) -> Result<Rows> {
         let reads = self.reads.clone();
-        tokio::task::spawn_blocking(move || {
-            reads.with(|c| match stmt.kind {
-                StatementKind::Describe => describe(c, &stmt.sql),
-                _ => run(c, &stmt.sql, &stmt.params),
+        let state: Arc<Mutex<QueryState>> = Arc::new(Mutex::new(QueryState::NotStarted));
+        let guard = CancelOnDrop(state.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            reads.with(|c| {
+                {
+                    let mut s = state.lock().expect("query state lock poisoned");
+                    if matches!(*s, QueryState::Cancelled) {
+                        return Err(Error::sql(
+                            crate::error::sqlstate::QUERY_CANCELED,
+                            "query cancelled",
+                        ));
+                    }
+                    *s = QueryState::Running(c.get_interrupt_handle());
+                }
+                let result = match stmt.kind {
+                    StatementKind::Describe => describe(c, &stmt.sql),
+                    _ => run(c, &stmt.sql, &stmt.params),
+                };
+                *state.lock().expect("query state lock poisoned") = QueryState::Done;
+                result
             })
         })
         .await
-        .map_err(Error::internal)?
+        .map_err(Error::internal)?;
+        drop(guard);
+        result
+    }
+}
+
+enum QueryState {
+    NotStarted,
+    Running(rusqlite::InterruptHandle),
+    Cancelled,
+    Done,
+}
+
+/// Stops the query when the future waiting for it is dropped.
+struct CancelOnDrop(Arc<Mutex<QueryState>>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let mut s = self.0.lock().expect("query state lock poisoned");
+        match &*s {
+            QueryState::NotStarted => *s = QueryState::Cancelled,
+            QueryState::Running(handle) => handle.interrupt(),
+            QueryState::Cancelled | QueryState::Done => {}
+        }
     }
 }
 
