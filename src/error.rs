@@ -43,6 +43,54 @@ pub mod sqlstate {
     pub const UNDEFINED_PARAMETER: &str = "42P02";
     pub const INVALID_PARAMETER_TYPE: &str = "08P01";
     pub const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";
+
+    const ALL: &[&str] = &[
+        SYNTAX_ERROR,
+        UNDEFINED_TABLE,
+        UNDEFINED_COLUMN,
+        UNDEFINED_FUNCTION,
+        DUPLICATE_TABLE,
+        DUPLICATE_OBJECT,
+        DATATYPE_MISMATCH,
+        UNDEFINED_OBJECT,
+        FEATURE_NOT_SUPPORTED,
+        UNIQUE_VIOLATION,
+        NOT_NULL_VIOLATION,
+        FOREIGN_KEY_VIOLATION,
+        CHECK_VIOLATION,
+        INTEGRITY_CONSTRAINT_VIOLATION,
+        INVALID_TEXT_REPRESENTATION,
+        DATA_EXCEPTION,
+        DIVISION_BY_ZERO,
+        NUMERIC_VALUE_OUT_OF_RANGE,
+        STRING_DATA_RIGHT_TRUNCATION,
+        INVALID_PARAMETER_VALUE,
+        PROTOCOL_VIOLATION,
+        IN_FAILED_TRANSACTION,
+        ACTIVE_SQL_TRANSACTION,
+        NO_ACTIVE_SQL_TRANSACTION,
+        IDLE_IN_TRANSACTION_TIMEOUT,
+        SERIALIZATION_FAILURE,
+        PROGRAM_LIMIT_EXCEEDED,
+        STATEMENT_TOO_COMPLEX,
+        INSUFFICIENT_RESOURCES,
+        QUERY_CANCELED,
+        CANNOT_CONNECT_NOW,
+        INTERNAL_ERROR,
+        DATA_CORRUPTED,
+        UNDEFINED_PARAMETER,
+        CANT_CHANGE_RUNTIME_PARAM,
+        "42501",
+        "42939",
+    ];
+
+    /// The static code equal to `code` (from another node), or XX000 for one Cairn never uses.
+    pub fn intern(code: &str) -> &'static str {
+        ALL.iter()
+            .find(|c| **c == code)
+            .copied()
+            .unwrap_or(INTERNAL_ERROR)
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

@@ -51,3 +51,20 @@ pub const CONNECTIONS_MAX: usize = 1_024;
 /// A few election timeouts: long enough to ride out a failover, short enough to fail fast
 /// when there is no quorum.
 pub const LEADER_WAIT: Duration = Duration::from_secs(5);
+
+/// Largest message between nodes. Raft batches entries up to openraft's
+/// `max_payload_entries`, and snapshot chunks are `snapshot_max_chunk_size` (3 MiB); a frame
+/// claiming more is garbage and closes the connection.
+pub const CLUSTER_FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Calls queued per peer connection before callers wait.
+pub const CLUSTER_QUEUE_MAX: usize = 1_024;
+
+/// Calls in flight on one inbound cluster connection; further frames wait to be read.
+pub const CLUSTER_INFLIGHT_MAX: usize = 256;
+
+/// Connecting to a peer gives up after this long (the peer is then unreachable).
+pub const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A forwarded statement or transaction call waits this long for the leader's answer.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);

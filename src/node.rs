@@ -1,19 +1,33 @@
-//! A node: one `cairn start` process. Opens its data dir, starts its shard group(s), and
-//! serves pgwire and HTTP until shut down.
+//! A node: one `cairn start` process. Opens its data dir, joins or bootstraps the cluster,
+//! starts its shard group(s), and serves pgwire, HTTP and the cluster port until shut down.
 //!
-//! Data dir layout: `node.json` (the node's identity), `raft/` (the fjall log of every
-//! group), `shards/s<N>/replica.db` (SQLite replica) and `shards/s<N>/snapshots/`.
+//! Joining: a new node asks any member for an id (`AllocateId`, answered by the leader),
+//! persists it, starts its group and cluster server, then asks to be added as a voter
+//! (`AddNode`: the leader adds it as a learner, waits for it to catch up, and promotes it).
+//! A restarted node keeps its id and membership; a node that crashed between the two steps
+//! repeats the second.
+//!
+//! Data dir layout: `node.json` (identity), `raft/` (the fjall log of every group),
+//! `shards/s<N>/replica.db` (SQLite replica) and `shards/s<N>/snapshots/`.
 
 use crate::api;
 use crate::error::{Error, Result};
 use crate::ids::{NodeId, ShardId};
-use crate::replication::group::{raft_config, ShardGroup};
+use crate::limits;
+use crate::replication::group::{raft_config, wait_for_leader, ReadConsistency, ShardGroup};
 use crate::replication::log_store::LogDb;
+use crate::replication::transport::{self, Client, Handler, Request, Response, WireError};
+use crate::replication::writer::Transaction;
+use crate::replication::NodeInfo;
 use crate::sql::Engine;
+use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -22,6 +36,10 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub pg_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub cluster_addr: SocketAddr,
+    /// Cluster addresses of existing members to join through; empty to bootstrap.
+    pub join: Vec<String>,
+    pub zone: Option<String>,
     pub election_timeout_ms_min: u64,
     pub heartbeat_interval_ms: u64,
 }
@@ -29,39 +47,34 @@ pub struct NodeConfig {
 #[derive(Debug, Serialize, Deserialize)]
 struct Identity {
     node_id: u64,
+    /// Whether the cluster has added this node as a voter (false between the two join steps).
+    joined: bool,
 }
 
 pub struct Node {
     pub id: NodeId,
     pub pg_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub cluster_addr: SocketAddr,
     pub engine: Arc<Engine>,
     servers: Vec<JoinHandle<()>>,
 }
 
-/// The node's identity, created on first start and kept in the data dir.
-fn identity(config: &NodeConfig) -> Result<NodeId> {
-    let path = config.data_dir.join("node.json");
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let id: Identity = serde_json::from_slice(&bytes)
-                .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
-            Ok(NodeId(id.node_id))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // A lone node is n1; joining a cluster (the replication work) assigns ids.
-            let id = NodeId(1);
-            let tmp = path.with_extension("tmp");
-            std::fs::write(
-                &tmp,
-                serde_json::to_vec(&Identity { node_id: id.0 }).map_err(Error::internal)?,
-            )
-            .and_then(|_| std::fs::rename(&tmp, &path))
-            .map_err(|e| Error::internal(format!("{}: {e}", path.display())))?;
-            Ok(id)
-        }
+fn read_identity(path: &std::path::Path) -> Result<Option<Identity>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::internal(format!("{}: {e}", path.display()))),
     }
+}
+
+fn write_identity(path: &std::path::Path, id: &Identity) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(id).map_err(Error::internal)?)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| Error::internal(format!("{}: {e}", path.display())))
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
@@ -70,15 +83,80 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
         .map_err(|e| Error::Unavailable(format!("cannot listen for {what} on {addr}: {e}")))
 }
 
+/// Ask the members in `join`, in turn, until one answers `request` (they forward to the
+/// leader); gives up after a minute.
+async fn ask_cluster(
+    client: &Client,
+    join: &[String],
+    request: impl Fn() -> Request,
+) -> Result<Response> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for addr in join {
+            match client.call(addr, request(), Duration::from_secs(10)).await {
+                Ok(Response::Id(Err(e))) | Ok(Response::Done(Err(e))) => {
+                    tracing::info!(%addr, error = ?e, "join: retrying");
+                }
+                Ok(r) => return Ok(r),
+                Err(e) => tracing::info!(%addr, error = %e, "join: retrying"),
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Unavailable(format!(
+                "could not join the cluster through {join:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 impl Node {
     pub async fn start(config: NodeConfig) -> Result<Node> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| Error::internal(format!("creating {}: {e}", config.data_dir.display())))?;
-        let id = identity(&config)?;
         let pg = bind(config.pg_addr, "pgwire").await?;
         let http = bind(config.http_addr, "http").await?;
+        let cluster = bind(config.cluster_addr, "cluster").await?;
         let pg_addr = pg.local_addr().map_err(Error::internal)?;
         let http_addr = http.local_addr().map_err(Error::internal)?;
+        let cluster_addr = cluster.local_addr().map_err(Error::internal)?;
+        let info = NodeInfo {
+            cluster_addr: cluster_addr.to_string(),
+            pg_addr: pg_addr.to_string(),
+            http_addr: http_addr.to_string(),
+            zone: config.zone.clone(),
+        };
+        let client = Client::new();
+        let id_path = config.data_dir.join("node.json");
+        let identity = match read_identity(&id_path)? {
+            Some(id) => id,
+            None if config.join.is_empty() => {
+                let id = Identity {
+                    node_id: 1,
+                    joined: true,
+                };
+                write_identity(&id_path, &id)?;
+                id
+            }
+            None => {
+                let id = match ask_cluster(&client, &config.join, || Request::AllocateId).await? {
+                    Response::Id(Ok(id)) => id,
+                    other => {
+                        return Err(Error::internal(format!(
+                            "join: unexpected answer {other:?}"
+                        )))
+                    }
+                };
+                let id = Identity {
+                    node_id: id,
+                    joined: false,
+                };
+                write_identity(&id_path, &id)?;
+                id
+            }
+        };
+        let id = NodeId(identity.node_id);
+        let bootstrap = (config.join.is_empty() && identity.node_id == 1).then(|| info.clone());
         let logs = LogDb::open(&config.data_dir.join("raft"))?;
         let raft = raft_config(config.election_timeout_ms_min, config.heartbeat_interval_ms)?;
         let group = ShardGroup::start(
@@ -87,25 +165,56 @@ impl Node {
             &config.data_dir.join("shards"),
             &logs,
             raft,
-            &pg_addr.to_string(),
+            client.clone(),
+            bootstrap,
         )
         .await?;
-        if crate::replication::group::wait_for_leader(&group.raft, crate::limits::LEADER_WAIT)
+        let group = Arc::new(group);
+        let engine = Engine::new(group.clone(), client.clone());
+        let handler = Arc::new(NodeRpc {
+            group: group.clone(),
+            client: client.clone(),
+            next_id: Mutex::new(0),
+            txns: Mutex::new(HashMap::new()),
+            next_txn: AtomicU64::new(1),
+        });
+        let mut servers = vec![tokio::spawn(transport::serve(cluster, handler.clone()))];
+        if !identity.joined {
+            let request = || Request::AddNode {
+                id: id.0,
+                node: info.clone(),
+            };
+            match ask_cluster(&client, &config.join, request).await? {
+                Response::Done(Ok(())) => write_identity(
+                    &id_path,
+                    &Identity {
+                        node_id: id.0,
+                        joined: true,
+                    },
+                )?,
+                other => {
+                    return Err(Error::internal(format!(
+                        "join: unexpected answer {other:?}"
+                    )))
+                }
+            }
+            tracing::info!(node = %id, "joined the cluster");
+        }
+        if wait_for_leader(&group.raft, limits::LEADER_WAIT)
             .await
             .is_none()
         {
             tracing::warn!(shard = %group.shard, "no leader yet; serving anyway, requests will wait for one");
         }
-        let engine = Engine::new(Arc::new(group));
-        let servers = vec![
-            tokio::spawn(api::pgwire::serve(pg, engine.clone())),
-            tokio::spawn(api::http::serve(http, engine.clone())),
-        ];
-        tracing::info!(node = %id, pgwire = %pg_addr, http = %http_addr, "node started");
+        tokio::spawn(sweep_transactions(handler));
+        servers.push(tokio::spawn(api::pgwire::serve(pg, engine.clone())));
+        servers.push(tokio::spawn(api::http::serve(http, engine.clone())));
+        tracing::info!(node = %id, pgwire = %pg_addr, http = %http_addr, cluster = %cluster_addr, "node started");
         Ok(Node {
             id,
             pg_addr,
             http_addr,
+            cluster_addr,
             engine,
             servers,
         })
@@ -118,5 +227,226 @@ impl Node {
         }
         self.engine.group.shutdown().await;
         tracing::info!(node = %self.id, "node stopped");
+    }
+}
+
+/// Answers other nodes' calls.
+struct NodeRpc {
+    group: Arc<ShardGroup>,
+    client: Arc<Client>,
+    /// Highest id handed out by this node while leader.
+    next_id: Mutex<u64>,
+    /// Transactions that followers' sessions hold on this (leader) node, by id.
+    txns: Mutex<HashMap<u64, (Arc<tokio::sync::Mutex<Option<Transaction>>>, Instant)>>,
+    next_txn: AtomicU64,
+}
+
+/// Drop forwarded transactions nobody has used for the idle limit (their writer was
+/// released by the writer's own idle timeout; this frees the map entry).
+async fn sweep_transactions(rpc: Arc<NodeRpc>) {
+    loop {
+        tokio::time::sleep(limits::IDLE_IN_TRANSACTION_TIMEOUT / 4).await;
+        let cutoff = limits::IDLE_IN_TRANSACTION_TIMEOUT * 2;
+        rpc.txns
+            .lock()
+            .expect("txn map lock poisoned")
+            .retain(|_, (_, used)| used.elapsed() < cutoff);
+    }
+}
+
+fn wire<T>(r: Result<T>) -> std::result::Result<T, WireError> {
+    r.map_err(WireError::from)
+}
+
+impl NodeRpc {
+    fn not_this_shard(&self) -> WireError {
+        WireError::Internal(format!("this node serves {} only", self.group.shard))
+    }
+
+    /// Forward a membership request to the leader, or return None to handle it here.
+    async fn to_leader(&self, request: Request) -> Option<Response> {
+        let leader = wait_for_leader(&self.group.raft, limits::LEADER_WAIT).await;
+        match leader {
+            Some(l) if l == self.group.node => None,
+            Some(l) => {
+                let Some(info) = self.group.node_info(l) else {
+                    return Some(Response::Done(Err(WireError::Unavailable(
+                        "leader unknown".into(),
+                    ))));
+                };
+                Some(
+                    match self
+                        .client
+                        .call(&info.cluster_addr, request, Duration::from_secs(30))
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(e) => Response::Done(Err(WireError::Unavailable(e.to_string()))),
+                    },
+                )
+            }
+            None => Some(Response::Done(Err(WireError::NotLeader { leader: None }))),
+        }
+    }
+
+    fn allocate_id(&self) -> u64 {
+        let mut next = self.next_id.lock().expect("id lock poisoned");
+        let highest = self
+            .group
+            .members()
+            .iter()
+            .map(|(id, _)| id.0)
+            .max()
+            .unwrap_or(0);
+        *next = (*next).max(highest) + 1;
+        *next
+    }
+
+    async fn add_node(&self, id: u64, node: NodeInfo) -> Result<()> {
+        let raft = &self.group.raft;
+        let members: BTreeSet<u64> = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if members.contains(&id) {
+            return Ok(());
+        }
+        tracing::info!(node = %NodeId(id), addr = %node.cluster_addr, "adding node");
+        raft.add_learner(id, node, true)
+            .await
+            .map_err(|e| Error::Unavailable(format!("adding learner: {e}")))?;
+        raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(|e| Error::Unavailable(format!("promoting to voter: {e}")))?;
+        Ok(())
+    }
+
+    fn txn(&self, id: u64) -> Option<Arc<tokio::sync::Mutex<Option<Transaction>>>> {
+        let mut txns = self.txns.lock().expect("txn map lock poisoned");
+        let entry = txns.get_mut(&id)?;
+        entry.1 = Instant::now();
+        Some(entry.0.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for NodeRpc {
+    async fn handle(&self, request: Request) -> Response {
+        let raft = &self.group.raft;
+        match request {
+            Request::Append { shard, rpc } if shard == self.group.shard => {
+                Response::Append(raft.append_entries(rpc).await)
+            }
+            Request::Vote { shard, rpc } if shard == self.group.shard => {
+                Response::Vote(raft.vote(rpc).await)
+            }
+            Request::Snapshot { shard, rpc } if shard == self.group.shard => {
+                Response::Snapshot(raft.install_snapshot(rpc).await)
+            }
+            Request::Append { .. } | Request::Vote { .. } | Request::Snapshot { .. } => {
+                Response::Done(Err(self.not_this_shard()))
+            }
+            Request::AllocateId => match self.to_leader(Request::AllocateId).await {
+                Some(Response::Done(Err(e))) => Response::Id(Err(e)),
+                Some(r) => r,
+                None => Response::Id(Ok(self.allocate_id())),
+            },
+            Request::AddNode { id, node } => {
+                match self
+                    .to_leader(Request::AddNode {
+                        id,
+                        node: node.clone(),
+                    })
+                    .await
+                {
+                    Some(r) => r,
+                    None => Response::Done(wire(self.add_node(id, node).await)),
+                }
+            }
+            Request::Exec {
+                txn: Some(txn),
+                stmt,
+                ..
+            } => match self.txn(txn) {
+                None => Response::Rows(Err(WireError::Sql {
+                    code: crate::error::sqlstate::IDLE_IN_TRANSACTION_TIMEOUT.into(),
+                    message: "the transaction no longer exists on the leader; roll back and retry"
+                        .into(),
+                })),
+                Some(t) => {
+                    let guard = t.lock().await;
+                    match guard.as_ref() {
+                        Some(t) => Response::Rows(wire(t.exec(stmt.into()).await.map(Into::into))),
+                        None => Response::Rows(Err(WireError::Retry(
+                            "the transaction has ended".into(),
+                        ))),
+                    }
+                }
+            },
+            Request::Exec { shard, .. } if shard != self.group.shard => {
+                Response::Rows(Err(self.not_this_shard()))
+            }
+            Request::Exec {
+                stmt, read: true, ..
+            } => Response::Rows(wire(
+                self.group
+                    .read(stmt.into(), ReadConsistency::Linearizable)
+                    .await
+                    .map(Into::into),
+            )),
+            Request::Exec {
+                stmt, read: false, ..
+            } => Response::Rows(wire(
+                self.group.writer.execute(stmt.into()).await.map(Into::into),
+            )),
+            Request::Begin { .. } => match self.group.writer.begin().await {
+                Ok(t) => {
+                    let id = self.next_txn.fetch_add(1, Ordering::Relaxed);
+                    let entry = (Arc::new(tokio::sync::Mutex::new(Some(t))), Instant::now());
+                    self.txns
+                        .lock()
+                        .expect("txn map lock poisoned")
+                        .insert(id, entry);
+                    Response::Txn(Ok(id))
+                }
+                Err(e) => Response::Txn(Err(e.into())),
+            },
+            Request::Commit { txn } => {
+                let t = self
+                    .txns
+                    .lock()
+                    .expect("txn map lock poisoned")
+                    .remove(&txn);
+                let t = match t {
+                    Some((t, _)) => t.lock().await.take(),
+                    None => None,
+                };
+                match t {
+                    Some(t) => Response::Done(wire(t.commit().await)),
+                    None => Response::Done(Err(WireError::Sql {
+                        code: crate::error::sqlstate::IDLE_IN_TRANSACTION_TIMEOUT.into(),
+                        message:
+                            "the transaction no longer exists on the leader; it was rolled back"
+                                .into(),
+                    })),
+                }
+            }
+            Request::Rollback { txn } => {
+                let t = self
+                    .txns
+                    .lock()
+                    .expect("txn map lock poisoned")
+                    .remove(&txn);
+                if let Some((t, _)) = t {
+                    if let Some(t) = t.lock().await.take() {
+                        t.rollback().await;
+                    }
+                }
+                Response::Done(Ok(()))
+            }
+        }
     }
 }

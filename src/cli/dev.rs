@@ -12,8 +12,8 @@ use tokio::process::{Child, Command};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DevArgs {
-    /// Number of nodes. Clusters of more than one node arrive with replication.
-    #[arg(long, default_value_t = 1)]
+    /// Number of nodes (separate processes).
+    #[arg(long, default_value_t = 3)]
     pub nodes: u16,
     /// Parent directory of every node's data dir (`<dir>/n1`, ...); kept between runs.
     #[arg(long, default_value = "cairn-data")]
@@ -24,6 +24,9 @@ pub struct DevArgs {
     /// HTTP port of the first node; node i listens on http-port + i - 1.
     #[arg(long, default_value_t = 8080)]
     pub http_port: u16,
+    /// Cluster port of the first node; node i listens on cluster-port + i - 1.
+    #[arg(long, default_value_t = 7000)]
+    pub cluster_port: u16,
 }
 
 fn forward_logs(name: String, child: &mut Child) {
@@ -56,15 +59,12 @@ fn wait_listening(addr: SocketAddr, child: &mut Child, deadline: Instant) -> any
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("node did not listen on {addr} within 30 s")
+    bail!("node did not listen on {addr} in time")
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
-    }
-    if args.nodes > 1 {
-        bail!("clusters of more than one node are not available yet; use --nodes 1");
     }
     let exe = std::env::current_exe().context("locating the cairn binary")?;
     let mut children = Vec::new();
@@ -72,15 +72,23 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let name = format!("n{}", i + 1);
         let pg: SocketAddr = ([127, 0, 0, 1], args.pg_port + i).into();
         let http: SocketAddr = ([127, 0, 0, 1], args.http_port + i).into();
+        let cluster: SocketAddr = ([127, 0, 0, 1], args.cluster_port + i).into();
+        let first: SocketAddr = ([127, 0, 0, 1], args.cluster_port).into();
         let dir = args.data_dir.join(&name);
-        let mut child = Command::new(&exe)
-            .arg("start")
+        let mut cmd = Command::new(&exe);
+        cmd.arg("start")
             .arg("--data-dir")
             .arg(&dir)
             .arg("--pg-addr")
             .arg(pg.to_string())
             .arg("--http-addr")
             .arg(http.to_string())
+            .arg("--cluster-addr")
+            .arg(cluster.to_string());
+        if i > 0 {
+            cmd.arg("--join").arg(first.to_string());
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -89,7 +97,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         forward_logs(name.clone(), &mut child);
         children.push((name, pg, http, dir, child));
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     for (_, pg, _, _, child) in children.iter_mut() {
         wait_listening(*pg, child, deadline)?;
     }

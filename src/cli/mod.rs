@@ -38,6 +38,16 @@ pub struct StartArgs {
     /// Address for the HTTP API.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+    /// Address for other nodes (Raft, joins, forwarded statements).
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub cluster_addr: SocketAddr,
+    /// Cluster addresses of existing members to join through (comma-separated). Without
+    /// it, a node with an empty data dir starts a new cluster.
+    #[arg(long, value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// Placement label (e.g. a region or rack).
+    #[arg(long)]
+    pub zone: Option<String>,
     /// Minimum Raft election timeout; the maximum is twice this.
     #[arg(long, default_value_t = 300)]
     pub election_timeout_ms: u64,
@@ -64,6 +74,9 @@ pub async fn start(args: StartArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         pg_addr: args.pg_addr,
         http_addr: args.http_addr,
+        cluster_addr: args.cluster_addr,
+        join: args.join,
+        zone: args.zone,
         election_timeout_ms_min: args.election_timeout_ms,
         heartbeat_interval_ms: args.heartbeat_ms,
     };

@@ -4,12 +4,13 @@
 use super::log_store::LogDb;
 use super::network::Network;
 use super::state_machine::StateMachine;
+use super::transport::Client;
 use super::writer::Writer;
+use super::NodeInfo;
 use super::Raft;
 use crate::error::{Error, Result};
 use crate::ids::{NodeId, ShardId};
 use crate::storage::replica::{ReplicaHandle, Rows, Statement};
-use openraft::BasicNode;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -54,37 +55,37 @@ pub fn raft_config(
 }
 
 impl ShardGroup {
-    /// Open (or create) the shard's replica under `dir` and start its group. A brand-new
-    /// single-node group initialises itself with this node as the only voter.
+    /// Open (or create) the shard's replica under `dir` and start its group. With
+    /// `bootstrap`, a group that has never been initialised starts with this node as its only
+    /// voter; without, it waits to be added by the cluster's leader.
     pub async fn start(
         node: NodeId,
         shard: ShardId,
         dir: &Path,
         logs: &LogDb,
         config: Arc<openraft::Config>,
-        advertise: &str,
+        client: Arc<Client>,
+        bootstrap: Option<NodeInfo>,
     ) -> Result<ShardGroup> {
         let shard_dir = dir.join(format!("{shard}"));
         let replica = ReplicaHandle::start(&shard_dir.join("replica.db"), shard)?;
         let state_machine = StateMachine::new(replica.clone(), &shard_dir.join("snapshots"))?;
         let log_store = logs.store(shard)?;
-        let raft = Raft::new(node.0, config, Network, log_store, state_machine)
+        let network = Network { shard, client };
+        let raft = Raft::new(node.0, config, network, log_store, state_machine)
             .await
             .map_err(|e| Error::internal(format!("{shard}: starting raft: {e}")))?;
-        if !raft
-            .is_initialized()
-            .await
-            .map_err(|e| Error::internal(e.to_string()))?
-        {
-            let members = BTreeMap::from([(
-                node.0,
-                BasicNode {
-                    addr: advertise.to_string(),
-                },
-            )]);
-            raft.initialize(members)
+        if let Some(info) = bootstrap {
+            let initialized = raft
+                .is_initialized()
                 .await
-                .map_err(|e| Error::internal(format!("{shard}: initializing: {e}")))?;
+                .map_err(|e| Error::internal(e.to_string()))?;
+            if !initialized {
+                let members = BTreeMap::from([(node.0, info)]);
+                raft.initialize(members)
+                    .await
+                    .map_err(|e| Error::internal(format!("{shard}: initializing: {e}")))?;
+            }
         }
         tokio::spawn(log_leadership(shard, raft.clone()));
         let writer = Writer::start(raft.clone(), replica.clone(), node);
@@ -111,6 +112,24 @@ impl ShardGroup {
             })?;
         }
         self.replica.read(stmt).await
+    }
+
+    /// How to reach a member of this group.
+    pub fn node_info(&self, id: NodeId) -> Option<NodeInfo> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.membership().get_node(&id.0).cloned()
+    }
+
+    /// Every member of this group with how to reach it.
+    pub fn members(&self) -> Vec<(NodeId, NodeInfo)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (NodeId(*id), n.clone()))
+            .collect()
     }
 
     /// The current leader and term, as this node knows them.

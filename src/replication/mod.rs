@@ -16,8 +16,10 @@ pub mod group;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
+pub mod transport;
 pub mod writer;
 
+use crate::storage::replica::{ResultColumn, Rows, Statement, StatementKind};
 use serde::{Deserialize, Serialize};
 
 /// One operation of a replicated batch, applied in order.
@@ -45,6 +47,117 @@ impl std::fmt::Display for Batch {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied;
 
+/// What the cluster knows about a node: how to reach it. Kept in each group's membership.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node-to-node RPC (Raft, joins, forwarded statements).
+    pub cluster_addr: String,
+    pub pg_addr: String,
+    pub http_addr: String,
+    /// Placement label.
+    pub zone: Option<String>,
+}
+
+/// A SQLite value on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WireValue {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl From<rusqlite::types::Value> for WireValue {
+    fn from(v: rusqlite::types::Value) -> Self {
+        use rusqlite::types::Value as V;
+        match v {
+            V::Null => WireValue::Null,
+            V::Integer(i) => WireValue::Integer(i),
+            V::Real(f) => WireValue::Real(f),
+            V::Text(s) => WireValue::Text(s),
+            V::Blob(b) => WireValue::Blob(b),
+        }
+    }
+}
+
+impl From<WireValue> for rusqlite::types::Value {
+    fn from(v: WireValue) -> Self {
+        use rusqlite::types::Value as V;
+        match v {
+            WireValue::Null => V::Null,
+            WireValue::Integer(i) => V::Integer(i),
+            WireValue::Real(f) => V::Real(f),
+            WireValue::Text(s) => V::Text(s),
+            WireValue::Blob(b) => V::Blob(b),
+        }
+    }
+}
+
+/// A statement forwarded to the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireStatement {
+    pub sql: String,
+    pub params: Vec<WireValue>,
+    pub kind: StatementKind,
+}
+
+impl From<Statement> for WireStatement {
+    fn from(s: Statement) -> Self {
+        WireStatement {
+            sql: s.sql,
+            params: s.params.into_iter().map(Into::into).collect(),
+            kind: s.kind,
+        }
+    }
+}
+
+impl From<WireStatement> for Statement {
+    fn from(s: WireStatement) -> Self {
+        Statement {
+            sql: s.sql,
+            params: s.params.into_iter().map(Into::into).collect(),
+            kind: s.kind,
+        }
+    }
+}
+
+/// A forwarded statement's result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireRows {
+    pub columns: Vec<ResultColumn>,
+    pub rows: Vec<Vec<WireValue>>,
+    pub changes: u64,
+}
+
+impl From<Rows> for WireRows {
+    fn from(r: Rows) -> Self {
+        WireRows {
+            columns: r.columns,
+            rows: r
+                .rows
+                .into_iter()
+                .map(|row| row.into_iter().map(Into::into).collect())
+                .collect(),
+            changes: r.changes,
+        }
+    }
+}
+
+impl From<WireRows> for Rows {
+    fn from(r: WireRows) -> Self {
+        Rows {
+            columns: r.columns,
+            rows: r
+                .rows
+                .into_iter()
+                .map(|row| row.into_iter().map(Into::into).collect())
+                .collect(),
+            changes: r.changes,
+        }
+    }
+}
+
 openraft::declare_raft_types!(
     /// Cairn's openraft type configuration. Node ids are plain `u64` inside openraft and
     /// [`crate::ids::NodeId`] everywhere else.
@@ -52,7 +165,7 @@ openraft::declare_raft_types!(
         D = Batch,
         R = Applied,
         NodeId = u64,
-        Node = openraft::BasicNode,
+        Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
@@ -61,7 +174,7 @@ openraft::declare_raft_types!(
 pub type Raft = openraft::Raft<TypeConfig>;
 pub type LogId = openraft::LogId<u64>;
 pub type Entry = openraft::Entry<TypeConfig>;
-pub type Membership = openraft::StoredMembership<u64, openraft::BasicNode>;
+pub type Membership = openraft::StoredMembership<u64, NodeInfo>;
 pub type StorageError = openraft::StorageError<u64>;
 
 /// Turns any error into openraft's storage error for `subject`, logging it: a storage error

@@ -1,64 +1,135 @@
-//! The Raft network. A single-voter group never sends a message; peers are added by the
-//! cluster work (one TCP connection per node pair carrying every group's messages). Until
-//! then every peer is unreachable, which openraft handles like a down node.
+//! The Raft network: openraft's RPCs sent over [`super::transport`] to the peer's cluster
+//! address (from the group's membership), tagged with the shard so one connection per node
+//! pair carries every group.
 
-use super::TypeConfig;
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use super::transport::{CallError, Client, Request, Response};
+use super::{NodeInfo, TypeConfig};
+use crate::ids::ShardId;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
+use std::sync::Arc;
 
-#[derive(Debug, Clone, Default)]
-pub struct Network;
+#[derive(Clone)]
+pub struct Network {
+    pub shard: ShardId,
+    pub client: Arc<Client>,
+}
 
-#[derive(Debug)]
 pub struct Peer {
+    shard: ShardId,
     target: u64,
+    addr: String,
+    client: Arc<Client>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
-    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> Peer {
-        Peer { target }
+    async fn new_client(&mut self, target: u64, node: &NodeInfo) -> Peer {
+        Peer {
+            shard: self.shard,
+            target,
+            addr: node.cluster_addr.clone(),
+            client: self.client.clone(),
+        }
     }
 }
 
+type RpcResult<T, E = RaftError<u64>> = Result<T, RPCError<u64, NodeInfo, E>>;
+
 impl Peer {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<u64, BasicNode, E> {
-        let e = std::io::Error::other(format!("no transport to n{} on this node", self.target));
-        RPCError::Unreachable(Unreachable::new(&e))
+    async fn call<E: std::error::Error>(
+        &self,
+        request: Request,
+        option: &RPCOption,
+    ) -> RpcResult<Response, E> {
+        self.client
+            .call(&self.addr, request, option.hard_ttl())
+            .await
+            .map_err(|e| match e {
+                CallError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
+                CallError::Timeout(_) => RPCError::Network(NetworkError::new(&e)),
+            })
     }
+
+    fn remote<E: std::error::Error>(&self, e: E) -> RPCError<u64, NodeInfo, E> {
+        RPCError::RemoteError(RemoteError::new(self.target, e))
+    }
+}
+
+fn unexpected<E: std::error::Error>(what: &str) -> RPCError<u64, NodeInfo, E> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
+        "unexpected answer to {what}"
+    ))))
 }
 
 impl RaftNetwork<TypeConfig> for Peer {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        Err(self.unreachable())
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<u64>> {
+        match self
+            .call(
+                Request::Append {
+                    shard: self.shard,
+                    rpc,
+                },
+                &option,
+            )
+            .await?
+        {
+            Response::Append(Ok(r)) => Ok(r),
+            Response::Append(Err(e)) => Err(self.remote(e)),
+            _ => Err(unexpected("append")),
+        }
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<u64>,
-        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
-    > {
-        Err(self.unreachable())
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>> {
+        match self
+            .call(
+                Request::Snapshot {
+                    shard: self.shard,
+                    rpc,
+                },
+                &option,
+            )
+            .await?
+        {
+            Response::Snapshot(Ok(r)) => Ok(r),
+            Response::Snapshot(Err(e)) => Err(self.remote(e)),
+            _ => Err(unexpected("install_snapshot")),
+        }
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<u64>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        Err(self.unreachable())
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<u64>> {
+        match self
+            .call(
+                Request::Vote {
+                    shard: self.shard,
+                    rpc,
+                },
+                &option,
+            )
+            .await?
+        {
+            Response::Vote(Ok(r)) => Ok(r),
+            Response::Vote(Err(e)) => Err(self.remote(e)),
+            _ => Err(unexpected("vote")),
+        }
     }
 }

@@ -5,11 +5,11 @@
 use super::{storage_error, Applied, Entry, LogId, Membership, StorageError, TypeConfig};
 use crate::storage::replica::{self, ReplicaHandle};
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
-use openraft::{BasicNode, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
+use openraft::{ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-type Meta = SnapshotMeta<u64, BasicNode>;
+type Meta = SnapshotMeta<u64, super::NodeInfo>;
 
 /// The newest snapshot file of this replica and its metadata.
 #[derive(Default)]

@@ -7,6 +7,7 @@
 //! `translate::translate` (Kind::Write, `$1` → `?1`, parameter types from the catalog) →
 //! `Session::execute` → `Writer::execute` (group commit, Raft) → `Output { tag: "INSERT 0 1" }`.
 
+pub mod router;
 pub mod session;
 pub mod translate;
 

@@ -5,10 +5,11 @@
 //! transaction on one shard is serializable. An error inside a transaction fails it: further
 //! statements get 25P02 until ROLLBACK (COMMIT then rolls back), as in PostgreSQL.
 
+use super::router::{Lease, Router};
 use super::translate::{self, Kind, Translated};
 use crate::error::{sqlstate, Error, Result};
 use crate::replication::group::{ReadConsistency, ShardGroup};
-use crate::replication::writer::Transaction;
+use crate::replication::transport::Client;
 use crate::storage::replica::{ResultColumn, Rows, Statement, StatementKind};
 use crate::types::PgType;
 use rusqlite::types::Value;
@@ -18,11 +19,18 @@ use std::sync::Arc;
 /// What every session of a node shares: the shard groups (one for now) and routing.
 pub struct Engine {
     pub group: Arc<ShardGroup>,
+    pub router: Router,
 }
 
 impl Engine {
-    pub fn new(group: Arc<ShardGroup>) -> Arc<Engine> {
-        Arc::new(Engine { group })
+    pub fn new(group: Arc<ShardGroup>, client: Arc<Client>) -> Arc<Engine> {
+        Arc::new(Engine {
+            router: Router {
+                group: group.clone(),
+                client,
+            },
+            group,
+        })
     }
 
     pub fn session(self: &Arc<Self>) -> Session {
@@ -94,7 +102,7 @@ impl Prepared {
 }
 
 struct OpenTxn {
-    lease: Option<Transaction>,
+    lease: Option<Lease>,
     failed: bool,
 }
 
@@ -201,7 +209,7 @@ impl Session {
             kind: StatementKind::Describe,
         };
         let rows = match self.txn.as_mut().and_then(|t| t.lease.as_ref()) {
-            Some(lease) => lease.exec(stmt).await?,
+            Some(lease) => self.engine.router.exec(lease, stmt).await?,
             None => self.engine.group.replica.read(stmt).await?,
         };
         Ok(self.fields(&rows.columns, t))
@@ -274,7 +282,7 @@ impl Session {
                     failed: true,
                 }) => {
                     if let Some(lease) = lease {
-                        lease.rollback().await;
+                        self.engine.router.rollback(lease).await;
                     }
                     Ok(Output::command("ROLLBACK", TxnEvent::Ended))
                 }
@@ -283,7 +291,7 @@ impl Session {
                     failed: false,
                 }) => {
                     if let Some(lease) = lease {
-                        lease.commit().await?;
+                        self.engine.router.commit(lease).await?;
                     }
                     Ok(Output::command("COMMIT", TxnEvent::Ended))
                 }
@@ -294,7 +302,7 @@ impl Session {
                     None => out.notice = Some("there is no transaction in progress".into()),
                     Some(OpenTxn {
                         lease: Some(lease), ..
-                    }) => lease.rollback().await,
+                    }) => self.engine.router.rollback(lease).await,
                     Some(_) => {}
                 }
                 Ok(out)
@@ -341,22 +349,18 @@ impl Session {
                     params,
                     kind,
                 };
-                let group = &self.engine.group;
+                let router = &self.engine.router;
+                let consistency = self.read_consistency();
                 let rows = match self.txn.as_mut() {
                     Some(txn) => {
                         if txn.lease.is_none() {
-                            txn.lease = Some(group.writer.begin().await?);
+                            txn.lease = Some(router.begin().await?);
                         }
-                        txn.lease
-                            .as_ref()
-                            .expect("lease taken above")
-                            .exec(stmt)
-                            .await?
+                        let lease = txn.lease.as_ref().expect("lease taken above");
+                        router.exec(lease, stmt).await?
                     }
-                    None if t.kind == Kind::Read => {
-                        group.read(stmt, self.read_consistency()).await?
-                    }
-                    None => group.writer.execute(stmt).await?,
+                    None if t.kind == Kind::Read => router.read(stmt, consistency).await?,
+                    None => router.write(stmt).await?,
                 };
                 Ok(self.output(t, rows))
             }
@@ -449,8 +453,8 @@ impl Session {
             if let Some(txn) = self.txn.take() {
                 if let Some(lease) = txn.lease {
                     if failed {
-                        lease.rollback().await;
-                    } else if let Err(e) = lease.commit().await {
+                        self.engine.router.rollback(lease).await;
+                    } else if let Err(e) = self.engine.router.commit(lease).await {
                         outputs.push(Err(e));
                     }
                 }
@@ -465,7 +469,7 @@ impl Session {
             lease: Some(lease), ..
         }) = self.txn.take()
         {
-            lease.rollback().await;
+            self.engine.router.rollback(lease).await;
         }
     }
 }

@@ -31,7 +31,7 @@ const SCHEMA: &str = "
 ";
 
 /// A column of a statement's result, as SQLite describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ResultColumn {
     pub name: String,
     /// The table and column the value comes from, when it is a plain column reference.
@@ -56,7 +56,7 @@ pub struct Statement {
     pub kind: StatementKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StatementKind {
     /// Reads or writes rows; writes are captured in a changeset.
     Dml,

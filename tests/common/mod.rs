@@ -21,6 +21,9 @@ pub fn config(dir: &Path, pg: SocketAddr, http: SocketAddr) -> NodeConfig {
         data_dir: dir.to_path_buf(),
         pg_addr: pg,
         http_addr: http,
+        cluster_addr: "127.0.0.1:0".parse().unwrap(),
+        join: Vec::new(),
+        zone: None,
         election_timeout_ms_min: 150,
         heartbeat_interval_ms: 50,
     }

@@ -1,0 +1,290 @@
+//! Node-to-node RPC over TCP: one connection per peer, length-prefixed frames
+//! (`tokio-util`'s codec) carrying postcard-encoded `(call id, message)`, so many calls —
+//! every group's Raft messages, joins, forwarded statements — share the connection and
+//! answer out of order. Queues are bounded; a broken connection fails its pending calls and
+//! is re-dialled by the next call. Garbage on the port (bad frame, bad postcard) closes that
+//! connection only.
+
+use super::{TypeConfig, WireRows, WireStatement};
+use crate::error::Error;
+use crate::ids::ShardId;
+use crate::limits;
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    Append {
+        shard: ShardId,
+        rpc: AppendEntriesRequest<TypeConfig>,
+    },
+    Vote {
+        shard: ShardId,
+        rpc: VoteRequest<u64>,
+    },
+    Snapshot {
+        shard: ShardId,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+    },
+    /// A joining node asks the leader for an id.
+    AllocateId,
+    /// Make a running node (with an allocated id) a voter.
+    AddNode {
+        id: u64,
+        node: super::NodeInfo,
+    },
+    /// Run a statement on the leader, outside or inside a forwarded transaction.
+    Exec {
+        shard: ShardId,
+        txn: Option<u64>,
+        stmt: WireStatement,
+        read: bool,
+    },
+    Begin {
+        shard: ShardId,
+    },
+    Commit {
+        txn: u64,
+    },
+    Rollback {
+        txn: u64,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    Append(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
+    Vote(Result<VoteResponse<u64>, RaftError<u64>>),
+    Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    Id(Result<u64, WireError>),
+    Rows(Result<WireRows, WireError>),
+    Txn(Result<u64, WireError>),
+    Done(Result<(), WireError>),
+}
+
+/// An [`Error`] on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum WireError {
+    Sql { code: String, message: String },
+    NotLeader { leader: Option<u64> },
+    Retry(String),
+    Unavailable(String),
+    Corrupt(String),
+    Internal(String),
+}
+
+impl From<Error> for WireError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Sql { code, message } => WireError::Sql {
+                code: code.to_string(),
+                message,
+            },
+            Error::NotLeader { leader } => WireError::NotLeader {
+                leader: leader.map(|l| l.0),
+            },
+            Error::Retry(m) => WireError::Retry(m),
+            Error::Unavailable(m) => WireError::Unavailable(m),
+            Error::Corrupt(m) => WireError::Corrupt(m),
+            Error::Internal(m) => WireError::Internal(m),
+        }
+    }
+}
+
+impl From<WireError> for Error {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Sql { code, message } => Error::Sql {
+                code: crate::error::sqlstate::intern(&code),
+                message,
+            },
+            WireError::NotLeader { leader } => Error::NotLeader {
+                leader: leader.map(crate::ids::NodeId),
+            },
+            WireError::Retry(m) => Error::Retry(m),
+            WireError::Unavailable(m) => Error::Unavailable(m),
+            WireError::Corrupt(m) => Error::Corrupt(m),
+            WireError::Internal(m) => Error::Internal(m),
+        }
+    }
+}
+
+/// Why a call got no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error("cannot reach {0}")]
+    Unreachable(String),
+    #[error("no answer from {0} in time")]
+    Timeout(String),
+}
+
+/// Serves calls arriving from peers.
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    async fn handle(&self, request: Request) -> Response;
+}
+
+type Call = (Request, oneshot::Sender<Response>);
+
+/// Outbound connections, one per peer address.
+#[derive(Default)]
+pub struct Client {
+    peers: Mutex<HashMap<String, mpsc::Sender<Call>>>,
+}
+
+impl Client {
+    pub fn new() -> Arc<Client> {
+        Arc::new(Client::default())
+    }
+
+    fn connection(&self, addr: &str) -> mpsc::Sender<Call> {
+        let mut peers = self.peers.lock().expect("peer map lock poisoned");
+        if let Some(tx) = peers.get(addr) {
+            if !tx.is_closed() {
+                return tx.clone();
+            }
+        }
+        let (tx, rx) = mpsc::channel(limits::CLUSTER_QUEUE_MAX);
+        tokio::spawn(run_connection(addr.to_string(), rx));
+        peers.insert(addr.to_string(), tx.clone());
+        tx
+    }
+
+    pub async fn call(
+        &self,
+        addr: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, CallError> {
+        let fut = async {
+            let (reply, rx) = oneshot::channel();
+            self.connection(addr)
+                .send((request, reply))
+                .await
+                .map_err(|_| CallError::Unreachable(addr.to_string()))?;
+            rx.await
+                .map_err(|_| CallError::Unreachable(addr.to_string()))
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| CallError::Timeout(addr.to_string()))?
+    }
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(limits::CLUSTER_FRAME_BYTES_MAX)
+        .new_codec()
+}
+
+/// Owns one outbound TCP connection: writes calls, matches answers by id. Ends (failing
+/// every pending call) when the connection breaks or nobody holds the sender.
+async fn run_connection(addr: String, mut calls: mpsc::Receiver<Call>) {
+    let stream = match tokio::time::timeout(
+        limits::CLUSTER_CONNECT_TIMEOUT,
+        TcpStream::connect(&addr),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        _ => return, // pending and queued calls fail: their senders drop with `calls`
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut sink, mut stream) = Framed::new(stream, codec()).split();
+    let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>> = Arc::default();
+    let next = AtomicU64::new(1);
+    let reader_pending = pending.clone();
+    let mut reader = tokio::spawn(async move {
+        while let Some(Ok(frame)) = stream.next().await {
+            let Ok((id, response)) = postcard::from_bytes::<(u64, Response)>(&frame) else {
+                return;
+            };
+            if let Some(reply) = reader_pending
+                .lock()
+                .expect("pending lock poisoned")
+                .remove(&id)
+            {
+                let _ = reply.send(response);
+            }
+        }
+    });
+    loop {
+        tokio::select! {
+            call = calls.recv() => {
+                let Some((request, reply)) = call else { break };
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                let Ok(bytes) = postcard::to_stdvec(&(id, &request)) else { continue };
+                pending.lock().expect("pending lock poisoned").insert(id, reply);
+                if sink.send(Bytes::from(bytes)).await.is_err() {
+                    break;
+                }
+            }
+            _ = &mut reader => break,
+        }
+    }
+    reader.abort();
+}
+
+/// Accept peers' connections and answer their calls with `handler`.
+pub async fn serve(listener: TcpListener, handler: Arc<dyn Handler>) {
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let (mut sink, mut stream) = Framed::new(socket, codec()).split();
+            let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(limits::CLUSTER_INFLIGHT_MAX);
+            let writer = tokio::spawn(async move {
+                while let Some(frame) = out_rx.recv().await {
+                    if sink.send(frame).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let slots = Arc::new(Semaphore::new(limits::CLUSTER_INFLIGHT_MAX));
+            while let Some(frame) = stream.next().await {
+                let Ok(frame) = frame else {
+                    tracing::debug!(%peer, "cluster connection: bad frame; closing");
+                    break;
+                };
+                let Ok((id, request)) = postcard::from_bytes::<(u64, Request)>(&frame) else {
+                    tracing::warn!(%peer, "cluster connection: undecodable message; closing");
+                    break;
+                };
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let (handler, out_tx) = (handler.clone(), out_tx.clone());
+                tokio::spawn(async move {
+                    let response = handler.handle(request).await;
+                    if let Ok(bytes) = postcard::to_stdvec(&(id, response)) {
+                        let _ = out_tx.send(Bytes::from(bytes)).await;
+                    }
+                    drop(permit);
+                });
+            }
+            drop(out_tx);
+            let _ = writer.await;
+        });
+    }
+}
