@@ -42,6 +42,8 @@ pub struct NodeConfig {
     pub zone: Option<String>,
     pub election_timeout_ms_min: u64,
     pub heartbeat_interval_ms: u64,
+    /// Applied entries between snapshots (after which the log before them is purged).
+    pub snapshot_every: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -158,7 +160,11 @@ impl Node {
         let id = NodeId(identity.node_id);
         let bootstrap = (config.join.is_empty() && identity.node_id == 1).then(|| info.clone());
         let logs = LogDb::open(&config.data_dir.join("raft"))?;
-        let raft = raft_config(config.election_timeout_ms_min, config.heartbeat_interval_ms)?;
+        let raft = raft_config(
+            config.election_timeout_ms_min,
+            config.heartbeat_interval_ms,
+            config.snapshot_every,
+        )?;
         let group = ShardGroup::start(
             id,
             ShardId(1),
@@ -175,6 +181,7 @@ impl Node {
             group: group.clone(),
             client: client.clone(),
             next_id: Mutex::new(0),
+            changing: tokio::sync::Mutex::new(()),
             txns: Mutex::new(HashMap::new()),
             next_txn: AtomicU64::new(1),
         });
@@ -230,14 +237,19 @@ impl Node {
     }
 }
 
+/// A forwarded transaction; `None` once committed or rolled back.
+type SharedTxn = Arc<tokio::sync::Mutex<Option<Transaction>>>;
+
 /// Answers other nodes' calls.
 struct NodeRpc {
     group: Arc<ShardGroup>,
     client: Arc<Client>,
     /// Highest id handed out by this node while leader.
     next_id: Mutex<u64>,
+    /// One membership change at a time (openraft refuses overlapping ones).
+    changing: tokio::sync::Mutex<()>,
     /// Transactions that followers' sessions hold on this (leader) node, by id.
-    txns: Mutex<HashMap<u64, (Arc<tokio::sync::Mutex<Option<Transaction>>>, Instant)>>,
+    txns: Mutex<HashMap<u64, (SharedTxn, Instant)>>,
     next_txn: AtomicU64,
 }
 
@@ -303,6 +315,7 @@ impl NodeRpc {
     }
 
     async fn add_node(&self, id: u64, node: NodeInfo) -> Result<()> {
+        let _one_at_a_time = self.changing.lock().await;
         let raft = &self.group.raft;
         let members: BTreeSet<u64> = raft
             .metrics()
@@ -324,7 +337,7 @@ impl NodeRpc {
         Ok(())
     }
 
-    fn txn(&self, id: u64) -> Option<Arc<tokio::sync::Mutex<Option<Transaction>>>> {
+    fn txn(&self, id: u64) -> Option<SharedTxn> {
         let mut txns = self.txns.lock().expect("txn map lock poisoned");
         let entry = txns.get_mut(&id)?;
         entry.1 = Instant::now();

@@ -253,6 +253,22 @@ async fn health(State(engine): State<Arc<Engine>>) -> Json<Json_> {
     }))
 }
 
+/// This node's replicas: applied log index and a checksum of their rows, for comparing
+/// replicas (equal checksums at equal applied indexes).
+async fn replicas(State(engine): State<Arc<Engine>>) -> Result<Json<Json_>, ApiError> {
+    let replica = &engine.group.replica;
+    let (applied, _) = replica.applied_state().await?;
+    let checksum = replica.checksum().await?;
+    Ok(Json(json!({
+        "node": engine.group.node.to_string(),
+        "replicas": [{
+            "shard": engine.group.shard.to_string(),
+            "applied_index": applied.map(|l| l.index).unwrap_or(0),
+            "checksum": format!("{checksum:016x}"),
+        }],
+    })))
+}
+
 async fn not_found() -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
@@ -265,6 +281,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
     Router::new()
         .route("/v1/sql", post(sql))
         .route("/health", get(health))
+        .route("/v1/replicas", get(replicas))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits::HTTP_BODY_BYTES_MAX))
         .with_state(engine)

@@ -49,17 +49,33 @@ fn forward_logs(name: String, child: &mut Child) {
     }
 }
 
-fn wait_listening(addr: SocketAddr, child: &mut Child, deadline: Instant) -> anyhow::Result<()> {
+/// Whether the node's HTTP API answers `/health` (it starts serving once the node has
+/// joined and its group has a leader).
+fn healthy(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.contains("\"status\":\"ok\"")
+}
+
+fn wait_ready(addr: SocketAddr, child: &mut Child, deadline: Instant) -> anyhow::Result<()> {
     while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        if healthy(addr) {
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
-            bail!("node exited with {status} before listening on {addr}");
+            bail!("node exited with {status} before it was ready (http {addr})");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("node did not listen on {addr} in time")
+    bail!("node at {addr} was not ready in time")
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -98,8 +114,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         children.push((name, pg, http, dir, child));
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    for (_, pg, _, _, child) in children.iter_mut() {
-        wait_listening(*pg, child, deadline)?;
+    for (_, _, http, _, child) in children.iter_mut() {
+        wait_ready(*http, child, deadline)?;
     }
     println!(
         "\nCairn dev cluster is up ({} node{}):",

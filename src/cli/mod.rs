@@ -54,12 +54,15 @@ pub struct StartArgs {
     /// Raft heartbeat interval.
     #[arg(long, default_value_t = 75)]
     pub heartbeat_ms: u64,
+    /// Applied log entries between snapshots; the log before a snapshot is purged.
+    #[arg(long, default_value_t = crate::limits::SNAPSHOT_EVERY_ENTRIES)]
+    pub snapshot_every: u64,
 }
 
 pub fn init_logging() {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,openraft=warn,fjall=warn,lsm_tree=warn")
+        tracing_subscriber::EnvFilter::new("info,openraft=error,fjall=warn,lsm_tree=warn")
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -79,6 +82,7 @@ pub async fn start(args: StartArgs) -> anyhow::Result<()> {
         zone: args.zone,
         election_timeout_ms_min: args.election_timeout_ms,
         heartbeat_interval_ms: args.heartbeat_ms,
+        snapshot_every: args.snapshot_every,
     };
     let node = Node::start(config).await?;
     shutdown_signal().await;

@@ -37,16 +37,16 @@ pub struct ShardGroup {
 pub fn raft_config(
     election_timeout_ms_min: u64,
     heartbeat_interval_ms: u64,
+    snapshot_every: u64,
 ) -> Result<Arc<openraft::Config>> {
     let config = openraft::Config {
         cluster_name: "cairn".into(),
         heartbeat_interval: heartbeat_interval_ms,
         election_timeout_min: election_timeout_ms_min,
         election_timeout_max: election_timeout_ms_min * 2,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
-            crate::limits::SNAPSHOT_EVERY_ENTRIES,
-        ),
-        max_in_snapshot_log_to_keep: 1_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
+        // Keep a tail after a snapshot so a briefly lagging follower catches up from the log.
+        max_in_snapshot_log_to_keep: snapshot_every / 5,
         ..Default::default()
     };
     Ok(Arc::new(config.validate().map_err(|e| {

@@ -26,6 +26,7 @@ pub fn config(dir: &Path, pg: SocketAddr, http: SocketAddr) -> NodeConfig {
         zone: None,
         election_timeout_ms_min: 150,
         heartbeat_interval_ms: 50,
+        snapshot_every: cairn::limits::SNAPSHOT_EVERY_ENTRIES,
     }
 }
 
@@ -70,52 +71,201 @@ pub fn free_addr() -> SocketAddr {
     l.local_addr().expect("addr")
 }
 
-/// A `cairn start` process, for tests that kill it.
+/// A `cairn start` process, for tests that kill, pause and restart it.
 pub struct ProcessNode {
     pub child: Child,
     pub pg: SocketAddr,
     pub http: SocketAddr,
+    pub cluster: SocketAddr,
     pub dir: PathBuf,
+    pub join: Option<SocketAddr>,
+    pub extra: Vec<String>,
 }
 
 impl ProcessNode {
+    /// A lone node (its own cluster).
     pub fn spawn(dir: &Path, pg: SocketAddr, http: SocketAddr) -> ProcessNode {
-        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["start", "--data-dir"])
-            .arg(dir)
-            .args([
-                "--pg-addr",
-                &pg.to_string(),
-                "--http-addr",
-                &http.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn cairn");
-        let node = ProcessNode {
-            child,
+        ProcessNode::spawn_in_cluster(dir, pg, http, free_addr(), None, &[])
+    }
+
+    /// A node that bootstraps (`join` None) or joins through `join`; waits until it serves.
+    pub fn spawn_in_cluster(
+        dir: &Path,
+        pg: SocketAddr,
+        http: SocketAddr,
+        cluster: SocketAddr,
+        join: Option<SocketAddr>,
+        extra: &[&str],
+    ) -> ProcessNode {
+        let mut node = ProcessNode {
+            child: Command::new("true").spawn().expect("placeholder"),
             pg,
             http,
+            cluster,
             dir: dir.to_path_buf(),
+            join,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        wait_for(
-            || TcpStream::connect(pg).is_ok(),
-            Duration::from_secs(30),
-            "node listening",
-        );
+        node.restart();
         node
+    }
+
+    /// Start the process again on the same data dir and addresses.
+    pub fn restart(&mut self) {
+        let _ = self.child.wait();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        cmd.args(["start", "--data-dir"])
+            .arg(&self.dir)
+            .args([
+                "--pg-addr",
+                &self.pg.to_string(),
+                "--http-addr",
+                &self.http.to_string(),
+            ])
+            .args(["--cluster-addr", &self.cluster.to_string()])
+            .args(["--election-timeout-ms", "300", "--heartbeat-ms", "75"])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(j) = self.join {
+            cmd.args(["--join", &j.to_string()]);
+        }
+        self.child = cmd.spawn().expect("spawn cairn");
+        let http = self.http;
+        wait_for(
+            || http_get(http, "/health").is_some_and(|b| b.contains("\"status\":\"ok\"")),
+            Duration::from_secs(60),
+            "node ready",
+        );
     }
 
     pub fn kill9(&mut self) {
         let _ = self.child.kill(); // SIGKILL on unix
         let _ = self.child.wait();
     }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
 }
 
 impl Drop for ProcessNode {
     fn drop(&mut self) {
+        self.signal_quietly();
         self.kill9();
+    }
+}
+
+impl ProcessNode {
+    fn signal_quietly(&self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+    }
+}
+
+/// A plain HTTP GET with short timeouts; None if the node does not answer.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let (head, body) = body.split_once("\r\n\r\n")?;
+    (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
+}
+
+/// A cluster of `cairn start` processes on loopback.
+pub struct Cluster {
+    pub nodes: Vec<ProcessNode>,
+    pub dirs: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        let dirs = tempfile::tempdir().unwrap();
+        let mut nodes: Vec<ProcessNode> = Vec::new();
+        for i in 0..n {
+            let join = nodes.first().map(|n| n.cluster);
+            let dir = dirs.path().join(format!("n{}", i + 1));
+            nodes.push(ProcessNode::spawn_in_cluster(
+                &dir,
+                free_addr(),
+                free_addr(),
+                free_addr(),
+                join,
+                extra,
+            ));
+        }
+        Cluster { nodes, dirs }
+    }
+
+    /// Index of the node the first answering node names as leader of s1.
+    pub fn leader(&self) -> usize {
+        let mut found = None;
+        wait_for(
+            || {
+                found = self.nodes.iter().find_map(|n| {
+                    let body = http_get(n.http, "/health")?;
+                    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+                    let leader = v["shards"][0]["leader"]
+                        .as_str()?
+                        .trim_start_matches('n')
+                        .parse::<usize>()
+                        .ok()?;
+                    Some(leader - 1)
+                });
+                found.is_some()
+            },
+            Duration::from_secs(30),
+            "a leader",
+        );
+        found.unwrap()
+    }
+
+    /// (applied index, checksum) of each node's s1 replica, None for a node that does not answer.
+    pub fn replicas(&self) -> Vec<Option<(u64, String)>> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let v: serde_json::Value =
+                    serde_json::from_str(&http_get(n.http, "/v1/replicas")?).ok()?;
+                let r = &v["replicas"][0];
+                Some((
+                    r["applied_index"].as_u64()?,
+                    r["checksum"].as_str()?.to_string(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Wait until every node reports the same applied index, then assert equal checksums.
+    pub fn assert_converged(&self) {
+        let mut last = Vec::new();
+        wait_for(
+            || {
+                last = self.replicas();
+                let first = &last[0];
+                first.is_some()
+                    && last
+                        .iter()
+                        .all(|r| r.as_ref().map(|r| r.0) == first.as_ref().map(|r| r.0))
+            },
+            Duration::from_secs(60),
+            "all replicas at the same applied index",
+        );
+        let sums: std::collections::BTreeSet<_> =
+            last.iter().map(|r| r.as_ref().unwrap().1.clone()).collect();
+        assert_eq!(
+            sums.len(),
+            1,
+            "replicas diverged at the same applied index: {last:?}"
+        );
     }
 }
 

@@ -1,0 +1,272 @@
+//! Replication end to end: real `cairn start` processes on 127.0.0.1 — leader killed with
+//! SIGKILL or paused with SIGSTOP under writes on every node, a node catching up through a
+//! snapshot after its peers compacted their logs, linearizable reads across nodes.
+
+mod common;
+
+use common::Cluster;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+async fn client(pg: SocketAddr) -> Option<tokio_postgres::Client> {
+    let url = format!(
+        "host={} port={} user=t connect_timeout=2",
+        pg.ip(),
+        pg.port()
+    );
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    Some(c)
+}
+
+/// Writers, one per node, inserting unique ids until `stop`; returns the acknowledged ids
+/// and the time of each acknowledgement.
+fn spawn_writers(
+    nodes: Vec<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(i64, Instant)>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    nodes
+        .into_iter()
+        .enumerate()
+        .map(|(w, pg)| {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            tokio::spawn(async move {
+                let mut next = (w as i64) << 32;
+                let mut c = None;
+                while !stop.load(Ordering::Relaxed) {
+                    if c.is_none() {
+                        c = client(pg).await;
+                        if c.is_none() {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    }
+                    next += 1;
+                    let conn = c.as_ref().unwrap();
+                    let node = w as i32;
+                    let id = next;
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&id, &node];
+                    let insert = conn.execute("INSERT INTO w (id, node) VALUES ($1, $2)", &params);
+                    match tokio::time::timeout(Duration::from_secs(10), insert).await {
+                        Ok(Ok(_)) => acked.lock().unwrap().push((next, Instant::now())),
+                        Ok(Err(e)) if e.is_closed() => c = None,
+                        Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(10)).await,
+                        Err(_) => c = None,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+async fn all_ids(pg: SocketAddr) -> BTreeSet<i64> {
+    let c = client(pg).await.expect("connect");
+    c.query("SELECT id FROM w", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_under_writes_on_every_node() {
+    let mut cluster = tokio::task::block_in_place(|| Cluster::start(3, &[]));
+    let c = client(cluster.nodes[0].pg).await.unwrap();
+    c.batch_execute("CREATE TABLE w (id bigint PRIMARY KEY, node integer)")
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let pgs = cluster.nodes.iter().map(|n| n.pg).collect();
+    let writers = spawn_writers(pgs, stop.clone(), acked.clone());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    let leader = tokio::task::block_in_place(|| cluster.leader());
+    let killed_at = Instant::now();
+    cluster.nodes[leader].kill9();
+    println!("killed leader n{}", leader + 1);
+    // Writes resume through the survivors.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let resumed = acked.lock().unwrap().iter().any(|(_, t)| *t > killed_at);
+        if resumed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write succeeded after the leader was killed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let first = acked
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, t)| *t > killed_at)
+        .map(|(_, t)| *t)
+        .min()
+        .unwrap();
+    println!(
+        "first write acknowledged {:?} after the kill",
+        first - killed_at
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+
+    // The killed node comes back, catches up, and every replica holds every acknowledged write.
+    tokio::task::block_in_place(|| cluster.nodes[leader].restart());
+    tokio::task::block_in_place(|| cluster.assert_converged());
+    let acked: BTreeSet<i64> = acked.lock().unwrap().iter().map(|(id, _)| *id).collect();
+    assert!(
+        acked.len() > 50,
+        "too few writes to mean anything: {}",
+        acked.len()
+    );
+    for n in &cluster.nodes {
+        let present = all_ids(n.pg).await;
+        let missing: Vec<_> = acked.difference(&present).collect();
+        assert!(
+            missing.is_empty(),
+            "node {} lost acknowledged writes: {missing:?}",
+            n.pg
+        );
+    }
+    println!(
+        "{} acknowledged writes, all present on every node",
+        acked.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_leader_steps_down_and_acknowledges_nothing_it_could_not_commit() {
+    let cluster = tokio::task::block_in_place(|| Cluster::start(3, &[]));
+    let c = client(cluster.nodes[0].pg).await.unwrap();
+    c.batch_execute("CREATE TABLE w (id bigint PRIMARY KEY, node integer)")
+        .await
+        .unwrap();
+    let leader = tokio::task::block_in_place(|| cluster.leader());
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    // One writer talks to the leader itself, the others to followers.
+    let pgs = cluster.nodes.iter().map(|n| n.pg).collect();
+    let writers = spawn_writers(pgs, stop.clone(), acked.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.nodes[leader].signal("-STOP");
+    let paused_at = Instant::now();
+    // A new leader is elected among the others and writes continue there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !acked
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, t)| *t > paused_at + Duration::from_millis(100))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no writes while the old leader was paused"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.nodes[leader].signal("-CONT");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let new_leader = tokio::task::block_in_place(|| cluster.leader());
+    assert_ne!(
+        new_leader, leader,
+        "the paused leader should have been replaced"
+    );
+    tokio::task::block_in_place(|| cluster.assert_converged());
+    let acked: BTreeSet<i64> = acked.lock().unwrap().iter().map(|(id, _)| *id).collect();
+    for n in &cluster.nodes {
+        let present = all_ids(n.pg).await;
+        let missing: Vec<_> = acked.difference(&present).collect();
+        assert!(
+            missing.is_empty(),
+            "node {} lacks acknowledged writes: {missing:?}",
+            n.pg
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_was_down_catches_up_through_a_snapshot() {
+    let mut cluster =
+        tokio::task::block_in_place(|| Cluster::start(3, &["--snapshot-every", "50"]));
+    let c = client(cluster.nodes[0].pg).await.unwrap();
+    c.batch_execute("CREATE TABLE big (id integer PRIMARY KEY, payload text)")
+        .await
+        .unwrap();
+    cluster.nodes[2].kill9();
+    // 10,000 rows in 200 proposals: far more entries than the log keeps after a snapshot.
+    let insert = c.prepare("INSERT INTO big SELECT $1::integer * 50 + x, 'row ' || x FROM (WITH RECURSIVE s(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM s WHERE x < 49) SELECT x FROM s) t").await.unwrap();
+    for batch in 0..200i32 {
+        c.execute(&insert, &[&batch]).await.unwrap();
+    }
+    tokio::task::block_in_place(|| cluster.nodes[2].restart());
+    tokio::task::block_in_place(|| cluster.assert_converged());
+    let lagger = client(cluster.nodes[2].pg).await.unwrap();
+    lagger
+        .batch_execute("SET cairn.read_consistency = 'any'")
+        .await
+        .unwrap();
+    let n: i64 = lagger
+        .query_one("SELECT count(*) FROM big", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 10_000);
+    let snapshots = std::fs::read_dir(cluster.nodes[2].dir.join("shards/s1/snapshots"))
+        .unwrap()
+        .count();
+    assert!(
+        snapshots > 0,
+        "the restarted node should have installed a snapshot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linearizable_reads_see_writes_acknowledged_on_other_nodes() {
+    let cluster = tokio::task::block_in_place(|| Cluster::start(3, &[]));
+    let mut clients = Vec::new();
+    for n in &cluster.nodes {
+        clients.push(client(n.pg).await.unwrap());
+    }
+    clients[0]
+        .batch_execute("CREATE TABLE reg (k integer PRIMARY KEY, v integer)")
+        .await
+        .unwrap();
+    clients[0]
+        .batch_execute("INSERT INTO reg VALUES (1, 0)")
+        .await
+        .unwrap();
+    for i in 1..=150i32 {
+        let (w, r) = ((i as usize) % 3, (i as usize + 1) % 3);
+        clients[w]
+            .execute("UPDATE reg SET v = $1 WHERE k = 1", &[&i])
+            .await
+            .unwrap();
+        let v: i32 = clients[r]
+            .query_one("SELECT v FROM reg WHERE k = 1", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            v, i,
+            "read on node {r} after a write acknowledged by node {w} was stale"
+        );
+    }
+}
