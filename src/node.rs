@@ -301,6 +301,23 @@ impl NodeRpc {
         }
     }
 
+    /// Raft messages are accepted only from members of the group (or by a node not yet in
+    /// any membership, which is how a joining node first hears from the leader): a message
+    /// from elsewhere with a higher term would otherwise depose a healthy leader.
+    fn from_member(&self, vote: &openraft::Vote<u64>) -> bool {
+        let members = self.group.members();
+        members.is_empty()
+            || vote
+                .leader_id()
+                .voted_for()
+                .is_some_and(|id| members.iter().any(|(m, _)| m.0 == id))
+    }
+
+    fn stranger(&self, vote: &openraft::Vote<u64>) -> openraft::error::RaftError<u64> {
+        tracing::warn!(from = ?vote.leader_id().voted_for(), term = vote.leader_id().get_term(), "rejecting a raft message from a non-member");
+        openraft::error::RaftError::Fatal(openraft::error::Fatal::Panicked)
+    }
+
     fn allocate_id(&self) -> u64 {
         let mut next = self.next_id.lock().expect("id lock poisoned");
         let highest = self
@@ -351,12 +368,22 @@ impl Handler for NodeRpc {
         let raft = &self.group.raft;
         match request {
             Request::Append { shard, rpc } if shard == self.group.shard => {
+                if !self.from_member(&rpc.vote) {
+                    return Response::Append(Err(self.stranger(&rpc.vote)));
+                }
                 Response::Append(raft.append_entries(rpc).await)
             }
             Request::Vote { shard, rpc } if shard == self.group.shard => {
+                if !self.from_member(&rpc.vote) {
+                    return Response::Vote(Err(self.stranger(&rpc.vote)));
+                }
                 Response::Vote(raft.vote(rpc).await)
             }
             Request::Snapshot { shard, rpc } if shard == self.group.shard => {
+                if !self.from_member(&rpc.vote) {
+                    let e = openraft::error::RaftError::Fatal(openraft::error::Fatal::Panicked);
+                    return Response::Snapshot(Err(e));
+                }
                 Response::Snapshot(raft.install_snapshot(rpc).await)
             }
             Request::Append { .. } | Request::Vote { .. } | Request::Snapshot { .. } => {

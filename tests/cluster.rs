@@ -270,3 +270,104 @@ async fn linearizable_reads_see_writes_acknowledged_on_other_nodes() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_on_the_cluster_port_leaves_the_cluster_alone() {
+    use cairn::ids::ShardId;
+    use cairn::replication::transport::{Request, Response};
+    use futures::{SinkExt, StreamExt};
+    use std::io::Write;
+
+    let cluster = tokio::task::block_in_place(|| Cluster::start(3, &[]));
+    let c = client(cluster.nodes[0].pg).await.unwrap();
+    c.batch_execute("CREATE TABLE ok (k integer PRIMARY KEY)")
+        .await
+        .unwrap();
+    let leader = tokio::task::block_in_place(|| cluster.leader());
+    let health = |i: usize| -> serde_json::Value {
+        serde_json::from_str(&common::http_get(cluster.nodes[i].http, "/health").unwrap()).unwrap()
+    };
+    let term_before = health(leader)["shards"][0]["term"].as_u64().unwrap();
+
+    // Raw garbage, truncated frames and absurd length prefixes on every node's cluster port.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for n in &cluster.nodes {
+        for round in 0..10 {
+            let mut s = std::net::TcpStream::connect(n.cluster).unwrap();
+            let mut junk: Vec<u8> = (0..200)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            if round % 2 == 0 {
+                junk.splice(0..0, u32::MAX.to_be_bytes());
+            }
+            let _ = s.write_all(&junk);
+        }
+    }
+    // Well-formed frames carrying nonsense: an undecodable body, an unknown shard, and a
+    // vote with a huge term from a node that is not a member.
+    let leader_node = &cluster.nodes[leader];
+    let stream = tokio::net::TcpStream::connect(leader_node.cluster)
+        .await
+        .unwrap();
+    let mut framed =
+        tokio_util::codec::Framed::new(stream, tokio_util::codec::LengthDelimitedCodec::new());
+    framed
+        .send(bytes::Bytes::from_static(b"\xff\xff\xff not postcard"))
+        .await
+        .unwrap();
+    let stream = tokio::net::TcpStream::connect(leader_node.cluster)
+        .await
+        .unwrap();
+    let mut framed =
+        tokio_util::codec::Framed::new(stream, tokio_util::codec::LengthDelimitedCodec::new());
+    let forged_vote = openraft::raft::VoteRequest::new(openraft::Vote::new(1_000_000, 99), None);
+    for (id, request) in [
+        (
+            1u64,
+            Request::Vote {
+                shard: ShardId(42),
+                rpc: forged_vote.clone(),
+            },
+        ),
+        (
+            2u64,
+            Request::Vote {
+                shard: ShardId(1),
+                rpc: forged_vote,
+            },
+        ),
+    ] {
+        framed
+            .send(bytes::Bytes::from(
+                postcard::to_stdvec(&(id, request)).unwrap(),
+            ))
+            .await
+            .unwrap();
+        let frame = framed.next().await.unwrap().unwrap();
+        let (got, response): (u64, Response) = postcard::from_bytes(&frame).unwrap();
+        assert_eq!(got, id);
+        assert!(
+            matches!(response, Response::Done(Err(_)) | Response::Vote(Err(_))),
+            "forged message was not rejected: {response:?}"
+        );
+    }
+
+    // Same leader, same term, and the cluster still takes writes.
+    assert_eq!(tokio::task::block_in_place(|| cluster.leader()), leader);
+    assert_eq!(
+        health(leader)["shards"][0]["term"].as_u64().unwrap(),
+        term_before
+    );
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        let c = client(n.pg).await.unwrap();
+        c.execute("INSERT INTO ok VALUES ($1)", &[&(i as i32)])
+            .await
+            .unwrap();
+    }
+    tokio::task::block_in_place(|| cluster.assert_converged());
+}
