@@ -371,7 +371,17 @@ impl Handler for NodeRpc {
                 if !self.from_member(&rpc.vote) {
                     return Response::Append(Err(self.stranger(&rpc.vote)));
                 }
-                Response::Append(raft.append_entries(rpc).await)
+                let commit = rpc.leader_commit.map(|l| l.index).unwrap_or(0);
+                let received = Instant::now();
+                let result = raft.append_entries(rpc).await;
+                if matches!(result, Ok(openraft::raft::AppendEntriesResponse::Success)) {
+                    *self
+                        .group
+                        .leader_contact
+                        .lock()
+                        .expect("contact lock poisoned") = Some((received, commit));
+                }
+                Response::Append(result)
             }
             Request::Vote { shard, rpc } if shard == self.group.shard => {
                 if !self.from_member(&rpc.vote) {

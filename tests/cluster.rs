@@ -371,3 +371,52 @@ async fn bad_input_on_the_cluster_port_leaves_the_cluster_alone() {
     }
     tokio::task::block_in_place(|| cluster.assert_converged());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_reads_are_never_staler_than_their_bound() {
+    let cluster = tokio::task::block_in_place(|| Cluster::start(3, &[]));
+    let leader = tokio::task::block_in_place(|| cluster.leader());
+    let follower = (leader + 1) % 3;
+    let writer = client(cluster.nodes[leader].pg).await.unwrap();
+    writer
+        .batch_execute(
+            "CREATE TABLE reg (k integer PRIMARY KEY, v integer); INSERT INTO reg VALUES (1, 0)",
+        )
+        .await
+        .unwrap();
+    let reader = client(cluster.nodes[follower].pg).await.unwrap();
+    reader
+        .batch_execute("SET cairn.read_consistency = 'bounded'; SET cairn.max_staleness = '200ms'")
+        .await
+        .unwrap();
+    let bound = Duration::from_millis(200);
+    let mut acked: Vec<(i32, Instant)> = Vec::new();
+    for i in 1..=300i32 {
+        writer
+            .execute("UPDATE reg SET v = $1 WHERE k = 1", &[&i])
+            .await
+            .unwrap();
+        acked.push((i, Instant::now()));
+        if i % 3 == 0 {
+            let started = Instant::now();
+            let v: i32 = reader
+                .query_one("SELECT v FROM reg WHERE k = 1", &[])
+                .await
+                .unwrap()
+                .get(0);
+            // Every write acknowledged more than `bound` before the read began must be visible.
+            let must_see = acked
+                .iter()
+                .filter(|(_, t)| *t + bound < started)
+                .map(|(v, _)| *v)
+                .max()
+                .unwrap_or(0);
+            assert!(v >= must_see, "bounded read returned {v}, but {must_see} was acknowledged more than {bound:?} earlier");
+        }
+    }
+    let e = reader
+        .batch_execute("SET cairn.max_staleness = 'soon'")
+        .await
+        .unwrap_err();
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("22023"));
+}

@@ -35,6 +35,8 @@ struct SqlRequest {
     params: Vec<Json_>,
     statements: Option<Vec<Statement>>,
     consistency: Option<String>,
+    /// For `"consistency": "bounded"`: how far behind the leader a replica may be, e.g. "500ms".
+    max_staleness: Option<String>,
 }
 
 struct ApiError {
@@ -174,6 +176,13 @@ async fn sql(
     if let Some(c) = &req.consistency {
         let set = Statement {
             sql: format!("SET cairn.read_consistency = '{}'", c.replace('\'', "''")),
+            params: vec![],
+        };
+        run_one(&mut session, &set).await?;
+    }
+    if let Some(m) = &req.max_staleness {
+        let set = Statement {
+            sql: format!("SET cairn.max_staleness = '{}'", m.replace('\'', "''")),
             params: vec![],
         };
         run_one(&mut session, &set).await?;

@@ -21,11 +21,16 @@ pub enum ReadConsistency {
     /// Confirmed leader, state machine caught up to the read index. Never stale.
     #[default]
     Linearizable,
+    /// A replica that is provably no more than this far behind the leader (else the leader).
+    Bounded(std::time::Duration),
     /// Whatever the local replica has applied.
     Any,
 }
 
 pub struct ShardGroup {
+    /// When this node last accepted entries or a heartbeat from the leader, and the commit
+    /// index the leader reported then (for bounded-staleness reads on followers).
+    pub leader_contact: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
     pub shard: ShardId,
     pub node: NodeId,
     pub raft: Raft,
@@ -90,6 +95,7 @@ impl ShardGroup {
         tokio::spawn(log_leadership(shard, raft.clone()));
         let writer = Writer::start(raft.clone(), replica.clone(), node);
         Ok(ShardGroup {
+            leader_contact: std::sync::Mutex::new(None),
             shard,
             node,
             raft,
@@ -130,6 +136,23 @@ impl ShardGroup {
             .nodes()
             .map(|(id, n)| (NodeId(*id), n.clone()))
             .collect()
+    }
+
+    /// Whether this replica is provably at most `bound` behind the leader: it heard from the
+    /// leader within `bound` and has applied everything the leader had committed then.
+    pub fn fresh_within(&self, bound: std::time::Duration) -> bool {
+        let contact = *self.leader_contact.lock().expect("contact lock poisoned");
+        let Some((at, commit)) = contact else {
+            return false;
+        };
+        let applied = self
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
+        at.elapsed() <= bound && applied >= commit
     }
 
     /// The current leader and term, as this node knows them.

@@ -101,9 +101,14 @@ impl Router {
     }
 
     pub async fn read(&self, stmt: Statement, consistency: ReadConsistency) -> Result<Rows> {
-        if consistency == ReadConsistency::Any {
-            return self.group.replica.read(stmt).await;
+        match consistency {
+            ReadConsistency::Any => return self.group.replica.read(stmt).await,
+            ReadConsistency::Bounded(bound) if self.group.fresh_within(bound) => {
+                return self.group.replica.read(stmt).await;
+            }
+            _ => {}
         }
+        let consistency = ReadConsistency::Linearizable;
         let shard = self.group.shard;
         self.route(
             || self.group.read(stmt.clone(), consistency),

@@ -135,6 +135,7 @@ fn default_setting(name: &str) -> Option<String> {
             "max_identifier_length" => "63",
             "is_superuser" => "on",
             "cairn.read_consistency" => "linearizable",
+            "cairn.max_staleness" => "500ms",
             _ => return None,
         }
         .to_string(),
@@ -160,6 +161,12 @@ impl Session {
     fn read_consistency(&self) -> ReadConsistency {
         match self.setting("cairn.read_consistency").as_deref() {
             Some("any") => ReadConsistency::Any,
+            Some("bounded") => {
+                let bound = self
+                    .setting("cairn.max_staleness")
+                    .and_then(|s| parse_duration(&s));
+                ReadConsistency::Bounded(bound.unwrap_or(std::time::Duration::from_millis(500)))
+            }
             _ => ReadConsistency::Linearizable,
         }
     }
@@ -309,12 +316,20 @@ impl Session {
             }
             Kind::Set { name, value } => {
                 let name = name.to_lowercase();
-                if name == "cairn.read_consistency"
-                    && !["linearizable", "any"].contains(&value.to_lowercase().as_str())
-                {
+                let valid = match name.as_str() {
+                    "cairn.read_consistency" => {
+                        ["linearizable", "bounded", "any"].contains(&value.to_lowercase().as_str())
+                    }
+                    "cairn.max_staleness" => parse_duration(value).is_some(),
+                    _ => true,
+                };
+                if !valid {
                     return Err(Error::sql(
                         sqlstate::INVALID_PARAMETER_VALUE,
-                        format!("invalid value for cairn.read_consistency: \"{value}\" (linearizable or any)"),
+                        format!(
+                            "invalid value for {name}: \"{value}\" (read consistency: linearizable, \
+                             bounded or any; staleness: e.g. 500ms or 2s)"
+                        ),
                     ));
                 }
                 self.settings.insert(name, value.to_lowercase());
@@ -472,4 +487,21 @@ impl Session {
             self.engine.router.rollback(lease).await;
         }
     }
+}
+
+/// A duration setting: `500ms`, `2s`, `1min`, or a bare number of milliseconds.
+fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let t = text.trim().to_lowercase();
+    let (number, unit) = t.split_at(
+        t.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(t.len()),
+    );
+    let n: f64 = number.parse().ok()?;
+    let ms = match unit.trim() {
+        "" | "ms" => n,
+        "s" => n * 1000.0,
+        "min" => n * 60_000.0,
+        _ => return None,
+    };
+    (ms.is_finite() && ms >= 0.0).then(|| std::time::Duration::from_micros((ms * 1000.0) as u64))
 }
