@@ -51,7 +51,7 @@ fn forward_logs(name: String, child: &mut Child) {
 
 /// Whether the node's HTTP API answers `/health` (it starts serving once the node has
 /// joined and its group has a leader).
-fn healthy(addr: SocketAddr) -> bool {
+pub(crate) fn healthy(addr: SocketAddr) -> bool {
     use std::io::{Read, Write};
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
@@ -65,7 +65,11 @@ fn healthy(addr: SocketAddr) -> bool {
     body.contains("\"status\":\"ok\"")
 }
 
-fn wait_ready(addr: SocketAddr, child: &mut Child, deadline: Instant) -> anyhow::Result<()> {
+pub(crate) fn wait_ready(
+    addr: SocketAddr,
+    child: &mut Child,
+    deadline: Instant,
+) -> anyhow::Result<()> {
     while Instant::now() < deadline {
         if healthy(addr) {
             return Ok(());

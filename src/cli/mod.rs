@@ -1,6 +1,7 @@
 //! The `cairn` command: `start` runs one node; `dev` runs a local cluster of `cairn start`
 //! processes for development and prints how to connect.
 
+pub mod bench;
 pub mod dev;
 
 use crate::node::{Node, NodeConfig};
@@ -25,6 +26,17 @@ pub enum Command {
     Start(StartArgs),
     /// Run a local cluster for development and print how to connect.
     Dev(dev::DevArgs),
+    /// Measure throughput and latency.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Point reads and updates on a key-value table, over pgwire (Cairn or PostgreSQL).
+    Kv(bench::KvArgs),
+    /// Kill -9 the leader of a local 3-node cluster repeatedly; time until writes resume.
+    Failover(bench::FailoverArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -119,6 +131,30 @@ pub fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Start(args) => start(args).await,
             Command::Dev(args) => dev::run(args).await,
+            Command::Bench(BenchCommand::Kv(args)) => {
+                let what = format!(
+                    "kv clients={} read-ratio={} value-bytes={} keys={}",
+                    args.clients, args.read_ratio, args.value_bytes, args.keys
+                );
+                let report = bench::kv(args).await?;
+                report.print(&what);
+                if report.errors > 0 {
+                    anyhow::bail!("{} operations failed or read wrong values", report.errors);
+                }
+                Ok(())
+            }
+            Command::Bench(BenchCommand::Failover(args)) => {
+                let times = bench::failover(args).await?;
+                let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+                println!(
+                    "failover over {} trials: min {:.0} ms, median {:.0} ms, max {:.0} ms",
+                    times.len(),
+                    ms(times[0]),
+                    ms(times[times.len() / 2]),
+                    ms(times[times.len() - 1])
+                );
+                Ok(())
+            }
         }
     })
 }
