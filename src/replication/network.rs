@@ -53,7 +53,9 @@ impl Peer {
             .call(&self.addr, request, option.hard_ttl())
             .await
             .map_err(|e| match e {
-                CallError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
+                CallError::NotSent(_) | CallError::Unreachable(_) => {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
                 CallError::Timeout(_) => RPCError::Network(NetworkError::new(&e)),
             })
     }

@@ -125,7 +125,11 @@ impl From<WireError> for Error {
 /// Why a call got no answer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
-    #[error("cannot reach {0}")]
+    /// The call never left this node (the peer could not be dialled): safe to retry.
+    #[error("cannot connect to {0}")]
+    NotSent(String),
+    /// The connection broke with the call in flight: it may or may not have run.
+    #[error("lost the connection to {0}")]
     Unreachable(String),
     #[error("no answer from {0} in time")]
     Timeout(String),
@@ -137,7 +141,7 @@ pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, request: Request) -> Response;
 }
 
-type Call = (Request, oneshot::Sender<Response>);
+type Call = (Request, oneshot::Sender<Result<Response, CallError>>);
 
 /// Outbound connections, one per peer address.
 #[derive(Default)]
@@ -174,9 +178,9 @@ impl Client {
             self.connection(addr)
                 .send((request, reply))
                 .await
-                .map_err(|_| CallError::Unreachable(addr.to_string()))?;
+                .map_err(|_| CallError::NotSent(addr.to_string()))?;
             rx.await
-                .map_err(|_| CallError::Unreachable(addr.to_string()))
+                .map_err(|_| CallError::Unreachable(addr.to_string()))?
         };
         tokio::time::timeout(timeout, fut)
             .await
@@ -200,11 +204,19 @@ async fn run_connection(addr: String, mut calls: mpsc::Receiver<Call>) {
     .await
     {
         Ok(Ok(s)) => s,
-        _ => return, // pending and queued calls fail: their senders drop with `calls`
+        _ => {
+            // Nothing queued here was sent: say so, so callers may retry elsewhere.
+            calls.close();
+            while let Ok((_, reply)) = calls.try_recv() {
+                let _ = reply.send(Err(CallError::NotSent(addr.clone())));
+            }
+            return;
+        }
     };
     let _ = stream.set_nodelay(true);
     let (mut sink, mut stream) = Framed::new(stream, codec()).split();
-    let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>> = Arc::default();
+    let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Response, CallError>>>>> =
+        Arc::default();
     let next = AtomicU64::new(1);
     let reader_pending = pending.clone();
     let mut reader = tokio::spawn(async move {
@@ -217,7 +229,7 @@ async fn run_connection(addr: String, mut calls: mpsc::Receiver<Call>) {
                 .expect("pending lock poisoned")
                 .remove(&id)
             {
-                let _ = reply.send(response);
+                let _ = reply.send(Ok(response));
             }
         }
     });

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::ids::NodeId;
 use crate::limits;
 use crate::replication::group::{wait_for_leader, ReadConsistency, ShardGroup};
-use crate::replication::transport::{Client, Request, Response};
+use crate::replication::transport::{CallError, Client, Request, Response};
 use crate::replication::writer::Transaction;
 use crate::storage::replica::{Rows, Statement};
 use std::sync::Arc;
@@ -43,7 +43,11 @@ impl Router {
         self.client
             .call(addr, request, limits::FORWARD_TIMEOUT)
             .await
-            .map_err(|e| Error::Unavailable(format!("forwarding to the leader: {e}")))
+            .map_err(|e| match e {
+                // The leader we knew is gone and the call never left: look for the new one.
+                CallError::NotSent(_) => Error::NotLeader { leader: None },
+                other => Error::Unavailable(format!("forwarding to the leader: {other}")),
+            })
     }
 
     /// Run `local` here if this node leads; otherwise `remote` against the leader. Retries
