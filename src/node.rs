@@ -304,7 +304,7 @@ impl NodeRpc {
     /// Raft messages are accepted only from members of the group (or by a node not yet in
     /// any membership, which is how a joining node first hears from the leader): a message
     /// from elsewhere with a higher term would otherwise depose a healthy leader.
-    fn from_member(&self, vote: &openraft::Vote<u64>) -> bool {
+    fn is_member_message(&self, vote: &openraft::Vote<u64>) -> bool {
         let members = self.group.members();
         members.is_empty()
             || vote
@@ -368,7 +368,7 @@ impl Handler for NodeRpc {
         let raft = &self.group.raft;
         match request {
             Request::Append { shard, rpc } if shard == self.group.shard => {
-                if !self.from_member(&rpc.vote) {
+                if !self.is_member_message(&rpc.vote) {
                     return Response::Append(Err(self.stranger(&rpc.vote)));
                 }
                 let commit = rpc.leader_commit.map(|l| l.index).unwrap_or(0);
@@ -384,13 +384,13 @@ impl Handler for NodeRpc {
                 Response::Append(result)
             }
             Request::Vote { shard, rpc } if shard == self.group.shard => {
-                if !self.from_member(&rpc.vote) {
+                if !self.is_member_message(&rpc.vote) {
                     return Response::Vote(Err(self.stranger(&rpc.vote)));
                 }
                 Response::Vote(raft.vote(rpc).await)
             }
             Request::Snapshot { shard, rpc } if shard == self.group.shard => {
-                if !self.from_member(&rpc.vote) {
+                if !self.is_member_message(&rpc.vote) {
                     let e = openraft::error::RaftError::Fatal(openraft::error::Fatal::Panicked);
                     return Response::Snapshot(Err(e));
                 }

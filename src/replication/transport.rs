@@ -141,7 +141,8 @@ pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, request: Request) -> Response;
 }
 
-type Call = (Request, oneshot::Sender<Result<Response, CallError>>);
+type Reply = oneshot::Sender<Result<Response, CallError>>;
+type Call = (Request, Reply);
 
 /// Outbound connections, one per peer address.
 #[derive(Default)]
@@ -215,8 +216,7 @@ async fn run_connection(addr: String, mut calls: mpsc::Receiver<Call>) {
     };
     let _ = stream.set_nodelay(true);
     let (mut sink, mut stream) = Framed::new(stream, codec()).split();
-    let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Response, CallError>>>>> =
-        Arc::default();
+    let pending: Arc<Mutex<HashMap<u64, Reply>>> = Arc::default();
     let next = AtomicU64::new(1);
     let reader_pending = pending.clone();
     let mut reader = tokio::spawn(async move {
