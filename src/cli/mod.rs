@@ -60,11 +60,13 @@ pub struct StartArgs {
     /// Placement label (e.g. a region or rack).
     #[arg(long)]
     pub zone: Option<String>,
-    /// Minimum Raft election timeout; the maximum is twice this.
-    #[arg(long, default_value_t = 300)]
+    /// Minimum Raft election timeout; the maximum is twice this. A follower that has seen a
+    /// leader campaigns after a lease of the maximum plus a random timeout in [min, max), so
+    /// failover takes about 3x this (openraft 0.9's leader lease).
+    #[arg(long, default_value_t = 150)]
     pub election_timeout_ms: u64,
     /// Raft heartbeat interval.
-    #[arg(long, default_value_t = 75)]
+    #[arg(long, default_value_t = 50)]
     pub heartbeat_ms: u64,
     /// Applied log entries between snapshots; the log before a snapshot is purged.
     #[arg(long, default_value_t = crate::limits::SNAPSHOT_EVERY_ENTRIES)]
