@@ -1,11 +1,15 @@
 //! A node: one `cairn start` process. Opens its data dir, joins or bootstraps the cluster,
 //! starts its shard group(s), and serves pgwire, HTTP and the cluster port until shut down.
 //!
-//! Joining: a new node asks any member for an id (`AllocateId`, answered by the leader),
-//! persists it, starts its group and cluster server, then asks to be added as a voter
-//! (`AddNode`: the leader adds it as a learner, waits for it to catch up, and promotes it).
-//! A restarted node keeps its id and membership; a node that crashed between the two steps
-//! repeats the second.
+//! Groups: a cluster is created with a fixed set of shard groups (`--shards`, s1..sN); every
+//! node holds a replica of each (the placement work will spread them). s1 also decides node
+//! ids. SQL runs on s1 until tables are sharded.
+//!
+//! Joining: a new node asks any member for an id and the list of shards (`AllocateId`,
+//! answered by s1's leader), persists them, starts its groups and cluster server, then asks
+//! to be added as a voter of each group (`AddNode`, answered by that group's leader: learner,
+//! catch up, promote). A restarted node keeps its id and membership; a node that crashed
+//! between the two steps repeats the second.
 //!
 //! Data dir layout: `node.json` (identity), `raft/` (the fjall log of every group),
 //! `shards/s<N>/replica.db` (SQLite replica) and `shards/s<N>/snapshots/`.
@@ -22,7 +26,7 @@ use crate::replication::NodeInfo;
 use crate::sql::Engine;
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +48,8 @@ pub struct NodeConfig {
     pub heartbeat_interval_ms: u64,
     /// Applied entries between snapshots (after which the log before them is purged).
     pub snapshot_every: u64,
+    /// Shard groups a new cluster is created with (ignored when joining or restarting).
+    pub shards: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,6 +57,12 @@ struct Identity {
     node_id: u64,
     /// Whether the cluster has added this node as a voter (false between the two join steps).
     joined: bool,
+    #[serde(default = "first_shard_only")]
+    shards: Vec<u64>,
+}
+
+fn first_shard_only() -> Vec<u64> {
+    vec![1]
 }
 
 pub struct Node {
@@ -96,7 +108,7 @@ async fn ask_cluster(
     loop {
         for addr in join {
             match client.call(addr, request(), Duration::from_secs(10)).await {
-                Ok(Response::Id(Err(e))) | Ok(Response::Done(Err(e))) => {
+                Ok(Response::Allocated(Err(e))) | Ok(Response::Done(Err(e))) => {
                     tracing::info!(%addr, error = ?e, "join: retrying");
                 }
                 Ok(r) => return Ok(r),
@@ -110,6 +122,10 @@ async fn ask_cluster(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+fn unexpected(what: &str, r: Response) -> Error {
+    Error::internal(format!("{what}: unexpected answer {r:?}"))
 }
 
 impl Node {
@@ -133,25 +149,25 @@ impl Node {
         let identity = match read_identity(&id_path)? {
             Some(id) => id,
             None if config.join.is_empty() => {
+                let shards = (1..=config.shards.max(1)).collect();
                 let id = Identity {
                     node_id: 1,
                     joined: true,
+                    shards,
                 };
                 write_identity(&id_path, &id)?;
                 id
             }
             None => {
-                let id = match ask_cluster(&client, &config.join, || Request::AllocateId).await? {
-                    Response::Id(Ok(id)) => id,
-                    other => {
-                        return Err(Error::internal(format!(
-                            "join: unexpected answer {other:?}"
-                        )))
-                    }
-                };
+                let (node_id, shards) =
+                    match ask_cluster(&client, &config.join, || Request::AllocateId).await? {
+                        Response::Allocated(Ok(a)) => a,
+                        other => return Err(unexpected("join", other)),
+                    };
                 let id = Identity {
-                    node_id: id,
+                    node_id,
                     joined: false,
+                    shards: shards.iter().map(|s| s.0).collect(),
                 };
                 write_identity(&id_path, &id)?;
                 id
@@ -165,20 +181,29 @@ impl Node {
             config.heartbeat_interval_ms,
             config.snapshot_every,
         )?;
-        let group = ShardGroup::start(
-            id,
-            ShardId(1),
-            &config.data_dir.join("shards"),
-            &logs,
-            raft,
-            client.clone(),
-            bootstrap,
-        )
-        .await?;
-        let group = Arc::new(group);
-        let engine = Engine::new(group.clone(), client.clone());
+        let mut groups = BTreeMap::new();
+        for shard in identity.shards.iter().map(|s| ShardId(*s)) {
+            let dir = config.data_dir.join("shards");
+            let group = ShardGroup::start(
+                id,
+                shard,
+                &dir,
+                &logs,
+                raft.clone(),
+                client.clone(),
+                bootstrap.clone(),
+            )
+            .await?;
+            groups.insert(shard, Arc::new(group));
+        }
+        let first = groups
+            .values()
+            .next()
+            .cloned()
+            .ok_or_else(|| Error::Corrupt("node has no shards".into()))?;
+        let engine = Engine::new(first, groups.values().cloned().collect(), client.clone());
         let handler = Arc::new(NodeRpc {
-            group: group.clone(),
+            groups: groups.clone(),
             client: client.clone(),
             next_id: Mutex::new(0),
             changing: tokio::sync::Mutex::new(()),
@@ -187,36 +212,38 @@ impl Node {
         });
         let mut servers = vec![tokio::spawn(transport::serve(cluster, handler.clone()))];
         if !identity.joined {
-            let request = || Request::AddNode {
-                id: id.0,
-                node: info.clone(),
-            };
-            match ask_cluster(&client, &config.join, request).await? {
-                Response::Done(Ok(())) => write_identity(
-                    &id_path,
-                    &Identity {
-                        node_id: id.0,
-                        joined: true,
-                    },
-                )?,
-                other => {
-                    return Err(Error::internal(format!(
-                        "join: unexpected answer {other:?}"
-                    )))
+            for shard in groups.keys().copied() {
+                let request = || Request::AddNode {
+                    shard,
+                    id: id.0,
+                    node: info.clone(),
+                };
+                match ask_cluster(&client, &config.join, request).await? {
+                    Response::Done(Ok(())) => {}
+                    other => return Err(unexpected("join", other)),
                 }
             }
-            tracing::info!(node = %id, "joined the cluster");
+            write_identity(
+                &id_path,
+                &Identity {
+                    joined: true,
+                    ..identity
+                },
+            )?;
+            tracing::info!(node = %id, shards = groups.len(), "joined the cluster");
         }
-        if wait_for_leader(&group.raft, limits::LEADER_WAIT)
-            .await
-            .is_none()
-        {
-            tracing::warn!(shard = %group.shard, "no leader yet; serving anyway, requests will wait for one");
+        for group in groups.values() {
+            if wait_for_leader(&group.raft, limits::LEADER_WAIT)
+                .await
+                .is_none()
+            {
+                tracing::warn!(shard = %group.shard, "no leader yet; serving anyway, requests will wait for one");
+            }
         }
         tokio::spawn(sweep_transactions(handler));
         servers.push(tokio::spawn(api::pgwire::serve(pg, engine.clone())));
         servers.push(tokio::spawn(api::http::serve(http, engine.clone())));
-        tracing::info!(node = %id, pgwire = %pg_addr, http = %http_addr, cluster = %cluster_addr, "node started");
+        tracing::info!(node = %id, pgwire = %pg_addr, http = %http_addr, cluster = %cluster_addr, shards = groups.len(), "node started");
         Ok(Node {
             id,
             pg_addr,
@@ -232,7 +259,9 @@ impl Node {
         for s in &self.servers {
             s.abort();
         }
-        self.engine.group.shutdown().await;
+        for group in &self.engine.groups {
+            group.shutdown().await;
+        }
         tracing::info!(node = %self.id, "node stopped");
     }
 }
@@ -242,9 +271,9 @@ type SharedTxn = Arc<tokio::sync::Mutex<Option<Transaction>>>;
 
 /// Answers other nodes' calls.
 struct NodeRpc {
-    group: Arc<ShardGroup>,
+    groups: BTreeMap<ShardId, Arc<ShardGroup>>,
     client: Arc<Client>,
-    /// Highest id handed out by this node while leader.
+    /// Highest id handed out by this node while leader of the first group.
     next_id: Mutex<u64>,
     /// One membership change at a time (openraft refuses overlapping ones).
     changing: tokio::sync::Mutex<()>,
@@ -270,18 +299,24 @@ fn wire<T>(r: Result<T>) -> std::result::Result<T, WireError> {
     r.map_err(WireError::from)
 }
 
+fn no_such_shard(shard: ShardId) -> WireError {
+    WireError::Internal(format!("this node has no replica of {shard}"))
+}
+
 impl NodeRpc {
-    fn not_this_shard(&self) -> WireError {
-        WireError::Internal(format!("this node serves {} only", self.group.shard))
+    fn first(&self) -> &Arc<ShardGroup> {
+        self.groups
+            .values()
+            .next()
+            .expect("a node has at least one group")
     }
 
-    /// Forward a membership request to the leader, or return None to handle it here.
-    async fn to_leader(&self, request: Request) -> Option<Response> {
-        let leader = wait_for_leader(&self.group.raft, limits::LEADER_WAIT).await;
-        match leader {
-            Some(l) if l == self.group.node => None,
+    /// Forward a membership request to `group`'s leader, or return None to handle it here.
+    async fn to_leader(&self, group: &ShardGroup, request: Request) -> Option<Response> {
+        match wait_for_leader(&group.raft, limits::LEADER_WAIT).await {
+            Some(l) if l == group.node => None,
             Some(l) => {
-                let Some(info) = self.group.node_info(l) else {
+                let Some(info) = group.node_info(l) else {
                     return Some(Response::Done(Err(WireError::Unavailable(
                         "leader unknown".into(),
                     ))));
@@ -304,8 +339,8 @@ impl NodeRpc {
     /// Raft messages are accepted only from members of the group (or by a node not yet in
     /// any membership, which is how a joining node first hears from the leader): a message
     /// from elsewhere with a higher term would otherwise depose a healthy leader.
-    fn is_member_message(&self, vote: &openraft::Vote<u64>) -> bool {
-        let members = self.group.members();
+    fn is_member_message(group: &ShardGroup, vote: &openraft::Vote<u64>) -> bool {
+        let members = group.members();
         members.is_empty()
             || vote
                 .leader_id()
@@ -313,7 +348,7 @@ impl NodeRpc {
                 .is_some_and(|id| members.iter().any(|(m, _)| m.0 == id))
     }
 
-    fn stranger(&self, vote: &openraft::Vote<u64>) -> openraft::error::RaftError<u64> {
+    fn stranger(vote: &openraft::Vote<u64>) -> openraft::error::RaftError<u64> {
         tracing::warn!(from = ?vote.leader_id().voted_for(), term = vote.leader_id().get_term(), "rejecting a raft message from a non-member");
         openraft::error::RaftError::Fatal(openraft::error::Fatal::Panicked)
     }
@@ -321,7 +356,7 @@ impl NodeRpc {
     fn allocate_id(&self) -> u64 {
         let mut next = self.next_id.lock().expect("id lock poisoned");
         let highest = self
-            .group
+            .first()
             .members()
             .iter()
             .map(|(id, _)| id.0)
@@ -331,20 +366,20 @@ impl NodeRpc {
         *next
     }
 
-    async fn add_node(&self, id: u64, node: NodeInfo) -> Result<()> {
+    async fn add_node(&self, group: &ShardGroup, id: u64, node: NodeInfo) -> Result<()> {
         let _one_at_a_time = self.changing.lock().await;
-        let raft = &self.group.raft;
-        let members: BTreeSet<u64> = raft
+        let raft = &group.raft;
+        let voters: BTreeSet<u64> = raft
             .metrics()
             .borrow()
             .membership_config
             .membership()
             .voter_ids()
             .collect();
-        if members.contains(&id) {
+        if voters.contains(&id) {
             return Ok(());
         }
-        tracing::info!(node = %NodeId(id), addr = %node.cluster_addr, "adding node");
+        tracing::info!(shard = %group.shard, node = %NodeId(id), addr = %node.cluster_addr, "adding node");
         raft.add_learner(id, node, true)
             .await
             .map_err(|e| Error::Unavailable(format!("adding learner: {e}")))?;
@@ -365,55 +400,67 @@ impl NodeRpc {
 #[async_trait::async_trait]
 impl Handler for NodeRpc {
     async fn handle(&self, request: Request) -> Response {
-        let raft = &self.group.raft;
         match request {
-            Request::Append { shard, rpc } if shard == self.group.shard => {
-                if !self.is_member_message(&rpc.vote) {
-                    return Response::Append(Err(self.stranger(&rpc.vote)));
+            Request::Append { shard, rpc } => {
+                let Some(group) = self.groups.get(&shard) else {
+                    return Response::Done(Err(no_such_shard(shard)));
+                };
+                if !Self::is_member_message(group, &rpc.vote) {
+                    return Response::Append(Err(Self::stranger(&rpc.vote)));
                 }
                 let commit = rpc.leader_commit.map(|l| l.index).unwrap_or(0);
                 let received = Instant::now();
-                let result = raft.append_entries(rpc).await;
+                let result = group.raft.append_entries(rpc).await;
                 if matches!(result, Ok(openraft::raft::AppendEntriesResponse::Success)) {
-                    *self
-                        .group
-                        .leader_contact
-                        .lock()
-                        .expect("contact lock poisoned") = Some((received, commit));
+                    *group.leader_contact.lock().expect("contact lock poisoned") =
+                        Some((received, commit));
                 }
                 Response::Append(result)
             }
-            Request::Vote { shard, rpc } if shard == self.group.shard => {
-                if !self.is_member_message(&rpc.vote) {
-                    return Response::Vote(Err(self.stranger(&rpc.vote)));
+            Request::Vote { shard, rpc } => {
+                let Some(group) = self.groups.get(&shard) else {
+                    return Response::Done(Err(no_such_shard(shard)));
+                };
+                if !Self::is_member_message(group, &rpc.vote) {
+                    return Response::Vote(Err(Self::stranger(&rpc.vote)));
                 }
-                Response::Vote(raft.vote(rpc).await)
+                Response::Vote(group.raft.vote(rpc).await)
             }
-            Request::Snapshot { shard, rpc } if shard == self.group.shard => {
-                if !self.is_member_message(&rpc.vote) {
+            Request::Snapshot { shard, rpc } => {
+                let Some(group) = self.groups.get(&shard) else {
+                    return Response::Done(Err(no_such_shard(shard)));
+                };
+                if !Self::is_member_message(group, &rpc.vote) {
                     let e = openraft::error::RaftError::Fatal(openraft::error::Fatal::Panicked);
                     return Response::Snapshot(Err(e));
                 }
-                Response::Snapshot(raft.install_snapshot(rpc).await)
+                Response::Snapshot(group.raft.install_snapshot(rpc).await)
             }
-            Request::Append { .. } | Request::Vote { .. } | Request::Snapshot { .. } => {
-                Response::Done(Err(self.not_this_shard()))
-            }
-            Request::AllocateId => match self.to_leader(Request::AllocateId).await {
-                Some(Response::Done(Err(e))) => Response::Id(Err(e)),
+            Request::AllocateId => match self.to_leader(self.first(), Request::AllocateId).await {
+                Some(Response::Done(Err(e))) => Response::Allocated(Err(e)),
                 Some(r) => r,
-                None => Response::Id(Ok(self.allocate_id())),
+                None => Response::Allocated(Ok((
+                    self.allocate_id(),
+                    self.groups.keys().copied().collect(),
+                ))),
             },
-            Request::AddNode { id, node } => {
+            Request::AddNode { shard, id, node } => {
+                let Some(group) = self.groups.get(&shard) else {
+                    return Response::Done(Err(no_such_shard(shard)));
+                };
                 match self
-                    .to_leader(Request::AddNode {
-                        id,
-                        node: node.clone(),
-                    })
+                    .to_leader(
+                        group,
+                        Request::AddNode {
+                            shard,
+                            id,
+                            node: node.clone(),
+                        },
+                    )
                     .await
                 {
                     Some(r) => r,
-                    None => Response::Done(wire(self.add_node(id, node).await)),
+                    None => Response::Done(wire(self.add_node(group, id, node).await)),
                 }
             }
             Request::Exec {
@@ -436,34 +483,36 @@ impl Handler for NodeRpc {
                     }
                 }
             },
-            Request::Exec { shard, .. } if shard != self.group.shard => {
-                Response::Rows(Err(self.not_this_shard()))
+            Request::Exec {
+                shard, stmt, read, ..
+            } => {
+                let Some(group) = self.groups.get(&shard) else {
+                    return Response::Rows(Err(no_such_shard(shard)));
+                };
+                let result = if read {
+                    group.read(stmt.into(), ReadConsistency::Linearizable).await
+                } else {
+                    group.writer.execute(stmt.into()).await
+                };
+                Response::Rows(wire(result.map(Into::into)))
             }
-            Request::Exec {
-                stmt, read: true, ..
-            } => Response::Rows(wire(
-                self.group
-                    .read(stmt.into(), ReadConsistency::Linearizable)
-                    .await
-                    .map(Into::into),
-            )),
-            Request::Exec {
-                stmt, read: false, ..
-            } => Response::Rows(wire(
-                self.group.writer.execute(stmt.into()).await.map(Into::into),
-            )),
-            Request::Begin { .. } => match self.group.writer.begin().await {
-                Ok(t) => {
-                    let id = self.next_txn.fetch_add(1, Ordering::Relaxed);
-                    let entry = (Arc::new(tokio::sync::Mutex::new(Some(t))), Instant::now());
-                    self.txns
-                        .lock()
-                        .expect("txn map lock poisoned")
-                        .insert(id, entry);
-                    Response::Txn(Ok(id))
+            Request::Begin { shard } => {
+                let Some(group) = self.groups.get(&shard) else {
+                    return Response::Txn(Err(no_such_shard(shard)));
+                };
+                match group.writer.begin().await {
+                    Ok(t) => {
+                        let id = self.next_txn.fetch_add(1, Ordering::Relaxed);
+                        let entry = (Arc::new(tokio::sync::Mutex::new(Some(t))), Instant::now());
+                        self.txns
+                            .lock()
+                            .expect("txn map lock poisoned")
+                            .insert(id, entry);
+                        Response::Txn(Ok(id))
+                    }
+                    Err(e) => Response::Txn(Err(e.into())),
                 }
-                Err(e) => Response::Txn(Err(e.into())),
-            },
+            }
             Request::Commit { txn } => {
                 let t = self
                     .txns

@@ -420,3 +420,94 @@ async fn bounded_reads_are_never_staler_than_their_bound() {
         .unwrap_err();
     assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("22023"));
 }
+
+/// Every group's (applied index, checksum) on every node, by shard.
+fn group_states(
+    cluster: &Cluster,
+) -> Option<std::collections::BTreeMap<String, Vec<(u64, String)>>> {
+    let mut by_shard: std::collections::BTreeMap<String, Vec<(u64, String)>> = Default::default();
+    for n in &cluster.nodes {
+        let v: serde_json::Value =
+            serde_json::from_str(&common::http_get(n.http, "/v1/replicas")?).ok()?;
+        for r in v["replicas"].as_array()? {
+            by_shard
+                .entry(r["shard"].as_str()?.to_string())
+                .or_default()
+                .push((
+                    r["applied_index"].as_u64()?,
+                    r["checksum"].as_str()?.to_string(),
+                ));
+        }
+    }
+    Some(by_shard)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_groups_on_three_nodes_fail_over_and_converge() {
+    let mut cluster = tokio::task::block_in_place(|| Cluster::start(3, &["--shards", "16"]));
+    let health = |i: usize| -> serde_json::Value {
+        serde_json::from_str(&common::http_get(cluster.nodes[i].http, "/health").unwrap()).unwrap()
+    };
+    let shards = health(1)["shards"].as_array().unwrap().clone();
+    assert_eq!(shards.len(), 16);
+    let c = client(cluster.nodes[1].pg).await.unwrap();
+    c.batch_execute("CREATE TABLE m (k integer PRIMARY KEY)")
+        .await
+        .unwrap();
+    c.execute("INSERT INTO m VALUES (1)", &[]).await.unwrap();
+
+    // Kill the node that leads s1 (and, today, every group it bootstrapped).
+    let leader = tokio::task::block_in_place(|| cluster.leader());
+    cluster.nodes[leader].kill9();
+    let survivor = (leader + 1) % 3;
+    common::wait_for(
+        || {
+            let v: serde_json::Value =
+                match common::http_get(cluster.nodes[survivor].http, "/health") {
+                    Some(b) => serde_json::from_str(&b).unwrap(),
+                    None => return false,
+                };
+            let dead = format!("n{}", leader + 1);
+            v["shards"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["leader"].as_str().is_some_and(|l| l != dead))
+        },
+        Duration::from_secs(30),
+        "every group to elect a leader among the survivors",
+    );
+    let c = client(cluster.nodes[survivor].pg).await.unwrap();
+    c.execute("INSERT INTO m VALUES (2)", &[]).await.unwrap();
+
+    // The node comes back and every group's replicas converge.
+    tokio::task::block_in_place(|| cluster.nodes[leader].restart());
+    let mut last = None;
+    tokio::task::block_in_place(|| {
+        common::wait_for(
+            || {
+                last = group_states(&cluster);
+                last.as_ref().is_some_and(|groups| {
+                    groups.len() == 16
+                        && groups
+                            .values()
+                            .all(|reps| reps.len() == 3 && reps.iter().all(|r| r.0 == reps[0].0))
+                })
+            },
+            Duration::from_secs(60),
+            "every group at the same applied index on all nodes",
+        )
+    });
+    for (shard, reps) in last.unwrap() {
+        assert!(
+            reps.iter().all(|r| r.1 == reps[0].1),
+            "{shard}: replicas diverged: {reps:?}"
+        );
+    }
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM m", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+}

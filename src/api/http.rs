@@ -254,28 +254,33 @@ async fn run_batch(session: &mut Session, stmts: &[Statement]) -> Result<Json_, 
 }
 
 async fn health(State(engine): State<Arc<Engine>>) -> Json<Json_> {
-    let (leader, term) = engine.group.leader();
-    Json(json!({
-        "status": "ok",
-        "node": engine.group.node.to_string(),
-        "shards": [{"shard": engine.group.shard.to_string(), "leader": leader.map(|l| l.to_string()), "term": term}],
-    }))
+    let shards: Vec<Json_> = engine
+        .groups
+        .iter()
+        .map(|g| {
+            let (leader, term) = g.leader();
+            json!({"shard": g.shard.to_string(), "leader": leader.map(|l| l.to_string()), "term": term})
+        })
+        .collect();
+    Json(json!({ "status": "ok", "node": engine.group.node.to_string(), "shards": shards }))
 }
 
 /// This node's replicas: applied log index and a checksum of their rows, for comparing
 /// replicas (equal checksums at equal applied indexes).
 async fn replicas(State(engine): State<Arc<Engine>>) -> Result<Json<Json_>, ApiError> {
-    let replica = &engine.group.replica;
-    let (applied, _) = replica.applied_state().await?;
-    let checksum = replica.checksum().await?;
-    Ok(Json(json!({
-        "node": engine.group.node.to_string(),
-        "replicas": [{
-            "shard": engine.group.shard.to_string(),
+    let mut replicas = Vec::new();
+    for group in &engine.groups {
+        let (applied, _) = group.replica.applied_state().await?;
+        let checksum = group.replica.checksum().await?;
+        replicas.push(json!({
+            "shard": group.shard.to_string(),
             "applied_index": applied.map(|l| l.index).unwrap_or(0),
             "checksum": format!("{checksum:016x}"),
-        }],
-    })))
+        }));
+    }
+    Ok(Json(
+        json!({ "node": engine.group.node.to_string(), "replicas": replicas }),
+    ))
 }
 
 async fn not_found() -> ApiError {

@@ -27,6 +27,9 @@ pub struct DevArgs {
     /// Cluster port of the first node; node i listens on cluster-port + i - 1.
     #[arg(long, default_value_t = 7000)]
     pub cluster_port: u16,
+    /// Shard groups to create in a new cluster (each node holds a replica of every one).
+    #[arg(long, default_value_t = 1)]
+    pub shards: u64,
 }
 
 fn forward_logs(name: String, child: &mut Child) {
@@ -107,6 +110,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .arg(cluster.to_string());
         if i > 0 {
             cmd.arg("--join").arg(first.to_string());
+        } else {
+            cmd.arg("--shards").arg(args.shards.to_string());
         }
         let mut child = cmd
             .stdout(Stdio::piped())

@@ -71,6 +71,9 @@ pub struct StartArgs {
     /// Applied log entries between snapshots; the log before a snapshot is purged.
     #[arg(long, default_value_t = crate::limits::SNAPSHOT_EVERY_ENTRIES)]
     pub snapshot_every: u64,
+    /// Shard groups to create when this node starts a new cluster (ignored otherwise).
+    #[arg(long, default_value_t = 1)]
+    pub shards: u64,
 }
 
 pub fn init_logging() {
@@ -97,6 +100,7 @@ pub async fn start(args: StartArgs) -> anyhow::Result<()> {
         election_timeout_ms_min: args.election_timeout_ms,
         heartbeat_interval_ms: args.heartbeat_ms,
         snapshot_every: args.snapshot_every,
+        shards: args.shards,
     };
     let node = Node::start(config).await?;
     shutdown_signal().await;

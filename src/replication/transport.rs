@@ -41,8 +41,9 @@ pub enum Request {
     },
     /// A joining node asks the leader for an id.
     AllocateId,
-    /// Make a running node (with an allocated id) a voter.
+    /// Make a running node (with an allocated id) a voter of one shard's group.
     AddNode {
+        shard: ShardId,
         id: u64,
         node: super::NodeInfo,
     },
@@ -69,7 +70,8 @@ pub enum Response {
     Append(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),
     Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
-    Id(Result<u64, WireError>),
+    /// A node id and the cluster's shard groups, for a joining node.
+    Allocated(Result<(u64, Vec<ShardId>), WireError>),
     Rows(Result<WireRows, WireError>),
     Txn(Result<u64, WireError>),
     Done(Result<(), WireError>),

@@ -18,18 +18,26 @@ use std::sync::Arc;
 
 /// What every session of a node shares: the shard groups (one for now) and routing.
 pub struct Engine {
+    /// The group SQL runs on until tables are sharded (s1).
     pub group: Arc<ShardGroup>,
+    /// Every group with a replica on this node.
+    pub groups: Vec<Arc<ShardGroup>>,
     pub router: Router,
 }
 
 impl Engine {
-    pub fn new(group: Arc<ShardGroup>, client: Arc<Client>) -> Arc<Engine> {
+    pub fn new(
+        group: Arc<ShardGroup>,
+        groups: Vec<Arc<ShardGroup>>,
+        client: Arc<Client>,
+    ) -> Arc<Engine> {
         Arc::new(Engine {
             router: Router {
                 group: group.clone(),
                 client,
             },
             group,
+            groups,
         })
     }
 

@@ -27,6 +27,7 @@ pub fn config(dir: &Path, pg: SocketAddr, http: SocketAddr) -> NodeConfig {
         election_timeout_ms_min: 150,
         heartbeat_interval_ms: 50,
         snapshot_every: cairn::limits::SNAPSHOT_EVERY_ENTRIES,
+        shards: 1,
     }
 }
 
