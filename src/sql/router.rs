@@ -76,29 +76,32 @@ impl Router {
         }
     }
 
+    /// Run a statement on the leader at `addr` (inside forwarded transaction `txn`, if any).
+    async fn remote_exec(
+        &self,
+        addr: &str,
+        txn: Option<u64>,
+        stmt: Statement,
+        read: bool,
+    ) -> Result<Rows> {
+        let request = Request::Exec {
+            shard: self.group.shard,
+            txn,
+            stmt: stmt.into(),
+            read,
+        };
+        match self.call(addr, request).await? {
+            Response::Rows(r) => r.map(Into::into).map_err(Into::into),
+            _ => Err(unexpected()),
+        }
+    }
+
     pub async fn write(&self, stmt: Statement) -> Result<Rows> {
-        let shard = self.group.shard;
         self.route(
             || self.group.writer.execute(stmt.clone()),
             |addr| {
                 let stmt = stmt.clone();
-                async move {
-                    match self
-                        .call(
-                            &addr,
-                            Request::Exec {
-                                shard,
-                                txn: None,
-                                stmt: stmt.into(),
-                                read: false,
-                            },
-                        )
-                        .await?
-                    {
-                        Response::Rows(r) => r.map(Into::into).map_err(Into::into),
-                        _ => Err(unexpected()),
-                    }
-                }
+                async move { self.remote_exec(&addr, None, stmt, false).await }
             },
         )
         .await
@@ -112,29 +115,11 @@ impl Router {
             }
             _ => {}
         }
-        let consistency = ReadConsistency::Linearizable;
-        let shard = self.group.shard;
         self.route(
-            || self.group.read(stmt.clone(), consistency),
+            || self.group.read(stmt.clone(), ReadConsistency::Linearizable),
             |addr| {
                 let stmt = stmt.clone();
-                async move {
-                    match self
-                        .call(
-                            &addr,
-                            Request::Exec {
-                                shard,
-                                txn: None,
-                                stmt: stmt.into(),
-                                read: true,
-                            },
-                        )
-                        .await?
-                    {
-                        Response::Rows(r) => r.map(Into::into).map_err(Into::into),
-                        _ => Err(unexpected()),
-                    }
-                }
+                async move { self.remote_exec(&addr, None, stmt, true).await }
             },
         )
         .await
@@ -159,18 +144,7 @@ impl Router {
     pub async fn exec(&self, lease: &Lease, stmt: Statement) -> Result<Rows> {
         match lease {
             Lease::Local(t) => t.exec(stmt).await,
-            Lease::Remote { addr, txn } => {
-                let request = Request::Exec {
-                    shard: self.group.shard,
-                    txn: Some(*txn),
-                    stmt: stmt.into(),
-                    read: false,
-                };
-                match self.call(addr, request).await? {
-                    Response::Rows(r) => r.map(Into::into).map_err(Into::into),
-                    _ => Err(unexpected()),
-                }
-            }
+            Lease::Remote { addr, txn } => self.remote_exec(addr, Some(*txn), stmt, false).await,
         }
     }
 
