@@ -259,7 +259,12 @@ async fn health(State(engine): State<Arc<Engine>>) -> Json<Json_> {
         .iter()
         .map(|g| {
             let (leader, term) = g.leader();
-            json!({"shard": g.shard.to_string(), "leader": leader.map(|l| l.to_string()), "term": term})
+            json!({
+                "shard": g.shard.to_string(),
+                "leader": leader.map(|l| l.to_string()),
+                "term": term,
+                "elections": g.elections.load(std::sync::atomic::Ordering::Relaxed),
+            })
         })
         .collect();
     Json(json!({ "status": "ok", "node": engine.group.node.to_string(), "shards": shards }))

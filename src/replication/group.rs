@@ -28,6 +28,8 @@ pub enum ReadConsistency {
 }
 
 pub struct ShardGroup {
+    /// Leadership changes this node has seen for the group (a new leader or a new term).
+    pub elections: Arc<std::sync::atomic::AtomicU64>,
     /// When this node last accepted entries or a heartbeat from the leader, and the commit
     /// index the leader reported then (for bounded-staleness reads on followers).
     pub leader_contact: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
@@ -92,9 +94,11 @@ impl ShardGroup {
                     .map_err(|e| Error::internal(format!("{shard}: initializing: {e}")))?;
             }
         }
-        tokio::spawn(log_leadership(shard, raft.clone()));
+        let elections = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        tokio::spawn(log_leadership(shard, raft.clone(), elections.clone()));
         let writer = Writer::start(raft.clone(), replica.clone(), node);
         Ok(ShardGroup {
+            elections,
             leader_contact: std::sync::Mutex::new(None),
             shard,
             node,
@@ -182,7 +186,7 @@ pub async fn wait_for_leader(raft: &Raft, limit: std::time::Duration) -> Option<
 }
 
 /// Logs one line per leadership change: `shard s1: n1 is leader for term 3`.
-async fn log_leadership(shard: ShardId, raft: Raft) {
+async fn log_leadership(shard: ShardId, raft: Raft, elections: Arc<std::sync::atomic::AtomicU64>) {
     let mut metrics = raft.metrics();
     let mut last: Option<(Option<u64>, u64)> = None;
     loop {
@@ -192,11 +196,14 @@ async fn log_leadership(shard: ShardId, raft: Raft) {
         };
         if last != Some(now) {
             match now.0 {
-                Some(leader) => tracing::info!(
-                    "shard {shard}: {} is leader for term {}",
-                    NodeId(leader),
-                    now.1
-                ),
+                Some(leader) => {
+                    elections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(
+                        "shard {shard}: {} is leader for term {}",
+                        NodeId(leader),
+                        now.1
+                    )
+                }
                 None => tracing::info!("shard {shard}: no leader in term {}", now.1),
             }
             last = Some(now);

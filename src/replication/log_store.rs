@@ -1,8 +1,8 @@
 //! The Raft log on `fjall`: one keyspace per shard (`log_s<N>`) keyed by big-endian log
 //! index, plus the shard's vote, committed id and last purged id in a shared `raft_meta`
-//! keyspace. Every append is one write batch and one fsync (`PersistMode::SyncData`): the
-//! log is the durable copy of every acknowledged write (SQLite replicas run with
-//! `synchronous=OFF`).
+//! keyspace. Every append is one write batch followed by an fsync of the shared journal,
+//! coalesced across the node's groups (`Syncer`): the log is the durable copy of every
+//! acknowledged write (SQLite replicas run with `synchronous=OFF`).
 //!
 //! Invariant: `last_purged_log_id` is persisted before entries are removed, so a restart never
 //! sees a gap it cannot explain (openraft 0.9 crash-loops otherwise).
@@ -17,12 +17,42 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, RaftLogReader, Vote};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// The node-wide log database. One per data dir; shared by all groups of the node.
 #[derive(Clone)]
 pub struct LogDb {
     db: Database,
     meta: Keyspace,
+    syncer: Arc<Syncer>,
+}
+
+/// Coalesces fsyncs of the node's one log journal: an append that finds an fsync under way
+/// waits for it and, if that fsync did not cover its write, issues the next — so N groups
+/// appending at once pay for one or two fsyncs, not N.
+///
+/// Invariant: a ticket is taken after its write is in the journal, and an fsync covers
+/// every ticket taken before it started (`upto` is read just before `persist`).
+#[derive(Default)]
+struct Syncer {
+    written: AtomicU64,
+    synced: Mutex<u64>,
+}
+
+impl Syncer {
+    /// Make everything written to `db` so far durable. Blocking: call off the async workers.
+    fn sync(&self, db: &Database) -> fjall::Result<()> {
+        let mine = self.written.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut synced = self.synced.lock().expect("syncer lock poisoned");
+        if *synced >= mine {
+            return Ok(());
+        }
+        let upto = self.written.load(Ordering::SeqCst);
+        db.persist(PersistMode::SyncData)?;
+        *synced = upto;
+        Ok(())
+    }
 }
 
 impl LogDb {
@@ -33,7 +63,11 @@ impl LogDb {
         let meta = db
             .keyspace("raft_meta", KeyspaceCreateOptions::default)
             .map_err(|e| crate::error::Error::internal(format!("opening raft meta: {e}")))?;
-        Ok(LogDb { db, meta })
+        Ok(LogDb {
+            db,
+            meta,
+            syncer: Arc::default(),
+        })
     }
 
     /// The log store of one shard's group.
@@ -47,6 +81,7 @@ impl LogDb {
             meta: self.meta.clone(),
             log,
             shard,
+            syncer: self.syncer.clone(),
         })
     }
 }
@@ -57,6 +92,7 @@ pub struct LogStore {
     meta: Keyspace,
     log: Keyspace,
     shard: ShardId,
+    syncer: Arc<Syncer>,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -95,7 +131,8 @@ impl LogStore {
     }
 
     fn sync(&self) -> Result<(), StorageError> {
-        self.db.persist(PersistMode::SyncData).map_err(write_err)
+        let (db, syncer) = (self.db.clone(), self.syncer.clone());
+        tokio::task::block_in_place(move || syncer.sync(&db)).map_err(write_err)
     }
 
     fn last_entry(&self) -> Result<Option<Entry>, StorageError> {
@@ -198,11 +235,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = postcard::to_stdvec(&entry).map_err(write_err)?;
             batch.insert(&self.log, index_key(entry.log_id.index), bytes);
         }
-        let db = self.db.clone();
+        let (db, syncer) = (self.db.clone(), self.syncer.clone());
         // The fsync blocks; keep it off the async workers without reordering appends.
         let result = tokio::task::block_in_place(move || -> Result<(), fjall::Error> {
             batch.commit()?;
-            db.persist(PersistMode::SyncData)
+            syncer.sync(&db)
         });
         match result {
             Ok(()) => {

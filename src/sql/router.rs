@@ -3,8 +3,11 @@
 //! client connected to any node never sees a redirect. A transaction started on a follower
 //! holds the leader's writer through a remote lease.
 //!
-//! Retries: only `NotLeader` is retried (after re-resolving the leader): it is returned
-//! before anything executes or is proposed, so a retry cannot apply a statement twice.
+//! Retries: only `NotLeader` is retried (after re-resolving the leader). It means nothing
+//! will ever apply: the writer returns it before executing; openraft answers a proposal
+//! with `ForwardToLeader` only if the node was not leader when it arrived or if its entry
+//! was truncated from the log (checked in openraft 0.9's `RaftCore`, `DeleteConflictLog`);
+//! and a forwarded call that could not even be dialled never left this node.
 
 use crate::error::{Error, Result};
 use crate::ids::NodeId;
