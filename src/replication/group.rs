@@ -28,6 +28,7 @@ pub enum ReadConsistency {
 }
 
 pub struct ShardGroup {
+    reads: ReadBarrier,
     /// Leadership changes this node has seen for the group (a new leader or a new term).
     pub elections: Arc<std::sync::atomic::AtomicU64>,
     /// When this node last accepted entries or a heartbeat from the leader, and the commit
@@ -98,6 +99,7 @@ impl ShardGroup {
         tokio::spawn(log_leadership(shard, raft.clone(), elections.clone()));
         let writer = Writer::start(raft.clone(), replica.clone(), node);
         Ok(ShardGroup {
+            reads: ReadBarrier::default(),
             elections,
             leader_contact: std::sync::Mutex::new(None),
             shard,
@@ -112,14 +114,7 @@ impl ShardGroup {
     pub async fn read(&self, stmt: Statement, consistency: ReadConsistency) -> Result<Rows> {
         if consistency == ReadConsistency::Linearizable {
             wait_for_leader(&self.raft, crate::limits::LEADER_WAIT).await;
-            self.raft.ensure_linearizable().await.map_err(|e| match e {
-                openraft::error::RaftError::APIError(
-                    openraft::error::CheckIsLeaderError::ForwardToLeader(f),
-                ) => Error::NotLeader {
-                    leader: f.leader_id.map(NodeId),
-                },
-                other => Error::Unavailable(other.to_string()),
-            })?;
+            self.reads.confirm(&self.raft).await?;
         }
         self.replica.read(stmt).await
     }
@@ -170,6 +165,41 @@ impl ShardGroup {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(shard = %self.shard, error = %e, "raft shutdown");
         }
+    }
+}
+
+/// Shares read-index rounds among linearizable reads. A read needs a round (leadership
+/// confirmed by a quorum, then the state machine caught up to the read index) that *started
+/// after the read arrived*; every read waiting when a round starts is served by it, so N
+/// concurrent reads cost about two rounds instead of N.
+///
+/// Invariant: `confirmed` = the highest arrival ticket covered by a finished round; a round
+/// covers every ticket taken before it began (`upto` is read just before the round).
+#[derive(Default)]
+struct ReadBarrier {
+    arrived: std::sync::atomic::AtomicU64,
+    confirmed: tokio::sync::Mutex<u64>,
+}
+
+impl ReadBarrier {
+    async fn confirm(&self, raft: &Raft) -> Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mine = self.arrived.fetch_add(1, SeqCst) + 1;
+        let mut confirmed = self.confirmed.lock().await;
+        if *confirmed >= mine {
+            return Ok(());
+        }
+        let upto = self.arrived.load(SeqCst);
+        raft.ensure_linearizable().await.map_err(|e| match e {
+            openraft::error::RaftError::APIError(
+                openraft::error::CheckIsLeaderError::ForwardToLeader(f),
+            ) => Error::NotLeader {
+                leader: f.leader_id.map(NodeId),
+            },
+            other => Error::Unavailable(other.to_string()),
+        })?;
+        *confirmed = upto;
+        Ok(())
     }
 }
 
