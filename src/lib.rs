@@ -7,12 +7,14 @@
 //! - [`sql`]: sessions, PostgreSQL → SQLite translation, transactions, execution.
 //! - [`api`]: pgwire and HTTP — the only place that knows wire formats.
 //! - [`node`]: one process wiring it all together; [`cli`]: the `cairn` command.
+//! - [`chaos`]: operation histories and the checkers that judge them (fault testing).
 //!
 //! Shared foundations: [`ids`] (newtype ids), [`error`] (one error type with SQLSTATEs),
 //! [`types`] (PostgreSQL types and their wire encodings), [`limits`] (every bound).
 
 pub mod api;
 pub mod catalog;
+pub mod chaos;
 pub mod cli;
 pub mod error;
 pub mod ids;

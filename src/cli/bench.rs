@@ -223,109 +223,27 @@ pub struct FailoverArgs {
     pub base_port: u16,
 }
 
-struct BenchNode {
-    pg: std::net::SocketAddr,
-    http: std::net::SocketAddr,
-    cluster: std::net::SocketAddr,
-    dir: std::path::PathBuf,
-    child: Option<tokio::process::Child>,
-}
-
-impl BenchNode {
-    fn spawn(&mut self, join: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
-        let exe = std::env::current_exe()?;
-        let mut cmd = tokio::process::Command::new(exe);
-        cmd.arg("start").arg("--data-dir").arg(&self.dir);
-        cmd.args([
-            "--pg-addr",
-            &self.pg.to_string(),
-            "--http-addr",
-            &self.http.to_string(),
-        ]);
-        cmd.args(["--cluster-addr", &self.cluster.to_string()]);
-        if let Some(j) = join {
-            cmd.args(["--join", &j.to_string()]);
-        }
-        cmd.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn()?;
-        super::dev::wait_ready(
-            self.http,
-            &mut child,
-            Instant::now() + Duration::from_secs(60),
-        )?;
-        self.child = Some(child);
-        Ok(())
-    }
-}
-
-/// Which node (index) the cluster names as leader.
-fn leader_of(nodes: &[BenchNode]) -> Option<usize> {
-    use std::io::{Read, Write};
-    for n in nodes.iter().filter(|n| n.child.is_some()) {
-        let Ok(mut s) = std::net::TcpStream::connect_timeout(&n.http, Duration::from_millis(300))
-        else {
-            continue;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let _ = s.write_all(b"GET /health HTTP/1.0\r\n\r\n");
-        let mut body = String::new();
-        let _ = s.read_to_string(&mut body);
-        let Some((_, json)) = body.split_once("\r\n\r\n") else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
-            continue;
-        };
-        if let Some(l) = v["shards"][0]["leader"]
-            .as_str()
-            .and_then(|l| l.trim_start_matches('n').parse::<usize>().ok())
-        {
-            return Some(l - 1);
-        }
-    }
-    None
-}
-
 /// Kill -9 the leader of a local 3-node cluster `trials` times; report the time from each
 /// kill to the first successful write issued after it.
 pub async fn failover(args: FailoverArgs) -> anyhow::Result<Vec<Duration>> {
     if args.trials == 0 {
         bail!("--trials must be at least 1");
     }
-    let _ = std::fs::remove_dir_all(&args.data_dir);
-    let addr = |i: u16| -> std::net::SocketAddr { ([127, 0, 0, 1], args.base_port + i).into() };
-    let mut nodes: Vec<BenchNode> = (0..3u16)
-        .map(|i| BenchNode {
-            pg: addr(i),
-            http: addr(10 + i),
-            cluster: addr(20 + i),
-            dir: args.data_dir.join(format!("n{}", i + 1)),
-            child: None,
-        })
-        .collect();
-    let first = nodes[0].cluster;
-    for (i, n) in nodes.iter_mut().enumerate() {
-        n.spawn((i > 0).then_some(first))?;
-    }
-    let url = |n: &BenchNode| format!("postgres://bench@{}/cairn", n.pg);
-    connect(&url(&nodes[0]))
+    let mut cluster = super::local::LocalCluster::start(3, &args.data_dir, args.base_port)?;
+    let first = cluster.nodes[0].cluster;
+    connect(&cluster.nodes[0].url())
         .await?
         .batch_execute("CREATE TABLE failover_probe (id bigserial PRIMARY KEY, at text)")
         .await?;
     let mut times = Vec::new();
     for trial in 0..args.trials {
-        let leader = leader_of(&nodes).context("no leader")?;
-        if let Some(mut c) = nodes[leader].child.take() {
-            c.start_kill()?;
-            let _ = c.wait().await;
-        }
+        let leader = cluster.leader().context("no leader")?;
+        cluster.nodes[leader].kill9().await;
         let killed = Instant::now();
-        let survivor = (leader + 1) % nodes.len();
+        let survivor = cluster.nodes[(leader + 1) % 3].url();
         let elapsed = loop {
             let attempt = async {
-                let c = connect(&url(&nodes[survivor])).await?;
+                let c = connect(&survivor).await?;
                 c.execute("INSERT INTO failover_probe (at) VALUES (now()::text)", &[])
                     .await?;
                 anyhow::Ok(())
@@ -344,7 +262,7 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<Vec<Duration>> {
             elapsed.as_secs_f64() * 1000.0
         );
         times.push(elapsed);
-        nodes[leader].spawn(None)?;
+        cluster.nodes[leader].spawn(Some(first))?;
     }
     times.sort();
     Ok(times)

@@ -2,7 +2,9 @@
 //! processes for development and prints how to connect.
 
 pub mod bench;
+pub mod chaos;
 pub mod dev;
+pub mod local;
 
 use crate::node::{Node, NodeConfig};
 use clap::{Parser, Subcommand};
@@ -29,6 +31,8 @@ pub enum Command {
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run a workload on a local cluster while killing and pausing nodes; check the history.
+    Chaos(chaos::ChaosArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,6 +141,13 @@ pub fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Start(args) => start(args).await,
             Command::Dev(args) => dev::run(args).await,
+            Command::Chaos(args) => {
+                if chaos::run(args).await? {
+                    Ok(())
+                } else {
+                    anyhow::bail!("anomalies found (see above)")
+                }
+            }
             Command::Bench(BenchCommand::Kv(args)) => {
                 let what = format!(
                     "kv clients={} read-ratio={} value-bytes={} keys={}",

@@ -1,0 +1,356 @@
+//! `cairn chaos`: start a local cluster of real `cairn` processes, run a client workload
+//! while a nemesis drawn from the seed kills (SIGKILL), restarts, pauses (SIGSTOP) and
+//! resumes nodes, heal, wait for the replicas to converge, then check the history.
+//!
+//! Workloads: `set` (unique inserts: every acknowledged insert present at the end, nothing
+//! never attempted present) and `register` (reads, writes and compare-and-set on a few keys;
+//! each key's history must be linearizable). A failing seed replays the same fault
+//! schedule (the timing of client operations around it varies).
+
+use crate::chaos::history::{self, Call, Op, Outcome};
+use anyhow::{bail, Context};
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    Set,
+    Register,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChaosArgs {
+    #[arg(long, value_enum, default_value_t = Workload::Set)]
+    pub workload: Workload,
+    /// Seed for the fault schedule and the clients' choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// How long the workload runs under faults, e.g. 60s.
+    #[arg(long, default_value = "60s", value_parser = super::bench::parse_duration)]
+    pub duration: Duration,
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    #[arg(long, default_value_t = 6)]
+    pub clients: usize,
+    /// Where node data and the history file go (emptied first).
+    #[arg(long, default_value = "cairn-chaos")]
+    pub data_dir: PathBuf,
+    /// First port used (pgwire ports from here, HTTP +100, cluster +200).
+    #[arg(long, default_value_t = 18000)]
+    pub base_port: u16,
+}
+
+/// Registers in the register workload: few keys, so operations on each overlap.
+const REGISTER_KEYS: i64 = 4;
+/// One client operation gives up after this long (its outcome is then unknown).
+const OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn micros(start: Instant) -> u64 {
+    start.elapsed().as_micros() as u64
+}
+
+async fn connect(url: &str) -> Option<tokio_postgres::Client> {
+    let (c, conn) = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio_postgres::connect(url, tokio_postgres::NoTls),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    tokio::spawn(conn);
+    Some(c)
+}
+
+/// One client: picks nodes and operations from its seed, records every operation.
+async fn client(
+    id: usize,
+    seed: u64,
+    workload: Workload,
+    urls: Vec<String>,
+    start: Instant,
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<Vec<Op>>>,
+) {
+    let mut rng =
+        rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(7919).wrapping_add(id as u64));
+    let mut conn: Option<tokio_postgres::Client> = None;
+    let mut counter = 0i64;
+    while !stop.load(Ordering::Relaxed) {
+        if conn.is_none() {
+            conn = connect(&urls[rng.random_range(0..urls.len())]).await;
+            if conn.is_none() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        }
+        let c = conn.as_ref().expect("connected above");
+        counter += 1;
+        let unique = (id as i64 + 1) * 1_000_000_000 + counter;
+        let (key, call) = match workload {
+            Workload::Set => (0, Call::Add(unique)),
+            Workload::Register => {
+                let key = rng.random_range(0..REGISTER_KEYS);
+                let call = match rng.random_range(0..4) {
+                    0 | 1 => Call::Read,
+                    2 => Call::Write(unique),
+                    _ => Call::Cas(last_seen(&history, key), unique),
+                };
+                (key, call)
+            }
+        };
+        let invoked = micros(start);
+        let run = async {
+            match call {
+                Call::Add(v) => c
+                    .execute("INSERT INTO chaos_set (v) VALUES ($1)", &[&v])
+                    .await
+                    .map(|_| None),
+                Call::Read => c
+                    .query_opt("SELECT v FROM chaos_reg WHERE k = $1", &[&key])
+                    .await
+                    .map(|r| r.map(|r| r.get::<_, i64>(0))),
+                Call::Write(v) => c
+                    .execute("UPDATE chaos_reg SET v = $2 WHERE k = $1", &[&key, &v])
+                    .await
+                    .map(|_| None),
+                Call::Cas(from, to) => c
+                    .execute(
+                        "UPDATE chaos_reg SET v = $3 WHERE k = $1 AND v = $2",
+                        &[&key, &from, &to],
+                    )
+                    .await
+                    .map(|n| Some(n as i64)),
+            }
+        };
+        let outcome = match tokio::time::timeout(OP_TIMEOUT, run).await {
+            Ok(Ok(result)) => match call {
+                Call::Cas(..) if result == Some(0) => Outcome::Fail,
+                Call::Cas(..) => Outcome::Ok(None),
+                _ => Outcome::Ok(result),
+            },
+            Ok(Err(e)) => {
+                if e.is_closed() {
+                    conn = None;
+                }
+                // A constraint violation or syntax error did not apply; anything else
+                // (leader lost, forwarding failed, connection lost) may have.
+                match e.code().map(|c| c.code()) {
+                    Some(code) if code.starts_with("23") || code.starts_with("42") => Outcome::Fail,
+                    _ => Outcome::Unknown,
+                }
+            }
+            Err(_) => {
+                conn = None;
+                Outcome::Unknown
+            }
+        };
+        let completed = micros(start);
+        history.lock().expect("history lock poisoned").push(Op {
+            client: id,
+            key,
+            call,
+            invoked,
+            completed,
+            outcome,
+        });
+        if outcome == Outcome::Unknown {
+            conn = None; // try another node
+        }
+    }
+}
+
+/// The last value a successful operation on `key` read or wrote: a CAS from it has a fair
+/// chance of succeeding.
+fn last_seen(history: &Mutex<Vec<Op>>, key: i64) -> i64 {
+    let h = history.lock().expect("history lock poisoned");
+    h.iter()
+        .rev()
+        .filter(|o| o.key == key)
+        .find_map(|o| match (o.call, o.outcome) {
+            (Call::Read, Outcome::Ok(Some(v))) => Some(v),
+            (Call::Write(v), Outcome::Ok(_)) | (Call::Cas(_, v), Outcome::Ok(_)) => Some(v),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
+    if args.nodes < 3 {
+        bail!("--nodes must be at least 3 (faults take one node away at a time)");
+    }
+    println!(
+        "chaos: workload {:?}, seed {}, {} nodes, {:?}",
+        args.workload, args.seed, args.nodes, args.duration
+    );
+    let mut cluster =
+        super::local::LocalCluster::start(args.nodes, &args.data_dir, args.base_port)?;
+    let first = cluster.nodes[0].cluster;
+    let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
+    let setup = connect(&urls[0]).await.context("connecting to n1")?;
+    let history: Arc<Mutex<Vec<Op>>> = Arc::default();
+    match args.workload {
+        Workload::Set => {
+            setup
+                .batch_execute("CREATE TABLE chaos_set (v bigint PRIMARY KEY)")
+                .await?
+        }
+        Workload::Register => {
+            setup
+                .batch_execute("CREATE TABLE chaos_reg (k bigint PRIMARY KEY, v bigint NOT NULL)")
+                .await?;
+            for k in 0..REGISTER_KEYS {
+                setup
+                    .execute("INSERT INTO chaos_reg VALUES ($1, 0)", &[&k])
+                    .await?;
+                let init = Op {
+                    client: usize::MAX,
+                    key: k,
+                    call: Call::Write(0),
+                    invoked: 0,
+                    completed: 0,
+                    outcome: Outcome::Ok(None),
+                };
+                history.lock().expect("history lock poisoned").push(init);
+            }
+        }
+    }
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..args.clients)
+        .map(|i| {
+            tokio::spawn(client(
+                i,
+                args.seed,
+                args.workload,
+                urls.clone(),
+                start,
+                stop.clone(),
+                history.clone(),
+            ))
+        })
+        .collect();
+
+    // The nemesis: one fault at a time, drawn from the seed, each healed before the next.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    let mut faults = Vec::new();
+    while start.elapsed() + Duration::from_secs(3) < args.duration {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
+        let kind = rng.random_range(0..4);
+        let target = match kind {
+            0 | 2 => cluster.leader().unwrap_or(0),
+            _ => rng.random_range(0..args.nodes),
+        };
+        let hold = Duration::from_millis(rng.random_range(300..1500));
+        let at = start.elapsed();
+        match kind {
+            0 | 1 => {
+                cluster.nodes[target].kill9().await;
+                tokio::time::sleep(hold).await;
+                let join = (target != 0).then_some(first);
+                tokio::task::block_in_place(|| cluster.nodes[target].spawn(join))?;
+                faults.push(format!(
+                    "{:>7.2}s kill -9 n{} ({}), restarted after {hold:?}",
+                    at.as_secs_f64(),
+                    target + 1,
+                    if kind == 0 { "leader" } else { "random" }
+                ));
+            }
+            _ => {
+                cluster.nodes[target].pause();
+                tokio::time::sleep(hold).await;
+                cluster.nodes[target].resume();
+                faults.push(format!(
+                    "{:>7.2}s SIGSTOP n{} ({}), resumed after {hold:?}",
+                    at.as_secs_f64(),
+                    target + 1,
+                    if kind == 2 { "leader" } else { "random" }
+                ));
+            }
+        }
+    }
+    let remaining = args.duration.saturating_sub(start.elapsed());
+    tokio::time::sleep(remaining).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+    // Heal and converge.
+    for n in cluster.nodes.iter_mut() {
+        n.resume();
+    }
+    let (converged, states) =
+        tokio::task::block_in_place(|| cluster.converge(Duration::from_secs(60)))?;
+
+    let history = std::mem::take(&mut *history.lock().expect("history lock poisoned"));
+    let path = args.data_dir.join("history.jsonl");
+    let mut file = std::fs::File::create(&path)?;
+    for op in &history {
+        writeln!(file, "{}", serde_json::to_string(op)?)?;
+    }
+    let count = |o: fn(&Outcome) -> bool| history.iter().filter(|op| o(&op.outcome)).count();
+    println!("faults:");
+    for f in &faults {
+        println!("  {f}");
+    }
+    println!(
+        "operations: {} ok, {} failed, {} unknown",
+        count(|o| matches!(o, Outcome::Ok(_))),
+        count(|o| matches!(o, Outcome::Fail)),
+        count(|o| matches!(o, Outcome::Unknown))
+    );
+    println!(
+        "convergence: {}",
+        if converged {
+            "all replicas equal at the same applied index"
+        } else {
+            "DIVERGED"
+        }
+    );
+    if !converged {
+        for s in &states {
+            println!("  {s}");
+        }
+    }
+    let checker_ok = match args.workload {
+        Workload::Set => {
+            let reader = connect(&urls[0]).await.context("reading the final set")?;
+            let present: BTreeSet<i64> = reader
+                .query("SELECT v FROM chaos_set", &[])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let v = history::check_set(&history, &present);
+            println!(
+                "set: {} acknowledged, {} present, {} unknown adds present, lost {:?}, never attempted {:?}",
+                v.acknowledged,
+                present.len(),
+                v.recovered,
+                v.lost,
+                v.unexpected
+            );
+            v.ok()
+        }
+        Workload::Register => {
+            let v = history::check_registers(&history);
+            println!(
+                "register: {} keys, {} operations, non-linearizable keys {:?}, undecided keys {:?}",
+                v.keys, v.ops, v.violations, v.undecided
+            );
+            v.ok()
+        }
+    };
+    println!("history: {}", path.display());
+    let passed = converged && checker_ok;
+    println!(
+        "verdict: {} (seed {})",
+        if passed { "PASS" } else { "FAIL" },
+        args.seed
+    );
+    Ok(passed)
+}

@@ -1,0 +1,187 @@
+//! A cluster of `cairn start` child processes on 127.0.0.1, for the harnesses that kill,
+//! pause and restart nodes (`cairn bench failover`, `cairn chaos`).
+
+use anyhow::{bail, Context};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub struct LocalNode {
+    pub pg: SocketAddr,
+    pub http: SocketAddr,
+    pub cluster: SocketAddr,
+    pub dir: PathBuf,
+    pub child: Option<tokio::process::Child>,
+    pub paused: bool,
+}
+
+impl LocalNode {
+    pub fn url(&self) -> String {
+        format!("postgres://chaos@{}/cairn", self.pg)
+    }
+
+    /// Start (or restart) the node; waits until it serves.
+    pub fn spawn(&mut self, join: Option<SocketAddr>) -> anyhow::Result<()> {
+        let exe = std::env::current_exe()?;
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.arg("start").arg("--data-dir").arg(&self.dir);
+        cmd.args([
+            "--pg-addr",
+            &self.pg.to_string(),
+            "--http-addr",
+            &self.http.to_string(),
+        ]);
+        cmd.args(["--cluster-addr", &self.cluster.to_string()]);
+        if let Some(j) = join {
+            cmd.args(["--join", &j.to_string()]);
+        }
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().context("starting cairn")?;
+        super::dev::wait_ready(
+            self.http,
+            &mut child,
+            Instant::now() + Duration::from_secs(60),
+        )?;
+        self.child = Some(child);
+        self.paused = false;
+        Ok(())
+    }
+
+    pub async fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if self.paused {
+                self.signal_pid(c.id(), "-CONT");
+            }
+            let _ = c.start_kill();
+            let _ = c.wait().await;
+        }
+        self.paused = false;
+    }
+
+    fn signal_pid(&self, pid: Option<u32>, sig: &str) {
+        if let Some(pid) = pid {
+            let _ = std::process::Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status();
+        }
+    }
+
+    pub fn pause(&mut self) {
+        if let Some(c) = &self.child {
+            self.signal_pid(c.id(), "-STOP");
+            self.paused = true;
+        }
+    }
+
+    pub fn resume(&mut self) {
+        if let Some(c) = &self.child {
+            self.signal_pid(c.id(), "-CONT");
+        }
+        self.paused = false;
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.child.is_some() && !self.paused
+    }
+}
+
+/// GET `path` from a node's HTTP API; the body of a 200 answer.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
+}
+
+pub struct LocalCluster {
+    pub nodes: Vec<LocalNode>,
+}
+
+impl LocalCluster {
+    /// Start `n` nodes with data under `dir` (emptied first) on ports from `base_port`.
+    pub fn start(n: usize, dir: &std::path::Path, base_port: u16) -> anyhow::Result<LocalCluster> {
+        let _ = std::fs::remove_dir_all(dir);
+        let addr = |i: usize| -> SocketAddr { ([127, 0, 0, 1], base_port + i as u16).into() };
+        let mut nodes: Vec<LocalNode> = (0..n)
+            .map(|i| LocalNode {
+                pg: addr(i),
+                http: addr(100 + i),
+                cluster: addr(200 + i),
+                dir: dir.join(format!("n{}", i + 1)),
+                child: None,
+                paused: false,
+            })
+            .collect();
+        let first = nodes[0].cluster;
+        for (i, node) in nodes.iter_mut().enumerate() {
+            node.spawn((i > 0).then_some(first))?;
+        }
+        Ok(LocalCluster { nodes })
+    }
+
+    /// Index of the node a running node names as s1's leader.
+    pub fn leader(&self) -> Option<usize> {
+        self.nodes.iter().filter(|n| n.is_up()).find_map(|n| {
+            let v: serde_json::Value = serde_json::from_str(&http_get(n.http, "/health")?).ok()?;
+            let l = v["shards"][0]["leader"]
+                .as_str()?
+                .trim_start_matches('n')
+                .parse::<usize>()
+                .ok()?;
+            Some(l - 1)
+        })
+    }
+
+    /// Wait until every node reports the same applied index for every replica, then return
+    /// whether their checksums agree (and the per-node states, for the report).
+    pub fn converge(&self, limit: Duration) -> anyhow::Result<(bool, Vec<String>)> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let states: Option<Vec<Vec<(u64, String)>>> = self
+                .nodes
+                .iter()
+                .map(|n| {
+                    let v: serde_json::Value =
+                        serde_json::from_str(&http_get(n.http, "/v1/replicas")?).ok()?;
+                    v["replicas"]
+                        .as_array()?
+                        .iter()
+                        .map(|r| {
+                            Some((
+                                r["applied_index"].as_u64()?,
+                                r["checksum"].as_str()?.to_string(),
+                            ))
+                        })
+                        .collect()
+                })
+                .collect();
+            if let Some(states) = states {
+                let indexes_equal = states
+                    .iter()
+                    .all(|s| s.iter().map(|r| r.0).eq(states[0].iter().map(|r| r.0)));
+                if indexes_equal {
+                    let sums_equal = states
+                        .iter()
+                        .all(|s| s.iter().map(|r| &r.1).eq(states[0].iter().map(|r| &r.1)));
+                    let report = states
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| format!("n{}: {s:?}", i + 1))
+                        .collect();
+                    return Ok((sums_equal, report));
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("replicas did not reach the same applied index within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
