@@ -20,6 +20,7 @@ pub mod error;
 pub mod ids;
 pub mod limits;
 pub mod node;
+pub mod planted;
 pub mod replication;
 pub mod sql;
 pub mod storage;

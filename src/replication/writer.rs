@@ -189,7 +189,7 @@ async fn run(raft: Raft, replica: ReplicaHandle, node: NodeId, mut rx: mpsc::Rec
                     }
                 }
                 // A caller that gave up waiting must not have its statement run later.
-                let (stmts, replies): (Vec<_>, Vec<_>) = stmts
+                let (stmts, mut replies): (Vec<_>, Vec<_>) = stmts
                     .into_iter()
                     .zip(replies)
                     .filter(|(_, r)| !r.is_closed())
@@ -201,6 +201,17 @@ async fn run(raft: Raft, replica: ReplicaHandle, node: NodeId, mut rx: mpsc::Rec
                     Err(e) => vec![Err(e); replies.len()],
                     Ok(()) => match replica.exec_batch(stmts).await {
                         Err(e) => vec![Err(e); replies.len()],
+                        Ok((results, ops)) if crate::planted::active("ack-before-commit") => {
+                            // Deliberately wrong (see `planted`): answer, then replicate.
+                            for (reply, result) in replies.drain(..).zip(results) {
+                                let _ = reply.send(result);
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                            if !ops.is_empty() {
+                                let _ = propose(&raft, ops).await;
+                            }
+                            Vec::new()
+                        }
                         Ok((results, ops)) => {
                             let outcome = if ops.is_empty() {
                                 Ok(())

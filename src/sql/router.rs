@@ -111,6 +111,9 @@ impl Router {
     }
 
     pub async fn read(&self, stmt: Statement, consistency: ReadConsistency) -> Result<Rows> {
+        if crate::planted::active("stale-reads") {
+            return self.group.replica.read(stmt).await;
+        }
         match consistency {
             ReadConsistency::Any => return self.group.replica.read(stmt).await,
             ReadConsistency::Bounded(bound) if self.group.fresh_within(bound) => {

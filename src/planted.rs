@@ -1,0 +1,25 @@
+//! Deliberate bugs, to prove that the fault-testing checkers catch what they claim to
+//! (`cairn chaos` must fail with each one). Chosen with `CAIRN_PLANTED_BUG=<name>` and
+//! honoured only in debug builds: a release build never reads the variable.
+//!
+//! - `stale-reads`: linearizable reads are served by the local replica, like `any`.
+//! - `ack-before-commit`: autocommit writes are acknowledged before their proposal commits.
+
+use std::sync::OnceLock;
+
+pub fn active(name: &str) -> bool {
+    static CHOSEN: OnceLock<Option<String>> = OnceLock::new();
+    let chosen = CHOSEN.get_or_init(|| {
+        let chosen = cfg!(debug_assertions)
+            .then(|| std::env::var("CAIRN_PLANTED_BUG").ok())
+            .flatten();
+        if let Some(bug) = &chosen {
+            tracing::warn!(
+                bug,
+                "PLANTED BUG ACTIVE: this node is deliberately broken for checker tests"
+            );
+        }
+        chosen
+    });
+    chosen.as_deref() == Some(name)
+}
