@@ -35,6 +35,9 @@ pub struct Op {
     pub invoked: u64,
     pub completed: u64,
     pub outcome: Outcome,
+    /// The error a failed or unknown operation got, for the report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Set workload verdict: every acknowledged add is present; nothing present was never
@@ -44,13 +47,15 @@ pub struct SetVerdict {
     pub acknowledged: usize,
     pub lost: Vec<i64>,
     pub unexpected: Vec<i64>,
+    /// Adds reported as failed that are present anyway: the error was a lie.
+    pub failed_but_present: Vec<i64>,
     /// Adds with unknown outcome that turned out to be present.
     pub recovered: usize,
 }
 
 impl SetVerdict {
     pub fn ok(&self) -> bool {
-        self.lost.is_empty() && self.unexpected.is_empty()
+        self.lost.is_empty() && self.unexpected.is_empty() && self.failed_but_present.is_empty()
     }
 }
 
@@ -58,6 +63,7 @@ pub fn check_set(history: &[Op], present: &BTreeSet<i64>) -> SetVerdict {
     let mut attempted = BTreeSet::new();
     let mut acked = BTreeSet::new();
     let mut unknown = BTreeSet::new();
+    let mut failed = BTreeSet::new();
     for op in history {
         if let Call::Add(v) = op.call {
             attempted.insert(v);
@@ -68,7 +74,9 @@ pub fn check_set(history: &[Op], present: &BTreeSet<i64>) -> SetVerdict {
                 Outcome::Unknown => {
                     unknown.insert(v);
                 }
-                Outcome::Fail => {}
+                Outcome::Fail => {
+                    failed.insert(v);
+                }
             }
         }
     }
@@ -76,6 +84,7 @@ pub fn check_set(history: &[Op], present: &BTreeSet<i64>) -> SetVerdict {
         acknowledged: acked.len(),
         lost: acked.difference(present).copied().collect(),
         unexpected: present.difference(&attempted).copied().collect(),
+        failed_but_present: failed.intersection(present).copied().collect(),
         recovered: unknown.intersection(present).count(),
     }
 }
@@ -324,9 +333,10 @@ mod tests {
         let good = check_set(&h, &[1, 2, 3].into_iter().collect());
         assert!(good.ok());
         assert_eq!((good.acknowledged, good.recovered), (2, 1));
-        let bad = check_set(&h, &[1, 9].into_iter().collect());
+        let bad = check_set(&h, &[1, 4, 9].into_iter().collect());
         assert_eq!(bad.lost, vec![3]);
         assert_eq!(bad.unexpected, vec![9]);
+        assert_eq!(bad.failed_but_present, vec![4]);
     }
 
     #[test]

@@ -127,6 +127,7 @@ async fn client(
                     .map(|n| Some(n as i64)),
             }
         };
+        let mut error = None;
         let outcome = match tokio::time::timeout(OP_TIMEOUT, run).await {
             Ok(Ok(result)) => match call {
                 Call::Cas(..) if result == Some(0) => Outcome::Fail,
@@ -137,6 +138,10 @@ async fn client(
                 if e.is_closed() {
                     conn = None;
                 }
+                error = Some(match e.as_db_error() {
+                    Some(db) => format!("{}: {}", db.code().code(), db.message()),
+                    None => e.to_string(),
+                });
                 // A constraint violation or syntax error did not apply; anything else
                 // (leader lost, forwarding failed, connection lost) may have.
                 match e.code().map(|c| c.code()) {
@@ -146,6 +151,7 @@ async fn client(
             }
             Err(_) => {
                 conn = None;
+                error = Some(format!("no answer within {OP_TIMEOUT:?}"));
                 Outcome::Unknown
             }
         };
@@ -157,6 +163,7 @@ async fn client(
             invoked,
             completed,
             outcome,
+            error,
         });
         if outcome == Outcome::Unknown {
             conn = None; // try another node
@@ -214,6 +221,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
                     invoked: 0,
                     completed: 0,
                     outcome: Outcome::Ok(None),
+                    error: None,
                 };
                 history.lock().expect("history lock poisoned").push(init);
             }
@@ -327,12 +335,13 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
                 .collect();
             let v = history::check_set(&history, &present);
             println!(
-                "set: {} acknowledged, {} present, {} unknown adds present, lost {:?}, never attempted {:?}",
+                "set: {} acknowledged, {} present, {} unknown adds present, lost {:?}, never attempted {:?}, failed but present {:?}",
                 v.acknowledged,
                 present.len(),
                 v.recovered,
                 v.lost,
-                v.unexpected
+                v.unexpected,
+                v.failed_but_present
             );
             v.ok()
         }
