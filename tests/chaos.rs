@@ -69,3 +69,10 @@ fn planted_ack_before_commit_is_caught() {
     assert!(!ok && out.contains("verdict: FAIL"), "{out}");
     assert!(!out.contains("lost []"), "{out}");
 }
+
+#[test]
+fn bank_workload_with_forwarded_transactions_passes() {
+    let (ok, out) = chaos("bank", 7, 18040, None);
+    assert!(ok && out.contains("verdict: PASS"), "{out}");
+    assert!(out.contains("0 reads saw a wrong total"), "{out}");
+}

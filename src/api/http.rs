@@ -275,11 +275,10 @@ async fn health(State(engine): State<Arc<Engine>>) -> Json<Json_> {
 async fn replicas(State(engine): State<Arc<Engine>>) -> Result<Json<Json_>, ApiError> {
     let mut replicas = Vec::new();
     for group in &engine.groups {
-        let (applied, _) = group.replica.applied_state().await?;
-        let checksum = group.replica.checksum().await?;
+        let (applied, checksum) = group.replica.checksum().await?;
         replicas.push(json!({
             "shard": group.shard.to_string(),
-            "applied_index": applied.map(|l| l.index).unwrap_or(0),
+            "applied_index": applied,
             "checksum": format!("{checksum:016x}"),
         }));
     }

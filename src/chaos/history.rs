@@ -16,6 +16,14 @@ pub enum Call {
     Cas(i64, i64),
     /// Add an element to a set.
     Add(i64),
+    /// Move `amount` from one account to another, in one transaction.
+    Transfer {
+        from: i64,
+        to: i64,
+        amount: i64,
+    },
+    /// Read the sum of all balances.
+    ReadTotal,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,7 +109,7 @@ fn step(state: Option<i64>, call: Call, outcome: Outcome) -> Option<Option<i64>>
             Some(if state == Some(from) { Some(to) } else { state })
         }
         (Call::Cas(..), Outcome::Fail) => Some(state),
-        (Call::Add(_), _) => Some(state),
+        (Call::Add(_), _) | (Call::Transfer { .. }, _) | (Call::ReadTotal, _) => Some(state),
     }
 }
 
@@ -203,6 +211,54 @@ pub fn check_registers(history: &[Op]) -> RegisterVerdict {
         }
     }
     verdict
+}
+
+/// Bank workload verdict: money is neither made nor lost, and no reader ever sees a
+/// transfer half done.
+#[derive(Debug, Clone, Default)]
+pub struct BankVerdict {
+    pub expected_total: i64,
+    pub final_total: i64,
+    pub reads: usize,
+    /// (time in µs, total seen) of reads that saw another total.
+    pub bad_reads: Vec<(u64, i64)>,
+    pub negative_balances: usize,
+    pub transfers_ok: usize,
+}
+
+impl BankVerdict {
+    pub fn ok(&self) -> bool {
+        self.bad_reads.is_empty()
+            && self.final_total == self.expected_total
+            && self.negative_balances == 0
+    }
+}
+
+pub fn check_bank(
+    history: &[Op],
+    expected_total: i64,
+    final_total: i64,
+    negative_balances: usize,
+) -> BankVerdict {
+    let mut v = BankVerdict {
+        expected_total,
+        final_total,
+        negative_balances,
+        ..Default::default()
+    };
+    for op in history {
+        match (op.call, op.outcome) {
+            (Call::ReadTotal, Outcome::Ok(Some(total))) => {
+                v.reads += 1;
+                if total != expected_total {
+                    v.bad_reads.push((op.invoked, total));
+                }
+            }
+            (Call::Transfer { .. }, Outcome::Ok(_)) => v.transfers_ok += 1,
+            _ => {}
+        }
+    }
+    v
 }
 
 #[cfg(test)]
@@ -337,6 +393,25 @@ mod tests {
         assert_eq!(bad.lost, vec![3]);
         assert_eq!(bad.unexpected, vec![9]);
         assert_eq!(bad.failed_but_present, vec![4]);
+    }
+
+    #[test]
+    fn bank_checker_flags_partial_transfers_and_leaks() {
+        let read = |t, total| Op {
+            client: 0,
+            key: 0,
+            call: ReadTotal,
+            invoked: t,
+            completed: t + 1,
+            outcome: Ok(Some(total)),
+            error: None,
+        };
+        let good = check_bank(&[read(1, 1000), read(5, 1000)], 1000, 1000, 0);
+        assert!(good.ok());
+        let partial = check_bank(&[read(1, 1000), read(5, 990)], 1000, 1000, 0);
+        assert_eq!(partial.bad_reads, vec![(5, 990)]);
+        assert!(!check_bank(&[], 1000, 1010, 0).ok());
+        assert!(!check_bank(&[], 1000, 1000, 1).ok());
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 pub enum Workload {
     Set,
     Register,
+    Bank,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -47,6 +48,58 @@ pub struct ChaosArgs {
 
 /// Registers in the register workload: few keys, so operations on each overlap.
 const REGISTER_KEYS: i64 = 4;
+/// Accounts in the bank workload, and each one's opening balance.
+const BANK_ACCOUNTS: i64 = 8;
+const BANK_OPENING: i64 = 100;
+
+/// One bank operation on `c`: a transfer as an interactive transaction (read both balances,
+/// move money only if the source can afford it), or a read of the total, sometimes inside a
+/// transaction.
+async fn bank_op(
+    c: &tokio_postgres::Client,
+    call: Call,
+) -> Result<Option<i64>, tokio_postgres::Error> {
+    match call {
+        Call::Transfer { from, to, amount } => {
+            c.batch_execute("BEGIN").await?;
+            let result = async {
+                let have: i64 = c
+                    .query_one("SELECT bal FROM chaos_bank WHERE id = $1", &[&from])
+                    .await?
+                    .get(0);
+                let _: i64 = c
+                    .query_one("SELECT bal FROM chaos_bank WHERE id = $1", &[&to])
+                    .await?
+                    .get(0);
+                if have >= amount {
+                    c.execute(
+                        "UPDATE chaos_bank SET bal = bal - $2 WHERE id = $1",
+                        &[&from, &amount],
+                    )
+                    .await?;
+                    c.execute(
+                        "UPDATE chaos_bank SET bal = bal + $2 WHERE id = $1",
+                        &[&to, &amount],
+                    )
+                    .await?;
+                }
+                c.batch_execute("COMMIT").await
+            }
+            .await;
+            if result.is_err() {
+                let _ = c.batch_execute("ROLLBACK").await;
+            }
+            result.map(|_| None)
+        }
+        _ => {
+            let total: i64 = c
+                .query_one("SELECT sum(bal) FROM chaos_bank", &[])
+                .await?
+                .get(0);
+            Ok(Some(total))
+        }
+    }
+}
 /// One client operation gives up after this long (its outcome is then unknown).
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -93,6 +146,20 @@ async fn client(
         let unique = (id as i64 + 1) * 1_000_000_000 + counter;
         let (key, call) = match workload {
             Workload::Set => (0, Call::Add(unique)),
+            Workload::Bank => {
+                let from = rng.random_range(0..BANK_ACCOUNTS);
+                let to = (from + rng.random_range(1..BANK_ACCOUNTS)) % BANK_ACCOUNTS;
+                let call = if rng.random_bool(0.6) {
+                    Call::Transfer {
+                        from,
+                        to,
+                        amount: rng.random_range(1..30),
+                    }
+                } else {
+                    Call::ReadTotal
+                };
+                (0, call)
+            }
             Workload::Register => {
                 let key = rng.random_range(0..REGISTER_KEYS);
                 let call = match rng.random_range(0..4) {
@@ -118,6 +185,7 @@ async fn client(
                     .execute("UPDATE chaos_reg SET v = $2 WHERE k = $1", &[&key, &v])
                     .await
                     .map(|_| None),
+                Call::Transfer { .. } | Call::ReadTotal => bank_op(c, call).await,
                 Call::Cas(from, to) => c
                     .execute(
                         "UPDATE chaos_reg SET v = $3 WHERE k = $1 AND v = $2",
@@ -224,6 +292,21 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
                     error: None,
                 };
                 history.lock().expect("history lock poisoned").push(init);
+            }
+        }
+        Workload::Bank => {
+            setup
+                .batch_execute(
+                    "CREATE TABLE chaos_bank (id bigint PRIMARY KEY, bal bigint NOT NULL)",
+                )
+                .await?;
+            for id in 0..BANK_ACCOUNTS {
+                setup
+                    .execute(
+                        "INSERT INTO chaos_bank VALUES ($1, $2)",
+                        &[&id, &BANK_OPENING],
+                    )
+                    .await?;
             }
         }
     }
@@ -350,6 +433,35 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
             println!(
                 "register: {} keys, {} operations, non-linearizable keys {:?}, undecided keys {:?}",
                 v.keys, v.ops, v.violations, v.undecided
+            );
+            v.ok()
+        }
+        Workload::Bank => {
+            let reader = connect(&urls[0])
+                .await
+                .context("reading the final balances")?;
+            let balances: Vec<i64> = reader
+                .query("SELECT bal FROM chaos_bank", &[])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let negatives = balances.iter().filter(|b| **b < 0).count();
+            let v = history::check_bank(
+                &history,
+                BANK_ACCOUNTS * BANK_OPENING,
+                balances.iter().sum(),
+                negatives,
+            );
+            println!(
+                "bank: {} transfers committed, {} total reads, {} reads saw a wrong total {:?}, final total {} (expected {}), negative balances {}",
+                v.transfers_ok,
+                v.reads,
+                v.bad_reads.len(),
+                v.bad_reads.iter().take(5).collect::<Vec<_>>(),
+                v.final_total,
+                v.expected_total,
+                v.negative_balances
             );
             v.ok()
         }

@@ -469,7 +469,6 @@ enum Command {
     Finish(oneshot::Sender<Result<Vec<Op>>>),
     Rollback(oneshot::Sender<()>),
     Restore(PathBuf, oneshot::Sender<Result<()>>),
-    Checksum(oneshot::Sender<Result<u64>>),
 }
 
 /// The async face of a replica thread. Cheap to clone.
@@ -538,8 +537,38 @@ impl ReplicaHandle {
     pub async fn restore(&self, snapshot: PathBuf) -> Result<()> {
         self.call(|r| Command::Restore(snapshot, r)).await?
     }
-    pub async fn checksum(&self) -> Result<u64> {
-        self.call(Command::Checksum).await?
+    /// The applied log index and a checksum of every user table's committed rows, read in
+    /// one read transaction: a consistent pair, never including a speculative transaction
+    /// that is open on the writer's connection.
+    pub async fn checksum(&self) -> Result<(u64, u64)> {
+        let reads = self.reads.clone();
+        tokio::task::spawn_blocking(move || {
+            reads.with(|c| {
+                c.execute_batch("BEGIN")?;
+                let result = (|| {
+                    let applied: Option<Vec<u8>> = c
+                        .query_row(
+                            "SELECT value FROM _cairn_state WHERE key = 'applied'",
+                            [],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    let index = match applied {
+                        Some(b) => {
+                            postcard::from_bytes::<LogId>(&b)
+                                .map_err(|e| Error::Corrupt(e.to_string()))?
+                                .index
+                        }
+                        None => 0,
+                    };
+                    Ok((index, Replica::checksum(c)?))
+                })();
+                c.execute_batch("COMMIT")?;
+                result
+            })
+        })
+        .await
+        .map_err(Error::internal)?
     }
 
     /// Run a read-only query on a pooled connection. Dropping the returned future (a
@@ -760,9 +789,6 @@ fn serve(
                     open.abort(conn);
                 }
                 let _ = reply.send(());
-            }
-            Command::Checksum(reply) => {
-                let _ = reply.send(Replica::checksum(conn));
             }
             Command::Restore(path, reply) => {
                 if let Some(open) = txn.take() {
