@@ -273,6 +273,7 @@ mod tests {
             invoked,
             completed,
             outcome,
+            error: None,
         }
     }
     use Call::*;
@@ -360,6 +361,7 @@ mod tests {
                 invoked: 0,
                 completed: 1,
                 outcome: Ok(None),
+                error: None,
             },
             Op {
                 client: 0,
@@ -368,6 +370,7 @@ mod tests {
                 invoked: 2,
                 completed: 3,
                 outcome: Unknown,
+                error: None,
             },
             Op {
                 client: 0,
@@ -376,6 +379,7 @@ mod tests {
                 invoked: 4,
                 completed: 5,
                 outcome: Ok(None),
+                error: None,
             },
             Op {
                 client: 0,
@@ -384,6 +388,7 @@ mod tests {
                 invoked: 6,
                 completed: 7,
                 outcome: Fail,
+                error: None,
             },
         ];
         let good = check_set(&h, &[1, 2, 3].into_iter().collect());
