@@ -55,6 +55,10 @@ pub fn raft_config(
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
         // Keep a tail after a snapshot so a briefly lagging follower catches up from the log.
         max_in_snapshot_log_to_keep: snapshot_every / 5,
+        // openraft's default (200 ms per snapshot chunk) is too tight for a busy 2-core
+        // machine: chunks time out and the transfer restarts without end.
+        install_snapshot_timeout: 5_000,
+        snapshot_max_chunk_size: 1024 * 1024,
         ..Default::default()
     };
     Ok(Arc::new(config.validate().map_err(|e| {

@@ -257,7 +257,7 @@ impl Cluster {
                         .iter()
                         .all(|r| r.as_ref().map(|r| r.0) == first.as_ref().map(|r| r.0))
             },
-            Duration::from_secs(60),
+            Duration::from_secs(120),
             "all replicas at the same applied index",
         );
         let sums: std::collections::BTreeSet<_> =
