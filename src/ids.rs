@@ -6,15 +6,18 @@ use std::fmt;
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
-        pub struct $name(pub u64);
+        id_type!(@struct $(#[$doc])* $name);
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 write!(f, concat!($prefix, "{}"), self.0)
             }
         }
+    };
+    (@struct $(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+        pub struct $name(pub u64);
     };
 }
 
@@ -23,11 +26,29 @@ id_type!(
     NodeId,
     "n"
 );
-id_type!(
-    /// A shard: one Raft group and one SQLite replica on each of its nodes.
-    ShardId,
-    "s"
+id_type!(@struct
+    /// A shard: one Raft group and one SQLite replica on each of its nodes. `ShardId::META`
+    /// (printed `meta`) is the meta group, which keeps the catalog; data shards are s1, s2, ...
+    ShardId
 );
+
+impl ShardId {
+    pub const META: ShardId = ShardId(0);
+
+    pub fn is_meta(self) -> bool {
+        self == ShardId::META
+    }
+}
+
+impl fmt::Display for ShardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_meta() {
+            write!(f, "meta")
+        } else {
+            write!(f, "s{}", self.0)
+        }
+    }
+}
 id_type!(
     /// A Raft term.
     Term,

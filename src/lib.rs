@@ -3,8 +3,10 @@
 //! Layers, read bottom-up; dependencies point down only:
 //! - [`storage`]: one SQLite file per replica; changesets; snapshots.
 //! - [`replication`]: one openraft group per shard; the fjall log; the shard's writer.
-//! - [`catalog`]: tables and their declared PostgreSQL types.
-//! - [`sql`]: sessions, PostgreSQL → SQLite translation, transactions, execution.
+//! - [`catalog`]: nodes, tables (declared PostgreSQL types, distribution), colocation groups
+//!   and shards — kept by the meta group.
+//! - [`cluster`]: this node's groups, routing to any shard's leader, placement.
+//! - [`sql`]: sessions, PostgreSQL → SQLite translation, planning, transactions, DDL.
 //! - [`api`]: pgwire and HTTP — the only place that knows wire formats.
 //! - [`node`]: one process wiring it all together; [`cli`]: the `cairn` command.
 //! - [`chaos`]: operation histories and the checkers that judge them (fault testing).
@@ -16,6 +18,7 @@ pub mod api;
 pub mod catalog;
 pub mod chaos;
 pub mod cli;
+pub mod cluster;
 pub mod error;
 pub mod ids;
 pub mod limits;

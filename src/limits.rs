@@ -68,3 +68,31 @@ pub const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A forwarded statement or transaction call waits this long for the leader's answer.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Calls (or answers) written to a peer connection in one flush.
+pub const CLUSTER_BATCH_MAX: usize = 64;
+
+/// How often the placement driver (on the meta leader) compares the catalog with reality.
+pub const PLACEMENT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A DDL job still pending after this long is adopted by the meta leader (its coordinator
+/// failed or died); before that, the coordinator is assumed to be driving it.
+pub const DDL_JOB_ADOPT_AFTER: Duration = Duration::from_secs(10);
+
+/// How long a DDL statement waits for new shard groups to elect leaders.
+pub const SHARD_CREATE_WAIT: Duration = Duration::from_secs(30);
+
+/// Shards one hash-distributed table may have. Every shard is a Raft group on RF nodes, and
+/// each group costs CPU and memory even when idle (DESIGN.md decision 1).
+pub const SHARDS_PER_TABLE_MAX: u32 = 256;
+
+/// Rows one query may pull from shards to the coordinator for a distributed join or merge.
+pub const INTERMEDIATE_ROWS_MAX: usize = 1_000_000;
+
+/// Values a node reserves from a cluster-wide sequence at once (serial columns of tables
+/// on several shards): one meta-group write per this many inserted rows.
+pub const SEQUENCE_BLOCK: i64 = 1_000;
+
+/// Bound parameters per generated statement (SQLite allows 32,766): INSERT ... SELECT across
+/// shards sends its rows in statements of at most this many values.
+pub const SQL_VARIABLES_MAX: usize = 30_000;

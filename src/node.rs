@@ -1,20 +1,24 @@
 //! A node: one `cairn start` process. Opens its data dir, joins or bootstraps the cluster,
-//! starts its shard group(s), and serves pgwire, HTTP and the cluster port until shut down.
+//! runs its groups (`cluster::Cluster`), and serves pgwire, HTTP and the cluster port until
+//! shut down.
 //!
-//! Groups: a cluster is created with a fixed set of shard groups (`--shards`, s1..sN); every
-//! node holds a replica of each (the placement work will spread them). s1 also decides node
-//! ids. SQL runs on s1 until tables are sharded.
+//! Bootstrapping: a node started without `--join` on an empty data dir becomes node n1, the
+//! only voter of a new meta group, and records itself and the cluster settings
+//! (`--replication-factor`, `--shard-count`) in the catalog.
 //!
-//! Joining: a new node asks any member for an id and the list of shards (`AllocateId`,
-//! answered by s1's leader), persists them, starts its groups and cluster server, then asks
-//! to be added as a voter of each group (`AddNode`, answered by that group's leader: learner,
-//! catch up, promote). A restarted node keeps its id and membership; a node that crashed
-//! between the two steps repeats the second.
+//! Joining: a new node asks any member for an id (`AllocateId`, answered by the meta leader,
+//! which records the node in the catalog), persists it, starts its cluster server, then asks
+//! to be added as a voter of the meta group (`AddNode`). Data shards come to it through the
+//! placement driver. A restarted node keeps its id, tells the meta leader its addresses
+//! (`Register`), and starts the groups its catalog places on it.
 //!
 //! Data dir layout: `node.json` (identity), `raft/` (the fjall log of every group),
-//! `shards/s<N>/replica.db` (SQLite replica) and `shards/s<N>/snapshots/`.
+//! `shards/<shard>/replica.db` (SQLite replica: `meta`, `s1`, ...) and
+//! `shards/<shard>/snapshots/`.
 
 use crate::api;
+use crate::catalog::{meta, NodeRecord};
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::error::{Error, Result};
 use crate::ids::{NodeId, ShardId};
 use crate::limits;
@@ -24,9 +28,8 @@ use crate::replication::transport::{self, Client, Handler, Request, Response, Wi
 use crate::replication::writer::Transaction;
 use crate::replication::NodeInfo;
 use crate::sql::Engine;
-use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,8 +51,10 @@ pub struct NodeConfig {
     pub heartbeat_interval_ms: u64,
     /// Applied entries between snapshots (after which the log before them is purged).
     pub snapshot_every: u64,
-    /// Shard groups a new cluster is created with (ignored when joining or restarting).
-    pub shards: u64,
+    /// Replicas per shard, for a new cluster (ignored when joining or restarting).
+    pub replication_factor: u32,
+    /// Shards of a hash-distributed table unless it says otherwise, for a new cluster.
+    pub shard_count: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -57,12 +62,6 @@ struct Identity {
     node_id: u64,
     /// Whether the cluster has added this node as a voter (false between the two join steps).
     joined: bool,
-    #[serde(default = "first_shard_only")]
-    shards: Vec<u64>,
-}
-
-fn first_shard_only() -> Vec<u64> {
-    vec![1]
 }
 
 pub struct Node {
@@ -71,6 +70,7 @@ pub struct Node {
     pub http_addr: SocketAddr,
     pub cluster_addr: SocketAddr,
     pub engine: Arc<Engine>,
+    pub cluster: Arc<Cluster>,
     servers: Vec<JoinHandle<()>>,
 }
 
@@ -128,16 +128,26 @@ fn unexpected(what: &str, r: Response) -> Error {
     Error::internal(format!("{what}: unexpected answer {r:?}"))
 }
 
+fn record(id: NodeId, info: &NodeInfo) -> NodeRecord {
+    NodeRecord {
+        id,
+        cluster_addr: info.cluster_addr.clone(),
+        pg_addr: info.pg_addr.clone(),
+        http_addr: info.http_addr.clone(),
+        zone: info.zone.clone(),
+    }
+}
+
 impl Node {
     pub async fn start(config: NodeConfig) -> Result<Node> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| Error::internal(format!("creating {}: {e}", config.data_dir.display())))?;
         let pg = bind(config.pg_addr, "pgwire").await?;
         let http = bind(config.http_addr, "http").await?;
-        let cluster = bind(config.cluster_addr, "cluster").await?;
+        let listener = bind(config.cluster_addr, "cluster").await?;
         let pg_addr = pg.local_addr().map_err(Error::internal)?;
         let http_addr = http.local_addr().map_err(Error::internal)?;
-        let cluster_addr = cluster.local_addr().map_err(Error::internal)?;
+        let cluster_addr = listener.local_addr().map_err(Error::internal)?;
         let info = NodeInfo {
             cluster_addr: cluster_addr.to_string(),
             pg_addr: pg_addr.to_string(),
@@ -146,82 +156,65 @@ impl Node {
         };
         let client = Client::new();
         let id_path = config.data_dir.join("node.json");
-        let identity = match read_identity(&id_path)? {
-            Some(id) => id,
+        let (identity, fresh) = match read_identity(&id_path)? {
+            Some(id) => (id, false),
             None if config.join.is_empty() => {
-                let shards = (1..=config.shards.max(1)).collect();
                 let id = Identity {
                     node_id: 1,
                     joined: true,
-                    shards,
                 };
                 write_identity(&id_path, &id)?;
-                id
+                (id, true)
             }
             None => {
-                let (node_id, shards) =
-                    match ask_cluster(&client, &config.join, || Request::AllocateId).await? {
-                        Response::Allocated(Ok(a)) => a,
-                        other => return Err(unexpected("join", other)),
-                    };
+                let request = || Request::AllocateId { node: info.clone() };
+                let node_id = match ask_cluster(&client, &config.join, request).await? {
+                    Response::Allocated(Ok(id)) => id,
+                    other => return Err(unexpected("join", other)),
+                };
                 let id = Identity {
                     node_id,
                     joined: false,
-                    shards: shards.iter().map(|s| s.0).collect(),
                 };
                 write_identity(&id_path, &id)?;
-                id
+                (id, false)
             }
         };
         let id = NodeId(identity.node_id);
-        let bootstrap = (config.join.is_empty() && identity.node_id == 1).then(|| info.clone());
+        let bootstrap = config.join.is_empty() && identity.node_id == 1;
         let logs = LogDb::open(&config.data_dir.join("raft"))?;
         let raft = raft_config(
             config.election_timeout_ms_min,
             config.heartbeat_interval_ms,
             config.snapshot_every,
         )?;
-        let mut groups = BTreeMap::new();
-        for shard in identity.shards.iter().map(|s| ShardId(*s)) {
-            let dir = config.data_dir.join("shards");
-            let group = ShardGroup::start(
-                id,
-                shard,
-                &dir,
-                &logs,
-                raft.clone(),
-                client.clone(),
-                bootstrap.clone(),
-            )
-            .await?;
-            groups.insert(shard, Arc::new(group));
-        }
-        let first = groups
-            .values()
-            .next()
-            .cloned()
-            .ok_or_else(|| Error::Corrupt("node has no shards".into()))?;
-        let engine = Engine::new(first, groups.values().cloned().collect(), client.clone());
+        let cluster = Cluster::open(
+            ClusterConfig {
+                node: id,
+                info: info.clone(),
+                dir: config.data_dir.join("shards"),
+                logs,
+                raft,
+                client: client.clone(),
+            },
+            bootstrap,
+        )
+        .await?;
         let handler = Arc::new(NodeRpc {
-            groups: groups.clone(),
-            client: client.clone(),
-            next_id: Mutex::new(0),
-            changing: tokio::sync::Mutex::new(()),
+            cluster: cluster.clone(),
             txns: Mutex::new(HashMap::new()),
             next_txn: AtomicU64::new(1),
         });
-        let mut servers = vec![tokio::spawn(transport::serve(cluster, handler.clone()))];
+        let mut servers = vec![tokio::spawn(transport::serve(listener, handler.clone()))];
         if !identity.joined {
-            for shard in groups.keys().copied() {
-                let request = || Request::AddNode {
-                    shard,
-                    id: id.0,
-                    node: info.clone(),
-                };
-                match ask_cluster(&client, &config.join, request).await? {
-                    Response::Done(Ok(())) => {}
-                    other => return Err(unexpected("join", other)),
-                }
+            let request = || Request::AddNode {
+                shard: ShardId::META,
+                id: id.0,
+                node: info.clone(),
+            };
+            match ask_cluster(&client, &config.join, request).await? {
+                Response::Done(Ok(())) => {}
+                other => return Err(unexpected("join", other)),
             }
             write_identity(
                 &id_path,
@@ -230,26 +223,73 @@ impl Node {
                     ..identity
                 },
             )?;
-            tracing::info!(node = %id, shards = groups.len(), "joined the cluster");
+            tracing::info!(node = %id, "joined the cluster");
         }
-        for group in groups.values() {
-            if wait_for_leader(&group.raft, limits::LEADER_WAIT)
-                .await
-                .is_none()
-            {
-                tracing::warn!(shard = %group.shard, "no leader yet; serving anyway, requests will wait for one");
+        if fresh {
+            // A new cluster: record this node and the settings once the meta group has
+            // elected this node.
+            wait_for_leader(&cluster.meta.raft, limits::LEADER_WAIT).await;
+            let lease = cluster.begin(ShardId::META).await?;
+            let stmts = [
+                meta::put_node(&record(id, &info))?,
+                meta::put_setting("replication_factor", &config.replication_factor.to_string()),
+                meta::put_setting("shard_count", &config.shard_count.max(1).to_string()),
+            ];
+            for stmt in stmts {
+                cluster.exec(ShardId::META, &lease, stmt).await?;
+            }
+            cluster.commit(lease).await?;
+        } else if identity.joined {
+            // A restart: the addresses may have changed. Not fatal if the meta group has no
+            // quorum yet; the node serves its replicas meanwhile.
+            let (node_id, node_info) = (id.0, info.clone());
+            let request = move || Request::Register {
+                id: node_id,
+                node: node_info.clone(),
+            };
+            let peers: Vec<String> = cluster
+                .catalog()
+                .nodes
+                .values()
+                .filter(|n| n.id != id)
+                .map(|n| n.cluster_addr.clone())
+                .collect();
+            if cluster.meta.leader().0 == Some(id) || peers.is_empty() {
+                if let Err(e) = cluster
+                    .write(ShardId::META, meta::put_node(&record(id, &info))?)
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not record this node's addresses");
+                }
+            } else {
+                let c = client.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = ask_cluster(&c, &peers, request).await {
+                        tracing::warn!(error = %e, "could not record this node's addresses");
+                    }
+                });
             }
         }
+        if wait_for_leader(&cluster.meta.raft, limits::LEADER_WAIT)
+            .await
+            .is_none()
+        {
+            tracing::warn!(
+                "the meta group has no leader yet; serving anyway, requests will wait for one"
+            );
+        }
+        let engine = Engine::new(cluster.clone());
         tokio::spawn(sweep_transactions(handler));
         servers.push(tokio::spawn(api::pgwire::serve(pg, engine.clone())));
         servers.push(tokio::spawn(api::http::serve(http, engine.clone())));
-        tracing::info!(node = %id, pgwire = %pg_addr, http = %http_addr, cluster = %cluster_addr, shards = groups.len(), "node started");
+        tracing::info!(node = %id, pgwire = %pg_addr, http = %http_addr, cluster = %cluster_addr, "node started");
         Ok(Node {
             id,
             pg_addr,
             http_addr,
             cluster_addr,
             engine,
+            cluster,
             servers,
         })
     }
@@ -259,9 +299,7 @@ impl Node {
         for s in &self.servers {
             s.abort();
         }
-        for group in &self.engine.groups {
-            group.shutdown().await;
-        }
+        self.cluster.shutdown().await;
         tracing::info!(node = %self.id, "node stopped");
     }
 }
@@ -271,13 +309,8 @@ type SharedTxn = Arc<tokio::sync::Mutex<Option<Transaction>>>;
 
 /// Answers other nodes' calls.
 struct NodeRpc {
-    groups: BTreeMap<ShardId, Arc<ShardGroup>>,
-    client: Arc<Client>,
-    /// Highest id handed out by this node while leader of the first group.
-    next_id: Mutex<u64>,
-    /// One membership change at a time (openraft refuses overlapping ones).
-    changing: tokio::sync::Mutex<()>,
-    /// Transactions that followers' sessions hold on this (leader) node, by id.
+    cluster: Arc<Cluster>,
+    /// Transactions that other nodes' sessions hold on this (leader) node, by id.
     txns: Mutex<HashMap<u64, (SharedTxn, Instant)>>,
     next_txn: AtomicU64,
 }
@@ -299,16 +332,14 @@ fn wire<T>(r: Result<T>) -> std::result::Result<T, WireError> {
     r.map_err(WireError::from)
 }
 
-fn no_such_shard(shard: ShardId) -> WireError {
-    WireError::Internal(format!("this node has no replica of {shard}"))
+/// What a node without a replica of the shard answers: the caller tries another node.
+fn no_such_shard() -> WireError {
+    WireError::NotLeader { leader: None }
 }
 
 impl NodeRpc {
-    fn first(&self) -> &Arc<ShardGroup> {
-        self.groups
-            .values()
-            .next()
-            .expect("a node has at least one group")
+    fn group(&self, shard: ShardId) -> Option<Arc<ShardGroup>> {
+        self.cluster.group(shard)
     }
 
     /// Forward a membership request to `group`'s leader, or return None to handle it here.
@@ -316,15 +347,16 @@ impl NodeRpc {
         match wait_for_leader(&group.raft, limits::LEADER_WAIT).await {
             Some(l) if l == group.node => None,
             Some(l) => {
-                let Some(info) = group.node_info(l) else {
+                let Some(addr) = self.cluster.addr_of(l) else {
                     return Some(Response::Done(Err(WireError::Unavailable(
                         "leader unknown".into(),
                     ))));
                 };
                 Some(
                     match self
+                        .cluster
                         .client
-                        .call(&info.cluster_addr, request, Duration::from_secs(30))
+                        .call(&addr, request, Duration::from_secs(30))
                         .await
                     {
                         Ok(r) => r,
@@ -337,7 +369,7 @@ impl NodeRpc {
     }
 
     /// Raft messages are accepted only from members of the group (or by a node not yet in
-    /// any membership, which is how a joining node first hears from the leader): a message
+    /// any membership, which is how a new replica first hears from the leader): a message
     /// from elsewhere with a higher term would otherwise depose a healthy leader.
     fn is_member_message(group: &ShardGroup, vote: &openraft::Vote<u64>) -> bool {
         let members = group.members();
@@ -353,40 +385,48 @@ impl NodeRpc {
         openraft::error::RaftError::Fatal(openraft::error::Fatal::Panicked)
     }
 
-    fn allocate_id(&self) -> u64 {
-        let mut next = self.next_id.lock().expect("id lock poisoned");
-        let highest = self
-            .first()
-            .members()
-            .iter()
-            .map(|(id, _)| id.0)
-            .max()
-            .unwrap_or(0);
-        *next = (*next).max(highest) + 1;
-        *next
-    }
-
-    async fn add_node(&self, group: &ShardGroup, id: u64, node: NodeInfo) -> Result<()> {
-        let _one_at_a_time = self.changing.lock().await;
-        let raft = &group.raft;
-        let voters: BTreeSet<u64> = raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
-        if voters.contains(&id) {
-            return Ok(());
+    /// On the meta leader: give a joining node the next id and record it in the catalog.
+    async fn allocate_id(&self, info: NodeInfo) -> Result<u64> {
+        let cluster = &self.cluster;
+        let lease = cluster.begin(ShardId::META).await?;
+        let result = async {
+            // The same address asking again before it ever joined a group (a retried join)
+            // gets the same id. An id that has been a voter is never handed out again: a
+            // node that lost its data must not vote under its old name.
+            let rows = cluster
+                .exec(ShardId::META, &lease, meta::next_id("_cairn_nodes"))
+                .await?;
+            let next = match rows.rows.first().and_then(|r| r.first()) {
+                Some(rusqlite::types::Value::Integer(i)) => *i as u64,
+                _ => return Err(Error::internal("no next node id")),
+            };
+            let members = cluster.meta.members();
+            let existing = cluster
+                .catalog()
+                .nodes
+                .values()
+                .find(|n| {
+                    n.cluster_addr == info.cluster_addr && !members.iter().any(|(m, _)| *m == n.id)
+                })
+                .map(|n| n.id);
+            let id = existing.unwrap_or(NodeId(next.max(2)));
+            cluster
+                .exec(ShardId::META, &lease, meta::put_node(&record(id, &info))?)
+                .await?;
+            Ok(id.0)
         }
-        tracing::info!(shard = %group.shard, node = %NodeId(id), addr = %node.cluster_addr, "adding node");
-        raft.add_learner(id, node, true)
-            .await
-            .map_err(|e| Error::Unavailable(format!("adding learner: {e}")))?;
-        raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-            .await
-            .map_err(|e| Error::Unavailable(format!("promoting to voter: {e}")))?;
-        Ok(())
+        .await;
+        match result {
+            Ok(id) => {
+                cluster.commit(lease).await?;
+                tracing::info!(node = %NodeId(id), addr = %info.cluster_addr, "node id allocated");
+                Ok(id)
+            }
+            Err(e) => {
+                cluster.rollback(lease).await;
+                Err(e)
+            }
+        }
     }
 
     fn txn(&self, id: u64) -> Option<SharedTxn> {
@@ -402,10 +442,10 @@ impl Handler for NodeRpc {
     async fn handle(&self, request: Request) -> Response {
         match request {
             Request::Append { shard, rpc } => {
-                let Some(group) = self.groups.get(&shard) else {
-                    return Response::Done(Err(no_such_shard(shard)));
+                let Some(group) = self.group(shard) else {
+                    return Response::Done(Err(no_such_shard()));
                 };
-                if !Self::is_member_message(group, &rpc.vote) {
+                if !Self::is_member_message(&group, &rpc.vote) {
                     return Response::Append(Err(Self::stranger(&rpc.vote)));
                 }
                 let commit = rpc.leader_commit.map(|l| l.index).unwrap_or(0);
@@ -418,39 +458,69 @@ impl Handler for NodeRpc {
                 Response::Append(result)
             }
             Request::Vote { shard, rpc } => {
-                let Some(group) = self.groups.get(&shard) else {
-                    return Response::Done(Err(no_such_shard(shard)));
+                let Some(group) = self.group(shard) else {
+                    return Response::Done(Err(no_such_shard()));
                 };
-                if !Self::is_member_message(group, &rpc.vote) {
+                if !Self::is_member_message(&group, &rpc.vote) {
                     return Response::Vote(Err(Self::stranger(&rpc.vote)));
                 }
                 Response::Vote(group.raft.vote(rpc).await)
             }
             Request::Snapshot { shard, rpc } => {
-                let Some(group) = self.groups.get(&shard) else {
-                    return Response::Done(Err(no_such_shard(shard)));
+                let Some(group) = self.group(shard) else {
+                    return Response::Done(Err(no_such_shard()));
                 };
-                if !Self::is_member_message(group, &rpc.vote) {
+                if !Self::is_member_message(&group, &rpc.vote) {
                     let e = openraft::error::RaftError::Fatal(openraft::error::Fatal::Panicked);
                     return Response::Snapshot(Err(e));
                 }
                 Response::Snapshot(group.raft.install_snapshot(rpc).await)
             }
-            Request::AllocateId => match self.to_leader(self.first(), Request::AllocateId).await {
-                Some(Response::Done(Err(e))) => Response::Allocated(Err(e)),
-                Some(r) => r,
-                None => Response::Allocated(Ok((
-                    self.allocate_id(),
-                    self.groups.keys().copied().collect(),
-                ))),
+            Request::AllocateId { node } => {
+                let meta = self.cluster.meta.clone();
+                match self
+                    .to_leader(&meta, Request::AllocateId { node: node.clone() })
+                    .await
+                {
+                    Some(Response::Done(Err(e))) => Response::Allocated(Err(e)),
+                    Some(r) => r,
+                    None => Response::Allocated(wire(self.allocate_id(node).await)),
+                }
+            }
+            Request::Register { id, node } => {
+                let meta = self.cluster.meta.clone();
+                match self
+                    .to_leader(
+                        &meta,
+                        Request::Register {
+                            id,
+                            node: node.clone(),
+                        },
+                    )
+                    .await
+                {
+                    Some(r) => r,
+                    None => {
+                        let put = meta::put_node(&record(NodeId(id), &node));
+                        let result = match put {
+                            Ok(stmt) => meta.writer.execute(stmt).await.map(|_| ()),
+                            Err(e) => Err(e),
+                        };
+                        Response::Done(wire(result))
+                    }
+                }
+            }
+            Request::ReadIndex { shard } => match self.group(shard) {
+                Some(group) => Response::Index(wire(group.read_index().await)),
+                None => Response::Index(Err(no_such_shard())),
             },
             Request::AddNode { shard, id, node } => {
-                let Some(group) = self.groups.get(&shard) else {
-                    return Response::Done(Err(no_such_shard(shard)));
+                let Some(group) = self.group(shard) else {
+                    return Response::Done(Err(no_such_shard()));
                 };
                 match self
                     .to_leader(
-                        group,
+                        &group,
                         Request::AddNode {
                             shard,
                             id,
@@ -460,7 +530,7 @@ impl Handler for NodeRpc {
                     .await
                 {
                     Some(r) => r,
-                    None => Response::Done(wire(self.add_node(group, id, node).await)),
+                    None => Response::Done(wire(self.cluster.add_member(&group, id, node).await)),
                 }
             }
             Request::Exec {
@@ -486,8 +556,8 @@ impl Handler for NodeRpc {
             Request::Exec {
                 shard, stmt, read, ..
             } => {
-                let Some(group) = self.groups.get(&shard) else {
-                    return Response::Rows(Err(no_such_shard(shard)));
+                let Some(group) = self.group(shard) else {
+                    return Response::Rows(Err(no_such_shard()));
                 };
                 let result = if read {
                     group.read(stmt.into(), ReadConsistency::Linearizable).await
@@ -497,8 +567,8 @@ impl Handler for NodeRpc {
                 Response::Rows(wire(result.map(Into::into)))
             }
             Request::Begin { shard } => {
-                let Some(group) = self.groups.get(&shard) else {
-                    return Response::Txn(Err(no_such_shard(shard)));
+                let Some(group) = self.group(shard) else {
+                    return Response::Txn(Err(no_such_shard()));
                 };
                 match group.writer.begin().await {
                     Ok(t) => {

@@ -4,9 +4,10 @@
 
 mod common;
 
-use cairn::ids::ShardId;
-use cairn::storage::replica::{self, ReplicaHandle};
+use cairn::catalog::{Catalog, META_SCHEMA};
+use cairn::storage::replica::{self, ReplicaHandle, ReplicaOptions};
 use common::TestNode;
+use std::sync::{Arc, Mutex};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_restore_gives_identical_contents() {
@@ -40,29 +41,65 @@ async fn snapshot_restore_gives_identical_contents() {
         "random() should differ per row, got {distinct} distinct values"
     );
 
-    let live = node.node.as_ref().unwrap().engine.group.replica.clone();
+    // Every replica on the node — the meta group's and each data shard's — restores from
+    // its snapshot into a fresh replica with identical contents.
+    let cluster = node.node.as_ref().unwrap().cluster.clone();
+    let groups = cluster.groups();
+    assert!(groups.len() >= 3, "meta plus the tables' shards");
     let snap_dir = tempfile::tempdir().unwrap();
-    let snap = snap_dir.path().join("snap.db");
-    let (applied, _) = replica::snapshot_to(&live.path, &snap).unwrap();
-    assert!(applied.is_some());
-
-    let fresh = ReplicaHandle::start(&snap_dir.path().join("fresh.db"), ShardId(1)).unwrap();
-    fresh.restore(snap.clone()).await.unwrap();
-    let (live_sum, fresh_sum) = (
-        live.checksum().await.unwrap(),
-        fresh.checksum().await.unwrap(),
-    );
-    assert_eq!(live_sum, fresh_sum);
-    assert_eq!(fresh.applied_state().await.unwrap().0, applied);
-    // The restored replica knows the tables' declared types.
-    let catalog = fresh.catalog.read().unwrap().clone();
-    assert_eq!(
-        catalog.column_type("e", "u"),
-        Some(cairn::types::PgType::Uuid)
-    );
+    for group in &groups {
+        let live = group.replica.clone();
+        let snap = snap_dir.path().join(format!("{}.snap", group.shard));
+        let (applied, _) = replica::snapshot_to(&live.path, &snap).unwrap();
+        assert!(applied.is_some());
+        let loaded: Arc<Mutex<Option<Catalog>>> = Arc::default();
+        let seen = loaded.clone();
+        let options = ReplicaOptions {
+            schema: if group.shard.is_meta() {
+                META_SCHEMA
+            } else {
+                ""
+            },
+            on_change: group.shard.is_meta().then(|| {
+                let hook: cairn::storage::replica::OnChange = Arc::new(move |conn| {
+                    *seen.lock().unwrap() = Some(Catalog::load(conn).unwrap());
+                });
+                hook
+            }),
+        };
+        let fresh = ReplicaHandle::start(
+            &snap_dir.path().join(format!("{}.db", group.shard)),
+            group.shard,
+            &options,
+        )
+        .unwrap();
+        fresh.restore(snap.clone()).await.unwrap();
+        assert_eq!(
+            live.checksum().await.unwrap(),
+            fresh.checksum().await.unwrap()
+        );
+        assert_eq!(fresh.applied_state().await.unwrap().0, applied);
+        if group.shard.is_meta() {
+            // The restored meta replica knows the tables' declared types.
+            let catalog = loaded.lock().unwrap().clone().unwrap();
+            assert_eq!(
+                catalog.column_type("e", "u"),
+                Some(cairn::types::PgType::Uuid)
+            );
+        }
+    }
     // And the checksum notices a difference.
+    let before: Vec<_> = futures_sums(&groups).await;
     c.execute("INSERT INTO e (note) VALUES ('one more')", &[])
         .await
         .unwrap();
-    assert_ne!(live.checksum().await.unwrap().1, fresh_sum.1);
+    assert_ne!(futures_sums(&groups).await, before);
+}
+
+async fn futures_sums(groups: &[Arc<cairn::replication::group::ShardGroup>]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for g in groups {
+        out.push(g.replica.checksum().await.unwrap());
+    }
+    out
 }

@@ -306,7 +306,9 @@ async fn every_type_round_trips_in_binary() {
 async fn errors_carry_sqlstates() {
     let node = TestNode::start().await;
     let c = node.client().await;
-    c.batch_execute("CREATE TABLE p (id integer PRIMARY KEY, v text NOT NULL); CREATE TABLE ch (id integer PRIMARY KEY, pid integer REFERENCES p (id))")
+    // ch references p's distribution column and includes it in its key: co-located, so
+    // the foreign key is enforced inside each shard.
+    c.batch_execute("CREATE TABLE p (id integer PRIMARY KEY, v text NOT NULL); CREATE TABLE ch (pid integer REFERENCES p (id), id integer, PRIMARY KEY (pid, id))")
         .await
         .unwrap();
     c.execute("INSERT INTO p VALUES (1, 'a')", &[])
@@ -317,7 +319,12 @@ async fn errors_carry_sqlstates() {
         ("SELECT * FROM missing", "42P01"),
         ("INSERT INTO p VALUES (1, 'dup')", "23505"),
         ("INSERT INTO p VALUES (2, NULL)", "23502"),
-        ("INSERT INTO ch VALUES (1, 99)", "23503"),
+        ("INSERT INTO ch VALUES (99, 1)", "23503"),
+        // A foreign key that could not be checked on one shard is refused up front.
+        (
+            "CREATE TABLE far (id integer PRIMARY KEY, pid integer REFERENCES p (id))",
+            "0A000",
+        ),
         ("CREATE TABLE x (a money)", "0A000"),
         ("SELECT * FROM _cairn_state", "42501"),
         ("SELECT relname FROM pg_catalog.pg_class", "0A000"),

@@ -52,7 +52,7 @@ async fn psql_smoke() {
     let (ok, out) = tokio::task::block_in_place(|| psql(&node, "SELECT * FROM nowhere"));
     assert!(!ok);
     assert!(
-        out.contains("ERROR:") && out.contains("no such table"),
+        out.contains("ERROR:") && out.contains("relation \"nowhere\" does not exist"),
         "{out}"
     );
 }

@@ -130,7 +130,8 @@ fn output_json(o: &Output) -> Json_ {
 
 async fn run_one(session: &mut Session, stmt: &Statement) -> Result<Output, Error> {
     let prepared = session
-        .prepare(&stmt.sql, &[])?
+        .prepare(&stmt.sql, &[])
+        .await?
         .ok_or_else(|| Error::sql(sqlstate::SYNTAX_ERROR, "empty statement"))?;
     let types = prepared.param_types().to_vec();
     if stmt.params.len() != types.len() {
@@ -253,9 +254,11 @@ async fn run_batch(session: &mut Session, stmts: &[Statement]) -> Result<Json_, 
     Ok(json!({ "results": results }))
 }
 
+/// This node and its replicas: each group's leader and term as this node sees them.
 async fn health(State(engine): State<Arc<Engine>>) -> Json<Json_> {
     let shards: Vec<Json_> = engine
-        .groups
+        .cluster
+        .groups()
         .iter()
         .map(|g| {
             let (leader, term) = g.leader();
@@ -267,14 +270,14 @@ async fn health(State(engine): State<Arc<Engine>>) -> Json<Json_> {
             })
         })
         .collect();
-    Json(json!({ "status": "ok", "node": engine.group.node.to_string(), "shards": shards }))
+    Json(json!({ "status": "ok", "node": engine.cluster.node.to_string(), "shards": shards }))
 }
 
 /// This node's replicas: applied log index and a checksum of their rows, for comparing
 /// replicas (equal checksums at equal applied indexes).
 async fn replicas(State(engine): State<Arc<Engine>>) -> Result<Json<Json_>, ApiError> {
     let mut replicas = Vec::new();
-    for group in &engine.groups {
+    for group in engine.cluster.groups() {
         let (applied, checksum) = group.replica.checksum().await?;
         replicas.push(json!({
             "shard": group.shard.to_string(),
@@ -283,7 +286,7 @@ async fn replicas(State(engine): State<Arc<Engine>>) -> Result<Json<Json_>, ApiE
         }));
     }
     Ok(Json(
-        json!({ "node": engine.group.node.to_string(), "replicas": replicas }),
+        json!({ "node": engine.cluster.node.to_string(), "replicas": replicas }),
     ))
 }
 

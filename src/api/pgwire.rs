@@ -129,6 +129,7 @@ impl QueryParser for Parser {
         self.engine
             .session()
             .prepare(sql, &given)
+            .await
             .map_err(user_error)
     }
 

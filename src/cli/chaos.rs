@@ -296,8 +296,10 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         }
         Workload::Bank => {
             setup
+                // One shard: transfers are single-shard transactions until cross-shard
+                // commit is atomic (two-phase commit).
                 .batch_execute(
-                    "CREATE TABLE chaos_bank (id bigint PRIMARY KEY, bal bigint NOT NULL)",
+                    "CREATE TABLE chaos_bank (id bigint PRIMARY KEY, bal bigint NOT NULL) WITH (shard_count = 1)",
                 )
                 .await?;
             for id in 0..BANK_ACCOUNTS {

@@ -27,9 +27,12 @@ pub struct DevArgs {
     /// Cluster port of the first node; node i listens on cluster-port + i - 1.
     #[arg(long, default_value_t = 7000)]
     pub cluster_port: u16,
-    /// Shard groups to create in a new cluster (each node holds a replica of every one).
-    #[arg(long, default_value_t = 1)]
-    pub shards: u64,
+    /// Replicas per shard in a new cluster.
+    #[arg(long, default_value_t = 3)]
+    pub replication_factor: u32,
+    /// Shards of a hash-distributed table unless its CREATE TABLE says otherwise.
+    #[arg(long, default_value_t = 4)]
+    pub shard_count: u32,
 }
 
 fn forward_logs(name: String, child: &mut Child) {
@@ -111,7 +114,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         if i > 0 {
             cmd.arg("--join").arg(first.to_string());
         } else {
-            cmd.arg("--shards").arg(args.shards.to_string());
+            cmd.arg("--replication-factor")
+                .arg(args.replication_factor.to_string())
+                .arg("--shard-count")
+                .arg(args.shard_count.to_string());
         }
         let mut child = cmd
             .stdout(Stdio::piped())

@@ -126,11 +126,17 @@ impl LocalCluster {
         Ok(LocalCluster { nodes })
     }
 
-    /// Index of the node a running node names as s1's leader.
+    /// Index of the node a running node names as leader of its first data shard (of the
+    /// meta group while there is none).
     pub fn leader(&self) -> Option<usize> {
         self.nodes.iter().filter(|n| n.is_up()).find_map(|n| {
             let v: serde_json::Value = serde_json::from_str(&http_get(n.http, "/health")?).ok()?;
-            let l = v["shards"][0]["leader"]
+            let shards = v["shards"].as_array()?;
+            let shard = shards
+                .iter()
+                .find(|s| s["shard"] != "meta")
+                .or_else(|| shards.first())?;
+            let l = shard["leader"]
                 .as_str()?
                 .trim_start_matches('n')
                 .parse::<usize>()
@@ -144,7 +150,9 @@ impl LocalCluster {
     pub fn converge(&self, limit: Duration) -> anyhow::Result<(bool, Vec<String>)> {
         let deadline = Instant::now() + limit;
         loop {
-            let states: Option<Vec<Vec<(u64, String)>>> = self
+            // Per node: shard → (applied index, checksum).
+            type Replicas = std::collections::BTreeMap<String, (u64, String)>;
+            let states: Option<Vec<Replicas>> = self
                 .nodes
                 .iter()
                 .map(|n| {
@@ -155,21 +163,30 @@ impl LocalCluster {
                         .iter()
                         .map(|r| {
                             Some((
-                                r["applied_index"].as_u64()?,
-                                r["checksum"].as_str()?.to_string(),
+                                r["shard"].as_str()?.to_string(),
+                                (
+                                    r["applied_index"].as_u64()?,
+                                    r["checksum"].as_str()?.to_string(),
+                                ),
                             ))
                         })
                         .collect()
                 })
                 .collect();
             if let Some(states) = states {
-                let indexes_equal = states
+                // Every shard held by several nodes: same index everywhere, then same sum.
+                let shards: std::collections::BTreeSet<&String> =
+                    states.iter().flat_map(|s| s.keys()).collect();
+                let copies = |shard: &String| -> Vec<&(u64, String)> {
+                    states.iter().filter_map(|s| s.get(shard)).collect()
+                };
+                let indexes_equal = shards
                     .iter()
-                    .all(|s| s.iter().map(|r| r.0).eq(states[0].iter().map(|r| r.0)));
+                    .all(|sh| copies(sh).windows(2).all(|w| w[0].0 == w[1].0));
                 if indexes_equal {
-                    let sums_equal = states
+                    let sums_equal = shards
                         .iter()
-                        .all(|s| s.iter().map(|r| &r.1).eq(states[0].iter().map(|r| &r.1)));
+                        .all(|sh| copies(sh).windows(2).all(|w| w[0].1 == w[1].1));
                     let report = states
                         .iter()
                         .enumerate()

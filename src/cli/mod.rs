@@ -75,9 +75,13 @@ pub struct StartArgs {
     /// Applied log entries between snapshots; the log before a snapshot is purged.
     #[arg(long, default_value_t = crate::limits::SNAPSHOT_EVERY_ENTRIES)]
     pub snapshot_every: u64,
-    /// Shard groups to create when this node starts a new cluster (ignored otherwise).
-    #[arg(long, default_value_t = 1)]
-    pub shards: u64,
+    /// Replicas per shard in a new cluster (ignored when joining or restarting).
+    #[arg(long, default_value_t = 3)]
+    pub replication_factor: u32,
+    /// Shards of a hash-distributed table unless its CREATE TABLE says otherwise, in a new
+    /// cluster (ignored when joining or restarting).
+    #[arg(long, default_value_t = 4)]
+    pub shard_count: u32,
 }
 
 pub fn init_logging() {
@@ -104,7 +108,8 @@ pub async fn start(args: StartArgs) -> anyhow::Result<()> {
         election_timeout_ms_min: args.election_timeout_ms,
         heartbeat_interval_ms: args.heartbeat_ms,
         snapshot_every: args.snapshot_every,
-        shards: args.shards,
+        replication_factor: args.replication_factor,
+        shard_count: args.shard_count,
     };
     let node = Node::start(config).await?;
     shutdown_signal().await;

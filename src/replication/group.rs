@@ -10,7 +10,7 @@ use super::NodeInfo;
 use super::Raft;
 use crate::error::{Error, Result};
 use crate::ids::{NodeId, ShardId};
-use crate::storage::replica::{ReplicaHandle, Rows, Statement};
+use crate::storage::replica::{ReplicaHandle, ReplicaOptions, Rows, Statement};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -59,6 +59,9 @@ pub fn raft_config(
         // machine: chunks time out and the transfer restarts without end.
         install_snapshot_timeout: 5_000,
         snapshot_max_chunk_size: 1024 * 1024,
+        // Heartbeats are sent by the node's one ticker for every group it leads at once
+        // (`cluster::Cluster::heartbeats`), so they share frames per peer.
+        enable_heartbeat: false,
         ..Default::default()
     };
     Ok(Arc::new(config.validate().map_err(|e| {
@@ -67,9 +70,8 @@ pub fn raft_config(
 }
 
 impl ShardGroup {
-    /// Open (or create) the shard's replica under `dir` and start its group. With
-    /// `bootstrap`, a group that has never been initialised starts with this node as its only
-    /// voter; without, it waits to be added by the cluster's leader.
+    /// Open (or create) the shard's replica under `dir` and start its group. It waits to be
+    /// initialised ([`ShardGroup::initialize`]) or to hear from a leader.
     pub async fn start(
         node: NodeId,
         shard: ShardId,
@@ -77,28 +79,16 @@ impl ShardGroup {
         logs: &LogDb,
         config: Arc<openraft::Config>,
         client: Arc<Client>,
-        bootstrap: Option<NodeInfo>,
+        options: &ReplicaOptions,
     ) -> Result<ShardGroup> {
         let shard_dir = dir.join(format!("{shard}"));
-        let replica = ReplicaHandle::start(&shard_dir.join("replica.db"), shard)?;
+        let replica = ReplicaHandle::start(&shard_dir.join("replica.db"), shard, options)?;
         let state_machine = StateMachine::new(replica.clone(), &shard_dir.join("snapshots"))?;
         let log_store = logs.store(shard)?;
         let network = Network { shard, client };
         let raft = Raft::new(node.0, config, network, log_store, state_machine)
             .await
             .map_err(|e| Error::internal(format!("{shard}: starting raft: {e}")))?;
-        if let Some(info) = bootstrap {
-            let initialized = raft
-                .is_initialized()
-                .await
-                .map_err(|e| Error::internal(e.to_string()))?;
-            if !initialized {
-                let members = BTreeMap::from([(node.0, info)]);
-                raft.initialize(members)
-                    .await
-                    .map_err(|e| Error::internal(format!("{shard}: initializing: {e}")))?;
-            }
-        }
         let elections = Arc::new(std::sync::atomic::AtomicU64::new(0));
         tokio::spawn(log_leadership(shard, raft.clone(), elections.clone()));
         let writer = Writer::start(raft.clone(), replica.clone(), node);
@@ -114,6 +104,29 @@ impl ShardGroup {
         })
     }
 
+    /// Whether the group has a log (it was initialised here or heard from a leader).
+    pub async fn is_initialized(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(true)
+    }
+
+    /// Create the group with `members` as its voters, if this replica is pristine. Several
+    /// members may do this with the same membership (openraft allows it).
+    pub async fn initialize(&self, members: BTreeMap<u64, NodeInfo>) -> Result<()> {
+        if self.is_initialized().await {
+            return Ok(());
+        }
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(_),
+            )) => Ok(()),
+            Err(e) => Err(Error::internal(format!(
+                "{}: initializing: {e}",
+                self.shard
+            ))),
+        }
+    }
+
     /// Run a read-only statement at the given consistency.
     pub async fn read(&self, stmt: Statement, consistency: ReadConsistency) -> Result<Rows> {
         if consistency == ReadConsistency::Linearizable {
@@ -121,6 +134,20 @@ impl ShardGroup {
             self.reads.confirm(&self.raft).await?;
         }
         self.replica.read(stmt).await
+    }
+
+    /// The read index on this node, which must lead: leadership confirmed by a quorum, and
+    /// the replica caught up with everything committed before the call.
+    pub async fn read_index(&self) -> Result<u64> {
+        let log_id = self.raft.ensure_linearizable().await.map_err(|e| match e {
+            openraft::error::RaftError::APIError(
+                openraft::error::CheckIsLeaderError::ForwardToLeader(f),
+            ) => Error::NotLeader {
+                leader: f.leader_id.map(NodeId),
+            },
+            other => Error::Unavailable(other.to_string()),
+        })?;
+        Ok(log_id.map(|l| l.index).unwrap_or(0))
     }
 
     /// How to reach a member of this group.

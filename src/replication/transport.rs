@@ -39,8 +39,19 @@ pub enum Request {
         shard: ShardId,
         rpc: InstallSnapshotRequest<TypeConfig>,
     },
-    /// A joining node asks the leader for an id.
-    AllocateId,
+    /// A joining node asks the meta leader for an id (and is recorded in the catalog).
+    AllocateId {
+        node: super::NodeInfo,
+    },
+    /// A restarted node tells the meta leader its current addresses.
+    Register {
+        id: u64,
+        node: super::NodeInfo,
+    },
+    /// The leader's read index of a shard: everything committed before the call.
+    ReadIndex {
+        shard: ShardId,
+    },
     /// Make a running node (with an allocated id) a voter of one shard's group.
     AddNode {
         shard: ShardId,
@@ -70,8 +81,9 @@ pub enum Response {
     Append(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),
     Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
-    /// A node id and the cluster's shard groups, for a joining node.
-    Allocated(Result<(u64, Vec<ShardId>), WireError>),
+    /// A node id for a joining node.
+    Allocated(Result<u64, WireError>),
+    Index(Result<u64, WireError>),
     Rows(Result<WireRows, WireError>),
     Txn(Result<u64, WireError>),
     Done(Result<(), WireError>),
@@ -235,14 +247,26 @@ async fn run_connection(addr: String, mut calls: mpsc::Receiver<Call>) {
             }
         }
     });
+    let mut batch = Vec::new();
     loop {
         tokio::select! {
-            call = calls.recv() => {
-                let Some((request, reply)) = call else { break };
-                let id = next.fetch_add(1, Ordering::Relaxed);
-                let Ok(bytes) = postcard::to_stdvec(&(id, &request)) else { continue };
-                pending.lock().expect("pending lock poisoned").insert(id, reply);
-                if sink.send(Bytes::from(bytes)).await.is_err() {
+            n = calls.recv_many(&mut batch, limits::CLUSTER_BATCH_MAX) => {
+                if n == 0 {
+                    break;
+                }
+                // Every call queued for this peer leaves in one write (heartbeats of all
+                // groups, replication of several groups): feed them all, flush once.
+                let mut failed = false;
+                for (request, reply) in batch.drain(..) {
+                    let id = next.fetch_add(1, Ordering::Relaxed);
+                    let Ok(bytes) = postcard::to_stdvec(&(id, &request)) else { continue };
+                    pending.lock().expect("pending lock poisoned").insert(id, reply);
+                    if sink.feed(Bytes::from(bytes)).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                }
+                if failed || sink.flush().await.is_err() {
                     break;
                 }
             }
@@ -269,8 +293,18 @@ pub async fn serve(listener: TcpListener, handler: Arc<dyn Handler>) {
             let (mut sink, mut stream) = Framed::new(socket, codec()).split();
             let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(limits::CLUSTER_INFLIGHT_MAX);
             let writer = tokio::spawn(async move {
-                while let Some(frame) = out_rx.recv().await {
-                    if sink.send(frame).await.is_err() {
+                let mut batch = Vec::new();
+                while out_rx
+                    .recv_many(&mut batch, limits::CLUSTER_BATCH_MAX)
+                    .await
+                    > 0
+                {
+                    for frame in batch.drain(..) {
+                        if sink.feed(frame).await.is_err() {
+                            return;
+                        }
+                    }
+                    if sink.flush().await.is_err() {
                         return;
                     }
                 }

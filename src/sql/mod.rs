@@ -1,13 +1,18 @@
 //! SQL: a client's session → parse (sqlparser, PostgreSQL dialect) → translate for SQLite →
-//! route to the shard's group → execute (reads on a replica, writes through the shard's
-//! writer) → typed results. Knows no wire format: `api/` turns [`session::Output`] into
-//! pgwire messages or JSON.
+//! plan (which shards run what, what is merged at the coordinator) → execute through the
+//! cluster's routing → typed results. Knows no wire format: `api/` turns
+//! [`session::Output`] into pgwire messages or JSON.
 //!
-//! A statement, traced: `Session::run_script("INSERT ...")` → `translate::parse` →
-//! `translate::translate` (Kind::Write, `$1` → `?1`, parameter types from the catalog) →
-//! `Session::execute` → `Writer::execute` (group commit, Raft) → `Output { tag: "INSERT 0 1" }`.
+//! A statement, traced: `Session::run_script("INSERT INTO t VALUES (1, 'a')")` →
+//! `translate::parse` → `translate::translate` (Kind::Write, `$1` → `?1`, parameter types
+//! from the catalog) → `plan::plan` (hash of 1 → shard s3: `Plan::Insert`) →
+//! `Session::run_plan` → `Cluster::write(s3, ...)` (the leader's writer: group commit, Raft)
+//! → `Output { tag: "INSERT 0 1" }`. DDL goes to `ddl` instead: a job in the catalog, run on
+//! every shard of the table.
 
-pub mod router;
+pub mod ddl;
+pub mod plan;
+pub mod scratch;
 pub mod session;
 pub mod translate;
 

@@ -1,43 +1,45 @@
 //! A client's session: settings, the open transaction, and statement execution.
 //!
-//! Transactions: `BEGIN` only marks the session; the shard's writer is taken by the first
-//! statement after it (drivers often send BEGIN eagerly) and held until COMMIT/ROLLBACK, so a
-//! transaction on one shard is serializable. An error inside a transaction fails it: further
-//! statements get 25P02 until ROLLBACK (COMMIT then rolls back), as in PostgreSQL.
+//! Transactions: `BEGIN` only marks the session; each shard's writer is taken by the first
+//! statement that touches the shard (drivers often send BEGIN eagerly) and held until
+//! COMMIT/ROLLBACK, so a transaction is serializable on each shard it touches. COMMIT
+//! commits each shard in turn (atomic per shard; across shards see README, Isolation). An
+//! error inside a transaction fails it: further statements get 25P02 until ROLLBACK (COMMIT
+//! then rolls back), as in PostgreSQL. DDL inside a transaction runs through the
+//! transaction's shard leases and changes the catalog at COMMIT; until then only this
+//! session sees it.
 
-use super::router::{Lease, Router};
+use super::ddl::{self, Planned};
+use super::plan::{self, Plan};
+use super::scratch;
 use super::translate::{self, Kind, Translated};
+use crate::catalog::{meta, Catalog, Change, Job};
+use crate::cluster::{Cluster, Lease, MetaTxn};
 use crate::error::{sqlstate, Error, Result};
-use crate::replication::group::{ReadConsistency, ShardGroup};
-use crate::replication::transport::Client;
+use crate::ids::ShardId;
+use crate::limits;
+use crate::replication::group::ReadConsistency;
 use crate::storage::replica::{ResultColumn, Rows, Statement, StatementKind};
 use crate::types::PgType;
 use rusqlite::types::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Instant;
 
-/// What every session of a node shares: the shard groups (one for now) and routing.
+/// What every session of a node shares.
 pub struct Engine {
-    /// The group SQL runs on until tables are sharded (s1).
-    pub group: Arc<ShardGroup>,
-    /// Every group with a replica on this node.
-    pub groups: Vec<Arc<ShardGroup>>,
-    pub router: Router,
+    pub cluster: Arc<Cluster>,
+    describer: scratch::Describer,
+    /// Serial values reserved from cluster-wide sequences: table → (next, end).
+    sequences: tokio::sync::Mutex<HashMap<String, (i64, i64)>>,
 }
 
 impl Engine {
-    pub fn new(
-        group: Arc<ShardGroup>,
-        groups: Vec<Arc<ShardGroup>>,
-        client: Arc<Client>,
-    ) -> Arc<Engine> {
+    pub fn new(cluster: Arc<Cluster>) -> Arc<Engine> {
         Arc::new(Engine {
-            router: Router {
-                group: group.clone(),
-                client,
-            },
-            group,
-            groups,
+            cluster,
+            describer: scratch::Describer::default(),
+            sequences: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -47,6 +49,39 @@ impl Engine {
             settings: BTreeMap::new(),
             txn: None,
         }
+    }
+
+    /// `n` values for the serial column of `table`, from the node's reserved block (a meta
+    /// write reserves a new block when it runs out).
+    pub async fn serial_values(&self, table: &str, n: usize) -> Result<Vec<i64>> {
+        let mut cache = self.sequences.lock().await;
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let entry = cache.get_mut(table).filter(|(next, end)| next < end);
+            match entry {
+                Some((next, _)) => {
+                    out.push(*next);
+                    *next += 1;
+                }
+                None => {
+                    let want = limits::SEQUENCE_BLOCK.max((n - out.len()) as i64);
+                    let mt = MetaTxn::begin(&self.cluster).await?;
+                    let first = mt
+                        .next(&format!("serial:{}", table.to_lowercase()), want)
+                        .await;
+                    let first = match first {
+                        Ok(f) => f,
+                        Err(e) => {
+                            mt.rollback().await;
+                            return Err(e);
+                        }
+                    };
+                    mt.commit().await?;
+                    cache.insert(table.to_string(), (first, first + want));
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -110,8 +145,24 @@ impl Prepared {
 }
 
 struct OpenTxn {
-    lease: Option<Lease>,
+    /// The shards this transaction holds, by id.
+    leases: BTreeMap<ShardId, Lease>,
     failed: bool,
+    /// The catalog as this transaction sees it, once its own DDL changed it.
+    catalog: Option<Arc<Catalog>>,
+    /// Catalog changes of the transaction's DDL, made at COMMIT.
+    changes: Vec<Change>,
+}
+
+impl OpenTxn {
+    fn new() -> OpenTxn {
+        OpenTxn {
+            leases: BTreeMap::new(),
+            failed: false,
+            catalog: None,
+            changes: Vec::new(),
+        }
+    }
 }
 
 pub struct Session {
@@ -125,6 +176,18 @@ fn failed_txn() -> Error {
         sqlstate::IN_FAILED_TRANSACTION,
         "current transaction is aborted, commands ignored until end of transaction block",
     )
+}
+
+fn merge(results: Vec<Rows>) -> Rows {
+    let mut out = Rows::default();
+    for (i, r) in results.into_iter().enumerate() {
+        if i == 0 {
+            out.columns = r.columns;
+        }
+        out.rows.extend(r.rows);
+        out.changes += r.changes;
+    }
+    out
 }
 
 /// Settings every PostgreSQL driver or tool may ask for with SHOW.
@@ -179,9 +242,50 @@ impl Session {
         }
     }
 
+    /// The catalog as this session sees it: the node's, or its transaction's own.
+    fn catalog(&self) -> Arc<Catalog> {
+        self.txn
+            .as_ref()
+            .and_then(|t| t.catalog.clone())
+            .unwrap_or_else(|| self.engine.cluster.catalog())
+    }
+
+    /// Translate against the session's catalog. A statement naming a table this node has
+    /// not heard of yet (created through another node a moment ago) waits for the catalog
+    /// to catch up once, then tries again.
+    async fn translate(
+        &self,
+        stmt: sqlparser::ast::Statement,
+        given: &[Option<PgType>],
+    ) -> Result<Translated> {
+        let t = translate::translate(stmt.clone(), &self.catalog(), given)?;
+        if matches!(t.kind, Kind::Read | Kind::Write) && self.names_unknown_table(&t) {
+            self.engine.cluster.sync(ShardId::META).await?;
+            return translate::translate(stmt, &self.catalog(), given);
+        }
+        Ok(t)
+    }
+
+    fn names_unknown_table(&self, t: &Translated) -> bool {
+        let Some(stmt) = &t.stmt else {
+            return false;
+        };
+        let catalog = self.catalog();
+        let ctes = plan::cte_names(stmt);
+        let mut unknown = false;
+        let _ = sqlparser::ast::visit_relations(stmt.as_ref(), |n| {
+            let name = translate::object_name(n);
+            if catalog.table(&name).is_none() && !ctes.contains(&name.to_lowercase()) {
+                unknown = true;
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+        unknown
+    }
+
     /// Translate one statement for later execution (the extended protocol's Parse).
     /// `None` for an empty statement.
-    pub fn prepare(&self, sql: &str, given: &[Option<PgType>]) -> Result<Option<Prepared>> {
+    pub async fn prepare(&self, sql: &str, given: &[Option<PgType>]) -> Result<Option<Prepared>> {
         let mut stmts = translate::parse(sql)?;
         if stmts.len() > 1 {
             return Err(Error::sql(
@@ -192,16 +296,8 @@ impl Session {
         let Some(stmt) = stmts.pop() else {
             return Ok(None);
         };
-        let catalog = self
-            .engine
-            .group
-            .replica
-            .catalog
-            .read()
-            .expect("catalog lock poisoned")
-            .clone();
         Ok(Some(Prepared {
-            translated: translate::translate(stmt, &catalog, given)?,
+            translated: self.translate(stmt, given).await?,
         }))
     }
 
@@ -216,28 +312,25 @@ impl Session {
                     ty: PgType::Text,
                 }])
             }
+            Kind::Explain(_) => {
+                return Ok(vec![Field {
+                    name: "QUERY PLAN".into(),
+                    ty: PgType::Text,
+                }])
+            }
             _ => return Ok(Vec::new()),
         }
-        let stmt = Statement {
-            sql: t.sql.clone(),
-            params: Vec::new(),
-            kind: StatementKind::Describe,
-        };
-        let rows = match self.txn.as_mut().and_then(|t| t.lease.as_ref()) {
-            Some(lease) => self.engine.router.exec(lease, stmt).await?,
-            None => self.engine.group.replica.read(stmt).await?,
-        };
+        let catalog = self.catalog();
+        let sql = t.sql.clone();
+        let engine = self.engine.clone();
+        let rows = tokio::task::spawn_blocking(move || engine.describer.describe(&catalog, &sql))
+            .await
+            .map_err(Error::internal)??;
         Ok(self.fields(&rows.columns, t))
     }
 
     fn fields(&self, columns: &[ResultColumn], t: &Translated) -> Vec<Field> {
-        let catalog = self
-            .engine
-            .group
-            .replica
-            .catalog
-            .read()
-            .expect("catalog lock poisoned");
+        let catalog = self.catalog();
         columns
             .iter()
             .enumerate()
@@ -273,6 +366,186 @@ impl Session {
         result
     }
 
+    /// Run `stmt` on `shard`: through the transaction's lease on it (taken now if needed),
+    /// else as an autocommit read or write.
+    async fn on_shard(&mut self, shard: ShardId, stmt: Statement, read: bool) -> Result<Rows> {
+        let cluster = self.engine.cluster.clone();
+        match self.txn.as_mut() {
+            Some(txn) => {
+                if let std::collections::btree_map::Entry::Vacant(slot) = txn.leases.entry(shard) {
+                    slot.insert(cluster.begin(shard).await?);
+                }
+                let lease = txn.leases.get(&shard).expect("lease taken above");
+                cluster.exec(shard, lease, stmt).await
+            }
+            None if read => cluster.read(shard, stmt, self.read_consistency()).await,
+            None => cluster.write(shard, stmt).await,
+        }
+    }
+
+    /// Run `sql` on each of `shards`: in parallel for reads outside a transaction, else in
+    /// shard order (so transactions take shards in one order).
+    async fn on_shards(
+        &mut self,
+        shards: &[ShardId],
+        sql: &str,
+        params: &[Value],
+        read: bool,
+    ) -> Result<Vec<Rows>> {
+        let stmt = |sql: &str| Statement {
+            sql: sql.to_string(),
+            params: params.to_vec(),
+            kind: StatementKind::Dml,
+        };
+        if read && self.txn.is_none() && shards.len() > 1 {
+            let cluster = self.engine.cluster.clone();
+            let consistency = self.read_consistency();
+            let calls = shards
+                .iter()
+                .map(|s| cluster.read(*s, stmt(sql), consistency));
+            return futures::future::try_join_all(calls).await;
+        }
+        let mut sorted = shards.to_vec();
+        sorted.sort();
+        let mut out = Vec::with_capacity(sorted.len());
+        for s in sorted {
+            out.push(self.on_shard(s, stmt(sql), read).await?);
+        }
+        Ok(out)
+    }
+
+    fn run_plan<'a>(
+        &'a mut self,
+        plan: &'a Plan,
+        params: &'a [Value],
+    ) -> futures::future::BoxFuture<'a, Result<Rows>> {
+        Box::pin(async move {
+            match plan {
+                Plan::Local { sql } => scratch::run_alone(sql.clone(), params.to_vec()).await,
+                Plan::Shards {
+                    shards, sql, read, ..
+                } => Ok(merge(self.on_shards(shards, sql, params, *read).await?)),
+                Plan::Gather { pulls, sql } => {
+                    let mut pulled = Vec::with_capacity(pulls.len());
+                    let mut total = 0usize;
+                    for p in pulls {
+                        let rows = merge(self.on_shards(&p.shards, &p.sql, params, true).await?);
+                        total += rows.rows.len();
+                        scratch::check_intermediate(total)?;
+                        pulled.push(scratch::Pulled {
+                            table: p.table.clone(),
+                            rows: rows.rows,
+                        });
+                    }
+                    scratch::run_over(pulled, sql.clone(), params.to_vec()).await
+                }
+                Plan::Insert { parts } => {
+                    let mut results = Vec::with_capacity(parts.len());
+                    for (shard, sql) in parts {
+                        let stmt = Statement {
+                            sql: sql.clone(),
+                            params: params.to_vec(),
+                            kind: StatementKind::Dml,
+                        };
+                        results.push(self.on_shard(*shard, stmt, false).await?);
+                    }
+                    Ok(merge(results))
+                }
+                Plan::InsertSelect(is) => {
+                    let source = self.run_plan(&is.source, params).await?;
+                    self.insert_rows(is, source.rows).await
+                }
+            }
+        })
+    }
+
+    /// Insert `rows` (values for `is.columns`) into `is.table`, each on its shard.
+    async fn insert_rows(
+        &mut self,
+        is: &plan::InsertSelect,
+        rows: Vec<Vec<Value>>,
+    ) -> Result<Rows> {
+        let table = &is.table;
+        let catalog = self.catalog();
+        let mut columns = is.columns.clone();
+        let key = table.distribution_column().map(str::to_string);
+        let mut rows = rows;
+        let mut position = key
+            .as_ref()
+            .and_then(|k| columns.iter().position(|c| c.eq_ignore_ascii_case(k)));
+        if let (Some(k), None) = (&key, position) {
+            // The query does not give the key: a serial column's values come from its
+            // sequence.
+            if table
+                .serial
+                .as_deref()
+                .is_some_and(|s| s.eq_ignore_ascii_case(k))
+            {
+                let values = self.engine.serial_values(&table.name, rows.len()).await?;
+                for (row, v) in rows.iter_mut().zip(values) {
+                    row.push(Value::Integer(v));
+                }
+                columns.push(k.clone());
+                position = Some(columns.len() - 1);
+            }
+        }
+        let key_type = key.as_ref().and_then(|k| table.column(k)).map(|c| c.ty);
+        let mut by_shard: BTreeMap<ShardId, Vec<Vec<Value>>> = BTreeMap::new();
+        for row in rows {
+            if row.len() != columns.len() {
+                return Err(Error::sql(
+                    sqlstate::SYNTAX_ERROR,
+                    "INSERT has more target columns than expressions",
+                ));
+            }
+            let value = match (position, key_type) {
+                (Some(p), Some(ty)) => crate::types::coerce(row[p].clone(), ty)?,
+                _ => Value::Null,
+            };
+            let shard = catalog.shard_for(table, &value)?;
+            by_shard.entry(shard).or_default().push(row);
+        }
+        let width = columns.len().max(1);
+        let chunk = (limits::SQL_VARIABLES_MAX / width).max(1);
+        let names: Vec<String> = columns
+            .iter()
+            .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
+            .collect();
+        let mut results = Vec::new();
+        for (shard, rows) in by_shard {
+            for part in rows.chunks(chunk) {
+                let mut n = 0;
+                let tuples: Vec<String> = part
+                    .iter()
+                    .map(|r| {
+                        let marks: Vec<String> = r
+                            .iter()
+                            .map(|_| {
+                                n += 1;
+                                format!("?{n}")
+                            })
+                            .collect();
+                        format!("({})", marks.join(", "))
+                    })
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO \"{}\" ({}) VALUES {}{}",
+                    table.name.replace('"', "\"\""),
+                    names.join(", "),
+                    tuples.join(", "),
+                    is.suffix
+                );
+                let stmt = Statement {
+                    sql,
+                    params: part.iter().flatten().cloned().collect(),
+                    kind: StatementKind::Dml,
+                };
+                results.push(self.on_shard(shard, stmt, false).await?);
+            }
+        }
+        Ok(merge(results))
+    }
+
     async fn execute_inner(&mut self, t: &Translated, params: Vec<Value>) -> Result<Output> {
         match &t.kind {
             Kind::Begin => {
@@ -280,10 +553,7 @@ impl Session {
                 if self.txn.is_some() {
                     out.notice = Some("there is already a transaction in progress".into());
                 } else {
-                    self.txn = Some(OpenTxn {
-                        lease: None,
-                        failed: false,
-                    });
+                    self.txn = Some(OpenTxn::new());
                 }
                 Ok(out)
             }
@@ -292,22 +562,12 @@ impl Session {
                     notice: Some("there is no transaction in progress".into()),
                     ..Output::command("COMMIT", TxnEvent::Ended)
                 }),
-                Some(OpenTxn {
-                    lease,
-                    failed: true,
-                }) => {
-                    if let Some(lease) = lease {
-                        self.engine.router.rollback(lease).await;
-                    }
+                Some(txn) if txn.failed => {
+                    self.abandon(txn).await;
                     Ok(Output::command("ROLLBACK", TxnEvent::Ended))
                 }
-                Some(OpenTxn {
-                    lease,
-                    failed: false,
-                }) => {
-                    if let Some(lease) = lease {
-                        self.engine.router.commit(lease).await?;
-                    }
+                Some(txn) => {
+                    self.commit(txn).await?;
                     Ok(Output::command("COMMIT", TxnEvent::Ended))
                 }
             },
@@ -315,10 +575,7 @@ impl Session {
                 let mut out = Output::command("ROLLBACK", TxnEvent::Ended);
                 match self.txn.take() {
                     None => out.notice = Some("there is no transaction in progress".into()),
-                    Some(OpenTxn {
-                        lease: Some(lease), ..
-                    }) => self.engine.router.rollback(lease).await,
-                    Some(_) => {}
+                    Some(txn) => self.abandon(txn).await,
                 }
                 Ok(out)
             }
@@ -361,33 +618,172 @@ impl Session {
                 })
             }
             Kind::Noop => Ok(Output::command(&t.tag, TxnEvent::None)),
-            Kind::Read | Kind::Write | Kind::Ddl => {
-                let kind = if t.kind == Kind::Ddl {
-                    StatementKind::Ddl
-                } else {
-                    StatementKind::Dml
-                };
-                let stmt = Statement {
-                    sql: t.sql.clone(),
-                    params,
-                    kind,
-                };
-                let router = &self.engine.router;
-                let consistency = self.read_consistency();
-                let rows = match self.txn.as_mut() {
-                    Some(txn) => {
-                        if txn.lease.is_none() {
-                            txn.lease = Some(router.begin().await?);
-                        }
-                        let lease = txn.lease.as_ref().expect("lease taken above");
-                        router.exec(lease, stmt).await?
-                    }
-                    None if t.kind == Kind::Read => router.read(stmt, consistency).await?,
-                    None => router.write(stmt).await?,
-                };
+            Kind::Ddl(action) => self.ddl(action, &t.tag).await,
+            Kind::Explain(inner) => {
+                let catalog = self.catalog();
+                let plan = plan::plan(&self.engine, &catalog, inner, &params).await?;
+                let rows: Vec<Vec<Value>> = plan
+                    .explain()
+                    .into_iter()
+                    .map(|l| vec![Value::Text(l)])
+                    .collect();
+                Ok(Output {
+                    fields: vec![Field {
+                        name: "QUERY PLAN".into(),
+                        ty: PgType::Text,
+                    }],
+                    rows_affected: rows.len() as u64,
+                    rows,
+                    returns_rows: true,
+                    ..Output::command("EXPLAIN", TxnEvent::None)
+                })
+            }
+            Kind::Read | Kind::Write => {
+                let catalog = self.catalog();
+                let plan = plan::plan(&self.engine, &catalog, t, &params).await?;
+                let rows = self.run_plan(&plan, &params).await?;
                 Ok(self.output(t, rows))
             }
         }
+    }
+
+    /// Commit every shard the transaction holds, then its catalog changes.
+    async fn commit(&mut self, txn: OpenTxn) -> Result<()> {
+        let cluster = self.engine.cluster.clone();
+        let mut leases = txn.leases.into_iter();
+        while let Some((_, lease)) = leases.next() {
+            if let Err(e) = cluster.commit(lease).await {
+                for (_, rest) in leases {
+                    cluster.rollback(rest).await;
+                }
+                return Err(e);
+            }
+        }
+        if !txn.changes.is_empty() {
+            let mt = MetaTxn::begin(&cluster).await?;
+            for change in &txn.changes {
+                if let Err(e) = mt.exec(meta::change(change)?).await {
+                    mt.rollback().await;
+                    return Err(e);
+                }
+            }
+            mt.commit().await?;
+        }
+        Ok(())
+    }
+
+    async fn abandon(&mut self, txn: OpenTxn) {
+        for (_, lease) in txn.leases {
+            self.engine.cluster.rollback(lease).await;
+        }
+    }
+
+    /// A schema change: a DDL job outside a transaction block; inside one, the shards'
+    /// parts through the transaction's leases and the catalog change at COMMIT.
+    async fn ddl(&mut self, action: &translate::DdlAction, tag: &str) -> Result<Output> {
+        let cluster = self.engine.cluster.clone();
+        let in_txn = self.txn.is_some();
+        let mt = MetaTxn::begin(&cluster).await?;
+        let catalog = if in_txn { self.catalog() } else { mt.catalog() };
+        let planned = match ddl::plan(&mt, &catalog, action).await {
+            Ok(p) => p,
+            Err(e) => {
+                mt.rollback().await;
+                return Err(e);
+            }
+        };
+        let mut notice = None;
+        let mut jobs = Vec::new();
+        let mut new_shards = Vec::new();
+        let mut plans = Vec::new();
+        let written = async {
+            for p in planned {
+                match p {
+                    Planned::Skip(n) => notice = Some(n),
+                    Planned::Do(plan) => {
+                        for stmt in &plan.setup {
+                            mt.exec(stmt.clone()).await?;
+                        }
+                        new_shards.extend(plan.new_shards.iter().copied());
+                        if !in_txn {
+                            for change in &plan.hide {
+                                mt.exec(meta::change(change)?).await?;
+                            }
+                            let id = mt.next("_jobs", 1).await? as u64;
+                            let job = Job {
+                                id,
+                                table: plan.table.clone(),
+                                steps: plan.steps.clone(),
+                                finish: plan.finish.clone(),
+                                undo: plan.undo.clone(),
+                                abort: plan.abort.clone(),
+                            };
+                            mt.exec(meta::put_job(&job)?).await?;
+                            jobs.push(job);
+                        }
+                        plans.push(plan);
+                    }
+                }
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        if let Err(e) = written {
+            mt.rollback().await;
+            return Err(e);
+        }
+        mt.commit().await?;
+        self.wait_for_shards(&new_shards).await?;
+        if in_txn {
+            for plan in plans {
+                for step in &plan.steps {
+                    let stmt = Statement {
+                        sql: step.sql.clone(),
+                        params: Vec::new(),
+                        kind: StatementKind::Ddl,
+                    };
+                    self.on_shard(step.shard, stmt, false).await?;
+                }
+                let base = self.catalog();
+                let txn = self.txn.as_mut().expect("in a transaction");
+                let mut view = (*base).clone();
+                for change in &plan.finish {
+                    view.apply(change);
+                }
+                txn.catalog = Some(Arc::new(view));
+                txn.changes.extend(plan.finish.iter().cloned());
+            }
+        } else {
+            for job in &jobs {
+                cluster.run_job(job).await?;
+            }
+        }
+        Ok(Output {
+            notice,
+            ..Output::command(tag, TxnEvent::None)
+        })
+    }
+
+    /// Wait until each new shard's group has a leader (they are started by every replica
+    /// node when the catalog reaches it).
+    async fn wait_for_shards(&self, shards: &[ShardId]) -> Result<()> {
+        let cluster = &self.engine.cluster;
+        let deadline = Instant::now() + limits::SHARD_CREATE_WAIT;
+        for shard in shards {
+            loop {
+                match cluster.read_index(*shard).await {
+                    Ok(_) => break,
+                    Err(e) if Instant::now() > deadline => {
+                        return Err(Error::Unavailable(format!(
+                            "new shard {shard} has no leader after {:?}: {e}",
+                            limits::SHARD_CREATE_WAIT
+                        )))
+                    }
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                }
+            }
+        }
+        Ok(())
     }
 
     fn output(&self, t: &Translated, rows: Rows) -> Output {
@@ -422,51 +818,31 @@ impl Session {
             Ok(s) => s,
             Err(e) => return vec![Err(e)],
         };
-        // A statement that does not translate still lets the ones before it run, as in
-        // PostgreSQL (unless the script is one implicit transaction).
-        let mut prepared: Vec<Result<Prepared>> = Vec::with_capacity(stmts.len());
-        for stmt in stmts {
-            let catalog = self
-                .engine
-                .group
-                .replica
-                .catalog
-                .read()
-                .expect("catalog lock poisoned")
-                .clone();
-            let p =
-                translate::translate(stmt, &catalog, &[]).map(|translated| Prepared { translated });
-            let failed = p.is_err();
-            prepared.push(p);
-            if failed {
-                break;
-            }
-        }
-        let implicit = prepared.len() > 1
-            && self.txn.is_none()
-            && !prepared
-                .iter()
-                .flatten()
-                .any(|p| matches!(p.kind(), Kind::Begin | Kind::Commit | Kind::Rollback));
+        let control = |s: &sqlparser::ast::Statement| {
+            matches!(
+                s,
+                sqlparser::ast::Statement::StartTransaction { .. }
+                    | sqlparser::ast::Statement::Commit { .. }
+                    | sqlparser::ast::Statement::Rollback { .. }
+            )
+        };
+        let implicit = stmts.len() > 1 && self.txn.is_none() && !stmts.iter().any(control);
         if implicit {
-            self.txn = Some(OpenTxn {
-                lease: None,
-                failed: false,
-            });
+            self.txn = Some(OpenTxn::new());
         }
-        let mut outputs = Vec::with_capacity(prepared.len());
-        for p in &prepared {
-            let result = match p {
-                Ok(p) => self.execute(p, Vec::new()).await,
-                Err(e) => Err(e.clone()),
+        let mut outputs = Vec::with_capacity(stmts.len());
+        for stmt in stmts {
+            // Each statement is translated when its turn comes, so it sees the tables the
+            // statements before it created.
+            let result = match self.translate(stmt, &[]).await {
+                Ok(translated) => self.execute(&Prepared { translated }, Vec::new()).await,
+                Err(e) => Err(e),
             };
             let failed = result.is_err();
             outputs.push(result);
             if failed {
-                if self.txn.is_some() && !implicit {
-                    if let Some(t) = self.txn.as_mut() {
-                        t.failed = true;
-                    }
+                if let Some(t) = self.txn.as_mut() {
+                    t.failed = true;
                 }
                 break;
             }
@@ -474,25 +850,20 @@ impl Session {
         if implicit {
             let failed = outputs.iter().any(|o| o.is_err());
             if let Some(txn) = self.txn.take() {
-                if let Some(lease) = txn.lease {
-                    if failed {
-                        self.engine.router.rollback(lease).await;
-                    } else if let Err(e) = self.engine.router.commit(lease).await {
-                        outputs.push(Err(e));
-                    }
+                if failed {
+                    self.abandon(txn).await;
+                } else if let Err(e) = self.commit(txn).await {
+                    outputs.push(Err(e));
                 }
             }
         }
         outputs
     }
 
-    /// End the session: roll back an open transaction, releasing the shard's writer.
+    /// End the session: roll back an open transaction, releasing the shards' writers.
     pub async fn close(&mut self) {
-        if let Some(OpenTxn {
-            lease: Some(lease), ..
-        }) = self.txn.take()
-        {
-            self.engine.router.rollback(lease).await;
+        if let Some(txn) = self.txn.take() {
+            self.abandon(txn).await;
         }
     }
 }

@@ -4,7 +4,7 @@
 //! columns, non-literal defaults), and records DDL in the catalog. What cannot be translated
 //! is an error with SQLSTATE 0A000 naming the construct.
 
-use crate::catalog::{self, Catalog, Column, Table};
+use crate::catalog::{Catalog, Column, KeyValue, Table};
 use crate::error::{sqlstate, Error, Result};
 use crate::limits;
 use crate::types::{self, PgType};
@@ -12,22 +12,24 @@ use rusqlite::types::Value;
 use sqlparser::ast::{
     self, visit_expressions, visit_expressions_mut, visit_relations, AssignmentTarget, CastKind,
     ColumnOption, DataType, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident,
-    ObjectName, ObjectNamePart, ObjectType, SelectItem, SetExpr, Statement, TableConstraint,
-    Value as AstValue,
+    IndexColumn, ObjectName, ObjectNamePart, ObjectType, SelectItem, SetExpr, Statement,
+    TableConstraint, Value as AstValue,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use std::ops::ControlFlow;
 
 /// What a statement does, which decides where it runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Kind {
     /// Reads only: a replica's read connection, or the open transaction.
     Read,
     /// Changes rows: the shard's writer.
     Write,
-    /// Changes the schema: the writer, replicated as SQL text.
-    Ddl,
+    /// Changes the schema: the catalog and every shard of the table (`sql::ddl`).
+    Ddl(Box<DdlAction>),
+    /// `EXPLAIN <statement>`: the plan, as rows of text.
+    Explain(Box<Translated>),
     Begin,
     Commit,
     Rollback,
@@ -42,12 +44,106 @@ pub enum Kind {
     Noop,
 }
 
+/// A schema change, as the catalog and the shards need it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DdlAction {
+    CreateTable(Box<CreateTable>),
+    DropTables {
+        names: Vec<String>,
+        if_exists: bool,
+    },
+    CreateIndex {
+        table: String,
+        name: String,
+        /// SQLite `CREATE INDEX`.
+        sql: String,
+        if_not_exists: bool,
+    },
+    DropIndexes {
+        names: Vec<String>,
+        if_exists: bool,
+    },
+    AlterTable {
+        table: String,
+        /// SQLite `ALTER TABLE` statements.
+        sql: String,
+        added: Vec<Column>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForeignKey {
+    pub columns: Vec<String>,
+    pub table: String,
+    pub referred: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionBy {
+    List(String),
+    Hash(String),
+}
+
+/// `CREATE TABLE t PARTITION OF parent FOR VALUES IN (...) | DEFAULT [WITH (zones = '...')]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionOf {
+    pub parent: String,
+    /// None for the DEFAULT partition.
+    pub values: Option<Vec<KeyValue>>,
+    pub zones: Vec<String>,
+}
+
+/// A translated `CREATE TABLE`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateTable {
+    pub name: String,
+    pub if_not_exists: bool,
+    pub columns: Vec<Column>,
+    /// The statement as SQLite runs it (partition and WITH clauses removed).
+    pub ast: Box<ast::CreateTable>,
+    pub primary_key: Vec<String>,
+    /// Column sets of every PRIMARY KEY and UNIQUE constraint.
+    pub uniques: Vec<Vec<String>>,
+    pub references: Vec<ForeignKey>,
+    /// The serial column, if any (always the single-column primary key).
+    pub serial: Option<String>,
+    pub partition_by: Option<PartitionBy>,
+    pub partition_of: Option<PartitionOf>,
+    /// `WITH (shard_count = n)`.
+    pub shard_count: Option<u32>,
+    /// `WITH (colocate_with = 'table')`.
+    pub colocate_with: Option<String>,
+}
+
+impl CreateTable {
+    /// The SQLite statement, without the foreign keys naming `dropped` tables.
+    pub fn sqlite_sql(&self, dropped: &[String]) -> String {
+        let mut ast = (*self.ast).clone();
+        let named = |n: &ObjectName| {
+            dropped
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(&object_name(n)))
+        };
+        for col in ast.columns.iter_mut() {
+            col.options.retain(
+                |o| !matches!(&o.option, ColumnOption::ForeignKey(fk) if named(&fk.foreign_table)),
+            );
+        }
+        ast.constraints
+            .retain(|c| !matches!(c, TableConstraint::ForeignKey(fk) if named(&fk.foreign_table)));
+        Statement::CreateTable(ast).to_string()
+    }
+}
+
 /// One translated statement, ready to bind and run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Translated {
     pub kind: Kind,
     /// SQLite SQL (empty for session statements).
     pub sql: String,
+    /// The statement as SQLite will run it (after rewriting), for the planner. Present for
+    /// Read and Write.
+    pub stmt: Option<Box<Statement>>,
     /// One type per `$n` placeholder, by position.
     pub param_types: Vec<PgType>,
     /// Result column types inferred from the statement text, by position, where SQLite cannot
@@ -86,7 +182,7 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
         })
 }
 
-fn ident_name(ident: &Ident) -> String {
+pub fn ident_name(ident: &Ident) -> String {
     // PostgreSQL folds unquoted identifiers to lower case.
     if ident.quote_style.is_some() {
         ident.value.clone()
@@ -96,7 +192,7 @@ fn ident_name(ident: &Ident) -> String {
 }
 
 /// The unqualified object name (`public.users` → `users`).
-fn object_name(name: &ObjectName) -> String {
+pub fn object_name(name: &ObjectName) -> String {
     match name.0.last() {
         Some(ObjectNamePart::Identifier(i)) => ident_name(i),
         _ => name.to_string(),
@@ -127,11 +223,13 @@ fn sqlite_type(name: &str) -> DataType {
     DataType::Custom(ObjectName::from(vec![Ident::new(name)]), vec![])
 }
 
-fn placeholder_index(expr: &Expr) -> Option<usize> {
+/// The 0-based index of a `$n` (or, after rewriting, `?n`) placeholder.
+pub fn placeholder_index(expr: &Expr) -> Option<usize> {
     match expr {
         Expr::Value(v) => match &v.value {
             AstValue::Placeholder(p) => p
-                .strip_prefix('$')?
+                .strip_prefix('$')
+                .or_else(|| p.strip_prefix('?'))?
                 .parse::<usize>()
                 .ok()
                 .filter(|n| *n >= 1)
@@ -531,7 +629,7 @@ fn note_assignment(
     }
 }
 
-fn literal_expr(value: &Value) -> Expr {
+pub fn literal_expr(value: &Value) -> Expr {
     let v = match value {
         Value::Null => AstValue::Null,
         Value::Integer(i) => AstValue::Number(i.to_string(), false),
@@ -546,7 +644,7 @@ fn literal_expr(value: &Value) -> Expr {
 }
 
 /// A literal's value as SQLite would store it, if `expr` is a plain literal.
-fn literal_value(expr: &Expr) -> Option<Value> {
+pub fn literal_value(expr: &Expr) -> Option<Value> {
     match expr {
         Expr::Value(v) => match &v.value {
             AstValue::Number(n, _) => n
@@ -800,10 +898,7 @@ fn cte_tables(stmt: &Statement, known: &[&Table]) -> Vec<Table> {
                 }
             })
             .collect();
-        out.push(Table {
-            name: ident_name(&cte.alias.name),
-            columns,
-        });
+        out.push(Table::scratch(ident_name(&cte.alias.name), columns));
     }
     out
 }
@@ -813,6 +908,27 @@ pub fn translate(
     catalog: &Catalog,
     given: &[Option<PgType>],
 ) -> Result<Translated> {
+    if let Statement::Explain {
+        statement,
+        analyze: false,
+        ..
+    } = stmt
+    {
+        let inner = translate(*statement, catalog, given)?;
+        if !matches!(inner.kind, Kind::Read | Kind::Write) {
+            return Err(Error::unsupported(
+                "EXPLAIN of anything but queries and DML",
+            ));
+        }
+        return Ok(Translated {
+            kind: Kind::Explain(Box::new(inner.clone())),
+            sql: String::new(),
+            stmt: None,
+            param_types: inner.param_types,
+            expr_types: vec![Some(PgType::Text)],
+            tag: "EXPLAIN".into(),
+        });
+    }
     reject_internal(&stmt)?;
     let mut tables = scope(&stmt, catalog);
     let ctes = cte_tables(&stmt, &tables);
@@ -821,6 +937,7 @@ pub fn translate(
     let mut out = Translated {
         kind: Kind::Read,
         sql: String::new(),
+        stmt: None,
         param_types,
         expr_types: Vec::new(),
         tag: String::new(),
@@ -828,6 +945,15 @@ pub fn translate(
     let session = |kind: Kind, tag: &str| Translated {
         kind,
         sql: String::new(),
+        stmt: None,
+        param_types: Vec::new(),
+        expr_types: Vec::new(),
+        tag: tag.to_string(),
+    };
+    let ddl = |action: DdlAction, tag: &str| Translated {
+        kind: Kind::Ddl(Box::new(action)),
+        sql: String::new(),
+        stmt: None,
         param_types: Vec::new(),
         expr_types: Vec::new(),
         tag: tag.to_string(),
@@ -877,43 +1003,71 @@ pub fn translate(
             }
         }
         Statement::Truncate(t) => {
-            out.kind = Kind::Write;
-            out.tag = "TRUNCATE TABLE".into();
-            out.sql = t
-                .table_names
-                .iter()
-                .map(|n| {
-                    format!(
-                        "DELETE FROM \"{}\"",
-                        object_name(&n.name).replace('"', "\"\"")
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("; ");
             if t.table_names.len() != 1 {
                 return Err(Error::unsupported(
                     "TRUNCATE of several tables in one statement",
                 ));
             }
+            let sql = format!(
+                "DELETE FROM \"{}\"",
+                object_name(&t.table_names[0].name).replace('"', "\"\"")
+            );
+            let delete = parse(&sql)?
+                .pop()
+                .ok_or_else(|| Error::internal("TRUNCATE rewrite"))?;
+            out.kind = Kind::Write;
+            out.tag = "TRUNCATE TABLE".into();
+            out.sql = sql;
+            out.stmt = Some(Box::new(delete));
             return Ok(out);
         }
         Statement::CreateTable(create) => {
-            out.kind = Kind::Ddl;
-            out.tag = "CREATE TABLE".into();
-            out.sql = create_table(create)?;
-            return Ok(out);
+            return Ok(ddl(
+                DdlAction::CreateTable(Box::new(create_table(create)?)),
+                "CREATE TABLE",
+            ));
         }
         Statement::CreateIndex(index) => {
-            out.kind = Kind::Ddl;
-            out.tag = "CREATE INDEX".into();
             index.using = None;
             index.concurrently = false;
+            let table = object_name(&index.table_name);
+            let name = match &index.name {
+                Some(n) => object_name(n),
+                None => {
+                    // PostgreSQL's default: table_column(s)_idx.
+                    let cols: Vec<String> = index
+                        .columns
+                        .iter()
+                        .map(|c| c.column.expr.to_string().to_lowercase())
+                        .collect();
+                    let name = format!("{table}_{}_idx", cols.join("_"));
+                    index.name = Some(ObjectName::from(vec![Ident::with_quote('"', &name)]));
+                    name
+                }
+            };
+            let if_not_exists = index.if_not_exists;
+            let mut s = Statement::CreateIndex(index.clone());
+            rewrite(&mut s)?;
+            return Ok(ddl(
+                DdlAction::CreateIndex {
+                    table,
+                    name,
+                    sql: s.to_string(),
+                    if_not_exists,
+                },
+                "CREATE INDEX",
+            ));
         }
         Statement::AlterTable(alter) => {
-            out.kind = Kind::Ddl;
-            out.tag = "ALTER TABLE".into();
-            out.sql = alter_table(alter)?;
-            return Ok(out);
+            let (sql, added) = alter_table(alter)?;
+            return Ok(ddl(
+                DdlAction::AlterTable {
+                    table: object_name(&alter.name),
+                    sql,
+                    added,
+                },
+                "ALTER TABLE",
+            ));
         }
         Statement::Drop {
             object_type,
@@ -921,32 +1075,19 @@ pub fn translate(
             names,
             ..
         } => {
-            out.kind = Kind::Ddl;
-            let (what, forget) = match object_type {
-                ObjectType::Table => ("TABLE", true),
-                ObjectType::Index => ("INDEX", false),
-                ObjectType::View => ("VIEW", false),
-                other => return Err(Error::unsupported(format!("DROP {other}"))),
+            let names: Vec<String> = names.iter().map(object_name).collect();
+            let if_exists = *if_exists;
+            return match object_type {
+                ObjectType::Table => Ok(ddl(
+                    DdlAction::DropTables { names, if_exists },
+                    "DROP TABLE",
+                )),
+                ObjectType::Index => Ok(ddl(
+                    DdlAction::DropIndexes { names, if_exists },
+                    "DROP INDEX",
+                )),
+                other => Err(Error::unsupported(format!("DROP {other}"))),
             };
-            out.tag = format!("DROP {what}");
-            let mut sql = String::new();
-            for name in names.iter() {
-                let n = object_name(name);
-                let exists = if *if_exists { "IF EXISTS " } else { "" };
-                sql.push_str(&format!(
-                    "DROP {what} {exists}\"{}\";",
-                    n.replace('"', "\"\"")
-                ));
-                if forget {
-                    sql.push_str(&catalog::forget_table_sql(&n));
-                }
-            }
-            out.sql = sql;
-            return Ok(out);
-        }
-        Statement::CreateView(_) => {
-            out.kind = Kind::Ddl;
-            out.tag = "CREATE VIEW".into();
         }
         Statement::StartTransaction { .. } => return Ok(session(Kind::Begin, "BEGIN")),
         Statement::Commit { .. } => return Ok(session(Kind::Commit, "COMMIT")),
@@ -973,6 +1114,7 @@ pub fn translate(
     }
     rewrite(&mut stmt)?;
     out.sql = stmt.to_string();
+    out.stmt = Some(Box::new(stmt));
     Ok(out)
 }
 
@@ -980,6 +1122,7 @@ fn translate_set(set: &ast::Set) -> Translated {
     let noop = |tag: &str| Translated {
         kind: Kind::Noop,
         sql: String::new(),
+        stmt: None,
         param_types: Vec::new(),
         expr_types: Vec::new(),
         tag: tag.to_string(),
@@ -1056,7 +1199,27 @@ fn coerce_insert_literals(insert: &mut ast::Insert, tables: &[&Table]) -> Result
     Ok(())
 }
 
-fn create_table(create: &mut ast::CreateTable) -> Result<String> {
+fn column_list(cols: &[IndexColumn]) -> Vec<String> {
+    cols.iter()
+        .map(|c| match &c.column.expr {
+            Expr::Identifier(i) => ident_name(i),
+            other => other.to_string().to_lowercase(),
+        })
+        .collect()
+}
+
+fn option_text(v: &Expr) -> String {
+    match v {
+        Expr::Value(v) => match &v.value {
+            AstValue::SingleQuotedString(s) => s.clone(),
+            other => other.to_string(),
+        },
+        Expr::Identifier(i) => i.value.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn create_table(create: &mut ast::CreateTable) -> Result<CreateTable> {
     if create.temporary {
         return Err(Error::unsupported("CREATE TEMPORARY TABLE"));
     }
@@ -1070,35 +1233,56 @@ fn create_table(create: &mut ast::CreateTable) -> Result<String> {
             format!("table name \"{table}\" is reserved"),
         ));
     }
-    let table_pk: Vec<String> = create
-        .constraints
-        .iter()
-        .filter_map(|c| match c {
-            TableConstraint::PrimaryKey(pk) => Some(
-                pk.columns
-                    .iter()
-                    .map(|c| c.column.expr.to_string().to_lowercase())
-                    .collect::<Vec<_>>(),
-            ),
-            _ => None,
-        })
-        .next()
-        .unwrap_or_default();
+    let mut primary_key: Vec<String> = Vec::new();
+    let mut uniques: Vec<Vec<String>> = Vec::new();
+    let mut references: Vec<ForeignKey> = Vec::new();
+    for c in &create.constraints {
+        match c {
+            TableConstraint::PrimaryKey(pk) => {
+                primary_key = column_list(&pk.columns);
+                uniques.insert(0, primary_key.clone());
+            }
+            TableConstraint::Unique(u) => uniques.push(column_list(&u.columns)),
+            TableConstraint::ForeignKey(fk) => references.push(ForeignKey {
+                columns: fk.columns.iter().map(ident_name).collect(),
+                table: object_name(&fk.foreign_table),
+                referred: fk.referred_columns.iter().map(ident_name).collect(),
+            }),
+            _ => {}
+        }
+    }
     let mut columns = Vec::new();
+    let mut serial = None;
     for col in create.columns.iter_mut() {
         let name = ident_name(&col.name);
+        for opt in &col.options {
+            match &opt.option {
+                ColumnOption::PrimaryKey(_) => {
+                    primary_key = vec![name.clone()];
+                    uniques.insert(0, vec![name.clone()]);
+                }
+                ColumnOption::Unique(_) => uniques.push(vec![name.clone()]),
+                ColumnOption::ForeignKey(fk) => references.push(ForeignKey {
+                    columns: vec![name.clone()],
+                    table: object_name(&fk.foreign_table),
+                    referred: fk.referred_columns.iter().map(ident_name).collect(),
+                }),
+                _ => {}
+            }
+        }
         let ty = match serial_kind(&col.data_type) {
             Some(ty) => {
-                let inline_pk = col
-                    .options
-                    .iter()
-                    .any(|o| matches!(o.option, ColumnOption::PrimaryKey(_)));
-                let table_level = table_pk.len() == 1 && table_pk[0] == name;
-                if !inline_pk && !table_level {
-                    return Err(Error::unsupported(format!("serial column \"{name}\" that is not the table's single-column primary key")));
+                if primary_key.len() != 1 || primary_key[0] != name {
+                    let table_level = create.constraints.iter().any(|c| {
+                        matches!(c, TableConstraint::PrimaryKey(pk) if column_list(&pk.columns) == [name.clone()])
+                    });
+                    if !table_level {
+                        return Err(Error::unsupported(format!("serial column \"{name}\" that is not the table's single-column primary key")));
+                    }
                 }
                 // SQLite allocates ids only for a column declared exactly INTEGER PRIMARY KEY.
                 col.data_type = sqlite_type("INTEGER");
+                serial = Some(name.clone());
                 ty
             }
             None => declared_type(&col.data_type)?,
@@ -1117,21 +1301,139 @@ fn create_table(create: &mut ast::CreateTable) -> Result<String> {
         }
         columns.push(Column { name, ty });
     }
+    let partition_by = match create.partition_by.take().map(|b| *b) {
+        None => None,
+        Some(Expr::Function(f)) => {
+            let args = function_args(&f);
+            let column = match args.as_slice() {
+                [Expr::Identifier(i)] => ident_name(i),
+                _ => return Err(Error::unsupported("PARTITION BY other than one column")),
+            };
+            match function_name(&f).as_str() {
+                "list" => Some(PartitionBy::List(column)),
+                "hash" => Some(PartitionBy::Hash(column)),
+                other => {
+                    return Err(Error::unsupported(format!(
+                        "PARTITION BY {}",
+                        other.to_uppercase()
+                    )))
+                }
+            }
+        }
+        Some(other) => return Err(Error::unsupported(format!("PARTITION BY {other}"))),
+    };
+    let mut shard_count = None;
+    let mut colocate_with = None;
+    let mut zones = Vec::new();
+    if let ast::CreateTableOptions::With(options) = &create.table_options {
+        for o in options {
+            let ast::SqlOption::KeyValue { key, value } = o else {
+                return Err(Error::unsupported(format!("table option {o}")));
+            };
+            let text = option_text(value);
+            match ident_name(key).as_str() {
+                "shard_count" => {
+                    let n: u32 = text
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=limits::SHARDS_PER_TABLE_MAX).contains(n))
+                        .ok_or_else(|| {
+                            Error::sql(
+                                sqlstate::INVALID_PARAMETER_VALUE,
+                                format!(
+                                    "shard_count must be between 1 and {}",
+                                    limits::SHARDS_PER_TABLE_MAX
+                                ),
+                            )
+                        })?;
+                    shard_count = Some(n);
+                }
+                "colocate_with" => colocate_with = Some(text.to_lowercase()),
+                "zones" => {
+                    zones = text
+                        .split(',')
+                        .map(|z| z.trim().to_string())
+                        .filter(|z| !z.is_empty())
+                        .collect()
+                }
+                other => return Err(Error::unsupported(format!("table option {other}"))),
+            }
+        }
+    }
+    create.table_options = ast::CreateTableOptions::None;
+    let partition_of = match create.partition_of.take() {
+        None => {
+            if !zones.is_empty() {
+                return Err(Error::unsupported(
+                    "zones on a table that is not a list partition",
+                ));
+            }
+            None
+        }
+        Some(parent) => {
+            let values = match create.for_values.take() {
+                Some(ast::ForValues::In(list)) => {
+                    let mut vs = Vec::new();
+                    for e in &list {
+                        let v = literal_value(e)
+                            .and_then(|v| KeyValue::from_value(&v))
+                            .ok_or_else(|| {
+                                Error::unsupported(format!(
+                                    "partition value {e} (use integer or text literals)"
+                                ))
+                            })?;
+                        vs.push(v);
+                    }
+                    Some(vs)
+                }
+                Some(ast::ForValues::Default) => None,
+                Some(other) => {
+                    return Err(Error::unsupported(format!(
+                        "partition bound FOR VALUES {other}"
+                    )))
+                }
+                None => {
+                    return Err(Error::sql(
+                        sqlstate::SYNTAX_ERROR,
+                        "PARTITION OF needs FOR VALUES IN (...) or DEFAULT",
+                    ))
+                }
+            };
+            Some(PartitionOf {
+                parent: object_name(&parent),
+                values,
+                zones,
+            })
+        }
+    };
     let mut stmt = Statement::CreateTable(create.clone());
     rewrite(&mut stmt)?;
-    Ok(format!(
-        "{stmt};{}",
-        catalog::record_table_sql(&table, &columns)
-    ))
+    let Statement::CreateTable(ast) = stmt else {
+        unreachable!("rewrite keeps the statement kind")
+    };
+    Ok(CreateTable {
+        name: table,
+        if_not_exists: ast.if_not_exists,
+        columns,
+        ast: Box::new(ast),
+        primary_key,
+        uniques,
+        references,
+        serial,
+        partition_by,
+        partition_of,
+        shard_count,
+        colocate_with,
+    })
 }
 
-fn alter_table(alter: &mut ast::AlterTable) -> Result<String> {
-    let table = object_name(&alter.name);
+fn alter_table(alter: &mut ast::AlterTable) -> Result<(String, Vec<Column>)> {
     let template = ast::AlterTable {
         operations: Vec::new(),
         ..alter.clone()
     };
     let mut sql = String::new();
+    let mut added = Vec::new();
     for op in alter.operations.iter_mut() {
         match op {
             ast::AlterTableOperation::AddColumn { column_def, .. } => {
@@ -1156,10 +1458,8 @@ fn alter_table(alter: &mut ast::AlterTable) -> Result<String> {
                     ..template.clone()
                 });
                 rewrite(&mut s)?;
-                sql.push_str(&format!(
-                    "{s};{}",
-                    catalog::record_column_sql(&table, &Column { name, ty })
-                ));
+                sql.push_str(&format!("{s};"));
+                added.push(Column { name, ty });
             }
             other => {
                 return Err(Error::unsupported(format!(
@@ -1174,5 +1474,5 @@ fn alter_table(alter: &mut ast::AlterTable) -> Result<String> {
             }
         }
     }
-    Ok(sql)
+    Ok((sql, added))
 }

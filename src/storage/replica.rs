@@ -9,7 +9,6 @@
 //!   storage error, which stops the group): replicas must never silently diverge.
 
 use super::changeset::{self, Session};
-use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::ids::ShardId;
 use crate::limits;
@@ -19,16 +18,29 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::sync::{mpsc, Arc, Mutex};
 use tokio::sync::oneshot;
 
-/// Tables Cairn keeps inside every replica. Clients cannot name them (see `sql::plan`).
+/// Tables Cairn keeps inside every replica. Clients cannot name them (`sql::translate`
+/// refuses `_cairn*` names). `_cairn_ddl` remembers which DDL jobs ran here, so a job driven
+/// twice (by its coordinator and by the recovery on the meta leader) runs once.
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS _cairn_state (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-    CREATE TABLE IF NOT EXISTS _cairn_columns (
-        table_name TEXT NOT NULL, column_name TEXT NOT NULL, ordinal INTEGER NOT NULL,
-        pg_type TEXT NOT NULL, PRIMARY KEY (table_name, column_name));
+    CREATE TABLE IF NOT EXISTS _cairn_ddl (id INTEGER PRIMARY KEY);
 ";
+
+/// Called on the replica thread with the connection after the replica's contents changed
+/// (opened, entries with data applied, snapshot restored). The meta group uses it to reload
+/// the catalog.
+pub type OnChange = Arc<dyn Fn(&Connection) + Send + Sync>;
+
+/// How a replica is opened: extra internal tables and a change hook.
+#[derive(Clone, Default)]
+pub struct ReplicaOptions {
+    /// Created (IF NOT EXISTS) when the file is opened, on every replica alike.
+    pub schema: &'static str,
+    pub on_change: Option<OnChange>,
+}
 
 /// A column of a statement's result, as SQLite describes it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -60,8 +72,10 @@ pub struct Statement {
 pub enum StatementKind {
     /// Reads or writes rows; writes are captured in a changeset.
     Dml,
-    /// Changes the schema; replicated as this SQL text (which also updates `_cairn_columns`).
+    /// Changes the schema; replicated as this SQL text.
     Ddl,
+    /// Schema change of DDL job `id`: runs only if the job has not run on this replica yet.
+    DdlOnce(u64),
     /// Prepare only, to report the result columns; nothing runs.
     Describe,
 }
@@ -82,6 +96,9 @@ fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection> {
 pub fn run(conn: &Connection, sql: &str, params: &[Value]) -> Result<Rows> {
     let mut stmt = conn.prepare_cached(sql)?;
     let expected = stmt.parameter_count();
+    // `?N` placeholders: a statement cut from a larger one (a pushed-down filter) may use only
+    // the first few of the client's parameters.
+    let params = params.get(..expected).unwrap_or(params);
     if params.len() != expected {
         return Err(Error::sql(
             crate::error::sqlstate::PROTOCOL_VIOLATION,
@@ -165,14 +182,14 @@ pub fn describe(conn: &Connection, sql: &str) -> Result<Rows> {
 pub struct Replica {
     conn: Connection,
     shard: ShardId,
-    catalog: Arc<RwLock<Catalog>>,
+    on_change: Option<OnChange>,
     /// Applied entries that could not be recorded yet because a speculative transaction was
     /// open (only blank and membership entries; see `apply`). Recorded with the next write.
     pending: RefCell<Option<(LogId, Membership)>>,
 }
 
 impl Replica {
-    pub fn open(path: &Path, shard: ShardId) -> Result<Replica> {
+    pub fn open(path: &Path, shard: ShardId, options: &ReplicaOptions) -> Result<Replica> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::internal(format!("creating {}: {e}", dir.display())))?;
@@ -188,17 +205,21 @@ impl Replica {
         }
         conn.pragma_update(None, "synchronous", "OFF")?;
         conn.execute_batch(SCHEMA)?;
-        let catalog = Arc::new(RwLock::new(Catalog::load(&conn)?));
-        Ok(Replica {
+        conn.execute_batch(options.schema)?;
+        let replica = Replica {
             conn,
             shard,
-            catalog,
+            on_change: options.on_change.clone(),
             pending: RefCell::new(None),
-        })
+        };
+        replica.changed();
+        Ok(replica)
     }
 
-    pub fn catalog(&self) -> Arc<RwLock<Catalog>> {
-        self.catalog.clone()
+    fn changed(&self) {
+        if let Some(hook) = &self.on_change {
+            hook(&self.conn);
+        }
     }
 
     fn read_state<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
@@ -242,9 +263,9 @@ impl Replica {
     /// Apply committed entries, all in one SQLite transaction with the new applied id.
     /// `in_txn` says whether a speculative transaction is open on the connection; then only
     /// entries without data may arrive (the leader's writer waits for its own proposals).
-    fn apply(&self, entries: &[Entry], in_txn: bool) -> Result<bool> {
+    fn apply(&self, entries: &[Entry], in_txn: bool) -> Result<()> {
         let Some(last) = entries.last() else {
-            return Ok(false);
+            return Ok(());
         };
         let (_, mut membership) = self.applied_state()?;
         let has_data = entries
@@ -257,7 +278,7 @@ impl Replica {
         }
         if in_txn && !has_data {
             *self.pending.borrow_mut() = Some((last.log_id, membership));
-            return Ok(false);
+            return Ok(());
         }
         assert!(
             !in_txn,
@@ -265,7 +286,6 @@ impl Replica {
             self.shard
         );
         let tx = self.conn.unchecked_transaction()?;
-        let mut schema_changed = false;
         for entry in entries {
             if let EntryPayload::Normal(batch) = &entry.payload {
                 for op in &batch.ops {
@@ -283,7 +303,6 @@ impl Replica {
                                     self.shard, entry.log_id
                                 ))
                             })?;
-                            schema_changed = true;
                         }
                     }
                 }
@@ -293,15 +312,9 @@ impl Replica {
         self.write_state("membership", &membership)?;
         tx.commit()?;
         *self.pending.borrow_mut() = None;
-        if schema_changed {
-            self.reload_catalog()?;
+        if has_data {
+            self.changed();
         }
-        Ok(schema_changed)
-    }
-
-    fn reload_catalog(&self) -> Result<()> {
-        let fresh = Catalog::load(&self.conn)?;
-        *self.catalog.write().expect("catalog lock poisoned") = fresh;
         Ok(())
     }
 
@@ -322,7 +335,8 @@ impl Replica {
                 ))
             })?;
         *self.pending.get_mut() = None;
-        self.reload_catalog()
+        self.changed();
+        Ok(())
     }
 
     /// A checksum of every user table's rows, for comparing replicas in tests and checks.
@@ -477,15 +491,13 @@ pub struct ReplicaHandle {
     tx: mpsc::SyncSender<Command>,
     pub path: PathBuf,
     pub shard: ShardId,
-    pub catalog: Arc<RwLock<Catalog>>,
     pub reads: Arc<ReadPool>,
 }
 
 impl ReplicaHandle {
     /// Open the replica at `path` and start its thread.
-    pub fn start(path: &Path, shard: ShardId) -> Result<ReplicaHandle> {
-        let replica = Replica::open(path, shard)?;
-        let catalog = replica.catalog();
+    pub fn start(path: &Path, shard: ShardId, options: &ReplicaOptions) -> Result<ReplicaHandle> {
+        let replica = Replica::open(path, shard, options)?;
         let (tx, rx) = mpsc::sync_channel(limits::REPLICA_QUEUE_MAX);
         std::thread::Builder::new()
             .name(format!("replica-{shard}"))
@@ -495,7 +507,6 @@ impl ReplicaHandle {
             tx,
             path: path.to_path_buf(),
             shard,
-            catalog,
             reads: Arc::new(ReadPool::new(path)),
         })
     }
@@ -576,25 +587,15 @@ impl ReplicaHandle {
     /// one cancelled before its thread has started.
     pub async fn read(&self, stmt: Statement) -> Result<Rows> {
         let reads = self.reads.clone();
-        let state: Arc<Mutex<QueryState>> = Arc::new(Mutex::new(QueryState::NotStarted));
-        let guard = CancelOnDrop(state.clone());
+        let (interrupt, guard) = Interrupt::new();
         let result = tokio::task::spawn_blocking(move || {
             reads.with(|c| {
-                {
-                    let mut s = state.lock().expect("query state lock poisoned");
-                    if matches!(*s, QueryState::Cancelled) {
-                        return Err(Error::sql(
-                            crate::error::sqlstate::QUERY_CANCELED,
-                            "query cancelled",
-                        ));
-                    }
-                    *s = QueryState::Running(c.get_interrupt_handle());
-                }
+                interrupt.start(c)?;
                 let result = match stmt.kind {
                     StatementKind::Describe => describe(c, &stmt.sql),
                     _ => run(c, &stmt.sql, &stmt.params),
                 };
-                *state.lock().expect("query state lock poisoned") = QueryState::Done;
+                interrupt.done();
                 result
             })
         })
@@ -612,8 +613,36 @@ enum QueryState {
     Done,
 }
 
+/// Lets a query on a blocking thread be stopped by dropping the future waiting for it.
+pub struct Interrupt(Arc<Mutex<QueryState>>);
+
+impl Interrupt {
+    /// The handle for the blocking side, and the guard the waiting future holds.
+    pub fn new() -> (Interrupt, CancelOnDrop) {
+        let state = Arc::new(Mutex::new(QueryState::NotStarted));
+        (Interrupt(state.clone()), CancelOnDrop(state))
+    }
+
+    /// About to run on `conn`: fails if the waiter already went away.
+    pub fn start(&self, conn: &Connection) -> Result<()> {
+        let mut s = self.0.lock().expect("query state lock poisoned");
+        if matches!(*s, QueryState::Cancelled) {
+            return Err(Error::sql(
+                crate::error::sqlstate::QUERY_CANCELED,
+                "query cancelled",
+            ));
+        }
+        *s = QueryState::Running(conn.get_interrupt_handle());
+        Ok(())
+    }
+
+    pub fn done(&self) {
+        *self.0.lock().expect("query state lock poisoned") = QueryState::Done;
+    }
+}
+
 /// Stops the query when the future waiting for it is dropped.
-struct CancelOnDrop(Arc<Mutex<QueryState>>);
+pub struct CancelOnDrop(Arc<Mutex<QueryState>>);
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
@@ -668,26 +697,44 @@ impl<'c> Speculative<'c> {
         let result = match stmt.kind {
             StatementKind::Describe => unreachable!("handled above"),
             StatementKind::Dml => run(conn, &stmt.sql, &stmt.params),
-            StatementKind::Ddl => {
-                // Changesets carry no schema: end the current changeset, run the DDL, record
-                // its text, and record later row changes in a fresh session.
-                self.cut()?;
-                self.session = None;
-                let result = conn
-                    .execute_batch(&stmt.sql)
-                    .map(|_| Rows::default())
-                    .map_err(Error::from);
-                if result.is_ok() {
-                    self.ops.push(Op::Ddl(stmt.sql.clone()));
+            StatementKind::Ddl => self.ddl(conn, stmt.sql.clone()),
+            StatementKind::DdlOnce(job) => {
+                let done: Option<i64> = conn
+                    .query_row(
+                        "SELECT id FROM _cairn_ddl WHERE id = ?1",
+                        [job as i64],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                match done {
+                    Some(_) => Ok(Rows::default()),
+                    None => self.ddl(
+                        conn,
+                        format!("{};INSERT INTO _cairn_ddl (id) VALUES ({job});", stmt.sql),
+                    ),
                 }
-                self.session = Some(Session::new(conn)?);
-                result
             }
         };
         match &result {
             Ok(_) => conn.execute_batch("RELEASE cairn_stmt")?,
             Err(_) => conn.execute_batch("ROLLBACK TO cairn_stmt; RELEASE cairn_stmt")?,
         }
+        result
+    }
+
+    /// Changesets carry no schema: end the current changeset, run the DDL, record its text,
+    /// and record later row changes in a fresh session.
+    fn ddl(&mut self, conn: &'c Connection, sql: String) -> Result<Rows> {
+        self.cut()?;
+        self.session = None;
+        let result = conn
+            .execute_batch(&sql)
+            .map(|_| Rows::default())
+            .map_err(Error::from);
+        if result.is_ok() {
+            self.ops.push(Op::Ddl(sql));
+        }
+        self.session = Some(Session::new(conn)?);
         result
     }
 
@@ -745,7 +792,7 @@ fn serve(
                         open.abort(conn);
                     }
                 }
-                let _ = reply.send(replica.apply(&entries, txn.is_some()).map(|_| ()));
+                let _ = reply.send(replica.apply(&entries, txn.is_some()));
             }
             Command::ExecBatch(stmts, reply) => {
                 if txn.is_some() {

@@ -27,7 +27,8 @@ pub fn config(dir: &Path, pg: SocketAddr, http: SocketAddr) -> NodeConfig {
         election_timeout_ms_min: 150,
         heartbeat_interval_ms: 50,
         snapshot_every: cairn::limits::SNAPSHOT_EVERY_ENTRIES,
-        shards: 1,
+        replication_factor: 3,
+        shard_count: 4,
     }
 }
 
@@ -206,15 +207,18 @@ impl Cluster {
         Cluster { nodes, dirs }
     }
 
-    /// Index of the node the first answering node names as leader of s1.
-    pub fn leader(&self) -> usize {
+    /// Index of the node the first answering node names as leader of `shard` (`meta`, `s1`, ...).
+    pub fn leader_of(&self, shard: &str) -> usize {
         let mut found = None;
         wait_for(
             || {
                 found = self.nodes.iter().find_map(|n| {
                     let body = http_get(n.http, "/health")?;
                     let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-                    let leader = v["shards"][0]["leader"]
+                    let leader = v["shards"]
+                        .as_array()?
+                        .iter()
+                        .find(|s| s["shard"] == shard)?["leader"]
                         .as_str()?
                         .trim_start_matches('n')
                         .parse::<usize>()
@@ -229,42 +233,63 @@ impl Cluster {
         found.unwrap()
     }
 
-    /// (applied index, checksum) of each node's s1 replica, None for a node that does not answer.
-    pub fn replicas(&self) -> Vec<Option<(u64, String)>> {
+    /// The leader of the first data shard, s1.
+    pub fn leader(&self) -> usize {
+        self.leader_of("s1")
+    }
+
+    /// Per node, each replica's (applied index, checksum) by shard; None for a node that
+    /// does not answer.
+    pub fn replicas(&self) -> Vec<Option<std::collections::BTreeMap<String, (u64, String)>>> {
         self.nodes
             .iter()
             .map(|n| {
                 let v: serde_json::Value =
                     serde_json::from_str(&http_get(n.http, "/v1/replicas")?).ok()?;
-                let r = &v["replicas"][0];
-                Some((
-                    r["applied_index"].as_u64()?,
-                    r["checksum"].as_str()?.to_string(),
-                ))
+                v["replicas"]
+                    .as_array()?
+                    .iter()
+                    .map(|r| {
+                        Some((
+                            r["shard"].as_str()?.to_string(),
+                            (
+                                r["applied_index"].as_u64()?,
+                                r["checksum"].as_str()?.to_string(),
+                            ),
+                        ))
+                    })
+                    .collect()
             })
             .collect()
     }
 
-    /// Wait until every node reports the same applied index, then assert equal checksums.
+    /// Wait until every replica of every shard reports the same applied index, then assert
+    /// equal checksums.
     pub fn assert_converged(&self) {
         let mut last = Vec::new();
+        let same = |states: &[Option<std::collections::BTreeMap<String, (u64, String)>>],
+                    pick: &dyn Fn(&(u64, String)) -> String|
+         -> bool {
+            let Some(all) = states.iter().cloned().collect::<Option<Vec<_>>>() else {
+                return false;
+            };
+            let shards: std::collections::BTreeSet<String> =
+                all.iter().flat_map(|m| m.keys().cloned()).collect();
+            shards.iter().all(|sh| {
+                let copies: Vec<String> = all.iter().filter_map(|m| m.get(sh)).map(pick).collect();
+                copies.windows(2).all(|w| w[0] == w[1])
+            })
+        };
         wait_for(
             || {
                 last = self.replicas();
-                let first = &last[0];
-                first.is_some()
-                    && last
-                        .iter()
-                        .all(|r| r.as_ref().map(|r| r.0) == first.as_ref().map(|r| r.0))
+                same(&last, &|r| r.0.to_string())
             },
             Duration::from_secs(120),
             "all replicas at the same applied index",
         );
-        let sums: std::collections::BTreeSet<_> =
-            last.iter().map(|r| r.as_ref().unwrap().1.clone()).collect();
-        assert_eq!(
-            sums.len(),
-            1,
+        assert!(
+            same(&last, &|r| r.1.clone()),
             "replicas diverged at the same applied index: {last:?}"
         );
     }

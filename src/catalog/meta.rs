@@ -1,0 +1,117 @@
+//! Statements that change the catalog, run by the meta group's writer (inside a meta
+//! transaction when several must apply together). Nothing else writes the meta tables.
+
+use super::{Change, Colocation, Job, NodeRecord, Shard, Table};
+use crate::error::{Error, Result};
+use crate::storage::replica::{Statement, StatementKind};
+use rusqlite::types::Value;
+
+fn dml(sql: &str, params: Vec<Value>) -> Statement {
+    Statement {
+        sql: sql.to_string(),
+        params,
+        kind: StatementKind::Dml,
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<Value> {
+    serde_json::to_string(v)
+        .map(Value::Text)
+        .map_err(Error::internal)
+}
+
+pub fn put_node(n: &NodeRecord) -> Result<Statement> {
+    Ok(dml(
+        "INSERT OR REPLACE INTO _cairn_nodes (id, def) VALUES (?1, ?2)",
+        vec![Value::Integer(n.id.0 as i64), json(n)?],
+    ))
+}
+
+pub fn put_table(t: &Table) -> Result<Statement> {
+    Ok(dml(
+        "INSERT OR REPLACE INTO _cairn_tables (name, def) VALUES (?1, ?2)",
+        vec![Value::Text(t.name.to_lowercase()), json(t)?],
+    ))
+}
+
+pub fn delete_table(name: &str) -> Statement {
+    dml(
+        "DELETE FROM _cairn_tables WHERE name = ?1",
+        vec![Value::Text(name.to_lowercase())],
+    )
+}
+
+pub fn put_colocation(g: &Colocation) -> Result<Statement> {
+    Ok(dml(
+        "INSERT OR REPLACE INTO _cairn_colocations (id, def) VALUES (?1, ?2)",
+        vec![Value::Integer(g.id as i64), json(g)?],
+    ))
+}
+
+pub fn delete_colocation(id: u64) -> Statement {
+    dml(
+        "DELETE FROM _cairn_colocations WHERE id = ?1",
+        vec![Value::Integer(id as i64)],
+    )
+}
+
+pub fn put_shard(s: &Shard) -> Result<Statement> {
+    Ok(dml(
+        "INSERT OR REPLACE INTO _cairn_shards (id, def) VALUES (?1, ?2)",
+        vec![Value::Integer(s.id.0 as i64), json(s)?],
+    ))
+}
+
+pub fn put_job(j: &Job) -> Result<Statement> {
+    Ok(dml(
+        "INSERT OR REPLACE INTO _cairn_jobs (id, def) VALUES (?1, ?2)",
+        vec![Value::Integer(j.id as i64), json(j)?],
+    ))
+}
+
+pub fn delete_job(id: u64) -> Statement {
+    dml(
+        "DELETE FROM _cairn_jobs WHERE id = ?1",
+        vec![Value::Integer(id as i64)],
+    )
+}
+
+pub fn put_setting(key: &str, value: &str) -> Statement {
+    dml(
+        "INSERT OR REPLACE INTO _cairn_settings (key, value) VALUES (?1, ?2)",
+        vec![Value::Text(key.into()), Value::Text(value.into())],
+    )
+}
+
+/// The next free id of one of the id-keyed meta tables (read inside a meta transaction).
+pub fn next_id(table: &str) -> Statement {
+    dml(
+        &format!("SELECT coalesce(max(id), 0) + 1 FROM {table}"),
+        vec![],
+    )
+}
+
+/// Reserve `count` values of sequence `name`: returns the first (read-then-write inside a
+/// meta transaction).
+pub fn sequence_next(name: &str) -> Statement {
+    dml(
+        "SELECT next FROM _cairn_sequences WHERE name = ?1",
+        vec![Value::Text(name.into())],
+    )
+}
+
+pub fn sequence_set(name: &str, next: i64) -> Statement {
+    dml(
+        "INSERT OR REPLACE INTO _cairn_sequences (name, next) VALUES (?1, ?2)",
+        vec![Value::Text(name.into()), Value::Integer(next)],
+    )
+}
+
+/// The statement that makes `change`.
+pub fn change(change: &Change) -> Result<Statement> {
+    match change {
+        Change::PutTable(t) => put_table(t),
+        Change::ForgetTable(name) => Ok(delete_table(name)),
+        Change::PutColocation(g) => put_colocation(g),
+    }
+}

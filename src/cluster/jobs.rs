@@ -1,0 +1,90 @@
+//! DDL jobs: a schema change runs on every shard of a table, then changes the catalog, and
+//! either all of it happens or none of it. A job is written to the catalog before any shard
+//! sees it; its SQL runs at most once per shard (`StatementKind::DdlOnce`), so the
+//! coordinator and the placement driver (which adopts jobs whose coordinator went away) may
+//! both drive it. A shard refusing the SQL with a SQL error aborts the job: its undo runs on
+//! every shard and the catalog takes the abort path.
+
+use super::Cluster;
+use crate::catalog::{meta, Change, Job};
+use crate::error::{Error, Result};
+use crate::ids::ShardId;
+use crate::storage::replica::{Statement, StatementKind};
+use rusqlite::types::Value;
+
+impl Cluster {
+    /// Drive `job` to its end. A SQL error from a shard is returned after the job was
+    /// rolled back everywhere; any other error leaves the job for a later attempt.
+    pub async fn run_job(&self, job: &Job) -> Result<()> {
+        let mut refused = None;
+        for (i, step) in job.steps.iter().enumerate() {
+            let stmt = Statement {
+                sql: step.sql.clone(),
+                params: Vec::new(),
+                kind: StatementKind::DdlOnce(job.step_id(i)),
+            };
+            match self.write(step.shard, stmt).await {
+                Ok(_) => {}
+                Err(e @ Error::Sql { .. }) => {
+                    refused = Some(e);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(refusal) = refused else {
+            self.end_job(job, &job.finish).await?;
+            return Ok(());
+        };
+        tracing::info!(job = job.id, table = %job.table, error = %refusal, "DDL refused by a shard; undoing it");
+        for (i, step) in job.undo.iter().enumerate() {
+            let stmt = Statement {
+                sql: step.sql.clone(),
+                params: Vec::new(),
+                kind: StatementKind::DdlOnce(job.undo_id(i)),
+            };
+            self.write(step.shard, stmt).await?;
+        }
+        self.end_job(job, &job.abort).await?;
+        Err(refusal)
+    }
+
+    /// In one meta transaction: apply `finish` and delete the job — unless another driver
+    /// already ended it.
+    async fn end_job(&self, job: &Job, changes: &[Change]) -> Result<()> {
+        let lease = self.begin(ShardId::META).await?;
+        let result = async {
+            let present = self
+                .exec(
+                    ShardId::META,
+                    &lease,
+                    Statement {
+                        sql: "SELECT id FROM _cairn_jobs WHERE id = ?1".into(),
+                        params: vec![Value::Integer(job.id as i64)],
+                        kind: StatementKind::Dml,
+                    },
+                )
+                .await?;
+            if present.rows.is_empty() {
+                return Ok(false);
+            }
+            for change in changes {
+                self.exec(ShardId::META, &lease, meta::change(change)?)
+                    .await?;
+            }
+            self.exec(ShardId::META, &lease, meta::delete_job(job.id))
+                .await?;
+            Ok(true)
+        }
+        .await;
+        match result {
+            Ok(true) => self.commit(lease).await?,
+            Ok(false) => self.rollback(lease).await,
+            Err(e) => {
+                self.rollback(lease).await;
+                return Err(e);
+            }
+        }
+        self.sync(ShardId::META).await
+    }
+}

@@ -1,0 +1,365 @@
+//! Routing by shard: run an operation on the shard's leader, here or on another node, so a
+//! client connected to any node never sees a redirect. The target is the cached leader, else
+//! the leader this node's replica knows, else each replica in turn; a `NotLeader` answer
+//! carrying a hint corrects the cache and the call goes again, until `limits::LEADER_WAIT`.
+//!
+//! Retries: only `NotLeader` is retried. It means nothing will ever apply: the writer returns
+//! it before executing; openraft answers a proposal with `ForwardToLeader` only if the node
+//! was not leader when it arrived or if its entry was truncated from the log (checked in
+//! openraft 0.9's `RaftCore`, `DeleteConflictLog`); a node without a replica of the shard
+//! answers it before doing anything; and a call that could not even be dialled never left
+//! this node.
+
+use super::Cluster;
+use crate::error::{Error, Result};
+use crate::ids::{NodeId, ShardId};
+use crate::limits;
+use crate::replication::group::{wait_for_leader, ReadConsistency, ShardGroup};
+use crate::replication::transport::{CallError, Request, Response};
+use crate::replication::writer::Transaction;
+use crate::storage::replica::{Rows, Statement};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A transaction's hold on one shard's writer: here, or on the shard's leader elsewhere.
+/// Dropping it rolls the transaction back (a remote one with a message to the leader).
+pub enum Lease {
+    Local(Transaction),
+    Remote(RemoteTxn),
+}
+
+pub struct RemoteTxn {
+    addr: String,
+    txn: u64,
+    client: Arc<crate::replication::transport::Client>,
+    ended: bool,
+}
+
+impl Drop for RemoteTxn {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let (client, addr, txn) = (self.client.clone(), self.addr.clone(), self.txn);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = client
+                    .call(&addr, Request::Rollback { txn }, limits::FORWARD_TIMEOUT)
+                    .await;
+            });
+        }
+    }
+}
+
+fn unexpected() -> Error {
+    Error::internal("unexpected answer from the leader")
+}
+
+impl Cluster {
+    /// How to reach `node`: the catalog, else any local group's membership.
+    pub fn addr_of(&self, node: NodeId) -> Option<String> {
+        if let Some(n) = self.catalog().node(node) {
+            return Some(n.cluster_addr.clone());
+        }
+        self.groups()
+            .iter()
+            .find_map(|g| g.node_info(node))
+            .map(|n| n.cluster_addr)
+    }
+
+    /// The nodes that should hold `shard`.
+    fn replicas_of(&self, shard: ShardId) -> Vec<NodeId> {
+        if shard.is_meta() {
+            return self.meta.members().into_iter().map(|(n, _)| n).collect();
+        }
+        self.catalog()
+            .shard(shard)
+            .map(|s| s.replicas.clone())
+            .unwrap_or_default()
+    }
+
+    fn cached_leader(&self, shard: ShardId) -> Option<NodeId> {
+        self.leaders
+            .lock()
+            .expect("leader cache")
+            .get(&shard)
+            .copied()
+    }
+
+    fn note_leader(&self, shard: ShardId, leader: Option<NodeId>) {
+        let mut cache = self.leaders.lock().expect("leader cache");
+        match leader {
+            Some(l) => cache.insert(shard, l),
+            None => cache.remove(&shard),
+        };
+    }
+
+    /// The leader of `shard` as far as this node knows, without asking anyone.
+    pub fn known_leader(&self, shard: ShardId) -> Option<NodeId> {
+        self.cached_leader(shard)
+            .or_else(|| self.group(shard).and_then(|g| g.leader().0))
+    }
+
+    async fn call(&self, addr: &str, request: Request) -> Result<Response> {
+        self.client
+            .call(addr, request, limits::FORWARD_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                // The leader we knew is gone and the call never left: look for the new one.
+                CallError::NotSent(_) => Error::NotLeader { leader: None },
+                other => Error::Unavailable(format!("forwarding to the leader: {other}")),
+            })
+    }
+
+    /// Run `local` if this node leads `shard`, else `remote` against the leader's address.
+    pub async fn route<T, L, LF, R, RF>(&self, shard: ShardId, local: L, remote: R) -> Result<T>
+    where
+        L: Fn(Arc<ShardGroup>) -> LF,
+        LF: Future<Output = Result<T>>,
+        R: Fn(String) -> RF,
+        RF: Future<Output = Result<T>>,
+    {
+        let deadline = Instant::now() + limits::LEADER_WAIT;
+        let mut rotation = 0usize;
+        loop {
+            let here = self.group(shard);
+            let mut target = self.known_leader(shard);
+            if target.is_none() {
+                if let Some(g) = &here {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    target = wait_for_leader(&g.raft, left.min(Duration::from_secs(1))).await;
+                }
+            }
+            if target.is_none() {
+                let replicas = self.replicas_of(shard);
+                if !replicas.is_empty() {
+                    target = Some(replicas[rotation % replicas.len()]);
+                    rotation += 1;
+                }
+            }
+            let result = match target {
+                Some(t) if t == self.node => match &here {
+                    Some(g) => local(g.clone()).await,
+                    None => Err(Error::NotLeader { leader: None }),
+                },
+                Some(t) => match self.addr_of(t) {
+                    Some(addr) => remote(addr).await,
+                    None => Err(Error::NotLeader { leader: None }),
+                },
+                None => Err(Error::NotLeader { leader: None }),
+            };
+            match result {
+                Err(Error::NotLeader { leader }) if Instant::now() < deadline => match leader {
+                    Some(l) if Some(l) != target => self.note_leader(shard, Some(l)),
+                    _ => {
+                        self.note_leader(shard, None);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                },
+                Err(Error::NotLeader { .. }) => {
+                    return Err(Error::Unavailable(format!(
+                        "shard {shard} has no leader that can be reached"
+                    )))
+                }
+                Ok(v) => {
+                    if target.is_some() && self.cached_leader(shard) != target {
+                        self.note_leader(shard, target);
+                    }
+                    return Ok(v);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Run a statement on the leader at `addr` (inside forwarded transaction `txn`, if any).
+    async fn remote_exec(
+        &self,
+        addr: &str,
+        shard: ShardId,
+        txn: Option<u64>,
+        stmt: Statement,
+        read: bool,
+    ) -> Result<Rows> {
+        let request = Request::Exec {
+            shard,
+            txn,
+            stmt: stmt.into(),
+            read,
+        };
+        match self.call(addr, request).await? {
+            Response::Rows(r) => r.map(Into::into).map_err(Into::into),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// An autocommit write on `shard`, answered once committed and applied.
+    pub async fn write(&self, shard: ShardId, stmt: Statement) -> Result<Rows> {
+        self.route(
+            shard,
+            |g| {
+                let stmt = stmt.clone();
+                async move { g.writer.execute(stmt).await }
+            },
+            |addr| {
+                let stmt = stmt.clone();
+                async move { self.remote_exec(&addr, shard, None, stmt, false).await }
+            },
+        )
+        .await
+    }
+
+    /// A read on `shard` at `consistency`: `any` and fresh-enough `bounded` reads are served
+    /// by the local replica when there is one; everything else by the leader.
+    pub async fn read(
+        &self,
+        shard: ShardId,
+        stmt: Statement,
+        consistency: ReadConsistency,
+    ) -> Result<Rows> {
+        if let Some(g) = self.group(shard) {
+            if crate::planted::active("stale-reads") {
+                return g.replica.read(stmt).await;
+            }
+            match consistency {
+                ReadConsistency::Any => return g.replica.read(stmt).await,
+                ReadConsistency::Bounded(bound) if g.fresh_within(bound) => {
+                    return g.replica.read(stmt).await;
+                }
+                _ => {}
+            }
+        }
+        self.route(
+            shard,
+            |g| {
+                let stmt = stmt.clone();
+                async move { g.read(stmt, ReadConsistency::Linearizable).await }
+            },
+            |addr| {
+                let stmt = stmt.clone();
+                async move { self.remote_exec(&addr, shard, None, stmt, true).await }
+            },
+        )
+        .await
+    }
+
+    /// Take `shard`'s writer for an interactive transaction.
+    pub async fn begin(&self, shard: ShardId) -> Result<Lease> {
+        self.route(
+            shard,
+            |g| async move { g.writer.begin().await.map(Lease::Local) },
+            |addr| async move {
+                match self.call(&addr, Request::Begin { shard }).await? {
+                    Response::Txn(r) => r
+                        .map(|txn| {
+                            Lease::Remote(RemoteTxn {
+                                addr,
+                                txn,
+                                client: self.client.clone(),
+                                ended: false,
+                            })
+                        })
+                        .map_err(Into::into),
+                    _ => Err(unexpected()),
+                }
+            },
+        )
+        .await
+    }
+
+    pub async fn exec(&self, shard: ShardId, lease: &Lease, stmt: Statement) -> Result<Rows> {
+        match lease {
+            Lease::Local(t) => t.exec(stmt).await,
+            Lease::Remote(r) => {
+                self.remote_exec(&r.addr, shard, Some(r.txn), stmt, false)
+                    .await
+            }
+        }
+    }
+
+    pub async fn commit(&self, lease: Lease) -> Result<()> {
+        match lease {
+            Lease::Local(t) => t.commit().await,
+            Lease::Remote(mut r) => {
+                r.ended = true;
+                match self.call(&r.addr, Request::Commit { txn: r.txn }).await? {
+                    Response::Done(r) => r.map_err(Into::into),
+                    _ => Err(unexpected()),
+                }
+            }
+        }
+    }
+
+    pub async fn rollback(&self, lease: Lease) {
+        match lease {
+            Lease::Local(t) => t.rollback().await,
+            Lease::Remote(mut r) => {
+                r.ended = true;
+                let _ = self.call(&r.addr, Request::Rollback { txn: r.txn }).await;
+            }
+        }
+    }
+
+    /// Catch this node's replica of `shard` up with everything committed before the call
+    /// (the leader's read index), so what it reads next includes every acknowledged write.
+    pub async fn sync(&self, shard: ShardId) -> Result<()> {
+        let Some(here) = self.group(shard) else {
+            return Ok(());
+        };
+        let index = self.read_index(shard).await?;
+        here.raft
+            .wait(Some(limits::LEADER_WAIT))
+            .applied_index_at_least(Some(index), "catching up")
+            .await
+            .map_err(|e| Error::Unavailable(format!("{shard}: catching up: {e}")))?;
+        Ok(())
+    }
+
+    /// The read index of `shard`'s leader: leadership confirmed by a quorum, everything
+    /// committed before the call covered. Also how to wait for a new group's first leader.
+    pub async fn read_index(&self, shard: ShardId) -> Result<u64> {
+        self.route(
+            shard,
+            |g| async move { g.read_index().await },
+            |addr| async move {
+                match self.call(&addr, Request::ReadIndex { shard }).await? {
+                    Response::Index(r) => r.map_err(Into::into),
+                    _ => Err(unexpected()),
+                }
+            },
+        )
+        .await
+    }
+
+    /// Make `node` a voter of `shard` (on the shard's leader, wherever it is).
+    pub async fn add_replica(
+        &self,
+        shard: ShardId,
+        node: NodeId,
+        info: crate::replication::NodeInfo,
+    ) -> Result<()> {
+        self.route(
+            shard,
+            |g| {
+                let info = info.clone();
+                async move { self.add_member(&g, node.0, info).await }
+            },
+            |addr| {
+                let info = info.clone();
+                async move {
+                    let request = Request::AddNode {
+                        shard,
+                        id: node.0,
+                        node: info,
+                    };
+                    match self.call(&addr, request).await? {
+                        Response::Done(r) => r.map_err(Into::into),
+                        _ => Err(unexpected()),
+                    }
+                }
+            },
+        )
+        .await
+    }
+}

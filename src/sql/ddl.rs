@@ -1,0 +1,639 @@
+//! Schema changes across the cluster: decide what a DDL statement means for the catalog and
+//! for each shard ([`plan`]), then carry it out as a DDL job (`cluster::jobs`) or, inside a
+//! transaction block, through the transaction's shard leases with the catalog change made at
+//! COMMIT (`Session`).
+//!
+//! Distribution of a new table (first rule that applies):
+//! 1. `PARTITION OF parent FOR VALUES IN (...)`: a new list partition of `parent`, on a new
+//!    shard placed in the partition's zones.
+//! 2. A foreign key to a single-shard table: single-shard too (same shard, so it is enforced).
+//!    To a hash-distributed table: hash-distributed on the referencing column and co-located
+//!    with the parent (the key must reference the parent's distribution column).
+//! 3. `PARTITION BY LIST (c)` / `PARTITION BY HASH (c)`: list-partitioned / hashed on `c`.
+//! 4. Hash-distributed on the first primary-key column, if every unique constraint includes
+//!    it (otherwise rows with equal keys could sit on different shards); co-located with
+//!    `WITH (colocate_with = 't')`, else with the other tables of the same shard count.
+//! 5. Otherwise single-shard (no primary key, or a unique constraint without a common column).
+//!
+//! New colocation groups get new shards, placed by `cluster::placement`.
+
+use super::translate::{CreateTable, DdlAction, PartitionBy};
+use crate::catalog::{
+    meta, Catalog, Change, Colocation, ColocationKind, Column, Distribution, JobStep,
+    ListPartition, Shard, Table, TableState,
+};
+use crate::cluster::{placement, MetaTxn};
+use crate::error::{sqlstate, Error, Result};
+use crate::ids::ShardId;
+use crate::storage::replica::Statement;
+use std::collections::BTreeMap;
+
+/// What one DDL statement does (for one table).
+#[derive(Debug, Clone, Default)]
+pub struct DdlPlan {
+    pub table: String,
+    /// New shards and colocation groups, committed before anything else (an unused shard is
+    /// harmless; a table on a shard the catalog does not know is not).
+    pub setup: Vec<Statement>,
+    pub new_shards: Vec<ShardId>,
+    /// Catalog changes made with the job, before any shard runs it (a table being created
+    /// or dropped is hidden from queries meanwhile). Not used inside a transaction block.
+    pub hide: Vec<Change>,
+    pub steps: Vec<JobStep>,
+    pub undo: Vec<JobStep>,
+    pub finish: Vec<Change>,
+    pub abort: Vec<Change>,
+}
+
+pub enum Planned {
+    Do(Box<DdlPlan>),
+    /// Nothing to do (IF EXISTS / IF NOT EXISTS); the notice says why.
+    Skip(String),
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn undefined_table(name: &str) -> Error {
+    Error::sql(
+        sqlstate::UNDEFINED_TABLE,
+        format!("relation \"{name}\" does not exist"),
+    )
+}
+
+fn steps_on(shards: &[ShardId], sql: &str) -> Vec<JobStep> {
+    shards
+        .iter()
+        .map(|s| JobStep {
+            shard: *s,
+            sql: sql.to_string(),
+        })
+        .collect()
+}
+
+/// Plan `action` against `catalog` (the transaction's view of it), allocating ids in `mt`.
+pub async fn plan(mt: &MetaTxn<'_>, catalog: &Catalog, action: &DdlAction) -> Result<Vec<Planned>> {
+    match action {
+        DdlAction::CreateTable(ct) => Ok(vec![plan_create(mt, catalog, ct).await?]),
+        DdlAction::DropTables { names, if_exists } => {
+            let mut out = Vec::new();
+            for name in names {
+                out.push(plan_drop(catalog, name, *if_exists)?);
+            }
+            Ok(out)
+        }
+        DdlAction::CreateIndex {
+            table,
+            name,
+            sql,
+            if_not_exists,
+        } => Ok(vec![plan_index(catalog, table, name, sql, *if_not_exists)?]),
+        DdlAction::DropIndexes { names, if_exists } => {
+            let mut out = Vec::new();
+            for name in names {
+                let Some(owner) = catalog.index_owner(name) else {
+                    if *if_exists {
+                        out.push(Planned::Skip(format!(
+                            "index \"{name}\" does not exist, skipping"
+                        )));
+                        continue;
+                    }
+                    return Err(Error::sql(
+                        sqlstate::UNDEFINED_OBJECT,
+                        format!("index \"{name}\" does not exist"),
+                    ));
+                };
+                let mut after = owner.clone();
+                after.indexes.retain(|(i, _)| !i.eq_ignore_ascii_case(name));
+                let shards = catalog.shards_of(owner)?;
+                out.push(Planned::Do(Box::new(DdlPlan {
+                    table: owner.name.clone(),
+                    steps: steps_on(&shards, &format!("DROP INDEX IF EXISTS {}", quote(name))),
+                    finish: vec![Change::PutTable(Box::new(after))],
+                    ..DdlPlan::default()
+                })));
+            }
+            Ok(out)
+        }
+        DdlAction::AlterTable { table, sql, added } => {
+            Ok(vec![plan_alter(catalog, table, sql, added)?])
+        }
+    }
+}
+
+fn plan_drop(catalog: &Catalog, name: &str, if_exists: bool) -> Result<Planned> {
+    let Some(table) = catalog.table(name) else {
+        if if_exists {
+            return Ok(Planned::Skip(format!(
+                "table \"{name}\" does not exist, skipping"
+            )));
+        }
+        return Err(undefined_table(name));
+    };
+    if let Some(child) = catalog.tables().find(|t| {
+        !t.name.eq_ignore_ascii_case(name)
+            && t.references.iter().any(|r| r.eq_ignore_ascii_case(name))
+    }) {
+        return Err(Error::sql(
+            "2BP01",
+            format!(
+                "cannot drop table {name} because table {} references it; drop that table first",
+                child.name
+            ),
+        ));
+    }
+    let shards = catalog.shards_of(table)?;
+    let mut hidden = table.clone();
+    hidden.state = TableState::Dropping;
+    Ok(Planned::Do(Box::new(DdlPlan {
+        table: table.name.clone(),
+        hide: vec![Change::PutTable(Box::new(hidden))],
+        steps: steps_on(
+            &shards,
+            &format!("DROP TABLE IF EXISTS {}", quote(&table.name)),
+        ),
+        finish: vec![Change::ForgetTable(table.name.clone())],
+        abort: vec![Change::PutTable(Box::new(table.clone()))],
+        ..DdlPlan::default()
+    })))
+}
+
+fn plan_index(
+    catalog: &Catalog,
+    table: &str,
+    name: &str,
+    sql: &str,
+    if_not_exists: bool,
+) -> Result<Planned> {
+    let t = catalog.table(table).ok_or_else(|| undefined_table(table))?;
+    if catalog.index_owner(name).is_some() || catalog.any_table(name).is_some() {
+        if if_not_exists {
+            return Ok(Planned::Skip(format!(
+                "relation \"{name}\" already exists, skipping"
+            )));
+        }
+        return Err(Error::sql(
+            sqlstate::DUPLICATE_TABLE,
+            format!("relation \"{name}\" already exists"),
+        ));
+    }
+    super::scratch::validate(&[t], &[sql])?;
+    let shards = catalog.shards_of(t)?;
+    let mut after = t.clone();
+    after.indexes.push((name.to_string(), sql.to_string()));
+    Ok(Planned::Do(Box::new(DdlPlan {
+        table: t.name.clone(),
+        steps: steps_on(&shards, sql),
+        undo: steps_on(&shards, &format!("DROP INDEX IF EXISTS {}", quote(name))),
+        finish: vec![Change::PutTable(Box::new(after))],
+        ..DdlPlan::default()
+    })))
+}
+
+fn plan_alter(catalog: &Catalog, table: &str, sql: &str, added: &[Column]) -> Result<Planned> {
+    let t = catalog.table(table).ok_or_else(|| undefined_table(table))?;
+    for c in added {
+        if t.column(&c.name).is_some() {
+            return Err(Error::sql(
+                "42701",
+                format!(
+                    "column \"{}\" of relation \"{}\" already exists",
+                    c.name, t.name
+                ),
+            ));
+        }
+    }
+    super::scratch::validate(&[t], &[sql])?;
+    let shards = catalog.shards_of(t)?;
+    let mut after = t.clone();
+    after.columns.extend(added.iter().cloned());
+    after.ddl.push(sql.to_string());
+    let undo: String = added
+        .iter()
+        .map(|c| {
+            format!(
+                "ALTER TABLE {} DROP COLUMN {};",
+                quote(&t.name),
+                quote(&c.name)
+            )
+        })
+        .collect();
+    Ok(Planned::Do(Box::new(DdlPlan {
+        table: t.name.clone(),
+        steps: steps_on(&shards, sql),
+        undo: steps_on(&shards, &undo),
+        finish: vec![Change::PutTable(Box::new(after))],
+        ..DdlPlan::default()
+    })))
+}
+
+/// Shards being placed by this plan, counted so placement spreads them.
+#[derive(Default)]
+struct Placing {
+    replicas: BTreeMap<crate::ids::NodeId, usize>,
+    leaders: BTreeMap<crate::ids::NodeId, usize>,
+}
+
+async fn new_shard(
+    mt: &MetaTxn<'_>,
+    catalog: &Catalog,
+    colocation: u64,
+    zones: &[String],
+    placing: &mut Placing,
+    plan: &mut DdlPlan,
+) -> Result<ShardId> {
+    let rf = catalog.settings.replication_factor;
+    let want = placement::wanted(catalog, rf, zones).max(1);
+    let replicas = placement::choose(catalog, &[], want, zones, &placing.replicas);
+    if replicas.is_empty() {
+        return Err(Error::sql(
+            sqlstate::INVALID_PARAMETER_VALUE,
+            format!(
+                "no node is in zone(s) {}; start nodes with --zone",
+                zones.join(", ")
+            ),
+        ));
+    }
+    let replicas = placement::leader_first(catalog, replicas, &placing.leaders);
+    for r in &replicas {
+        *placing.replicas.entry(*r).or_default() += 1;
+    }
+    *placing.leaders.entry(replicas[0]).or_default() += 1;
+    let id = ShardId(mt.next("_shards", 1).await? as u64);
+    let shard = Shard {
+        id,
+        colocation,
+        initial: replicas.clone(),
+        replicas,
+        replication_factor: rf,
+        zones: zones.to_vec(),
+    };
+    plan.setup.push(meta::put_shard(&shard)?);
+    plan.new_shards.push(id);
+    Ok(id)
+}
+
+async fn new_colocation(
+    mt: &MetaTxn<'_>,
+    catalog: &Catalog,
+    kind: ColocationKind,
+    shard_count: u32,
+    plan: &mut DdlPlan,
+) -> Result<Colocation> {
+    let id = mt.next("_colocations", 1).await? as u64;
+    let mut placing = Placing::default();
+    let mut shards = Vec::new();
+    for _ in 0..shard_count {
+        shards.push(new_shard(mt, catalog, id, &[], &mut placing, plan).await?);
+    }
+    let group = Colocation { id, kind, shards };
+    plan.setup.push(meta::put_colocation(&group)?);
+    Ok(group)
+}
+
+fn includes_all(uniques: &[Vec<String>], column: &str) -> bool {
+    uniques
+        .iter()
+        .all(|u| u.iter().any(|c| c.eq_ignore_ascii_case(column)))
+}
+
+/// The SQLite expression of `column`'s DEFAULT in a CREATE TABLE.
+fn default_of(ct: &CreateTable, column: &str) -> Option<String> {
+    ct.ast
+        .columns
+        .iter()
+        .find(|c| super::translate::ident_name(&c.name).eq_ignore_ascii_case(column))?
+        .options
+        .iter()
+        .find_map(|o| match &o.option {
+            sqlparser::ast::ColumnOption::Default(e) => Some(e.to_string()),
+            _ => None,
+        })
+}
+
+async fn plan_create(mt: &MetaTxn<'_>, catalog: &Catalog, ct: &CreateTable) -> Result<Planned> {
+    if let Some(existing) = catalog.any_table(&ct.name) {
+        if ct.if_not_exists && existing.state == TableState::Ready {
+            return Ok(Planned::Skip(format!(
+                "relation \"{}\" already exists, skipping",
+                ct.name
+            )));
+        }
+        return Err(Error::sql(
+            sqlstate::DUPLICATE_TABLE,
+            format!("relation \"{}\" already exists", ct.name),
+        ));
+    }
+    if catalog.index_owner(&ct.name).is_some() {
+        return Err(Error::sql(
+            sqlstate::DUPLICATE_TABLE,
+            format!("relation \"{}\" already exists", ct.name),
+        ));
+    }
+    if let Some(of) = &ct.partition_of {
+        return plan_partition(mt, catalog, ct, of).await;
+    }
+    let mut plan = DdlPlan {
+        table: ct.name.clone(),
+        ..DdlPlan::default()
+    };
+    // Foreign keys decide first: they can only be checked inside one shard.
+    let mut unenforced: Vec<String> = Vec::new();
+    let mut forced: Option<(Distribution, Option<u64>)> = None;
+    let mut references = Vec::new();
+    for fk in &ct.references {
+        if fk.table.eq_ignore_ascii_case(&ct.name) {
+            continue;
+        }
+        let parent = catalog
+            .table(&fk.table)
+            .ok_or_else(|| undefined_table(&fk.table))?;
+        references.push(parent.name.clone());
+        match &parent.distribution {
+            Distribution::Single => {
+                forced = Some((Distribution::Single, Some(parent.colocation)));
+            }
+            Distribution::Reference => unenforced.push(parent.name.clone()),
+            Distribution::Hash { column } => {
+                let referred = if fk.referred.is_empty() {
+                    vec![column.clone()]
+                } else {
+                    fk.referred.clone()
+                };
+                let ok = fk.columns.len() == 1
+                    && referred.len() == 1
+                    && referred[0].eq_ignore_ascii_case(column)
+                    && includes_all(&ct.uniques, &fk.columns[0]);
+                if !ok {
+                    return Err(Error::sql(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        format!(
+                            "cannot create a foreign key from \"{}\" to \"{}\": \"{}\" is distributed \
+                             by \"{column}\", so its rows can only be checked on the same shard; make the \
+                             key reference \"{column}\" and include the referencing column in \"{}\"'s \
+                             primary key (the tables are then co-located), or make \"{}\" a reference table",
+                            ct.name, parent.name, parent.name, ct.name, parent.name
+                        ),
+                    ));
+                }
+                forced = Some((
+                    Distribution::Hash {
+                        column: fk.columns[0].clone(),
+                    },
+                    Some(parent.colocation),
+                ));
+            }
+            Distribution::List { .. } => {
+                return Err(Error::unsupported(format!(
+                    "foreign key to list-partitioned table \"{}\"",
+                    parent.name
+                )))
+            }
+        }
+    }
+    let column_exists = |c: &str| ct.columns.iter().any(|x| x.name.eq_ignore_ascii_case(c));
+    let (distribution, colocate) = match (&forced, &ct.partition_by) {
+        (Some(f), None) => f.clone(),
+        (Some(_), Some(_)) => {
+            return Err(Error::unsupported(
+                "PARTITION BY on a table whose foreign key decides its placement",
+            ))
+        }
+        (None, Some(PartitionBy::List(c))) | (None, Some(PartitionBy::Hash(c))) => {
+            if !column_exists(c) {
+                return Err(Error::sql(
+                    sqlstate::UNDEFINED_COLUMN,
+                    format!("column \"{c}\" named in partition key does not exist"),
+                ));
+            }
+            if !includes_all(&ct.uniques, c) {
+                return Err(Error::unsupported(format!(
+                    "a unique constraint on \"{}\" that does not include the partition column \"{c}\"",
+                    ct.name
+                )));
+            }
+            let d = match &ct.partition_by {
+                Some(PartitionBy::List(_)) => Distribution::List { column: c.clone() },
+                _ => Distribution::Hash { column: c.clone() },
+            };
+            (d, None)
+        }
+        (None, None) => match ct.primary_key.first() {
+            Some(k) if includes_all(&ct.uniques, k) => {
+                (Distribution::Hash { column: k.clone() }, None)
+            }
+            _ => (Distribution::Single, None),
+        },
+    };
+    let colocate = match (&ct.colocate_with, colocate) {
+        (Some(other), None) => {
+            let t = catalog.table(other).ok_or_else(|| undefined_table(other))?;
+            if !matches!(t.distribution, Distribution::Hash { .. })
+                || !matches!(distribution, Distribution::Hash { .. })
+            {
+                return Err(Error::unsupported(format!(
+                    "colocate_with \"{other}\": both tables must be hash-distributed"
+                )));
+            }
+            Some(t.colocation)
+        }
+        (Some(_), Some(_)) => {
+            return Err(Error::unsupported(
+                "colocate_with on a table whose foreign key decides its placement",
+            ))
+        }
+        (None, c) => c,
+    };
+    let colocation = match &distribution {
+        Distribution::Single => match colocate.or_else(|| {
+            catalog
+                .colocations
+                .values()
+                .find(|g| g.kind == ColocationKind::Single)
+                .map(|g| g.id)
+        }) {
+            Some(id) => id,
+            None => {
+                new_colocation(mt, catalog, ColocationKind::Single, 1, &mut plan)
+                    .await?
+                    .id
+            }
+        },
+        Distribution::Hash { .. } => {
+            let count = ct.shard_count.unwrap_or(catalog.settings.shard_count);
+            let existing = match colocate {
+                Some(id) => {
+                    let g = catalog
+                        .colocations
+                        .get(&id)
+                        .ok_or_else(|| Error::Corrupt(format!("missing colocation group {id}")))?;
+                    if let (Some(n), ColocationKind::Hash { shard_count }) =
+                        (ct.shard_count, &g.kind)
+                    {
+                        if n != *shard_count {
+                            return Err(Error::sql(
+                                sqlstate::INVALID_PARAMETER_VALUE,
+                                format!("shard_count {n} differs from the {shard_count} shards of the table it is co-located with"),
+                            ));
+                        }
+                    }
+                    Some(id)
+                }
+                None => catalog
+                    .colocations
+                    .values()
+                    .find(|g| g.kind == ColocationKind::Hash { shard_count: count })
+                    .map(|g| g.id),
+            };
+            match existing {
+                Some(id) => id,
+                None => {
+                    new_colocation(
+                        mt,
+                        catalog,
+                        ColocationKind::Hash { shard_count: count },
+                        count,
+                        &mut plan,
+                    )
+                    .await?
+                    .id
+                }
+            }
+        }
+        Distribution::List { .. } => {
+            new_colocation(
+                mt,
+                catalog,
+                ColocationKind::List {
+                    partitions: Vec::new(),
+                },
+                0,
+                &mut plan,
+            )
+            .await?
+            .id
+        }
+        Distribution::Reference => {
+            unreachable!("reference tables come from create_reference_table")
+        }
+    };
+    let sqlite = ct.sqlite_sql(&unenforced);
+    let key_default = distribution
+        .clone()
+        .column_name()
+        .and_then(|c| default_of(ct, &c));
+    let serial = match &distribution {
+        Distribution::Single => None,
+        _ => ct.serial.clone(),
+    };
+    let table = Table {
+        name: ct.name.clone(),
+        columns: ct.columns.clone(),
+        ddl: vec![sqlite.clone()],
+        indexes: Vec::new(),
+        references,
+        key_default,
+        distribution,
+        colocation,
+        state: TableState::Ready,
+        serial,
+    };
+    super::scratch::validate(&[&table], &[])?;
+    // The shards of a new group are not in `catalog` yet: read them from the plan.
+    let shards = shards_after(catalog, colocation, &plan);
+    let mut hidden = table.clone();
+    hidden.state = TableState::Creating;
+    plan.hide = vec![Change::PutTable(Box::new(hidden))];
+    // Anything under this name on a shard is left from a failed attempt: the catalog is
+    // the truth, and it has no such table.
+    let drop = format!("DROP TABLE IF EXISTS {}", quote(&ct.name));
+    plan.steps = steps_on(&shards, &format!("{drop};{sqlite}"));
+    plan.undo = steps_on(&shards, &drop);
+    plan.finish = vec![Change::PutTable(Box::new(table))];
+    plan.abort = vec![Change::ForgetTable(ct.name.clone())];
+    Ok(Planned::Do(Box::new(plan)))
+}
+
+/// The shards of colocation group `id`, including ones this plan creates.
+fn shards_after(catalog: &Catalog, id: u64, plan: &DdlPlan) -> Vec<ShardId> {
+    match catalog.colocations.get(&id) {
+        Some(g) => g.shards.clone(),
+        None => plan.new_shards.clone(),
+    }
+}
+
+async fn plan_partition(
+    mt: &MetaTxn<'_>,
+    catalog: &Catalog,
+    ct: &CreateTable,
+    of: &super::translate::PartitionOf,
+) -> Result<Planned> {
+    let parent = catalog
+        .table(&of.parent)
+        .ok_or_else(|| undefined_table(&of.parent))?;
+    let group = catalog.colocation_of(parent)?;
+    let ColocationKind::List { partitions } = &group.kind else {
+        return Err(Error::sql(
+            "42809",
+            format!("table \"{}\" is not partitioned by list", parent.name),
+        ));
+    };
+    for p in partitions {
+        let overlap = match (&p.values, &of.values) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.iter().any(|v| b.contains(v)),
+            _ => false,
+        };
+        if overlap {
+            return Err(Error::sql(
+                "42P17",
+                format!(
+                    "partition \"{}\" would overlap partition \"{}\"",
+                    ct.name, p.name
+                ),
+            ));
+        }
+    }
+    let mut plan = DdlPlan {
+        table: parent.name.clone(),
+        ..DdlPlan::default()
+    };
+    let mut placing = Placing::default();
+    let shard = new_shard(mt, catalog, group.id, &of.zones, &mut placing, &mut plan).await?;
+    let mut grown = group.clone();
+    grown.shards.push(shard);
+    if let ColocationKind::List { partitions } = &mut grown.kind {
+        partitions.push(ListPartition {
+            name: ct.name.clone(),
+            values: of.values.clone(),
+            zones: of.zones.clone(),
+            shard,
+        });
+    }
+    let mut sql = format!("DROP TABLE IF EXISTS {};", quote(&parent.name));
+    for s in parent
+        .ddl
+        .iter()
+        .chain(parent.indexes.iter().map(|(_, s)| s))
+    {
+        sql.push_str(s);
+        sql.push(';');
+    }
+    plan.steps = vec![JobStep { shard, sql }];
+    plan.finish = vec![Change::PutColocation(Box::new(grown))];
+    Ok(Planned::Do(Box::new(plan)))
+}
+
+trait ColumnName {
+    fn column_name(self) -> Option<String>;
+}
+
+impl ColumnName for Distribution {
+    fn column_name(self) -> Option<String> {
+        match self {
+            Distribution::Hash { column } | Distribution::List { column } => Some(column),
+            _ => None,
+        }
+    }
+}

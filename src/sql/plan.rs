@@ -1,0 +1,906 @@
+//! The planner: where each part of a statement runs (DESIGN.md decision 6).
+//!
+//! - No table: the coordinator's scratch SQLite ([`Plan::Local`]).
+//! - Every table on one shard (single-shard and reference tables, or a colocation group of
+//!   one shard), or a single distributed table whose distribution column the WHERE clause
+//!   pins (`k = v`, `k IN (...)`): the whole statement on those shards ([`Plan::Shards`]).
+//!   A single-table SELECT that needs no merging (no aggregates, DISTINCT, ORDER BY, LIMIT,
+//!   window functions) runs on every shard and the rows are concatenated.
+//! - Any other query: each table's rows, filtered by the WHERE conjuncts that concern only
+//!   it (and cut to ORDER BY + LIMIT when that is safe), are pulled from its shards into a
+//!   scratch SQLite at the coordinator, where the statement runs unchanged
+//!   ([`Plan::Gather`]). Same engine, so the result is what one database would return.
+//! - INSERT ... VALUES: rows split by the shard of their distribution value; serial values
+//!   drawn from a cluster-wide sequence, other non-literal keys evaluated at the coordinator
+//!   so every replica stores the same value ([`Plan::Insert`]). INSERT ... SELECT: the query
+//!   is planned on its own, its rows inserted by shard ([`Plan::InsertSelect`]).
+//! - UPDATE/DELETE of a distributed table reading no other table: the pinned shards, or all.
+//!
+//! A SELECT, traced: `SELECT u.name, count(*) FROM users u JOIN reads r ON r.uid = u.id
+//! WHERE u.region = 'beijing' GROUP BY u.name` → tables users, reads in different groups →
+//! Gather: pull `SELECT * FROM users AS u WHERE u.region = 'beijing'` from users' shards and
+//! `SELECT * FROM reads AS r` from reads' shards → scratch SQLite runs the statement.
+
+use super::scratch;
+use super::translate::{self, placeholder_index, Translated};
+use crate::catalog::{Catalog, Table};
+use crate::error::{sqlstate, Error, Result};
+use crate::ids::ShardId;
+use crate::types;
+use rusqlite::types::Value;
+use sqlparser::ast::{
+    self, visit_expressions, visit_relations, BinaryOperator, Expr, GroupByExpr, Query, SelectItem,
+    SetExpr, Statement, TableFactor, TableWithJoins,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::ControlFlow;
+
+/// Where a statement runs.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    /// No table: the coordinator's scratch database.
+    Local { sql: String },
+    /// The whole statement on each shard; rows concatenated, changes summed.
+    Shards {
+        shards: Vec<ShardId>,
+        sql: String,
+        read: bool,
+        why: String,
+    },
+    /// Pull each table's rows, run the statement over them at the coordinator.
+    Gather { pulls: Vec<Pull>, sql: String },
+    /// A different INSERT per shard.
+    Insert { parts: Vec<(ShardId, String)> },
+    /// Run `source`, then insert its rows into `table` by shard.
+    InsertSelect(Box<InsertSelect>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Pull {
+    pub table: Table,
+    pub shards: Vec<ShardId>,
+    pub sql: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct InsertSelect {
+    pub source: Plan,
+    pub table: Table,
+    /// Target columns, in the order the source produces them.
+    pub columns: Vec<String>,
+    /// `ON CONFLICT ...` and `RETURNING ...`, appended to every generated INSERT.
+    pub suffix: String,
+}
+
+impl Plan {
+    /// The plan as EXPLAIN shows it, one line per step.
+    pub fn explain(&self) -> Vec<String> {
+        let list = |s: &[ShardId]| {
+            s.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match self {
+            Plan::Local { sql } => vec![format!("Coordinator: {sql}")],
+            Plan::Shards {
+                shards, sql, why, ..
+            } => vec![
+                format!("Shards {} ({why}): {sql}", list(shards)),
+                if shards.len() > 1 {
+                    "Coordinator: concatenate".to_string()
+                } else {
+                    "Coordinator: pass through".to_string()
+                },
+            ],
+            Plan::Gather { pulls, sql } => {
+                let mut lines: Vec<String> = pulls
+                    .iter()
+                    .map(|p| format!("Pull from {}: {}", list(&p.shards), p.sql))
+                    .collect();
+                lines.push(format!("Coordinator (merge in SQLite): {sql}"));
+                lines
+            }
+            Plan::Insert { parts } => parts
+                .iter()
+                .map(|(s, sql)| format!("Shard {s}: {sql}"))
+                .collect(),
+            Plan::InsertSelect(is) => {
+                let mut lines = vec!["Source:".to_string()];
+                lines.extend(is.source.explain().into_iter().map(|l| format!("  {l}")));
+                lines.push(format!(
+                    "Insert the source rows into {} by shard of {}",
+                    is.table.name,
+                    is.table.distribution_column().unwrap_or("its one shard")
+                ));
+                lines
+            }
+        }
+    }
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn undefined_table(name: &str) -> Error {
+    Error::sql(
+        sqlstate::UNDEFINED_TABLE,
+        format!("relation \"{name}\" does not exist"),
+    )
+}
+
+/// Names defined by WITH clauses anywhere in the statement.
+pub(crate) fn cte_names(stmt: &Statement) -> BTreeSet<String> {
+    struct Ctes(BTreeSet<String>);
+    impl ast::Visitor for Ctes {
+        type Break = ();
+        fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+            if let Some(with) = &q.with {
+                for cte in &with.cte_tables {
+                    self.0.insert(translate::ident_name(&cte.alias.name));
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut ctes = Ctes(BTreeSet::new());
+    let _ = ast::Visit::visit(stmt, &mut ctes);
+    ctes.0
+}
+
+/// Every table the statement names (each once), and how many times each is named.
+fn tables_in<'c>(
+    stmt: &Statement,
+    catalog: &'c Catalog,
+) -> Result<(Vec<&'c Table>, BTreeMap<String, usize>)> {
+    let ctes = cte_names(stmt);
+    let mut names: Vec<String> = Vec::new();
+    let _ = visit_relations(stmt, |n| {
+        names.push(translate::object_name(n));
+        ControlFlow::<()>::Continue(())
+    });
+    let mut tables: Vec<&Table> = Vec::new();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for name in names {
+        let Some(t) = catalog.table(&name) else {
+            if ctes.contains(&name.to_lowercase()) {
+                continue;
+            }
+            return Err(undefined_table(&name));
+        };
+        *counts.entry(t.name.to_lowercase()).or_default() += 1;
+        if !tables.iter().any(|x| x.name == t.name) {
+            tables.push(t);
+        }
+    }
+    Ok((tables, counts))
+}
+
+fn conjuncts(e: &Expr) -> Vec<&Expr> {
+    match e {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
+            let mut v = conjuncts(left);
+            v.extend(conjuncts(right));
+            v
+        }
+        Expr::Nested(inner) => match inner.as_ref() {
+            Expr::BinaryOp {
+                op: BinaryOperator::And,
+                ..
+            } => conjuncts(inner),
+            _ => vec![e],
+        },
+        other => vec![other],
+    }
+}
+
+/// Whether `e` names `column` of a relation called one of `qualifiers` (or unqualified).
+fn is_column(e: &Expr, qualifiers: &[String], column: &str) -> bool {
+    match e {
+        Expr::Identifier(i) => translate::ident_name(i).eq_ignore_ascii_case(column),
+        Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+            let q = translate::ident_name(&parts[parts.len() - 2]);
+            translate::ident_name(&parts[parts.len() - 1]).eq_ignore_ascii_case(column)
+                && qualifiers.iter().any(|x| x.eq_ignore_ascii_case(&q))
+        }
+        Expr::Nested(inner) => is_column(inner, qualifiers, column),
+        _ => false,
+    }
+}
+
+/// The value of a literal or a bound parameter.
+fn constant(e: &Expr, params: &[Value]) -> Option<Value> {
+    if let Some(i) = placeholder_index(e) {
+        return params.get(i).cloned();
+    }
+    translate::literal_value(e)
+}
+
+/// Values the WHERE clause pins the distribution column to, if it does.
+fn pinned_values(
+    selection: Option<&Expr>,
+    qualifiers: &[String],
+    column: &str,
+    params: &[Value],
+) -> Option<Vec<Value>> {
+    for c in conjuncts(selection?) {
+        match c {
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            } => {
+                if is_column(left, qualifiers, column) {
+                    if let Some(v) = constant(right, params) {
+                        return Some(vec![v]);
+                    }
+                }
+                if is_column(right, qualifiers, column) {
+                    if let Some(v) = constant(left, params) {
+                        return Some(vec![v]);
+                    }
+                }
+            }
+            Expr::InList {
+                expr,
+                list,
+                negated: false,
+            } if is_column(expr, qualifiers, column) => {
+                let values: Option<Vec<Value>> = list.iter().map(|e| constant(e, params)).collect();
+                if values.is_some() {
+                    return values;
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The shards holding rows of `table` whose distribution column is one of `values`.
+fn shards_for_values(catalog: &Catalog, table: &Table, values: &[Value]) -> Result<Vec<ShardId>> {
+    let column = table
+        .distribution_column()
+        .and_then(|c| table.column(c))
+        .ok_or_else(|| Error::internal("distributed table without its column"))?;
+    let mut shards = BTreeSet::new();
+    for v in values {
+        let stored = types::coerce(v.clone(), column.ty)?;
+        match catalog.shard_for(table, &stored) {
+            Ok(s) => {
+                shards.insert(s);
+            }
+            // A value no list partition takes matches no row.
+            Err(Error::Sql { code, .. }) if code == sqlstate::CHECK_VIOLATION => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(shards.into_iter().collect())
+}
+
+const AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "total",
+    "group_concat",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+    "every",
+    "array_agg",
+    "json_group_array",
+    "json_group_object",
+];
+
+/// Whether the expressions of `select` contain aggregates or window functions.
+fn aggregates_or_windows(items: &[SelectItem], having: Option<&Expr>) -> bool {
+    let mut found = false;
+    let mut check = |e: &Expr| {
+        let _ = visit_expressions(e, |x| {
+            if let Expr::Function(f) = x {
+                let name = translate::object_name(&f.name);
+                if f.over.is_some() || AGGREGATES.contains(&name.as_str()) {
+                    found = true;
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        });
+    };
+    for item in items {
+        match item {
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => check(e),
+            _ => {}
+        }
+    }
+    if let Some(h) = having {
+        check(h);
+    }
+    found
+}
+
+fn has_subquery(e: &Expr) -> bool {
+    let mut found = false;
+    let _ = visit_expressions(e, |x| {
+        if matches!(
+            x,
+            Expr::Subquery(_) | Expr::InSubquery { .. } | Expr::Exists { .. }
+        ) {
+            found = true;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    found
+}
+
+/// A top-level relation of a SELECT: its table and the names it can be qualified by.
+struct FromTable<'a> {
+    table: &'a Table,
+    qualifiers: Vec<String>,
+}
+
+/// The plain tables of a SELECT's FROM clause, if the clause is only plain tables joined by
+/// inner joins (the shape filter pushdown is safe for).
+fn inner_join_tables<'c>(
+    from: &[TableWithJoins],
+    catalog: &'c Catalog,
+) -> Option<Vec<FromTable<'c>>> {
+    let mut out = Vec::new();
+    let mut add = |factor: &TableFactor| -> bool {
+        match factor {
+            TableFactor::Table {
+                name,
+                alias,
+                args: None,
+                ..
+            } => {
+                let n = translate::object_name(name);
+                let Some(table) = catalog.table(&n) else {
+                    return false;
+                };
+                let mut qualifiers = vec![n];
+                if let Some(a) = alias {
+                    qualifiers = vec![translate::ident_name(&a.name)];
+                }
+                out.push(FromTable { table, qualifiers });
+                true
+            }
+            _ => false,
+        }
+    };
+    for twj in from {
+        if !add(&twj.relation) {
+            return None;
+        }
+        for j in &twj.joins {
+            let inner = matches!(
+                j.join_operator,
+                ast::JoinOperator::Inner(_)
+                    | ast::JoinOperator::Join(_)
+                    | ast::JoinOperator::CrossJoin(_)
+            );
+            if !inner || !add(&j.relation) {
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Whether every column `e` names belongs to `me` (qualified by its name, or unqualified
+/// and found in no other FROM table).
+fn only_columns_of(e: &Expr, me: &FromTable<'_>, others: &[&FromTable<'_>]) -> bool {
+    if has_subquery(e) {
+        return false;
+    }
+    let mut ok = true;
+    let _ = visit_expressions(e, |x| {
+        match x {
+            Expr::Identifier(i) => {
+                let c = translate::ident_name(i);
+                if me.table.column(&c).is_none()
+                    || others.iter().any(|o| o.table.column(&c).is_some())
+                {
+                    ok = false;
+                }
+            }
+            Expr::CompoundIdentifier(parts) => {
+                let q = parts
+                    .get(parts.len().saturating_sub(2))
+                    .map(translate::ident_name)
+                    .unwrap_or_default();
+                if parts.len() < 2 || !me.qualifiers.iter().any(|m| m.eq_ignore_ascii_case(&q)) {
+                    ok = false;
+                }
+            }
+            Expr::Function(f) => {
+                let name = translate::object_name(&f.name);
+                if f.over.is_some() || AGGREGATES.contains(&name.as_str()) {
+                    ok = false;
+                }
+            }
+            _ => {}
+        }
+        if ok {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        }
+    });
+    ok
+}
+
+fn all_shards(catalog: &Catalog, table: &Table) -> Result<Vec<ShardId>> {
+    catalog.shards_of(table)
+}
+
+/// Plan a translated Read or Write statement. `params` are the bound values (for routing);
+/// `engine` supplies serial values for INSERTs.
+pub async fn plan(
+    engine: &super::Engine,
+    catalog: &Catalog,
+    t: &Translated,
+    params: &[Value],
+) -> Result<Plan> {
+    let stmt = t
+        .stmt
+        .as_deref()
+        .ok_or_else(|| Error::internal("planning a statement without its syntax tree"))?;
+    match stmt {
+        Statement::Query(q) => plan_query(catalog, stmt, q, params),
+        Statement::Insert(insert) => plan_insert(engine, catalog, stmt, insert, params).await,
+        Statement::Update(u) => {
+            let target = match &u.table.relation {
+                TableFactor::Table { name, alias, .. } => (
+                    translate::object_name(name),
+                    alias.as_ref().map(|a| translate::ident_name(&a.name)),
+                ),
+                _ => return Err(Error::unsupported("UPDATE of something other than a table")),
+            };
+            let assigns_key = |t: &Table| {
+                t.distribution_column().is_some_and(|k| {
+                    u.assignments.iter().any(|a| match &a.target {
+                        ast::AssignmentTarget::ColumnName(n) => {
+                            translate::object_name(n).eq_ignore_ascii_case(k)
+                        }
+                        _ => false,
+                    })
+                })
+            };
+            plan_modify(
+                catalog,
+                stmt,
+                target,
+                u.selection.as_ref(),
+                params,
+                assigns_key,
+            )
+        }
+        Statement::Delete(d) => {
+            let from = match &d.from {
+                ast::FromTable::WithFromKeyword(f) | ast::FromTable::WithoutKeyword(f) => f,
+            };
+            let target = match from.first().map(|f| &f.relation) {
+                Some(TableFactor::Table { name, alias, .. }) => (
+                    translate::object_name(name),
+                    alias.as_ref().map(|a| translate::ident_name(&a.name)),
+                ),
+                _ => {
+                    return Err(Error::unsupported(
+                        "DELETE from something other than a table",
+                    ))
+                }
+            };
+            plan_modify(catalog, stmt, target, d.selection.as_ref(), params, |_| {
+                false
+            })
+        }
+        other => Err(Error::internal(format!("cannot plan {other}"))),
+    }
+}
+
+/// If every table lives on the same one shard, that shard.
+fn single_home(catalog: &Catalog, tables: &[&Table]) -> Result<Option<ShardId>> {
+    let mut home: Option<ShardId> = None;
+    for t in tables {
+        let shards = catalog.shards_of(t)?;
+        match (shards.as_slice(), home) {
+            ([s], None) => home = Some(*s),
+            ([s], Some(h)) if *s == h => {}
+            _ => return Ok(None),
+        }
+    }
+    Ok(home)
+}
+
+fn plan_query(catalog: &Catalog, stmt: &Statement, q: &Query, params: &[Value]) -> Result<Plan> {
+    let sql = stmt.to_string();
+    let (tables, counts) = tables_in(stmt, catalog)?;
+    if tables.is_empty() {
+        return Ok(Plan::Local { sql });
+    }
+    if let Some(shard) = single_home(catalog, &tables)? {
+        return Ok(Plan::Shards {
+            shards: vec![shard],
+            sql,
+            read: true,
+            why: "every table on one shard".into(),
+        });
+    }
+    let select = match q.body.as_ref() {
+        SetExpr::Select(s) if q.with.is_none() => Some(s),
+        _ => None,
+    };
+    let from = select.and_then(|s| inner_join_tables(&s.from, catalog));
+    // One distributed table, named once: route or broadcast.
+    if let (Some(s), Some(from), [table]) = (select, &from, tables.as_slice()) {
+        if from.len() == 1 && counts.values().all(|c| *c == 1) {
+            let key = table.distribution_column().unwrap_or_default();
+            let shards = match pinned_values(s.selection.as_ref(), &from[0].qualifiers, key, params)
+            {
+                Some(values) => Some(shards_for_values(catalog, table, &values)?),
+                None => None,
+            };
+            let simple = s.distinct.is_none()
+                && matches!(&s.group_by, GroupByExpr::Expressions(g, _) if g.is_empty())
+                && s.having.is_none()
+                && !aggregates_or_windows(&s.projection, None)
+                && q.order_by.is_none()
+                && q.limit_clause.is_none()
+                && q.fetch.is_none();
+            match shards {
+                Some(s) if s.len() <= 1 => {
+                    return Ok(Plan::Shards {
+                        shards: s,
+                        sql,
+                        read: true,
+                        why: format!("{key} pins the shard"),
+                    })
+                }
+                Some(s) if simple => {
+                    return Ok(Plan::Shards {
+                        shards: s,
+                        sql,
+                        read: true,
+                        why: format!("{key} pins the shards"),
+                    })
+                }
+                None if simple => {
+                    return Ok(Plan::Shards {
+                        shards: all_shards(catalog, table)?,
+                        sql,
+                        read: true,
+                        why: "rows concatenated".into(),
+                    })
+                }
+                _ => {}
+            }
+        }
+    }
+    // Everything else: pull filtered tables to the coordinator.
+    let mut pulls = Vec::new();
+    let pushable = match (select, &from) {
+        (Some(s), Some(from)) => Some((s, from)),
+        _ => None,
+    };
+    for table in &tables {
+        let mut pull_sql = format!("SELECT * FROM {}", quote(&table.name));
+        let mut shards = all_shards(catalog, table)?;
+        let once = counts.get(&table.name.to_lowercase()) == Some(&1);
+        if let (Some((s, from)), true) = (pushable, once) {
+            if let Some(me) = from.iter().find(|f| f.table.name == table.name) {
+                let others: Vec<&FromTable<'_>> =
+                    from.iter().filter(|f| f.table.name != table.name).collect();
+                let mine: Vec<&Expr> = s
+                    .selection
+                    .as_ref()
+                    .map(conjuncts)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|c| only_columns_of(c, me, &others))
+                    .collect();
+                let alias = &me.qualifiers[0];
+                pull_sql = format!("SELECT * FROM {} AS {}", quote(&table.name), quote(alias));
+                if !mine.is_empty() {
+                    let text: Vec<String> = mine.iter().map(|c| format!("({c})")).collect();
+                    pull_sql.push_str(&format!(" WHERE {}", text.join(" AND ")));
+                    if let Some(key) = table.distribution_column() {
+                        let owned: Vec<Expr> = mine.iter().map(|c| (*c).clone()).collect();
+                        let combined = owned.into_iter().reduce(|a, b| Expr::BinaryOp {
+                            left: Box::new(a),
+                            op: BinaryOperator::And,
+                            right: Box::new(b),
+                        });
+                        if let Some(values) =
+                            pinned_values(combined.as_ref(), &me.qualifiers, key, params)
+                        {
+                            shards = shards_for_values(catalog, table, &values)?;
+                        }
+                    }
+                }
+                // Top-N: each shard's first N rows in the query's order hold the answer's.
+                if from.len() == 1
+                    && s.distinct.is_none()
+                    && matches!(&s.group_by, GroupByExpr::Expressions(g, _) if g.is_empty())
+                    && !aggregates_or_windows(&s.projection, s.having.as_ref())
+                {
+                    if let (
+                        Some(order),
+                        Some(ast::LimitClause::LimitOffset {
+                            limit: Some(limit),
+                            offset,
+                            ..
+                        }),
+                    ) = (&q.order_by, &q.limit_clause)
+                    {
+                        let exprs = match &order.kind {
+                            ast::OrderByKind::Expressions(e) => Some(e),
+                            _ => None,
+                        };
+                        let n = constant(limit, params).and_then(|v| match v {
+                            Value::Integer(i) => Some(i),
+                            _ => None,
+                        });
+                        let skip = match offset {
+                            None => Some(0),
+                            Some(o) => constant(&o.value, params).and_then(|v| match v {
+                                Value::Integer(i) => Some(i),
+                                _ => None,
+                            }),
+                        };
+                        if let (Some(exprs), Some(n), Some(skip)) = (exprs, n, skip) {
+                            if exprs.iter().all(|o| only_columns_of(&o.expr, me, &[])) {
+                                let text: Vec<String> =
+                                    exprs.iter().map(|o| o.to_string()).collect();
+                                pull_sql.push_str(&format!(
+                                    " ORDER BY {} LIMIT {}",
+                                    text.join(", "),
+                                    n.max(0).saturating_add(skip.max(0))
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        pulls.push(Pull {
+            table: (*table).clone(),
+            shards,
+            sql: pull_sql,
+        });
+    }
+    Ok(Plan::Gather { pulls, sql })
+}
+
+fn plan_modify(
+    catalog: &Catalog,
+    stmt: &Statement,
+    (name, alias): (String, Option<String>),
+    selection: Option<&Expr>,
+    params: &[Value],
+    assigns_key: impl Fn(&Table) -> bool,
+) -> Result<Plan> {
+    let sql = stmt.to_string();
+    let (tables, counts) = tables_in(stmt, catalog)?;
+    let target = catalog.table(&name).ok_or_else(|| undefined_table(&name))?;
+    if let Some(shard) = single_home(catalog, &tables)? {
+        return Ok(Plan::Shards {
+            shards: vec![shard],
+            sql,
+            read: false,
+            why: "every table on one shard".into(),
+        });
+    }
+    if tables.len() > 1 || counts.values().any(|c| *c > 1) {
+        return Err(Error::unsupported(format!(
+            "UPDATE or DELETE of distributed table \"{}\" that reads other tables or itself (run the query first, then modify rows by key)",
+            target.name
+        )));
+    }
+    if assigns_key(target) {
+        return Err(Error::unsupported(format!(
+            "changing the distribution column \"{}\" of \"{}\" (delete the row and insert it again)",
+            target.distribution_column().unwrap_or_default(),
+            target.name
+        )));
+    }
+    let qualifiers = vec![alias.unwrap_or_else(|| target.name.clone())];
+    let key = target.distribution_column().unwrap_or_default();
+    let (shards, why) = match pinned_values(selection, &qualifiers, key, params) {
+        Some(values) => (
+            shards_for_values(catalog, target, &values)?,
+            format!("{key} pins the shards"),
+        ),
+        None => (all_shards(catalog, target)?, "every shard".to_string()),
+    };
+    Ok(Plan::Shards {
+        shards,
+        sql,
+        read: false,
+        why,
+    })
+}
+
+/// The target columns of an INSERT, in the order its rows give them.
+fn insert_columns(insert: &ast::Insert, table: &Table) -> Vec<String> {
+    if insert.columns.is_empty() {
+        table.columns.iter().map(|c| c.name.clone()).collect()
+    } else {
+        insert.columns.iter().map(translate::object_name).collect()
+    }
+}
+
+fn is_default_keyword(e: &Expr) -> bool {
+    matches!(e, Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default"))
+}
+
+async fn plan_insert(
+    engine: &super::Engine,
+    catalog: &Catalog,
+    stmt: &Statement,
+    insert: &ast::Insert,
+    params: &[Value],
+) -> Result<Plan> {
+    let sql = stmt.to_string();
+    let ast::TableObject::TableName(name) = &insert.table else {
+        return Err(Error::unsupported("INSERT into a table function"));
+    };
+    let name = translate::object_name(name);
+    let (tables, _) = tables_in(stmt, catalog)?;
+    let table = catalog.table(&name).ok_or_else(|| undefined_table(&name))?;
+    if let Some(shard) = single_home(catalog, &tables)? {
+        return Ok(Plan::Shards {
+            shards: vec![shard],
+            sql,
+            read: false,
+            why: "every table on one shard".into(),
+        });
+    }
+    let key = table
+        .distribution_column()
+        .ok_or_else(|| Error::internal("a table on several shards without a distribution column"))?
+        .to_string();
+    let key_type = table
+        .column(&key)
+        .map(|c| c.ty)
+        .ok_or_else(|| Error::internal("distribution column missing"))?;
+    if let Some(ast::OnInsert::OnConflict(c)) = &insert.on {
+        if let ast::OnConflictAction::DoUpdate(u) = &c.action {
+            if u.assignments.iter().any(|a| matches!(&a.target, ast::AssignmentTarget::ColumnName(n) if translate::object_name(n).eq_ignore_ascii_case(&key))) {
+                return Err(Error::unsupported(format!(
+                    "ON CONFLICT DO UPDATE that changes the distribution column \"{key}\""
+                )));
+            }
+        }
+    }
+    let columns = insert_columns(insert, table);
+    let source = insert
+        .source
+        .as_ref()
+        .ok_or_else(|| Error::unsupported("INSERT without VALUES or a query"))?;
+    let suffix = {
+        let mut s = String::new();
+        if let Some(on) = &insert.on {
+            s.push_str(&format!(" {on}"));
+        }
+        if let Some(r) = &insert.returning {
+            let items: Vec<String> = r.iter().map(|i| i.to_string()).collect();
+            s.push_str(&format!(" RETURNING {}", items.join(", ")));
+        }
+        s
+    };
+    let SetExpr::Values(values) = source.body.as_ref() else {
+        // INSERT ... SELECT: the query on its own, then its rows by shard.
+        let query = Statement::Query(source.clone());
+        let source_plan = plan_query(catalog, &query, source, params)?;
+        return Ok(Plan::InsertSelect(Box::new(InsertSelect {
+            source: source_plan,
+            table: table.clone(),
+            columns,
+            suffix,
+        })));
+    };
+    let position = columns.iter().position(|c| c.eq_ignore_ascii_case(&key));
+    let mut rows: Vec<Vec<Expr>> = values.rows.iter().map(|p| p.content.clone()).collect();
+    let mut columns = columns;
+    // Rows whose key the coordinator must supply.
+    let needs_key = |row: &Vec<Expr>| match position {
+        None => true,
+        Some(p) => row.get(p).is_none_or(is_default_keyword),
+    };
+    let missing = rows.iter().filter(|r| needs_key(r)).count();
+    let mut supplied: Vec<Value> = Vec::new();
+    if missing > 0 {
+        if table
+            .serial
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case(&key))
+        {
+            supplied = engine
+                .serial_values(&table.name, missing)
+                .await?
+                .into_iter()
+                .map(Value::Integer)
+                .collect();
+        } else if let Some(default) = &table.key_default {
+            for _ in 0..missing {
+                supplied.push(evaluate(default.clone(), Vec::new()).await?);
+            }
+        } else {
+            supplied = vec![Value::Null; missing];
+        }
+    }
+    let position = match position {
+        Some(p) => p,
+        None => {
+            columns.push(key.clone());
+            for row in rows.iter_mut() {
+                row.push(Expr::Identifier(ast::Ident::new("DEFAULT")));
+            }
+            columns.len() - 1
+        }
+    };
+    let mut supplied = supplied.into_iter();
+    let mut by_shard: BTreeMap<ShardId, Vec<Vec<Expr>>> = BTreeMap::new();
+    for mut row in rows {
+        if row.len() <= position {
+            return Err(Error::sql(
+                sqlstate::SYNTAX_ERROR,
+                "INSERT has more target columns than expressions",
+            ));
+        }
+        let value = if is_default_keyword(&row[position]) {
+            let v = supplied.next().unwrap_or(Value::Null);
+            row[position] = translate::literal_expr(&v);
+            v
+        } else if let Some(v) = constant(&row[position], params) {
+            v
+        } else {
+            // An expression: evaluate it once here, so every replica stores this value.
+            let v = evaluate(row[position].to_string(), params.to_vec()).await?;
+            row[position] = translate::literal_expr(&v);
+            v
+        };
+        let stored = types::coerce(value, key_type)?;
+        let shard = catalog.shard_for(table, &stored)?;
+        by_shard.entry(shard).or_default().push(row);
+    }
+    let column_names: Vec<ast::ObjectName> = columns
+        .iter()
+        .map(|c| ast::ObjectName::from(vec![ast::Ident::with_quote('"', c)]))
+        .collect();
+    let parts = by_shard
+        .into_iter()
+        .map(|(shard, rows)| {
+            let mut one = insert.clone();
+            one.columns = column_names.clone();
+            let mut src = (**source).clone();
+            if let SetExpr::Values(v) = src.body.as_mut() {
+                v.rows = rows.into_iter().map(ast::Parens::with_empty_span).collect();
+            }
+            one.source = Some(Box::new(src));
+            (shard, Statement::Insert(one).to_string())
+        })
+        .collect();
+    Ok(Plan::Insert { parts })
+}
+
+/// The value of one expression, computed by the coordinator's SQLite.
+async fn evaluate(expr: String, params: Vec<Value>) -> Result<Value> {
+    let rows = scratch::run_alone(format!("SELECT {expr}"), params).await?;
+    Ok(rows
+        .rows
+        .into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next())
+        .unwrap_or(Value::Null))
+}

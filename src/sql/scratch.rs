@@ -1,0 +1,154 @@
+//! The coordinator's own SQLite: in-memory databases where rows pulled from shards are
+//! joined, grouped and sorted, statements without tables run, and statements are described.
+//! It is the same engine as the replicas (same functions, same type affinities from the
+//! same DDL), so a query merged here means what it means on one database.
+//!
+//! Invariant: nothing here is durable or replicated; a scratch database lives for one
+//! statement (or, for describing, until the catalog changes).
+
+use crate::catalog::{Catalog, Table};
+use crate::error::{Error, Result};
+use crate::limits;
+use crate::storage::replica::{self, Interrupt, Rows};
+use rusqlite::types::Value;
+use rusqlite::Connection;
+use std::sync::{Arc, Mutex};
+
+fn open() -> Result<Connection> {
+    let conn = Connection::open_in_memory()?;
+    conn.pragma_update(None, "foreign_keys", false)?;
+    conn.pragma_update(None, "case_sensitive_like", true)?;
+    crate::storage::functions::register(&conn)?;
+    Ok(conn)
+}
+
+/// Create `table` (columns and indexes) in `conn`.
+fn create(conn: &Connection, table: &Table) -> Result<()> {
+    for sql in &table.ddl {
+        conn.execute_batch(sql)?;
+    }
+    Ok(())
+}
+
+fn create_indexes(conn: &Connection, table: &Table) -> Result<()> {
+    for (_, sql) in &table.indexes {
+        conn.execute_batch(sql)?;
+    }
+    Ok(())
+}
+
+/// The rows of one table, pulled from its shards.
+pub struct Pulled {
+    pub table: Table,
+    pub rows: Vec<Vec<Value>>,
+}
+
+/// Run `work` on a fresh scratch database on a blocking thread. Dropping the future (a
+/// cancelled query) interrupts SQLite.
+async fn interruptible<R: Send + 'static>(
+    work: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+) -> Result<R> {
+    let (interrupt, guard) = Interrupt::new();
+    let result = tokio::task::spawn_blocking(move || {
+        let conn = open()?;
+        interrupt.start(&conn)?;
+        let result = work(&conn);
+        interrupt.done();
+        result
+    })
+    .await
+    .map_err(Error::internal)?;
+    drop(guard);
+    result
+}
+
+/// Load `pulled` into a fresh database and run `sql` there.
+pub async fn run_over(pulled: Vec<Pulled>, sql: String, params: Vec<Value>) -> Result<Rows> {
+    interruptible(move |conn| load_and_run(conn, &pulled, &sql, &params)).await
+}
+
+/// Run a statement that names no table.
+pub async fn run_alone(sql: String, params: Vec<Value>) -> Result<Rows> {
+    interruptible(move |conn| replica::run(conn, &sql, &params)).await
+}
+
+fn load_and_run(conn: &Connection, pulled: &[Pulled], sql: &str, params: &[Value]) -> Result<Rows> {
+    for p in pulled {
+        create(conn, &p.table)?;
+        if p.rows.is_empty() {
+            continue;
+        }
+        let width = p.rows[0].len();
+        let marks: Vec<String> = (1..=width).map(|i| format!("?{i}")).collect();
+        let insert = format!(
+            "INSERT INTO \"{}\" VALUES ({})",
+            p.table.name.replace('"', "\"\""),
+            marks.join(", ")
+        );
+        let tx = conn.unchecked_transaction()?;
+        {
+            let mut stmt = tx.prepare(&insert)?;
+            for row in &p.rows {
+                stmt.execute(rusqlite::params_from_iter(row.iter()))?;
+            }
+        }
+        tx.commit()?;
+        create_indexes(conn, &p.table)?;
+    }
+    replica::run(conn, sql, params)
+}
+
+/// Describes statements against the catalog's schema, rebuilding it when the catalog
+/// changes. Shared by a node's sessions.
+#[derive(Default)]
+pub struct Describer {
+    schema: Mutex<Option<(Arc<Catalog>, Connection)>>,
+}
+
+impl Describer {
+    /// The result columns `sql` would have. Blocking: call from `spawn_blocking`.
+    pub fn describe(&self, catalog: &Arc<Catalog>, sql: &str) -> Result<Rows> {
+        let mut schema = self.schema.lock().expect("describer lock poisoned");
+        let fresh = match &*schema {
+            Some((c, _)) => !Arc::ptr_eq(c, catalog),
+            None => true,
+        };
+        if fresh {
+            let conn = open()?;
+            for t in catalog.tables() {
+                create(&conn, t)?;
+            }
+            *schema = Some((catalog.clone(), conn));
+        }
+        let (_, conn) = schema.as_ref().expect("just built");
+        replica::describe(conn, sql)
+    }
+}
+
+/// Check that a table's DDL is valid SQLite, before any shard or the catalog sees it.
+pub fn validate(tables: &[&Table], extra: &[&str]) -> Result<()> {
+    let conn = open()?;
+    for t in tables {
+        create(&conn, t)?;
+        create_indexes(&conn, t)?;
+    }
+    for sql in extra {
+        conn.execute_batch(sql)?;
+    }
+    Ok(())
+}
+
+/// How many rows a pull may bring to the coordinator, checked as rows arrive.
+pub fn check_intermediate(rows: usize) -> Result<()> {
+    if rows > limits::INTERMEDIATE_ROWS_MAX {
+        return Err(Error::sql(
+            crate::error::sqlstate::PROGRAM_LIMIT_EXCEEDED,
+            format!(
+                "the query needs more than {} rows from other shards at the coordinator; \
+                 add filters on the distribution column or co-locate the joined tables",
+                limits::INTERMEDIATE_ROWS_MAX
+            ),
+        ));
+    }
+    Ok(())
+}
