@@ -12,7 +12,8 @@
 //! - [`chaos`]: operation histories and the checkers that judge them (fault testing).
 //!
 //! Shared foundations: [`ids`] (newtype ids), [`error`] (one error type with SQLSTATEs),
-//! [`types`] (PostgreSQL types and their wire encodings), [`limits`] (every bound).
+//! [`types`] (PostgreSQL types and their wire encodings), [`limits`] (every bound),
+//! [`metrics`] (Prometheus counters and the replicas' Raft state).
 
 pub mod api;
 pub mod catalog;
@@ -22,6 +23,7 @@ pub mod cluster;
 pub mod error;
 pub mod ids;
 pub mod limits;
+pub mod metrics;
 pub mod node;
 pub mod planted;
 pub mod replication;

@@ -136,3 +136,60 @@ async fn oversize_bodies_are_refused_and_the_node_keeps_serving() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_statements_and_show_each_replicas_raft_state() {
+    let node = TestNode::start().await;
+    let url = node.url();
+    tokio::task::block_in_place(|| {
+        let (status, _) = sql(
+            &url,
+            json!({"sql": "CREATE TABLE m (k integer PRIMARY KEY, v text) WITH (shard_count = 2)"}),
+        );
+        assert_eq!(status, 200);
+        for k in 0..5 {
+            let (status, _) = sql(
+                &url,
+                json!({"sql": "INSERT INTO m VALUES ($1, 'x')", "params": [k]}),
+            );
+            assert_eq!(status, 200);
+        }
+        let (status, _) = sql(&url, json!({"sql": "SELECT * FROM nowhere"}));
+        assert_eq!(status, 400);
+        let mut resp = agent()
+            .get(&format!("{url}/metrics"))
+            .call()
+            .expect("metrics");
+        assert_eq!(resp.status().as_u16(), 200);
+        let text = resp.body_mut().read_to_string().unwrap();
+        let value = |line_start: &str| -> f64 {
+            text.lines()
+                .find(|l| l.starts_with(line_start))
+                .unwrap_or_else(|| panic!("no {line_start} in:\n{text}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(
+            value("cairn_statements_total{kind=\"write\",outcome=\"ok\"}"),
+            5.0
+        );
+        assert_eq!(
+            value("cairn_statements_total{kind=\"read\",outcome=\"error\"}"),
+            1.0
+        );
+        // A lone node leads the meta group and both shards of the table.
+        for shard in ["meta", "s1", "s2"] {
+            assert_eq!(
+                value(&format!("cairn_raft_is_leader{{shard=\"{shard}\"}}")),
+                1.0
+            );
+            assert!(value(&format!("cairn_leader_changes_total{{shard=\"{shard}\"}}")) >= 1.0);
+            assert!(value(&format!("cairn_raft_term{{shard=\"{shard}\"}}")) >= 1.0);
+        }
+        assert_eq!(value("cairn_catalog_tables"), 1.0);
+        assert!(text.contains("cairn_statement_seconds_bucket"), "{text}");
+    });
+}

@@ -290,6 +290,18 @@ async fn replicas(State(engine): State<Arc<Engine>>) -> Result<Json<Json_>, ApiE
     ))
 }
 
+/// Prometheus text exposition.
+async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        engine.metrics.encode(),
+    )
+        .into_response()
+}
+
 async fn not_found() -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
@@ -303,6 +315,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/sql", post(sql))
         .route("/health", get(health))
         .route("/v1/replicas", get(replicas))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits::HTTP_BODY_BYTES_MAX))
         .with_state(engine)

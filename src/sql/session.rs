@@ -29,6 +29,7 @@ use std::time::Instant;
 /// What every session of a node shares.
 pub struct Engine {
     pub cluster: Arc<Cluster>,
+    pub metrics: crate::metrics::Metrics,
     describer: scratch::Describer,
     /// Serial values reserved from cluster-wide sequences: table → (next, end).
     sequences: tokio::sync::Mutex<HashMap<String, (i64, i64)>>,
@@ -37,6 +38,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(cluster: Arc<Cluster>) -> Arc<Engine> {
         Arc::new(Engine {
+            metrics: crate::metrics::Metrics::new(&cluster),
             cluster,
             describer: scratch::Describer::default(),
             sequences: tokio::sync::Mutex::new(HashMap::new()),
@@ -357,7 +359,17 @@ impl Session {
         if self.transaction_failed() && !matches!(t.kind, Kind::Commit | Kind::Rollback) {
             return Err(failed_txn());
         }
+        let started = Instant::now();
         let result = self.execute_inner(t, params).await;
+        let kind = match &t.kind {
+            Kind::Read | Kind::Explain(_) => "read",
+            Kind::Write => "write",
+            Kind::Ddl(_) => "ddl",
+            _ => "other",
+        };
+        self.engine
+            .metrics
+            .statement(kind, result.is_ok(), started.elapsed());
         if result.is_err() {
             if let Some(txn) = self.txn.as_mut() {
                 txn.failed = true;

@@ -1,0 +1,206 @@
+//! Prometheus metrics, served as text at `GET /metrics` on every node: statements by kind
+//! and outcome with their latency, and — read on each scrape — every local replica's Raft
+//! state (term, leader, applied index, leadership changes) and the catalog's size.
+
+use crate::cluster::Cluster;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatementLabels {
+    /// `read`, `write`, `ddl` or `other` (session and transaction control).
+    pub kind: &'static str,
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    statements: Family<StatementLabels, Counter>,
+    latency: Family<StatementLabels, Histogram>,
+}
+
+impl Metrics {
+    pub fn new(cluster: &Arc<Cluster>) -> Metrics {
+        let mut registry = Registry::with_prefix("cairn");
+        let statements = Family::<StatementLabels, Counter>::default();
+        let latency = Family::<StatementLabels, Histogram>::new_with_constructor(|| {
+            // 100 µs to ~6.5 s.
+            Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+        });
+        registry.register(
+            "statements",
+            "Statements executed by this node's sessions",
+            statements.clone(),
+        );
+        registry.register(
+            "statement_seconds",
+            "Statement latency at this node (parse to result)",
+            latency.clone(),
+        );
+        registry.register_collector(Box::new(ReplicaCollector(Arc::downgrade(cluster))));
+        Metrics {
+            registry,
+            statements,
+            latency,
+        }
+    }
+
+    pub fn statement(&self, kind: &'static str, ok: bool, took: Duration) {
+        let labels = StatementLabels {
+            kind,
+            outcome: if ok { "ok" } else { "error" },
+        };
+        self.statements.get_or_create(&labels).inc();
+        self.latency
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        out
+    }
+}
+
+/// Reads each local replica's Raft metrics at scrape time.
+struct ReplicaCollector(Weak<Cluster>);
+
+impl std::fmt::Debug for ReplicaCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReplicaCollector")
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabel {
+    shard: String,
+}
+
+fn family<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(String, M)],
+) -> Result<(), std::fmt::Error> {
+    let Some(first) = values.first() else {
+        return Ok(());
+    };
+    let mut metric = encoder.encode_descriptor(name, help, None, first.1.metric_type())?;
+    for (shard, value) in values {
+        let labels = ShardLabel {
+            shard: shard.clone(),
+        };
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for ReplicaCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(cluster) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let mut terms = Vec::new();
+        let mut leaders = Vec::new();
+        let mut leading = Vec::new();
+        let mut applied = Vec::new();
+        let mut last_log = Vec::new();
+        let mut changes = Vec::new();
+        for g in cluster.groups() {
+            let shard = g.shard.to_string();
+            let m = g.raft.metrics().borrow().clone();
+            terms.push((shard.clone(), ConstGauge::new(m.current_term as i64)));
+            leaders.push((
+                shard.clone(),
+                ConstGauge::new(m.current_leader.map(|l| l as i64).unwrap_or(0)),
+            ));
+            leading.push((
+                shard.clone(),
+                ConstGauge::new(i64::from(m.current_leader == Some(cluster.node.0))),
+            ));
+            applied.push((
+                shard.clone(),
+                ConstGauge::new(m.last_applied.map(|l| l.index as i64).unwrap_or(0)),
+            ));
+            last_log.push((
+                shard.clone(),
+                ConstGauge::new(m.last_log_index.unwrap_or(0) as i64),
+            ));
+            changes.push((
+                shard,
+                ConstCounter::new(g.elections.load(std::sync::atomic::Ordering::Relaxed)),
+            ));
+        }
+        family(
+            &mut encoder,
+            "raft_term",
+            "Current Raft term of each local replica",
+            &terms,
+        )?;
+        family(
+            &mut encoder,
+            "raft_leader",
+            "Node id of each local replica's leader (0: none known)",
+            &leaders,
+        )?;
+        family(
+            &mut encoder,
+            "raft_is_leader",
+            "1 if this node leads the shard",
+            &leading,
+        )?;
+        family(
+            &mut encoder,
+            "raft_applied_index",
+            "Last log index applied to each local replica",
+            &applied,
+        )?;
+        family(
+            &mut encoder,
+            "raft_last_log_index",
+            "Last log index in each local replica's log",
+            &last_log,
+        )?;
+        family(
+            &mut encoder,
+            "leader_changes",
+            "Leadership changes seen by each local replica (new leader or new term)",
+            &changes,
+        )?;
+        let catalog = cluster.catalog();
+        let gauge = ConstGauge::new(catalog.tables().count() as i64);
+        gauge.encode(encoder.encode_descriptor(
+            "catalog_tables",
+            "Tables in the catalog",
+            None,
+            gauge.metric_type(),
+        )?)?;
+        let gauge = ConstGauge::new(catalog.shards.len() as i64);
+        gauge.encode(encoder.encode_descriptor(
+            "catalog_shards",
+            "Data shards in the catalog",
+            None,
+            gauge.metric_type(),
+        )?)?;
+        let gauge = ConstGauge::new(catalog.nodes.len() as i64);
+        gauge.encode(encoder.encode_descriptor(
+            "catalog_nodes",
+            "Nodes in the catalog",
+            None,
+            gauge.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
