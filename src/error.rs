@@ -43,6 +43,13 @@ pub mod sqlstate {
     pub const UNDEFINED_PARAMETER: &str = "42P02";
     pub const INVALID_PARAMETER_TYPE: &str = "08P01";
     pub const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";
+    pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
+    pub const DEPENDENT_OBJECTS_STILL_EXIST: &str = "2BP01";
+    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    pub const DUPLICATE_COLUMN: &str = "42701";
+    pub const WRONG_OBJECT_TYPE: &str = "42809";
+    pub const RESERVED_NAME: &str = "42939";
+    pub const INVALID_OBJECT_DEFINITION: &str = "42P17";
 
     const ALL: &[&str] = &[
         SYNTAX_ERROR,
@@ -80,8 +87,13 @@ pub mod sqlstate {
         DATA_CORRUPTED,
         UNDEFINED_PARAMETER,
         CANT_CHANGE_RUNTIME_PARAM,
-        "42501",
-        "42939",
+        OBJECT_NOT_IN_PREREQUISITE_STATE,
+        DEPENDENT_OBJECTS_STILL_EXIST,
+        INSUFFICIENT_PRIVILEGE,
+        DUPLICATE_COLUMN,
+        WRONG_OBJECT_TYPE,
+        RESERVED_NAME,
+        INVALID_OBJECT_DEFINITION,
     ];
 
     /// The static code equal to `code` (from another node), or XX000 for one Cairn never uses.
@@ -186,6 +198,13 @@ impl From<rusqlite::Error> for Error {
                 sqlstate::DATATYPE_MISMATCH
             }
             rusqlite::Error::MultipleStatement => sqlstate::SYNTAX_ERROR,
+            rusqlite::Error::UserFunctionError(e) => {
+                let msg = e.to_string();
+                return Error::Sql {
+                    code: classify_sqlite_message(&msg),
+                    message: strip_sqlite_noise(&msg),
+                };
+            }
             rusqlite::Error::SqlInputError { msg, .. } => {
                 return Error::Sql {
                     code: classify_sqlite_message(msg),
@@ -216,6 +235,8 @@ fn classify_sqlite_message(message: &str) -> &'static str {
         sqlstate::SYNTAX_ERROR
     } else if message.contains("no such index") {
         sqlstate::UNDEFINED_OBJECT
+    } else if message.contains("is not empty") {
+        sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE
     } else if message.contains("division by zero") {
         sqlstate::DIVISION_BY_ZERO
     } else if message.contains("integer overflow") || message.contains("out of range") {

@@ -43,6 +43,8 @@ pub struct DdlPlan {
     pub undo: Vec<JobStep>,
     pub finish: Vec<Change>,
     pub abort: Vec<Change>,
+    /// Said to the client on success.
+    pub notice: Option<String>,
 }
 
 pub enum Planned {
@@ -119,7 +121,238 @@ pub async fn plan(mt: &MetaTxn<'_>, catalog: &Catalog, action: &DdlAction) -> Re
         DdlAction::AlterTable { table, sql, added } => {
             Ok(vec![plan_alter(catalog, table, sql, added)?])
         }
+        DdlAction::Distribute {
+            table,
+            column,
+            colocate_with,
+            shard_count,
+        } => Ok(vec![
+            plan_distribute(
+                mt,
+                catalog,
+                table,
+                column.as_deref(),
+                colocate_with.as_deref(),
+                *shard_count,
+            )
+            .await?,
+        ]),
     }
+}
+
+/// Lay an empty table out anew: hash-distributed on `column` (co-located as asked), or as a
+/// reference table (`column` None). Each old shard drops the table only if it holds no row
+/// (the step fails otherwise, and the job is undone).
+async fn plan_distribute(
+    mt: &MetaTxn<'_>,
+    catalog: &Catalog,
+    name: &str,
+    column: Option<&str>,
+    colocate_with: Option<&str>,
+    shard_count: Option<u32>,
+) -> Result<Planned> {
+    let t = catalog.table(name).ok_or_else(|| undefined_table(name))?;
+    if let Some(child) = catalog.tables().find(|c| {
+        !c.name.eq_ignore_ascii_case(name)
+            && c.references.iter().any(|r| r.eq_ignore_ascii_case(name))
+    }) {
+        return Err(Error::unsupported(format!(
+            "changing the layout of \"{}\" while table \"{}\" references it",
+            t.name, child.name
+        )));
+    }
+    if !t.references.is_empty() {
+        return Err(Error::unsupported(format!(
+            "changing the layout of \"{}\", which has foreign keys (declare them after distributing it)",
+            t.name
+        )));
+    }
+    let mut plan = DdlPlan {
+        table: t.name.clone(),
+        ..DdlPlan::default()
+    };
+    let (distribution, colocation) = match column {
+        None => {
+            let existing = catalog
+                .colocations
+                .values()
+                .find(|g| g.kind == ColocationKind::Reference)
+                .map(|g| g.id);
+            let id = match existing {
+                Some(id) => id,
+                None => new_reference_group(mt, catalog, &mut plan).await?,
+            };
+            (Distribution::Reference, id)
+        }
+        Some(c) => {
+            if t.column(c).is_none() {
+                return Err(Error::sql(
+                    sqlstate::UNDEFINED_COLUMN,
+                    format!("column \"{c}\" of relation \"{}\" does not exist", t.name),
+                ));
+            }
+            let uniques = unique_sets(t);
+            if !includes_all(&uniques, c) {
+                return Err(Error::unsupported(format!(
+                    "distributing \"{}\" by \"{c}\": a unique constraint of it does not include \"{c}\"",
+                    t.name
+                )));
+            }
+            let count = shard_count.unwrap_or(catalog.settings.shard_count);
+            let target = match colocate_with {
+                Some(other) => {
+                    let o = catalog.table(other).ok_or_else(|| undefined_table(other))?;
+                    if !matches!(o.distribution, Distribution::Hash { .. }) {
+                        return Err(Error::unsupported(format!(
+                            "colocate_with \"{other}\", which is not hash-distributed"
+                        )));
+                    }
+                    Some(o.colocation)
+                }
+                None => catalog
+                    .colocations
+                    .values()
+                    .find(|g| {
+                        g.kind == ColocationKind::Hash { shard_count: count }
+                            && g.id != t.colocation
+                    })
+                    .map(|g| g.id),
+            };
+            let already = matches!(&t.distribution, Distribution::Hash { column: k } if k.eq_ignore_ascii_case(c));
+            let id = match target {
+                Some(id) if id == t.colocation && already => {
+                    return Ok(Planned::Skip(format!(
+                        "table \"{}\" is already distributed by \"{c}\" in that colocation group",
+                        t.name
+                    )))
+                }
+                Some(id) if id == t.colocation => {
+                    return Err(Error::unsupported(format!(
+                        "re-distributing \"{}\" within its own colocation group",
+                        t.name
+                    )))
+                }
+                Some(id) => id,
+                None => {
+                    new_colocation(
+                        mt,
+                        catalog,
+                        ColocationKind::Hash { shard_count: count },
+                        count,
+                        &mut plan,
+                    )
+                    .await?
+                    .id
+                }
+            };
+            (
+                Distribution::Hash {
+                    column: c.to_string(),
+                },
+                id,
+            )
+        }
+    };
+    let old = catalog.shards_of(t)?;
+    let new = shards_after(catalog, colocation, &plan);
+    let serial = match &distribution {
+        Distribution::Hash { column } => t
+            .columns
+            .iter()
+            .any(|c| c.name.eq_ignore_ascii_case(column))
+            .then(|| t.serial.clone())
+            .flatten()
+            .filter(|s| s.eq_ignore_ascii_case(column)),
+        _ => None,
+    };
+    let after = Table {
+        distribution,
+        colocation,
+        serial,
+        key_default: None,
+        ..t.clone()
+    };
+    let mut hidden = t.clone();
+    hidden.state = TableState::Creating;
+    let create: String = t
+        .ddl
+        .iter()
+        .chain(t.indexes.iter().map(|(_, s)| s))
+        .map(|s| format!("{s};"))
+        .collect();
+    let recreate: String = t
+        .ddl
+        .iter()
+        .take(1)
+        .map(|s| s.replacen("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1))
+        .chain(t.ddl.iter().skip(1).cloned())
+        .chain(
+            t.indexes
+                .iter()
+                .map(|(_, s)| s.replacen("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1)),
+        )
+        .map(|s| format!("{s};"))
+        .collect();
+    let q = quote(&t.name);
+    let check_and_drop = format!(
+        "SELECT cairn_fail('table {} is not empty: lay it out before loading data (or empty it first)') FROM {q} LIMIT 1;DROP TABLE {q};",
+        t.name.replace('\'', "''"),
+    );
+    plan.hide = vec![Change::PutTable(Box::new(hidden))];
+    plan.steps = steps_on(&old, &check_and_drop);
+    plan.steps.extend(steps_on(
+        &new,
+        &format!("DROP TABLE IF EXISTS {q};{create}"),
+    ));
+    plan.undo = steps_on(&new, &format!("DROP TABLE IF EXISTS {q}"));
+    plan.undo.extend(steps_on(&old, &recreate));
+    plan.finish = vec![Change::PutTable(Box::new(after))];
+    plan.abort = vec![Change::PutTable(Box::new(t.clone()))];
+    Ok(Planned::Do(Box::new(plan)))
+}
+
+/// The column sets of a table's unique constraints, read from its SQLite DDL.
+fn unique_sets(t: &Table) -> Vec<Vec<String>> {
+    let Some(sql) = t.ddl.first() else {
+        return Vec::new();
+    };
+    match super::translate::parse(sql).ok().and_then(|mut v| v.pop()) {
+        Some(sqlparser::ast::Statement::CreateTable(mut c)) => {
+            super::translate::create_table_info(&mut c)
+                .map(|ct| ct.uniques)
+                .unwrap_or_default()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The reference group: one shard with a replica on every node.
+async fn new_reference_group(
+    mt: &MetaTxn<'_>,
+    catalog: &Catalog,
+    plan: &mut DdlPlan,
+) -> Result<u64> {
+    let id = mt.next("_colocations", 1).await? as u64;
+    let every = catalog.nodes.keys().copied().collect::<Vec<_>>();
+    let replicas = placement::leader_first(catalog, every, &BTreeMap::new());
+    let shard = ShardId(mt.next("_shards", 1).await? as u64);
+    let s = Shard {
+        id: shard,
+        colocation: id,
+        initial: replicas.clone(),
+        replicas,
+        replication_factor: 0,
+        zones: Vec::new(),
+    };
+    plan.setup.push(meta::put_shard(&s)?);
+    plan.new_shards.push(shard);
+    let group = Colocation {
+        id,
+        kind: ColocationKind::Reference,
+        shards: vec![shard],
+    };
+    plan.setup.push(meta::put_colocation(&group)?);
+    Ok(id)
 }
 
 fn plan_drop(catalog: &Catalog, name: &str, if_exists: bool) -> Result<Planned> {
@@ -136,7 +369,7 @@ fn plan_drop(catalog: &Catalog, name: &str, if_exists: bool) -> Result<Planned> 
             && t.references.iter().any(|r| r.eq_ignore_ascii_case(name))
     }) {
         return Err(Error::sql(
-            "2BP01",
+            sqlstate::DEPENDENT_OBJECTS_STILL_EXIST,
             format!(
                 "cannot drop table {name} because table {} references it; drop that table first",
                 child.name
@@ -196,7 +429,7 @@ fn plan_alter(catalog: &Catalog, table: &str, sql: &str, added: &[Column]) -> Re
     for c in added {
         if t.column(&c.name).is_some() {
             return Err(Error::sql(
-                "42701",
+                sqlstate::DUPLICATE_COLUMN,
                 format!(
                     "column \"{}\" of relation \"{}\" already exists",
                     c.name, t.name
@@ -552,6 +785,13 @@ async fn plan_create(mt: &MetaTxn<'_>, catalog: &Catalog, ct: &CreateTable) -> R
     plan.undo = steps_on(&shards, &drop);
     plan.finish = vec![Change::PutTable(Box::new(table))];
     plan.abort = vec![Change::ForgetTable(ct.name.clone())];
+    if !unenforced.is_empty() {
+        plan.notice = Some(format!(
+            "foreign keys from \"{}\" to reference table(s) {} are not enforced",
+            ct.name,
+            unenforced.join(", ")
+        ));
+    }
     Ok(Planned::Do(Box::new(plan)))
 }
 
@@ -575,7 +815,7 @@ async fn plan_partition(
     let group = catalog.colocation_of(parent)?;
     let ColocationKind::List { partitions } = &group.kind else {
         return Err(Error::sql(
-            "42809",
+            sqlstate::WRONG_OBJECT_TYPE,
             format!("table \"{}\" is not partitioned by list", parent.name),
         ));
     };
@@ -587,7 +827,7 @@ async fn plan_partition(
         };
         if overlap {
             return Err(Error::sql(
-                "42P17",
+                sqlstate::INVALID_OBJECT_DEFINITION,
                 format!(
                     "partition \"{}\" would overlap partition \"{}\"",
                     ct.name, p.name

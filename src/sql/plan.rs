@@ -692,6 +692,18 @@ fn plan_modify(
     let sql = stmt.to_string();
     let (tables, counts) = tables_in(stmt, catalog)?;
     let target = catalog.table(&name).ok_or_else(|| undefined_table(&name))?;
+    let list = matches!(
+        target.distribution,
+        crate::catalog::Distribution::List { .. }
+    );
+    if list && assigns_key(target) {
+        // The new value may belong to another partition (even one not created yet).
+        return Err(Error::unsupported(format!(
+            "changing the partition column \"{}\" of \"{}\" (delete the row and insert it again)",
+            target.distribution_column().unwrap_or_default(),
+            target.name
+        )));
+    }
     if let Some(shard) = single_home(catalog, &tables)? {
         return Ok(Plan::Shards {
             shards: vec![shard],
@@ -757,7 +769,13 @@ async fn plan_insert(
     let name = translate::object_name(name);
     let (tables, _) = tables_in(stmt, catalog)?;
     let table = catalog.table(&name).ok_or_else(|| undefined_table(&name))?;
-    if let Some(shard) = single_home(catalog, &tables)? {
+    let list = matches!(
+        table.distribution,
+        crate::catalog::Distribution::List { .. }
+    );
+    // A list-partitioned table routes every row by value, even with one partition: a value
+    // no partition lists must be refused.
+    if let Some(shard) = single_home(catalog, &tables)?.filter(|_| !list) {
         return Ok(Plan::Shards {
             shards: vec![shard],
             sql,

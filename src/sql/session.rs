@@ -150,8 +150,9 @@ struct OpenTxn {
     /// The shards this transaction holds, by id.
     leases: BTreeMap<ShardId, Lease>,
     failed: bool,
-    /// The catalog as this transaction sees it, once its own DDL changed it.
-    catalog: Option<Arc<Catalog>>,
+    /// The catalog as this transaction sees it once its own DDL changed it: the node's
+    /// catalog it was built from, and that plus `changes`.
+    catalog: std::sync::Mutex<Option<(Arc<Catalog>, Arc<Catalog>)>>,
     /// Catalog changes of the transaction's DDL, made at COMMIT.
     changes: Vec<Change>,
 }
@@ -161,7 +162,7 @@ impl OpenTxn {
         OpenTxn {
             leases: BTreeMap::new(),
             failed: false,
-            catalog: None,
+            catalog: std::sync::Mutex::new(None),
             changes: Vec::new(),
         }
     }
@@ -244,12 +245,26 @@ impl Session {
         }
     }
 
-    /// The catalog as this session sees it: the node's, or its transaction's own.
+    /// The catalog as this session sees it: the node's, with its transaction's own DDL
+    /// applied on top.
     fn catalog(&self) -> Arc<Catalog> {
-        self.txn
-            .as_ref()
-            .and_then(|t| t.catalog.clone())
-            .unwrap_or_else(|| self.engine.cluster.catalog())
+        let base = self.engine.cluster.catalog();
+        let Some(txn) = self.txn.as_ref().filter(|t| !t.changes.is_empty()) else {
+            return base;
+        };
+        let mut cached = txn.catalog.lock().expect("catalog cache lock");
+        if let Some((from, view)) = &*cached {
+            if Arc::ptr_eq(from, &base) {
+                return view.clone();
+            }
+        }
+        let mut view = (*base).clone();
+        for change in &txn.changes {
+            view.apply(change);
+        }
+        let view = Arc::new(view);
+        *cached = Some((base, view.clone()));
+        view
     }
 
     /// Translate against the session's catalog. A statement naming a table this node has
@@ -705,6 +720,7 @@ impl Session {
             }
         };
         let mut notice = None;
+        let mut notices: Vec<String> = Vec::new();
         let mut jobs = Vec::new();
         let mut new_shards = Vec::new();
         let mut plans = Vec::new();
@@ -713,6 +729,7 @@ impl Session {
                 match p {
                     Planned::Skip(n) => notice = Some(n),
                     Planned::Do(plan) => {
+                        notices.extend(plan.notice.clone());
                         for stmt in &plan.setup {
                             mt.exec(stmt.clone()).await?;
                         }
@@ -756,19 +773,36 @@ impl Session {
                     };
                     self.on_shard(step.shard, stmt, false).await?;
                 }
-                let base = self.catalog();
                 let txn = self.txn.as_mut().expect("in a transaction");
-                let mut view = (*base).clone();
-                for change in &plan.finish {
-                    view.apply(change);
-                }
-                txn.catalog = Some(Arc::new(view));
                 txn.changes.extend(plan.finish.iter().cloned());
+                *txn.catalog.lock().expect("catalog cache lock") = None;
             }
         } else {
             for job in &jobs {
                 cluster.run_job(job).await?;
             }
+        }
+        if let translate::DdlAction::Distribute { column, .. } = action {
+            // Citus's functions return void: one row, one empty column.
+            let name = if column.is_some() {
+                "create_distributed_table"
+            } else {
+                "create_reference_table"
+            };
+            return Ok(Output {
+                fields: vec![Field {
+                    name: name.into(),
+                    ty: PgType::Text,
+                }],
+                rows: vec![vec![Value::Text(String::new())]],
+                rows_affected: 1,
+                returns_rows: true,
+                notice,
+                ..Output::command(tag, TxnEvent::None)
+            });
+        }
+        for plan in &notices {
+            notice = notice.or(Some(plan.clone()));
         }
         Ok(Output {
             notice,

@@ -69,6 +69,14 @@ pub enum DdlAction {
         sql: String,
         added: Vec<Column>,
     },
+    /// Citus's `create_distributed_table('t', 'col', colocate_with => 'u', shard_count => n)`
+    /// and `create_reference_table('t')` (column None): lay an empty table out anew.
+    Distribute {
+        table: String,
+        column: Option<String>,
+        colocate_with: Option<String>,
+        shard_count: Option<u32>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -851,7 +859,7 @@ fn reject_internal(stmt: &Statement) -> Result<()> {
     }
     match bad {
         Some(n) => Err(Error::sql(
-            "42501",
+            sqlstate::INSUFFICIENT_PRIVILEGE,
             format!("permission denied for table {n}"),
         )),
         None => Ok(()),
@@ -958,6 +966,10 @@ pub fn translate(
         expr_types: Vec::new(),
         tag: tag.to_string(),
     };
+    if let Some(action) = distribution_call(&stmt)? {
+        let tag = "SELECT 1";
+        return Ok(ddl(action, tag));
+    }
     match &mut stmt {
         Statement::Query(q) => {
             out.expr_types = projection_types(q, &tables);
@@ -1118,6 +1130,113 @@ pub fn translate(
     Ok(out)
 }
 
+/// `SELECT create_distributed_table(...)` / `SELECT create_reference_table(...)`, the
+/// Citus calls that lay a table out, as DDL.
+fn distribution_call(stmt: &Statement) -> Result<Option<DdlAction>> {
+    let Statement::Query(q) = stmt else {
+        return Ok(None);
+    };
+    let SetExpr::Select(select) = q.body.as_ref() else {
+        return Ok(None);
+    };
+    let [SelectItem::UnnamedExpr(Expr::Function(f))] = select.projection.as_slice() else {
+        return Ok(None);
+    };
+    let name = function_name(f);
+    if name != "create_distributed_table" && name != "create_reference_table" {
+        return Ok(None);
+    }
+    if !select.from.is_empty() {
+        return Err(Error::unsupported(format!("{name}() over a FROM clause")));
+    }
+    let FunctionArguments::List(list) = &f.args else {
+        return Err(Error::sql(
+            sqlstate::SYNTAX_ERROR,
+            format!("{name}() needs arguments"),
+        ));
+    };
+    let text = |e: &FunctionArgExpr| -> Result<String> {
+        match e {
+            FunctionArgExpr::Expr(e) => match literal_value(e) {
+                Some(Value::Text(s)) => Ok(s),
+                Some(Value::Integer(i)) => Ok(i.to_string()),
+                _ => Err(Error::sql(
+                    sqlstate::INVALID_PARAMETER_VALUE,
+                    format!("{name}() takes literal arguments, not {e}"),
+                )),
+            },
+            other => Err(Error::sql(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!("{name}() takes literal arguments, not {other}"),
+            )),
+        }
+    };
+    let mut positional = Vec::new();
+    let mut colocate_with = None;
+    let mut shard_count = None;
+    for arg in &list.args {
+        match arg {
+            FunctionArg::Unnamed(e) => positional.push(text(e)?),
+            FunctionArg::Named { name: n, arg, .. }
+            | FunctionArg::ExprNamed {
+                name: Expr::Identifier(n),
+                arg,
+                ..
+            } => {
+                let value = text(arg)?;
+                match ident_name(n).as_str() {
+                    "colocate_with" if value.eq_ignore_ascii_case("default") => {}
+                    "colocate_with" if value.eq_ignore_ascii_case("none") => {}
+                    "colocate_with" => colocate_with = Some(value.to_lowercase()),
+                    "shard_count" => {
+                        let n: u32 = value
+                            .parse()
+                            .ok()
+                            .filter(|n| (1..=limits::SHARDS_PER_TABLE_MAX).contains(n))
+                            .ok_or_else(|| {
+                                Error::sql(
+                                    sqlstate::INVALID_PARAMETER_VALUE,
+                                    format!(
+                                        "shard_count must be between 1 and {}",
+                                        limits::SHARDS_PER_TABLE_MAX
+                                    ),
+                                )
+                            })?;
+                        shard_count = Some(n);
+                    }
+                    "distribution_type" if value.eq_ignore_ascii_case("hash") => {}
+                    other => return Err(Error::unsupported(format!("{name}() argument {other}"))),
+                }
+            }
+            other => return Err(Error::unsupported(format!("{name}() argument {other}"))),
+        }
+    }
+    let reference = name == "create_reference_table";
+    let (table, column) = match (reference, positional.as_slice()) {
+        (true, [t]) => (t.to_lowercase(), None),
+        (false, [t, c]) => (t.to_lowercase(), Some(c.to_lowercase())),
+        _ => {
+            return Err(Error::sql(
+                sqlstate::UNDEFINED_FUNCTION,
+                format!(
+                    "{name}() takes {}",
+                    if reference {
+                        "a table name"
+                    } else {
+                        "a table name and a column name"
+                    }
+                ),
+            ))
+        }
+    };
+    Ok(Some(DdlAction::Distribute {
+        table,
+        column,
+        colocate_with,
+        shard_count,
+    }))
+}
+
 fn translate_set(set: &ast::Set) -> Translated {
     let noop = |tag: &str| Translated {
         kind: Kind::Noop,
@@ -1219,6 +1338,11 @@ fn option_text(v: &Expr) -> String {
     }
 }
 
+/// A CREATE TABLE's constraints and columns (for re-reading a stored table's DDL).
+pub fn create_table_info(create: &mut ast::CreateTable) -> Result<CreateTable> {
+    create_table(create)
+}
+
 fn create_table(create: &mut ast::CreateTable) -> Result<CreateTable> {
     if create.temporary {
         return Err(Error::unsupported("CREATE TEMPORARY TABLE"));
@@ -1229,7 +1353,7 @@ fn create_table(create: &mut ast::CreateTable) -> Result<CreateTable> {
     let table = object_name(&create.name);
     if is_internal(&table) {
         return Err(Error::sql(
-            "42939",
+            sqlstate::RESERVED_NAME,
             format!("table name \"{table}\" is reserved"),
         ));
     }

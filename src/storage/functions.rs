@@ -41,6 +41,12 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     // PostgreSQL raises "division by zero".
     conn.create_scalar_function("cairn_div", 2, constant, |ctx| arith(ctx, Op::Div))?;
     conn.create_scalar_function("cairn_mod", 2, constant, |ctx| arith(ctx, Op::Mod))?;
+    // Raises its argument as an error: DDL jobs use it to refuse a step (`SELECT
+    // cairn_fail('...') FROM t LIMIT 1` fails only if t has rows).
+    conn.create_scalar_function("cairn_fail", 1, volatile, |ctx| {
+        let msg: String = ctx.get(0)?;
+        Err::<i64, _>(rusqlite::Error::UserFunctionError(msg.into()))
+    })?;
     Ok(())
 }
 

@@ -190,21 +190,40 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_each(n, |_| extra.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// A cluster whose node i (0-based) gets the extra arguments `args(i)`.
+    pub fn start_each(n: usize, args: impl Fn(usize) -> Vec<String>) -> Cluster {
         let dirs = tempfile::tempdir().unwrap();
         let mut nodes: Vec<ProcessNode> = Vec::new();
         for i in 0..n {
             let join = nodes.first().map(|n| n.cluster);
             let dir = dirs.path().join(format!("n{}", i + 1));
+            let extra = args(i);
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
             nodes.push(ProcessNode::spawn_in_cluster(
                 &dir,
                 free_addr(),
                 free_addr(),
                 free_addr(),
                 join,
-                extra,
+                &extra,
             ));
         }
         Cluster { nodes, dirs }
+    }
+
+    /// The shards each node holds a replica of (from `/v1/replicas`).
+    pub fn shards_on(&self, i: usize) -> Vec<String> {
+        let v: serde_json::Value =
+            serde_json::from_str(&http_get(self.nodes[i].http, "/v1/replicas").unwrap()).unwrap();
+        v["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["shard"].as_str().unwrap().to_string())
+            .collect()
     }
 
     /// Index of the node the first answering node names as leader of `shard` (`meta`, `s1`, ...).
