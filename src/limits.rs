@@ -96,3 +96,10 @@ pub const SEQUENCE_BLOCK: i64 = 1_000;
 /// Bound parameters per generated statement (SQLite allows 32,766): INSERT ... SELECT across
 /// shards sends its rows in statements of at most this many values.
 pub const SQL_VARIABLES_MAX: usize = 30_000;
+
+/// Rows of a COPY inserted per batch (per shard, one Raft proposal each outside a
+/// transaction block): large enough to amortise a proposal, small enough to bound memory.
+pub const COPY_BATCH_ROWS: usize = 2_000;
+
+/// Longest row COPY accepts (bytes buffered for one incomplete row).
+pub const COPY_LINE_BYTES_MAX: usize = 64 * 1024 * 1024;

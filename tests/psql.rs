@@ -48,6 +48,28 @@ async fn psql_smoke() {
         assert!(ok, "{sql}: {out}");
         assert_eq!(out, want, "{sql}");
     }
+    // psql's \copy streams a file through COPY FROM STDIN.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("articles.csv");
+    let mut csv = String::new();
+    for i in 0..300 {
+        csv.push_str(&format!(
+            "\"title, {i}\",{}\n",
+            if i % 3 == 0 { "art" } else { "sports" }
+        ));
+    }
+    std::fs::write(&file, csv).unwrap();
+    let copy = format!(
+        "\\copy articles (title, category) FROM '{}' WITH (FORMAT csv)",
+        file.display()
+    );
+    let (ok, out) = tokio::task::block_in_place(|| psql(&node, &copy));
+    assert!(ok, "{out}");
+    let (ok, out) = tokio::task::block_in_place(|| {
+        psql(&node, "SELECT category, count(*) FROM articles WHERE title LIKE 'title,%' GROUP BY 1 ORDER BY 1")
+    });
+    assert!(ok, "{out}");
+    assert_eq!(out, "art|100\nsports|200\n");
     // Errors come back as psql prints them, with the connection still usable.
     let (ok, out) = tokio::task::block_in_place(|| psql(&node, "SELECT * FROM nowhere"));
     assert!(!ok);

@@ -8,19 +8,21 @@ use crate::sql::{Engine, Field, Output, Prepared, Session, TxnEvent};
 use crate::types::{self, Format, PgType};
 use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
-use futures::{stream, Sink};
+use futures::{stream, Sink, SinkExt};
 use pgwire::api::auth::noop::NoopStartupHandler;
 use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format as PortalFormat, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{
-    DescribePortalResponse, DescribeStatementResponse, FieldFormat, FieldInfo, QueryResponse,
-    Response, Tag,
+    CopyResponse, DescribePortalResponse, DescribeStatementResponse, FieldFormat, FieldInfo,
+    QueryResponse, Response, Tag,
 };
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionManager, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::data::DataRow;
 use pgwire::messages::PgWireBackendMessage;
 use std::fmt::Debug;
@@ -84,6 +86,14 @@ fn data_rows(output: &Output, format: &PortalFormat) -> Result<Vec<PgWireResult<
 }
 
 fn response(output: Output, format: &PortalFormat) -> Result<Response, Error> {
+    if let Some(columns) = output.copy_in {
+        // Text and CSV both travel as overall format 0; the rows come as CopyData.
+        return Ok(Response::CopyIn(CopyResponse::new(
+            0,
+            columns,
+            stream::empty(),
+        )));
+    }
     match output.txn {
         TxnEvent::Started => return Ok(Response::TransactionStart(Tag::new(&output.tag))),
         TxnEvent::Ended => return Ok(Response::TransactionEnd(Tag::new(&output.tag))),
@@ -322,6 +332,49 @@ impl ExtendedQueryHandler for Connection {
 }
 
 /// The handler set pgwire asks for; every role is played by the connection itself.
+#[async_trait]
+impl CopyHandler for Connection {
+    async fn on_copy_data<C>(&self, _client: &mut C, data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.session.lock().await.copy_data(&data.data).await;
+        Ok(())
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let output = self
+            .session
+            .lock()
+            .await
+            .copy_done()
+            .await
+            .map_err(user_error)?;
+        let tag = Tag::new("COPY").with_rows(output.rows_affected as usize);
+        client
+            .send(PgWireBackendMessage::CommandComplete(tag.into()))
+            .await?;
+        Ok(())
+    }
+
+    async fn on_copy_fail<C>(&self, _client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let e = self.session.lock().await.copy_fail(&fail.message).await;
+        user_error(e)
+    }
+}
+
 struct Handlers(Arc<Connection>);
 
 impl PgWireServerHandlers for Handlers {
@@ -339,6 +392,10 @@ impl PgWireServerHandlers for Handlers {
 
     fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
         self.0.cancel.clone()
+    }
+
+    fn copy_handler(&self) -> Arc<impl CopyHandler> {
+        self.0.clone()
     }
 }
 

@@ -50,6 +50,7 @@ impl Engine {
             engine: self.clone(),
             settings: BTreeMap::new(),
             txn: None,
+            copy: None,
         }
     }
 
@@ -114,6 +115,9 @@ pub struct Output {
     pub txn: TxnEvent,
     /// A notice for the client (e.g. "there is no transaction in progress").
     pub notice: Option<String>,
+    /// `COPY ... FROM STDIN` started: the client sends rows of this many columns next
+    /// ([`Session::copy_data`], then [`Session::copy_done`] or [`Session::copy_fail`]).
+    pub copy_in: Option<usize>,
 }
 
 impl Output {
@@ -126,8 +130,21 @@ impl Output {
             returns_rows: false,
             txn,
             notice: None,
+            copy_in: None,
         }
     }
+}
+
+/// A `COPY FROM STDIN` in progress.
+struct CopyState {
+    table: crate::catalog::Table,
+    columns: Vec<(String, PgType)>,
+    parser: super::copy::Parser,
+    /// Rows parsed and not yet inserted.
+    rows: Vec<Vec<Value>>,
+    inserted: u64,
+    /// The first error; later data is read and dropped until the client ends the copy.
+    error: Option<Error>,
 }
 
 /// A translated statement, kept by the extended protocol between Parse and Execute.
@@ -172,6 +189,7 @@ pub struct Session {
     engine: Arc<Engine>,
     settings: BTreeMap<String, String>,
     txn: Option<OpenTxn>,
+    copy: Option<CopyState>,
 }
 
 fn failed_txn() -> Error {
@@ -480,7 +498,8 @@ impl Session {
                 }
                 Plan::InsertSelect(is) => {
                     let source = self.run_plan(&is.source, params).await?;
-                    self.insert_rows(is, source.rows).await
+                    self.insert_rows(&is.table, &is.columns, &is.suffix, source.rows)
+                        .await
                 }
             }
         })
@@ -489,12 +508,13 @@ impl Session {
     /// Insert `rows` (values for `is.columns`) into `is.table`, each on its shard.
     async fn insert_rows(
         &mut self,
-        is: &plan::InsertSelect,
+        table: &crate::catalog::Table,
+        columns: &[String],
+        suffix: &str,
         rows: Vec<Vec<Value>>,
     ) -> Result<Rows> {
-        let table = &is.table;
         let catalog = self.catalog();
-        let mut columns = is.columns.clone();
+        let mut columns = columns.to_vec();
         let key = table.distribution_column().map(str::to_string);
         let mut rows = rows;
         let mut position = key
@@ -560,7 +580,7 @@ impl Session {
                     table.name.replace('"', "\"\""),
                     names.join(", "),
                     tuples.join(", "),
-                    is.suffix
+                    suffix
                 );
                 let stmt = Statement {
                     sql,
@@ -646,6 +666,46 @@ impl Session {
             }
             Kind::Noop => Ok(Output::command(&t.tag, TxnEvent::None)),
             Kind::Ddl(action) => self.ddl(action, &t.tag).await,
+            Kind::CopyIn(spec) => {
+                let catalog = self.catalog();
+                let table = catalog.table(&spec.table).cloned().ok_or_else(|| {
+                    Error::sql(
+                        sqlstate::UNDEFINED_TABLE,
+                        format!("relation \"{}\" does not exist", spec.table),
+                    )
+                })?;
+                let names: Vec<String> = if spec.columns.is_empty() {
+                    table.columns.iter().map(|c| c.name.clone()).collect()
+                } else {
+                    spec.columns.clone()
+                };
+                let mut columns = Vec::with_capacity(names.len());
+                for n in names {
+                    let ty = table.column(&n).map(|c| c.ty).ok_or_else(|| {
+                        Error::sql(
+                            sqlstate::UNDEFINED_COLUMN,
+                            format!(
+                                "column \"{n}\" of relation \"{}\" does not exist",
+                                table.name
+                            ),
+                        )
+                    })?;
+                    columns.push((n, ty));
+                }
+                let width = columns.len();
+                self.copy = Some(CopyState {
+                    table,
+                    columns,
+                    parser: super::copy::Parser::new(spec.options.clone()),
+                    rows: Vec::new(),
+                    inserted: 0,
+                    error: None,
+                });
+                Ok(Output {
+                    copy_in: Some(width),
+                    ..Output::command("COPY", TxnEvent::None)
+                })
+            }
             Kind::Explain(inner) => {
                 let catalog = self.catalog();
                 let plan = plan::plan(&self.engine, &catalog, inner, &params).await?;
@@ -853,7 +913,154 @@ impl Session {
             returns_rows,
             txn: TxnEvent::None,
             notice: None,
+            copy_in: None,
         }
+    }
+
+    /// Rows of a `COPY FROM STDIN`, in chunks cut anywhere. Errors are kept for
+    /// [`Session::copy_done`]: the protocol reads the rest of the data either way.
+    pub async fn copy_data(&mut self, data: &[u8]) {
+        let Some(copy) = self.copy.as_mut() else {
+            return;
+        };
+        if copy.error.is_some() {
+            return;
+        }
+        let parsed = copy.parser.feed(data);
+        if copy.parser.pending() > limits::COPY_LINE_BYTES_MAX {
+            copy.error = Some(Error::sql(
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "COPY: a row longer than {} bytes",
+                    limits::COPY_LINE_BYTES_MAX
+                ),
+            ));
+            return;
+        }
+        if let Err(e) = self.copy_rows(parsed).await {
+            if let Some(copy) = self.copy.as_mut() {
+                copy.error = Some(e);
+            }
+        }
+    }
+
+    /// Convert parsed rows to typed values and insert full batches.
+    async fn copy_rows(&mut self, parsed: Result<Vec<Vec<Option<String>>>>) -> Result<()> {
+        let copy = self.copy.as_mut().expect("a copy is in progress");
+        let first_line = copy.parser.line;
+        let parsed = parsed?;
+        let first_line = first_line + 1 - parsed.len() as u64;
+        for (i, fields) in parsed.into_iter().enumerate() {
+            let line = first_line + i as u64;
+            if fields.len() != copy.columns.len() {
+                return Err(Error::sql(
+                    sqlstate::DATA_EXCEPTION,
+                    format!(
+                        "COPY {}: line {line}: {} columns where {} were expected",
+                        copy.table.name,
+                        fields.len(),
+                        copy.columns.len()
+                    ),
+                ));
+            }
+            let mut row = Vec::with_capacity(fields.len());
+            for (f, (name, ty)) in fields.into_iter().zip(&copy.columns) {
+                row.push(match f {
+                    None => Value::Null,
+                    Some(text) => crate::types::coerce(Value::Text(text), *ty).map_err(|e| {
+                        Error::sql(
+                            e.code(),
+                            format!("COPY {}: line {line}, column {name}: {e}", copy.table.name),
+                        )
+                    })?,
+                });
+            }
+            copy.rows.push(row);
+        }
+        if copy.rows.len() >= limits::COPY_BATCH_ROWS {
+            self.copy_flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn copy_flush(&mut self) -> Result<()> {
+        let copy = self.copy.as_mut().expect("a copy is in progress");
+        let rows = std::mem::take(&mut copy.rows);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let (table, columns) = (
+            copy.table.clone(),
+            copy.columns
+                .iter()
+                .map(|(n, _)| n.clone())
+                .collect::<Vec<_>>(),
+        );
+        let n = rows.len() as u64;
+        self.insert_rows(&table, &columns, "", rows).await?;
+        if let Some(copy) = self.copy.as_mut() {
+            copy.inserted += n;
+        }
+        Ok(())
+    }
+
+    /// The client finished sending rows: insert the rest and report `COPY n`.
+    pub async fn copy_done(&mut self) -> Result<Output> {
+        let Some(copy) = self.copy.as_mut() else {
+            return Err(Error::sql(
+                sqlstate::PROTOCOL_VIOLATION,
+                "no COPY in progress",
+            ));
+        };
+        if copy.error.is_none() {
+            let rest = copy.parser.finish();
+            if let Err(e) = self.copy_rows(rest).await {
+                if let Some(copy) = self.copy.as_mut() {
+                    copy.error = Some(e);
+                }
+            }
+        }
+        if self.copy.as_ref().is_some_and(|c| c.error.is_none()) {
+            if let Err(e) = self.copy_flush().await {
+                if let Some(copy) = self.copy.as_mut() {
+                    copy.error = Some(e);
+                }
+            }
+        }
+        let copy = self.copy.take().expect("checked above");
+        if let Some(e) = copy.error {
+            if let Some(txn) = self.txn.as_mut() {
+                txn.failed = true;
+            }
+            return Err(match e {
+                Error::Sql { code, message } if copy.inserted > 0 && self.txn.is_none() => {
+                    Error::Sql {
+                        code,
+                        message: format!(
+                            "{message} ({} rows before it were loaded)",
+                            copy.inserted
+                        ),
+                    }
+                }
+                other => other,
+            });
+        }
+        Ok(Output {
+            rows_affected: copy.inserted,
+            ..Output::command(&format!("COPY {}", copy.inserted), TxnEvent::None)
+        })
+    }
+
+    /// The client gave up the COPY.
+    pub async fn copy_fail(&mut self, message: &str) -> Error {
+        let inserted = self.copy.take().map(|c| c.inserted).unwrap_or(0);
+        if let Some(txn) = self.txn.as_mut() {
+            txn.failed = true;
+        }
+        Error::sql(
+            sqlstate::QUERY_CANCELED,
+            format!("COPY from stdin failed: {message} ({inserted} rows were loaded before)"),
+        )
     }
 
     /// Run every statement of a simple-protocol query string. Stops at the first error (its
@@ -872,6 +1079,15 @@ impl Session {
                     | sqlparser::ast::Statement::Rollback { .. }
             )
         };
+        if stmts.len() > 1
+            && stmts
+                .iter()
+                .any(|s| matches!(s, sqlparser::ast::Statement::Copy { .. }))
+        {
+            return vec![Err(Error::unsupported(
+                "COPY together with other statements in one query string (send it alone)",
+            ))];
+        }
         let implicit = stmts.len() > 1 && self.txn.is_none() && !stmts.iter().any(control);
         if implicit {
             self.txn = Some(OpenTxn::new());

@@ -42,6 +42,16 @@ pub enum Kind {
     },
     /// Accepted and ignored (DISCARD, DEALLOCATE, SET TRANSACTION ...): answers with `tag`.
     Noop,
+    /// `COPY table [(columns)] FROM STDIN`: rows follow in the copy sub-protocol.
+    CopyIn(Box<CopyIn>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CopyIn {
+    pub table: String,
+    /// Target columns; empty for all, in table order.
+    pub columns: Vec<String>,
+    pub options: super::copy::Options,
 }
 
 /// A schema change, as the catalog and the shards need it.
@@ -1120,6 +1130,33 @@ pub fn translate(
                 .join(" ");
             return Ok(session(Kind::Show { name }, "SHOW"));
         }
+        Statement::Copy {
+            source:
+                ast::CopySource::Table {
+                    table_name,
+                    columns,
+                },
+            to: false,
+            target: ast::CopyTarget::Stdin,
+            options,
+            legacy_options,
+            values,
+        } => {
+            if !values.is_empty() {
+                return Err(Error::unsupported("COPY with inline data"));
+            }
+            let copy = CopyIn {
+                table: object_name(table_name),
+                columns: columns.iter().map(ident_name).collect(),
+                options: copy_options(options, legacy_options)?,
+            };
+            return Ok(session(Kind::CopyIn(Box::new(copy)), "COPY"));
+        }
+        Statement::Copy { .. } => {
+            return Err(Error::unsupported(
+                "COPY other than FROM STDIN (COPY TO, or from a file on the server)",
+            ))
+        }
         Statement::Discard { .. } => return Ok(session(Kind::Noop, "DISCARD ALL")),
         Statement::Deallocate { .. } => return Ok(session(Kind::Noop, "DEALLOCATE")),
         other => return Err(Error::unsupported(statement_name(other))),
@@ -1127,6 +1164,61 @@ pub fn translate(
     rewrite(&mut stmt)?;
     out.sql = stmt.to_string();
     out.stmt = Some(Box::new(stmt));
+    Ok(out)
+}
+
+fn copy_options(
+    options: &[ast::CopyOption],
+    legacy: &[ast::CopyLegacyOption],
+) -> Result<super::copy::Options> {
+    use super::copy::{Format, Options};
+    use ast::{CopyLegacyCsvOption as L, CopyLegacyOption as LO, CopyOption as O};
+    let csv = options
+        .iter()
+        .any(|o| matches!(o, O::Format(f) if f.value.eq_ignore_ascii_case("csv")))
+        || legacy.iter().any(|o| matches!(o, LO::Csv(_)));
+    let mut out = if csv { Options::csv() } else { Options::text() };
+    let byte = |c: &char, what: &str| -> Result<u8> {
+        u8::try_from(*c as u32)
+            .ok()
+            .filter(|b| b.is_ascii())
+            .ok_or_else(|| Error::unsupported(format!("COPY {what} {c:?} (one ASCII character)")))
+    };
+    for o in options {
+        match o {
+            O::Format(f) => match f.value.to_lowercase().as_str() {
+                "text" | "csv" => {}
+                other => return Err(Error::unsupported(format!("COPY format {other}"))),
+            },
+            O::Freeze(_) | O::Encoding(_) => {}
+            O::Delimiter(c) => out.delimiter = byte(c, "delimiter")?,
+            O::Null(n) => out.null = n.clone(),
+            O::Header(h) => out.header = *h,
+            O::Quote(c) => out.quote = byte(c, "quote")?,
+            O::Escape(c) => out.escape = byte(c, "escape")?,
+            other => return Err(Error::unsupported(format!("COPY option {other}"))),
+        }
+    }
+    for o in legacy {
+        match o {
+            LO::Csv(list) => {
+                for c in list {
+                    match c {
+                        L::Header => out.header = true,
+                        L::Quote(q) => out.quote = byte(q, "quote")?,
+                        L::Escape(e) => out.escape = byte(e, "escape")?,
+                        other => return Err(Error::unsupported(format!("COPY option {other}"))),
+                    }
+                }
+            }
+            LO::Delimiter(c) => out.delimiter = byte(c, "delimiter")?,
+            LO::Null(n) => out.null = n.clone(),
+            other => return Err(Error::unsupported(format!("COPY option {other}"))),
+        }
+    }
+    if out.format == Format::Text && out.delimiter == b'\\' {
+        return Err(Error::unsupported("COPY delimiter backslash"));
+    }
     Ok(out)
 }
 
