@@ -110,13 +110,10 @@ impl Parser {
     fn take_rows(&mut self, _at_end: bool) -> Result<Vec<Vec<Option<String>>>> {
         let mut rows = Vec::new();
         let mut start = 0;
-        loop {
-            let Some((fields, next)) = (match self.options.format {
-                Format::Text => self.text_row(start)?,
-                Format::Csv => self.csv_row(start)?,
-            }) else {
-                break;
-            };
+        while let Some((fields, next)) = match self.options.format {
+            Format::Text => self.text_row(start)?,
+            Format::Csv => self.csv_row(start)?,
+        } {
             start = next;
             self.line += 1;
             let Some(fields) = fields else {
