@@ -103,3 +103,7 @@ pub const COPY_BATCH_ROWS: usize = 2_000;
 
 /// Longest row COPY accepts (bytes buffered for one incomplete row).
 pub const COPY_LINE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Partial aggregates one query may push to shards; beyond it the query is merged by
+/// pulling rows instead.
+pub const PARTIAL_AGGREGATES_MAX: usize = 256;

@@ -217,6 +217,15 @@ async fn routing_placement_layout_and_serials() {
         plan[0][0]
             .as_deref()
             .unwrap()
+            .starts_with("Shards s1, s2, s3, s4 (partial aggregates)"),
+        "{plan:?}"
+    );
+    // A query that needs every row at the coordinator pulls them.
+    let plan = rows(&c, "EXPLAIN SELECT k, rank() OVER (ORDER BY v) FROM kv").await;
+    assert!(
+        plan[0][0]
+            .as_deref()
+            .unwrap()
             .starts_with("Pull from s1, s2, s3, s4"),
         "{plan:?}"
     );
@@ -317,6 +326,44 @@ async fn routing_placement_layout_and_serials() {
             vec![Some("ann".into()), Some("2".into())],
             vec![Some("bob".into()), Some("1".into())]
         ]
+    );
+    // The tables are co-located: the join runs inside each shard.
+    let plan = rows(
+        &c,
+        "EXPLAIN SELECT o.name, p.name FROM owners o JOIN pets p ON p.oid = o.oid",
+    )
+    .await;
+    assert!(
+        plan[0][0].as_deref().unwrap().contains("co-located join"),
+        "{plan:?}"
+    );
+    let plan = rows(
+        &c,
+        "EXPLAIN SELECT p.name FROM owners o JOIN pets p ON p.oid = o.oid WHERE o.oid = 2",
+    )
+    .await;
+    assert!(
+        plan[0][0].as_deref().unwrap().contains("pins the shard"),
+        "{plan:?}"
+    );
+    // The tables are co-located: the join runs inside each shard.
+    let plan = rows(
+        &c,
+        "EXPLAIN SELECT o.name, p.name FROM owners o JOIN pets p ON p.oid = o.oid",
+    )
+    .await;
+    assert!(
+        plan[0][0].as_deref().unwrap().contains("co-located join"),
+        "{plan:?}"
+    );
+    let plan = rows(
+        &c,
+        "EXPLAIN SELECT p.name FROM owners o JOIN pets p ON p.oid = o.oid WHERE o.oid = 2",
+    )
+    .await;
+    assert!(
+        plan[0][0].as_deref().unwrap().contains("pins the shard"),
+        "{plan:?}"
     );
     // The reference table has a replica on every node.
     let plan = rows(&c, "EXPLAIN SELECT * FROM colours").await;

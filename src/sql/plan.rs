@@ -26,6 +26,7 @@ use super::translate::{self, placeholder_index, Translated};
 use crate::catalog::{Catalog, Table};
 use crate::error::{sqlstate, Error, Result};
 use crate::ids::ShardId;
+use crate::limits;
 use crate::types;
 use rusqlite::types::Value;
 use sqlparser::ast::{
@@ -49,6 +50,14 @@ pub enum Plan {
     },
     /// Pull each table's rows, run the statement over them at the coordinator.
     Gather { pulls: Vec<Pull>, sql: String },
+    /// Partial aggregates on each shard, merged at the coordinator: `shard_sql`'s rows
+    /// become table `_cairn_partials` (columns `_cairn_g0.., _cairn_a0..`) for `merge_sql`.
+    TwoPhase {
+        shards: Vec<ShardId>,
+        shard_sql: String,
+        merge_sql: String,
+        columns: Vec<String>,
+    },
     /// A different INSERT per shard.
     Insert { parts: Vec<(ShardId, String)> },
     /// Run `source`, then insert its rows into `table` by shard.
@@ -101,6 +110,15 @@ impl Plan {
                 lines.push(format!("Coordinator (merge in SQLite): {sql}"));
                 lines
             }
+            Plan::TwoPhase {
+                shards,
+                shard_sql,
+                merge_sql,
+                ..
+            } => vec![
+                format!("Shards {} (partial aggregates): {shard_sql}", list(shards)),
+                format!("Coordinator (merge in SQLite): {merge_sql}"),
+            ],
             Plan::Insert { parts } => parts
                 .iter()
                 .map(|(s, sql)| format!("Shard {s}: {sql}"))
@@ -541,15 +559,24 @@ fn plan_query(catalog: &Catalog, stmt: &Statement, q: &Query, params: &[Value]) 
         _ => None,
     };
     let from = select.and_then(|s| inner_join_tables(&s.from, catalog));
-    // One distributed table, named once: route or broadcast.
-    if let (Some(s), Some(from), [table]) = (select, &from, tables.as_slice()) {
-        if from.len() == 1 && counts.values().all(|c| *c == 1) {
-            let key = table.distribution_column().unwrap_or_default();
-            let shards = match pinned_values(s.selection.as_ref(), &from[0].qualifiers, key, params)
-            {
-                Some(values) => Some(shards_for_values(catalog, table, &values)?),
-                None => None,
-            };
+    // Tables whose rows meet only within a shard (one table named once, or co-located
+    // tables joined on their distribution columns): route, broadcast, or merge partials.
+    if let (Some(s), Some(from)) = (select, &from) {
+        let named_once = counts.values().all(|c| *c == 1) && from.len() == tables.len();
+        if named_once && shard_local(s, from) {
+            let mut pinned = None;
+            for f in from {
+                let key = f.table.distribution_column().unwrap_or_default();
+                if let Some(values) =
+                    pinned_values(s.selection.as_ref(), &f.qualifiers, key, params)
+                {
+                    pinned = Some((
+                        shards_for_values(catalog, f.table, &values)?,
+                        key.to_string(),
+                    ));
+                    break;
+                }
+            }
             let simple = s.distinct.is_none()
                 && matches!(&s.group_by, GroupByExpr::Expressions(g, _) if g.is_empty())
                 && s.having.is_none()
@@ -557,18 +584,19 @@ fn plan_query(catalog: &Catalog, stmt: &Statement, q: &Query, params: &[Value]) 
                 && q.order_by.is_none()
                 && q.limit_clause.is_none()
                 && q.fetch.is_none();
-            match shards {
-                Some(s) if s.len() <= 1 => {
+            let all = all_shards(catalog, from[0].table)?;
+            match pinned {
+                Some((shards, key)) if shards.len() <= 1 => {
                     return Ok(Plan::Shards {
-                        shards: s,
+                        shards,
                         sql,
                         read: true,
                         why: format!("{key} pins the shard"),
                     })
                 }
-                Some(s) if simple => {
+                Some((shards, key)) if simple => {
                     return Ok(Plan::Shards {
-                        shards: s,
+                        shards,
                         sql,
                         read: true,
                         why: format!("{key} pins the shards"),
@@ -576,13 +604,26 @@ fn plan_query(catalog: &Catalog, stmt: &Statement, q: &Query, params: &[Value]) 
                 }
                 None if simple => {
                     return Ok(Plan::Shards {
-                        shards: all_shards(catalog, table)?,
+                        shards: all,
                         sql,
                         read: true,
-                        why: "rows concatenated".into(),
+                        why: if from.len() > 1 {
+                            "co-located join, rows concatenated".into()
+                        } else {
+                            "rows concatenated".into()
+                        },
                     })
                 }
-                _ => {}
+                pinned => {
+                    if let Some(tp) = two_phase(q, s) {
+                        return Ok(Plan::TwoPhase {
+                            shards: pinned.map(|p| p.0).unwrap_or(all),
+                            shard_sql: tp.shard_sql,
+                            merge_sql: tp.merge_sql,
+                            columns: tp.columns,
+                        });
+                    }
+                }
             }
         }
     }
@@ -679,6 +720,341 @@ fn plan_query(catalog: &Catalog, stmt: &Statement, q: &Query, params: &[Value]) 
         });
     }
     Ok(Plan::Gather { pulls, sql })
+}
+
+/// Whether `from` (plain tables, inner joins) only matches rows within one shard: every
+/// table in the same hash colocation group, all linked by equalities between their
+/// distribution columns (in ON clauses or the WHERE clause). One table always is.
+fn shard_local(s: &ast::Select, from: &[FromTable<'_>]) -> bool {
+    if from.len() == 1 {
+        return matches!(
+            from[0].table.distribution,
+            crate::catalog::Distribution::Hash { .. } | crate::catalog::Distribution::List { .. }
+        );
+    }
+    let group = from[0].table.colocation;
+    if from.iter().any(|f| {
+        f.table.colocation != group
+            || !matches!(
+                f.table.distribution,
+                crate::catalog::Distribution::Hash { .. }
+            )
+    }) {
+        return false;
+    }
+    // Equalities from the WHERE clause and every ON clause.
+    let mut equalities: Vec<&Expr> = s.selection.as_ref().map(conjuncts).unwrap_or_default();
+    for twj in &s.from {
+        for j in &twj.joins {
+            if let ast::JoinOperator::Inner(ast::JoinConstraint::On(e))
+            | ast::JoinOperator::Join(ast::JoinConstraint::On(e)) = &j.join_operator
+            {
+                equalities.extend(conjuncts(e));
+            }
+        }
+    }
+    // Union-find over the FROM tables.
+    let mut parent: Vec<usize> = (0..from.len()).collect();
+    fn root(p: &mut [usize], i: usize) -> usize {
+        let mut i = i;
+        while p[i] != i {
+            p[i] = p[p[i]];
+            i = p[i];
+        }
+        i
+    }
+    let side = |e: &Expr| -> Option<usize> {
+        from.iter().position(|f| {
+            let key = f.table.distribution_column().unwrap_or_default();
+            matches!(e, Expr::CompoundIdentifier(_)) && is_column(e, &f.qualifiers, key)
+        })
+    };
+    for e in equalities {
+        if let Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } = e
+        {
+            if let (Some(a), Some(b)) = (side(left), side(right)) {
+                let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
+                parent[ra] = rb;
+            }
+        }
+    }
+    let r0 = root(&mut parent, 0);
+    (1..from.len()).all(|i| root(&mut parent, i) == r0)
+}
+
+struct TwoPhaseSql {
+    shard_sql: String,
+    merge_sql: String,
+    columns: Vec<String>,
+}
+
+/// Split an aggregate query into per-shard partial aggregates and a merge over them.
+/// None when an aggregate cannot be merged from partials (DISTINCT, string aggregates),
+/// for window functions, or when an expression uses a column outside the groups.
+fn two_phase(q: &Query, s: &ast::Select) -> Option<TwoPhaseSql> {
+    if s.distinct.is_some() || q.fetch.is_some() || q.with.is_some() {
+        return None;
+    }
+    let GroupByExpr::Expressions(group, modifiers) = &s.group_by else {
+        return None;
+    };
+    if !modifiers.is_empty() {
+        return None;
+    }
+    // Group expressions, with ordinals and output aliases resolved.
+    let mut groups: Vec<Expr> = Vec::new();
+    for g in group {
+        let resolved = match g {
+            Expr::Value(v) => match &v.value {
+                ast::Value::Number(n, _) => {
+                    let i: usize = n.parse().ok()?;
+                    match s.projection.get(i.checked_sub(1)?)? {
+                        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                            e.clone()
+                        }
+                        _ => return None,
+                    }
+                }
+                _ => g.clone(),
+            },
+            Expr::Identifier(id) => s
+                .projection
+                .iter()
+                .find_map(|item| match item {
+                    SelectItem::ExprWithAlias { expr, alias }
+                        if alias.value.eq_ignore_ascii_case(&id.value)
+                            && !matches!(expr, Expr::Identifier(_)) =>
+                    {
+                        Some(expr.clone())
+                    }
+                    _ => None,
+                })
+                .unwrap_or_else(|| g.clone()),
+            _ => g.clone(),
+        };
+        groups.push(resolved);
+    }
+    struct Split {
+        groups: Vec<String>,
+        partials: Vec<Expr>,
+        ok: bool,
+    }
+    impl ast::VisitorMut for Split {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+            // What this rewrite produced (calls over its own columns) is left alone.
+            if let Expr::Function(f) = e {
+                if let ast::FunctionArguments::List(l) = &f.args {
+                    let ours = !l.args.is_empty()
+                        && l.args.iter().all(|a| {
+                            matches!(a, ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(Expr::Identifier(i))) if i.value.starts_with("_cairn_"))
+                        });
+                    if ours {
+                        return ControlFlow::Continue(());
+                    }
+                }
+            }
+            let text = e.to_string();
+            if let Some(i) = self.groups.iter().position(|g| *g == text) {
+                *e = Expr::Identifier(ast::Ident::new(format!("_cairn_g{i}")));
+                return ControlFlow::Continue(());
+            }
+            match e {
+                Expr::Function(f) => {
+                    let name = translate::object_name(&f.name);
+                    if f.over.is_some() {
+                        self.ok = false;
+                        return ControlFlow::Break(());
+                    }
+                    if !AGGREGATES.contains(&name.as_str()) {
+                        return ControlFlow::Continue(());
+                    }
+                    if self.partials.len() >= limits::PARTIAL_AGGREGATES_MAX {
+                        self.ok = false;
+                        return ControlFlow::Break(());
+                    }
+                    let distinct = matches!(&f.args, ast::FunctionArguments::List(l) if l.duplicate_treatment.is_some());
+                    if distinct
+                        || !matches!(
+                            name.as_str(),
+                            "count" | "sum" | "min" | "max" | "avg" | "total"
+                        )
+                    {
+                        self.ok = false;
+                        return ControlFlow::Break(());
+                    }
+                    let mut part = |expr: Expr| -> Expr {
+                        self.partials.push(expr);
+                        Expr::Identifier(ast::Ident::new(format!(
+                            "_cairn_a{}",
+                            self.partials.len() - 1
+                        )))
+                    };
+                    let call = |name: &str, arg: Expr| parse_expr(&format!("{name}({arg})"));
+                    let merged = match name.as_str() {
+                        // A shard's count is 0, not NULL, without rows; so is the total.
+                        "count" => {
+                            let a = part(e.clone());
+                            parse_expr(&format!("coalesce(sum({a}), 0)"))
+                        }
+                        "sum" | "total" => call(&name, part(e.clone())),
+                        "min" | "max" => call(&name, part(e.clone())),
+                        "avg" => {
+                            let args = match &f.args {
+                                ast::FunctionArguments::List(l) => l.clone(),
+                                _ => {
+                                    self.ok = false;
+                                    return ControlFlow::Break(());
+                                }
+                            };
+                            let with = |fname: &str| {
+                                let mut g = f.clone();
+                                g.name = ast::ObjectName::from(vec![ast::Ident::new(fname)]);
+                                g.args = ast::FunctionArguments::List(args.clone());
+                                Expr::Function(g)
+                            };
+                            let sum = part(with("sum"));
+                            let count = part(with("count"));
+                            parse_expr(&format!(
+                                "CASE WHEN sum({count}) = 0 THEN NULL ELSE sum({sum}) * 1.0 / sum({count}) END"
+                            ))
+                        }
+                        _ => unreachable!("filtered above"),
+                    };
+                    *e = Expr::Nested(Box::new(merged));
+                    ControlFlow::Continue(())
+                }
+                _ => ControlFlow::Continue(()),
+            }
+        }
+    }
+    let mut split = Split {
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        partials: Vec::new(),
+        ok: true,
+    };
+    let mut projection = s.projection.clone();
+    for item in projection.iter_mut() {
+        match item {
+            SelectItem::UnnamedExpr(e) => {
+                // Keep the name the client would have seen.
+                let alias = ast::Ident::with_quote('"', translate::pg_column_name(e));
+                let mut expr = e.clone();
+                let _ = ast::VisitMut::visit(&mut expr, &mut split);
+                *item = SelectItem::ExprWithAlias { expr, alias };
+            }
+            SelectItem::ExprWithAlias { expr: e, .. } => {
+                let _ = ast::VisitMut::visit(e, &mut split);
+            }
+            _ => return None,
+        }
+    }
+    let mut having = s.having.clone();
+    if let Some(h) = having.as_mut() {
+        let _ = ast::VisitMut::visit(h, &mut split);
+    }
+    let mut order_by = q.order_by.clone();
+    if let Some(o) = order_by.as_mut() {
+        let _ = ast::VisitMut::visit(o, &mut split);
+    }
+    if !split.ok || split.partials.is_empty() && groups.is_empty() {
+        return None;
+    }
+    // Anything left that names a column is outside the groups: no merge for it (output
+    // aliases in ORDER BY are fine: they name merged columns).
+    let aliases: Vec<String> = projection
+        .iter()
+        .filter_map(|i| match i {
+            SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.to_lowercase()),
+            _ => None,
+        })
+        .collect();
+    let mut stray = false;
+    let mut check = |e: &Expr| {
+        let _ = visit_expressions(e, |x| {
+            match x {
+                Expr::Identifier(i) => {
+                    let n = i.value.to_lowercase();
+                    let ours = n.starts_with("_cairn_");
+                    if !ours && !aliases.contains(&n) {
+                        stray = true;
+                    }
+                }
+                Expr::CompoundIdentifier(_) => stray = true,
+                _ => {}
+            }
+            ControlFlow::<()>::Continue(())
+        });
+    };
+    for item in &projection {
+        if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
+            check(e);
+        }
+    }
+    if let Some(h) = &having {
+        check(h);
+    }
+    if let Some(o) = &order_by {
+        if let ast::OrderByKind::Expressions(list) = &o.kind {
+            for x in list {
+                check(&x.expr);
+            }
+        }
+    }
+    if stray {
+        return None;
+    }
+    let mut columns = Vec::new();
+    let mut shard_items = Vec::new();
+    for (i, g) in groups.iter().enumerate() {
+        shard_items.push(format!("{g} AS g{i}"));
+        columns.push(format!("_cairn_g{i}"));
+    }
+    for (i, p) in split.partials.iter().enumerate() {
+        shard_items.push(format!("{p} AS _cairn_a{i}"));
+        columns.push(format!("_cairn_a{i}"));
+    }
+    let from: Vec<String> = s.from.iter().map(|f| f.to_string()).collect();
+    let mut shard_sql = format!("SELECT {} FROM {}", shard_items.join(", "), from.join(", "));
+    if let Some(w) = &s.selection {
+        shard_sql.push_str(&format!(" WHERE {w}"));
+    }
+    if !groups.is_empty() {
+        let g: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        shard_sql.push_str(&format!(" GROUP BY {}", g.join(", ")));
+    }
+    let items: Vec<String> = projection.iter().map(|i| i.to_string()).collect();
+    let mut merge_sql = format!("SELECT {} FROM _cairn_partials", items.join(", "));
+    if !groups.is_empty() {
+        let g: Vec<String> = (0..groups.len()).map(|i| format!("_cairn_g{i}")).collect();
+        merge_sql.push_str(&format!(" GROUP BY {}", g.join(", ")));
+    }
+    if let Some(h) = &having {
+        merge_sql.push_str(&format!(" HAVING {h}"));
+    }
+    if let Some(o) = &order_by {
+        merge_sql.push_str(&format!(" {o}"));
+    }
+    if let Some(l) = &q.limit_clause {
+        merge_sql.push_str(&format!(" {l}"));
+    }
+    Some(TwoPhaseSql {
+        shard_sql,
+        merge_sql,
+        columns,
+    })
+}
+
+/// An expression this module generated (always valid).
+fn parse_expr(sql: &str) -> Expr {
+    sqlparser::parser::Parser::new(&sqlparser::dialect::SQLiteDialect {})
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_expr())
+        .expect("a generated expression parses")
 }
 
 fn plan_modify(

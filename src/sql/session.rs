@@ -484,6 +484,27 @@ impl Session {
                     }
                     scratch::run_over(pulled, sql.clone(), params.to_vec()).await
                 }
+                Plan::TwoPhase {
+                    shards,
+                    shard_sql,
+                    merge_sql,
+                    columns,
+                } => {
+                    let partials = merge(self.on_shards(shards, shard_sql, params, true).await?);
+                    scratch::check_intermediate(partials.rows.len())?;
+                    let table = crate::catalog::Table {
+                        ddl: vec![format!(
+                            "CREATE TABLE _cairn_partials ({})",
+                            columns.join(", ")
+                        )],
+                        ..crate::catalog::Table::scratch("_cairn_partials".into(), Vec::new())
+                    };
+                    let pulled = vec![scratch::Pulled {
+                        table,
+                        rows: partials.rows,
+                    }];
+                    scratch::run_over(pulled, merge_sql.clone(), params.to_vec()).await
+                }
                 Plan::Insert { parts } => {
                     let mut results = Vec::with_capacity(parts.len());
                     for (shard, sql) in parts {

@@ -422,7 +422,7 @@ fn numeric_rank(t: PgType) -> u8 {
 }
 
 /// The name PostgreSQL gives an unaliased result column.
-fn pg_column_name(expr: &Expr) -> String {
+pub fn pg_column_name(expr: &Expr) -> String {
     match expr {
         Expr::Identifier(i) => ident_name(i),
         Expr::CompoundIdentifier(parts) => parts.last().map(ident_name).unwrap_or_default(),
