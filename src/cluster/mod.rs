@@ -300,20 +300,13 @@ async fn watch_catalog(cluster: Arc<Cluster>) {
     }
 }
 
-/// One ticker for the whole node: every heartbeat interval, each group this node leads
-/// sends its heartbeats, all at once, so they leave together on each peer's connection
-/// (openraft's own per-group heartbeat timers are off, see `raft_config`).
+/// One ticker for the whole node, over every group it holds (see `run_heartbeats`).
 async fn heartbeats(cluster: Arc<Cluster>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(cluster.raft.heartbeat_interval));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        for group in cluster.groups() {
-            if group.leader().0 == Some(cluster.node) {
-                let _ = group.raft.trigger().heartbeat().await;
-            }
-        }
-    }
+    let interval = Duration::from_millis(cluster.raft.heartbeat_interval);
+    crate::replication::group::run_heartbeats(cluster.node, interval, || {
+        cluster.groups().iter().map(|g| g.raft.clone()).collect()
+    })
+    .await
 }
 
 /// On the meta leader: give shards the replicas they lack, make each group's membership

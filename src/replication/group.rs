@@ -246,6 +246,27 @@ pub async fn wait_for_leader(raft: &Raft, limit: std::time::Duration) -> Option<
         .and_then(|m| m.current_leader.map(NodeId))
 }
 
+/// The node's heartbeat ticker: every `interval`, each group (of those `rafts` returns then)
+/// that `node` leads sends its heartbeats, all at once, so they leave together on each
+/// peer's connection. openraft's own per-group heartbeat timers are off (`raft_config`):
+/// without this ticker, followers would campaign against a healthy leader.
+pub async fn run_heartbeats(
+    node: NodeId,
+    interval: std::time::Duration,
+    rafts: impl Fn() -> Vec<Raft>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for raft in rafts() {
+            if raft.metrics().borrow().current_leader == Some(node.0) {
+                let _ = raft.trigger().heartbeat().await;
+            }
+        }
+    }
+}
+
 /// Logs one line per leadership change: `shard s1: n1 is leader for term 3`.
 async fn log_leadership(shard: ShardId, raft: Raft, elections: Arc<std::sync::atomic::AtomicU64>) {
     let mut metrics = raft.metrics();

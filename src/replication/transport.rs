@@ -4,6 +4,11 @@
 //! answer out of order. Queues are bounded; a broken connection fails its pending calls and
 //! is re-dialled by the next call. Garbage on the port (bad frame, bad postcard) closes that
 //! connection only.
+//!
+//! The byte stream under a connection is a seam: a [`Client`] opens connections through a
+//! [`Dialer`] (TCP unless told otherwise) and [`serve_connection`] answers calls on any
+//! [`Stream`], so the deterministic simulation (`tests/simulation.rs`) runs this exact code
+//! over a simulated network.
 
 use super::{TypeConfig, WireRows, WireStatement};
 use crate::error::Error;
@@ -21,6 +26,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
@@ -155,18 +161,52 @@ pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, request: Request) -> Response;
 }
 
+/// A byte stream to or from a peer: a TCP socket, or a simulated one in tests.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+/// Opens connections to peers for a [`Client`]. Production dials TCP ([`TcpDialer`]); the
+/// simulation dials its simulated network.
+#[async_trait::async_trait]
+pub trait Dialer: Send + Sync + 'static {
+    /// Connect to a peer's cluster address (`host:port`).
+    async fn dial(&self, addr: &str) -> std::io::Result<Box<dyn Stream>>;
+}
+
+/// Dials peers over TCP, without Nagle's delay (calls are small and latency-bound).
+pub struct TcpDialer;
+
+#[async_trait::async_trait]
+impl Dialer for TcpDialer {
+    async fn dial(&self, addr: &str) -> std::io::Result<Box<dyn Stream>> {
+        let stream = TcpStream::connect(addr).await?;
+        let _ = stream.set_nodelay(true);
+        Ok(Box::new(stream))
+    }
+}
+
 type Reply = oneshot::Sender<Result<Response, CallError>>;
 type Call = (Request, Reply);
 
 /// Outbound connections, one per peer address.
-#[derive(Default)]
 pub struct Client {
     peers: Mutex<HashMap<String, mpsc::Sender<Call>>>,
+    dialer: Arc<dyn Dialer>,
 }
 
 impl Client {
+    /// A client that dials peers over TCP.
     pub fn new() -> Arc<Client> {
-        Arc::new(Client::default())
+        Client::with_dialer(Arc::new(TcpDialer))
+    }
+
+    /// A client that opens its connections with `dialer`.
+    pub fn with_dialer(dialer: Arc<dyn Dialer>) -> Arc<Client> {
+        Arc::new(Client {
+            peers: Mutex::new(HashMap::new()),
+            dialer,
+        })
     }
 
     fn connection(&self, addr: &str) -> mpsc::Sender<Call> {
@@ -177,7 +217,7 @@ impl Client {
             }
         }
         let (tx, rx) = mpsc::channel(limits::CLUSTER_QUEUE_MAX);
-        tokio::spawn(run_connection(addr.to_string(), rx));
+        tokio::spawn(run_connection(addr.to_string(), self.dialer.clone(), rx));
         peers.insert(addr.to_string(), tx.clone());
         tx
     }
@@ -209,26 +249,21 @@ fn codec() -> LengthDelimitedCodec {
         .new_codec()
 }
 
-/// Owns one outbound TCP connection: writes calls, matches answers by id. Ends (failing
-/// every pending call) when the connection breaks or nobody holds the sender.
-async fn run_connection(addr: String, mut calls: mpsc::Receiver<Call>) {
-    let stream = match tokio::time::timeout(
-        limits::CLUSTER_CONNECT_TIMEOUT,
-        TcpStream::connect(&addr),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        _ => {
-            // Nothing queued here was sent: say so, so callers may retry elsewhere.
-            calls.close();
-            while let Ok((_, reply)) = calls.try_recv() {
-                let _ = reply.send(Err(CallError::NotSent(addr.clone())));
+/// Owns one outbound connection: writes calls, matches answers by id. Ends (failing every
+/// pending call) when the connection breaks or nobody holds the sender.
+async fn run_connection(addr: String, dialer: Arc<dyn Dialer>, mut calls: mpsc::Receiver<Call>) {
+    let stream =
+        match tokio::time::timeout(limits::CLUSTER_CONNECT_TIMEOUT, dialer.dial(&addr)).await {
+            Ok(Ok(s)) => s,
+            _ => {
+                // Nothing queued here was sent: say so, so callers may retry elsewhere.
+                calls.close();
+                while let Ok((_, reply)) = calls.try_recv() {
+                    let _ = reply.send(Err(CallError::NotSent(addr.clone())));
+                }
+                return;
             }
-            return;
-        }
-    };
-    let _ = stream.set_nodelay(true);
+        };
     let (mut sink, mut stream) = Framed::new(stream, codec()).split();
     let pending: Arc<Mutex<HashMap<u64, Reply>>> = Arc::default();
     let next = AtomicU64::new(1);
@@ -288,51 +323,55 @@ pub async fn serve(listener: TcpListener, handler: Arc<dyn Handler>) {
             }
         };
         let _ = socket.set_nodelay(true);
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let (mut sink, mut stream) = Framed::new(socket, codec()).split();
-            let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(limits::CLUSTER_INFLIGHT_MAX);
-            let writer = tokio::spawn(async move {
-                let mut batch = Vec::new();
-                while out_rx
-                    .recv_many(&mut batch, limits::CLUSTER_BATCH_MAX)
-                    .await
-                    > 0
-                {
-                    for frame in batch.drain(..) {
-                        if sink.feed(frame).await.is_err() {
-                            return;
-                        }
-                    }
-                    if sink.flush().await.is_err() {
-                        return;
-                    }
+        tokio::spawn(serve_connection(socket, peer.to_string(), handler.clone()));
+    }
+}
+
+/// Answer the calls arriving on one accepted connection from `peer` (a label for logs) with
+/// `handler`, until the peer closes it or sends garbage. Calls run concurrently, at most
+/// `CLUSTER_INFLIGHT_MAX` at once; answers leave in batches as they finish.
+pub async fn serve_connection(stream: impl Stream, peer: String, handler: Arc<dyn Handler>) {
+    let (mut sink, mut stream) = Framed::new(stream, codec()).split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(limits::CLUSTER_INFLIGHT_MAX);
+    let writer = tokio::spawn(async move {
+        let mut batch = Vec::new();
+        while out_rx
+            .recv_many(&mut batch, limits::CLUSTER_BATCH_MAX)
+            .await
+            > 0
+        {
+            for frame in batch.drain(..) {
+                if sink.feed(frame).await.is_err() {
+                    return;
                 }
-            });
-            let slots = Arc::new(Semaphore::new(limits::CLUSTER_INFLIGHT_MAX));
-            while let Some(frame) = stream.next().await {
-                let Ok(frame) = frame else {
-                    tracing::debug!(%peer, "cluster connection: bad frame; closing");
-                    break;
-                };
-                let Ok((id, request)) = postcard::from_bytes::<(u64, Request)>(&frame) else {
-                    tracing::warn!(%peer, "cluster connection: undecodable message; closing");
-                    break;
-                };
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    break;
-                };
-                let (handler, out_tx) = (handler.clone(), out_tx.clone());
-                tokio::spawn(async move {
-                    let response = handler.handle(request).await;
-                    if let Ok(bytes) = postcard::to_stdvec(&(id, response)) {
-                        let _ = out_tx.send(Bytes::from(bytes)).await;
-                    }
-                    drop(permit);
-                });
             }
-            drop(out_tx);
-            let _ = writer.await;
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    let slots = Arc::new(Semaphore::new(limits::CLUSTER_INFLIGHT_MAX));
+    while let Some(frame) = stream.next().await {
+        let Ok(frame) = frame else {
+            tracing::debug!(%peer, "cluster connection: bad frame; closing");
+            break;
+        };
+        let Ok((id, request)) = postcard::from_bytes::<(u64, Request)>(&frame) else {
+            tracing::warn!(%peer, "cluster connection: undecodable message; closing");
+            break;
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let (handler, out_tx) = (handler.clone(), out_tx.clone());
+        tokio::spawn(async move {
+            let response = handler.handle(request).await;
+            if let Ok(bytes) = postcard::to_stdvec(&(id, response)) {
+                let _ = out_tx.send(Bytes::from(bytes)).await;
+            }
+            drop(permit);
         });
     }
+    drop(out_tx);
+    let _ = writer.await;
 }
