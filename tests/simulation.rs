@@ -42,13 +42,14 @@
 //!   `tokio::fs::File` in Cairn's type config); a paused tokio clock does not advance while
 //!   the blocking file I/O runs, so it costs no simulated time. Installing one is instant
 //!   unless `CAIRN_SIM_INSTALL_CRASH=1` (next item).
-//! - Known bug, not exercised by default: openraft 0.9.25 purges the log up to a received
-//!   snapshot as soon as it hands the snapshot to the state machine, without waiting for
-//!   the install to finish. Cairn's install (SQLite backup into the live replica) takes
-//!   time; a crash in it leaves the log purged past a replica that never got the snapshot's
-//!   contents, and the node can no longer start (openraft panics checking its state).
-//!   `CAIRN_SIM_INSTALL_CRASH=1` makes installs take `INSTALL_TIME` and adds crashes aimed
-//!   at them; it fails within a few seeds. It is off so CI stays green until it is fixed.
+//! - Found here and fixed: openraft 0.9.25 purges the log up to a received snapshot as soon
+//!   as it hands the snapshot to the state machine, without waiting for the install to
+//!   finish. Cairn's install (SQLite backup into the live replica) takes time; a crash in
+//!   it left the log purged past a replica that never got the snapshot's contents, and the
+//!   node could no longer start. Now the log store never purges beyond what the replica
+//!   holds, and a restart finishes an interrupted install (both mirrored by the storage
+//!   here). Installs take `INSTALL_TIME` and crashes are aimed at them;
+//!   `CAIRN_SIM_INSTALL_CRASH=0` makes installs instant.
 //! - Leaders: Cairn builds openraft without `single-term-leader`, in its "advanced"
 //!   leader-id mode, where a leader id is (term, node) and two candidates of one term can
 //!   both be elected (the later one deposes the earlier). So "one leader per term" does not
@@ -886,6 +887,38 @@ async fn run_host(host: u64, disks: Vec<Arc<Disk>>, shared: Arc<Shared>) -> turm
             disk: disk.clone(),
             oracle: shared.oracle.clone(),
         };
+        // As Cairn's `StateMachine::new`: a complete received file, or the kept snapshot,
+        // ahead of the state machine is an install a crash interrupted (openraft already
+        // purged the log up to it); finish it before openraft reads the state.
+        {
+            let mut newest: Option<Record> = None;
+            if let Some((_, path)) = lock(&disk.sm).snapshot.clone() {
+                newest = std::fs::read(&path)
+                    .ok()
+                    .and_then(|b| postcard::from_bytes(&b).ok());
+            }
+            for entry in std::fs::read_dir(&disk.dir)?.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if !name.starts_with("receiving-") {
+                    continue;
+                }
+                // A file cut short does not decode: it was never complete.
+                let record: Option<Record> = std::fs::read(entry.path())
+                    .ok()
+                    .and_then(|b| postcard::from_bytes(&b).ok());
+                if let Some(r) = record {
+                    if newest.as_ref().is_none_or(|n| n.last < r.last) {
+                        newest = Some(r);
+                    }
+                }
+            }
+            let mut sm = lock(&disk.sm);
+            if let Some(r) = newest {
+                if r.last > sm.record.last {
+                    sm.record = r;
+                }
+            }
+        }
         let sm = StateMachine {
             disk,
             oracle: shared.oracle.clone(),
@@ -1389,8 +1422,9 @@ fn run(seed: u64) -> Result<String, String> {
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(MAX_LATENCY)
         .build();
-    // Known bug, off by default so CI stays green until it is fixed (module doc).
-    let install_crash = std::env::var_os("CAIRN_SIM_INSTALL_CRASH").is_some_and(|v| v == "1");
+    // Slow installs with crashes aimed at them (the bug they found is fixed; module doc).
+    // `CAIRN_SIM_INSTALL_CRASH=0` makes installs instant.
+    let install_crash = std::env::var_os("CAIRN_SIM_INSTALL_CRASH").is_none_or(|v| v != "0");
     let shared = Arc::new(Shared {
         install_time: if install_crash {
             INSTALL_TIME

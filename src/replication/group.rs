@@ -83,7 +83,8 @@ impl ShardGroup {
     ) -> Result<ShardGroup> {
         let shard_dir = dir.join(format!("{shard}"));
         let replica = ReplicaHandle::start(&shard_dir.join("replica.db"), shard, options)?;
-        let state_machine = StateMachine::new(replica.clone(), &shard_dir.join("snapshots"))?;
+        let state_machine =
+            StateMachine::new(replica.clone(), &shard_dir.join("snapshots")).await?;
         let log_store = logs.store(shard)?;
         let network = Network { shard, client };
         let raft = Raft::new(node.0, config, network, log_store, state_machine)

@@ -35,11 +35,18 @@ fn snap_err(e: impl std::fmt::Display) -> StorageError {
 
 impl StateMachine {
     /// `dir` holds this replica's snapshot files; the newest valid one is picked up again.
-    pub fn new(replica: ReplicaHandle, dir: &Path) -> crate::error::Result<StateMachine> {
+    ///
+    /// openraft 0.9 purges the log up to a received snapshot as soon as the last chunk is in,
+    /// before the state machine has installed it (found by `tests/simulation.rs`). So a
+    /// complete received file, or a kept snapshot, that is ahead of the replica is an install
+    /// a crash interrupted: it is restored now, before openraft reads the state — otherwise
+    /// the log would start after a gap the replica never filled.
+    pub async fn new(replica: ReplicaHandle, dir: &Path) -> crate::error::Result<StateMachine> {
         std::fs::create_dir_all(dir)
             .map_err(|e| crate::error::Error::internal(format!("{}: {e}", dir.display())))?;
         let mut snapshots = Snapshots::default();
-        let mut newest: Option<(u64, PathBuf)> = None;
+        // (last log id, seq, path) of every complete snapshot file.
+        let mut found: Vec<(LogId, u64, PathBuf)> = Vec::new();
         for entry in std::fs::read_dir(dir)
             .map_err(crate::error::Error::internal)?
             .flatten()
@@ -50,29 +57,45 @@ impl StateMachine {
                 .and_then(|n| n.to_str())
                 .unwrap_or_default()
                 .to_string();
-            if let Some(seq) = name
+            let seq: Option<u64> = name
                 .strip_prefix("snap-")
+                .or_else(|| name.strip_prefix("receiving-"))
                 .and_then(|n| n.strip_suffix(".db"))
-                .and_then(|n| n.parse().ok())
-            {
-                if newest.as_ref().is_none_or(|(s, _)| seq > *s) {
-                    newest = Some((seq, path));
+                .and_then(|n| n.parse().ok());
+            let state = match seq {
+                Some(_) if complete_sqlite_file(&path) => replica::snapshot_state(&path).ok(),
+                _ => None,
+            };
+            match (seq, state) {
+                (Some(seq), Some((Some(last), _))) => found.push((last, seq, path)),
+                // Being built or received when the node stopped, or not a snapshot.
+                _ => {
+                    let _ = std::fs::remove_file(&path);
                 }
-            } else {
-                // A snapshot being received or built when the node stopped.
-                let _ = std::fs::remove_file(&path);
             }
         }
-        if let Some((seq, path)) = newest {
-            if let Ok((Some(last_log_id), membership)) = replica::snapshot_state(&path) {
-                let meta = Meta {
-                    last_log_id: Some(last_log_id),
-                    last_membership: membership,
-                    snapshot_id: seq.to_string(),
-                };
-                snapshots.current = Some((meta, path));
-                snapshots.seq = seq;
+        found.sort_by_key(|(last, seq, _)| (last.index, *seq));
+        if let Some((last_log_id, seq, path)) = found.pop() {
+            for (_, _, older) in found {
+                let _ = std::fs::remove_file(older);
             }
+            let kept = dir.join(format!("snap-{seq}.db"));
+            if path != kept {
+                std::fs::rename(&path, &kept).map_err(crate::error::Error::internal)?;
+            }
+            let (_, membership) = replica::snapshot_state(&kept)?;
+            let applied = replica.applied_state().await?.0.map(|l| l.index);
+            if applied < Some(last_log_id.index) {
+                tracing::warn!(shard = %replica.shard, snapshot = %kept.display(), ?applied, %last_log_id, "finishing a snapshot install that a crash interrupted");
+                replica.restore(kept.clone()).await?;
+            }
+            let meta = Meta {
+                last_log_id: Some(last_log_id),
+                last_membership: membership,
+                snapshot_id: seq.to_string(),
+            };
+            snapshots.current = Some((meta, kept));
+            snapshots.seq = seq;
         }
         Ok(StateMachine {
             replica,
@@ -81,6 +104,29 @@ impl StateMachine {
             receiving: None,
         })
     }
+}
+
+/// Whether `path` holds a whole SQLite database: as many pages as its header says (a
+/// snapshot cut short by a crash mid-transfer has fewer).
+fn complete_sqlite_file(path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut header = [0u8; 100];
+    if f.read_exact(&mut header).is_err() || &header[..16] != b"SQLite format 3\0" {
+        return false;
+    }
+    let page_size = match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65_536u64,
+        n => n as u64,
+    };
+    let pages = u32::from_be_bytes([header[28], header[29], header[30], header[31]]) as u64;
+    // The page count is valid only if the header's change counter matches the
+    // version-valid-for number (SQLite file format, section 1.3).
+    let valid = header[24..28] == header[92..96];
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    valid && pages > 0 && len == page_size * pages
 }
 
 pub struct SnapshotBuilder {
