@@ -33,6 +33,10 @@ pub struct DevArgs {
     /// Shards of a hash-distributed table unless its CREATE TABLE says otherwise.
     #[arg(long, default_value_t = 4)]
     pub shard_count: u32,
+    /// Zone of each node, comma-separated, in node order (e.g. `beijing,beijing,hongkong,
+    /// hongkong`); nodes past the list have none.
+    #[arg(long, value_delimiter = ',')]
+    pub zones: Vec<String>,
 }
 
 fn forward_logs(name: String, child: &mut Child) {
@@ -111,6 +115,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .arg(http.to_string())
             .arg("--cluster-addr")
             .arg(cluster.to_string());
+        if let Some(zone) = args.zones.get(i as usize).filter(|z| !z.is_empty()) {
+            cmd.arg("--zone").arg(zone);
+        }
         if i > 0 {
             cmd.arg("--join").arg(first.to_string());
         } else {
