@@ -662,11 +662,13 @@ async fn plan_create(mt: &MetaTxn<'_>, catalog: &Catalog, ct: &CreateTable) -> R
     let colocate = match (&ct.colocate_with, colocate) {
         (Some(other), None) => {
             let t = catalog.table(other).ok_or_else(|| undefined_table(other))?;
-            if !matches!(t.distribution, Distribution::Hash { .. })
-                || !matches!(distribution, Distribution::Hash { .. })
-            {
+            let both_hash = matches!(t.distribution, Distribution::Hash { .. })
+                && matches!(distribution, Distribution::Hash { .. });
+            let both_list = matches!(t.distribution, Distribution::List { .. })
+                && matches!(distribution, Distribution::List { .. });
+            if !both_hash && !both_list {
                 return Err(Error::unsupported(format!(
-                    "colocate_with \"{other}\": both tables must be hash-distributed"
+                    "colocate_with \"{other}\": both tables must be hash-distributed, or both list-partitioned"
                 )));
             }
             Some(t.colocation)
@@ -734,19 +736,23 @@ async fn plan_create(mt: &MetaTxn<'_>, catalog: &Catalog, ct: &CreateTable) -> R
                 }
             }
         }
-        Distribution::List { .. } => {
-            new_colocation(
-                mt,
-                catalog,
-                ColocationKind::List {
-                    partitions: Vec::new(),
-                },
-                0,
-                &mut plan,
-            )
-            .await?
-            .id
-        }
+        // Co-located list tables share the partitions (and so the shards) of the first.
+        Distribution::List { .. } => match colocate {
+            Some(id) => id,
+            None => {
+                new_colocation(
+                    mt,
+                    catalog,
+                    ColocationKind::List {
+                        partitions: Vec::new(),
+                    },
+                    0,
+                    &mut plan,
+                )
+                .await?
+                .id
+            }
+        },
         Distribution::Reference => {
             unreachable!("reference tables come from create_reference_table")
         }

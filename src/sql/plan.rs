@@ -723,8 +723,9 @@ fn plan_query(catalog: &Catalog, stmt: &Statement, q: &Query, params: &[Value]) 
 }
 
 /// Whether `from` (plain tables, inner joins) only matches rows within one shard: every
-/// table in the same hash colocation group, all linked by equalities between their
-/// distribution columns (in ON clauses or the WHERE clause). One table always is.
+/// table in the same colocation group (hash, or list partitions shared), all linked by
+/// equalities between their distribution columns (in ON clauses or the WHERE clause). One
+/// table always is.
 fn shard_local(s: &ast::Select, from: &[FromTable<'_>]) -> bool {
     if from.len() == 1 {
         return matches!(
@@ -738,6 +739,7 @@ fn shard_local(s: &ast::Select, from: &[FromTable<'_>]) -> bool {
             || !matches!(
                 f.table.distribution,
                 crate::catalog::Distribution::Hash { .. }
+                    | crate::catalog::Distribution::List { .. }
             )
     }) {
         return false;
