@@ -118,7 +118,12 @@ impl Collector for ReplicaCollector {
         let mut applied = Vec::new();
         let mut last_log = Vec::new();
         let mut changes = Vec::new();
+        let mut served = Vec::new();
         for g in cluster.groups() {
+            served.push((
+                g.shard.to_string(),
+                ConstCounter::new(g.served.load(std::sync::atomic::Ordering::Relaxed)),
+            ));
             let shard = g.shard.to_string();
             let m = g.raft.metrics().borrow().clone();
             terms.push((shard.clone(), ConstGauge::new(m.current_term as i64)));
@@ -178,6 +183,12 @@ impl Collector for ReplicaCollector {
             "leader_changes",
             "Leadership changes seen by each local replica (new leader or new term)",
             &changes,
+        )?;
+        family(
+            &mut encoder,
+            "shard_statements",
+            "Statements this node executed as each shard's leader (reads, writes, transactions begun)",
+            &served,
         )?;
         let catalog = cluster.catalog();
         let gauge = ConstGauge::new(catalog.tables().count() as i64);

@@ -562,7 +562,7 @@ impl Handler for NodeRpc {
                 let result = if read {
                     group.read(stmt.into(), ReadConsistency::Linearizable).await
                 } else {
-                    group.writer.execute(stmt.into()).await
+                    group.write(stmt.into()).await
                 };
                 Response::Rows(wire(result.map(Into::into)))
             }
@@ -570,7 +570,7 @@ impl Handler for NodeRpc {
                 let Some(group) = self.group(shard) else {
                     return Response::Txn(Err(no_such_shard()));
                 };
-                match group.writer.begin().await {
+                match group.begin().await {
                     Ok(t) => {
                         let id = self.next_txn.fetch_add(1, Ordering::Relaxed);
                         let entry = (Arc::new(tokio::sync::Mutex::new(Some(t))), Instant::now());

@@ -195,6 +195,33 @@ async fn distributed_queries_match_one_database() {
     assert!(!returned.is_empty());
 }
 
+/// Statements each shard's leaders executed, summed over the cluster (from /metrics).
+fn served(cluster: &Cluster) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for n in &cluster.nodes {
+        let text = common::http_get(n.http, "/metrics").unwrap();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("cairn_shard_statements_total{shard=\"") {
+                let (shard, value) = rest.split_once("\"} ").unwrap();
+                *out.entry(shard.to_string()).or_default() += value.parse::<u64>().unwrap();
+            }
+        }
+    }
+    out
+}
+
+/// The shards whose statement counters moved between two readings, and by how much.
+fn moved(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+) -> Vec<(String, u64)> {
+    after
+        .iter()
+        .filter(|(s, n)| *s != "meta" && before.get(*s).copied().unwrap_or(0) != **n)
+        .map(|(s, n)| (s.clone(), n - before.get(s).copied().unwrap_or(0)))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_placement_layout_and_serials() {
     let zones = ["beijing", "hongkong", "hongkong"];
@@ -207,6 +234,21 @@ async fn routing_placement_layout_and_serials() {
     c.batch_execute("CREATE TABLE kv (k integer PRIMARY KEY, v text)")
         .await
         .unwrap();
+    // A point query runs on exactly one shard; a scan on all of them.
+    c.batch_execute("INSERT INTO kv SELECT x, 'v' FROM (WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 100) SELECT x FROM s) t")
+        .await
+        .unwrap();
+    let before = tokio::task::block_in_place(|| served(&cluster));
+    assert_eq!(rows(&c, "SELECT v FROM kv WHERE k = 42").await.len(), 1);
+    let after = tokio::task::block_in_place(|| served(&cluster));
+    let touched = moved(&before, &after);
+    assert_eq!(touched.len(), 1, "{touched:?}");
+    assert_eq!(touched[0].1, 1, "{touched:?}");
+    let before = after;
+    assert_eq!(rows(&c, "SELECT * FROM kv").await.len(), 100);
+    let after = tokio::task::block_in_place(|| served(&cluster));
+    let touched = moved(&before, &after);
+    assert_eq!(touched.len(), 4, "{touched:?}");
     let plan = rows(&c, "EXPLAIN SELECT v FROM kv WHERE k = 42").await;
     assert!(
         plan[0][0].as_deref().unwrap().contains("k pins the shard"),
@@ -286,6 +328,14 @@ async fn routing_placement_layout_and_serials() {
         on_node.iter().all(|n| n.contains(&both)),
         "{both}: {on_node:?}"
     );
+    // A query naming the partition value touches only that partition's shard.
+    let before = tokio::task::block_in_place(|| served(&cluster));
+    assert_eq!(
+        rows(&c, "SELECT v FROM regional WHERE region = 'macau'").await,
+        vec![vec![Some("c".to_string())]]
+    );
+    let after = tokio::task::block_in_place(|| served(&cluster));
+    assert_eq!(moved(&before, &after), vec![(hk.clone(), 1)]);
     let got = rows(&c, "SELECT region, v FROM regional ORDER BY id").await;
     assert_eq!(got.len(), 5);
     assert_eq!(got[4], vec![Some("paris".into()), Some("e".into())]);

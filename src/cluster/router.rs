@@ -200,7 +200,7 @@ impl Cluster {
             shard,
             |g| {
                 let stmt = stmt.clone();
-                async move { g.writer.execute(stmt).await }
+                async move { g.write(stmt).await }
             },
             |addr| {
                 let stmt = stmt.clone();
@@ -220,12 +220,12 @@ impl Cluster {
     ) -> Result<Rows> {
         if let Some(g) = self.group(shard) {
             if crate::planted::active("stale-reads") {
-                return g.replica.read(stmt).await;
+                return g.read_local(stmt).await;
             }
             match consistency {
-                ReadConsistency::Any => return g.replica.read(stmt).await,
+                ReadConsistency::Any => return g.read_local(stmt).await,
                 ReadConsistency::Bounded(bound) if g.fresh_within(bound) => {
-                    return g.replica.read(stmt).await;
+                    return g.read_local(stmt).await;
                 }
                 _ => {}
             }
@@ -248,7 +248,7 @@ impl Cluster {
     pub async fn begin(&self, shard: ShardId) -> Result<Lease> {
         self.route(
             shard,
-            |g| async move { g.writer.begin().await.map(Lease::Local) },
+            |g| async move { g.begin().await.map(Lease::Local) },
             |addr| async move {
                 match self.call(&addr, Request::Begin { shard }).await? {
                     Response::Txn(r) => r

@@ -29,6 +29,9 @@ pub enum ReadConsistency {
 
 pub struct ShardGroup {
     reads: ReadBarrier,
+    /// Statements this replica served as the shard's executor (reads, autocommit writes,
+    /// transactions begun), for metrics and routing tests.
+    pub served: std::sync::atomic::AtomicU64,
     /// Leadership changes this node has seen for the group (a new leader or a new term).
     pub elections: Arc<std::sync::atomic::AtomicU64>,
     /// When this node last accepted entries or a heartbeat from the leader, and the commit
@@ -95,6 +98,7 @@ impl ShardGroup {
         let writer = Writer::start(raft.clone(), replica.clone(), node);
         Ok(ShardGroup {
             reads: ReadBarrier::default(),
+            served: std::sync::atomic::AtomicU64::new(0),
             elections,
             leader_contact: std::sync::Mutex::new(None),
             shard,
@@ -128,8 +132,32 @@ impl ShardGroup {
         }
     }
 
+    fn count(&self) {
+        self.served
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// An autocommit write through this node's writer (which must lead).
+    pub async fn write(&self, stmt: Statement) -> Result<Rows> {
+        self.count();
+        self.writer.execute(stmt).await
+    }
+
+    /// Take this node's writer for a transaction.
+    pub async fn begin(&self) -> Result<super::writer::Transaction> {
+        self.count();
+        self.writer.begin().await
+    }
+
+    /// A read on this replica as it is, whatever it has applied.
+    pub async fn read_local(&self, stmt: Statement) -> Result<Rows> {
+        self.count();
+        self.replica.read(stmt).await
+    }
+
     /// Run a read-only statement at the given consistency.
     pub async fn read(&self, stmt: Statement, consistency: ReadConsistency) -> Result<Rows> {
+        self.count();
         if consistency == ReadConsistency::Linearizable {
             wait_for_leader(&self.raft, crate::limits::LEADER_WAIT).await;
             self.reads.confirm(&self.raft).await?;
