@@ -19,7 +19,7 @@ type Rows = Vec<Vec<Option<String>>>;
 async fn rows(c: &tokio_postgres::Client, sql: &str) -> Rows {
     c.simple_query(sql)
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
         .into_iter()
         .filter_map(|m| match m {
             SimpleQueryMessage::Row(r) => {
@@ -140,6 +140,9 @@ const WRITES: &[&str] = &[
     "INSERT INTO {a} SELECT aid + 1000, category, title, cost FROM {a} WHERE aid < 5",
     "INSERT INTO {u} VALUES (3, 'again', 'shanghai', 1), (41, 'new', 'beijing', 50) ON CONFLICT (uid) DO UPDATE SET score = excluded.score",
     "INSERT INTO {r} SELECT uid, 999, 1 FROM {u} WHERE score > 80",
+    // Changing the distribution column moves rows between shards.
+    "UPDATE {a} SET aid = aid + 500, title = 'moved ' || title WHERE category = 'art'",
+    "UPDATE {u} SET uid = uid + 100, score = score + 1 WHERE uid = 41",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,6 +181,22 @@ async fn distributed_queries_match_one_database() {
     for q in QUERIES {
         same(&c, q).await;
     }
+    // A move with RETURNING.
+    let mut moved_rows = rows(
+        &c,
+        "UPDATE articles SET aid = aid + 5000 WHERE aid > 500 RETURNING aid, title",
+    )
+    .await;
+    let mut twin_rows = rows(
+        &c,
+        "UPDATE articles_1 SET aid = aid + 5000 WHERE aid > 500 RETURNING aid, title",
+    )
+    .await;
+    moved_rows.sort();
+    twin_rows.sort();
+    assert_eq!(moved_rows, twin_rows);
+    assert!(!moved_rows.is_empty());
+    same(&c, "SELECT * FROM {a}").await;
     // RETURNING from several shards.
     let mut returned = rows(
         &c,

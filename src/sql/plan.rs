@@ -62,6 +62,19 @@ pub enum Plan {
     Insert { parts: Vec<(ShardId, String)> },
     /// Run `source`, then insert its rows into `table` by shard.
     InsertSelect(Box<InsertSelect>),
+    /// An UPDATE that changes rows' distribution value: delete them from their shards,
+    /// update them at the coordinator, insert them by their new value — in one transaction.
+    Move(Box<Move>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Move {
+    pub shards: Vec<ShardId>,
+    /// `DELETE ... RETURNING *` of the rows the UPDATE matches.
+    pub delete_sql: String,
+    /// The UPDATE itself, run at the coordinator over the deleted rows.
+    pub update_sql: String,
+    pub table: Table,
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +136,15 @@ impl Plan {
                 .iter()
                 .map(|(s, sql)| format!("Shard {s}: {sql}"))
                 .collect(),
+            Plan::Move(m) => vec![
+                format!("Shards {}: {}", list(&m.shards), m.delete_sql),
+                format!("Coordinator: {}", m.update_sql),
+                format!(
+                    "Insert the updated rows into {} by shard of {}",
+                    m.table.name,
+                    m.table.distribution_column().unwrap_or_default()
+                ),
+            ],
             Plan::InsertSelect(is) => {
                 let mut lines = vec!["Source:".to_string()];
                 lines.extend(is.source.explain().into_iter().map(|l| format!("  {l}")));
@@ -1074,15 +1096,10 @@ fn plan_modify(
         target.distribution,
         crate::catalog::Distribution::List { .. }
     );
-    if list && assigns_key(target) {
-        // The new value may belong to another partition (even one not created yet).
-        return Err(Error::unsupported(format!(
-            "changing the partition column \"{}\" of \"{}\" (delete the row and insert it again)",
-            target.distribution_column().unwrap_or_default(),
-            target.name
-        )));
-    }
-    if let Some(shard) = single_home(catalog, &tables)? {
+    // A new value of a list table's partition column may belong to another partition
+    // (even with one partition today): such updates always move rows.
+    let moves_rows = assigns_key(target);
+    if let Some(shard) = single_home(catalog, &tables)?.filter(|_| !(list && moves_rows)) {
         return Ok(Plan::Shards {
             shards: vec![shard],
             sql,
@@ -1096,14 +1113,7 @@ fn plan_modify(
             target.name
         )));
     }
-    if assigns_key(target) {
-        return Err(Error::unsupported(format!(
-            "changing the distribution column \"{}\" of \"{}\" (delete the row and insert it again)",
-            target.distribution_column().unwrap_or_default(),
-            target.name
-        )));
-    }
-    let qualifiers = vec![alias.unwrap_or_else(|| target.name.clone())];
+    let qualifiers = vec![alias.clone().unwrap_or_else(|| target.name.clone())];
     let key = target.distribution_column().unwrap_or_default();
     let (shards, why) = match pinned_values(selection, &qualifiers, key, params) {
         Some(values) => (
@@ -1112,6 +1122,24 @@ fn plan_modify(
         ),
         None => (all_shards(catalog, target)?, "every shard".to_string()),
     };
+    if moves_rows {
+        // The row's distribution value changes: take the matching rows off their shards,
+        // update them at the coordinator, and insert them where they now belong.
+        let mut delete = format!("DELETE FROM {}", quote(&target.name));
+        if let Some(a) = &alias {
+            delete.push_str(&format!(" AS {}", quote(a)));
+        }
+        if let Some(w) = selection {
+            delete.push_str(&format!(" WHERE {w}"));
+        }
+        delete.push_str(" RETURNING *");
+        return Ok(Plan::Move(Box::new(Move {
+            shards,
+            delete_sql: delete,
+            update_sql: sql,
+            table: target.clone(),
+        })));
+    }
     Ok(Plan::Shards {
         shards,
         sql,

@@ -67,6 +67,22 @@ pub async fn run_over(pulled: Vec<Pulled>, sql: String, params: Vec<Value>) -> R
     interruptible(move |conn| load_and_run(conn, &pulled, &sql, &params)).await
 }
 
+/// Load `pulled` (one table), run `sql` (a modifying statement) over it, and return its
+/// result and the table's rows afterwards.
+pub async fn modify_and_read(
+    pulled: Pulled,
+    sql: String,
+    params: Vec<Value>,
+) -> Result<(Rows, Vec<Vec<Value>>)> {
+    interruptible(move |conn| {
+        let name = pulled.table.name.replace('"', "\"\"");
+        let result = load_and_run(conn, std::slice::from_ref(&pulled), &sql, &params)?;
+        let after = replica::run(conn, &format!("SELECT * FROM \"{name}\""), &[])?;
+        Ok((result, after.rows))
+    })
+    .await
+}
+
 /// Run a statement that names no table.
 pub async fn run_alone(sql: String, params: Vec<Value>) -> Result<Rows> {
     interruptible(move |conn| replica::run(conn, &sql, &params)).await

@@ -517,6 +517,7 @@ impl Session {
                     }
                     Ok(merge(results))
                 }
+                Plan::Move(m) => self.move_rows(m, params).await,
                 Plan::InsertSelect(is) => {
                     let source = self.run_plan(&is.source, params).await?;
                     self.insert_rows(&is.table, &is.columns, &is.suffix, source.rows)
@@ -524,6 +525,41 @@ impl Session {
                 }
             }
         })
+    }
+
+    /// An UPDATE that moves rows between shards, inside the session's transaction or an
+    /// implicit one (so nothing is deleted unless its new copy was inserted).
+    async fn move_rows(&mut self, m: &plan::Move, params: &[Value]) -> Result<Rows> {
+        let implicit = self.txn.is_none();
+        if implicit {
+            self.txn = Some(OpenTxn::new());
+        }
+        let result = async {
+            let deleted = merge(
+                self.on_shards(&m.shards, &m.delete_sql, params, false)
+                    .await?,
+            );
+            let count = deleted.rows.len() as u64;
+            let pulled = scratch::Pulled {
+                table: m.table.clone(),
+                rows: deleted.rows,
+            };
+            let (mut output, rows) =
+                scratch::modify_and_read(pulled, m.update_sql.clone(), params.to_vec()).await?;
+            let columns: Vec<String> = m.table.columns.iter().map(|c| c.name.clone()).collect();
+            self.insert_rows(&m.table, &columns, "", rows).await?;
+            output.changes = count;
+            Ok(output)
+        }
+        .await;
+        if implicit {
+            let txn = self.txn.take().expect("opened above");
+            match &result {
+                Ok(_) => self.commit(txn).await?,
+                Err(_) => self.abandon(txn).await,
+            }
+        }
+        result
     }
 
     /// Insert `rows` (values for `is.columns`) into `is.table`, each on its shard.
