@@ -526,3 +526,92 @@ async fn sixteen_groups_on_three_nodes_fail_over_and_converge() {
         .get(0);
     assert_eq!(n, 64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scatter_gather_queries_are_complete_or_fail_while_a_node_dies() {
+    let mut cluster = tokio::task::block_in_place(|| Cluster::start(3, &[]));
+    let c = client(cluster.nodes[0].pg).await.unwrap();
+    c.batch_execute("CREATE TABLE sg (k integer PRIMARY KEY, v integer)")
+        .await
+        .unwrap();
+    c.batch_execute(
+        "INSERT INTO sg SELECT x, x * 2 FROM (WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < 400) SELECT x FROM s) t",
+    )
+    .await
+    .unwrap();
+    // Readers on the two nodes that stay up; the third (leading s1) is killed mid-load.
+    let victim = tokio::task::block_in_place(|| cluster.leader());
+    let readers: Vec<SocketAddr> = (0..3)
+        .filter(|i| *i != victim)
+        .map(|i| cluster.nodes[i].pg)
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcomes = Arc::new(Mutex::new((0usize, 0usize, Vec::<String>::new())));
+    let mut tasks = Vec::new();
+    for pg in readers {
+        let (stop, outcomes) = (stop.clone(), outcomes.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = client(pg).await.unwrap();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                // Alternate an aggregate merged from every shard and a full scan.
+                let result = if i % 2 == 0 {
+                    c.query_one("SELECT count(*), sum(v) FROM sg", &[])
+                        .await
+                        .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))
+                } else {
+                    c.query("SELECT k, v FROM sg", &[]).await.map(|rows| {
+                        (
+                            rows.len() as i64,
+                            rows.iter().map(|r| r.get::<_, i32>(1) as i64).sum(),
+                        )
+                    })
+                };
+                let mut o = outcomes.lock().unwrap();
+                match result {
+                    Ok(got) => {
+                        assert_eq!(got, (400, 400 * 401), "a partial result was returned");
+                        o.0 += 1;
+                    }
+                    Err(e) => {
+                        // A clear error with a SQLSTATE, never a broken connection.
+                        let code = e
+                            .as_db_error()
+                            .map(|d| d.code().code().to_string())
+                            .unwrap_or_else(|| panic!("not a database error: {e:?}"));
+                        o.1 += 1;
+                        o.2.push(code);
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.nodes[victim].kill9();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (ok, failed, codes) = outcomes.lock().unwrap().clone();
+    println!("{ok} complete results, {failed} errors {codes:?}");
+    assert!(ok > 10, "too few queries succeeded: {ok}");
+    for code in codes {
+        // Unavailable (no leader reachable yet) or retry: both tell the client to retry.
+        assert!(
+            ["57P03", "40001"].contains(&code.as_str()),
+            "unexpected error code {code}"
+        );
+    }
+    // After failover every query is complete again.
+    let c = client(cluster.nodes[(victim + 1) % 3].pg).await.unwrap();
+    let (n, sum): (i64, i64) = {
+        let r = c
+            .query_one("SELECT count(*), sum(v) FROM sg", &[])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((n, sum), (400, 400 * 401));
+}
