@@ -556,7 +556,7 @@ async fn scatter_gather_queries_are_complete_or_fail_while_a_node_dies() {
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
                 // Alternate an aggregate merged from every shard and a full scan.
-                let result = if i % 2 == 0 {
+                let result = if i.is_multiple_of(2) {
                     c.query_one("SELECT count(*), sum(v) FROM sg", &[])
                         .await
                         .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))

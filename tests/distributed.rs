@@ -174,7 +174,7 @@ fn generated_queries(seed: u64, n: usize) -> Vec<String> {
     ];
     let mut out = Vec::new();
     while out.len() < n {
-        let mut pred = |next: &mut dyn FnMut(u64) -> u64| -> String {
+        let pred = |next: &mut dyn FnMut(u64) -> u64| -> String {
             let p = user_preds[next(user_preds.len() as u64) as usize];
             let a = 1 + next(40);
             p.replace("{n}", &next(100).to_string())
