@@ -107,3 +107,7 @@ pub const COPY_LINE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Partial aggregates one query may push to shards; beyond it the query is merged by
 /// pulling rows instead.
 pub const PARTIAL_AGGREGATES_MAX: usize = 256;
+
+/// Rows pulled for a multi-table merge above which the coordinator gathers statistics
+/// (ANALYZE) before running the query: cheap next to a bad join order on many rows.
+pub const SCRATCH_ANALYZE_ROWS: usize = 10_000;

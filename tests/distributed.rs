@@ -607,3 +607,69 @@ async fn routing_placement_layout_and_serials() {
     let got = rows(&c, "SELECT count(*), count(DISTINCT id) FROM events").await;
     assert_eq!(got[0], vec![Some("60".into()), Some("60".into())]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_refused_by_one_shard_is_undone_on_all() {
+    let node = common::TestNode::start().await;
+    let c = node.client().await;
+    c.batch_execute(
+        "CREATE TABLE d (k integer PRIMARY KEY, v integer) WITH (shard_count = 4);
+         INSERT INTO d VALUES (1, 10), (2, 20), (3, 30), (4, 40), (5, 50), (6, 60), (7, 70), (8, 80)",
+    )
+    .await
+    .unwrap();
+    // Two rows with the same v, on one shard (same key hash range): a unique index fails
+    // there only, after other shards may have built it.
+    let shard_of = |plan: &Rows| {
+        plan[0][0]
+            .clone()
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    let s1 = shard_of(&rows(&c, "EXPLAIN SELECT * FROM d WHERE k = 1").await);
+    let mut twin = None;
+    for k in 2..=8 {
+        if shard_of(&rows(&c, &format!("EXPLAIN SELECT * FROM d WHERE k = {k}")).await) == s1 {
+            twin = Some(k);
+            break;
+        }
+    }
+    let twin = twin.expect("some key shares k=1's shard");
+    c.execute("UPDATE d SET v = 10 WHERE k = $1", &[&twin])
+        .await
+        .unwrap();
+    let e = c
+        .batch_execute("CREATE UNIQUE INDEX d_v ON d (v)")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "23505", "{e:?}");
+    // Undone everywhere: duplicates are accepted on every shard, and the name is free.
+    for k in [2, 3, 4, 5, 6, 7, 8] {
+        c.execute("UPDATE d SET v = 10 WHERE k = $1", &[&k])
+            .await
+            .unwrap();
+    }
+    c.batch_execute("CREATE INDEX d_v ON d (v)").await.unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM d WHERE v = 10", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 8);
+    // A table whose creation fails is not left behind on some shards.
+    let e = c
+        .batch_execute(
+            "CREATE TABLE bad (k integer PRIMARY KEY, v integer CHECK (nosuchcolumn > 0))",
+        )
+        .await
+        .unwrap_err();
+    assert!(e.code().is_some(), "{e:?}");
+    let e = c.simple_query("SELECT * FROM bad").await.unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "42P01");
+    c.batch_execute("CREATE TABLE bad (k integer PRIMARY KEY)")
+        .await
+        .unwrap();
+}

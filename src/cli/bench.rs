@@ -35,6 +35,14 @@ pub struct KvArgs {
     /// Random seed for key choice.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Fraction of operations that are scatter-gather aggregates over every key
+    /// (`count(*)`, `sum(length(v))`, checked); taken before the read ratio.
+    #[arg(long, default_value_t = 0.0)]
+    pub scan_ratio: f64,
+    /// Cairn only: spread the table over this many shards (`WITH (shard_count = N)`); the
+    /// table is then named `cairn_bench_kv_<N>`.
+    #[arg(long)]
+    pub shards: Option<u32>,
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -105,24 +113,32 @@ impl Report {
 }
 
 pub async fn kv(args: KvArgs) -> anyhow::Result<Report> {
-    if !(0.0..=1.0).contains(&args.read_ratio) {
-        bail!("--read-ratio must be between 0 and 1");
+    if !(0.0..=1.0).contains(&args.read_ratio) || !(0.0..=1.0).contains(&args.scan_ratio) {
+        bail!("--read-ratio and --scan-ratio must be between 0 and 1");
     }
+    let table = match args.shards {
+        Some(n) => format!("cairn_bench_kv_{n}"),
+        None => "cairn_bench_kv".to_string(),
+    };
+    let with = match args.shards {
+        Some(n) => format!(" WITH (shard_count = {n})"),
+        None => String::new(),
+    };
     if args.keys == 0 || args.clients == 0 || args.value_bytes < 8 {
         bail!("--keys and --clients must be positive and --value-bytes at least 8");
     }
     let mut setup = connect(&args.url).await?;
     setup
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS cairn_bench_kv (k bigint PRIMARY KEY, v text NOT NULL)",
-        )
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {table} (k bigint PRIMARY KEY, v text NOT NULL){with}"
+        ))
         .await?;
     eprintln!(
         "loading {} keys of {} bytes...",
         args.keys, args.value_bytes
     );
     let load = setup
-        .prepare("INSERT INTO cairn_bench_kv (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = excluded.v")
+        .prepare(&format!("INSERT INTO {table} (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = excluded.v"))
         .await?;
     let mut loaded = 0u64;
     while loaded < args.keys {
@@ -142,13 +158,17 @@ pub async fn kv(args: KvArgs) -> anyhow::Result<Report> {
     let mut tasks = Vec::new();
     for c in 0..args.clients {
         let (args, stop, done_ops) = (args.clone(), stop.clone(), done_ops.clone());
+        let table = table.clone();
         tasks.push(tokio::spawn(async move {
             let client = connect(&args.url).await?;
             let read = client
-                .prepare("SELECT v FROM cairn_bench_kv WHERE k = $1")
+                .prepare(&format!("SELECT v FROM {table} WHERE k = $1"))
                 .await?;
             let write = client
-                .prepare("UPDATE cairn_bench_kv SET v = $2 WHERE k = $1")
+                .prepare(&format!("UPDATE {table} SET v = $2 WHERE k = $1"))
+                .await?;
+            let scan = client
+                .prepare(&format!("SELECT count(*), sum(length(v)) FROM {table}"))
                 .await?;
             let mut rng = rand::rngs::StdRng::seed_from_u64(
                 args.seed.wrapping_mul(1_000_003).wrapping_add(c as u64),
@@ -158,7 +178,16 @@ pub async fn kv(args: KvArgs) -> anyhow::Result<Report> {
             while !stop.load(Ordering::Relaxed) {
                 let key = rng.random_range(0..args.keys);
                 let started = Instant::now();
-                let ok = if rng.random_bool(args.read_ratio) {
+                let ok = if args.scan_ratio > 0.0 && rng.random_bool(args.scan_ratio) {
+                    match client.query_one(&scan, &[]).await {
+                        Ok(row) => {
+                            row.get::<_, i64>(0) == args.keys as i64
+                                && row.get::<_, i64>(1)
+                                    == (args.keys * args.value_bytes as u64) as i64
+                        }
+                        Err(_) => false,
+                    }
+                } else if rng.random_bool(args.read_ratio) {
                     match client.query_opt(&read, &[&(key as i64)]).await {
                         Ok(Some(row)) => valid(key, row.get::<_, &str>(0), args.value_bytes),
                         _ => false,

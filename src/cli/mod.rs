@@ -155,8 +155,15 @@ pub fn main() -> anyhow::Result<()> {
             }
             Command::Bench(BenchCommand::Kv(args)) => {
                 let what = format!(
-                    "kv clients={} read-ratio={} value-bytes={} keys={}",
-                    args.clients, args.read_ratio, args.value_bytes, args.keys
+                    "kv clients={} read-ratio={} scan-ratio={} value-bytes={} keys={}{}",
+                    args.clients,
+                    args.read_ratio,
+                    args.scan_ratio,
+                    args.value_bytes,
+                    args.keys,
+                    args.shards
+                        .map(|n| format!(" shards={n}"))
+                        .unwrap_or_default()
                 );
                 let report = bench::kv(args).await?;
                 report.print(&what);

@@ -663,7 +663,8 @@ fn plan_query(catalog: &Catalog, stmt: &Statement, q: &Query, params: &[Value]) 
             if let Some(me) = from.iter().find(|f| f.table.name == table.name) {
                 let others: Vec<&FromTable<'_>> =
                     from.iter().filter(|f| f.table.name != table.name).collect();
-                let mine: Vec<&Expr> = s
+                let derived = implied_constants(s, &me.qualifiers);
+                let mut mine: Vec<&Expr> = s
                     .selection
                     .as_ref()
                     .map(conjuncts)
@@ -671,6 +672,8 @@ fn plan_query(catalog: &Catalog, stmt: &Statement, q: &Query, params: &[Value]) 
                     .into_iter()
                     .filter(|c| only_columns_of(c, me, &others))
                     .collect();
+                let known: Vec<String> = mine.iter().map(|c| c.to_string()).collect();
+                mine.extend(derived.iter().filter(|d| !known.contains(&d.to_string())));
                 let alias = &me.qualifiers[0];
                 pull_sql = format!("SELECT * FROM {} AS {}", quote(&table.name), quote(alias));
                 if !mine.is_empty() {
@@ -742,6 +745,84 @@ fn plan_query(catalog: &Catalog, stmt: &Statement, q: &Query, params: &[Value]) 
         });
     }
     Ok(Plan::Gather { pulls, sql })
+}
+
+/// A qualified column reference `q.c`, lower-cased.
+fn qualified(e: &Expr) -> Option<(String, String)> {
+    match e {
+        Expr::CompoundIdentifier(parts) if parts.len() >= 2 => Some((
+            translate::ident_name(&parts[parts.len() - 2]),
+            translate::ident_name(&parts[parts.len() - 1]),
+        )),
+        Expr::Nested(inner) => qualified(inner),
+        _ => None,
+    }
+}
+
+/// Equalities with a constant that the query implies for the relation called `me`: from
+/// `x.a = 'v'` and `me.b = x.a` (in the WHERE clause or an inner join's ON clause), the
+/// pull of `me` may filter on `me.b = 'v'` — and be pinned to `'v'`'s shard.
+fn implied_constants(s: &ast::Select, me: &[String]) -> Vec<Expr> {
+    let mut all: Vec<&Expr> = s.selection.as_ref().map(conjuncts).unwrap_or_default();
+    for twj in &s.from {
+        for j in &twj.joins {
+            if let ast::JoinOperator::Inner(ast::JoinConstraint::On(e))
+            | ast::JoinOperator::Join(ast::JoinConstraint::On(e)) = &j.join_operator
+            {
+                all.extend(conjuncts(e));
+            }
+        }
+    }
+    let mut consts: Vec<((String, String), Expr)> = Vec::new();
+    let mut pairs: Vec<((String, String), (String, String))> = Vec::new();
+    for c in all {
+        let Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } = c
+        else {
+            continue;
+        };
+        let is_const =
+            |e: &Expr| placeholder_index(e).is_some() || translate::literal_value(e).is_some();
+        match (qualified(left), qualified(right)) {
+            (Some(a), Some(b)) => pairs.push((a, b)),
+            (Some(a), None) if is_const(right) => consts.push((a, (**right).clone())),
+            (None, Some(b)) if is_const(left) => consts.push((b, (**left).clone())),
+            _ => {}
+        }
+    }
+    // Spread constants along the equalities until nothing changes.
+    loop {
+        let mut grew = false;
+        for (a, b) in &pairs {
+            for (x, y) in [(a, b), (b, a)] {
+                let known = consts.iter().find(|(k, _)| k == x).map(|(_, v)| v.clone());
+                if let Some(v) = known {
+                    if !consts.iter().any(|(k, _)| k == y) {
+                        consts.push((y.clone(), v));
+                        grew = true;
+                    }
+                }
+            }
+        }
+        if !grew || consts.len() > 64 {
+            break;
+        }
+    }
+    consts
+        .into_iter()
+        .filter(|((q, _), _)| me.iter().any(|m| m.eq_ignore_ascii_case(q)))
+        .map(|((q, c), v)| Expr::BinaryOp {
+            left: Box::new(Expr::CompoundIdentifier(vec![
+                ast::Ident::with_quote('"', q),
+                ast::Ident::with_quote('"', c),
+            ])),
+            op: BinaryOperator::Eq,
+            right: Box::new(v),
+        })
+        .collect()
 }
 
 /// Whether `from` (plain tables, inner joins) only matches rows within one shard: every
