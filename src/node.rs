@@ -560,7 +560,9 @@ impl Handler for NodeRpc {
                     return Response::Rows(Err(no_such_shard()));
                 };
                 let result = if read {
-                    group.read(stmt.into(), ReadConsistency::Linearizable).await
+                    self.cluster
+                        .read_here(&group, stmt.into(), ReadConsistency::Linearizable)
+                        .await
                 } else {
                     group.write(stmt.into()).await
                 };

@@ -564,6 +564,25 @@ async fn routing_placement_layout_and_serials() {
         plan[0][0].as_deref().unwrap().contains("pins the shard"),
         "{plan:?}"
     );
+    // Joins with a reference table run inside each shard of the other table.
+    let plan = rows(
+        &c,
+        "EXPLAIN SELECT o.name, c.name FROM owners o JOIN colours c ON c.name <> o.name",
+    )
+    .await;
+    assert!(
+        plan[0][0]
+            .as_deref()
+            .unwrap()
+            .contains("reference tables attached"),
+        "{plan:?}"
+    );
+    let got = rows(
+        &c,
+        "SELECT o.name, c.name FROM owners o JOIN colours c ON c.name <> o.name ORDER BY 1, 2",
+    )
+    .await;
+    assert_eq!(got.len(), 4, "{got:?}");
     // The reference table has a replica on every node.
     let plan = rows(&c, "EXPLAIN SELECT * FROM colours").await;
     let colours = shard_of(&plan);

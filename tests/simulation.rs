@@ -994,6 +994,7 @@ async fn propose(seed: u64, worker: u64, client: Arc<Client>, shared: Arc<Shared
                 sql: text.clone(),
                 params: vec![],
                 kind: StatementKind::Ddl,
+                refs: Vec::new(),
             },
             read: false,
         };

@@ -11,6 +11,7 @@ fn dml(sql: &str, params: Vec<Value>) -> Statement {
         sql: sql.to_string(),
         params,
         kind: StatementKind::Dml,
+        refs: Vec::new(),
     }
 }
 

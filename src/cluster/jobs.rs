@@ -22,6 +22,7 @@ impl Cluster {
                 sql: step.sql.clone(),
                 params: Vec::new(),
                 kind: StatementKind::DdlOnce(job.step_id(i)),
+                refs: Vec::new(),
             };
             match self.write(step.shard, stmt).await {
                 Ok(_) => {}
@@ -42,6 +43,7 @@ impl Cluster {
                 sql: step.sql.clone(),
                 params: Vec::new(),
                 kind: StatementKind::DdlOnce(job.undo_id(i)),
+                refs: Vec::new(),
             };
             self.write(step.shard, stmt).await?;
         }
@@ -62,6 +64,7 @@ impl Cluster {
                         sql: "SELECT id FROM _cairn_jobs WHERE id = ?1".into(),
                         params: vec![Value::Integer(job.id as i64)],
                         kind: StatementKind::Dml,
+                        refs: Vec::new(),
                     },
                 )
                 .await?;

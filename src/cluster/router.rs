@@ -223,9 +223,9 @@ impl Cluster {
                 return g.read_local(stmt).await;
             }
             match consistency {
-                ReadConsistency::Any => return g.read_local(stmt).await,
+                ReadConsistency::Any => return self.read_here(&g, stmt, consistency).await,
                 ReadConsistency::Bounded(bound) if g.fresh_within(bound) => {
-                    return g.read_local(stmt).await;
+                    return self.read_here(&g, stmt, consistency).await;
                 }
                 _ => {}
             }
@@ -234,7 +234,10 @@ impl Cluster {
             shard,
             |g| {
                 let stmt = stmt.clone();
-                async move { g.read(stmt, ReadConsistency::Linearizable).await }
+                async move {
+                    self.read_here(&g, stmt, ReadConsistency::Linearizable)
+                        .await
+                }
             },
             |addr| {
                 let stmt = stmt.clone();
@@ -242,6 +245,39 @@ impl Cluster {
             },
         )
         .await
+    }
+
+    /// Read on this node's replica `g`: linearizable (this node must lead `g`'s shard), or
+    /// as the local replica stands. Reference-table replicas the statement names are
+    /// attached; for a linearizable read each is first caught up with its own leader.
+    pub async fn read_here(
+        &self,
+        g: &ShardGroup,
+        stmt: Statement,
+        consistency: ReadConsistency,
+    ) -> Result<Rows> {
+        if stmt.refs.is_empty() {
+            return match consistency {
+                ReadConsistency::Linearizable => g.read(stmt, consistency).await,
+                _ => g.read_local(stmt).await,
+            };
+        }
+        let mut attach = Vec::with_capacity(stmt.refs.len());
+        for r in &stmt.refs {
+            let local = self.group(*r).ok_or_else(|| {
+                Error::Unavailable(format!(
+                    "{r} (a reference table) has no replica on this node yet"
+                ))
+            })?;
+            if consistency == ReadConsistency::Linearizable {
+                self.sync(*r).await?;
+            }
+            attach.push((format!("cairn_ref_{}", r.0), local.replica.path.clone()));
+        }
+        if consistency == ReadConsistency::Linearizable {
+            g.read_index().await?;
+        }
+        g.read_attached(stmt, attach).await
     }
 
     /// Take `shard`'s writer for an interactive transaction.

@@ -155,6 +155,16 @@ impl ShardGroup {
         self.replica.read(stmt).await
     }
 
+    /// A read on this replica as it is, with other replica files attached.
+    pub async fn read_attached(
+        &self,
+        stmt: Statement,
+        attach: Vec<(String, std::path::PathBuf)>,
+    ) -> Result<Rows> {
+        self.count();
+        self.replica.read_attached(stmt, attach).await
+    }
+
     /// Run a read-only statement at the given consistency.
     pub async fn read(&self, stmt: Statement, consistency: ReadConsistency) -> Result<Rows> {
         self.count();

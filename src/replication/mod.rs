@@ -100,6 +100,7 @@ pub struct WireStatement {
     pub sql: String,
     pub params: Vec<WireValue>,
     pub kind: StatementKind,
+    pub refs: Vec<crate::ids::ShardId>,
 }
 
 impl From<Statement> for WireStatement {
@@ -108,6 +109,7 @@ impl From<Statement> for WireStatement {
             sql: s.sql,
             params: s.params.into_iter().map(Into::into).collect(),
             kind: s.kind,
+            refs: s.refs,
         }
     }
 }
@@ -118,6 +120,7 @@ impl From<WireStatement> for Statement {
             sql: s.sql,
             params: s.params.into_iter().map(Into::into).collect(),
             kind: s.kind,
+            refs: s.refs,
         }
     }
 }

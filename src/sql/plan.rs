@@ -47,6 +47,8 @@ pub enum Plan {
         sql: String,
         read: bool,
         why: String,
+        /// Reference-table shards attached where the statement runs.
+        refs: Vec<ShardId>,
     },
     /// Pull each table's rows, run the statement over them at the coordinator.
     Gather { pulls: Vec<Pull>, sql: String },
@@ -57,6 +59,7 @@ pub enum Plan {
         shard_sql: String,
         merge_sql: String,
         columns: Vec<String>,
+        refs: Vec<ShardId>,
     },
     /// A different INSERT per shard.
     Insert { parts: Vec<(ShardId, String)> },
@@ -485,18 +488,21 @@ fn all_shards(catalog: &Catalog, table: &Table) -> Result<Vec<ShardId>> {
 
 /// Plan a translated Read or Write statement. `params` are the bound values (for routing);
 /// `engine` supplies serial values for INSERTs.
+/// `allow_refs`: a query may read reference tables from replicas attached where it runs
+/// (not inside a transaction, whose statements run on the shard writers' connections).
 pub async fn plan(
     engine: &super::Engine,
     catalog: &Catalog,
     t: &Translated,
     params: &[Value],
+    allow_refs: bool,
 ) -> Result<Plan> {
     let stmt = t
         .stmt
         .as_deref()
         .ok_or_else(|| Error::internal("planning a statement without its syntax tree"))?;
     match stmt {
-        Statement::Query(q) => plan_query(catalog, stmt, q, params),
+        Statement::Query(q) => plan_query(catalog, stmt, q, params, allow_refs),
         Statement::Insert(insert) => plan_insert(engine, catalog, stmt, insert, params).await,
         Statement::Update(u) => {
             let target = match &u.table.relation {
@@ -562,7 +568,13 @@ fn single_home(catalog: &Catalog, tables: &[&Table]) -> Result<Option<ShardId>> 
     Ok(home)
 }
 
-fn plan_query(catalog: &Catalog, stmt: &Statement, q: &Query, params: &[Value]) -> Result<Plan> {
+fn plan_query(
+    catalog: &Catalog,
+    stmt: &Statement,
+    q: &Query,
+    params: &[Value],
+    allow_refs: bool,
+) -> Result<Plan> {
     let sql = stmt.to_string();
     let (tables, counts) = tables_in(stmt, catalog)?;
     if tables.is_empty() {
@@ -574,6 +586,7 @@ fn plan_query(catalog: &Catalog, stmt: &Statement, q: &Query, params: &[Value]) 
             sql,
             read: true,
             why: "every table on one shard".into(),
+            refs: Vec::new(),
         });
     }
     let select = match q.body.as_ref() {
@@ -585,9 +598,26 @@ fn plan_query(catalog: &Catalog, stmt: &Statement, q: &Query, params: &[Value]) 
     // tables joined on their distribution columns): route, broadcast, or merge partials.
     if let (Some(s), Some(from)) = (select, &from) {
         let named_once = counts.values().all(|c| *c == 1) && from.len() == tables.len();
-        if named_once && shard_local(s, from) {
+        // Reference tables have every row on every node: inside a shard they are read from
+        // the local replica (attached), so they never decide where a query runs.
+        let is_ref =
+            |f: &FromTable<'_>| f.table.distribution == crate::catalog::Distribution::Reference;
+        let local: Vec<FromTable<'_>> = from
+            .iter()
+            .filter(|f| !is_ref(f))
+            .map(|f| FromTable {
+                table: f.table,
+                qualifiers: f.qualifiers.clone(),
+            })
+            .collect();
+        let mut refs: Vec<ShardId> = Vec::new();
+        for f in from.iter().filter(|f| is_ref(f)) {
+            refs.extend(catalog.shards_of(f.table)?);
+        }
+        let usable = refs.is_empty() || allow_refs;
+        if named_once && usable && !local.is_empty() && shard_local(s, &local) {
             let mut pinned = None;
-            for f in from {
+            for f in &local {
                 let key = f.table.distribution_column().unwrap_or_default();
                 if let Some(values) =
                     pinned_values(s.selection.as_ref(), &f.qualifiers, key, params)
@@ -606,14 +636,22 @@ fn plan_query(catalog: &Catalog, stmt: &Statement, q: &Query, params: &[Value]) 
                 && q.order_by.is_none()
                 && q.limit_clause.is_none()
                 && q.fetch.is_none();
-            let all = all_shards(catalog, from[0].table)?;
+            let all = all_shards(catalog, local[0].table)?;
+            let with_refs = |why: String| {
+                if refs.is_empty() {
+                    why
+                } else {
+                    format!("{why}, reference tables attached")
+                }
+            };
             match pinned {
                 Some((shards, key)) if shards.len() <= 1 => {
                     return Ok(Plan::Shards {
                         shards,
                         sql,
                         read: true,
-                        why: format!("{key} pins the shard"),
+                        why: with_refs(format!("{key} pins the shard")),
+                        refs,
                     })
                 }
                 Some((shards, key)) if simple => {
@@ -621,7 +659,8 @@ fn plan_query(catalog: &Catalog, stmt: &Statement, q: &Query, params: &[Value]) 
                         shards,
                         sql,
                         read: true,
-                        why: format!("{key} pins the shards"),
+                        why: with_refs(format!("{key} pins the shards")),
+                        refs,
                     })
                 }
                 None if simple => {
@@ -629,11 +668,12 @@ fn plan_query(catalog: &Catalog, stmt: &Statement, q: &Query, params: &[Value]) 
                         shards: all,
                         sql,
                         read: true,
-                        why: if from.len() > 1 {
+                        why: with_refs(if local.len() > 1 {
                             "co-located join, rows concatenated".into()
                         } else {
                             "rows concatenated".into()
-                        },
+                        }),
+                        refs,
                     })
                 }
                 pinned => {
@@ -643,6 +683,7 @@ fn plan_query(catalog: &Catalog, stmt: &Statement, q: &Query, params: &[Value]) 
                             shard_sql: tp.shard_sql,
                             merge_sql: tp.merge_sql,
                             columns: tp.columns,
+                            refs,
                         });
                     }
                 }
@@ -831,10 +872,14 @@ fn implied_constants(s: &ast::Select, me: &[String]) -> Vec<Expr> {
 /// table always is.
 fn shard_local(s: &ast::Select, from: &[FromTable<'_>]) -> bool {
     if from.len() == 1 {
-        return matches!(
-            from[0].table.distribution,
-            crate::catalog::Distribution::Hash { .. } | crate::catalog::Distribution::List { .. }
-        );
+        return from[0].table.distribution != crate::catalog::Distribution::Reference;
+    }
+    // Single-shard tables all share their one shard.
+    if from
+        .iter()
+        .all(|f| f.table.distribution == crate::catalog::Distribution::Single)
+    {
+        return true;
     }
     let group = from[0].table.colocation;
     if from.iter().any(|f| {
@@ -1186,6 +1231,7 @@ fn plan_modify(
             sql,
             read: false,
             why: "every table on one shard".into(),
+            refs: Vec::new(),
         });
     }
     if tables.len() > 1 || counts.values().any(|c| *c > 1) {
@@ -1226,6 +1272,7 @@ fn plan_modify(
         sql,
         read: false,
         why,
+        refs: Vec::new(),
     })
 }
 
@@ -1268,6 +1315,7 @@ async fn plan_insert(
             sql,
             read: false,
             why: "every table on one shard".into(),
+            refs: Vec::new(),
         });
     }
     let key = table
@@ -1306,7 +1354,7 @@ async fn plan_insert(
     let SetExpr::Values(values) = source.body.as_ref() else {
         // INSERT ... SELECT: the query on its own, then its rows by shard.
         let query = Statement::Query(source.clone());
-        let source_plan = plan_query(catalog, &query, source, params)?;
+        let source_plan = plan_query(catalog, &query, source, params, false)?;
         return Ok(Plan::InsertSelect(Box::new(InsertSelect {
             source: source_plan,
             table: table.clone(),

@@ -437,10 +437,23 @@ impl Session {
         params: &[Value],
         read: bool,
     ) -> Result<Vec<Rows>> {
+        self.on_shards_with(shards, sql, params, read, &[]).await
+    }
+
+    /// [`Session::on_shards`], reading the reference-table shards `refs` where it runs.
+    async fn on_shards_with(
+        &mut self,
+        shards: &[ShardId],
+        sql: &str,
+        params: &[Value],
+        read: bool,
+        refs: &[ShardId],
+    ) -> Result<Vec<Rows>> {
         let stmt = |sql: &str| Statement {
             sql: sql.to_string(),
             params: params.to_vec(),
             kind: StatementKind::Dml,
+            refs: refs.to_vec(),
         };
         if read && self.txn.is_none() && shards.len() > 1 {
             let cluster = self.engine.cluster.clone();
@@ -468,8 +481,15 @@ impl Session {
             match plan {
                 Plan::Local { sql } => scratch::run_alone(sql.clone(), params.to_vec()).await,
                 Plan::Shards {
-                    shards, sql, read, ..
-                } => Ok(merge(self.on_shards(shards, sql, params, *read).await?)),
+                    shards,
+                    sql,
+                    read,
+                    refs,
+                    ..
+                } => Ok(merge(
+                    self.on_shards_with(shards, sql, params, *read, refs)
+                        .await?,
+                )),
                 Plan::Gather { pulls, sql } => {
                     let mut pulled = Vec::with_capacity(pulls.len());
                     let mut total = 0usize;
@@ -489,8 +509,12 @@ impl Session {
                     shard_sql,
                     merge_sql,
                     columns,
+                    refs,
                 } => {
-                    let partials = merge(self.on_shards(shards, shard_sql, params, true).await?);
+                    let partials = merge(
+                        self.on_shards_with(shards, shard_sql, params, true, refs)
+                            .await?,
+                    );
                     scratch::check_intermediate(partials.rows.len())?;
                     let table = crate::catalog::Table {
                         ddl: vec![format!(
@@ -512,6 +536,7 @@ impl Session {
                             sql: sql.clone(),
                             params: params.to_vec(),
                             kind: StatementKind::Dml,
+                            refs: Vec::new(),
                         };
                         results.push(self.on_shard(*shard, stmt, false).await?);
                     }
@@ -643,6 +668,7 @@ impl Session {
                     sql,
                     params: part.iter().flatten().cloned().collect(),
                     kind: StatementKind::Dml,
+                    refs: Vec::new(),
                 };
                 results.push(self.on_shard(shard, stmt, false).await?);
             }
@@ -765,7 +791,8 @@ impl Session {
             }
             Kind::Explain(inner) => {
                 let catalog = self.catalog();
-                let plan = plan::plan(&self.engine, &catalog, inner, &params).await?;
+                let plan =
+                    plan::plan(&self.engine, &catalog, inner, &params, self.txn.is_none()).await?;
                 let rows: Vec<Vec<Value>> = plan
                     .explain()
                     .into_iter()
@@ -784,7 +811,8 @@ impl Session {
             }
             Kind::Read | Kind::Write => {
                 let catalog = self.catalog();
-                let plan = plan::plan(&self.engine, &catalog, t, &params).await?;
+                let plan =
+                    plan::plan(&self.engine, &catalog, t, &params, self.txn.is_none()).await?;
                 let rows = self.run_plan(&plan, &params).await?;
                 Ok(self.output(t, rows))
             }
@@ -887,6 +915,7 @@ impl Session {
                         sql: step.sql.clone(),
                         params: Vec::new(),
                         kind: StatementKind::Ddl,
+                        refs: Vec::new(),
                     };
                     self.on_shard(step.shard, stmt, false).await?;
                 }

@@ -66,6 +66,9 @@ pub struct Statement {
     pub sql: String,
     pub params: Vec<Value>,
     pub kind: StatementKind,
+    /// Reference-table shards whose local replicas the statement reads (attached to the
+    /// connection it runs on, after catching them up with their leaders).
+    pub refs: Vec<ShardId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -586,16 +589,37 @@ impl ReplicaHandle {
     /// cancelled query) interrupts SQLite, so no abandoned query keeps running — including
     /// one cancelled before its thread has started.
     pub async fn read(&self, stmt: Statement) -> Result<Rows> {
+        self.read_attached(stmt, Vec::new()).await
+    }
+
+    /// Like [`ReplicaHandle::read`], with other replica files attached (read-only) under the
+    /// given schema names for the statement: unqualified table names not found here are
+    /// found there (reference tables joined inside a shard).
+    pub async fn read_attached(
+        &self,
+        stmt: Statement,
+        attach: Vec<(String, PathBuf)>,
+    ) -> Result<Rows> {
         let reads = self.reads.clone();
         let (interrupt, guard) = Interrupt::new();
         let result = tokio::task::spawn_blocking(move || {
             reads.with(|c| {
+                // The pool's connections are read-only, and so is what they attach.
+                for (name, path) in &attach {
+                    c.execute(
+                        "ATTACH DATABASE ?1 AS ?2",
+                        rusqlite::params![path.to_string_lossy(), name],
+                    )?;
+                }
                 interrupt.start(c)?;
                 let result = match stmt.kind {
                     StatementKind::Describe => describe(c, &stmt.sql),
                     _ => run(c, &stmt.sql, &stmt.params),
                 };
                 interrupt.done();
+                for (name, _) in &attach {
+                    c.execute("DETACH DATABASE ?1", [name])?;
+                }
                 result
             })
         })
