@@ -50,6 +50,7 @@ pub mod sqlstate {
     pub const WRONG_OBJECT_TYPE: &str = "42809";
     pub const RESERVED_NAME: &str = "42939";
     pub const INVALID_OBJECT_DEFINITION: &str = "42P17";
+    pub const TRANSACTION_RESOLUTION_UNKNOWN: &str = "08007";
 
     const ALL: &[&str] = &[
         SYNTAX_ERROR,
@@ -94,6 +95,7 @@ pub mod sqlstate {
         WRONG_OBJECT_TYPE,
         RESERVED_NAME,
         INVALID_OBJECT_DEFINITION,
+        TRANSACTION_RESOLUTION_UNKNOWN,
     ];
 
     /// The static code equal to `code` (from another node), or XX000 for one Cairn never uses.

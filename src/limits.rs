@@ -111,3 +111,8 @@ pub const PARTIAL_AGGREGATES_MAX: usize = 256;
 /// Rows pulled for a multi-table merge above which the coordinator gathers statistics
 /// (ANALYZE) before running the query: cheap next to a bad join order on many rows.
 pub const SCRATCH_ANALYZE_ROWS: usize = 10_000;
+
+/// A shard's prepared part of a cross-shard transaction waits this long for its session's
+/// decision before resolving itself from the coordinator shard's record (presumed abort if
+/// none): the session has nothing left to do but decide, so silence means it is gone.
+pub const PREPARED_TIMEOUT: Duration = Duration::from_secs(10);

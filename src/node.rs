@@ -332,6 +332,15 @@ fn wire<T>(r: Result<T>) -> std::result::Result<T, WireError> {
     r.map_err(WireError::from)
 }
 
+/// A forwarded transaction that no longer exists here (ended by a timeout or a leader
+/// change): the caller resolves through the shard instead.
+fn gone_txn() -> WireError {
+    WireError::Sql {
+        code: crate::error::sqlstate::IDLE_IN_TRANSACTION_TIMEOUT.into(),
+        message: "the transaction no longer exists on the shard's leader".into(),
+    }
+}
+
 /// What a node without a replica of the shard answers: the caller tries another node.
 fn no_such_shard() -> WireError {
     WireError::NotLeader { leader: None }
@@ -568,11 +577,11 @@ impl Handler for NodeRpc {
                 };
                 Response::Rows(wire(result.map(Into::into)))
             }
-            Request::Begin { shard } => {
+            Request::Begin { shard, priority } => {
                 let Some(group) = self.group(shard) else {
                     return Response::Txn(Err(no_such_shard()));
                 };
-                match group.begin().await {
+                match group.begin(priority).await {
                     Ok(t) => {
                         let id = self.next_txn.fetch_add(1, Ordering::Relaxed);
                         let entry = (Arc::new(tokio::sync::Mutex::new(Some(t))), Instant::now());
@@ -585,6 +594,54 @@ impl Handler for NodeRpc {
                     Err(e) => Response::Txn(Err(e.into())),
                 }
             }
+            Request::TxnCollect { txn } => match self.txn(txn) {
+                None => Response::Flag(Err(gone_txn())),
+                Some(t) => match t.lock().await.as_ref() {
+                    Some(t) => Response::Flag(wire(t.collect().await)),
+                    None => Response::Flag(Err(gone_txn())),
+                },
+            },
+            Request::TxnPrepare {
+                txn,
+                id,
+                coordinator,
+            } => match self.txn(txn) {
+                None => Response::Done(Err(gone_txn())),
+                Some(t) => match t.lock().await.as_ref() {
+                    Some(t) => Response::Done(wire(t.prepare(id, coordinator).await)),
+                    None => Response::Done(Err(gone_txn())),
+                },
+            },
+            Request::TxnDecide { txn, id, commit } => match self.txn(txn) {
+                None => Response::Flag(Err(gone_txn())),
+                Some(t) => match t.lock().await.as_ref() {
+                    Some(t) => Response::Flag(wire(t.decide(id, commit).await)),
+                    None => Response::Flag(Err(gone_txn())),
+                },
+            },
+            Request::TxnResolve { txn, commit } => {
+                let t = self
+                    .txns
+                    .lock()
+                    .expect("txn map lock poisoned")
+                    .remove(&txn);
+                let t = match t {
+                    Some((t, _)) => t.lock().await.take(),
+                    None => None,
+                };
+                match t {
+                    Some(t) => Response::Done(wire(t.resolve(commit).await)),
+                    None => Response::Done(Err(gone_txn())),
+                }
+            }
+            Request::Decide { shard, id, commit } => match self.group(shard) {
+                Some(group) => Response::Flag(wire(group.writer.decide(id, commit).await)),
+                None => Response::Flag(Err(no_such_shard())),
+            },
+            Request::Resolve { shard, id, commit } => match self.group(shard) {
+                Some(group) => Response::Done(wire(group.writer.resolve(id, commit).await)),
+                None => Response::Done(Err(no_such_shard())),
+            },
             Request::Commit { txn } => {
                 let t = self
                     .txns

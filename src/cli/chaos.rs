@@ -53,8 +53,7 @@ const BANK_ACCOUNTS: i64 = 8;
 const BANK_OPENING: i64 = 100;
 
 /// One bank operation on `c`: a transfer as an interactive transaction (read both balances,
-/// move money only if the source can afford it), or a read of the total, sometimes inside a
-/// transaction.
+/// move money only if the source can afford it), or a read of the total in a transaction.
 async fn bank_op(
     c: &tokio_postgres::Client,
     call: Call,
@@ -92,11 +91,13 @@ async fn bank_op(
             result.map(|_| None)
         }
         _ => {
-            let total: i64 = c
-                .query_one("SELECT sum(bal) FROM chaos_bank", &[])
-                .await?
-                .get(0);
-            Ok(Some(total))
+            // Inside a transaction: it holds every shard it reads, so it cannot see one
+            // side of a transfer without the other (a statement outside one reads each
+            // shard at its own moment).
+            c.batch_execute("BEGIN").await?;
+            let total = c.query_one("SELECT sum(bal) FROM chaos_bank", &[]).await;
+            let _ = c.batch_execute("COMMIT").await;
+            Ok(Some(total?.get(0)))
         }
     }
 }
@@ -296,10 +297,10 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         }
         Workload::Bank => {
             setup
-                // One shard: transfers are single-shard transactions until cross-shard
-                // commit is atomic (two-phase commit).
+                // Accounts spread over shards: transfers are cross-shard transactions
+                // (two-phase commit).
                 .batch_execute(
-                    "CREATE TABLE chaos_bank (id bigint PRIMARY KEY, bal bigint NOT NULL) WITH (shard_count = 1)",
+                    "CREATE TABLE chaos_bank (id bigint PRIMARY KEY, bal bigint NOT NULL) WITH (shard_count = 4)",
                 )
                 .await?;
             for id in 0..BANK_ACCOUNTS {

@@ -72,6 +72,20 @@ pub struct Cluster {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// Lets a shard's writer learn decisions kept by other shards (two-phase commit recovery).
+struct ClusterDecider(std::sync::Weak<Cluster>);
+
+#[async_trait::async_trait]
+impl crate::replication::writer::Decider for ClusterDecider {
+    async fn decide(&self, coordinator: ShardId, txn: u64) -> Result<bool> {
+        let cluster = self
+            .0
+            .upgrade()
+            .ok_or_else(|| Error::Unavailable("node stopping".into()))?;
+        cluster.decide(coordinator, txn, false).await
+    }
+}
+
 impl From<&NodeRecord> for NodeInfo {
     fn from(n: &NodeRecord) -> Self {
         NodeInfo {
@@ -133,6 +147,10 @@ impl Cluster {
             changing: tokio::sync::Mutex::new(()),
             tasks: Mutex::new(Vec::new()),
         });
+        cluster
+            .meta
+            .writer
+            .set_decider(Arc::new(ClusterDecider(Arc::downgrade(&cluster))));
         cluster.reconcile().await?;
         let tasks = vec![
             tokio::spawn(watch_catalog(cluster.clone())),
@@ -198,6 +216,9 @@ impl Cluster {
                 )
                 .await?,
             );
+            group
+                .writer
+                .set_decider(Arc::new(ClusterDecider(Arc::downgrade(self))));
             tracing::info!(shard = %shard.id, replicas = ?shard.replicas, "replica started");
             self.groups
                 .write()

@@ -282,11 +282,21 @@ impl Cluster {
 
     /// Take `shard`'s writer for an interactive transaction.
     pub async fn begin(&self, shard: ShardId) -> Result<Lease> {
+        self.begin_in(shard, None).await
+    }
+
+    /// Take `shard`'s writer for a transaction that may already hold others (`priority`:
+    /// its start time, for wait-die; see `Writer::begin`).
+    pub async fn begin_in(
+        &self,
+        shard: ShardId,
+        priority: Option<crate::replication::writer::Priority>,
+    ) -> Result<Lease> {
         self.route(
             shard,
-            |g| async move { g.begin().await.map(Lease::Local) },
+            |g| async move { g.begin(priority).await.map(Lease::Local) },
             |addr| async move {
-                match self.call(&addr, Request::Begin { shard }).await? {
+                match self.call(&addr, Request::Begin { shard, priority }).await? {
                     Response::Txn(r) => r
                         .map(|txn| {
                             Lease::Remote(RemoteTxn {
@@ -335,6 +345,111 @@ impl Cluster {
                 let _ = self.call(&r.addr, Request::Rollback { txn: r.txn }).await;
             }
         }
+    }
+
+    /// Two-phase commit, on a transaction's lease: end its statements and keep their
+    /// effects; whether there are any.
+    pub async fn collect(&self, lease: &Lease) -> Result<bool> {
+        match lease {
+            Lease::Local(t) => t.collect().await,
+            Lease::Remote(r) => match self
+                .call(&r.addr, Request::TxnCollect { txn: r.txn })
+                .await?
+            {
+                Response::Flag(f) => f.map_err(Into::into),
+                _ => Err(unexpected()),
+            },
+        }
+    }
+
+    /// Prepare the collected effects as part `id`, coordinated by `coordinator`.
+    pub async fn prepare(&self, lease: &Lease, id: u64, coordinator: ShardId) -> Result<()> {
+        match lease {
+            Lease::Local(t) => t.prepare(id, coordinator).await,
+            Lease::Remote(r) => {
+                let request = Request::TxnPrepare {
+                    txn: r.txn,
+                    id,
+                    coordinator,
+                };
+                match self.call(&r.addr, request).await? {
+                    Response::Done(d) => d.map_err(Into::into),
+                    _ => Err(unexpected()),
+                }
+            }
+        }
+    }
+
+    /// On the coordinator's lease: record the decision; the decision in force.
+    pub async fn decide_on(&self, lease: &Lease, id: u64, commit: bool) -> Result<bool> {
+        match lease {
+            Lease::Local(t) => t.decide(id, commit).await,
+            Lease::Remote(r) => {
+                let request = Request::TxnDecide {
+                    txn: r.txn,
+                    id,
+                    commit,
+                };
+                match self.call(&r.addr, request).await? {
+                    Response::Flag(f) => f.map_err(Into::into),
+                    _ => Err(unexpected()),
+                }
+            }
+        }
+    }
+
+    /// Apply or drop a prepared part through its lease, releasing it.
+    pub async fn resolve(&self, lease: Lease, commit: bool) -> Result<()> {
+        match lease {
+            Lease::Local(t) => t.resolve(commit).await,
+            Lease::Remote(mut r) => {
+                r.ended = true;
+                match self
+                    .call(&r.addr, Request::TxnResolve { txn: r.txn, commit })
+                    .await?
+                {
+                    Response::Done(d) => d.map_err(Into::into),
+                    _ => Err(unexpected()),
+                }
+            }
+        }
+    }
+
+    /// On `shard`'s leader, wherever it is now: the decision on `id`, recording `commit`
+    /// unless one is recorded.
+    pub async fn decide(&self, shard: ShardId, id: u64, commit: bool) -> Result<bool> {
+        self.route(
+            shard,
+            |g| async move { g.writer.decide(id, commit).await },
+            |addr| async move {
+                match self
+                    .call(&addr, Request::Decide { shard, id, commit })
+                    .await?
+                {
+                    Response::Flag(f) => f.map_err(Into::into),
+                    _ => Err(unexpected()),
+                }
+            },
+        )
+        .await
+    }
+
+    /// On `shard`'s leader: resolve its prepared part of `id` if still there.
+    pub async fn resolve_on(&self, shard: ShardId, id: u64, commit: bool) -> Result<()> {
+        self.route(
+            shard,
+            |g| async move { g.writer.resolve(id, commit).await },
+            |addr| async move {
+                match self
+                    .call(&addr, Request::Resolve { shard, id, commit })
+                    .await?
+                {
+                    Response::Done(d) => d.map_err(Into::into),
+                    _ => Err(unexpected()),
+                }
+            },
+        )
+        .await
     }
 
     /// Catch this node's replica of `shard` up with everything committed before the call

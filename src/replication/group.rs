@@ -143,10 +143,13 @@ impl ShardGroup {
         self.writer.execute(stmt).await
     }
 
-    /// Take this node's writer for a transaction.
-    pub async fn begin(&self) -> Result<super::writer::Transaction> {
+    /// Take this node's writer for a transaction (`priority`: see `Writer::begin`).
+    pub async fn begin(
+        &self,
+        priority: Option<super::writer::Priority>,
+    ) -> Result<super::writer::Transaction> {
         self.count();
-        self.writer.begin().await
+        self.writer.begin(priority).await
     }
 
     /// A read on this replica as it is, whatever it has applied.

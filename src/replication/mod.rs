@@ -29,6 +29,19 @@ pub enum Op {
     Changeset(Vec<u8>),
     /// Schema change, run as SQL on every replica (SQLite changesets carry no DDL).
     Ddl(String),
+    /// Two-phase commit, phase one: keep `ops` (this shard's part of transaction `txn`)
+    /// without applying them. `coordinator` is the shard holding the decision.
+    Prepare {
+        txn: u64,
+        coordinator: crate::ids::ShardId,
+        ops: Vec<Op>,
+    },
+    /// The decision on `txn`, kept on its coordinator shard. The first decision recorded
+    /// wins: a later one (a recovering participant voting abort) changes nothing.
+    Decide { txn: u64, commit: bool },
+    /// Phase two: apply (commit) or drop the prepared part of `txn`; nothing if there is
+    /// none (already resolved).
+    Resolve { txn: u64, commit: bool },
 }
 
 /// The payload of one Raft log entry.

@@ -73,6 +73,38 @@ pub enum Request {
     },
     Begin {
         shard: ShardId,
+        priority: Option<super::writer::Priority>,
+    },
+    /// Two-phase commit on a forwarded transaction (`txn` is the forwarded handle).
+    TxnCollect {
+        txn: u64,
+    },
+    TxnPrepare {
+        txn: u64,
+        id: u64,
+        coordinator: ShardId,
+    },
+    TxnDecide {
+        txn: u64,
+        id: u64,
+        commit: bool,
+    },
+    TxnResolve {
+        txn: u64,
+        commit: bool,
+    },
+    /// To a shard's leader: the decision on transaction `id`, recording `commit` unless one
+    /// is recorded.
+    Decide {
+        shard: ShardId,
+        id: u64,
+        commit: bool,
+    },
+    /// To a shard's leader: resolve its prepared part of transaction `id`, if still there.
+    Resolve {
+        shard: ShardId,
+        id: u64,
+        commit: bool,
     },
     Commit {
         txn: u64,
@@ -92,6 +124,7 @@ pub enum Response {
     Index(Result<u64, WireError>),
     Rows(Result<WireRows, WireError>),
     Txn(Result<u64, WireError>),
+    Flag(Result<bool, WireError>),
     Done(Result<(), WireError>),
 }
 

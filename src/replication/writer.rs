@@ -4,17 +4,51 @@
 //! writer from its first statement to COMMIT/ROLLBACK; the writer is released when the client
 //! goes away or stays idle for `limits::IDLE_IN_TRANSACTION_TIMEOUT`.
 //!
+//! Two-phase commit: a transaction's part on this shard may, instead of committing, be
+//! collected (`Transaction::collect`), prepared (`Op::Prepare` through Raft: its ops kept,
+//! not applied), and later resolved (`Op::Resolve`: applied or dropped) — the writer stays
+//! held from first statement to resolution, so nothing else writes the shard in between
+//! and the prepared ops cannot conflict when applied. The coordinator shard also records the
+//! decision (`Op::Decide`; the first recorded wins). A prepared part whose session goes
+//! away, or that a new leader finds in its replica, is resolved by the decision in force,
+//! recording abort if none was recorded (presumed abort) — so nothing stays locked
+//! forever, and a decision once recorded is never contradicted.
+//!
+//! Lock waits: wait-die. A transaction that already holds another shard's writer and asks
+//! for one held by an older transaction gets a retryable error at once instead of waiting,
+//! so transactions can never wait for each other in a cycle.
+//!
 //! Invariant: the writer never executes against a state that lacks its previous proposal — it
 //! waits for each proposal to be applied (openraft answers `client_write` after apply), and
-//! a newly elected leader first applies everything before its own term (`ensure_ready`).
+//! a newly elected leader first applies everything before its own term and resolves any
+//! prepared parts (`ensure_ready`).
 
 use super::{Batch, Op, Raft};
 use crate::error::{sqlstate, Error, Result};
-use crate::ids::NodeId;
+use crate::ids::{NodeId, ShardId};
 use crate::limits;
-use crate::storage::replica::{ReplicaHandle, Rows, Statement};
+use crate::storage::replica::{ReplicaHandle, Rows, Statement, StatementKind};
 use openraft::error::{ClientWriteError, RaftError};
+use rusqlite::types::Value;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
+
+/// A transaction's standing in lock conflicts (wait-die): when it started (smaller is
+/// older) and whether it already holds another shard's writer. Only a transaction that
+/// holds one can be part of a wait cycle, so only such a younger one is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Priority {
+    pub started: u64,
+    pub holding: bool,
+}
+
+/// Finds the decision on a transaction from its coordinator shard's leader (recording abort
+/// there if there is none yet). Supplied by the cluster layer, which can reach any shard.
+#[async_trait::async_trait]
+pub trait Decider: Send + Sync {
+    async fn decide(&self, coordinator: ShardId, txn: u64) -> Result<bool>;
+}
 
 enum Request {
     Exec {
@@ -22,7 +56,21 @@ enum Request {
         reply: oneshot::Sender<Result<Rows>>,
     },
     Begin {
+        priority: u64,
         reply: oneshot::Sender<Result<Transaction>>,
+    },
+    /// Record `commit` as the decision on `txn` unless one is recorded; answer the decision
+    /// in force.
+    Decide {
+        txn: u64,
+        commit: bool,
+        reply: oneshot::Sender<Result<bool>>,
+    },
+    /// Resolve this shard's prepared part of `txn`, if it is still prepared.
+    Resolve {
+        txn: u64,
+        commit: bool,
+        reply: oneshot::Sender<Result<()>>,
     },
 }
 
@@ -30,14 +78,34 @@ enum TxnCmd {
     Exec(Statement, oneshot::Sender<Result<Rows>>),
     Commit(oneshot::Sender<Result<()>>),
     Rollback(oneshot::Sender<()>),
+    Collect(oneshot::Sender<Result<bool>>),
+    Prepare {
+        txn: u64,
+        coordinator: ShardId,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Decide {
+        txn: u64,
+        commit: bool,
+        reply: oneshot::Sender<Result<bool>>,
+    },
+    Resolve {
+        commit: bool,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Request>,
+    /// Priority (start time, smaller = older) of the transaction holding the writer; 0 if
+    /// none.
+    holder: Arc<AtomicU64>,
+    decider: Arc<OnceLock<Arc<dyn Decider>>>,
 }
 
-/// An open interactive transaction holding the shard's writer. Dropping it rolls back.
+/// An open interactive transaction holding the shard's writer. Dropping it rolls back (or,
+/// once prepared, resolves by the recorded decision).
 pub struct Transaction {
     tx: mpsc::Sender<TxnCmd>,
 }
@@ -50,22 +118,19 @@ fn writer_gone() -> Error {
 }
 
 impl Transaction {
-    pub async fn exec(&self, stmt: Statement) -> Result<Rows> {
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> TxnCmd) -> Result<T> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(TxnCmd::Exec(stmt, reply))
-            .await
-            .map_err(|_| writer_gone())?;
+        self.tx.send(make(reply)).await.map_err(|_| writer_gone())?;
         rx.await.map_err(|_| writer_gone())?
     }
 
+    pub async fn exec(&self, stmt: Statement) -> Result<Rows> {
+        self.call(|r| TxnCmd::Exec(stmt, r)).await
+    }
+
+    /// Commit this shard's part on its own (one Raft proposal).
     pub async fn commit(self) -> Result<()> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(TxnCmd::Commit(reply))
-            .await
-            .map_err(|_| writer_gone())?;
-        rx.await.map_err(|_| writer_gone())?
+        self.call(TxnCmd::Commit).await
     }
 
     pub async fn rollback(self) {
@@ -73,6 +138,33 @@ impl Transaction {
         if self.tx.send(TxnCmd::Rollback(reply)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// End the statements: keep their effects for a commit or prepare, and say whether
+    /// there are any.
+    pub async fn collect(&self) -> Result<bool> {
+        self.call(TxnCmd::Collect).await
+    }
+
+    /// Make the collected effects this shard's prepared part of `txn`.
+    pub async fn prepare(&self, txn: u64, coordinator: ShardId) -> Result<()> {
+        self.call(|reply| TxnCmd::Prepare {
+            txn,
+            coordinator,
+            reply,
+        })
+        .await
+    }
+
+    /// On the coordinator shard: record the decision on `txn`; the decision in force.
+    pub async fn decide(&self, txn: u64, commit: bool) -> Result<bool> {
+        self.call(|reply| TxnCmd::Decide { txn, commit, reply })
+            .await
+    }
+
+    /// Apply or drop the prepared part, releasing the writer.
+    pub async fn resolve(self, commit: bool) -> Result<()> {
+        self.call(|reply| TxnCmd::Resolve { commit, reply }).await
     }
 }
 
@@ -86,58 +178,104 @@ fn wait_timeout() -> Error {
 impl Writer {
     pub fn start(raft: Raft, replica: ReplicaHandle, node: NodeId) -> Writer {
         let (tx, rx) = mpsc::channel(limits::WRITER_QUEUE_MAX);
-        tokio::spawn(run(raft, replica, node, rx));
-        Writer { tx }
+        let holder = Arc::new(AtomicU64::new(0));
+        let decider: Arc<OnceLock<Arc<dyn Decider>>> = Arc::new(OnceLock::new());
+        let context = Context {
+            raft,
+            replica,
+            node,
+            holder: holder.clone(),
+            decider: decider.clone(),
+        };
+        tokio::spawn(run(context, rx));
+        Writer {
+            tx,
+            holder,
+            decider,
+        }
+    }
+
+    /// How this writer learns decisions held by other shards (set once by the cluster).
+    pub fn set_decider(&self, decider: Arc<dyn Decider>) {
+        let _ = self.decider.set(decider);
+    }
+
+    async fn send<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Request) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        let fut = async {
+            self.tx
+                .send(make(reply))
+                .await
+                .map_err(|_| Error::Unavailable("writer stopped".into()))?;
+            rx.await
+                .map_err(|_| Error::Unavailable("writer stopped".into()))?
+        };
+        tokio::time::timeout(limits::WRITER_WAIT_TIMEOUT, fut)
+            .await
+            .map_err(|_| wait_timeout())?
     }
 
     /// Execute one autocommit statement; answered once its effects are committed and applied.
     pub async fn execute(&self, stmt: Statement) -> Result<Rows> {
-        let (reply, rx) = oneshot::channel();
-        let fut = async {
-            self.tx
-                .send(Request::Exec { stmt, reply })
-                .await
-                .map_err(|_| Error::Unavailable("writer stopped".into()))?;
-            rx.await
-                .map_err(|_| Error::Unavailable("writer stopped".into()))?
-        };
-        tokio::time::timeout(limits::WRITER_WAIT_TIMEOUT, fut)
-            .await
-            .map_err(|_| wait_timeout())?
+        self.send(|reply| Request::Exec { stmt, reply }).await
     }
 
-    /// Take the writer for an interactive transaction.
-    pub async fn begin(&self) -> Result<Transaction> {
-        let (reply, rx) = oneshot::channel();
-        let fut = async {
-            self.tx
-                .send(Request::Begin { reply })
-                .await
-                .map_err(|_| Error::Unavailable("writer stopped".into()))?;
-            rx.await
-                .map_err(|_| Error::Unavailable("writer stopped".into()))?
-        };
-        tokio::time::timeout(limits::WRITER_WAIT_TIMEOUT, fut)
+    /// Take the writer for an interactive transaction. `priority` is the transaction's
+    /// (see [`Priority`]); without one it counts as the youngest and never dies.
+    pub async fn begin(&self, priority: Option<Priority>) -> Result<Transaction> {
+        if let Some(p) = priority {
+            let holder = self.holder.load(Ordering::SeqCst);
+            if p.holding && holder != 0 && p.started > holder {
+                return Err(Error::sql(
+                    sqlstate::SERIALIZATION_FAILURE,
+                    "could not serialize access: an older transaction holds a shard this one needs; retry the transaction",
+                ));
+            }
+        }
+        let priority = priority.map(|p| p.started).unwrap_or(u64::MAX);
+        self.send(|reply| Request::Begin { priority, reply }).await
+    }
+
+    /// Record `commit` as the decision on `txn` unless one is recorded; the decision in
+    /// force (what a recovering participant asks the coordinator shard).
+    pub async fn decide(&self, txn: u64, commit: bool) -> Result<bool> {
+        self.send(|reply| Request::Decide { txn, commit, reply })
             .await
-            .map_err(|_| wait_timeout())?
+    }
+
+    /// Resolve this shard's prepared part of `txn` if it is still there (a session whose
+    /// lease on the shard broke finishes its commit this way).
+    pub async fn resolve(&self, txn: u64, commit: bool) -> Result<()> {
+        self.send(|reply| Request::Resolve { txn, commit, reply })
+            .await
     }
 }
 
-/// Fails unless this node leads the group and has applied every entry of earlier terms.
-async fn ensure_ready(raft: &Raft, node: NodeId, ready_term: &mut Option<u64>) -> Result<()> {
-    super::group::wait_for_leader(raft, limits::LEADER_WAIT).await;
+/// What the writer task works with.
+struct Context {
+    raft: Raft,
+    replica: ReplicaHandle,
+    node: NodeId,
+    holder: Arc<AtomicU64>,
+    decider: Arc<OnceLock<Arc<dyn Decider>>>,
+}
+
+/// Fails unless this node leads the group and has applied every entry of earlier terms; a
+/// new term also resolves the prepared parts found in the replica.
+async fn ensure_ready(cx: &Context, ready_term: &mut Option<u64>) -> Result<()> {
+    super::group::wait_for_leader(&cx.raft, limits::LEADER_WAIT).await;
     let (leader, term) = {
-        let m = raft.metrics();
+        let m = cx.raft.metrics();
         let m = m.borrow();
         (m.current_leader, m.current_term)
     };
-    if leader != Some(node.0) {
+    if leader != Some(cx.node.0) {
         return Err(Error::NotLeader {
             leader: leader.map(NodeId),
         });
     }
     if *ready_term != Some(term) {
-        raft.ensure_linearizable().await.map_err(|e| match e {
+        cx.raft.ensure_linearizable().await.map_err(|e| match e {
             RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)) => {
                 Error::NotLeader {
                     leader: f.leader_id.map(NodeId),
@@ -145,6 +283,7 @@ async fn ensure_ready(raft: &Raft, node: NodeId, ready_term: &mut Option<u64>) -
             }
             other => Error::Unavailable(other.to_string()),
         })?;
+        resolve_prepared(cx).await?;
         *ready_term = Some(term);
     }
     Ok(())
@@ -160,7 +299,84 @@ async fn propose(raft: &Raft, ops: Vec<Op>) -> Result<()> {
     }
 }
 
-async fn run(raft: Raft, replica: ReplicaHandle, node: NodeId, mut rx: mpsc::Receiver<Request>) {
+fn internal_read(sql: &str, params: Vec<Value>) -> Statement {
+    Statement {
+        sql: sql.into(),
+        params,
+        kind: StatementKind::Dml,
+        refs: Vec::new(),
+    }
+}
+
+/// Propose `commit` as the decision on `txn` (this shard coordinates it) and read back the
+/// decision in force.
+async fn record_decision(cx: &Context, txn: u64, commit: bool) -> Result<bool> {
+    propose(&cx.raft, vec![Op::Decide { txn, commit }]).await?;
+    let rows = cx
+        .replica
+        .read(internal_read(
+            "SELECT commit_ FROM _cairn_txns WHERE txn = ?1",
+            vec![Value::Integer(txn as i64)],
+        ))
+        .await?;
+    match rows.rows.first().and_then(|r| r.first()) {
+        Some(Value::Integer(c)) => Ok(*c != 0),
+        other => Err(Error::Corrupt(format!(
+            "{}: decision on {txn} not recorded after proposing it: {other:?}",
+            cx.replica.shard
+        ))),
+    }
+}
+
+/// The decision on `txn` coordinated by `coordinator` (this shard or another), recording
+/// abort if none is recorded. Retries while the coordinator is unreachable: a prepared part
+/// must not be resolved by guessing.
+async fn decision_on(cx: &Context, txn: u64, coordinator: ShardId) -> Result<bool> {
+    if coordinator == cx.replica.shard {
+        return record_decision(cx, txn, false).await;
+    }
+    let Some(decider) = cx.decider.get().cloned() else {
+        return Err(Error::Unavailable(
+            "no way to reach the coordinator shard yet".into(),
+        ));
+    };
+    let mut wait = std::time::Duration::from_millis(50);
+    loop {
+        match decider.decide(coordinator, txn).await {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                tracing::warn!(shard = %cx.replica.shard, txn, %coordinator, error = %e, "waiting for a transaction's decision");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Resolve every prepared part in the replica (a new leader inherits them).
+async fn resolve_prepared(cx: &Context) -> Result<()> {
+    let rows = cx
+        .replica
+        .read(internal_read(
+            "SELECT txn, coordinator FROM _cairn_prepared ORDER BY txn",
+            Vec::new(),
+        ))
+        .await?;
+    for row in rows.rows {
+        let (Some(Value::Integer(txn)), Some(Value::Integer(coordinator))) =
+            (row.first(), row.get(1))
+        else {
+            continue;
+        };
+        let (txn, coordinator) = (*txn as u64, ShardId(*coordinator as u64));
+        let commit = decision_on(cx, txn, coordinator).await?;
+        tracing::info!(shard = %cx.replica.shard, txn, commit, "resolving a prepared transaction a previous leader left");
+        propose(&cx.raft, vec![Op::Resolve { txn, commit }]).await?;
+    }
+    Ok(())
+}
+
+async fn run(cx: Context, mut rx: mpsc::Receiver<Request>) {
     let mut ready_term = None;
     let mut next: Option<Request> = None;
     loop {
@@ -197,9 +413,9 @@ async fn run(raft: Raft, replica: ReplicaHandle, node: NodeId, mut rx: mpsc::Rec
                 if stmts.is_empty() {
                     continue;
                 }
-                let results = match ensure_ready(&raft, node, &mut ready_term).await {
+                let results = match ensure_ready(&cx, &mut ready_term).await {
                     Err(e) => vec![Err(e); replies.len()],
-                    Ok(()) => match replica.exec_batch(stmts).await {
+                    Ok(()) => match cx.replica.exec_batch(stmts).await {
                         Err(e) => vec![Err(e); replies.len()],
                         Ok((results, ops)) if crate::planted::active("ack-before-commit") => {
                             // Deliberately wrong (see `planted`): answer, then replicate.
@@ -208,7 +424,7 @@ async fn run(raft: Raft, replica: ReplicaHandle, node: NodeId, mut rx: mpsc::Rec
                             }
                             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                             if !ops.is_empty() {
-                                let _ = propose(&raft, ops).await;
+                                let _ = propose(&cx.raft, ops).await;
                             }
                             Vec::new()
                         }
@@ -216,7 +432,7 @@ async fn run(raft: Raft, replica: ReplicaHandle, node: NodeId, mut rx: mpsc::Rec
                             let outcome = if ops.is_empty() {
                                 Ok(())
                             } else {
-                                propose(&raft, ops).await
+                                propose(&cx.raft, ops).await
                             };
                             results
                                 .into_iter()
@@ -233,25 +449,67 @@ async fn run(raft: Raft, replica: ReplicaHandle, node: NodeId, mut rx: mpsc::Rec
                     let _ = reply.send(result);
                 }
             }
-            Request::Begin { reply } => {
+            Request::Decide { txn, commit, reply } => {
                 if reply.is_closed() {
                     continue;
                 }
-                if let Err(e) = ensure_ready(&raft, node, &mut ready_term).await {
+                let result = match ensure_ready(&cx, &mut ready_term).await {
+                    Err(e) => Err(e),
+                    Ok(()) => record_decision(&cx, txn, commit).await,
+                };
+                let _ = reply.send(result);
+            }
+            Request::Resolve { txn, commit, reply } => {
+                if reply.is_closed() {
+                    continue;
+                }
+                let result = match ensure_ready(&cx, &mut ready_term).await {
+                    Err(e) => Err(e),
+                    Ok(()) => {
+                        let prepared = cx
+                            .replica
+                            .read(internal_read(
+                                "SELECT txn FROM _cairn_prepared WHERE txn = ?1",
+                                vec![Value::Integer(txn as i64)],
+                            ))
+                            .await;
+                        match prepared {
+                            Ok(rows) if rows.rows.is_empty() => Ok(()),
+                            Ok(_) => propose(&cx.raft, vec![Op::Resolve { txn, commit }]).await,
+                            Err(e) => Err(e),
+                        }
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Request::Begin { priority, reply } => {
+                if reply.is_closed() {
+                    continue;
+                }
+                if let Err(e) = ensure_ready(&cx, &mut ready_term).await {
                     let _ = reply.send(Err(e));
                     continue;
                 }
-                run_transaction(&raft, &replica, reply).await;
+                cx.holder.store(priority, Ordering::SeqCst);
+                run_transaction(&cx, reply).await;
+                cx.holder.store(0, Ordering::SeqCst);
             }
         }
     }
 }
 
-async fn run_transaction(
-    raft: &Raft,
-    replica: &ReplicaHandle,
-    reply: oneshot::Sender<Result<Transaction>>,
-) {
+/// Where a transaction holding the writer stands.
+enum Stage {
+    /// Statements run in the speculative SQLite transaction.
+    Open,
+    /// Statements ended; their ops are kept (no SQLite transaction is open).
+    Collected(Vec<Op>),
+    /// This shard's part is prepared in the Raft log as part of `txn`.
+    Prepared { txn: u64, coordinator: ShardId },
+}
+
+async fn run_transaction(cx: &Context, reply: oneshot::Sender<Result<Transaction>>) {
+    let replica = &cx.replica;
     if let Err(e) = replica.begin().await {
         let _ = reply.send(Err(e));
         return;
@@ -261,34 +519,172 @@ async fn run_transaction(
         let _ = replica.rollback().await;
         return;
     }
+    let mut stage = Stage::Open;
     loop {
-        match tokio::time::timeout(limits::IDLE_IN_TRANSACTION_TIMEOUT, cmds.recv()).await {
-            Err(_) => {
-                tracing::warn!(shard = %replica.shard, "rolling back a transaction idle for {:?}", limits::IDLE_IN_TRANSACTION_TIMEOUT);
-                let _ = replica.rollback().await;
+        // A prepared part waits for its session only briefly: the session is past its
+        // last statement and has nothing left to do but decide.
+        let limit = match stage {
+            Stage::Open | Stage::Collected(_) => limits::IDLE_IN_TRANSACTION_TIMEOUT,
+            Stage::Prepared { .. } => limits::PREPARED_TIMEOUT,
+        };
+        let cmd = match tokio::time::timeout(limit, cmds.recv()).await {
+            Ok(Some(cmd)) => cmd,
+            gone => {
+                if gone.is_err() {
+                    tracing::warn!(shard = %replica.shard, "ending a transaction idle for {limit:?}");
+                }
+                abandon(cx, stage).await;
                 return;
             }
-            Ok(None) => {
-                let _ = replica.rollback().await;
-                return;
-            }
-            Ok(Some(TxnCmd::Exec(stmt, r))) => {
+        };
+        match (cmd, stage) {
+            (TxnCmd::Exec(stmt, r), Stage::Open) => {
                 let _ = r.send(replica.exec(stmt).await);
+                stage = Stage::Open;
             }
-            Ok(Some(TxnCmd::Commit(r))) => {
+            (TxnCmd::Commit(r), Stage::Open) => {
                 let result = match replica.finish().await {
                     Ok(ops) if ops.is_empty() => Ok(()),
-                    Ok(ops) => propose(raft, ops).await,
+                    Ok(ops) => propose(&cx.raft, ops).await,
                     Err(e) => Err(e),
                 };
                 let _ = r.send(result);
                 return;
             }
-            Ok(Some(TxnCmd::Rollback(r))) => {
-                let _ = replica.rollback().await;
+            (TxnCmd::Commit(r), Stage::Collected(ops)) => {
+                let result = if ops.is_empty() {
+                    Ok(())
+                } else {
+                    propose(&cx.raft, ops).await
+                };
+                let _ = r.send(result);
+                return;
+            }
+            (TxnCmd::Collect(r), Stage::Open) => match replica.finish().await {
+                Ok(ops) => {
+                    let _ = r.send(Ok(!ops.is_empty()));
+                    stage = Stage::Collected(ops);
+                }
+                Err(e) => {
+                    let _ = r.send(Err(e));
+                    return;
+                }
+            },
+            (
+                TxnCmd::Prepare {
+                    txn,
+                    coordinator,
+                    reply,
+                },
+                Stage::Collected(ops),
+            ) => {
+                let op = Op::Prepare {
+                    txn,
+                    coordinator,
+                    ops,
+                };
+                match propose(&cx.raft, vec![op]).await {
+                    Ok(()) => {
+                        let _ = reply.send(Ok(()));
+                        stage = Stage::Prepared { txn, coordinator };
+                    }
+                    Err(e) => {
+                        // Not prepared (the entry was never committed: NotLeader), or
+                        // unknown: a later leader resolves whatever is in its replica.
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            (
+                TxnCmd::Decide { txn, commit, reply },
+                Stage::Prepared {
+                    txn: mine,
+                    coordinator,
+                },
+            ) if txn == mine => {
+                let _ = reply.send(record_decision(cx, txn, commit).await);
+                stage = Stage::Prepared { txn, coordinator };
+            }
+            (TxnCmd::Resolve { commit, reply }, Stage::Prepared { txn, .. }) => {
+                let _ = reply.send(propose(&cx.raft, vec![Op::Resolve { txn, commit }]).await);
+                return;
+            }
+            (TxnCmd::Rollback(r), stage) => {
+                abandon(cx, stage).await;
                 let _ = r.send(());
                 return;
             }
+            (cmd, kept) => {
+                // A command out of order is the caller's bug; refuse it, keep the state.
+                let what = match &cmd {
+                    TxnCmd::Exec(..) => "a statement",
+                    TxnCmd::Commit(_) => "commit",
+                    TxnCmd::Collect(_) => "collect",
+                    TxnCmd::Prepare { .. } => "prepare",
+                    TxnCmd::Decide { .. } => "decide",
+                    TxnCmd::Resolve { .. } => "resolve",
+                    TxnCmd::Rollback(_) => "rollback",
+                };
+                let e = Error::internal(format!("{what} out of order in a transaction"));
+                match cmd {
+                    TxnCmd::Exec(_, r) => {
+                        let _ = r.send(Err(e));
+                    }
+                    TxnCmd::Commit(r) => {
+                        let _ = r.send(Err(e));
+                    }
+                    TxnCmd::Collect(r) => {
+                        let _ = r.send(Err(e));
+                    }
+                    TxnCmd::Prepare { reply, .. } => {
+                        let _ = reply.send(Err(e));
+                    }
+                    TxnCmd::Decide { reply, .. } => {
+                        let _ = reply.send(Err(e));
+                    }
+                    TxnCmd::Resolve { reply, .. } => {
+                        let _ = reply.send(Err(e));
+                    }
+                    TxnCmd::Rollback(r) => {
+                        let _ = r.send(());
+                    }
+                }
+                stage = kept;
+            }
         }
+    }
+}
+
+/// The session went away (or rolled back): undo what is undoable; a prepared part is
+/// resolved by the decision in force.
+async fn abandon(cx: &Context, stage: Stage) {
+    match stage {
+        Stage::Open => {
+            let _ = cx.replica.rollback().await;
+        }
+        Stage::Collected(_) => {}
+        Stage::Prepared { txn, coordinator } => loop {
+            let outcome = match decision_on(cx, txn, coordinator).await {
+                Ok(commit) => propose(&cx.raft, vec![Op::Resolve { txn, commit }])
+                    .await
+                    .map(|_| commit),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(commit) => {
+                    tracing::info!(shard = %cx.replica.shard, txn, commit, "resolved a transaction its session left prepared");
+                    return;
+                }
+                Err(Error::NotLeader { .. }) => {
+                    // A new leader resolves it (it finds the prepared part in its replica).
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(shard = %cx.replica.shard, txn, error = %e, "resolving a prepared transaction; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+        },
     }
 }

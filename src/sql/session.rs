@@ -172,15 +172,23 @@ struct OpenTxn {
     catalog: std::sync::Mutex<Option<(Arc<Catalog>, Arc<Catalog>)>>,
     /// Catalog changes of the transaction's DDL, made at COMMIT.
     changes: Vec<Change>,
+    /// When it began (µs since the epoch): older transactions win lock conflicts.
+    priority: u64,
 }
 
 impl OpenTxn {
     fn new() -> OpenTxn {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1);
         OpenTxn {
             leases: BTreeMap::new(),
             failed: false,
             catalog: std::sync::Mutex::new(None),
             changes: Vec::new(),
+            // Low bits random: two transactions starting in one microsecond still differ.
+            priority: (micros << 8) | (rand::random::<u8>() as u64),
         }
     }
 }
@@ -417,8 +425,13 @@ impl Session {
         let cluster = self.engine.cluster.clone();
         match self.txn.as_mut() {
             Some(txn) => {
+                // Holding another shard already, it must not wait for an older transaction.
+                let priority = Some(crate::replication::writer::Priority {
+                    started: txn.priority,
+                    holding: !txn.leases.is_empty(),
+                });
                 if let std::collections::btree_map::Entry::Vacant(slot) = txn.leases.entry(shard) {
-                    slot.insert(cluster.begin(shard).await?);
+                    slot.insert(cluster.begin_in(shard, priority).await?);
                 }
                 let lease = txn.leases.get(&shard).expect("lease taken above");
                 cluster.exec(shard, lease, stmt).await
@@ -813,6 +826,33 @@ impl Session {
                 let catalog = self.catalog();
                 let plan =
                     plan::plan(&self.engine, &catalog, t, &params, self.txn.is_none()).await?;
+                // A statement writing several shards is atomic: an implicit transaction.
+                let several = match &plan {
+                    Plan::Shards {
+                        shards,
+                        read: false,
+                        ..
+                    } => shards.len() > 1,
+                    Plan::Insert { parts } => parts.len() > 1,
+                    Plan::InsertSelect(_) => true,
+                    _ => false,
+                };
+                if several && self.txn.is_none() {
+                    self.txn = Some(OpenTxn::new());
+                    let result = self.run_plan(&plan, &params).await;
+                    let txn = self.txn.take().expect("opened above");
+                    let rows = match result {
+                        Ok(rows) => {
+                            self.commit(txn).await?;
+                            rows
+                        }
+                        Err(e) => {
+                            self.abandon(txn).await;
+                            return Err(e);
+                        }
+                    };
+                    return Ok(self.output(t, rows));
+                }
                 let rows = self.run_plan(&plan, &params).await?;
                 Ok(self.output(t, rows))
             }
@@ -822,14 +862,14 @@ impl Session {
     /// Commit every shard the transaction holds, then its catalog changes.
     async fn commit(&mut self, txn: OpenTxn) -> Result<()> {
         let cluster = self.engine.cluster.clone();
-        let mut leases = txn.leases.into_iter();
-        while let Some((_, lease)) = leases.next() {
-            if let Err(e) = cluster.commit(lease).await {
-                for (_, rest) in leases {
-                    cluster.rollback(rest).await;
-                }
-                return Err(e);
+        let leases: Vec<(ShardId, Lease)> = txn.leases.into_iter().collect();
+        if leases.len() <= 1 {
+            // One shard: its own commit is atomic (one Raft proposal).
+            for (_, lease) in leases {
+                cluster.commit(lease).await?;
             }
+        } else {
+            commit_across(&cluster, leases).await?;
         }
         if !txn.changes.is_empty() {
             let mt = MetaTxn::begin(&cluster).await?;
@@ -1213,6 +1253,92 @@ impl Session {
         if let Some(txn) = self.txn.take() {
             self.abandon(txn).await;
         }
+    }
+}
+
+/// Commit a transaction holding several shards: two-phase commit over Raft. Shards it only
+/// read are released once every part has ended its statements (its lock point); one that
+/// wrote commits alone; several that wrote are prepared, the decision is recorded on the
+/// first of them (the coordinator shard), and each is resolved by it. An unclear decision is
+/// settled by asking the coordinator shard again, which records abort if nothing is
+/// recorded — so the answer to the client is always the decision in force.
+async fn commit_across(cluster: &Cluster, leases: Vec<(ShardId, Lease)>) -> Result<()> {
+    let mut writers: Vec<(ShardId, Lease)> = Vec::new();
+    let mut rest = leases.into_iter();
+    while let Some((shard, lease)) = rest.next() {
+        match cluster.collect(&lease).await {
+            Ok(true) => writers.push((shard, lease)),
+            Ok(false) => cluster.rollback(lease).await,
+            Err(e) => {
+                for (_, l) in writers.into_iter().chain(rest) {
+                    cluster.rollback(l).await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    if writers.len() <= 1 {
+        for (_, lease) in writers {
+            cluster.commit(lease).await?;
+        }
+        return Ok(());
+    }
+    let id = (rand::random::<u64>() >> 1).max(1);
+    let coordinator = writers[0].0;
+    let mut prepared: Vec<(ShardId, Lease)> = Vec::new();
+    let mut failure: Option<Error> = None;
+    for (shard, lease) in writers {
+        if failure.is_some() {
+            cluster.rollback(lease).await;
+            continue;
+        }
+        match cluster.prepare(&lease, id, coordinator).await {
+            Ok(()) => prepared.push((shard, lease)),
+            Err(e) => failure = Some(e),
+        }
+    }
+    if crate::planted::active("pause-after-prepare") {
+        // For fault tests: a window where every part is prepared and nothing decided.
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    }
+    let want = failure.is_none();
+    let first = match prepared.first() {
+        Some((s, lease)) if *s == coordinator => cluster.decide_on(lease, id, want).await,
+        _ => cluster.decide(coordinator, id, want).await,
+    };
+    let commit = match first {
+        Ok(c) => c,
+        // Unclear (lost lease, leader change): ask again; the answer is final.
+        Err(_) => match cluster.decide(coordinator, id, false).await {
+            Ok(c) => c,
+            Err(e) => {
+                return Err(Error::sql(
+                    sqlstate::TRANSACTION_RESOLUTION_UNKNOWN,
+                    format!(
+                        "the outcome of the commit is unknown (the coordinator shard {coordinator} did not answer: {e}); it is settled when the shard recovers"
+                    ),
+                ))
+            }
+        },
+    };
+    for (shard, lease) in prepared {
+        if cluster.resolve(lease, commit).await.is_err() {
+            // The lease broke (leader change): resolve through the shard's leader, which
+            // also resolves it by itself when it takes over.
+            if let Err(e) = cluster.resolve_on(shard, id, commit).await {
+                tracing::warn!(%shard, txn = id, commit, error = %e, "resolution left to the shard's recovery");
+            }
+        }
+    }
+    if commit {
+        Ok(())
+    } else {
+        Err(failure.unwrap_or_else(|| {
+            Error::sql(
+                sqlstate::SERIALIZATION_FAILURE,
+                "the transaction was aborted while committing; retry it",
+            )
+        }))
     }
 }
 

@@ -24,9 +24,16 @@ use tokio::sync::oneshot;
 /// Tables Cairn keeps inside every replica. Clients cannot name them (`sql::translate`
 /// refuses `_cairn*` names). `_cairn_ddl` remembers which DDL jobs ran here, so a job driven
 /// twice (by its coordinator and by the recovery on the meta leader) runs once.
+///
+/// Two-phase commit: `_cairn_prepared` holds the prepared, not yet resolved, parts of
+/// cross-shard transactions; `_cairn_txns` the decisions of the transactions this shard
+/// coordinates.
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS _cairn_state (key TEXT PRIMARY KEY, value BLOB NOT NULL);
     CREATE TABLE IF NOT EXISTS _cairn_ddl (id INTEGER PRIMARY KEY);
+    CREATE TABLE IF NOT EXISTS _cairn_prepared (
+        txn INTEGER PRIMARY KEY, coordinator INTEGER NOT NULL, ops BLOB NOT NULL);
+    CREATE TABLE IF NOT EXISTS _cairn_txns (txn INTEGER PRIMARY KEY, commit_ INTEGER NOT NULL);
 ";
 
 /// Called on the replica thread with the connection after the replica's contents changed
@@ -292,22 +299,9 @@ impl Replica {
         for entry in entries {
             if let EntryPayload::Normal(batch) = &entry.payload {
                 for op in &batch.ops {
-                    match op {
-                        Op::Changeset(bytes) => changeset::apply(&tx, bytes).map_err(|e| {
-                            Error::Corrupt(format!(
-                                "{}: applying {}: {e}",
-                                self.shard, entry.log_id
-                            ))
-                        })?,
-                        Op::Ddl(sql) => {
-                            tx.execute_batch(sql).map_err(|e| {
-                                Error::Corrupt(format!(
-                                    "{}: applying DDL at {}: {e}",
-                                    self.shard, entry.log_id
-                                ))
-                            })?;
-                        }
-                    }
+                    self.apply_op(&tx, op).map_err(|e| {
+                        Error::Corrupt(format!("{}: applying {}: {e}", self.shard, entry.log_id))
+                    })?;
                 }
             }
         }
@@ -317,6 +311,51 @@ impl Replica {
         *self.pending.borrow_mut() = None;
         if has_data {
             self.changed();
+        }
+        Ok(())
+    }
+
+    /// Apply one committed op inside the entry's SQLite transaction.
+    fn apply_op(&self, tx: &rusqlite::Transaction<'_>, op: &Op) -> Result<()> {
+        match op {
+            Op::Changeset(bytes) => changeset::apply(tx, bytes)?,
+            Op::Ddl(sql) => tx.execute_batch(sql)?,
+            Op::Prepare {
+                txn,
+                coordinator,
+                ops,
+            } => {
+                let bytes = postcard::to_stdvec(ops).map_err(Error::internal)?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO _cairn_prepared (txn, coordinator, ops) VALUES (?1, ?2, ?3)",
+                    params![*txn as i64, coordinator.0 as i64, bytes],
+                )?;
+            }
+            Op::Decide { txn, commit } => {
+                tx.execute(
+                    "INSERT OR IGNORE INTO _cairn_txns (txn, commit_) VALUES (?1, ?2)",
+                    params![*txn as i64, *commit as i64],
+                )?;
+            }
+            Op::Resolve { txn, commit } => {
+                let prepared: Option<Vec<u8>> = tx
+                    .query_row(
+                        "SELECT ops FROM _cairn_prepared WHERE txn = ?1",
+                        [*txn as i64],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(bytes) = prepared {
+                    if *commit {
+                        let ops: Vec<Op> = postcard::from_bytes(&bytes)
+                            .map_err(|e| Error::Corrupt(format!("prepared {txn}: {e}")))?;
+                        for op in &ops {
+                            self.apply_op(tx, op)?;
+                        }
+                    }
+                    tx.execute("DELETE FROM _cairn_prepared WHERE txn = ?1", [*txn as i64])?;
+                }
+            }
         }
         Ok(())
     }
@@ -340,6 +379,21 @@ impl Replica {
         *self.pending.get_mut() = None;
         self.changed();
         Ok(())
+    }
+
+    /// (applied index, checksum) read on the replica thread: see `ReplicaHandle::checksum`.
+    fn consistent_checksum(&self) -> Result<(u64, u64)> {
+        let index = self.applied_state()?.0.map(|l| l.index).unwrap_or(0);
+        let path = self
+            .conn
+            .path()
+            .ok_or_else(|| Error::internal("a replica without a file"))?
+            .to_string();
+        let reader = open_connection(Path::new(&path), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        reader.execute_batch("BEGIN")?;
+        let sum = Replica::checksum(&reader);
+        let _ = reader.execute_batch("COMMIT");
+        Ok((index, sum?))
     }
 
     /// A checksum of every user table's rows, for comparing replicas in tests and checks.
@@ -486,6 +540,7 @@ enum Command {
     Finish(oneshot::Sender<Result<Vec<Op>>>),
     Rollback(oneshot::Sender<()>),
     Restore(PathBuf, oneshot::Sender<Result<()>>),
+    Checksum(oneshot::Sender<Result<(u64, u64)>>),
 }
 
 /// The async face of a replica thread. Cheap to clone.
@@ -551,38 +606,13 @@ impl ReplicaHandle {
     pub async fn restore(&self, snapshot: PathBuf) -> Result<()> {
         self.call(|r| Command::Restore(snapshot, r)).await?
     }
-    /// The applied log index and a checksum of every user table's committed rows, read in
-    /// one read transaction: a consistent pair, never including a speculative transaction
-    /// that is open on the writer's connection.
+    /// The applied log index and a checksum of every user table's committed rows: a
+    /// consistent pair, computed on the replica thread (no entry is applied meanwhile) from
+    /// a read transaction (never seeing a speculative transaction open on the writer's
+    /// connection). The index includes entries applied while such a transaction was open
+    /// (they carry no rows, see `Replica::apply`).
     pub async fn checksum(&self) -> Result<(u64, u64)> {
-        let reads = self.reads.clone();
-        tokio::task::spawn_blocking(move || {
-            reads.with(|c| {
-                c.execute_batch("BEGIN")?;
-                let result = (|| {
-                    let applied: Option<Vec<u8>> = c
-                        .query_row(
-                            "SELECT value FROM _cairn_state WHERE key = 'applied'",
-                            [],
-                            |r| r.get(0),
-                        )
-                        .optional()?;
-                    let index = match applied {
-                        Some(b) => {
-                            postcard::from_bytes::<LogId>(&b)
-                                .map_err(|e| Error::Corrupt(e.to_string()))?
-                                .index
-                        }
-                        None => 0,
-                    };
-                    Ok((index, Replica::checksum(c)?))
-                })();
-                c.execute_batch("COMMIT")?;
-                result
-            })
-        })
-        .await
-        .map_err(Error::internal)?
+        self.call(Command::Checksum).await?
     }
 
     /// Run a read-only query on a pooled connection. Dropping the returned future (a
@@ -803,6 +833,9 @@ fn serve(
         match cmd {
             Command::AppliedState(reply) => {
                 let _ = reply.send(replica.applied_state());
+            }
+            Command::Checksum(reply) => {
+                let _ = reply.send(replica.consistent_checksum());
             }
             Command::Apply(entries, reply) => {
                 let has_data = entries

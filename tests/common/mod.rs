@@ -126,9 +126,19 @@ impl ProcessNode {
             ])
             .args(["--cluster-addr", &self.cluster.to_string()])
             .args(["--election-timeout-ms", "300", "--heartbeat-ms", "75"])
-            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        // An extra "ENV:NAME=value" sets an environment variable instead of an argument.
+        for e in &self.extra {
+            match e.strip_prefix("ENV:").and_then(|kv| kv.split_once('=')) {
+                Some((k, v)) => {
+                    cmd.env(k, v);
+                }
+                None => {
+                    cmd.arg(e);
+                }
+            }
+        }
         if let Some(j) = self.join {
             cmd.args(["--join", &j.to_string()]);
         }

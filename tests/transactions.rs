@@ -1,0 +1,368 @@
+//! Transactions across shards on real processes: concurrent transfers between accounts on
+//! different shards keep the total and no reader in a transaction sees half a transfer;
+//! conflicting transactions get a retryable error at once instead of waiting in a cycle;
+//! a coordinator killed between PREPARE and the decision, and a participant's leader killed
+//! after PREPARE, both end in one consistent outcome that matches what the client was told.
+
+mod common;
+
+use common::Cluster;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ACCOUNTS: i64 = 20;
+const OPENING: i64 = 1000;
+
+async fn client(pg: SocketAddr) -> tokio_postgres::Client {
+    common::connect(pg).await
+}
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.code().code().to_string())
+        .unwrap_or_else(|| format!("{e:?}"))
+}
+
+async fn setup(pg: SocketAddr) {
+    let c = client(pg).await;
+    c.batch_execute(
+        "CREATE TABLE acct (id bigint PRIMARY KEY, bal bigint NOT NULL) WITH (shard_count = 4)",
+    )
+    .await
+    .unwrap();
+    let values: Vec<String> = (0..ACCOUNTS).map(|i| format!("({i}, {OPENING})")).collect();
+    c.batch_execute(&format!("INSERT INTO acct VALUES {}", values.join(", ")))
+        .await
+        .unwrap();
+}
+
+async fn total(c: &tokio_postgres::Client) -> i64 {
+    c.query_one("SELECT sum(bal) FROM acct", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The shard holding account `id` (from EXPLAIN).
+async fn shard_of(c: &tokio_postgres::Client, id: i64) -> String {
+    let plan = c
+        .simple_query(&format!("EXPLAIN SELECT * FROM acct WHERE id = {id}"))
+        .await
+        .unwrap();
+    let line = plan
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap();
+    line.split_whitespace().nth(1).unwrap().to_string()
+}
+
+/// Two accounts on different shards.
+async fn split_pair(c: &tokio_postgres::Client) -> (i64, i64) {
+    let s0 = shard_of(c, 0).await;
+    for b in 1..ACCOUNTS {
+        if shard_of(c, b).await != s0 {
+            return (0, b);
+        }
+    }
+    panic!("all accounts on one shard");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_shard_transfers_keep_the_total_and_readers_see_no_half_transfer() {
+    let cluster = tokio::task::block_in_place(|| Cluster::start(3, &[]));
+    setup(cluster.nodes[0].pg).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done, retried, reads) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let mut tasks = Vec::new();
+    for w in 0..6u64 {
+        let pg = cluster.nodes[(w % 3) as usize].pg;
+        let (stop, done, retried) = (stop.clone(), done.clone(), retried.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = client(pg).await;
+            let mut seed = w * 7919 + 1;
+            while !stop.load(Ordering::Relaxed) {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let from = (seed >> 33) as i64 % ACCOUNTS;
+                let to = (from + 1 + (seed >> 20) as i64 % (ACCOUNTS - 1)) % ACCOUNTS;
+                let amount = 1 + (seed >> 40) as i64 % 50;
+                let tx = c.transaction().await.unwrap();
+                let result = async {
+                    tx.execute(
+                        "UPDATE acct SET bal = bal - $2 WHERE id = $1",
+                        &[&from, &amount],
+                    )
+                    .await?;
+                    tx.execute(
+                        "UPDATE acct SET bal = bal + $2 WHERE id = $1",
+                        &[&to, &amount],
+                    )
+                    .await?;
+                    tx.commit().await
+                }
+                .await;
+                match result {
+                    Ok(()) => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        let code = code(&e);
+                        assert!(
+                            ["40001", "40P01", "25P03"].contains(&code.as_str()),
+                            "transfer failed with {code}: {e:?}"
+                        );
+                        retried.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for r in 0..2u64 {
+        let pg = cluster.nodes[(r + 1) as usize % 3].pg;
+        let (stop, reads) = (stop.clone(), reads.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = client(pg).await;
+            while !stop.load(Ordering::Relaxed) {
+                let tx = c.transaction().await.unwrap();
+                let sum = tx
+                    .query_one("SELECT sum(bal), count(*) FROM acct", &[])
+                    .await;
+                match sum {
+                    Ok(row) => {
+                        let (sum, n): (i64, i64) = (row.get(0), row.get(1));
+                        assert_eq!(
+                            (sum, n),
+                            (ACCOUNTS * OPENING, ACCOUNTS),
+                            "a reader saw half a transfer"
+                        );
+                        reads.fetch_add(1, Ordering::Relaxed);
+                        let _ = tx.commit().await;
+                    }
+                    Err(e) => {
+                        let code = code(&e);
+                        assert!(
+                            ["40001", "40P01", "25P03"].contains(&code.as_str()),
+                            "read failed with {code}: {e:?}"
+                        );
+                        let _ = tx.rollback().await;
+                    }
+                }
+            }
+        }));
+    }
+    // Until enough has happened to mean something (a loaded machine is slower).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while (done.load(Ordering::Relaxed) < 30 || reads.load(Ordering::Relaxed) < 5)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (done, retried, reads) = (
+        done.load(Ordering::Relaxed),
+        retried.load(Ordering::Relaxed),
+        reads.load(Ordering::Relaxed),
+    );
+    println!("{done} transfers committed, {retried} retryable failures, {reads} consistent reads in transactions");
+    assert!(done >= 30, "too few transfers: {done}");
+    assert!(reads >= 5, "too few reads: {reads}");
+    let c = client(cluster.nodes[2].pg).await;
+    assert_eq!(total(&c).await, ACCOUNTS * OPENING);
+    tokio::task::block_in_place(|| cluster.assert_converged());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_transactions_get_a_retryable_error_not_a_hang() {
+    let node = common::TestNode::start().await;
+    setup(node.pg).await;
+    let mut a = node.client().await;
+    let mut b = node.client().await;
+    let (x, y) = split_pair(&a).await;
+    let ta = a.transaction().await.unwrap();
+    ta.execute("UPDATE acct SET bal = bal - 1 WHERE id = $1", &[&x])
+        .await
+        .unwrap();
+    let tb = b.transaction().await.unwrap();
+    tb.execute("UPDATE acct SET bal = bal - 1 WHERE id = $1", &[&y])
+        .await
+        .unwrap();
+    // b is younger and holds a shard: asking for a's shard it dies at once.
+    let started = Instant::now();
+    let e = tb
+        .execute("UPDATE acct SET bal = bal + 1 WHERE id = $1", &[&x])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "40001", "{e:?}");
+    println!("younger transaction refused after {:?}", started.elapsed());
+    tb.rollback().await.unwrap();
+    // a (older) gets b's shard once b is gone, and commits across both.
+    ta.execute("UPDATE acct SET bal = bal + 1 WHERE id = $1", &[&y])
+        .await
+        .unwrap();
+    ta.commit().await.unwrap();
+    assert_eq!(total(&a).await, ACCOUNTS * OPENING);
+    // A single statement writing several shards is atomic: a failure on one leaves none.
+    let e = a
+        .batch_execute(&format!(
+            "UPDATE acct SET bal = bal - 10 WHERE id IN ({x}, {y}); INSERT INTO acct VALUES ({x}, 0)"
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "23505");
+    assert_eq!(total(&a).await, ACCOUNTS * OPENING);
+    let e = a
+        .execute(
+            "INSERT INTO acct VALUES (100, 1), (101, 1), (102, 1), (103, 1), ($1, 5)",
+            &[&x],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "23505");
+    let n: i64 = a
+        .query_one("SELECT count(*) FROM acct WHERE id >= 100", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "a multi-shard INSERT that failed left rows behind");
+}
+
+/// Balances of `x` and `y` read through `pg`, retrying while the cluster recovers.
+async fn balances(pg: SocketAddr, x: i64, y: i64) -> (i64, i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let c = client(pg).await;
+        let r = c
+            .query(
+                "SELECT id, bal FROM acct WHERE id = $1 OR id = $2 ORDER BY id",
+                &[&x, &y],
+            )
+            .await;
+        if let Ok(rows) = r {
+            let get = |id: i64| {
+                rows.iter()
+                    .find(|r| r.get::<_, i64>(0) == id)
+                    .map(|r| r.get::<_, i64>(1))
+            };
+            if let (Some(a), Some(b)) = (get(x), get(y)) {
+                return (a, b);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "balances unreadable for a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A transfer on a session node whose commit pauses after PREPARE (planted); `kill` picks
+/// the node to kill in that pause. The transfer must end committed or aborted everywhere,
+/// as the client was told (if it was told anything), and the accounts must be writable.
+async fn kill_during_commit(kill: impl Fn(&Cluster, usize) -> usize) {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    // Node 4 runs the session with the pause; nodes 1-3 hold the data.
+    let mut cluster = tokio::task::block_in_place(|| {
+        Cluster::start_each(4, |i| {
+            if i == 3 {
+                vec!["ENV:CAIRN_PLANTED_BUG=pause-after-prepare".into()]
+            } else {
+                Vec::new()
+            }
+        })
+    });
+    setup(cluster.nodes[0].pg).await;
+    let c0 = client(cluster.nodes[0].pg).await;
+    let (x, y) = split_pair(&c0).await;
+    let session = cluster.nodes[3].pg;
+    let transfer = tokio::spawn(async move {
+        let mut c = client(session).await;
+        let tx = c.transaction().await?;
+        tx.execute("UPDATE acct SET bal = bal - 100 WHERE id = $1", &[&x])
+            .await?;
+        tx.execute("UPDATE acct SET bal = bal + 100 WHERE id = $1", &[&y])
+            .await?;
+        tx.commit().await
+    });
+    // Inside the pause: every part prepared, nothing decided.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let victim = kill(&cluster, 3);
+    cluster.nodes[victim].kill9();
+    let told = tokio::time::timeout(Duration::from_secs(60), transfer)
+        .await
+        .expect("the client got an answer or lost its connection in time")
+        .unwrap();
+    let survivor = (0..4).find(|i| *i != victim && *i != 3).unwrap();
+    let (bx, by) = balances(cluster.nodes[survivor].pg, x, y).await;
+    let committed = match (bx, by) {
+        (900, 1100) => true,
+        (1000, 1000) => false,
+        other => panic!("half a transfer: {other:?}"),
+    };
+    match &told {
+        Ok(()) => assert!(committed, "the client was told commit, but it aborted"),
+        Err(e) if e.as_db_error().is_some() => {
+            assert!(!committed, "the client was told {e:?}, but it committed")
+        }
+        Err(_) => {} // the connection died with the session node: either outcome is fine
+    }
+    println!(
+        "victim n{}: committed {committed}, client told {told:?}",
+        victim + 1
+    );
+    // Nothing stays locked: both accounts take a new transaction.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut c = client(cluster.nodes[survivor].pg).await;
+        let tx = c.transaction().await.unwrap();
+        let r = async {
+            tx.execute("UPDATE acct SET bal = bal + 1 WHERE id = $1", &[&x])
+                .await?;
+            tx.execute("UPDATE acct SET bal = bal - 1 WHERE id = $1", &[&y])
+                .await?;
+            tx.commit().await
+        }
+        .await;
+        if r.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "accounts still locked: {r:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let c = client(cluster.nodes[survivor].pg).await;
+    assert_eq!(total(&c).await, ACCOUNTS * OPENING);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_killed_between_prepare_and_decision_leaves_nothing_locked() {
+    // The session's node dies: the prepared parts resolve from the coordinator shard's
+    // record (abort, since nothing was decided).
+    kill_during_commit(|_, session| session).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_leader_killed_after_prepare_resolves_consistently() {
+    // The leader of s2's... whichever data node leads the most shards dies mid-commit.
+    kill_during_commit(|cluster, _| {
+        let mut counts = [0usize; 4];
+        for shard in ["s1", "s2", "s3", "s4"] {
+            counts[cluster.leader_of(shard)] += 1;
+        }
+        (0..3).max_by_key(|i| counts[*i]).unwrap()
+    })
+    .await;
+}
