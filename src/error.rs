@@ -33,6 +33,7 @@ pub mod sqlstate {
     pub const NO_ACTIVE_SQL_TRANSACTION: &str = "25P01";
     pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
     pub const SERIALIZATION_FAILURE: &str = "40001";
+    pub const INVALID_SAVEPOINT_SPECIFICATION: &str = "3B001";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
     pub const STATEMENT_TOO_COMPLEX: &str = "54001";
     pub const INSUFFICIENT_RESOURCES: &str = "53000";
@@ -79,6 +80,7 @@ pub mod sqlstate {
         NO_ACTIVE_SQL_TRANSACTION,
         IDLE_IN_TRANSACTION_TIMEOUT,
         SERIALIZATION_FAILURE,
+        INVALID_SAVEPOINT_SPECIFICATION,
         PROGRAM_LIMIT_EXCEEDED,
         STATEMENT_TOO_COMPLEX,
         INSUFFICIENT_RESOURCES,

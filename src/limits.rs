@@ -52,6 +52,25 @@ pub const CONNECTIONS_MAX: usize = 1_024;
 /// when there is no quorum.
 pub const LEADER_WAIT: Duration = Duration::from_secs(5);
 
+/// An HTTP transaction (`POST /v1/txn`) idle this long is rolled back, unless the client
+/// asked for another timeout; at most `HTTP_TXN_TIMEOUT_MAX` (below the writer's own
+/// idle-in-transaction timeout).
+pub const HTTP_TXN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+pub const HTTP_TXN_TIMEOUT_MAX: Duration = Duration::from_secs(50);
+
+/// Open HTTP transactions per node.
+pub const HTTP_TXNS_MAX: usize = 1_024;
+
+/// Largest row changes (SQLite changeset bytes) one transaction — or one batch of autocommit
+/// statements — may make on one shard; the statement that crosses it fails with SQLSTATE
+/// 54000. The writer holds them in memory until they commit.
+pub const TXN_CHANGES_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// Raft entries stay about this small: a commit with more changes goes as several entries
+/// (staged parts, then one that applies them all), and entries go to a follower in messages
+/// of about this size (a single larger entry goes alone).
+pub const ENTRY_BYTES_TARGET: usize = 1024 * 1024;
+
 /// Largest message between nodes. Raft batches entries up to openraft's
 /// `max_payload_entries`, and snapshot chunks are `snapshot_max_chunk_size` (3 MiB); a frame
 /// claiming more is garbage and closes the connection.

@@ -35,6 +35,111 @@ fn sql(url: &str, body: Value) -> (u16, Value) {
     post(url, &body.to_string())
 }
 
+fn post_to(url: &str, path: &str, body: Value) -> (u16, Value) {
+    let mut resp = agent()
+        .post(&format!("{url}{path}"))
+        .header("content-type", "application/json")
+        .send(body.to_string())
+        .expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")),
+    )
+}
+
+/// Open an HTTP transaction; its id.
+fn begin(url: &str, body: Value) -> String {
+    let (s, v) = post_to(url, "/v1/txn", body);
+    assert_eq!(s, 200, "{v}");
+    v["txn"].as_str().unwrap().to_string()
+}
+
+fn in_txn(url: &str, txn: &str, sql: &str) -> (u16, Value) {
+    post_to(url, &format!("/v1/txn/{txn}/sql"), json!({ "sql": sql }))
+}
+
+fn count(url: &str) -> Value {
+    let (s, v) = sql(
+        url,
+        json!({"sql": "SELECT count(*), coalesce(sum(n), 0) FROM ledger"}),
+    );
+    assert_eq!(s, 200, "{v}");
+    v["rows"][0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_transactions_over_http_commit_roll_back_and_expire() {
+    let node = TestNode::start().await;
+    let url = node.url();
+    tokio::task::spawn_blocking(move || {
+        let (s, v) = sql(&url, json!({"sql": "CREATE TABLE ledger (id integer PRIMARY KEY, n integer) WITH (shard_count = 4)"}));
+        assert_eq!(s, 200, "{v}");
+
+        // Writes on several shards, read back inside, invisible outside until COMMIT.
+        let txn = begin(&url, json!({}));
+        let (s, v) = post_to(&url, &format!("/v1/txn/{txn}/sql"), json!({"statements": [
+            {"sql": "INSERT INTO ledger VALUES ($1, $2)", "params": [1, 10]},
+            {"sql": "INSERT INTO ledger VALUES (2, 20), (3, 30), (4, 40), (5, 50)"}
+        ]}));
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["results"][1]["rows_affected"], 4);
+        let (s, v) = in_txn(&url, &txn, "SELECT sum(n) FROM ledger");
+        assert_eq!((s, v["rows"].clone()), (200, json!([[150]])), "{v}");
+        assert_eq!(count(&url), json!([0, 0]), "no dirty reads");
+        let (s, v) = post_to(&url, &format!("/v1/txn/{txn}/commit"), json!({}));
+        assert_eq!((s, v["committed"].clone()), (200, json!(true)), "{v}");
+        assert_eq!(count(&url), json!([5, 150]));
+        // The id is gone once the transaction ended.
+        let (s, v) = in_txn(&url, &txn, "SELECT 1");
+        assert_eq!((s, v["error"]["code"].as_str()), (404, Some("25P01")), "{v}");
+
+        // ROLLBACK undoes everything; savepoints work inside.
+        let txn = begin(&url, json!({}));
+        assert_eq!(in_txn(&url, &txn, "UPDATE ledger SET n = n + 1").0, 200);
+        assert_eq!(in_txn(&url, &txn, "SAVEPOINT a").0, 200);
+        assert_eq!(in_txn(&url, &txn, "DELETE FROM ledger WHERE id = 1").0, 200);
+        assert_eq!(in_txn(&url, &txn, "ROLLBACK TO SAVEPOINT a").0, 200);
+        let (_, v) = in_txn(&url, &txn, "SELECT count(*), sum(n) FROM ledger");
+        assert_eq!(v["rows"], json!([[5, 155]]), "{v}");
+        let (s, v) = post_to(&url, &format!("/v1/txn/{txn}/rollback"), json!({}));
+        assert_eq!((s, v["rolled_back"].clone()), (200, json!(true)), "{v}");
+        assert_eq!(count(&url), json!([5, 150]));
+
+        // Ending the transaction by SQL is refused: it has its own endpoints.
+        let txn = begin(&url, json!({}));
+        let (s, v) = in_txn(&url, &txn, "COMMIT");
+        assert_eq!(s, 400, "{v}");
+        // A failed statement fails the transaction; COMMIT then reports the rollback.
+        let (s, v) = in_txn(&url, &txn, "INSERT INTO ledger VALUES (6, 60)");
+        assert_eq!(s, 200, "{v}");
+        let (s, v) = in_txn(&url, &txn, "INSERT INTO ledger VALUES (1, 0)");
+        assert_eq!((s, v["error"]["code"].as_str()), (400, Some("23505")), "{v}");
+        let (s, v) = in_txn(&url, &txn, "SELECT 1");
+        assert_eq!((s, v["error"]["code"].as_str()), (400, Some("25P02")), "{v}");
+        let (s, v) = post_to(&url, &format!("/v1/txn/{txn}/commit"), json!({}));
+        assert_eq!((s, v["error"]["code"].as_str()), (409, Some("25P02")), "{v}");
+        assert_eq!(count(&url), json!([5, 150]));
+
+        // An idle transaction is rolled back after its timeout and frees its shards.
+        let (s, v) = post_to(&url, "/v1/txn", json!({"timeout": "forever"}));
+        assert_eq!((s, v["error"]["code"].as_str()), (400, Some("22023")), "{v}");
+        let txn = begin(&url, json!({"timeout": "1s"}));
+        assert_eq!(in_txn(&url, &txn, "UPDATE ledger SET n = 0").0, 200);
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        let (s, v) = in_txn(&url, &txn, "SELECT 1");
+        assert_eq!((s, v["error"]["code"].as_str()), (404, Some("25P01")), "{v}");
+        let (s, v) = sql(&url, json!({"sql": "UPDATE ledger SET n = n * 2"}));
+        assert_eq!((s, v["rows_affected"].clone()), (200, json!(5)), "{v}");
+        assert_eq!(count(&url), json!([5, 300]));
+        let (s, v) = post_to(&url, "/v1/txn/0000/commit", json!({}));
+        assert_eq!((s, v["error"]["code"].as_str()), (404, Some("25P01")), "{v}");
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_params_batches_and_errors() {
     let node = TestNode::start().await;

@@ -366,3 +366,143 @@ async fn a_participant_leader_killed_after_prepare_resolves_consistently() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn savepoints_undo_part_of_a_transaction_on_every_shard_it_touched() {
+    let node = common::TestNode::start().await;
+    setup(node.pg).await;
+    let mut c = node.client().await;
+    let (x, y) = split_pair(&c).await;
+    let bal =
+        |rows: Vec<tokio_postgres::Row>| -> Vec<i64> { rows.iter().map(|r| r.get(0)).collect() };
+
+    // Outside a transaction block a savepoint is an error.
+    let e = c.batch_execute("SAVEPOINT a").await.unwrap_err();
+    assert_eq!(code(&e), "25P01", "{e:?}");
+
+    // ROLLBACK TO undoes work on the shard held before the savepoint and on one taken after.
+    let tx = c.transaction().await.unwrap();
+    tx.execute("UPDATE acct SET bal = bal - 5 WHERE id = $1", &[&x])
+        .await
+        .unwrap();
+    tx.batch_execute("SAVEPOINT a").await.unwrap();
+    tx.execute("UPDATE acct SET bal = bal - 100 WHERE id = $1", &[&x])
+        .await
+        .unwrap();
+    tx.execute("UPDATE acct SET bal = bal + 100 WHERE id = $1", &[&y])
+        .await
+        .unwrap();
+    tx.batch_execute("ROLLBACK TO SAVEPOINT a").await.unwrap();
+    tx.execute("UPDATE acct SET bal = bal + 5 WHERE id = $1", &[&y])
+        .await
+        .unwrap();
+    // An error inside a savepoint is recovered by rolling back to it.
+    tx.batch_execute("SAVEPOINT b").await.unwrap();
+    let e = tx
+        .execute("INSERT INTO acct VALUES ($1, 0)", &[&x])
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "23505");
+    let e = tx.execute("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(code(&e), "25P02", "{e:?}");
+    tx.batch_execute("ROLLBACK TO b").await.unwrap();
+    tx.batch_execute("RELEASE SAVEPOINT b").await.unwrap();
+    let e = tx.batch_execute("ROLLBACK TO b").await.unwrap_err();
+    assert_eq!(code(&e), "3B001", "{e:?}");
+    tx.batch_execute("ROLLBACK TO a").await.unwrap();
+    tx.execute("UPDATE acct SET bal = bal + 5 WHERE id = $1", &[&y])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let rows = c
+        .query(
+            "SELECT bal FROM acct WHERE id IN ($1, $2) ORDER BY id = $2",
+            &[&x, &y],
+        )
+        .await
+        .unwrap();
+    assert_eq!(bal(rows), vec![OPENING - 5, OPENING + 5]);
+    assert_eq!(total(&c).await, ACCOUNTS * OPENING);
+
+    // Nested savepoints: rolling back to the outer one forgets the inner.
+    let tx = c.transaction().await.unwrap();
+    tx.batch_execute("SAVEPOINT outer_sp").await.unwrap();
+    tx.execute("DELETE FROM acct WHERE id = $1", &[&x])
+        .await
+        .unwrap();
+    tx.batch_execute("SAVEPOINT inner_sp").await.unwrap();
+    tx.execute("DELETE FROM acct WHERE id = $1", &[&y])
+        .await
+        .unwrap();
+    tx.batch_execute("ROLLBACK TO outer_sp").await.unwrap();
+    let e = tx.batch_execute("RELEASE inner_sp").await.unwrap_err();
+    assert_eq!(code(&e), "3B001", "{e:?}");
+    tx.rollback().await.unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM acct", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, ACCOUNTS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_larger_than_a_raft_entry_commit_and_replicate() {
+    let cluster = tokio::task::block_in_place(|| Cluster::start(3, &[]));
+    let mut c = client(cluster.nodes[0].pg).await;
+    c.batch_execute(
+        "CREATE TABLE blobs (id integer PRIMARY KEY, body text NOT NULL) WITH (shard_count = 2);
+         CREATE TABLE one (id integer PRIMARY KEY, body text NOT NULL) WITH (shard_count = 1)",
+    )
+    .await
+    .unwrap();
+    // 12 MiB on one shard (one commit, staged over several entries) and 12 MiB over two
+    // (two prepared parts, each staged).
+    let body = "x".repeat(1 << 20);
+    for table in ["one", "blobs"] {
+        let tx = c.transaction().await.unwrap();
+        for id in 0..12i32 {
+            let value = format!("{id}:{body}");
+            tx.execute(
+                &format!("INSERT INTO {table} VALUES ($1, $2)"),
+                &[&id, &value],
+            )
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    // A transaction that rolls back leaves nothing, however large.
+    let tx = c.transaction().await.unwrap();
+    for id in 100..106i32 {
+        tx.execute("INSERT INTO one VALUES ($1, $2)", &[&id, &body])
+            .await
+            .unwrap();
+    }
+    tx.rollback().await.unwrap();
+    // An autocommit statement with large changes commits the same way.
+    c.execute("UPDATE one SET body = body || 'y'", &[])
+        .await
+        .unwrap();
+    for node in &cluster.nodes {
+        let c = client(node.pg).await;
+        for (table, suffix) in [("one", 1), ("blobs", 0)] {
+            let row = c
+                .query_one(
+                    &format!("SELECT count(*), sum(length(body)) FROM {table}"),
+                    &[],
+                )
+                .await
+                .unwrap();
+            let expected: i64 = (0..12)
+                .map(|id: i64| (id.to_string().len() + 1 + (1 << 20) + suffix) as i64)
+                .sum();
+            assert_eq!(
+                (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+                (12, expected),
+                "{table}"
+            );
+        }
+    }
+    tokio::task::block_in_place(|| cluster.assert_converged());
+}

@@ -1,6 +1,11 @@
 //! HTTP/JSON API (axum). `POST /v1/sql` runs one statement (`{"sql", "params"}`) or an atomic
 //! batch (`{"statements": [{"sql", "params"}, ...]}`); `GET /health` reports the node. Errors
 //! are `{"error": {"code": "<SQLSTATE>", "message": "..."}}` with a 4xx/5xx status.
+//!
+//! Interactive transactions: `POST /v1/txn` opens one (`{"timeout": "30s"}` optional) and
+//! answers its id; `POST /v1/txn/{id}/sql` runs statements in it (same body as `/v1/sql`,
+//! a `statements` list running in order); `POST /v1/txn/{id}/commit` and `.../rollback` end
+//! it. A transaction idle for longer than its timeout is rolled back.
 
 use crate::error::{sqlstate, Error};
 use crate::limits;
@@ -8,7 +13,7 @@ use crate::sql::{Engine, Output, Session};
 use crate::types::{self, PgType};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,8 +21,75 @@ use axum::{Json, Router};
 use rusqlite::types::Value;
 use serde::Deserialize;
 use serde_json::{json, Value as Json_};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+
+fn no_txn(id: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        code: sqlstate::NO_ACTIVE_SQL_TRANSACTION.into(),
+        message: format!(
+            "no open transaction \"{id}\" (it committed, rolled back, or was idle past its timeout)"
+        ),
+    }
+}
+
+/// What every handler works with.
+#[derive(Clone)]
+struct Api {
+    engine: Arc<Engine>,
+    txns: Arc<Txns>,
+}
+
+/// Open HTTP transactions by id.
+#[derive(Default)]
+struct Txns {
+    open: Mutex<HashMap<String, Arc<TxnHandle>>>,
+}
+
+struct TxnHandle {
+    /// One request at a time works in the transaction; the lock is held while it does.
+    session: tokio::sync::Mutex<Session>,
+    /// Rolled back once idle past this.
+    deadline: Mutex<Instant>,
+    timeout: Duration,
+}
+
+impl Txns {
+    fn get(&self, id: &str) -> Result<Arc<TxnHandle>, ApiError> {
+        let open = self.open.lock().expect("txns lock poisoned");
+        open.get(id).cloned().ok_or_else(|| no_txn(id))
+    }
+
+    fn take(&self, id: &str) -> Result<Arc<TxnHandle>, ApiError> {
+        let mut open = self.open.lock().expect("txns lock poisoned");
+        open.remove(id).ok_or_else(|| no_txn(id))
+    }
+
+    /// Roll back the transactions idle past their timeout; ends when the API is gone.
+    async fn reap(txns: Weak<Txns>) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let Some(txns) = txns.upgrade() else { return };
+            let now = Instant::now();
+            let expired: Vec<Arc<TxnHandle>> = {
+                let mut open = txns.open.lock().expect("txns lock poisoned");
+                let ids: Vec<String> = open
+                    .iter()
+                    .filter(|(_, h)| *h.deadline.lock().expect("deadline lock poisoned") < now)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                ids.iter().filter_map(|id| open.remove(id)).collect()
+            };
+            for handle in expired {
+                // A request still running in it finishes first (it renewed the deadline).
+                handle.session.lock().await.close().await;
+            }
+        }
+    }
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -154,11 +226,9 @@ async fn run_one(session: &mut Session, stmt: &Statement) -> Result<Output, Erro
 }
 
 /// The body is JSON whatever its Content-Type says (`curl -d` sends a form type).
-async fn sql(
-    State(engine): State<Arc<Engine>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Json_>, ApiError> {
-    let body = body.map_err(|r| {
+/// The request body, or the error answering a body refused by axum (too large, unreadable).
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|r| {
         let status = r.status();
         let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
             sqlstate::PROGRAM_LIMIT_EXCEEDED
@@ -170,10 +240,19 @@ async fn sql(
             code: code.into(),
             message: r.body_text(),
         }
-    })?;
-    let req: SqlRequest = serde_json::from_slice(&body)
-        .map_err(|e| bad_request(format!("invalid JSON request: {e}")))?;
-    let mut session = engine.session();
+    })
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid JSON request: {e}")))
+}
+
+async fn sql(
+    State(api): State<Api>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Json_>, ApiError> {
+    let req: SqlRequest = parse_body(&body_bytes(body)?)?;
+    let mut session = api.engine.session();
     if let Some(c) = &req.consistency {
         let set = Statement {
             sql: format!("SET cairn.read_consistency = '{}'", c.replace('\'', "''")),
@@ -255,7 +334,7 @@ async fn run_batch(session: &mut Session, stmts: &[Statement]) -> Result<Json_, 
 }
 
 /// This node and its replicas: each group's leader and term as this node sees them.
-async fn health(State(engine): State<Arc<Engine>>) -> Json<Json_> {
+async fn health(State(Api { engine, .. }): State<Api>) -> Json<Json_> {
     let shards: Vec<Json_> = engine
         .cluster
         .groups()
@@ -275,7 +354,7 @@ async fn health(State(engine): State<Arc<Engine>>) -> Json<Json_> {
 
 /// This node's replicas: applied log index and a checksum of their rows, for comparing
 /// replicas (equal checksums at equal applied indexes).
-async fn replicas(State(engine): State<Arc<Engine>>) -> Result<Json<Json_>, ApiError> {
+async fn replicas(State(Api { engine, .. }): State<Api>) -> Result<Json<Json_>, ApiError> {
     let mut replicas = Vec::new();
     for group in engine.cluster.groups() {
         let (applied, checksum) = group.replica.checksum().await?;
@@ -291,7 +370,7 @@ async fn replicas(State(engine): State<Arc<Engine>>) -> Result<Json<Json_>, ApiE
 }
 
 /// Prometheus text exposition.
-async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
+async fn metrics(State(Api { engine, .. }): State<Api>) -> Response {
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -310,15 +389,202 @@ async fn not_found() -> ApiError {
     }
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TxnRequest {
+    /// How long the transaction may sit idle between requests, e.g. "30s".
+    timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TxnSqlRequest {
+    sql: Option<String>,
+    #[serde(default)]
+    params: Vec<Json_>,
+    statements: Option<Vec<Statement>>,
+}
+
+/// `POST /v1/txn`: open a transaction.
+async fn txn_begin(
+    State(api): State<Api>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Json_>, ApiError> {
+    let body = body_bytes(body)?;
+    let req: TxnRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        TxnRequest::default()
+    } else {
+        parse_body(&body)?
+    };
+    let timeout = match &req.timeout {
+        None => limits::HTTP_TXN_TIMEOUT_DEFAULT,
+        Some(text) => crate::sql::parse_duration(text)
+            .filter(|d| !d.is_zero() && *d <= limits::HTTP_TXN_TIMEOUT_MAX)
+            .ok_or_else(|| ApiError {
+                status: StatusCode::BAD_REQUEST,
+                code: sqlstate::INVALID_PARAMETER_VALUE.into(),
+                message: format!(
+                    "invalid timeout \"{text}\": give a duration such as 500ms or 30s, at most {}s",
+                    limits::HTTP_TXN_TIMEOUT_MAX.as_secs()
+                ),
+            })?,
+    };
+    if api.txns.open.lock().expect("txns lock poisoned").len() >= limits::HTTP_TXNS_MAX {
+        return Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: sqlstate::INSUFFICIENT_RESOURCES.into(),
+            message: format!(
+                "too many open HTTP transactions (at most {}); commit or roll back some",
+                limits::HTTP_TXNS_MAX
+            ),
+        });
+    }
+    let mut session = api.engine.session();
+    let begin = Statement {
+        sql: "BEGIN".into(),
+        params: vec![],
+    };
+    run_one(&mut session, &begin).await?;
+    let id = format!("{:016x}", rand::random::<u64>());
+    let handle = Arc::new(TxnHandle {
+        session: tokio::sync::Mutex::new(session),
+        deadline: Mutex::new(Instant::now() + timeout),
+        timeout,
+    });
+    api.txns
+        .open
+        .lock()
+        .expect("txns lock poisoned")
+        .insert(id.clone(), handle);
+    Ok(Json(
+        json!({ "txn": id, "timeout_ms": timeout.as_millis() as u64 }),
+    ))
+}
+
+impl TxnHandle {
+    fn touch(&self) {
+        *self.deadline.lock().expect("deadline lock poisoned") = Instant::now() + self.timeout;
+    }
+}
+
+/// `POST /v1/txn/{id}/sql`: statements in the transaction, in order.
+async fn txn_sql(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Json_>, ApiError> {
+    let req: TxnSqlRequest = parse_body(&body_bytes(body)?)?;
+    let single = req.sql.is_some();
+    let stmts = match (req.sql, req.statements) {
+        (Some(sql), None) => vec![Statement {
+            sql,
+            params: req.params,
+        }],
+        (None, Some(stmts)) if stmts.len() <= limits::HTTP_STATEMENTS_MAX => stmts,
+        (None, Some(_)) => {
+            return Err(bad_request(format!(
+                "at most {} statements per request",
+                limits::HTTP_STATEMENTS_MAX
+            )))
+        }
+        _ => {
+            return Err(bad_request(
+                "send either \"sql\" (with optional \"params\") or \"statements\"",
+            ))
+        }
+    };
+    let handle = api.txns.get(&id)?;
+    handle.touch();
+    let mut session = handle.session.lock().await;
+    let mut results = Vec::with_capacity(stmts.len());
+    for (i, stmt) in stmts.iter().enumerate() {
+        if is_transaction_control(&stmt.sql) {
+            return Err(bad_request(
+                "end the transaction with POST /v1/txn/{id}/commit or /rollback, not by SQL",
+            ));
+        }
+        let output = run_one(&mut session, stmt).await.map_err(|e| match e {
+            Error::Sql { code, message } if !single => Error::Sql {
+                code,
+                message: format!("statement {i}: {message}"),
+            },
+            other => other,
+        })?;
+        results.push(output_json(&output));
+    }
+    handle.touch();
+    if single {
+        return Ok(Json(results.pop().expect("one statement ran")));
+    }
+    Ok(Json(json!({ "results": results })))
+}
+
+/// BEGIN/COMMIT/ROLLBACK/END (not ROLLBACK TO): would end or nest the handle's transaction.
+fn is_transaction_control(sql: &str) -> bool {
+    let words: Vec<String> = sql
+        .split(|c: char| c.is_whitespace() || c == ';')
+        .filter(|w| !w.is_empty())
+        .take(2)
+        .map(str::to_ascii_lowercase)
+        .collect();
+    match words.first().map(String::as_str) {
+        Some("begin" | "commit" | "end" | "abort") => true,
+        Some("start") => words.get(1).map(String::as_str) == Some("transaction"),
+        Some("rollback") => !matches!(words.get(1).map(String::as_str), Some("to")),
+        _ => false,
+    }
+}
+
+/// `POST /v1/txn/{id}/commit`.
+async fn txn_commit(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<Json_>, ApiError> {
+    let handle = api.txns.take(&id)?;
+    let mut session = handle.session.lock().await;
+    if session.transaction_failed() {
+        session.close().await;
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            code: sqlstate::IN_FAILED_TRANSACTION.into(),
+            message: "the transaction had failed; it was rolled back".into(),
+        });
+    }
+    let commit = Statement {
+        sql: "COMMIT".into(),
+        params: vec![],
+    };
+    let result = run_one(&mut session, &commit).await;
+    session.close().await;
+    result?;
+    Ok(Json(json!({ "committed": true })))
+}
+
+/// `POST /v1/txn/{id}/rollback`.
+async fn txn_rollback(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<Json_>, ApiError> {
+    let handle = api.txns.take(&id)?;
+    handle.session.lock().await.close().await;
+    Ok(Json(json!({ "rolled_back": true })))
+}
+
 pub fn router(engine: Arc<Engine>) -> Router {
+    let txns = Arc::new(Txns::default());
+    tokio::spawn(Txns::reap(Arc::downgrade(&txns)));
     Router::new()
         .route("/v1/sql", post(sql))
+        .route("/v1/txn", post(txn_begin))
+        .route("/v1/txn/{id}/sql", post(txn_sql))
+        .route("/v1/txn/{id}/commit", post(txn_commit))
+        .route("/v1/txn/{id}/rollback", post(txn_rollback))
         .route("/health", get(health))
         .route("/v1/replicas", get(replicas))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits::HTTP_BODY_BYTES_MAX))
-        .with_state(engine)
+        .with_state(Api { engine, txns })
 }
 
 pub async fn serve(listener: TcpListener, engine: Arc<Engine>) {

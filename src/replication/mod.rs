@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     /// A SQLite changeset: the row changes of one or more statements.
-    Changeset(Vec<u8>),
+    Changeset(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Schema change, run as SQL on every replica (SQLite changesets carry no DDL).
     Ddl(String),
     /// Two-phase commit, phase one: keep `ops` (this shard's part of transaction `txn`)
@@ -42,6 +42,32 @@ pub enum Op {
     /// Phase two: apply (commit) or drop the prepared part of `txn`; nothing if there is
     /// none (already resolved).
     Resolve { txn: u64, commit: bool },
+    /// Part `seq` of the postcard-encoded ops of a commit too large for one entry (see
+    /// `writer::propose_ops`): kept, not applied, until `Staged { id }`.
+    Stage {
+        id: u64,
+        seq: u32,
+        #[serde(with = "serde_bytes")]
+        part: Vec<u8>,
+    },
+    /// Apply the ops staged under `id` (in `seq` order) and drop them.
+    Staged { id: u64 },
+    /// Drop staged parts that no prepared transaction refers to (left by a leader that
+    /// failed between staging and committing).
+    DropStaged,
+}
+
+impl Op {
+    /// Roughly how many bytes the op takes in a message.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Op::Changeset(b) => b.len(),
+            Op::Ddl(sql) => sql.len(),
+            Op::Prepare { ops, .. } => 32 + ops.iter().map(Op::bytes).sum::<usize>(),
+            Op::Stage { part, .. } => 16 + part.len(),
+            Op::Decide { .. } | Op::Resolve { .. } | Op::Staged { .. } | Op::DropStaged => 16,
+        }
+    }
 }
 
 /// The payload of one Raft log entry.
@@ -203,4 +229,22 @@ pub(crate) fn storage_error(
     let io = std::io::Error::other(e.to_string());
     tracing::error!(error = %e, "storage failure; stopping the group");
     openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(&io)).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Op;
+
+    /// Byte fields are encoded as postcard's bytes (length, then the bytes), which is also
+    /// how a sequence of u8 was encoded before: logs written either way read back.
+    #[test]
+    fn byte_fields_keep_their_encoding() {
+        let bytes = postcard::to_stdvec(&Op::Changeset(vec![7, 8, 9])).unwrap();
+        assert_eq!(bytes, vec![0, 3, 7, 8, 9]);
+        let old: Vec<u8> = postcard::to_stdvec(&(0u8, vec![7u8, 8, 9])).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<Op>(&old).unwrap(),
+            Op::Changeset(vec![7, 8, 9])
+        );
+    }
 }

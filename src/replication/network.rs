@@ -5,8 +5,10 @@
 use super::transport::{CallError, Client, Request, Response};
 use super::{NodeInfo, TypeConfig};
 use crate::ids::ShardId;
+use crate::limits;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -77,6 +79,19 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>> {
+        // Keep messages small enough to send (and to fit the peer's frame limit): ask
+        // openraft to send fewer entries when these add up to too much.
+        let mut total = 0;
+        for (i, entry) in rpc.entries.iter().enumerate() {
+            if let openraft::EntryPayload::Normal(batch) = &entry.payload {
+                total += batch.ops.iter().map(super::Op::bytes).sum::<usize>();
+            }
+            if total > limits::ENTRY_BYTES_TARGET && i > 0 {
+                return Err(RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint(i as u64),
+                ));
+            }
+        }
         match self
             .call(
                 Request::Append {

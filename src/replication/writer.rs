@@ -284,6 +284,7 @@ async fn ensure_ready(cx: &Context, ready_term: &mut Option<u64>) -> Result<()> 
             other => Error::Unavailable(other.to_string()),
         })?;
         resolve_prepared(cx).await?;
+        drop_staged(cx).await?;
         *ready_term = Some(term);
     }
     Ok(())
@@ -306,6 +307,50 @@ fn internal_read(sql: &str, params: Vec<Value>) -> Statement {
         kind: StatementKind::Dml,
         refs: Vec::new(),
     }
+}
+
+/// Commit `ops` through Raft: one entry if they are small; else their encoding in staged
+/// parts of about [`limits::ENTRY_BYTES_TARGET`] and a last entry applying them all, so no
+/// entry (or message between nodes) grows with the transaction. The writer is held
+/// throughout, so nothing else changes the shard in between. Parts left by a failure are
+/// dropped here if this node still leads, else by the next leader (`ensure_ready`).
+async fn propose_ops(raft: &Raft, ops: Vec<Op>) -> Result<()> {
+    let id = rand::random::<u64>() >> 1;
+    match stage_large(raft, ops, id).await? {
+        Some(ops) => propose(raft, ops).await,
+        None => staged_or_drop(raft, vec![Op::Staged { id }]).await,
+    }
+}
+
+/// `ops` back if they fit one entry; else staged under `id` (the entry that applies them
+/// is the caller's: `Op::Staged { id }`, or a prepared part holding it).
+async fn stage_large(raft: &Raft, ops: Vec<Op>, id: u64) -> Result<Option<Vec<Op>>> {
+    if ops.iter().map(Op::bytes).sum::<usize>() <= limits::ENTRY_BYTES_TARGET {
+        return Ok(Some(ops));
+    }
+    let bytes = postcard::to_stdvec(&ops).map_err(Error::internal)?;
+    drop(ops);
+    for (seq, part) in bytes.chunks(limits::ENTRY_BYTES_TARGET).enumerate() {
+        let op = Op::Stage {
+            id,
+            seq: seq as u32,
+            part: part.to_vec(),
+        };
+        if let Err(e) = propose(raft, vec![op]).await {
+            let _ = propose(raft, vec![Op::DropStaged]).await;
+            return Err(e);
+        }
+    }
+    Ok(None)
+}
+
+/// Propose the entry that uses staged parts; on failure drop them (if still leader).
+async fn staged_or_drop(raft: &Raft, ops: Vec<Op>) -> Result<()> {
+    let result = propose(raft, ops).await;
+    if result.is_err() {
+        let _ = propose(raft, vec![Op::DropStaged]).await;
+    }
+    result
 }
 
 /// Propose `commit` as the decision on `txn` (this shard coordinates it) and read back the
@@ -354,6 +399,22 @@ async fn decision_on(cx: &Context, txn: u64, coordinator: ShardId) -> Result<boo
 }
 
 /// Resolve every prepared part in the replica (a new leader inherits them).
+/// Drop the staged parts of commits a previous leader did not finish.
+async fn drop_staged(cx: &Context) -> Result<()> {
+    let rows = cx
+        .replica
+        .read(internal_read(
+            "SELECT 1 FROM _cairn_staged WHERE id NOT IN (SELECT txn FROM _cairn_prepared) LIMIT 1",
+            Vec::new(),
+        ))
+        .await?;
+    if !rows.rows.is_empty() {
+        tracing::info!(shard = %cx.replica.shard, "dropping parts of a large commit a previous leader left");
+        propose(&cx.raft, vec![Op::DropStaged]).await?;
+    }
+    Ok(())
+}
+
 async fn resolve_prepared(cx: &Context) -> Result<()> {
     let rows = cx
         .replica
@@ -432,7 +493,7 @@ async fn run(cx: Context, mut rx: mpsc::Receiver<Request>) {
                             let outcome = if ops.is_empty() {
                                 Ok(())
                             } else {
-                                propose(&cx.raft, ops).await
+                                propose_ops(&cx.raft, ops).await
                             };
                             results
                                 .into_iter()
@@ -545,7 +606,7 @@ async fn run_transaction(cx: &Context, reply: oneshot::Sender<Result<Transaction
             (TxnCmd::Commit(r), Stage::Open) => {
                 let result = match replica.finish().await {
                     Ok(ops) if ops.is_empty() => Ok(()),
-                    Ok(ops) => propose(&cx.raft, ops).await,
+                    Ok(ops) => propose_ops(&cx.raft, ops).await,
                     Err(e) => Err(e),
                 };
                 let _ = r.send(result);
@@ -555,7 +616,7 @@ async fn run_transaction(cx: &Context, reply: oneshot::Sender<Result<Transaction
                 let result = if ops.is_empty() {
                     Ok(())
                 } else {
-                    propose(&cx.raft, ops).await
+                    propose_ops(&cx.raft, ops).await
                 };
                 let _ = r.send(result);
                 return;
@@ -578,12 +639,32 @@ async fn run_transaction(cx: &Context, reply: oneshot::Sender<Result<Transaction
                 },
                 Stage::Collected(ops),
             ) => {
-                let op = Op::Prepare {
-                    txn,
-                    coordinator,
-                    ops,
+                // A large part is staged under the transaction's id; the prepared part
+                // then holds only the op that applies the staged parts.
+                let prepared = match stage_large(&cx.raft, ops, txn).await {
+                    Ok(Some(ops)) => {
+                        propose(
+                            &cx.raft,
+                            vec![Op::Prepare {
+                                txn,
+                                coordinator,
+                                ops,
+                            }],
+                        )
+                        .await
+                    }
+                    Ok(None) => {
+                        let ops = vec![Op::Staged { id: txn }];
+                        let op = Op::Prepare {
+                            txn,
+                            coordinator,
+                            ops,
+                        };
+                        staged_or_drop(&cx.raft, vec![op]).await
+                    }
+                    Err(e) => Err(e),
                 };
-                match propose(&cx.raft, vec![op]).await {
+                match prepared {
                     Ok(()) => {
                         let _ = reply.send(Ok(()));
                         stage = Stage::Prepared { txn, coordinator };

@@ -90,7 +90,15 @@ pub async fn plan(mt: &MetaTxn<'_>, catalog: &Catalog, action: &DdlAction) -> Re
             name,
             sql,
             if_not_exists,
-        } => Ok(vec![plan_index(catalog, table, name, sql, *if_not_exists)?]),
+            unique,
+        } => Ok(vec![plan_index(
+            catalog,
+            table,
+            name,
+            sql,
+            *if_not_exists,
+            unique.as_deref(),
+        )?]),
         DdlAction::DropIndexes { names, if_exists } => {
             let mut out = Vec::new();
             for name in names {
@@ -398,8 +406,24 @@ fn plan_index(
     name: &str,
     sql: &str,
     if_not_exists: bool,
+    unique: Option<&[String]>,
 ) -> Result<Planned> {
     let t = catalog.table(table).ok_or_else(|| undefined_table(table))?;
+    // Each shard checks uniqueness among its own rows only: that is the whole table's only
+    // when equal keys always land on the same shard.
+    let column = match &t.distribution {
+        Distribution::Hash { column } | Distribution::List { column } => Some(column),
+        _ => None,
+    };
+    if let (Some(columns), Some(column)) = (unique, column) {
+        if !columns.iter().any(|c| c.eq_ignore_ascii_case(column)) {
+            return Err(Error::unsupported(format!(
+                "a unique index or constraint on \"{}\" that does not include its \
+                 distribution column \"{column}\"",
+                t.name
+            )));
+        }
+    }
     if catalog.index_owner(name).is_some() || catalog.any_table(name).is_some() {
         if if_not_exists {
             return Ok(Planned::Skip(format!(

@@ -17,4 +17,4 @@ pub mod scratch;
 pub mod session;
 pub mod translate;
 
-pub use session::{Engine, Field, Output, Prepared, Session, TxnEvent};
+pub use session::{parse_duration, Engine, Field, Output, Prepared, Session, TxnEvent};

@@ -12,7 +12,7 @@
 use super::ddl::{self, Planned};
 use super::plan::{self, Plan};
 use super::scratch;
-use super::translate::{self, Kind, Translated};
+use super::translate::{self, Kind, SavepointOp, Translated};
 use crate::catalog::{meta, Catalog, Change, Job};
 use crate::cluster::{Cluster, Lease, MetaTxn};
 use crate::error::{sqlstate, Error, Result};
@@ -174,6 +174,9 @@ struct OpenTxn {
     changes: Vec<Change>,
     /// When it began (µs since the epoch): older transactions win lock conflicts.
     priority: u64,
+    /// Savepoints in force, oldest first. Every shard the transaction holds has them all
+    /// (a shard taken later is given them on the spot), so ROLLBACK TO undoes everywhere.
+    savepoints: Vec<String>,
 }
 
 impl OpenTxn {
@@ -189,6 +192,7 @@ impl OpenTxn {
             changes: Vec::new(),
             // Low bits random: two transactions starting in one microsecond still differ.
             priority: (micros << 8) | (rand::random::<u8>() as u64),
+            savepoints: Vec::new(),
         }
     }
 }
@@ -397,7 +401,12 @@ impl Session {
     /// Execute a prepared statement with parameter values already decoded.
     pub async fn execute(&mut self, prepared: &Prepared, params: Vec<Value>) -> Result<Output> {
         let t = &prepared.translated;
-        if self.transaction_failed() && !matches!(t.kind, Kind::Commit | Kind::Rollback) {
+        if self.transaction_failed()
+            && !matches!(
+                t.kind,
+                Kind::Commit | Kind::Rollback | Kind::Savepoint(SavepointOp::RollbackTo, _)
+            )
+        {
             return Err(failed_txn());
         }
         let started = Instant::now();
@@ -431,7 +440,15 @@ impl Session {
                     holding: !txn.leases.is_empty(),
                 });
                 if let std::collections::btree_map::Entry::Vacant(slot) = txn.leases.entry(shard) {
-                    slot.insert(cluster.begin_in(shard, priority).await?);
+                    let lease = cluster.begin_in(shard, priority).await?;
+                    for name in &txn.savepoints {
+                        let sql = savepoint_sql(SavepointOp::Set, name);
+                        if let Err(e) = cluster.exec(shard, &lease, savepoint_stmt(sql)).await {
+                            cluster.rollback(lease).await;
+                            return Err(e);
+                        }
+                    }
+                    slot.insert(lease);
                 }
                 let lease = txn.leases.get(&shard).expect("lease taken above");
                 cluster.exec(shard, lease, stmt).await
@@ -761,6 +778,31 @@ impl Session {
                 })
             }
             Kind::Noop => Ok(Output::command(&t.tag, TxnEvent::None)),
+            Kind::Savepoint(op, name) => {
+                self.savepoint(*op, name).await?;
+                Ok(Output::command(&t.tag, TxnEvent::None))
+            }
+            Kind::Several(parts) => {
+                let implicit = self.txn.is_none();
+                if implicit {
+                    self.txn = Some(OpenTxn::new());
+                }
+                let mut result = Ok(());
+                for part in parts {
+                    if let Err(e) = Box::pin(self.execute_inner(part, params.clone())).await {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                if implicit {
+                    let txn = self.txn.take().expect("opened above");
+                    match &result {
+                        Ok(()) => self.commit(txn).await?,
+                        Err(_) => self.abandon(txn).await,
+                    }
+                }
+                result.map(|()| Output::command(&t.tag, TxnEvent::None))
+            }
             Kind::Ddl(action) => self.ddl(action, &t.tag).await,
             Kind::CopyIn(spec) => {
                 let catalog = self.catalog();
@@ -857,6 +899,53 @@ impl Session {
                 Ok(self.output(t, rows))
             }
         }
+    }
+
+    /// SAVEPOINT, ROLLBACK TO, RELEASE: on every shard the transaction holds, and on those
+    /// it takes later (see `OpenTxn::savepoints`).
+    async fn savepoint(&mut self, op: SavepointOp, name: &str) -> Result<()> {
+        let cluster = self.engine.cluster.clone();
+        let Some(txn) = self.txn.as_mut() else {
+            let verb = match op {
+                SavepointOp::Set => "SAVEPOINT",
+                SavepointOp::RollbackTo => "ROLLBACK TO SAVEPOINT",
+                SavepointOp::Release => "RELEASE SAVEPOINT",
+            };
+            return Err(Error::sql(
+                sqlstate::NO_ACTIVE_SQL_TRANSACTION,
+                format!("{verb} can only be used in transaction blocks"),
+            ));
+        };
+        let found = txn.savepoints.iter().rposition(|s| s == name);
+        let keep = match (op, found) {
+            (SavepointOp::Set, _) => txn.savepoints.len(),
+            (_, None) => {
+                return Err(Error::sql(
+                    sqlstate::INVALID_SAVEPOINT_SPECIFICATION,
+                    format!("savepoint \"{name}\" does not exist"),
+                ))
+            }
+            (SavepointOp::RollbackTo, Some(i)) => i + 1,
+            (SavepointOp::Release, Some(i)) => i,
+        };
+        if op == SavepointOp::RollbackTo && !txn.changes.is_empty() {
+            return Err(Error::unsupported(
+                "ROLLBACK TO SAVEPOINT in a transaction that changed the schema",
+            ));
+        }
+        let sql = savepoint_sql(op, name);
+        for (shard, lease) in &txn.leases {
+            cluster
+                .exec(*shard, lease, savepoint_stmt(sql.clone()))
+                .await?;
+        }
+        txn.savepoints.truncate(keep);
+        match op {
+            SavepointOp::Set => txn.savepoints.push(name.to_string()),
+            SavepointOp::RollbackTo => txn.failed = false,
+            SavepointOp::Release => {}
+        }
+        Ok(())
     }
 
     /// Commit every shard the transaction holds, then its catalog changes.
@@ -1256,6 +1345,26 @@ impl Session {
     }
 }
 
+/// The SQLite statement for a savepoint operation (names are prefixed so they cannot meet
+/// the writer's own).
+fn savepoint_sql(op: SavepointOp, name: &str) -> String {
+    let verb = match op {
+        SavepointOp::Set => "SAVEPOINT",
+        SavepointOp::RollbackTo => "ROLLBACK TO",
+        SavepointOp::Release => "RELEASE",
+    };
+    format!("{verb} \"user_{}\"", name.replace('"', "\"\""))
+}
+
+fn savepoint_stmt(sql: String) -> Statement {
+    Statement {
+        sql,
+        params: Vec::new(),
+        kind: StatementKind::Savepoint,
+        refs: Vec::new(),
+    }
+}
+
 /// Commit a transaction holding several shards: two-phase commit over Raft. Shards it only
 /// read are released once every part has ended its statements (its lock point); one that
 /// wrote commits alone; several that wrote are prepared, the decision is recorded on the
@@ -1343,7 +1452,7 @@ async fn commit_across(cluster: &Cluster, leases: Vec<(ShardId, Lease)>) -> Resu
 }
 
 /// A duration setting: `500ms`, `2s`, `1min`, or a bare number of milliseconds.
-fn parse_duration(text: &str) -> Option<std::time::Duration> {
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
     let t = text.trim().to_lowercase();
     let (number, unit) = t.split_at(
         t.find(|c: char| !c.is_ascii_digit() && c != '.')

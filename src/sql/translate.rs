@@ -42,6 +42,10 @@ pub enum Kind {
     },
     /// Accepted and ignored (DISCARD, DEALLOCATE, SET TRANSACTION ...): answers with `tag`.
     Noop,
+    /// `SAVEPOINT name`, `ROLLBACK TO [SAVEPOINT] name`, `RELEASE [SAVEPOINT] name`.
+    Savepoint(SavepointOp, String),
+    /// Several statements run as one (`TRUNCATE a, b`): all or nothing.
+    Several(Vec<Translated>),
     /// `COPY table [(columns)] FROM STDIN`: rows follow in the copy sub-protocol.
     CopyIn(Box<CopyIn>),
 }
@@ -52,6 +56,13 @@ pub struct CopyIn {
     /// Target columns; empty for all, in table order.
     pub columns: Vec<String>,
     pub options: super::copy::Options,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SavepointOp {
+    Set,
+    RollbackTo,
+    Release,
 }
 
 /// A schema change, as the catalog and the shards need it.
@@ -68,6 +79,8 @@ pub enum DdlAction {
         /// SQLite `CREATE INDEX`.
         sql: String,
         if_not_exists: bool,
+        /// The indexed columns of a unique index (or constraint).
+        unique: Option<Vec<String>>,
     },
     DropIndexes {
         names: Vec<String>,
@@ -182,9 +195,10 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
             ),
         ));
     }
+    let sql = normalize(sql);
     Parser::new(&PostgreSqlDialect {})
         .with_recursion_limit(200)
-        .try_with_sql(sql)
+        .try_with_sql(&sql)
         .and_then(|mut p| p.parse_statements())
         .map_err(|e| {
             let message = e.to_string();
@@ -198,6 +212,60 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
                 Error::sql(sqlstate::SYNTAX_ERROR, message)
             }
         })
+}
+
+/// PostgreSQL syntax the parser does not take, rewritten to what it does (for tools such as
+/// pgbench): `VACUUM` with any options (a no-op here, so the options do not matter), and
+/// COPY's boolean options spelled `on`/`off`.
+fn normalize(sql: &str) -> std::borrow::Cow<'_, str> {
+    let trimmed = sql.trim_start();
+    let first: String = trimmed
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let body = trimmed.trim_end().trim_end_matches(';');
+    match first.as_str() {
+        "vacuum" if !body.contains(';') => "VACUUM".into(),
+        "copy" => {
+            // `freeze on` -> `freeze true`, and the same for header / off.
+            let lower = sql.to_ascii_lowercase();
+            let mut edits = Vec::new();
+            for word in ["freeze", "header"] {
+                let mut at = 0;
+                while let Some(i) = lower[at..].find(word).map(|i| at + i) {
+                    at = i + word.len();
+                    let after = &lower[at..];
+                    let value = after.trim_start();
+                    let start = at + (after.len() - value.len());
+                    let end = start
+                        + value
+                            .find(|c: char| !c.is_ascii_alphanumeric())
+                            .unwrap_or(value.len());
+                    let replacement = match &lower[start..end] {
+                        "on" if start > at => "true",
+                        "off" if start > at => "false",
+                        _ => continue,
+                    };
+                    edits.push((start, end, replacement));
+                }
+            }
+            if edits.is_empty() {
+                return sql.into();
+            }
+            edits.sort();
+            let mut out = String::with_capacity(sql.len());
+            let mut copied = 0;
+            for (start, end, replacement) in edits {
+                out.push_str(&sql[copied..start]);
+                out.push_str(replacement);
+                copied = end;
+            }
+            out.push_str(&sql[copied..]);
+            out.into()
+        }
+        _ => sql.into(),
+    }
 }
 
 pub fn ident_name(ident: &Ident) -> String {
@@ -1025,24 +1093,26 @@ pub fn translate(
             }
         }
         Statement::Truncate(t) => {
-            if t.table_names.len() != 1 {
-                return Err(Error::unsupported(
-                    "TRUNCATE of several tables in one statement",
-                ));
+            let mut parts = Vec::new();
+            for target in &t.table_names {
+                let sql = format!(
+                    "DELETE FROM \"{}\"",
+                    object_name(&target.name).replace('"', "\"\"")
+                );
+                let delete = parse(&sql)?
+                    .pop()
+                    .ok_or_else(|| Error::internal("TRUNCATE rewrite"))?;
+                let mut part = translate(delete, catalog, &[])?;
+                part.tag = "TRUNCATE TABLE".into();
+                parts.push(part);
             }
-            let sql = format!(
-                "DELETE FROM \"{}\"",
-                object_name(&t.table_names[0].name).replace('"', "\"\"")
-            );
-            let delete = parse(&sql)?
-                .pop()
-                .ok_or_else(|| Error::internal("TRUNCATE rewrite"))?;
-            out.kind = Kind::Write;
-            out.tag = "TRUNCATE TABLE".into();
-            out.sql = sql;
-            out.stmt = Some(Box::new(delete));
-            return Ok(out);
+            if parts.len() == 1 {
+                return Ok(parts.pop().expect("one part"));
+            }
+            return Ok(session(Kind::Several(parts), "TRUNCATE TABLE"));
         }
+        Statement::Vacuum(_) => return Ok(session(Kind::Noop, "VACUUM")),
+        Statement::Analyze(_) => return Ok(session(Kind::Noop, "ANALYZE")),
         Statement::CreateTable(create) => {
             return Ok(ddl(
                 DdlAction::CreateTable(Box::new(create_table(create)?)),
@@ -1068,6 +1138,16 @@ pub fn translate(
                 }
             };
             let if_not_exists = index.if_not_exists;
+            let unique = index.unique.then(|| {
+                index
+                    .columns
+                    .iter()
+                    .map(|c| match &c.column.expr {
+                        Expr::Identifier(i) => ident_name(i),
+                        other => other.to_string(),
+                    })
+                    .collect()
+            });
             let mut s = Statement::CreateIndex(index.clone());
             rewrite(&mut s)?;
             return Ok(ddl(
@@ -1076,11 +1156,15 @@ pub fn translate(
                     name,
                     sql: s.to_string(),
                     if_not_exists,
+                    unique,
                 },
                 "CREATE INDEX",
             ));
         }
         Statement::AlterTable(alter) => {
+            if let Some(action) = add_unique_constraint(alter)? {
+                return Ok(ddl(action, "ALTER TABLE"));
+            }
             let (sql, added) = alter_table(alter)?;
             return Ok(ddl(
                 DdlAction::AlterTable {
@@ -1117,10 +1201,20 @@ pub fn translate(
             savepoint: None, ..
         } => return Ok(session(Kind::Rollback, "ROLLBACK")),
         Statement::Rollback {
-            savepoint: Some(_), ..
+            savepoint: Some(name),
+            ..
+        } => {
+            let kind = Kind::Savepoint(SavepointOp::RollbackTo, ident_name(name));
+            return Ok(session(kind, "ROLLBACK"));
         }
-        | Statement::Savepoint { .. }
-        | Statement::ReleaseSavepoint { .. } => return Err(Error::unsupported("SAVEPOINT")),
+        Statement::Savepoint { name } => {
+            let kind = Kind::Savepoint(SavepointOp::Set, ident_name(name));
+            return Ok(session(kind, "SAVEPOINT"));
+        }
+        Statement::ReleaseSavepoint { name } => {
+            let kind = Kind::Savepoint(SavepointOp::Release, ident_name(name));
+            return Ok(session(kind, "RELEASE"));
+        }
         Statement::Set(set) => return Ok(translate_set(set)),
         Statement::ShowVariable { variable } => {
             let name = variable
@@ -1572,6 +1666,13 @@ fn create_table(create: &mut ast::CreateTable) -> Result<CreateTable> {
                         .filter(|z| !z.is_empty())
                         .collect()
                 }
+                // PostgreSQL's storage parameters tune its heap; SQLite has no equivalent.
+                "fillfactor" | "parallel_workers" | "user_catalog_table" | "toast_tuple_target" => {
+                }
+                k if k.starts_with("autovacuum_")
+                    || k.starts_with("vacuum_")
+                    || k.starts_with("toast.")
+                    || k.starts_with("log_autovacuum") => {}
                 other => return Err(Error::unsupported(format!("table option {other}"))),
             }
         }
@@ -1643,6 +1744,53 @@ fn create_table(create: &mut ast::CreateTable) -> Result<CreateTable> {
     })
 }
 
+/// `ALTER TABLE t ADD [CONSTRAINT c] PRIMARY KEY (...)` or `... UNIQUE (...)`: a unique
+/// index (named like PostgreSQL's: `t_pkey`, `t_a_b_key`, or the constraint's name).
+fn add_unique_constraint(alter: &ast::AlterTable) -> Result<Option<DdlAction>> {
+    let [ast::AlterTableOperation::AddConstraint { constraint, .. }] = alter.operations.as_slice()
+    else {
+        return Ok(None);
+    };
+    let table = object_name(&alter.name);
+    let (name, columns) = match constraint {
+        TableConstraint::PrimaryKey(pk) => (
+            pk.name
+                .as_ref()
+                .map(ident_name)
+                .unwrap_or_else(|| format!("{table}_pkey")),
+            column_list(&pk.columns),
+        ),
+        TableConstraint::Unique(u) => {
+            let columns = column_list(&u.columns);
+            let name = u
+                .name
+                .as_ref()
+                .map(ident_name)
+                .unwrap_or_else(|| format!("{table}_{}_key", columns.join("_")));
+            (name, columns)
+        }
+        _ => return Ok(None),
+    };
+    let quoted: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    let sql = format!(
+        "CREATE UNIQUE INDEX {} ON {} ({})",
+        quote_ident(&name),
+        quote_ident(&table),
+        quoted.join(", ")
+    );
+    Ok(Some(DdlAction::CreateIndex {
+        table,
+        name,
+        sql,
+        if_not_exists: false,
+        unique: Some(columns),
+    }))
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 fn alter_table(alter: &mut ast::AlterTable) -> Result<(String, Vec<Column>)> {
     let template = ast::AlterTable {
         operations: Vec::new(),
@@ -1691,4 +1839,59 @@ fn alter_table(alter: &mut ast::AlterTable) -> Result<(String, Vec<Column>)> {
         }
     }
     Ok((sql, added))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_rewrites_what_tools_send_and_leaves_the_rest() {
+        assert_eq!(normalize("vacuum analyze pgbench_branches"), "VACUUM");
+        assert_eq!(normalize("VACUUM (VERBOSE) t;"), "VACUUM");
+        assert_eq!(
+            normalize("vacuum t; drop table x"),
+            "vacuum t; drop table x"
+        );
+        assert_eq!(
+            normalize("copy pgbench_accounts from stdin with (freeze on)"),
+            "copy pgbench_accounts from stdin with (freeze true)"
+        );
+        assert_eq!(
+            normalize("COPY t FROM STDIN (HEADER off, FORMAT csv, FREEZE ON)"),
+            "COPY t FROM STDIN (HEADER false, FORMAT csv, FREEZE true)"
+        );
+        assert_eq!(
+            normalize("COPY t (header_on, freezer) FROM STDIN"),
+            "COPY t (header_on, freezer) FROM STDIN"
+        );
+        assert_eq!(normalize("SELECT 'freeze on'"), "SELECT 'freeze on'");
+    }
+
+    #[test]
+    fn pgbench_statements_parse() {
+        for sql in [
+            "create table pgbench_tellers(tid int not null,bid int,tbalance int,filler char(84)) with (fillfactor=100)",
+            "truncate table pgbench_accounts, pgbench_branches, pgbench_history, pgbench_tellers",
+            "copy pgbench_accounts from stdin with (freeze on)",
+            "vacuum analyze pgbench_accounts",
+            "alter table pgbench_branches add primary key (bid)",
+            "END",
+        ] {
+            assert_eq!(parse(sql).map(|s| s.len()).ok(), Some(1), "{sql}");
+        }
+        let mut s = parse("alter table t add constraint k unique (a, b)").unwrap();
+        let Statement::AlterTable(alter) = s.pop().unwrap() else {
+            panic!("not ALTER TABLE")
+        };
+        let Some(DdlAction::CreateIndex {
+            name, sql, unique, ..
+        }) = add_unique_constraint(&alter).unwrap()
+        else {
+            panic!("not an index")
+        };
+        assert_eq!(name, "k");
+        assert_eq!(sql, "CREATE UNIQUE INDEX \"k\" ON \"t\" (\"a\", \"b\")");
+        assert_eq!(unique, Some(vec!["a".to_string(), "b".to_string()]));
+    }
 }

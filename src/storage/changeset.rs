@@ -90,6 +90,20 @@ impl<'conn> Session<'conn> {
             ));
         }
 
+        let mut size: c_int = 1;
+        // SAFETY: as above; for SIZE the argument points to an int. It lets
+        // `sqlite3session_changeset_size` report how big the changes have grown.
+        let rc = unsafe {
+            ffi::sqlite3session_object_config(
+                raw.as_ptr(),
+                ffi::SQLITE_SESSION_OBJCONFIG_SIZE,
+                (&mut size as *mut c_int).cast(),
+            )
+        };
+        if rc != ffi::SQLITE_OK {
+            return Err(sqlite_error(db, rc, "sqlite3session_object_config(SIZE)"));
+        }
+
         // SAFETY: the session is live; a NULL table name attaches every table, including
         // tables created after this call.
         let rc = unsafe { ffi::sqlite3session_attach(raw.as_ptr(), ptr::null()) };
@@ -97,6 +111,14 @@ impl<'conn> Session<'conn> {
             return Err(sqlite_error(db, rc, "sqlite3session_attach"));
         }
         Ok(session)
+    }
+
+    /// An upper bound on the size in bytes of [`Session::changeset`] now (rows changed and
+    /// then restored by `ROLLBACK TO` still count).
+    pub fn size(&self) -> u64 {
+        // SAFETY: the session is live and was configured with SQLITE_SESSION_OBJCONFIG_SIZE.
+        let n = unsafe { ffi::sqlite3session_changeset_size(self.raw.as_ptr()) };
+        u64::try_from(n).unwrap_or(0)
     }
 
     /// The net changes recorded so far (empty if none). Call it before the transaction ends:

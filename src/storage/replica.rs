@@ -27,13 +27,16 @@ use tokio::sync::oneshot;
 ///
 /// Two-phase commit: `_cairn_prepared` holds the prepared, not yet resolved, parts of
 /// cross-shard transactions; `_cairn_txns` the decisions of the transactions this shard
-/// coordinates.
+/// coordinates. `_cairn_staged` holds the parts of a commit too large for one Raft entry
+/// until the entry that applies them.
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS _cairn_state (key TEXT PRIMARY KEY, value BLOB NOT NULL);
     CREATE TABLE IF NOT EXISTS _cairn_ddl (id INTEGER PRIMARY KEY);
     CREATE TABLE IF NOT EXISTS _cairn_prepared (
         txn INTEGER PRIMARY KEY, coordinator INTEGER NOT NULL, ops BLOB NOT NULL);
     CREATE TABLE IF NOT EXISTS _cairn_txns (txn INTEGER PRIMARY KEY, commit_ INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS _cairn_staged (
+        id INTEGER NOT NULL, seq INTEGER NOT NULL, part BLOB NOT NULL, PRIMARY KEY (id, seq));
 ";
 
 /// Called on the replica thread with the connection after the replica's contents changed
@@ -88,6 +91,9 @@ pub enum StatementKind {
     DdlOnce(u64),
     /// Prepare only, to report the result columns; nothing runs.
     Describe,
+    /// A client's `SAVEPOINT`, `ROLLBACK TO` or `RELEASE` inside its transaction, run as
+    /// is (not wrapped in the per-statement savepoint).
+    Savepoint,
 }
 
 fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection> {
@@ -354,7 +360,38 @@ impl Replica {
                         }
                     }
                     tx.execute("DELETE FROM _cairn_prepared WHERE txn = ?1", [*txn as i64])?;
+                    tx.execute("DELETE FROM _cairn_staged WHERE id = ?1", [*txn as i64])?;
                 }
+            }
+            Op::Stage { id, seq, part } => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO _cairn_staged (id, seq, part) VALUES (?1, ?2, ?3)",
+                    params![*id as i64, *seq as i64, part],
+                )?;
+            }
+            Op::Staged { id } => {
+                let mut bytes = Vec::new();
+                {
+                    let mut stmt =
+                        tx.prepare("SELECT part FROM _cairn_staged WHERE id = ?1 ORDER BY seq")?;
+                    let mut rows = stmt.query([*id as i64])?;
+                    while let Some(row) = rows.next()? {
+                        let part: Vec<u8> = row.get(0)?;
+                        bytes.extend_from_slice(&part);
+                    }
+                }
+                let ops: Vec<Op> = postcard::from_bytes(&bytes)
+                    .map_err(|e| Error::Corrupt(format!("staged {id}: {e}")))?;
+                tx.execute("DELETE FROM _cairn_staged WHERE id = ?1", [*id as i64])?;
+                for op in &ops {
+                    self.apply_op(tx, op)?;
+                }
+            }
+            Op::DropStaged => {
+                tx.execute(
+                    "DELETE FROM _cairn_staged WHERE id NOT IN (SELECT txn FROM _cairn_prepared)",
+                    [],
+                )?;
             }
         }
         Ok(())
@@ -747,9 +784,19 @@ impl<'c> Speculative<'c> {
         if stmt.kind == StatementKind::Describe {
             return describe(conn, &stmt.sql);
         }
+        if stmt.kind == StatementKind::Savepoint {
+            // Changes already cut into ops (before DDL) cannot be taken back.
+            if stmt.sql.starts_with("ROLLBACK") && !self.ops.is_empty() {
+                return Err(Error::unsupported(
+                    "ROLLBACK TO SAVEPOINT in a transaction that changed the schema",
+                ));
+            }
+            conn.execute_batch(&stmt.sql)?;
+            return Ok(Rows::default());
+        }
         conn.execute_batch("SAVEPOINT cairn_stmt")?;
         let result = match stmt.kind {
-            StatementKind::Describe => unreachable!("handled above"),
+            StatementKind::Describe | StatementKind::Savepoint => unreachable!("handled above"),
             StatementKind::Dml => run(conn, &stmt.sql, &stmt.params),
             StatementKind::Ddl => self.ddl(conn, stmt.sql.clone()),
             StatementKind::DdlOnce(job) => {
@@ -769,11 +816,30 @@ impl<'c> Speculative<'c> {
                 }
             }
         };
+        let result = result.and_then(|rows| self.check_size().map(|_| rows));
         match &result {
             Ok(_) => conn.execute_batch("RELEASE cairn_stmt")?,
             Err(_) => conn.execute_batch("ROLLBACK TO cairn_stmt; RELEASE cairn_stmt")?,
         }
         result
+    }
+
+    /// Fails once the changes recorded pass [`crate::limits::TXN_CHANGES_BYTES_MAX`] (the
+    /// statement that crossed it is undone).
+    fn check_size(&self) -> Result<()> {
+        let cut: usize = self.ops.iter().map(Op::bytes).sum();
+        let open = self.session.as_ref().map_or(0, |s| s.size()) as usize;
+        if cut + open > crate::limits::TXN_CHANGES_BYTES_MAX {
+            return Err(Error::sql(
+                crate::error::sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "the transaction's changes on one shard exceed {} MiB; \
+                     split the work into smaller transactions",
+                    crate::limits::TXN_CHANGES_BYTES_MAX >> 20
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Changesets carry no schema: end the current changeset, run the DDL, record its text,
