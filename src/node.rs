@@ -154,7 +154,7 @@ impl Node {
             http_addr: http_addr.to_string(),
             zone: config.zone.clone(),
         };
-        let client = Client::new();
+        let client = Client::new(Some(cluster_addr.ip()).filter(|ip| !ip.is_unspecified()));
         let id_path = config.data_dir.join("node.json");
         let (identity, fresh) = match read_identity(&id_path)? {
             Some(id) => (id, false),

@@ -1,10 +1,40 @@
 //! The chaos harness end to end, within a bounded budget: clean runs of each workload pass,
 //! and each planted bug (debug builds only) makes the harness fail. Real `cairn` processes,
-//! SIGKILL and SIGSTOP, loopback only.
+//! SIGKILL, SIGSTOP and (as root, with iptables) partitions between their loopback
+//! addresses. `.ci/run` sets CAIRN_REQUIRE_PARTITIONS=1; elsewhere the partition runs say
+//! they were skipped when partitions cannot be made.
+
+/// Whether partitions can be made here (root with iptables).
+fn partitions_possible() -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let iptables = Command::new("iptables")
+        .args(["-w", "-L", "OUTPUT", "-n"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !(root && iptables) {
+        assert!(
+            std::env::var("CAIRN_REQUIRE_PARTITIONS").is_err(),
+            "partitions are required here but need root and iptables"
+        );
+        println!("partitions need root and iptables; skipped");
+    }
+    root && iptables
+}
 
 use std::process::Command;
 
-fn chaos(workload: &str, seed: u64, base_port: u16, planted: Option<&str>) -> (bool, String) {
+fn chaos(
+    workload: &str,
+    seed: u64,
+    base_port: u16,
+    planted: Option<&str>,
+    faults: &str,
+) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
     cmd.args([
@@ -17,6 +47,7 @@ fn chaos(workload: &str, seed: u64, base_port: u16, planted: Option<&str>) -> (b
         "8s",
     ])
     .args(["--base-port", &base_port.to_string()])
+    .args(["--faults", faults])
     .arg("--data-dir")
     .arg(dir.path().join("chaos"))
     .env_remove("CAIRN_PLANTED_BUG")
@@ -36,7 +67,7 @@ fn chaos(workload: &str, seed: u64, base_port: u16, planted: Option<&str>) -> (b
 
 #[test]
 fn set_workload_under_kills_and_pauses_passes() {
-    let (ok, out) = chaos("set", 1, 18000, None);
+    let (ok, out) = chaos("set", 1, 18000, None, "kill,pause");
     assert!(ok && out.contains("verdict: PASS"), "{out}");
     assert!(
         out.contains("kill -9") || out.contains("SIGSTOP"),
@@ -46,7 +77,7 @@ fn set_workload_under_kills_and_pauses_passes() {
 
 #[test]
 fn register_workload_under_kills_and_pauses_passes() {
-    let (ok, out) = chaos("register", 2, 18010, None);
+    let (ok, out) = chaos("register", 2, 18010, None, "kill,pause");
     assert!(ok && out.contains("verdict: PASS"), "{out}");
 }
 
@@ -55,7 +86,7 @@ fn planted_stale_reads_are_caught() {
     if !cfg!(debug_assertions) {
         return; // release builds ignore planted bugs
     }
-    let (ok, out) = chaos("register", 5, 18020, Some("stale-reads"));
+    let (ok, out) = chaos("register", 5, 18020, Some("stale-reads"), "kill,pause");
     assert!(!ok && out.contains("verdict: FAIL"), "{out}");
     assert!(!out.contains("non-linearizable keys []"), "{out}");
 }
@@ -69,7 +100,7 @@ fn planted_ack_before_commit_is_caught() {
     // some short schedules have no such moment, so try a few seeds until one catches it.
     let mut outputs = Vec::new();
     for seed in [4, 3, 6] {
-        let (ok, out) = chaos("set", seed, 18030, Some("ack-before-commit"));
+        let (ok, out) = chaos("set", seed, 18030, Some("ack-before-commit"), "kill,pause");
         if !ok && out.contains("verdict: FAIL") && !out.contains("lost []") {
             return;
         }
@@ -83,7 +114,20 @@ fn planted_ack_before_commit_is_caught() {
 
 #[test]
 fn bank_workload_with_forwarded_transactions_passes() {
-    let (ok, out) = chaos("bank", 7, 18040, None);
+    let (ok, out) = chaos("bank", 7, 18040, None, "kill,pause");
     assert!(ok && out.contains("verdict: PASS"), "{out}");
     assert!(out.contains("0 reads saw a wrong total"), "{out}");
+}
+
+#[test]
+fn bank_and_register_workloads_under_partitions_pass() {
+    if !partitions_possible() {
+        return;
+    }
+    let (ok, out) = chaos("bank", 3, 18050, None, "partition");
+    assert!(ok && out.contains("verdict: PASS"), "{out}");
+    assert!(out.contains("partition: "), "no partition was made: {out}");
+    assert!(out.contains("0 reads saw a wrong total"), "{out}");
+    let (ok, out) = chaos("register", 4, 18060, None, "kill,pause,partition");
+    assert!(ok && out.contains("verdict: PASS"), "{out}");
 }

@@ -1,6 +1,7 @@
 //! `cairn chaos`: start a local cluster of real `cairn` processes, run a client workload
 //! while a nemesis drawn from the seed kills (SIGKILL), restarts, pauses (SIGSTOP) and
-//! resumes nodes, heal, wait for the replicas to converge, then check the history.
+//! resumes nodes and partitions the network between them (`firewall`), heal, wait for the
+//! replicas to converge, then check the history.
 //!
 //! Workloads: `set` (unique inserts: every acknowledged insert present at the end, nothing
 //! never attempted present) and `register` (reads, writes and compare-and-set on a few keys;
@@ -44,6 +45,21 @@ pub struct ChaosArgs {
     /// First port used (pgwire ports from here, HTTP +100, cluster +200).
     #[arg(long, default_value_t = 18000)]
     pub base_port: u16,
+    /// Fault kinds the nemesis draws from, comma-separated: kill, pause, partition.
+    /// Partitions need root and `iptables`; without them the default leaves them out.
+    #[arg(long, value_delimiter = ',')]
+    pub faults: Vec<FaultKind>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FaultKind {
+    /// kill -9 a node (the leader or a random one), restart it after a while.
+    Kill,
+    /// SIGSTOP a node (the leader or a random one), SIGCONT after a while.
+    Pause,
+    /// Cut the network: isolate the leader, split off a random minority, or cut one pair of
+    /// nodes (a bridge: the others still reach both).
+    Partition,
 }
 
 /// Registers in the register workload: few keys, so operations on each overlap.
@@ -263,8 +279,25 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         "chaos: workload {:?}, seed {}, {} nodes, {:?}",
         args.workload, args.seed, args.nodes, args.duration
     );
+    let mut firewall = None;
+    let mut kinds = args.faults.clone();
+    if kinds.is_empty() {
+        kinds = vec![FaultKind::Kill, FaultKind::Pause, FaultKind::Partition];
+        if let Err(e) = super::firewall::Firewall::new(args.base_port).map(|f| firewall = Some(f)) {
+            println!("partitions left out: {e:#}");
+            kinds.pop();
+        }
+    } else if kinds.contains(&FaultKind::Partition) {
+        firewall = Some(
+            super::firewall::Firewall::new(args.base_port)
+                .context("partitions need root and iptables")?,
+        );
+    }
+    kinds.dedup();
+    println!("faults: {kinds:?}");
     let mut cluster =
         super::local::LocalCluster::start(args.nodes, &args.data_dir, args.base_port)?;
+    let ips: Vec<std::net::IpAddr> = cluster.nodes.iter().map(|n| n.cluster.ip()).collect();
     let first = cluster.nodes[0].cluster;
     let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
     let setup = connect(&urls[0]).await.context("connecting to n1")?;
@@ -334,35 +367,76 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     let mut faults = Vec::new();
     while start.elapsed() + Duration::from_secs(3) < args.duration {
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
-        let kind = rng.random_range(0..4);
-        let target = match kind {
-            0 | 2 => cluster.leader().unwrap_or(0),
-            _ => rng.random_range(0..args.nodes),
+        let kind = kinds[rng.random_range(0..kinds.len())];
+        let on_leader = rng.random_bool(0.5);
+        let target = if on_leader {
+            cluster.leader().unwrap_or(0)
+        } else {
+            rng.random_range(0..args.nodes)
         };
+        let who = if on_leader { "leader" } else { "random" };
         let hold = Duration::from_millis(rng.random_range(300..1500));
         let at = start.elapsed();
         match kind {
-            0 | 1 => {
+            FaultKind::Kill => {
                 cluster.nodes[target].kill9().await;
                 tokio::time::sleep(hold).await;
                 let join = (target != 0).then_some(first);
                 tokio::task::block_in_place(|| cluster.nodes[target].spawn(join))?;
                 faults.push(format!(
-                    "{:>7.2}s kill -9 n{} ({}), restarted after {hold:?}",
+                    "{:>7.2}s kill -9 n{} ({who}), restarted after {hold:?}",
                     at.as_secs_f64(),
                     target + 1,
-                    if kind == 0 { "leader" } else { "random" }
                 ));
             }
-            _ => {
+            FaultKind::Pause => {
                 cluster.nodes[target].pause();
                 tokio::time::sleep(hold).await;
                 cluster.nodes[target].resume();
                 faults.push(format!(
-                    "{:>7.2}s SIGSTOP n{} ({}), resumed after {hold:?}",
+                    "{:>7.2}s SIGSTOP n{} ({who}), resumed after {hold:?}",
                     at.as_secs_f64(),
                     target + 1,
-                    if kind == 2 { "leader" } else { "random" }
+                ));
+            }
+            FaultKind::Partition => {
+                let fw = firewall.as_mut().expect("partitions only with a firewall");
+                // Long enough for elections on the majority side.
+                let hold = hold * 3;
+                let shape = rng.random_range(0..3);
+                let description = match shape {
+                    0 => {
+                        fw.split(&[ips[target]], &ips)?;
+                        format!("isolated n{} ({who})", target + 1)
+                    }
+                    1 => {
+                        let mut order: Vec<usize> = (0..args.nodes).collect();
+                        for k in (1..order.len()).rev() {
+                            order.swap(k, rng.random_range(0..=k));
+                        }
+                        let minority: Vec<usize> = order[..(args.nodes - 1) / 2].to_vec();
+                        let side: Vec<std::net::IpAddr> =
+                            minority.iter().map(|&k| ips[k]).collect();
+                        fw.split(&side, &ips)?;
+                        let names: Vec<String> =
+                            minority.iter().map(|k| format!("n{}", k + 1)).collect();
+                        format!("split minority {{{}}} from the rest", names.join(","))
+                    }
+                    _ => {
+                        let other = (target + 1 + rng.random_range(0..args.nodes - 1)) % args.nodes;
+                        fw.cut(ips[target], ips[other])?;
+                        format!(
+                            "cut n{} ({who}) from n{} only (the rest bridge them)",
+                            target + 1,
+                            other + 1
+                        )
+                    }
+                };
+                tokio::time::sleep(hold).await;
+                fw.heal()?;
+                faults.push(format!(
+                    "{:>7.2}s partition: {description}, healed after {hold:?}",
+                    at.as_secs_f64()
                 ));
             }
         }
@@ -376,6 +450,9 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     // Heal and converge.
     for n in cluster.nodes.iter_mut() {
         n.resume();
+    }
+    if let Some(fw) = firewall.as_mut() {
+        fw.heal()?;
     }
     let (converged, states) =
         tokio::task::block_in_place(|| cluster.converge(Duration::from_secs(60)))?;

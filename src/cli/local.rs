@@ -1,4 +1,4 @@
-//! A cluster of `cairn start` child processes on 127.0.0.1, for the harnesses that kill,
+//! A cluster of `cairn start` child processes on loopback, for the harnesses that kill,
 //! pause and restart nodes (`cairn bench failover`, `cairn chaos`).
 
 use anyhow::{bail, Context};
@@ -108,7 +108,16 @@ impl LocalCluster {
     /// Start `n` nodes with data under `dir` (emptied first) on ports from `base_port`.
     pub fn start(n: usize, dir: &std::path::Path, base_port: u16) -> anyhow::Result<LocalCluster> {
         let _ = std::fs::remove_dir_all(dir);
-        let addr = |i: usize| -> SocketAddr { ([127, 0, 0, 1], base_port + i as u16).into() };
+        // On Linux every 127.x address is local: each node gets its own, so a partition can
+        // tell nodes apart (see `firewall`).
+        let ip = |i: usize| -> [u8; 4] {
+            if cfg!(target_os = "linux") {
+                [127, 0, 0, 11 + (i % 100) as u8]
+            } else {
+                [127, 0, 0, 1]
+            }
+        };
+        let addr = |i: usize| -> SocketAddr { (ip(i % 100), base_port + i as u16).into() };
         let mut nodes: Vec<LocalNode> = (0..n)
             .map(|i| LocalNode {
                 pg: addr(i),

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod chaos;
 pub mod dev;
+pub mod firewall;
 pub mod local;
 
 use crate::node::{Node, NodeConfig};

@@ -208,12 +208,32 @@ pub trait Dialer: Send + Sync + 'static {
 }
 
 /// Dials peers over TCP, without Nagle's delay (calls are small and latency-bound).
-pub struct TcpDialer;
+///
+/// With a `source` address on loopback, connections to loopback peers leave from it
+/// (instead of 127.0.0.1): nodes sharing a machine on distinct 127.x addresses are then told
+/// apart by address, so a firewall rule can cut one pair of nodes (the chaos harness's
+/// partitions).
+pub struct TcpDialer {
+    pub source: Option<std::net::IpAddr>,
+}
 
 #[async_trait::async_trait]
 impl Dialer for TcpDialer {
     async fn dial(&self, addr: &str) -> std::io::Result<Box<dyn Stream>> {
-        let stream = TcpStream::connect(addr).await?;
+        let target = tokio::net::lookup_host(addr)
+            .await?
+            .next()
+            .ok_or_else(|| std::io::Error::other(format!("no address for {addr}")))?;
+        let stream = match self.source {
+            Some(source @ std::net::IpAddr::V4(v4))
+                if v4.is_loopback() && target.ip().is_loopback() && target.is_ipv4() =>
+            {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(std::net::SocketAddr::new(source, 0))?;
+                socket.connect(target).await?
+            }
+            _ => TcpStream::connect(target).await?,
+        };
         let _ = stream.set_nodelay(true);
         Ok(Box::new(stream))
     }
@@ -229,9 +249,9 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client that dials peers over TCP.
-    pub fn new() -> Arc<Client> {
-        Client::with_dialer(Arc::new(TcpDialer))
+    /// A client that dials peers over TCP, from `source` where it can (see [`TcpDialer`]).
+    pub fn new(source: Option<std::net::IpAddr>) -> Arc<Client> {
+        Client::with_dialer(Arc::new(TcpDialer { source }))
     }
 
     /// A client that opens its connections with `dialer`.
