@@ -245,6 +245,11 @@ fn classify_sqlite_message(message: &str) -> &'static str {
         sqlstate::DIVISION_BY_ZERO
     } else if message.contains("integer overflow") || message.contains("out of range") {
         sqlstate::NUMERIC_VALUE_OUT_OF_RANGE
+    } else if message.contains("CHECK constraint failed") {
+        // ALTER TABLE ADD COLUMN checks existing rows and reports a plain error.
+        sqlstate::CHECK_VIOLATION
+    } else if message.contains("NOT NULL constraint failed") {
+        sqlstate::NOT_NULL_VIOLATION
     } else {
         sqlstate::INTERNAL_ERROR
     }

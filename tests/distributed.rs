@@ -637,8 +637,15 @@ async fn ddl_refused_by_one_shard_is_undone_on_all() {
     )
     .await
     .unwrap();
-    // Two rows with the same v, on one shard (same key hash range): a unique index fails
-    // there only, after other shards may have built it.
+    // A unique index on a hash table must include its distribution column (each shard
+    // checks only its own rows).
+    let e = c
+        .batch_execute("CREATE UNIQUE INDEX d_v ON d (v)")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "0A000", "{e:?}");
+    // Only k=1's shard has a row with v >= 15: a new column whose CHECK fails for such rows
+    // fails there only, after other shards may have added it.
     let shard_of = |plan: &Rows| {
         plan[0][0]
             .clone()
@@ -660,20 +667,22 @@ async fn ddl_refused_by_one_shard_is_undone_on_all() {
     c.execute("UPDATE d SET v = 10 WHERE k = $1", &[&twin])
         .await
         .unwrap();
+    c.batch_execute("UPDATE d SET v = 1; UPDATE d SET v = 20 WHERE k = 1")
+        .await
+        .unwrap();
     let e = c
-        .batch_execute("CREATE UNIQUE INDEX d_v ON d (v)")
+        .batch_execute("ALTER TABLE d ADD COLUMN w integer DEFAULT 5 CHECK (v < 15)")
         .await
         .unwrap_err();
-    assert_eq!(e.code().unwrap().code(), "23505", "{e:?}");
-    // Undone everywhere: duplicates are accepted on every shard, and the name is free.
-    for k in [2, 3, 4, 5, 6, 7, 8] {
-        c.execute("UPDATE d SET v = 10 WHERE k = $1", &[&k])
-            .await
-            .unwrap();
-    }
-    c.batch_execute("CREATE INDEX d_v ON d (v)").await.unwrap();
+    assert_eq!(e.code().unwrap().code(), "23514", "{e:?}");
+    // Undone everywhere: the column is on no shard, and the name is free.
+    let e = c.simple_query("SELECT w FROM d").await.unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "42703", "{e:?}");
+    c.batch_execute("ALTER TABLE d ADD COLUMN w integer DEFAULT 1")
+        .await
+        .unwrap();
     let n: i64 = c
-        .query_one("SELECT count(*) FROM d WHERE v = 10", &[])
+        .query_one("SELECT sum(w) FROM d", &[])
         .await
         .unwrap()
         .get(0);

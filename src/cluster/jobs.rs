@@ -3,7 +3,8 @@
 //! sees it; its SQL runs at most once per shard (`StatementKind::DdlOnce`), so the
 //! coordinator and the placement driver (which adopts jobs whose coordinator went away) may
 //! both drive it. A shard refusing the SQL with a SQL error aborts the job: its undo runs on
-//! every shard and the catalog takes the abort path.
+//! every shard where a step of it ran (`StatementKind::DdlUndo`) and the catalog takes the
+//! abort path.
 
 use super::Cluster;
 use crate::catalog::{meta, Change, Job};
@@ -42,7 +43,10 @@ impl Cluster {
             let stmt = Statement {
                 sql: step.sql.clone(),
                 params: Vec::new(),
-                kind: StatementKind::DdlOnce(job.undo_id(i)),
+                kind: StatementKind::DdlUndo {
+                    id: job.undo_id(i),
+                    job: job.id,
+                },
                 refs: Vec::new(),
             };
             self.write(step.shard, stmt).await?;

@@ -89,6 +89,9 @@ pub enum StatementKind {
     Ddl,
     /// Schema change of DDL job `id`: runs only if the job has not run on this replica yet.
     DdlOnce(u64),
+    /// Undo step `id` of DDL job `job`: runs once, and only where a step of the job ran (a
+    /// shard that refused the change, or never got it, has nothing to undo).
+    DdlUndo { id: u64, job: u64 },
     /// Prepare only, to report the result columns; nothing runs.
     Describe,
     /// A client's `SAVEPOINT`, `ROLLBACK TO` or `RELEASE` inside its transaction, run as
@@ -813,6 +816,30 @@ impl<'c> Speculative<'c> {
                         conn,
                         format!("{};INSERT INTO _cairn_ddl (id) VALUES ({job});", stmt.sql),
                     ),
+                }
+            }
+            StatementKind::DdlUndo { id, job } => {
+                let first = (job << 16) as i64;
+                let ran: Option<i64> = conn
+                    .query_row(
+                        "SELECT id FROM _cairn_ddl WHERE id BETWEEN ?1 AND ?2 LIMIT 1",
+                        [first, first | 0xffff],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let undone: Option<i64> = conn
+                    .query_row(
+                        "SELECT id FROM _cairn_ddl WHERE id = ?1",
+                        [id as i64],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                match (ran, undone) {
+                    (Some(_), None) => self.ddl(
+                        conn,
+                        format!("{};INSERT INTO _cairn_ddl (id) VALUES ({id});", stmt.sql),
+                    ),
+                    _ => Ok(Rows::default()),
                 }
             }
         };
