@@ -52,6 +52,10 @@ pub const CONNECTIONS_MAX: usize = 1_024;
 /// when there is no quorum.
 pub const LEADER_WAIT: Duration = Duration::from_secs(5);
 
+/// A single statement writing several shards (an implicit transaction) that loses a lock
+/// conflict is retried by the server for this long before the client sees SQLSTATE 40001.
+pub const IMPLICIT_TXN_RETRY_FOR: Duration = Duration::from_secs(10);
+
 /// An HTTP transaction (`POST /v1/txn`) idle this long is rolled back, unless the client
 /// asked for another timeout; at most `HTTP_TXN_TIMEOUT_MAX` (below the writer's own
 /// idle-in-transaction timeout).

@@ -94,8 +94,13 @@ async fn acknowledged_writes_survive_kill_9() {
         println!("cycle {cycle}: killed after {delay} ms; acknowledged so far: {singles} rows, {groups} transactions");
         next_id += 10_000_000;
         node = ProcessNode::spawn(dir.path(), pg, http);
-        let c = common::connect(pg).await;
-        let rows = c.query("SELECT id, grp FROM w", &[]).await.unwrap();
+        let mut c = common::connect(pg).await;
+        // Read in a transaction: one consistent view of every shard (a statement outside
+        // one reads each shard at its own moment, and may see one part of a cross-shard
+        // commit whose other part is still being resolved after the restart).
+        let tx = c.transaction().await.unwrap();
+        let rows = tx.query("SELECT id, grp FROM w", &[]).await.unwrap();
+        tx.commit().await.unwrap();
         let present: BTreeSet<i64> = rows.iter().map(|r| r.get(0)).collect();
         let missing: Vec<i64> = acked
             .lock()

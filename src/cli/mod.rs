@@ -38,8 +38,14 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// Point reads and updates on a key-value table, over pgwire (Cairn or PostgreSQL).
+    /// Point reads and updates of keys: over pgwire (Cairn or PostgreSQL), or etcd.
     Kv(bench::KvArgs),
+    /// Append-only inserts (pgwire).
+    Insert(bench::InsertArgs),
+    /// Range aggregates over a loaded table (pgwire).
+    Scan(bench::ScanArgs),
+    /// Tables and plots from the JSON results of several runs (scripts/bench-compare).
+    Report(bench::report::ReportArgs),
     /// Kill -9 the leader of a local 3-node cluster repeatedly; time until writes resume.
     Failover(bench::FailoverArgs),
 }
@@ -137,6 +143,16 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Print a bench run's report (failed operations are counted in it; a wrong answer has
+/// already stopped the run with an error); a run where nothing succeeded fails.
+fn finish(report: bench::Report) -> anyhow::Result<()> {
+    report.print();
+    if report.ops == 0 {
+        anyhow::bail!("no operation succeeded ({} failed)", report.errors);
+    }
+    Ok(())
+}
+
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging();
@@ -154,23 +170,13 @@ pub fn main() -> anyhow::Result<()> {
                     anyhow::bail!("anomalies found (see above)")
                 }
             }
-            Command::Bench(BenchCommand::Kv(args)) => {
-                let what = format!(
-                    "kv clients={} read-ratio={} scan-ratio={} value-bytes={} keys={}{}",
-                    args.clients,
-                    args.read_ratio,
-                    args.scan_ratio,
-                    args.value_bytes,
-                    args.keys,
-                    args.shards
-                        .map(|n| format!(" shards={n}"))
-                        .unwrap_or_default()
-                );
-                let report = bench::kv(args).await?;
-                report.print(&what);
-                if report.errors > 0 {
-                    anyhow::bail!("{} operations failed or read wrong values", report.errors);
-                }
+            Command::Bench(BenchCommand::Kv(args)) => finish(bench::kv(args).await?),
+            Command::Bench(BenchCommand::Insert(args)) => finish(bench::insert(args).await?),
+            Command::Bench(BenchCommand::Scan(args)) => finish(bench::scan(args).await?),
+            Command::Bench(BenchCommand::Report(args)) => {
+                let md = bench::report::report(&args)?;
+                println!("{md}");
+                eprintln!("wrote {}", args.out.join("compare.md").display());
                 Ok(())
             }
             Command::Bench(BenchCommand::Failover(args)) => {

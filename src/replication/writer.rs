@@ -398,7 +398,6 @@ async fn decision_on(cx: &Context, txn: u64, coordinator: ShardId) -> Result<boo
     }
 }
 
-/// Resolve every prepared part in the replica (a new leader inherits them).
 /// Drop the staged parts of commits a previous leader did not finish.
 async fn drop_staged(cx: &Context) -> Result<()> {
     let rows = cx
@@ -415,6 +414,7 @@ async fn drop_staged(cx: &Context) -> Result<()> {
     Ok(())
 }
 
+/// Resolve every prepared part in the replica (a new leader inherits them).
 async fn resolve_prepared(cx: &Context) -> Result<()> {
     let rows = cx
         .replica
@@ -440,12 +440,33 @@ async fn resolve_prepared(cx: &Context) -> Result<()> {
 async fn run(cx: Context, mut rx: mpsc::Receiver<Request>) {
     let mut ready_term = None;
     let mut next: Option<Request> = None;
+    let mut metrics = cx.raft.metrics();
     loop {
         let first = match next.take() {
             Some(r) => r,
-            None => match rx.recv().await {
-                Some(r) => r,
-                None => return,
+            None => tokio::select! {
+                r = rx.recv() => match r {
+                    Some(r) => r,
+                    None => return,
+                },
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    // Leading a new term: get ready now, not at the first write, so the
+                    // prepared parts a previous leader left are resolved promptly (readers
+                    // outside transactions would otherwise see them unapplied for long).
+                    let (leader, term) = {
+                        let m = metrics.borrow_and_update();
+                        (m.current_leader, m.current_term)
+                    };
+                    if leader == Some(cx.node.0) && ready_term != Some(term) {
+                        if let Err(e) = ensure_ready(&cx, &mut ready_term).await {
+                            tracing::debug!(shard = %cx.replica.shard, error = %e, "not ready yet as leader");
+                        }
+                    }
+                    continue;
+                }
             },
         };
         match first {

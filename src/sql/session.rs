@@ -880,20 +880,38 @@ impl Session {
                     _ => false,
                 };
                 if several && self.txn.is_none() {
-                    self.txn = Some(OpenTxn::new());
-                    let result = self.run_plan(&plan, &params).await;
-                    let txn = self.txn.take().expect("opened above");
-                    let rows = match result {
-                        Ok(rows) => {
-                            self.commit(txn).await?;
-                            rows
+                    // Lost a lock conflict (wait-die) before anything was prepared: nothing
+                    // happened, so retry — keeping the first attempt's age, so the statement
+                    // soon is the oldest and waits instead of dying again.
+                    let started = Instant::now();
+                    let mut priority = None;
+                    let mut pause = std::time::Duration::from_millis(1);
+                    loop {
+                        let mut txn = OpenTxn::new();
+                        txn.priority = *priority.get_or_insert(txn.priority);
+                        self.txn = Some(txn);
+                        let result = self.run_plan(&plan, &params).await;
+                        let txn = self.txn.take().expect("opened above");
+                        match result {
+                            Ok(rows) => {
+                                self.commit(txn).await?;
+                                return Ok(self.output(t, rows));
+                            }
+                            Err(e)
+                                if e.code() == sqlstate::SERIALIZATION_FAILURE
+                                    && started.elapsed() < limits::IMPLICIT_TXN_RETRY_FOR =>
+                            {
+                                self.abandon(txn).await;
+                                let jitter = rand::random::<u64>() % (pause.as_micros() as u64 + 1);
+                                tokio::time::sleep(std::time::Duration::from_micros(jitter)).await;
+                                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                            }
+                            Err(e) => {
+                                self.abandon(txn).await;
+                                return Err(e);
+                            }
                         }
-                        Err(e) => {
-                            self.abandon(txn).await;
-                            return Err(e);
-                        }
-                    };
-                    return Ok(self.output(t, rows));
+                    }
                 }
                 let rows = self.run_plan(&plan, &params).await?;
                 Ok(self.output(t, rows))
