@@ -63,8 +63,9 @@ pub async fn kv(args: &KvArgs, hosts: Vec<String>) -> anyhow::Result<Report> {
         args.keys, args.value_bytes
     );
     let (keys, bytes) = (args.keys, args.value_bytes);
+    let first = if args.skip_load { keys } else { 0 };
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        for k in 0..keys {
+        for k in first..keys {
             loader.put(k, &value(k, 0, bytes))?;
             if k % 500 == 0 {
                 eprint!("\r  {k}/{keys}");

@@ -86,6 +86,9 @@ pub struct KvArgs {
     /// table is then named `cairn_bench_kv_<N>`.
     #[arg(long)]
     pub shards: Option<u32>,
+    /// The keys were loaded by an earlier run with the same --keys and --value-bytes.
+    #[arg(long)]
+    pub skip_load: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -457,14 +460,16 @@ pub async fn kv(args: KvArgs) -> anyhow::Result<Report> {
             "CREATE TABLE IF NOT EXISTS {table} (k bigint PRIMARY KEY, v text NOT NULL){with}"
         ))
         .await?;
+    let loaded_keys = if args.skip_load { args.keys } else { 0 };
     eprintln!(
         "loading {} keys of {} bytes...",
-        args.keys, args.value_bytes
+        args.keys - loaded_keys,
+        args.value_bytes
     );
     let load = setup
         .prepare(&format!("INSERT INTO {table} (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = excluded.v"))
         .await?;
-    let mut loaded = 0u64;
+    let mut loaded = loaded_keys;
     while loaded < args.keys {
         let end = (loaded + 500).min(args.keys);
         let tx = setup.transaction().await?;
