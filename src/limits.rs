@@ -75,10 +75,11 @@ pub const TXN_CHANGES_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// of about this size (a single larger entry goes alone).
 pub const ENTRY_BYTES_TARGET: usize = 1024 * 1024;
 
-/// A connection to a peer with calls pending and no answer at all for this long is closed
-/// and dialled again (the peer restarted, or the path broke without a reset). Heartbeats
-/// keep a healthy connection answering many times a second.
-pub const CLUSTER_STALL: Duration = Duration::from_secs(3);
+/// A session holding a transaction on another node's shard leader tells it so this often;
+/// the leader ends a forwarded transaction it has not heard of for `REMOTE_TXN_SILENCE`
+/// (the session's node died or was cut off), freeing the shard's writer.
+pub const REMOTE_TXN_KEEPALIVE: Duration = Duration::from_secs(1);
+pub const REMOTE_TXN_SILENCE: Duration = Duration::from_secs(5);
 
 /// Largest message between nodes. Raft batches entries up to openraft's
 /// `max_payload_entries`, and snapshot chunks are `snapshot_max_chunk_size` (3 MiB); a frame

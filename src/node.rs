@@ -315,16 +315,32 @@ struct NodeRpc {
     next_txn: AtomicU64,
 }
 
-/// Drop forwarded transactions nobody has used for the idle limit (their writer was
-/// released by the writer's own idle timeout; this frees the map entry).
+/// End forwarded transactions whose session node has fallen silent (no statement and no
+/// keepalive for `REMOTE_TXN_SILENCE`: it died, or a partition cut it off): dropping the
+/// last handle rolls the transaction back — or, once prepared, resolves it by the recorded
+/// decision — and frees the shard's writer for everyone else.
 async fn sweep_transactions(rpc: Arc<NodeRpc>) {
     loop {
-        tokio::time::sleep(limits::IDLE_IN_TRANSACTION_TIMEOUT / 4).await;
-        let cutoff = limits::IDLE_IN_TRANSACTION_TIMEOUT * 2;
-        rpc.txns
-            .lock()
-            .expect("txn map lock poisoned")
-            .retain(|_, (_, used)| used.elapsed() < cutoff);
+        tokio::time::sleep(limits::REMOTE_TXN_SILENCE / 4).await;
+        let gone: Vec<SharedTxn> = {
+            let mut txns = rpc.txns.lock().expect("txn map lock poisoned");
+            let silent: Vec<u64> = txns
+                .iter()
+                .filter(|(_, (_, used))| used.elapsed() > limits::REMOTE_TXN_SILENCE)
+                .map(|(id, _)| *id)
+                .collect();
+            silent
+                .iter()
+                .filter_map(|id| txns.remove(id))
+                .map(|(t, _)| t)
+                .collect()
+        };
+        for t in gone {
+            if let Some(txn) = t.lock().await.take() {
+                tracing::info!("ending a forwarded transaction whose session node fell silent");
+                drop(txn);
+            }
+        }
     }
 }
 
@@ -466,6 +482,7 @@ impl Handler for NodeRpc {
                 }
                 Response::Append(result)
             }
+            Request::Ping => Response::Done(Ok(())),
             Request::Vote { shard, rpc } => {
                 let Some(group) = self.group(shard) else {
                     return Response::Done(Err(no_such_shard()));
@@ -594,6 +611,10 @@ impl Handler for NodeRpc {
                     Err(e) => Response::Txn(Err(e.into())),
                 }
             }
+            Request::TxnKeepAlive { txn } => match self.txn(txn) {
+                Some(_) => Response::Done(Ok(())),
+                None => Response::Done(Err(gone_txn())),
+            },
             Request::TxnCollect { txn } => match self.txn(txn) {
                 None => Response::Flag(Err(gone_txn())),
                 Some(t) => match t.lock().await.as_ref() {

@@ -862,6 +862,7 @@ impl Handler for HostRpc {
                     Err(e) => Err(WireError::Unavailable(e.to_string())),
                 })
             }
+            Request::Ping => Response::Done(Ok(())),
             other => Response::Done(Err(WireError::Internal(format!(
                 "not simulated: {other:?}"
             )))),

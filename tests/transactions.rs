@@ -506,3 +506,60 @@ async fn transactions_larger_than_a_raft_entry_commit_and_replicate() {
     }
     tokio::task::block_in_place(|| cluster.assert_converged());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_session_node_does_not_keep_a_shard_locked() {
+    let cluster = tokio::task::block_in_place(|| Cluster::start(3, &[]));
+    let c = client(cluster.nodes[0].pg).await;
+    c.batch_execute(
+        "CREATE TABLE kept (id bigint PRIMARY KEY, v bigint NOT NULL) WITH (shard_count = 1);
+         INSERT INTO kept VALUES (1, 0), (2, 0)",
+    )
+    .await
+    .unwrap();
+    let plan = c
+        .simple_query("EXPLAIN SELECT * FROM kept WHERE id = 1")
+        .await
+        .unwrap();
+    let shard = plan
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let leader = tokio::task::block_in_place(|| cluster.leader_of(&shard));
+    // The session runs on a node that does not lead the shard: its lease is forwarded.
+    let session_node = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let mut held = client(cluster.nodes[session_node].pg).await;
+    let tx = held.transaction().await.unwrap();
+    tx.execute("UPDATE kept SET v = v + 1 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    // The session's node falls silent (as if cut off) while holding the shard's writer.
+    cluster.nodes[session_node].signal("-STOP");
+    // Others get the shard back once the leader stops hearing from it (well before the
+    // 60 s idle-in-transaction limit, and before their own write would time out).
+    let writer = client(cluster.nodes[other].pg).await;
+    let started = Instant::now();
+    let n = writer
+        .execute("UPDATE kept SET v = 100 WHERE id = 2", &[])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    println!("shard free again after {:?}", started.elapsed());
+    cluster.nodes[session_node].signal("-CONT");
+    // The silent transaction was rolled back: its commit fails and its write is gone.
+    let e = tx.commit().await.unwrap_err();
+    println!("the silent session's commit: {e:?}");
+    let row = writer
+        .query_one("SELECT v FROM kept WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 0);
+}

@@ -34,10 +34,45 @@ pub struct RemoteTxn {
     txn: u64,
     client: Arc<crate::replication::transport::Client>,
     ended: bool,
+    /// Tells the leader every `REMOTE_TXN_KEEPALIVE` that this session is still here.
+    keepalive: tokio::task::JoinHandle<()>,
+}
+
+impl RemoteTxn {
+    fn new(
+        addr: String,
+        txn: u64,
+        client: Arc<crate::replication::transport::Client>,
+    ) -> RemoteTxn {
+        let (a, c) = (addr.clone(), client.clone());
+        let keepalive = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(limits::REMOTE_TXN_KEEPALIVE).await;
+                let answer = c
+                    .call(
+                        &a,
+                        Request::TxnKeepAlive { txn },
+                        limits::REMOTE_TXN_KEEPALIVE,
+                    )
+                    .await;
+                if let Ok(Response::Done(Err(_))) = answer {
+                    return; // the leader ended it; the next statement will say so
+                }
+            }
+        });
+        RemoteTxn {
+            addr,
+            txn,
+            client,
+            ended: false,
+            keepalive,
+        }
+    }
 }
 
 impl Drop for RemoteTxn {
     fn drop(&mut self) {
+        self.keepalive.abort();
         if self.ended {
             return;
         }
@@ -298,14 +333,7 @@ impl Cluster {
             |addr| async move {
                 match self.call(&addr, Request::Begin { shard, priority }).await? {
                     Response::Txn(r) => r
-                        .map(|txn| {
-                            Lease::Remote(RemoteTxn {
-                                addr,
-                                txn,
-                                client: self.client.clone(),
-                                ended: false,
-                            })
-                        })
+                        .map(|txn| Lease::Remote(RemoteTxn::new(addr, txn, self.client.clone())))
                         .map_err(Into::into),
                     _ => Err(unexpected()),
                 }

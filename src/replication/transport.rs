@@ -33,6 +33,8 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
+    /// Are you there? Answered at once with `Done(Ok)`.
+    Ping,
     Append {
         shard: ShardId,
         rpc: AppendEntriesRequest<TypeConfig>,
@@ -92,6 +94,11 @@ pub enum Request {
     TxnResolve {
         txn: u64,
         commit: bool,
+    },
+    /// From the node whose session holds forwarded transaction `txn`: still here. A
+    /// forwarded transaction not heard of for `REMOTE_TXN_SILENCE` is ended by the leader.
+    TxnKeepAlive {
+        txn: u64,
     },
     /// To a shard's leader: the decision on transaction `id`, recording `commit` unless one
     /// is recorded.
@@ -318,21 +325,15 @@ async fn run_connection(addr: String, dialer: Arc<dyn Dialer>, mut calls: mpsc::
             }
         };
     let (mut sink, mut stream) = Framed::new(stream, codec()).split();
-    // Pending calls by id, with when they were sent (ms since the connection opened).
-    let pending: Arc<Mutex<HashMap<u64, (Reply, u64)>>> = Arc::default();
-    let opened = tokio::time::Instant::now();
-    let now_ms = move || opened.elapsed().as_millis() as u64;
-    // When the peer last answered anything (ms since the connection opened).
-    let last_answer = Arc::new(AtomicU64::new(0));
+    let pending: Arc<Mutex<HashMap<u64, Reply>>> = Arc::default();
     let next = AtomicU64::new(1);
-    let (reader_pending, reader_last) = (pending.clone(), last_answer.clone());
+    let reader_pending = pending.clone();
     let mut reader = tokio::spawn(async move {
         while let Some(Ok(frame)) = stream.next().await {
-            reader_last.store(now_ms(), Ordering::Relaxed);
             let Ok((id, response)) = postcard::from_bytes::<(u64, Response)>(&frame) else {
                 return;
             };
-            if let Some((reply, _)) = reader_pending
+            if let Some(reply) = reader_pending
                 .lock()
                 .expect("pending lock poisoned")
                 .remove(&id)
@@ -342,29 +343,8 @@ async fn run_connection(addr: String, dialer: Arc<dyn Dialer>, mut calls: mpsc::
         }
     });
     let mut batch = Vec::new();
-    let mut check = tokio::time::interval(limits::CLUSTER_STALL / 4);
     loop {
         tokio::select! {
-            _ = check.tick() => {
-                // A connection the peer stopped answering (it restarted, or the path broke
-                // without a reset) would otherwise take calls forever: if the oldest pending
-                // call has waited past the stall limit with no answer since, drop it and let
-                // the next call dial again.
-                let oldest = pending
-                    .lock()
-                    .expect("pending lock poisoned")
-                    .values()
-                    .map(|(_, sent)| *sent)
-                    .min();
-                if let Some(sent) = oldest {
-                    let stalled = now_ms().saturating_sub(sent)
-                        > limits::CLUSTER_STALL.as_millis() as u64;
-                    if stalled && last_answer.load(Ordering::Relaxed) < sent {
-                        tracing::debug!(%addr, "cluster connection stalled; closing it");
-                        break;
-                    }
-                }
-            }
             n = calls.recv_many(&mut batch, limits::CLUSTER_BATCH_MAX) => {
                 if n == 0 {
                     break;
@@ -375,10 +355,7 @@ async fn run_connection(addr: String, dialer: Arc<dyn Dialer>, mut calls: mpsc::
                 for (request, reply) in batch.drain(..) {
                     let id = next.fetch_add(1, Ordering::Relaxed);
                     let Ok(bytes) = postcard::to_stdvec(&(id, &request)) else { continue };
-                    pending
-                        .lock()
-                        .expect("pending lock poisoned")
-                        .insert(id, (reply, now_ms()));
+                    pending.lock().expect("pending lock poisoned").insert(id, reply);
                     if sink.feed(Bytes::from(bytes)).await.is_err() {
                         failed = true;
                         break;
@@ -392,8 +369,6 @@ async fn run_connection(addr: String, dialer: Arc<dyn Dialer>, mut calls: mpsc::
         }
     }
     reader.abort();
-    // Stop taking calls; the ones pending get no answer (their callers time out).
-    calls.close();
 }
 
 /// Accept peers' connections and answer their calls with `handler`.
