@@ -324,11 +324,23 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        Ok(lock(&self.disk.log)
-            .entries
-            .range(range)
-            .map(|(_, e)| e.clone())
-            .collect())
+        // As the real log store: only entries continuing from the range's start (a purge may
+        // have removed its start meanwhile; openraft would send the rest as if contiguous).
+        let mut expected = match range.start_bound() {
+            std::ops::Bound::Included(i) => Some(*i),
+            std::ops::Bound::Excluded(i) => Some(i + 1),
+            std::ops::Bound::Unbounded => None,
+        };
+        let log = lock(&self.disk.log);
+        let mut entries = Vec::new();
+        for (_, e) in log.entries.range(range) {
+            if expected.is_some_and(|i| e.log_id.index != i) {
+                break;
+            }
+            expected = Some(e.log_id.index + 1);
+            entries.push(e.clone());
+        }
+        Ok(entries)
     }
 }
 

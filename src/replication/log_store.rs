@@ -172,10 +172,24 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
             Bound::Unbounded => Bound::Unbounded,
         };
+        // Only entries that continue from the start of the range without a gap: openraft
+        // sends what it gets after `prev_log_id` as if it started right after it, so entries
+        // from further on (the start was purged meanwhile by a snapshot) would make a
+        // malformed append. An empty answer makes it try again (and find the purge).
+        let mut expected = match range.start_bound() {
+            Bound::Included(i) => Some(*i),
+            Bound::Excluded(i) => Some(i + 1),
+            Bound::Unbounded => None,
+        };
         let mut entries = Vec::new();
         for guard in self.log.range((start, end)) {
             let (_, value) = guard.into_inner().map_err(read_err)?;
-            entries.push(postcard::from_bytes(&value).map_err(read_err)?);
+            let entry: Entry = postcard::from_bytes(&value).map_err(read_err)?;
+            if expected.is_some_and(|i| entry.log_id.index != i) {
+                break;
+            }
+            expected = Some(entry.log_id.index + 1);
+            entries.push(entry);
         }
         Ok(entries)
     }
