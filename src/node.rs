@@ -203,7 +203,9 @@ impl Node {
         let handler = Arc::new(NodeRpc {
             cluster: cluster.clone(),
             txns: Mutex::new(HashMap::new()),
-            next_txn: AtomicU64::new(1),
+            // Ids must not repeat across restarts: a session elsewhere may still hold an id
+            // from before a crash, and must find its transaction gone, not another's.
+            next_txn: AtomicU64::new(rand::random::<u64>() >> 2),
         });
         let mut servers = vec![tokio::spawn(transport::serve(listener, handler.clone()))];
         if !identity.joined {
