@@ -55,7 +55,11 @@ async fn bench_reports_speed_only_for_right_answers() {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(report["ops"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(report["workload"], "kv");
-    for (workload, extra) in [("insert", "--batch=3"), ("scan", "--rows=300")] {
+    for (workload, extra) in [
+        ("insert", "--batch=3"),
+        ("scan", "--rows=300"),
+        ("news", "--reads=2000"),
+    ] {
         let (ok, out) = tokio::task::block_in_place(|| {
             bench(&[
                 workload,
@@ -137,6 +141,7 @@ fn bench_compare_runs_end_to_end_at_a_tiny_scale() {
         "### `kv`",
         "### `insert`",
         "### `scan`",
+        "### `news`",
         "| cairn |",
         "| postgresql |",
         "| etcd |",

@@ -44,6 +44,8 @@ pub enum BenchCommand {
     Insert(bench::InsertArgs),
     /// Range aggregates over a loaded table (pgwire).
     Scan(bench::ScanArgs),
+    /// The news platform's queries over its generated data set, checked (pgwire).
+    News(bench::news::NewsArgs),
     /// Tables and plots from the JSON results of several runs (scripts/bench-compare).
     Report(bench::report::ReportArgs),
     /// Kill -9 the leader of a local 3-node cluster repeatedly; time until writes resume.
@@ -173,6 +175,7 @@ pub fn main() -> anyhow::Result<()> {
             Command::Bench(BenchCommand::Kv(args)) => finish(bench::kv(args).await?),
             Command::Bench(BenchCommand::Insert(args)) => finish(bench::insert(args).await?),
             Command::Bench(BenchCommand::Scan(args)) => finish(bench::scan(args).await?),
+            Command::Bench(BenchCommand::News(args)) => finish(bench::news::news(args).await?),
             Command::Bench(BenchCommand::Report(args)) => {
                 let md = bench::report::report(&args)?;
                 println!("{md}");

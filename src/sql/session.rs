@@ -761,12 +761,17 @@ impl Session {
                 Ok(Output::command("SET", TxnEvent::None))
             }
             Kind::Show { name } => {
-                let value = self.setting(&name.to_lowercase()).ok_or_else(|| {
-                    Error::sql(
-                        sqlstate::UNDEFINED_OBJECT,
-                        format!("unrecognized configuration parameter \"{name}\""),
-                    )
-                })?;
+                // `SHOW a.b` arrives as the words `a b`; `SHOW TIME ZONE` as `time zone`.
+                let lower = name.to_lowercase();
+                let value = self
+                    .setting(&lower)
+                    .or_else(|| self.setting(&lower.replace(' ', ".")))
+                    .ok_or_else(|| {
+                        Error::sql(
+                            sqlstate::UNDEFINED_OBJECT,
+                            format!("unrecognized configuration parameter \"{name}\""),
+                        )
+                    })?;
                 Ok(Output {
                     fields: vec![Field {
                         name: name.clone(),

@@ -6,6 +6,7 @@
 //! reporting a speed.
 
 mod etcd;
+pub mod news;
 pub mod report;
 mod zipf;
 

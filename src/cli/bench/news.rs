@@ -1,0 +1,171 @@
+//! The news-platform workload: the data set and queries of `examples/news` (users and their
+//! reads partitioned by region, articles by category, a reference table of read counts,
+//! popularity rankings), loaded once through COPY; then each operation runs one of the
+//! platform's queries, chosen at random, and checks its rows against what the generated data
+//! implies. Against PostgreSQL the schema drops Cairn's placement options.
+
+#[path = "../../../examples/news/data.rs"]
+mod data;
+
+use super::{drive, wrong, Common, Report, Worker};
+use rand::rngs::StdRng;
+use rand::Rng;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct NewsArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long, default_value_t = 1000)]
+    pub users: u32,
+    #[arg(long, default_value_t = 300)]
+    pub articles: u32,
+    #[arg(long, default_value_t = 20_000)]
+    pub reads: u32,
+    /// The data set was loaded by an earlier run with the same sizes.
+    #[arg(long)]
+    pub skip_load: bool,
+}
+
+/// Remove every `WITH (...)` whose text contains `needle` (all of them if `needle` is
+/// empty).
+fn strip_with(sql: &str, needle: &str) -> String {
+    let mut out = sql.to_string();
+    let mut from = 0;
+    while let Some(i) = out[from..].find("WITH (").map(|i| from + i) {
+        let Some(len) = out[i..].find(')') else { break };
+        if out[i..i + len].contains(needle) {
+            out.replace_range(i..=i + len, "");
+        } else {
+            from = i + len;
+        }
+    }
+    out
+}
+
+/// The schema's statements for this server: zones never (the bench places nothing by
+/// region), Cairn's co-location and reference tables only on Cairn.
+fn schema(cairn: bool) -> Vec<String> {
+    data::SCHEMA
+        .split(';')
+        .map(|s| {
+            s.lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .filter(|s| cairn || !s.starts_with("SELECT create_reference_table"))
+        .map(|s| {
+            if cairn {
+                return strip_with(&s, "zones");
+            }
+            // A table co-located with a list-partitioned one shares its partitions on
+            // Cairn; PostgreSQL would need them declared: keep it whole instead.
+            let colocated = s.contains("colocate_with");
+            let mut s = strip_with(&s, "");
+            if colocated {
+                if let Some(i) = s.find("PARTITION BY LIST") {
+                    s.truncate(i);
+                }
+            }
+            s
+        })
+        .collect()
+}
+
+pub async fn news(args: NewsArgs) -> anyhow::Result<Report> {
+    let scale = data::Scale {
+        users: args.users,
+        articles: args.articles,
+        reads: args.reads,
+        seed: args.common.seed,
+    };
+    let d = data::generate(scale);
+    let setup = super::connect(&args.common.url).await?;
+    if !args.skip_load {
+        let version: String = setup.query_one("SELECT version()", &[]).await?.get(0);
+        let cairn = version.contains("Cairn");
+        eprintln!("loading the news data set ({} reads)...", args.reads);
+        for stmt in schema(cairn) {
+            setup.batch_execute(&stmt).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "{stmt}: {}",
+                    e.as_db_error()
+                        .map_or(e.to_string(), |d| d.message().to_string())
+                )
+            })?;
+        }
+        use futures::SinkExt;
+        for (table, rows) in data::copy_data(&d) {
+            let sink = setup
+                .copy_in(&format!("COPY {table} FROM STDIN"))
+                .await
+                .map_err(|e| anyhow::anyhow!("COPY {table}: {e:?}"))?;
+            futures::pin_mut!(sink);
+            for chunk in rows.as_bytes().chunks(64 * 1024) {
+                sink.send(bytes::Bytes::copy_from_slice(chunk)).await?;
+            }
+            sink.finish().await?;
+        }
+    }
+    let checks = Arc::new(data::checks(&d));
+    let mut workers = Vec::new();
+    for _ in 0..args.common.clients {
+        workers.push(News {
+            client: super::connect(&args.common.url).await?,
+            checks: checks.clone(),
+        });
+    }
+    let params = format!(
+        "users={} articles={} reads={}",
+        args.users, args.articles, args.reads
+    );
+    drive(&args.common, "news", params, workers).await
+}
+
+struct News {
+    client: tokio_postgres::Client,
+    checks: Arc<Vec<data::Check>>,
+}
+
+#[async_trait::async_trait]
+impl Worker for News {
+    async fn op(&mut self, rng: &mut StdRng) -> anyhow::Result<bool> {
+        let check = &self.checks[rng.random_range(0..self.checks.len())];
+        match data::rows(&self.client, &check.sql).await {
+            Ok(rows) if rows == check.expected => Ok(true),
+            Ok(rows) => Err(wrong(format!(
+                "news query \"{}\" returned {rows:?}, expected {:?}",
+                check.what, check.expected
+            ))),
+            Err(_) => Ok(false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_for_postgresql_has_no_cairn_options() {
+        let pg = schema(false).join(";\n");
+        assert!(
+            !pg.contains("zones") && !pg.contains("colocate_with"),
+            "{pg}"
+        );
+        assert!(!pg.contains("create_reference_table"));
+        assert!(pg.contains("PARTITION OF users FOR VALUES IN ('Beijing')"));
+        assert!(
+            !pg.contains("PRIMARY KEY (region, id)\n)  PARTITION BY"),
+            "{pg}"
+        );
+        let cairn = schema(true).join(";\n");
+        assert!(
+            !cairn.contains("zones") && cairn.contains("colocate_with"),
+            "{cairn}"
+        );
+    }
+}
