@@ -22,7 +22,10 @@ pub struct NewsArgs {
     pub articles: u32,
     #[arg(long, default_value_t = 20_000)]
     pub reads: u32,
-    /// The data set was loaded by an earlier run with the same sizes.
+    /// Seed of the generated data set (the clients' choices follow --seed).
+    #[arg(long, default_value_t = 1)]
+    pub data_seed: u64,
+    /// The data set was loaded by an earlier run with the same sizes and data seed.
     #[arg(long)]
     pub skip_load: bool,
 }
@@ -80,7 +83,7 @@ pub async fn news(args: NewsArgs) -> anyhow::Result<Report> {
         users: args.users,
         articles: args.articles,
         reads: args.reads,
-        seed: args.common.seed,
+        seed: args.data_seed,
     };
     let d = data::generate(scale);
     let setup = super::connect(&args.common.url).await?;
