@@ -243,18 +243,37 @@ pub fn copy_data(d: &Dataset) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The schema's statements, comments left out.
+pub fn schema_statements() -> Vec<String> {
+    SCHEMA
+        .split(';')
+        .map(|stmt| {
+            stmt.lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n")
+                .trim()
+                .to_string()
+        })
+        .filter(|sql| !sql.is_empty())
+        .collect()
+}
+
 /// Create the schema and load `d` through COPY.
 pub async fn load(c: &tokio_postgres::Client, d: &Dataset) -> Result<(), tokio_postgres::Error> {
+    load_with(c, d, &schema_statements()).await
+}
+
+/// Run `schema` (the schema's statements, perhaps adapted to the server), then load `d`
+/// through COPY.
+pub async fn load_with(
+    c: &tokio_postgres::Client,
+    d: &Dataset,
+    schema: &[String],
+) -> Result<(), tokio_postgres::Error> {
     use futures::SinkExt;
-    for stmt in SCHEMA.split(';') {
-        let sql: String = stmt
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("--"))
-            .collect::<Vec<_>>()
-            .join("\n");
-        if !sql.trim().is_empty() {
-            c.batch_execute(&sql).await?;
-        }
+    for sql in schema {
+        c.batch_execute(sql).await?;
     }
     for (table, data) in copy_data(d) {
         let sink = c.copy_in(&format!("COPY {table} FROM STDIN")).await?;

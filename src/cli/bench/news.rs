@@ -49,16 +49,8 @@ fn strip_with(sql: &str, needle: &str) -> String {
 /// The schema's statements for this server: zones never (the bench places nothing by
 /// region), Cairn's co-location and reference tables only on Cairn.
 fn schema(cairn: bool) -> Vec<String> {
-    data::SCHEMA
-        .split(';')
-        .map(|s| {
-            s.lines()
-                .filter(|l| !l.trim_start().starts_with("--"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+    data::schema_statements()
+        .into_iter()
         .filter(|s| cairn || !s.starts_with("SELECT create_reference_table"))
         .map(|s| {
             if cairn {
@@ -91,27 +83,9 @@ pub async fn news(args: NewsArgs) -> anyhow::Result<Report> {
         let version: String = setup.query_one("SELECT version()", &[]).await?.get(0);
         let cairn = version.contains("Cairn");
         eprintln!("loading the news data set ({} reads)...", args.reads);
-        for stmt in schema(cairn) {
-            setup.batch_execute(&stmt).await.map_err(|e| {
-                anyhow::anyhow!(
-                    "{stmt}: {}",
-                    e.as_db_error()
-                        .map_or(e.to_string(), |d| d.message().to_string())
-                )
-            })?;
-        }
-        use futures::SinkExt;
-        for (table, rows) in data::copy_data(&d) {
-            let sink = setup
-                .copy_in(&format!("COPY {table} FROM STDIN"))
-                .await
-                .map_err(|e| anyhow::anyhow!("COPY {table}: {e:?}"))?;
-            futures::pin_mut!(sink);
-            for chunk in rows.as_bytes().chunks(64 * 1024) {
-                sink.send(bytes::Bytes::copy_from_slice(chunk)).await?;
-            }
-            sink.finish().await?;
-        }
+        data::load_with(&setup, &d, &schema(cairn))
+            .await
+            .map_err(|e| anyhow::anyhow!("loading the news data set: {e:?}"))?;
     }
     let checks = Arc::new(data::checks(&d));
     let mut workers = Vec::new();
