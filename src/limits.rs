@@ -101,6 +101,10 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Calls (or answers) written to a peer connection in one flush.
 pub const CLUSTER_BATCH_MAX: usize = 64;
 
+/// How long adding a replica waits for it to catch up as a learner before giving up (and
+/// freeing the node's one-at-a-time membership lock for the next change).
+pub const LEARNER_CATCH_UP_WAIT: Duration = Duration::from_secs(20);
+
 /// How often the placement driver (on the meta leader) compares the catalog with reality.
 pub const PLACEMENT_INTERVAL: Duration = Duration::from_millis(500);
 

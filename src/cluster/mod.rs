@@ -280,16 +280,29 @@ impl Cluster {
         }
         tracing::info!(shard = %group.shard, node = %NodeId(id), addr = %node.cluster_addr, "adding replica");
         let not_leader = |e: &dyn std::fmt::Display| Error::Unavailable(format!("{e}"));
-        raft.add_learner(id, node, true)
-            .await
-            .map_err(|e| match e {
-                openraft::error::RaftError::APIError(
-                    openraft::error::ClientWriteError::ForwardToLeader(f),
-                ) => Error::NotLeader {
-                    leader: f.leader_id.map(NodeId),
-                },
-                other => not_leader(&other),
-            })?;
+        // A learner that never catches up (it died, or cannot be reached) must not hold the
+        // membership lock forever: every later join through this node would wait behind it.
+        tokio::time::timeout(
+            limits::LEARNER_CATCH_UP_WAIT,
+            raft.add_learner(id, node, true),
+        )
+        .await
+        .map_err(|_| {
+            Error::Unavailable(format!(
+                "{} did not catch up with {} within {:?}",
+                NodeId(id),
+                group.shard,
+                limits::LEARNER_CATCH_UP_WAIT
+            ))
+        })?
+        .map_err(|e| match e {
+            openraft::error::RaftError::APIError(
+                openraft::error::ClientWriteError::ForwardToLeader(f),
+            ) => Error::NotLeader {
+                leader: f.leader_id.map(NodeId),
+            },
+            other => not_leader(&other),
+        })?;
         raft.change_membership(
             openraft::ChangeMembers::AddVoterIds(BTreeSet::from([id])),
             false,

@@ -68,9 +68,24 @@ pub async fn connect(pg: SocketAddr) -> tokio_postgres::Client {
     client
 }
 
+/// A port for a node to listen on, from below the kernel's ephemeral range (32768 and up):
+/// a port the OS hands out (`bind(:0)`) can be taken as the source port of any outgoing
+/// connection before the node binds it, and the node then fails to start. Ports are never
+/// handed out twice within a test binary.
 pub fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SPAN, "no free port left below the ephemeral range");
+        let port = LOW + (start + n) % SPAN;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            return l.local_addr().expect("addr");
+        }
+    }
 }
 
 /// A `cairn start` process, for tests that kill, pause and restart it.
@@ -144,8 +159,15 @@ impl ProcessNode {
         }
         self.child = cmd.spawn().expect("spawn cairn");
         let http = self.http;
+        let child = &mut self.child;
         wait_for(
-            || http_get(http, "/health").is_some_and(|b| b.contains("\"status\":\"ok\"")),
+            || {
+                // A node that exits has said why on stderr; stop waiting for it.
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("cairn on {http} exited while starting: {status}");
+                }
+                http_get(http, "/health").is_some_and(|b| b.contains("\"status\":\"ok\""))
+            },
             Duration::from_secs(60),
             "node ready",
         );
