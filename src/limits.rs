@@ -95,6 +95,15 @@ pub const CLUSTER_INFLIGHT_MAX: usize = 256;
 /// Connecting to a peer gives up after this long (the peer is then unreachable).
 pub const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// A peer connection with calls pending and nothing heard for `CLUSTER_PROBE_AFTER` sends
+/// the peer a ping; if neither the ping nor anything else is answered within
+/// `CLUSTER_PEER_SILENCE`, the path is taken as broken (a partition drops packets without a
+/// reset; a paused process answers nothing): the connection closes, its pending calls fail
+/// at once instead of waiting out their timeouts, and the next call dials again. A slow call
+/// alone never closes a connection: the ping is answered beside it.
+pub const CLUSTER_PROBE_AFTER: Duration = Duration::from_secs(1);
+pub const CLUSTER_PEER_SILENCE: Duration = Duration::from_secs(3);
+
 /// A forwarded statement or transaction call waits this long for the leader's answer.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -358,10 +358,12 @@ async fn replicas(State(Api { engine, .. }): State<Api>) -> Result<Json<Json_>, 
     let mut replicas = Vec::new();
     for group in engine.cluster.groups() {
         let (applied, checksum) = group.replica.checksum().await?;
+        let prepared = group.replica.prepared_count().await?;
         replicas.push(json!({
             "shard": group.shard.to_string(),
             "applied_index": applied,
             "checksum": format!("{checksum:016x}"),
+            "prepared": prepared,
         }));
     }
     Ok(Json(

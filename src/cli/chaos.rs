@@ -110,10 +110,19 @@ async fn bank_op(
             // Inside a transaction: it holds every shard it reads, so it cannot see one
             // side of a transfer without the other (a statement outside one reads each
             // shard at its own moment).
+            // What a transaction read counts only if it commits: COMMIT is where a part
+            // that only read confirms it was read from a current leader.
             c.batch_execute("BEGIN").await?;
-            let total = c.query_one("SELECT sum(bal) FROM chaos_bank", &[]).await;
-            let _ = c.batch_execute("COMMIT").await;
-            Ok(Some(total?.get(0)))
+            match c.query_one("SELECT sum(bal) FROM chaos_bank", &[]).await {
+                Ok(row) => {
+                    c.batch_execute("COMMIT").await?;
+                    Ok(Some(row.get(0)))
+                }
+                Err(e) => {
+                    let _ = c.batch_execute("ROLLBACK").await;
+                    Err(e)
+                }
+            }
         }
     }
 }
@@ -477,9 +486,9 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     println!(
         "convergence: {}",
         if converged {
-            "all replicas equal at the same applied index"
+            "all replicas equal at the same applied index, no prepared part left"
         } else {
-            "DIVERGED"
+            "FAILED (replicas differ, or prepared parts were left unresolved)"
         }
     );
     if !converged {

@@ -36,8 +36,18 @@ impl LocalNode {
         if let Some(j) = join {
             cmd.args(["--join", &j.to_string()]);
         }
+        // Each node's log goes next to its data dir (`n1.log`, appended across restarts), so
+        // a failing or slow run can be read afterwards.
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
+        let log_path = self.dir.with_extension("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
         cmd.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .kill_on_drop(true);
         let mut child = cmd.spawn().context("starting cairn")?;
         super::dev::wait_ready(
@@ -156,11 +166,14 @@ impl LocalCluster {
 
     /// Wait until every node reports the same applied index for every replica, then return
     /// whether their checksums agree (and the per-node states, for the report).
+    /// Wait until every shard's replicas are at the same applied index and no prepared part
+    /// of a two-phase commit is left anywhere; then whether their checksums agree (false
+    /// also if prepared parts are still unresolved at the limit), with each node's state.
     pub fn converge(&self, limit: Duration) -> anyhow::Result<(bool, Vec<String>)> {
         let deadline = Instant::now() + limit;
         loop {
-            // Per node: shard → (applied index, checksum).
-            type Replicas = std::collections::BTreeMap<String, (u64, String)>;
+            // Per node: shard → (applied index, checksum, unresolved prepared parts).
+            type Replicas = std::collections::BTreeMap<String, (u64, String, u64)>;
             let states: Option<Vec<Replicas>> = self
                 .nodes
                 .iter()
@@ -176,6 +189,7 @@ impl LocalCluster {
                                 (
                                     r["applied_index"].as_u64()?,
                                     r["checksum"].as_str()?.to_string(),
+                                    r["prepared"].as_u64()?,
                                 ),
                             ))
                         })
@@ -186,22 +200,28 @@ impl LocalCluster {
                 // Every shard held by several nodes: same index everywhere, then same sum.
                 let shards: std::collections::BTreeSet<&String> =
                     states.iter().flat_map(|s| s.keys()).collect();
-                let copies = |shard: &String| -> Vec<&(u64, String)> {
+                let copies = |shard: &String| -> Vec<&(u64, String, u64)> {
                     states.iter().filter_map(|s| s.get(shard)).collect()
                 };
                 let indexes_equal = shards
                     .iter()
                     .all(|sh| copies(sh).windows(2).all(|w| w[0].0 == w[1].0));
-                if indexes_equal {
+                let unresolved: u64 = states.iter().flat_map(|s| s.values()).map(|r| r.2).sum();
+                if indexes_equal && (unresolved == 0 || Instant::now() > deadline) {
                     let sums_equal = shards
                         .iter()
                         .all(|sh| copies(sh).windows(2).all(|w| w[0].1 == w[1].1));
-                    let report = states
+                    let mut report: Vec<String> = states
                         .iter()
                         .enumerate()
                         .map(|(i, s)| format!("n{}: {s:?}", i + 1))
                         .collect();
-                    return Ok((sums_equal, report));
+                    if unresolved > 0 {
+                        report.push(format!(
+                            "{unresolved} prepared parts (summed over replicas) still unresolved after {limit:?}"
+                        ));
+                    }
+                    return Ok((sums_equal && unresolved == 0, report));
                 }
             }
             if Instant::now() > deadline {

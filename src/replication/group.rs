@@ -181,14 +181,7 @@ impl ShardGroup {
     /// The read index on this node, which must lead: leadership confirmed by a quorum, and
     /// the replica caught up with everything committed before the call.
     pub async fn read_index(&self) -> Result<u64> {
-        let log_id = self.raft.ensure_linearizable().await.map_err(|e| match e {
-            openraft::error::RaftError::APIError(
-                openraft::error::CheckIsLeaderError::ForwardToLeader(f),
-            ) => Error::NotLeader {
-                leader: f.leader_id.map(NodeId),
-            },
-            other => Error::Unavailable(other.to_string()),
-        })?;
+        let log_id = confirm_leader(&self.raft).await?;
         Ok(log_id.map(|l| l.index).unwrap_or(0))
     }
 
@@ -263,17 +256,23 @@ impl ReadBarrier {
             return Ok(());
         }
         let upto = self.arrived.load(SeqCst);
-        raft.ensure_linearizable().await.map_err(|e| match e {
-            openraft::error::RaftError::APIError(
-                openraft::error::CheckIsLeaderError::ForwardToLeader(f),
-            ) => Error::NotLeader {
-                leader: f.leader_id.map(NodeId),
-            },
-            other => Error::Unavailable(other.to_string()),
-        })?;
+        confirm_leader(raft).await?;
         *confirmed = upto;
         Ok(())
     }
+}
+
+/// Confirm with a quorum that this node leads the group, and wait until the replica has
+/// applied everything committed before the call; the log id it caught up to.
+pub async fn confirm_leader(raft: &Raft) -> Result<Option<super::LogId>> {
+    raft.ensure_linearizable().await.map_err(|e| match e {
+        openraft::error::RaftError::APIError(
+            openraft::error::CheckIsLeaderError::ForwardToLeader(f),
+        ) => Error::NotLeader {
+            leader: f.leader_id.map(NodeId),
+        },
+        other => Error::Unavailable(other.to_string()),
+    })
 }
 
 /// The group's leader, waiting up to `limit` for an election in progress.

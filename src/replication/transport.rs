@@ -327,9 +327,14 @@ async fn run_connection(addr: String, dialer: Arc<dyn Dialer>, mut calls: mpsc::
     let (mut sink, mut stream) = Framed::new(stream, codec()).split();
     let pending: Arc<Mutex<HashMap<u64, Reply>>> = Arc::default();
     let next = AtomicU64::new(1);
-    let reader_pending = pending.clone();
+    // When the peer last sent anything, in ms since the connection opened.
+    let opened = tokio::time::Instant::now();
+    let now_ms = move || opened.elapsed().as_millis() as u64;
+    let heard = Arc::new(AtomicU64::new(0));
+    let (reader_pending, reader_heard) = (pending.clone(), heard.clone());
     let mut reader = tokio::spawn(async move {
         while let Some(Ok(frame)) = stream.next().await {
+            reader_heard.store(now_ms(), Ordering::Relaxed);
             let Ok((id, response)) = postcard::from_bytes::<(u64, Response)>(&frame) else {
                 return;
             };
@@ -343,8 +348,35 @@ async fn run_connection(addr: String, dialer: Arc<dyn Dialer>, mut calls: mpsc::
         }
     });
     let mut batch = Vec::new();
+    let mut probe = tokio::time::interval(limits::CLUSTER_PROBE_AFTER / 2);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When the unanswered ping went out (ms since the connection opened).
+    let mut ping_sent: Option<u64> = None;
     loop {
         tokio::select! {
+            _ = probe.tick() => {
+                let (now, last) = (now_ms(), heard.load(Ordering::Relaxed));
+                if ping_sent.is_some_and(|sent| last >= sent) {
+                    ping_sent = None; // answered (or something else arrived since)
+                }
+                if let Some(sent) = ping_sent {
+                    if now.saturating_sub(sent) > limits::CLUSTER_PEER_SILENCE.as_millis() as u64 {
+                        tracing::info!(%addr, "peer silent with calls pending; closing the connection");
+                        break;
+                    }
+                    continue;
+                }
+                let waiting = !pending.lock().expect("pending lock poisoned").is_empty();
+                let quiet = now.saturating_sub(last) > limits::CLUSTER_PROBE_AFTER.as_millis() as u64;
+                if waiting && quiet {
+                    let id = next.fetch_add(1, Ordering::Relaxed);
+                    let Ok(bytes) = postcard::to_stdvec(&(id, &Request::Ping)) else { continue };
+                    if sink.send(Bytes::from(bytes)).await.is_err() {
+                        break;
+                    }
+                    ping_sent = Some(now);
+                }
+            }
             n = calls.recv_many(&mut batch, limits::CLUSTER_BATCH_MAX) => {
                 if n == 0 {
                     break;
@@ -369,6 +401,12 @@ async fn run_connection(addr: String, dialer: Arc<dyn Dialer>, mut calls: mpsc::
         }
     }
     reader.abort();
+    // Stop taking calls; those pending fail now (their reply senders drop with `pending`),
+    // those still queued were never sent, and the next call for this peer dials again.
+    calls.close();
+    while let Ok((_, reply)) = calls.try_recv() {
+        let _ = reply.send(Err(CallError::NotSent(addr.clone())));
+    }
 }
 
 /// Accept peers' connections and answer their calls with `handler`.

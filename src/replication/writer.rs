@@ -30,9 +30,8 @@ use crate::limits;
 use crate::storage::replica::{ReplicaHandle, Rows, Statement, StatementKind};
 use openraft::error::{ClientWriteError, RaftError};
 use rusqlite::types::Value;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// A transaction's standing in lock conflicts (wait-die): when it started (smaller is
 /// older) and whether it already holds another shard's writer. Only a transaction that
@@ -99,8 +98,8 @@ enum TxnCmd {
 pub struct Writer {
     tx: mpsc::Sender<Request>,
     /// Priority (start time, smaller = older) of the transaction holding the writer; 0 if
-    /// none.
-    holder: Arc<AtomicU64>,
+    /// none. Waiters watch it: the holder changes while they queue.
+    holder: watch::Receiver<u64>,
     decider: Arc<OnceLock<Arc<dyn Decider>>>,
 }
 
@@ -168,6 +167,13 @@ impl Transaction {
     }
 }
 
+fn older_holds() -> Error {
+    Error::sql(
+        sqlstate::SERIALIZATION_FAILURE,
+        "could not serialize access: an older transaction holds a shard this one needs; retry the transaction",
+    )
+}
+
 fn wait_timeout() -> Error {
     Error::Retry(format!(
         "timed out after {:?} waiting for the shard's writer (held by a long transaction)",
@@ -178,13 +184,13 @@ fn wait_timeout() -> Error {
 impl Writer {
     pub fn start(raft: Raft, replica: ReplicaHandle, node: NodeId) -> Writer {
         let (tx, rx) = mpsc::channel(limits::WRITER_QUEUE_MAX);
-        let holder = Arc::new(AtomicU64::new(0));
+        let (holder_tx, holder) = watch::channel(0u64);
         let decider: Arc<OnceLock<Arc<dyn Decider>>> = Arc::new(OnceLock::new());
         let context = Context {
             raft,
             replica,
             node,
-            holder: holder.clone(),
+            holder: holder_tx,
             decider: decider.clone(),
         };
         tokio::spawn(run(context, rx));
@@ -222,18 +228,46 @@ impl Writer {
 
     /// Take the writer for an interactive transaction. `priority` is the transaction's
     /// (see [`Priority`]); without one it counts as the youngest and never dies.
+    ///
+    /// Wait-die: a transaction holding another shard never waits for an older one. It is
+    /// checked on arrival and again whenever the writer changes hands while it queues — a
+    /// waiter that found a younger holder may otherwise end up behind an older transaction
+    /// queued before it, which may in turn wait for the waiter's shards (a cycle that only
+    /// the writer-wait timeout would break).
     pub async fn begin(&self, priority: Option<Priority>) -> Result<Transaction> {
-        if let Some(p) = priority {
-            let holder = self.holder.load(Ordering::SeqCst);
-            if p.holding && holder != 0 && p.started > holder {
-                return Err(Error::sql(
-                    sqlstate::SERIALIZATION_FAILURE,
-                    "could not serialize access: an older transaction holds a shard this one needs; retry the transaction",
-                ));
+        let Some(p) = priority else {
+            return self
+                .send(|reply| Request::Begin {
+                    priority: u64::MAX,
+                    reply,
+                })
+                .await;
+        };
+        let dies = |holder: u64| p.holding && holder != 0 && p.started > holder;
+        let mut holder = self.holder.clone();
+        if dies(*holder.borrow_and_update()) {
+            return Err(older_holds());
+        }
+        let wait = self.send(|reply| Request::Begin {
+            priority: p.started,
+            reply,
+        });
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut wait => return result,
+                changed = holder.changed(), if p.holding => {
+                    if changed.is_err() {
+                        return wait.await; // the writer stopped; the wait says so
+                    }
+                    if dies(*holder.borrow_and_update()) {
+                        // Dropping the wait withdraws the request (the writer skips it).
+                        return Err(older_holds());
+                    }
+                }
             }
         }
-        let priority = priority.map(|p| p.started).unwrap_or(u64::MAX);
-        self.send(|reply| Request::Begin { priority, reply }).await
     }
 
     /// Record `commit` as the decision on `txn` unless one is recorded; the decision in
@@ -256,7 +290,7 @@ struct Context {
     raft: Raft,
     replica: ReplicaHandle,
     node: NodeId,
-    holder: Arc<AtomicU64>,
+    holder: watch::Sender<u64>,
     decider: Arc<OnceLock<Arc<dyn Decider>>>,
 }
 
@@ -275,14 +309,7 @@ async fn ensure_ready(cx: &Context, ready_term: &mut Option<u64>) -> Result<()> 
         });
     }
     if *ready_term != Some(term) {
-        cx.raft.ensure_linearizable().await.map_err(|e| match e {
-            RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)) => {
-                Error::NotLeader {
-                    leader: f.leader_id.map(NodeId),
-                }
-            }
-            other => Error::Unavailable(other.to_string()),
-        })?;
+        super::group::confirm_leader(&cx.raft).await?;
         resolve_prepared(cx).await?;
         drop_staged(cx).await?;
         *ready_term = Some(term);
@@ -545,22 +572,15 @@ async fn run(cx: Context, mut rx: mpsc::Receiver<Request>) {
                 if reply.is_closed() {
                     continue;
                 }
+                // Always through the log, never "not here" from this replica: a leader
+                // that was deposed without knowing it would answer from a state that lacks
+                // the part (prepared under the new leader), and the part would stay
+                // unresolved. A committed Resolve follows the Prepare it resolves (the
+                // session asks only after its Prepare committed) and is a no-op if the part
+                // was resolved already.
                 let result = match ensure_ready(&cx, &mut ready_term).await {
                     Err(e) => Err(e),
-                    Ok(()) => {
-                        let prepared = cx
-                            .replica
-                            .read(internal_read(
-                                "SELECT txn FROM _cairn_prepared WHERE txn = ?1",
-                                vec![Value::Integer(txn as i64)],
-                            ))
-                            .await;
-                        match prepared {
-                            Ok(rows) if rows.rows.is_empty() => Ok(()),
-                            Ok(_) => propose(&cx.raft, vec![Op::Resolve { txn, commit }]).await,
-                            Err(e) => Err(e),
-                        }
-                    }
+                    Ok(()) => propose(&cx.raft, vec![Op::Resolve { txn, commit }]).await,
                 };
                 let _ = reply.send(result);
             }
@@ -572,9 +592,9 @@ async fn run(cx: Context, mut rx: mpsc::Receiver<Request>) {
                     let _ = reply.send(Err(e));
                     continue;
                 }
-                cx.holder.store(priority, Ordering::SeqCst);
-                run_transaction(&cx, reply).await;
-                cx.holder.store(0, Ordering::SeqCst);
+                cx.holder.send_replace(priority);
+                run_transaction(&cx, reply, ready_term.unwrap_or_default()).await;
+                cx.holder.send_replace(0);
             }
         }
     }
@@ -590,7 +610,31 @@ enum Stage {
     Prepared { txn: u64, coordinator: ShardId },
 }
 
-async fn run_transaction(cx: &Context, reply: oneshot::Sender<Result<Transaction>>) {
+/// The transaction's view is current only while this node leads in the term it began in:
+/// once another leader has committed entries, what it read and computed may be stale. A
+/// write's proposal in that term commits only if nothing else did; `check_term` catches a
+/// node that lost and regained leadership since (a new term) before it proposes.
+fn check_term(cx: &Context, began: u64) -> Result<()> {
+    let now = cx.raft.metrics().borrow().current_term;
+    if now == began {
+        Ok(())
+    } else {
+        Err(Error::Retry(format!(
+            "{}: the shard's leader changed during the transaction (term {began} to {now}); retry it",
+            cx.replica.shard
+        )))
+    }
+}
+
+/// A part that only read proposes nothing, so nothing else would notice a deposed leader
+/// that served it from a stale state: confirm with a quorum that this node still leads in
+/// the term the transaction began in (after the reads, so they were current then).
+async fn confirm_reads(cx: &Context, began: u64) -> Result<()> {
+    super::group::confirm_leader(&cx.raft).await?;
+    check_term(cx, began)
+}
+
+async fn run_transaction(cx: &Context, reply: oneshot::Sender<Result<Transaction>>, began: u64) {
     let replica = &cx.replica;
     if let Err(e) = replica.begin().await {
         let _ = reply.send(Err(e));
@@ -626,8 +670,11 @@ async fn run_transaction(cx: &Context, reply: oneshot::Sender<Result<Transaction
             }
             (TxnCmd::Commit(r), Stage::Open) => {
                 let result = match replica.finish().await {
-                    Ok(ops) if ops.is_empty() => Ok(()),
-                    Ok(ops) => propose_ops(&cx.raft, ops).await,
+                    Ok(ops) if ops.is_empty() => confirm_reads(cx, began).await,
+                    Ok(ops) => match check_term(cx, began) {
+                        Ok(()) => propose_ops(&cx.raft, ops).await,
+                        Err(e) => Err(e),
+                    },
                     Err(e) => Err(e),
                 };
                 let _ = r.send(result);
@@ -637,14 +684,27 @@ async fn run_transaction(cx: &Context, reply: oneshot::Sender<Result<Transaction
                 let result = if ops.is_empty() {
                     Ok(())
                 } else {
-                    propose_ops(&cx.raft, ops).await
+                    match check_term(cx, began) {
+                        Ok(()) => propose_ops(&cx.raft, ops).await,
+                        Err(e) => Err(e),
+                    }
                 };
                 let _ = r.send(result);
                 return;
             }
             (TxnCmd::Collect(r), Stage::Open) => match replica.finish().await {
+                Ok(ops) if ops.is_empty() => {
+                    // A part that only read: this is where its reads are confirmed.
+                    let confirmed = confirm_reads(cx, began).await;
+                    let ok = confirmed.is_ok();
+                    let _ = r.send(confirmed.map(|()| false));
+                    if !ok {
+                        return;
+                    }
+                    stage = Stage::Collected(ops);
+                }
                 Ok(ops) => {
-                    let _ = r.send(Ok(!ops.is_empty()));
+                    let _ = r.send(Ok(true));
                     stage = Stage::Collected(ops);
                 }
                 Err(e) => {
@@ -662,6 +722,10 @@ async fn run_transaction(cx: &Context, reply: oneshot::Sender<Result<Transaction
             ) => {
                 // A large part is staged under the transaction's id; the prepared part
                 // then holds only the op that applies the staged parts.
+                if let Err(e) = check_term(cx, began) {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
                 let prepared = match stage_large(&cx.raft, ops, txn).await {
                     Ok(Some(ops)) => {
                         propose(

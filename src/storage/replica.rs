@@ -662,6 +662,25 @@ impl ReplicaHandle {
         self.read_attached(stmt, Vec::new()).await
     }
 
+    /// Prepared parts of two-phase commits not yet resolved here (after faults heal, every
+    /// one is resolved by its session or by the shard's leader: a part left over is a bug).
+    pub async fn prepared_count(&self) -> Result<u64> {
+        let rows = self
+            .read(Statement {
+                sql: "SELECT count(*) FROM _cairn_prepared".into(),
+                params: Vec::new(),
+                kind: StatementKind::Dml,
+                refs: Vec::new(),
+            })
+            .await?;
+        match rows.rows.first().and_then(|r| r.first()) {
+            Some(rusqlite::types::Value::Integer(n)) => Ok(*n as u64),
+            other => Err(Error::internal(format!(
+                "counting prepared parts: {other:?}"
+            ))),
+        }
+    }
+
     /// Like [`ReplicaHandle::read`], with other replica files attached (read-only) under the
     /// given schema names for the statement: unqualified table names not found here are
     /// found there (reference tables joined inside a shard).
