@@ -239,6 +239,69 @@ async fn conflicting_transactions_get_a_retryable_error_not_a_hang() {
     assert_eq!(n, 0, "a multi-shard INSERT that failed left rows behind");
 }
 
+/// A waiter queued behind an older transaction must die (wait-die), not wait: the writer's
+/// queue is first come, first served, so a transaction that found a younger holder can end
+/// up behind an older one that then waits for it — a cycle only the writer-wait timeout
+/// broke (30 s), seen as a stalled cluster under partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_ends_up_behind_an_older_transaction_dies_instead_of_deadlocking() {
+    let node = common::TestNode::start().await;
+    setup(node.pg).await;
+    let probe = node.client().await;
+    // Three accounts on three different shards.
+    let mut picked: Vec<(i64, String)> = Vec::new();
+    for id in 0..ACCOUNTS {
+        let shard = shard_of(&probe, id).await;
+        if picked.iter().all(|(_, s)| *s != shard) {
+            picked.push((id, shard));
+        }
+    }
+    assert!(picked.len() >= 3, "accounts cover fewer than 3 shards");
+    let (x, y, z) = (picked[0].0, picked[1].0, picked[2].0);
+    let update = "UPDATE acct SET bal = bal + $2 WHERE id = $1";
+
+    // Oldest to youngest: old holds y's shard, mid holds z's, young holds x's.
+    let old = node.client().await;
+    old.batch_execute("BEGIN").await.unwrap();
+    old.execute(update, &[&y, &-1i64]).await.unwrap();
+    let mid = node.client().await;
+    mid.batch_execute("BEGIN").await.unwrap();
+    mid.execute(update, &[&z, &-1i64]).await.unwrap();
+    let young = node.client().await;
+    young.batch_execute("BEGIN").await.unwrap();
+    young.execute(update, &[&x, &0i64]).await.unwrap();
+
+    // old, then mid, queue for x's shard (both older than its holder, so both wait).
+    let old = Arc::new(old);
+    let old_wait = tokio::spawn({
+        let old = old.clone();
+        async move { old.execute(update, &[&x, &1i64]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mid_wait = tokio::spawn(async move {
+        let r = mid.execute(update, &[&x, &1i64]).await;
+        (mid, r)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // young leaves: old takes the writer, and mid — holding z's shard, younger than old —
+    // must die now instead of waiting behind old.
+    young.batch_execute("COMMIT").await.unwrap();
+    old_wait.await.unwrap().unwrap();
+    let (mid, r) = mid_wait.await.unwrap();
+    let e = r.unwrap_err();
+    assert_eq!(code(&e), "40001", "{e:?}");
+    let message = e.as_db_error().map(|d| d.message()).unwrap_or_default();
+    assert!(
+        message.contains("older transaction"),
+        "mid should have died when the older transaction took the writer, not timed out: {message}"
+    );
+    mid.batch_execute("ROLLBACK").await.unwrap();
+    // old now gets z's shard too and commits across all three.
+    old.execute(update, &[&z, &0i64]).await.unwrap();
+    old.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(total(&probe).await, ACCOUNTS * OPENING);
+}
+
 /// Balances of `x` and `y` read through `pg`, retrying while the cluster recovers.
 async fn balances(pg: SocketAddr, x: i64, y: i64) -> (i64, i64) {
     let deadline = Instant::now() + Duration::from_secs(60);
