@@ -279,7 +279,6 @@ impl Cluster {
             return Ok(());
         }
         tracing::info!(shard = %group.shard, node = %NodeId(id), addr = %node.cluster_addr, "adding replica");
-        let not_leader = |e: &dyn std::fmt::Display| Error::Unavailable(format!("{e}"));
         // A learner that never catches up (it died, or cannot be reached) must not hold the
         // membership lock forever: every later join through this node would wait behind it.
         tokio::time::timeout(
@@ -295,28 +294,28 @@ impl Cluster {
                 limits::LEARNER_CATCH_UP_WAIT
             ))
         })?
-        .map_err(|e| match e {
-            openraft::error::RaftError::APIError(
-                openraft::error::ClientWriteError::ForwardToLeader(f),
-            ) => Error::NotLeader {
-                leader: f.leader_id.map(NodeId),
-            },
-            other => not_leader(&other),
-        })?;
+        .map_err(membership_error)?;
         raft.change_membership(
             openraft::ChangeMembers::AddVoterIds(BTreeSet::from([id])),
             false,
         )
         .await
-        .map_err(|e| match e {
-            openraft::error::RaftError::APIError(
-                openraft::error::ClientWriteError::ForwardToLeader(f),
-            ) => Error::NotLeader {
-                leader: f.leader_id.map(NodeId),
-            },
-            other => not_leader(&other),
-        })?;
+        .map_err(membership_error)?;
         Ok(())
+    }
+}
+
+/// A refused membership change: NotLeader (with the leader, if known) or Unavailable.
+fn membership_error(
+    e: openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, NodeInfo>>,
+) -> Error {
+    match e {
+        openraft::error::RaftError::APIError(
+            openraft::error::ClientWriteError::ForwardToLeader(f),
+        ) => Error::NotLeader {
+            leader: f.leader_id.map(NodeId),
+        },
+        other => Error::Unavailable(other.to_string()),
     }
 }
 

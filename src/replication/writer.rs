@@ -15,8 +15,13 @@
 //! forever, and a decision once recorded is never contradicted.
 //!
 //! Lock waits: wait-die. A transaction that already holds another shard's writer and asks
-//! for one held by an older transaction gets a retryable error at once instead of waiting,
+//! for one held by an older transaction gets a retryable error at once instead of waiting
+//! — checked when it asks and again each time the writer changes hands while it queues —
 //! so transactions can never wait for each other in a cycle.
+//!
+//! A transaction's view is current only while this node leads in the term it began in: a
+//! part that writes checks the term before proposing, and a part that only read confirms
+//! leadership with a quorum when it ends (a deposed leader serves stale reads otherwise).
 //!
 //! Invariant: the writer never executes against a state that lacks its previous proposal — it
 //! waits for each proposal to be applied (openraft answers `client_write` after apply), and
