@@ -172,6 +172,12 @@ impl Transaction {
     }
 }
 
+/// The `holder` priority of a writer that is resolving prepared parts from their
+/// coordinators' records: older than any transaction. Recovery cannot die, and it may wait
+/// for a coordinator shard held by a transaction that itself waits for this shard; as the
+/// oldest, it makes that transaction die (wait-die) instead of both waiting out timeouts.
+const RECOVERY: u64 = 1;
+
 fn older_holds() -> Error {
     Error::sql(
         sqlstate::SERIALIZATION_FAILURE,
@@ -315,7 +321,12 @@ async fn ensure_ready(cx: &Context, ready_term: &mut Option<u64>) -> Result<()> 
     }
     if *ready_term != Some(term) {
         super::group::confirm_leader(&cx.raft).await?;
-        resolve_prepared(cx).await?;
+        // While it waits for other shards' decisions this writer counts as the oldest
+        // transaction: one holding a shard that such a decision needs must not wait for it.
+        cx.holder.send_replace(RECOVERY);
+        let resolved = resolve_prepared(cx).await;
+        cx.holder.send_replace(0);
+        resolved?;
         drop_staged(cx).await?;
         *ready_term = Some(term);
     }
@@ -836,6 +847,8 @@ async fn abandon(cx: &Context, stage: Stage) {
         }
         Stage::Collected(_) => {}
         Stage::Prepared { txn, coordinator } => loop {
+            // Waiting for the decision, the part counts as the oldest (see `RECOVERY`).
+            cx.holder.send_replace(RECOVERY);
             let outcome = match decision_on(cx, txn, coordinator).await {
                 Ok(commit) => propose(&cx.raft, vec![Op::Resolve { txn, commit }])
                     .await
