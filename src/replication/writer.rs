@@ -321,9 +321,6 @@ async fn ensure_ready(cx: &Context, ready_term: &mut Option<u64>) -> Result<()> 
     }
     if *ready_term != Some(term) {
         super::group::confirm_leader(&cx.raft).await?;
-        // While it waits for other shards' decisions this writer counts as the oldest
-        // transaction: one holding a shard that such a decision needs must not wait for it.
-        cx.holder.send_replace(RECOVERY);
         let resolved = resolve_prepared(cx).await;
         cx.holder.send_replace(0);
         resolved?;
@@ -466,6 +463,11 @@ async fn resolve_prepared(cx: &Context) -> Result<()> {
             Vec::new(),
         ))
         .await?;
+    if !rows.rows.is_empty() {
+        // While it waits for other shards' decisions this writer counts as the oldest
+        // transaction: one holding a shard that such a decision needs must not wait for it.
+        cx.holder.send_replace(RECOVERY);
+    }
     for row in rows.rows {
         let (Some(Value::Integer(txn)), Some(Value::Integer(coordinator))) =
             (row.first(), row.get(1))
