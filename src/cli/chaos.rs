@@ -109,9 +109,8 @@ async fn bank_op(
         _ => {
             // Inside a transaction: it holds every shard it reads, so it cannot see one
             // side of a transfer without the other (a statement outside one reads each
-            // shard at its own moment).
-            // What a transaction read counts only if it commits: COMMIT is where a part
-            // that only read confirms it was read from a current leader.
+            // shard at its own moment). What it read counts only if it commits: COMMIT is
+            // where a part that only read confirms it was read from a current leader.
             c.batch_execute("BEGIN").await?;
             match c.query_one("SELECT sum(bal) FROM chaos_bank", &[]).await {
                 Ok(row) => {

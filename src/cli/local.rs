@@ -164,8 +164,6 @@ impl LocalCluster {
         })
     }
 
-    /// Wait until every node reports the same applied index for every replica, then return
-    /// whether their checksums agree (and the per-node states, for the report).
     /// Wait until every shard's replicas are at the same applied index and no prepared part
     /// of a two-phase commit is left anywhere; then whether their checksums agree (false
     /// also if prepared parts are still unresolved at the limit), with each node's state.

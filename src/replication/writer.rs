@@ -848,29 +848,31 @@ async fn abandon(cx: &Context, stage: Stage) {
             let _ = cx.replica.rollback().await;
         }
         Stage::Collected(_) => {}
-        Stage::Prepared { txn, coordinator } => loop {
+        Stage::Prepared { txn, coordinator } => {
             // Waiting for the decision, the part counts as the oldest (see `RECOVERY`).
             cx.holder.send_replace(RECOVERY);
-            let outcome = match decision_on(cx, txn, coordinator).await {
-                Ok(commit) => propose(&cx.raft, vec![Op::Resolve { txn, commit }])
-                    .await
-                    .map(|_| commit),
-                Err(e) => Err(e),
-            };
-            match outcome {
-                Ok(commit) => {
-                    tracing::info!(shard = %cx.replica.shard, txn, commit, "resolved a transaction its session left prepared");
-                    return;
-                }
-                Err(Error::NotLeader { .. }) => {
-                    // A new leader resolves it (it finds the prepared part in its replica).
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(shard = %cx.replica.shard, txn, error = %e, "resolving a prepared transaction; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            loop {
+                let outcome = match decision_on(cx, txn, coordinator).await {
+                    Ok(commit) => propose(&cx.raft, vec![Op::Resolve { txn, commit }])
+                        .await
+                        .map(|_| commit),
+                    Err(e) => Err(e),
+                };
+                match outcome {
+                    Ok(commit) => {
+                        tracing::info!(shard = %cx.replica.shard, txn, commit, "resolved a transaction its session left prepared");
+                        return;
+                    }
+                    Err(Error::NotLeader { .. }) => {
+                        // A new leader resolves it (it finds the prepared part in its replica).
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard = %cx.replica.shard, txn, error = %e, "resolving a prepared transaction; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
                 }
             }
-        },
+        }
     }
 }
