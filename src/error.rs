@@ -117,9 +117,14 @@ pub enum Error {
     /// This node does not lead the shard; `leader` is the best hint known.
     #[error("not the leader (leader: {leader:?})")]
     NotLeader { leader: Option<NodeId> },
-    /// The operation may succeed if retried (conflict, leadership change, timeout).
+    /// The operation may succeed if retried (conflict, leadership change, timeout). Only
+    /// where it is certain that nothing was applied.
     #[error("{0}")]
     Retry(String),
+    /// A write whose outcome is unknown: it was proposed (or sent to the node that proposes
+    /// it) and no answer came. It may have committed; retrying may apply it twice.
+    #[error("the outcome of the statement is unknown (it may have been applied): {0}")]
+    Ambiguous(String),
     /// The node cannot serve the request now (shutting down, no quorum).
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -132,6 +137,11 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A write that was handed on and got no answer: its outcome is unknown.
+pub fn ambiguous(what: impl std::fmt::Display) -> Error {
+    Error::Ambiguous(what.to_string())
+}
 
 impl Error {
     pub fn sql(code: &'static str, message: impl Into<String>) -> Self {
@@ -158,6 +168,7 @@ impl Error {
             Error::Sql { code, .. } => code,
             Error::NotLeader { .. } | Error::Unavailable(_) => sqlstate::CANNOT_CONNECT_NOW,
             Error::Retry(_) => sqlstate::SERIALIZATION_FAILURE,
+            Error::Ambiguous(_) => sqlstate::TRANSACTION_RESOLUTION_UNKNOWN,
             Error::Corrupt(_) => sqlstate::DATA_CORRUPTED,
             Error::Internal(_) => sqlstate::INTERNAL_ERROR,
         }

@@ -38,6 +38,12 @@ pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// with a retryable error.
 pub const WRITER_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a write the shard's writer has taken (or a commit it was handed) may take to
+/// answer before its caller reports "outcome unknown" (SQLSTATE 08007): past this point the
+/// write may have been proposed, so the caller cannot say it did not happen. A proposal
+/// waits this long only without a quorum.
+pub const WRITE_OUTCOME_WAIT: Duration = Duration::from_secs(20);
+
 /// Read-only SQLite connections per replica serving reads outside transactions.
 pub const READ_CONNECTIONS_MAX: usize = 8;
 

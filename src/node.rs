@@ -28,6 +28,7 @@ use crate::replication::transport::{self, Client, Handler, Request, Response, Wi
 use crate::replication::writer::Transaction;
 use crate::replication::NodeInfo;
 use crate::sql::Engine;
+use crate::storage::cancel::Cancel;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -206,6 +207,7 @@ impl Node {
             // Ids must not repeat across restarts: a session elsewhere may still hold an id
             // from before a crash, and must find its transaction gone, not another's.
             next_txn: AtomicU64::new(rand::random::<u64>() >> 2),
+            cancels: Mutex::new(HashMap::new()),
         });
         let mut servers = vec![tokio::spawn(transport::serve(listener, handler.clone()))];
         if !identity.joined {
@@ -315,6 +317,9 @@ struct NodeRpc {
     /// Transactions that other nodes' sessions hold on this (leader) node, by id.
     txns: Mutex<HashMap<u64, (SharedTxn, Instant)>>,
     next_txn: AtomicU64,
+    /// Cancel tokens of forwarded statements by their callers' keys: made by whichever of
+    /// the statement and its `Cancel` arrives first (they travel as separate calls).
+    cancels: Mutex<HashMap<u64, (Cancel, Instant)>>,
 }
 
 /// End forwarded transactions whose session node has fallen silent (no statement and no
@@ -337,6 +342,11 @@ async fn sweep_transactions(rpc: Arc<NodeRpc>) {
                 .map(|(t, _)| t)
                 .collect()
         };
+        // A `Cancel` that came after its statement had ended leaves a token nobody takes.
+        rpc.cancels
+            .lock()
+            .expect("cancel map lock poisoned")
+            .retain(|_, (_, made)| made.elapsed() < limits::FORWARD_TIMEOUT);
         for t in gone {
             if let Some(txn) = t.lock().await.take() {
                 tracing::info!("ending a forwarded transaction whose session node fell silent");
@@ -456,6 +466,49 @@ impl NodeRpc {
         }
     }
 
+    /// The token for a forwarded statement's cancel key (made now if its `Cancel` has not
+    /// come first).
+    fn cancel_token(&self, key: Option<u64>) -> Cancel {
+        let Some(key) = key else {
+            return Cancel::default();
+        };
+        let mut cancels = self.cancels.lock().expect("cancel map lock poisoned");
+        cancels
+            .entry(key)
+            .or_insert_with(|| (Cancel::default(), Instant::now()))
+            .0
+            .clone()
+    }
+
+    fn forget_cancel(&self, key: Option<u64>) {
+        if let Some(key) = key {
+            self.cancels
+                .lock()
+                .expect("cancel map lock poisoned")
+                .remove(&key);
+        }
+    }
+
+    /// A statement inside forwarded transaction `txn`.
+    async fn exec_in(&self, txn: u64, stmt: crate::storage::replica::Statement) -> Response {
+        match self.txn(txn) {
+            None => Response::Rows(Err(WireError::Sql {
+                code: crate::error::sqlstate::IDLE_IN_TRANSACTION_TIMEOUT.into(),
+                message: "the transaction no longer exists on the leader; roll back and retry"
+                    .into(),
+            })),
+            Some(t) => {
+                let guard = t.lock().await;
+                match guard.as_ref() {
+                    Some(t) => Response::Rows(wire(t.exec(stmt).await.map(Into::into))),
+                    None => {
+                        Response::Rows(Err(WireError::Retry("the transaction has ended".into())))
+                    }
+                }
+            }
+        }
+    }
+
     fn txn(&self, id: u64) -> Option<SharedTxn> {
         let mut txns = self.txns.lock().expect("txn map lock poisoned");
         let entry = txns.get_mut(&id)?;
@@ -561,39 +614,42 @@ impl Handler for NodeRpc {
                     None => Response::Done(wire(self.cluster.add_member(&group, id, node).await)),
                 }
             }
+            Request::Cancel { key } => {
+                self.cancel_token(Some(key)).cancel();
+                Response::Done(Ok(()))
+            }
             Request::Exec {
                 txn: Some(txn),
                 stmt,
+                cancel,
                 ..
-            } => match self.txn(txn) {
-                None => Response::Rows(Err(WireError::Sql {
-                    code: crate::error::sqlstate::IDLE_IN_TRANSACTION_TIMEOUT.into(),
-                    message: "the transaction no longer exists on the leader; roll back and retry"
-                        .into(),
-                })),
-                Some(t) => {
-                    let guard = t.lock().await;
-                    match guard.as_ref() {
-                        Some(t) => Response::Rows(wire(t.exec(stmt.into()).await.map(Into::into))),
-                        None => Response::Rows(Err(WireError::Retry(
-                            "the transaction has ended".into(),
-                        ))),
-                    }
-                }
-            },
+            } => {
+                let mut stmt: crate::storage::replica::Statement = stmt.into();
+                stmt.cancel = self.cancel_token(cancel);
+                let response = self.exec_in(txn, stmt).await;
+                self.forget_cancel(cancel);
+                response
+            }
             Request::Exec {
-                shard, stmt, read, ..
+                shard,
+                stmt,
+                read,
+                cancel,
+                ..
             } => {
                 let Some(group) = self.group(shard) else {
                     return Response::Rows(Err(no_such_shard()));
                 };
+                let mut stmt: crate::storage::replica::Statement = stmt.into();
+                stmt.cancel = self.cancel_token(cancel);
                 let result = if read {
                     self.cluster
-                        .read_here(&group, stmt.into(), ReadConsistency::Linearizable)
+                        .read_here(&group, stmt, ReadConsistency::Linearizable)
                         .await
                 } else {
-                    group.write(stmt.into()).await
+                    group.write(stmt).await
                 };
+                self.forget_cancel(cancel);
                 Response::Rows(wire(result.map(Into::into)))
             }
             Request::Begin { shard, priority } => {

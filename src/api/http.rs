@@ -10,6 +10,7 @@
 use crate::error::{sqlstate, Error};
 use crate::limits;
 use crate::sql::{Engine, Output, Session};
+use crate::storage::cancel::{Cancel, CancelOnDrop};
 use crate::types::{self, PgType};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -51,7 +52,7 @@ struct Txns {
 
 struct TxnHandle {
     /// One request at a time works in the transaction; the lock is held while it does.
-    session: tokio::sync::Mutex<Session>,
+    session: Arc<tokio::sync::Mutex<Session>>,
     /// Rolled back once idle past this.
     deadline: Mutex<Instant>,
     timeout: Duration,
@@ -126,6 +127,8 @@ impl From<Error> for ApiError {
             Error::Sql { code, .. } if code.starts_with("40") => StatusCode::CONFLICT,
             Error::Sql { .. } => StatusCode::BAD_REQUEST,
             Error::Retry(_) => StatusCode::CONFLICT,
+            // Not 503: that invites a retry, and this write may have been applied.
+            Error::Ambiguous(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::NotLeader { .. } | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Corrupt(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -139,11 +142,12 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response()
+        let mut error = json!({"code": self.code, "message": self.message});
+        if self.code == sqlstate::TRANSACTION_RESOLUTION_UNKNOWN {
+            // Tells a client that retrying may apply the write twice.
+            error["outcome"] = json!("unknown");
+        }
+        (self.status, Json(json!({ "error": error }))).into_response()
     }
 }
 
@@ -247,12 +251,33 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
     serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid JSON request: {e}")))
 }
 
+/// Run `work` to its end in a task of its own. hyper drops a handler's future when its
+/// client's connection closes; a statement dropped half-way could leave a transaction with
+/// part of its effects, or a write whose caller never learns it applied. The client going
+/// away cancels `cancel` instead: the statement stops if nothing of it took effect yet
+/// (SQLSTATE 57014; inside a transaction, the transaction fails), else it finishes.
+async fn detached<T: Send + 'static>(
+    cancel: Cancel,
+    work: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    let guard = CancelOnDrop::new(cancel);
+    let result = tokio::spawn(work).await;
+    guard.defuse();
+    result.unwrap_or_else(|e| Err(Error::internal(format!("request task failed: {e}")).into()))
+}
+
 async fn sql(
     State(api): State<Api>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Json_>, ApiError> {
     let req: SqlRequest = parse_body(&body_bytes(body)?)?;
     let mut session = api.engine.session();
+    let cancel = session.new_statement();
+    detached(cancel, run_sql(session, req)).await
+}
+
+/// `POST /v1/sql`, run to its end whatever the client does.
+async fn run_sql(mut session: Session, req: SqlRequest) -> Result<Json<Json_>, ApiError> {
     if let Some(c) = &req.consistency {
         let set = Statement {
             sql: format!("SET cairn.read_consistency = '{}'", c.replace('\'', "''")),
@@ -449,7 +474,7 @@ async fn txn_begin(
     run_one(&mut session, &begin).await?;
     let id = format!("{:016x}", rand::random::<u64>());
     let handle = Arc::new(TxnHandle {
-        session: tokio::sync::Mutex::new(session),
+        session: Arc::new(tokio::sync::Mutex::new(session)),
         deadline: Mutex::new(Instant::now() + timeout),
         timeout,
     });
@@ -497,7 +522,23 @@ async fn txn_sql(
     };
     let handle = api.txns.get(&id)?;
     handle.touch();
-    let mut session = handle.session.lock().await;
+    let mut session = handle.session.clone().lock_owned().await;
+    let cancel = session.new_statement();
+    detached(cancel, async move {
+        let results = run_in_txn(&mut session, &stmts, single).await;
+        drop(session);
+        handle.touch();
+        results
+    })
+    .await
+}
+
+/// The statements of one `POST /v1/txn/{id}/sql`, in order.
+async fn run_in_txn(
+    session: &mut Session,
+    stmts: &[Statement],
+    single: bool,
+) -> Result<Json<Json_>, ApiError> {
     let mut results = Vec::with_capacity(stmts.len());
     for (i, stmt) in stmts.iter().enumerate() {
         if is_transaction_control(&stmt.sql) {
@@ -505,7 +546,7 @@ async fn txn_sql(
                 "end the transaction with POST /v1/txn/{id}/commit or /rollback, not by SQL",
             ));
         }
-        let output = run_one(&mut session, stmt).await.map_err(|e| match e {
+        let output = run_one(session, stmt).await.map_err(|e| match e {
             Error::Sql { code, message } if !single => Error::Sql {
                 code,
                 message: format!("statement {i}: {message}"),
@@ -514,7 +555,6 @@ async fn txn_sql(
         })?;
         results.push(output_json(&output));
     }
-    handle.touch();
     if single {
         return Ok(Json(results.pop().expect("one statement ran")));
     }
@@ -543,7 +583,15 @@ async fn txn_commit(
     Path(id): Path<String>,
 ) -> Result<Json<Json_>, ApiError> {
     let handle = api.txns.take(&id)?;
-    let mut session = handle.session.lock().await;
+    let mut session = handle.session.clone().lock_owned().await;
+    detached(
+        Cancel::default(),
+        async move { commit_txn(&mut session).await },
+    )
+    .await
+}
+
+async fn commit_txn(session: &mut Session) -> Result<Json<Json_>, ApiError> {
     if session.transaction_failed() {
         session.close().await;
         return Err(ApiError {
@@ -556,7 +604,7 @@ async fn txn_commit(
         sql: "COMMIT".into(),
         params: vec![],
     };
-    let result = run_one(&mut session, &commit).await;
+    let result = run_one(session, &commit).await;
     session.close().await;
     result?;
     Ok(Json(json!({ "committed": true })))
@@ -568,8 +616,12 @@ async fn txn_rollback(
     Path(id): Path<String>,
 ) -> Result<Json<Json_>, ApiError> {
     let handle = api.txns.take(&id)?;
-    handle.session.lock().await.close().await;
-    Ok(Json(json!({ "rolled_back": true })))
+    let mut session = handle.session.clone().lock_owned().await;
+    detached(Cancel::default(), async move {
+        session.close().await;
+        Ok(Json(json!({ "rolled_back": true })))
+    })
+    .await
 }
 
 pub fn router(engine: Arc<Engine>) -> Router {

@@ -1,16 +1,24 @@
 //! PostgreSQL wire protocol on top of the `pgwire` crate: simple and extended query protocol,
 //! text and binary formats, cancel requests, transaction status in ReadyForQuery. One
 //! `sql::Session` per connection; closing the connection rolls back its transaction.
+//!
+//! Cancel requests are Cairn's, not pgwire's: pgwire would drop the running query's future,
+//! and a write dropped after its proposal left may still commit while the client hears
+//! "canceled". Here a CancelRequest only cancels the running statement's token (see
+//! `storage::cancel`): the statement stops with 57014 if nothing of it took effect, or
+//! finishes and answers its outcome. So the query future is never dropped mid-statement,
+//! and the session is never left half-way.
 
 use crate::error::{sqlstate, Error};
 use crate::limits;
 use crate::sql::{Engine, Field, Output, Prepared, Session, TxnEvent};
+use crate::storage::cancel::Cancel;
 use crate::types::{self, Format, PgType};
 use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
 use futures::{stream, Sink, SinkExt};
 use pgwire::api::auth::noop::NoopStartupHandler;
-use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::cancel::CancelHandler;
 use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format as PortalFormat, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -20,11 +28,13 @@ use pgwire::api::results::{
 };
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, ConnectionManager, PgWireServerHandlers, Type};
+use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::data::DataRow;
 use pgwire::messages::PgWireBackendMessage;
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -157,17 +167,84 @@ impl QueryParser for Parser {
     }
 }
 
+/// The statement a connection is running, as its CancelRequest finds it.
+type Running = Arc<std::sync::Mutex<Option<Cancel>>>;
+
+/// Connections by the (process id, secret key) they told their client at startup.
+#[derive(Default)]
+pub struct Cancels {
+    by_key: std::sync::Mutex<HashMap<(i32, bytes::Bytes), Running>>,
+}
+
+#[async_trait]
+impl CancelHandler for Cancels {
+    async fn on_cancel_request(&self, request: CancelRequest) {
+        let key = (request.pid, request.secret_key.to_bytes());
+        let running = self
+            .by_key
+            .lock()
+            .expect("cancel registry lock poisoned")
+            .get(&key)
+            .cloned();
+        // An unknown key, or no statement running: nothing to do, as in PostgreSQL.
+        if let Some(token) = running.and_then(|r| r.lock().expect("running lock").clone()) {
+            token.cancel();
+        }
+    }
+}
+
 /// One client connection.
 pub struct Connection {
     session: Mutex<Session>,
     parser: Arc<Parser>,
-    manager: Arc<ConnectionManager>,
-    cancel: Arc<DefaultCancelHandler>,
+    cancels: Arc<Cancels>,
+    running: Running,
+    /// The key this connection registered under in `cancels`.
+    key: std::sync::Mutex<Option<(i32, bytes::Bytes)>>,
 }
 
+impl Connection {
+    /// A statement starts: the session's fresh token is what a CancelRequest cancels.
+    fn start_statement(&self, session: &mut Session) {
+        *self.running.lock().expect("running lock") = Some(session.new_statement());
+    }
+
+    fn end_statement(&self) {
+        *self.running.lock().expect("running lock") = None;
+    }
+
+    fn unregister(&self) {
+        if let Some(key) = self.key.lock().expect("key lock").take() {
+            self.cancels
+                .by_key
+                .lock()
+                .expect("cancel registry lock poisoned")
+                .remove(&key);
+        }
+    }
+}
+
+#[async_trait]
 impl NoopStartupHandler for Connection {
-    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
-        Some(self.manager.clone())
+    async fn post_startup<C>(
+        &self,
+        client: &mut C,
+        _message: pgwire::messages::PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let (pid, secret) = client.pid_and_secret_key();
+        let key = (pid, secret.to_bytes());
+        self.cancels
+            .by_key
+            .lock()
+            .expect("cancel registry lock poisoned")
+            .insert(key.clone(), self.running.clone());
+        *self.key.lock().expect("key lock") = Some(key);
+        Ok(())
     }
 }
 
@@ -181,7 +258,9 @@ impl SimpleQueryHandler for Connection {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let mut session = self.session.lock().await;
+        self.start_statement(&mut session);
         let outputs = session.run_script(query).await;
+        self.end_statement();
         let mut responses = Vec::with_capacity(outputs.len());
         for output in outputs {
             match output.and_then(|o| response(o, &PortalFormat::UnifiedText)) {
@@ -261,10 +340,10 @@ impl ExtendedQueryHandler for Connection {
     {
         let params = decode_params(portal).map_err(user_error)?;
         let mut session = self.session.lock().await;
-        let output = session
-            .execute(&portal.statement.statement, params)
-            .await
-            .map_err(user_error)?;
+        self.start_statement(&mut session);
+        let output = session.execute(&portal.statement.statement, params).await;
+        self.end_statement();
+        let output = output.map_err(user_error)?;
         response(output, &portal.result_column_format).map_err(user_error)
     }
 
@@ -391,7 +470,7 @@ impl PgWireServerHandlers for Handlers {
     }
 
     fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
-        self.0.cancel.clone()
+        self.0.cancels.clone()
     }
 
     fn copy_handler(&self) -> Arc<impl CopyHandler> {
@@ -401,8 +480,7 @@ impl PgWireServerHandlers for Handlers {
 
 /// Serve PostgreSQL clients on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, engine: Arc<Engine>) {
-    let manager = Arc::new(ConnectionManager::new());
-    let cancel = Arc::new(DefaultCancelHandler::new(manager.clone()));
+    let cancels = Arc::new(Cancels::default());
     let parser = Arc::new(Parser {
         engine: engine.clone(),
     });
@@ -424,14 +502,16 @@ pub async fn serve(listener: TcpListener, engine: Arc<Engine>) {
         let conn = Arc::new(Connection {
             session: Mutex::new(engine.session()),
             parser: parser.clone(),
-            manager: manager.clone(),
-            cancel: cancel.clone(),
+            cancels: cancels.clone(),
+            running: Running::default(),
+            key: std::sync::Mutex::new(None),
         });
         tokio::spawn(async move {
             let handlers = Handlers(conn.clone());
             if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
                 tracing::debug!(%peer, error = %e, "pgwire connection ended with an error");
             }
+            conn.unregister();
             conn.session.lock().await.close().await;
             drop(permit);
         });

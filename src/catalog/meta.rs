@@ -12,6 +12,7 @@ fn dml(sql: &str, params: Vec<Value>) -> Statement {
         params,
         kind: StatementKind::Dml,
         refs: Vec::new(),
+        cancel: Default::default(),
     }
 }
 

@@ -24,6 +24,7 @@ impl Cluster {
                 params: Vec::new(),
                 kind: StatementKind::DdlOnce(job.step_id(i)),
                 refs: Vec::new(),
+                cancel: Default::default(),
             };
             match self.write(step.shard, stmt).await {
                 Ok(_) => {}
@@ -48,6 +49,7 @@ impl Cluster {
                     job: job.id,
                 },
                 refs: Vec::new(),
+                cancel: Default::default(),
             };
             self.write(step.shard, stmt).await?;
         }
@@ -69,6 +71,7 @@ impl Cluster {
                         params: vec![Value::Integer(job.id as i64)],
                         kind: StatementKind::Dml,
                         refs: Vec::new(),
+                        cancel: Default::default(),
                     },
                 )
                 .await?;

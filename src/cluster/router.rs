@@ -147,6 +147,18 @@ impl Cluster {
             })
     }
 
+    /// [`Cluster::call`] for a request that takes effect (an autocommit write, a commit):
+    /// once it has left, a lost connection or a missing answer leaves its outcome unknown.
+    async fn call_write(&self, addr: &str, request: Request) -> Result<Response> {
+        self.client
+            .call(addr, request, limits::FORWARD_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                CallError::NotSent(_) => Error::NotLeader { leader: None },
+                other => crate::error::ambiguous(format!("forwarded to the leader: {other}")),
+            })
+    }
+
     /// Run `local` if this node leads `shard`, else `remote` against the leader's address.
     pub async fn route<T, L, LF, R, RF>(&self, shard: ShardId, local: L, remote: R) -> Result<T>
     where
@@ -209,6 +221,7 @@ impl Cluster {
     }
 
     /// Run a statement on the leader at `addr` (inside forwarded transaction `txn`, if any).
+    /// The statement's cancel token reaches the leader as a `Cancel` call naming its key.
     async fn remote_exec(
         &self,
         addr: &str,
@@ -217,13 +230,42 @@ impl Cluster {
         stmt: Statement,
         read: bool,
     ) -> Result<Rows> {
+        let token = stmt.cancel.clone();
+        token.check()?;
+        let key = rand::random::<u64>();
         let request = Request::Exec {
             shard,
             txn,
             stmt: stmt.into(),
             read,
+            cancel: Some(key),
         };
-        match self.call(addr, request).await? {
+        let call = async {
+            if read || txn.is_some() {
+                // No effect outside its transaction: a lost answer fails only the statement
+                // (and the transaction with it).
+                self.call(addr, request).await
+            } else {
+                self.call_write(addr, request).await
+            }
+        };
+        tokio::pin!(call);
+        let mut cancel_sent = false;
+        let answer = loop {
+            tokio::select! {
+                answer = &mut call => break answer?,
+                _ = token.cancelled(), if !cancel_sent => {
+                    cancel_sent = true;
+                    let (client, addr) = (self.client.clone(), addr.to_string());
+                    tokio::spawn(async move {
+                        let _ = client
+                            .call(&addr, Request::Cancel { key }, limits::REMOTE_TXN_SILENCE)
+                            .await;
+                    });
+                }
+            }
+        };
+        match answer {
             Response::Rows(r) => r.map(Into::into).map_err(Into::into),
             _ => Err(unexpected()),
         }
@@ -357,7 +399,10 @@ impl Cluster {
             Lease::Local(t) => t.commit().await,
             Lease::Remote(mut r) => {
                 r.ended = true;
-                match self.call(&r.addr, Request::Commit { txn: r.txn }).await? {
+                match self
+                    .call_write(&r.addr, Request::Commit { txn: r.txn })
+                    .await?
+                {
                     Response::Done(r) => r.map_err(Into::into),
                     _ => Err(unexpected()),
                 }

@@ -160,6 +160,7 @@ impl From<WireStatement> for Statement {
             params: s.params.into_iter().map(Into::into).collect(),
             kind: s.kind,
             refs: s.refs,
+            cancel: Default::default(),
         }
     }
 }

@@ -66,12 +66,18 @@ pub enum Request {
         id: u64,
         node: super::NodeInfo,
     },
-    /// Run a statement on the leader, outside or inside a forwarded transaction.
+    /// Run a statement on the leader, outside or inside a forwarded transaction. A
+    /// `cancel` key lets the caller stop it (`Cancel`).
     Exec {
         shard: ShardId,
         txn: Option<u64>,
         stmt: WireStatement,
         read: bool,
+        cancel: Option<u64>,
+    },
+    /// Cancel the statement sent with this key (if it is still running, or when it comes).
+    Cancel {
+        key: u64,
     },
     Begin {
         shard: ShardId,
@@ -144,6 +150,7 @@ pub enum WireError {
     Unavailable(String),
     Corrupt(String),
     Internal(String),
+    Ambiguous(String),
 }
 
 impl From<Error> for WireError {
@@ -157,6 +164,7 @@ impl From<Error> for WireError {
                 leader: leader.map(|l| l.0),
             },
             Error::Retry(m) => WireError::Retry(m),
+            Error::Ambiguous(m) => WireError::Ambiguous(m),
             Error::Unavailable(m) => WireError::Unavailable(m),
             Error::Corrupt(m) => WireError::Corrupt(m),
             Error::Internal(m) => WireError::Internal(m),
@@ -175,6 +183,7 @@ impl From<WireError> for Error {
                 leader: leader.map(crate::ids::NodeId),
             },
             WireError::Retry(m) => Error::Retry(m),
+            WireError::Ambiguous(m) => Error::Ambiguous(m),
             WireError::Unavailable(m) => Error::Unavailable(m),
             WireError::Corrupt(m) => Error::Corrupt(m),
             WireError::Internal(m) => Error::Internal(m),

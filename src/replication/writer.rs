@@ -47,6 +47,34 @@ pub struct Priority {
     pub holding: bool,
 }
 
+/// Who decides a queued autocommit statement's fate: the writer, by taking it into a batch,
+/// or its caller, by abandoning it first (timed out or cancelled while queued). Exactly one
+/// wins, so a caller that abandoned knows the statement never runs — and a caller that
+/// could not knows it runs, and waits for its outcome.
+#[derive(Clone, Default)]
+struct Claim(Arc<std::sync::atomic::AtomicU8>);
+
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const ABANDONED: u8 = 2;
+
+impl Claim {
+    fn swap_from_queued(&self, to: u8) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.0.compare_exchange(QUEUED, to, SeqCst, SeqCst).is_ok()
+    }
+
+    /// The writer takes it; false if the caller abandoned it.
+    fn take(&self) -> bool {
+        self.swap_from_queued(TAKEN)
+    }
+
+    /// The caller gives up; false if the writer has taken it already.
+    fn abandon(&self) -> bool {
+        self.swap_from_queued(ABANDONED)
+    }
+}
+
 /// Finds the decision on a transaction from its coordinator shard's leader (recording abort
 /// there if there is none yet). Supplied by the cluster layer, which can reach any shard.
 #[async_trait::async_trait]
@@ -57,6 +85,7 @@ pub trait Decider: Send + Sync {
 enum Request {
     Exec {
         stmt: Statement,
+        claim: Claim,
         reply: oneshot::Sender<Result<Rows>>,
     },
     Begin {
@@ -132,9 +161,24 @@ impl Transaction {
         self.call(|r| TxnCmd::Exec(stmt, r)).await
     }
 
-    /// Commit this shard's part on its own (one Raft proposal).
+    /// Commit this shard's part on its own (one Raft proposal). Once the writer has the
+    /// commit, an answer that does not come is an unknown outcome, never a retry.
     pub async fn commit(self) -> Result<()> {
-        self.call(TxnCmd::Commit).await
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(TxnCmd::Commit(reply))
+            .await
+            .map_err(|_| writer_gone())?;
+        match tokio::time::timeout(limits::WRITE_OUTCOME_WAIT, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(crate::error::ambiguous(
+                "the shard's writer stopped while committing",
+            )),
+            Err(_) => Err(crate::error::ambiguous(format!(
+                "no commit outcome within {:?}",
+                limits::WRITE_OUTCOME_WAIT
+            ))),
+        }
     }
 
     pub async fn rollback(self) {
@@ -233,8 +277,63 @@ impl Writer {
     }
 
     /// Execute one autocommit statement; answered once its effects are committed and applied.
+    ///
+    /// Outcomes: while the statement waits in the queue, a cancel (57014) or
+    /// `WRITER_WAIT_TIMEOUT` (retry) withdraws it for certain. Once the writer has taken it,
+    /// the statement's own token may still stop its execution (57014, nothing proposed);
+    /// past that it is proposed, and an answer that does not come within
+    /// `WRITE_OUTCOME_WAIT` is an unknown outcome (08007), never a retry.
     pub async fn execute(&self, stmt: Statement) -> Result<Rows> {
-        self.send(|reply| Request::Exec { stmt, reply }).await
+        let cancel = stmt.cancel.clone();
+        let claim = Claim::default();
+        let (reply, mut rx) = oneshot::channel();
+        let request = Request::Exec {
+            stmt,
+            claim: claim.clone(),
+            reply,
+        };
+        let queue_deadline = tokio::time::Instant::now() + limits::WRITER_WAIT_TIMEOUT;
+        tokio::select! {
+            sent = self.tx.send(request) => {
+                sent.map_err(|_| Error::Unavailable("writer stopped".into()))?;
+            }
+            _ = cancel.cancelled() => return Err(crate::storage::cancel::cancelled()),
+            _ = tokio::time::sleep_until(queue_deadline) => return Err(wait_timeout()),
+        }
+        let mut deadline = queue_deadline;
+        let mut taken = false;
+        let mut cancel_seen = false;
+        loop {
+            tokio::select! {
+                answer = &mut rx => {
+                    return match answer {
+                        Ok(result) => result,
+                        Err(_) if claim.abandon() => Err(Error::Unavailable("writer stopped".into())),
+                        Err(_) => Err(crate::error::ambiguous("the shard's writer stopped with the statement taken")),
+                    };
+                }
+                _ = cancel.cancelled(), if !cancel_seen => {
+                    if claim.abandon() {
+                        return Err(crate::storage::cancel::cancelled());
+                    }
+                    // Taken: its execution sees the token; past that it is proposed.
+                    cancel_seen = true;
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    if !taken && claim.abandon() {
+                        return Err(wait_timeout());
+                    }
+                    if taken {
+                        return Err(crate::error::ambiguous(format!(
+                            "no outcome from the shard's writer within {:?}",
+                            limits::WRITE_OUTCOME_WAIT
+                        )));
+                    }
+                    taken = true;
+                    deadline = tokio::time::Instant::now() + limits::WRITE_OUTCOME_WAIT;
+                }
+            }
+        }
     }
 
     /// Take the writer for an interactive transaction. `priority` is the transaction's
@@ -336,7 +435,9 @@ async fn propose(raft: &Raft, ops: Vec<Op>) -> Result<()> {
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(Error::NotLeader {
             leader: f.leader_id.map(NodeId),
         }),
-        Err(e) => Err(Error::Unavailable(e.to_string())),
+        // Anything else (the group stopping, a storage failure) may come after the entry was
+        // appended: it may still commit.
+        Err(e) => Err(crate::error::ambiguous(e)),
     }
 }
 
@@ -346,6 +447,7 @@ fn internal_read(sql: &str, params: Vec<Value>) -> Statement {
         params,
         kind: StatementKind::Dml,
         refs: Vec::new(),
+        cancel: Default::default(),
     }
 }
 
@@ -515,14 +617,26 @@ async fn run(cx: Context, mut rx: mpsc::Receiver<Request>) {
             },
         };
         match first {
-            Request::Exec { stmt, reply } => {
-                let mut stmts = vec![stmt];
-                let mut replies = vec![reply];
+            Request::Exec { stmt, claim, reply } => {
+                let mut stmts = Vec::new();
+                let mut replies = Vec::new();
+                // A caller that gave up waiting (or went away) must not have its statement
+                // run later; one whose claim the writer takes waits for its outcome.
+                let admit = |stmts: &mut Vec<Statement>,
+                             replies: &mut Vec<oneshot::Sender<Result<Rows>>>,
+                             stmt,
+                             claim: Claim,
+                             reply: oneshot::Sender<Result<Rows>>| {
+                    if !reply.is_closed() && claim.take() {
+                        stmts.push(stmt);
+                        replies.push(reply);
+                    }
+                };
+                admit(&mut stmts, &mut replies, stmt, claim, reply);
                 while stmts.len() < limits::WRITE_BATCH_STATEMENTS_MAX {
                     match rx.try_recv() {
-                        Ok(Request::Exec { stmt, reply }) => {
-                            stmts.push(stmt);
-                            replies.push(reply);
+                        Ok(Request::Exec { stmt, claim, reply }) => {
+                            admit(&mut stmts, &mut replies, stmt, claim, reply)
                         }
                         Ok(other) => {
                             next = Some(other);
@@ -531,12 +645,7 @@ async fn run(cx: Context, mut rx: mpsc::Receiver<Request>) {
                         Err(_) => break,
                     }
                 }
-                // A caller that gave up waiting must not have its statement run later.
-                let (stmts, mut replies): (Vec<_>, Vec<_>) = stmts
-                    .into_iter()
-                    .zip(replies)
-                    .filter(|(_, r)| !r.is_closed())
-                    .unzip();
+                let mut replies = replies;
                 if stmts.is_empty() {
                     continue;
                 }

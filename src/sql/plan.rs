@@ -1449,7 +1449,7 @@ async fn plan_insert(
 
 /// The value of one expression, computed by the coordinator's SQLite.
 async fn evaluate(expr: String, params: Vec<Value>) -> Result<Value> {
-    let rows = scratch::run_alone(format!("SELECT {expr}"), params).await?;
+    let rows = scratch::run_alone(format!("SELECT {expr}"), params, &Default::default()).await?;
     Ok(rows
         .rows
         .into_iter()

@@ -9,7 +9,8 @@
 use crate::catalog::{Catalog, Table};
 use crate::error::{Error, Result};
 use crate::limits;
-use crate::storage::replica::{self, Interrupt, Rows};
+use crate::storage::cancel::{Cancel, CancelOnDrop, Slot};
+use crate::storage::replica::{self, Rows};
 use rusqlite::types::Value;
 use rusqlite::Connection;
 use std::sync::{Arc, Mutex};
@@ -43,28 +44,37 @@ pub struct Pulled {
     pub rows: Vec<Vec<Value>>,
 }
 
-/// Run `work` on a fresh scratch database on a blocking thread. Dropping the future (a
-/// cancelled query) interrupts SQLite.
+/// Run `work` on a fresh scratch database on a blocking thread, stopped by `cancel` or by
+/// dropping the future (a cancelled or abandoned query does not keep a core busy).
 async fn interruptible<R: Send + 'static>(
+    cancel: &Cancel,
     work: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
 ) -> Result<R> {
-    let (interrupt, guard) = Interrupt::new();
+    let dropped = Cancel::default();
+    let guard = CancelOnDrop::new(dropped.clone());
+    let tokens = [cancel.clone(), dropped];
     let result = tokio::task::spawn_blocking(move || {
-        let conn = open()?;
-        interrupt.start(&conn)?;
-        let result = work(&conn);
-        interrupt.done();
-        result
+        let mut conn = open()?;
+        let slot = Slot::install(&mut conn)?;
+        slot.watch(&tokens, || work(&conn))
     })
     .await
     .map_err(Error::internal)?;
-    drop(guard);
+    guard.defuse();
     result
 }
 
 /// Load `pulled` into a fresh database and run `sql` there.
-pub async fn run_over(pulled: Vec<Pulled>, sql: String, params: Vec<Value>) -> Result<Rows> {
-    interruptible(move |conn| load_and_run(conn, &pulled, &sql, &params)).await
+pub async fn run_over(
+    pulled: Vec<Pulled>,
+    sql: String,
+    params: Vec<Value>,
+    cancel: &Cancel,
+) -> Result<Rows> {
+    interruptible(cancel, move |conn| {
+        load_and_run(conn, &pulled, &sql, &params)
+    })
+    .await
 }
 
 /// Load `pulled` (one table), run `sql` (a modifying statement) over it, and return its
@@ -73,8 +83,9 @@ pub async fn modify_and_read(
     pulled: Pulled,
     sql: String,
     params: Vec<Value>,
+    cancel: &Cancel,
 ) -> Result<(Rows, Vec<Vec<Value>>)> {
-    interruptible(move |conn| {
+    interruptible(cancel, move |conn| {
         let name = pulled.table.name.replace('"', "\"\"");
         let result = load_and_run(conn, std::slice::from_ref(&pulled), &sql, &params)?;
         let after = replica::run(conn, &format!("SELECT * FROM \"{name}\""), &[])?;
@@ -84,8 +95,8 @@ pub async fn modify_and_read(
 }
 
 /// Run a statement that names no table.
-pub async fn run_alone(sql: String, params: Vec<Value>) -> Result<Rows> {
-    interruptible(move |conn| replica::run(conn, &sql, &params)).await
+pub async fn run_alone(sql: String, params: Vec<Value>, cancel: &Cancel) -> Result<Rows> {
+    interruptible(cancel, move |conn| replica::run(conn, &sql, &params)).await
 }
 
 fn load_and_run(conn: &Connection, pulled: &[Pulled], sql: &str, params: &[Value]) -> Result<Rows> {

@@ -19,6 +19,7 @@ use crate::error::{sqlstate, Error, Result};
 use crate::ids::ShardId;
 use crate::limits;
 use crate::replication::group::ReadConsistency;
+use crate::storage::cancel::{self, Cancel};
 use crate::storage::replica::{ResultColumn, Rows, Statement, StatementKind};
 use crate::types::PgType;
 use rusqlite::types::Value;
@@ -51,6 +52,8 @@ impl Engine {
             settings: BTreeMap::new(),
             txn: None,
             copy: None,
+            cancel: Cancel::default(),
+            in_flight: false,
         }
     }
 
@@ -177,10 +180,22 @@ struct OpenTxn {
     /// Savepoints in force, oldest first. Every shard the transaction holds has them all
     /// (a shard taken later is given them on the spot), so ROLLBACK TO undoes everywhere.
     savepoints: Vec<String>,
+    /// Opened by the session for one statement or script (not by BEGIN).
+    implicit: bool,
 }
 
 impl OpenTxn {
-    fn new() -> OpenTxn {
+    /// BEGIN: ended by the client.
+    fn explicit() -> OpenTxn {
+        OpenTxn::new(false)
+    }
+
+    /// Opened by the session around one statement or script, and ended by it.
+    fn implicit() -> OpenTxn {
+        OpenTxn::new(true)
+    }
+
+    fn new(implicit: bool) -> OpenTxn {
         let micros = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros() as u64)
@@ -193,6 +208,7 @@ impl OpenTxn {
             // Low bits random: two transactions starting in one microsecond still differ.
             priority: (micros << 8) | (rand::random::<u8>() as u64),
             savepoints: Vec::new(),
+            implicit,
         }
     }
 }
@@ -202,6 +218,11 @@ pub struct Session {
     settings: BTreeMap<String, String>,
     txn: Option<OpenTxn>,
     copy: Option<CopyState>,
+    /// The running statement's cancel token (see [`Session::new_statement`]).
+    cancel: Cancel,
+    /// A statement is running. Still set when the next one starts, the last was abandoned
+    /// half-way (its future dropped): see [`Session::recover_abandoned`].
+    in_flight: bool,
 }
 
 fn failed_txn() -> Error {
@@ -398,8 +419,42 @@ impl Session {
             .collect()
     }
 
+    /// A fresh cancel token for the next statement: cancelling it stops that statement if
+    /// it has not taken effect (SQLSTATE 57014), else the statement finishes and answers its
+    /// outcome. A token from an earlier statement cancels nothing later.
+    pub fn new_statement(&mut self) -> Cancel {
+        self.cancel = Cancel::default();
+        self.cancel.clone()
+    }
+
+    /// Leave the session consistent if the last statement was abandoned half-way (its
+    /// future dropped: nothing else can tell): an implicit transaction it had opened is
+    /// rolled back, an explicit one is failed (its statements' effects are unknown, so it
+    /// may not commit).
+    async fn recover_abandoned(&mut self) {
+        if !std::mem::replace(&mut self.in_flight, true) {
+            return;
+        }
+        tracing::debug!("a statement was abandoned half-way; recovering the session");
+        match self.txn.take() {
+            Some(txn) if txn.implicit => self.abandon(txn).await,
+            Some(mut txn) => {
+                txn.failed = true;
+                self.txn = Some(txn);
+            }
+            None => {}
+        }
+    }
+
     /// Execute a prepared statement with parameter values already decoded.
     pub async fn execute(&mut self, prepared: &Prepared, params: Vec<Value>) -> Result<Output> {
+        self.recover_abandoned().await;
+        let result = self.execute_one(prepared, params).await;
+        self.in_flight = false;
+        result
+    }
+
+    async fn execute_one(&mut self, prepared: &Prepared, params: Vec<Value>) -> Result<Output> {
         let t = &prepared.translated;
         if self.transaction_failed()
             && !matches!(
@@ -439,8 +494,13 @@ impl Session {
                     started: txn.priority,
                     holding: !txn.leases.is_empty(),
                 });
+                self.cancel.check()?;
                 if let std::collections::btree_map::Entry::Vacant(slot) = txn.leases.entry(shard) {
-                    let lease = cluster.begin_in(shard, priority).await?;
+                    // Waiting for the writer can end early: an unused lease is rolled back.
+                    let lease = tokio::select! {
+                        lease = cluster.begin_in(shard, priority) => lease?,
+                        _ = self.cancel.cancelled() => return Err(cancel::cancelled()),
+                    };
                     for name in &txn.savepoints {
                         let sql = savepoint_sql(SavepointOp::Set, name);
                         if let Err(e) = cluster.exec(shard, &lease, savepoint_stmt(sql)).await {
@@ -479,11 +539,13 @@ impl Session {
         read: bool,
         refs: &[ShardId],
     ) -> Result<Vec<Rows>> {
+        let token = self.cancel.clone();
         let stmt = |sql: &str| Statement {
             sql: sql.to_string(),
             params: params.to_vec(),
             kind: StatementKind::Dml,
             refs: refs.to_vec(),
+            cancel: token.clone(),
         };
         if read && self.txn.is_none() && shards.len() > 1 {
             let cluster = self.engine.cluster.clone();
@@ -509,7 +571,9 @@ impl Session {
     ) -> futures::future::BoxFuture<'a, Result<Rows>> {
         Box::pin(async move {
             match plan {
-                Plan::Local { sql } => scratch::run_alone(sql.clone(), params.to_vec()).await,
+                Plan::Local { sql } => {
+                    scratch::run_alone(sql.clone(), params.to_vec(), &self.cancel).await
+                }
                 Plan::Shards {
                     shards,
                     sql,
@@ -532,7 +596,7 @@ impl Session {
                             rows: rows.rows,
                         });
                     }
-                    scratch::run_over(pulled, sql.clone(), params.to_vec()).await
+                    scratch::run_over(pulled, sql.clone(), params.to_vec(), &self.cancel).await
                 }
                 Plan::TwoPhase {
                     shards,
@@ -557,7 +621,8 @@ impl Session {
                         table,
                         rows: partials.rows,
                     }];
-                    scratch::run_over(pulled, merge_sql.clone(), params.to_vec()).await
+                    scratch::run_over(pulled, merge_sql.clone(), params.to_vec(), &self.cancel)
+                        .await
                 }
                 Plan::Insert { parts } => {
                     let mut results = Vec::with_capacity(parts.len());
@@ -567,6 +632,7 @@ impl Session {
                             params: params.to_vec(),
                             kind: StatementKind::Dml,
                             refs: Vec::new(),
+                            cancel: self.cancel.clone(),
                         };
                         results.push(self.on_shard(*shard, stmt, false).await?);
                     }
@@ -587,7 +653,7 @@ impl Session {
     async fn move_rows(&mut self, m: &plan::Move, params: &[Value]) -> Result<Rows> {
         let implicit = self.txn.is_none();
         if implicit {
-            self.txn = Some(OpenTxn::new());
+            self.txn = Some(OpenTxn::implicit());
         }
         let result = async {
             let deleted = merge(
@@ -599,8 +665,13 @@ impl Session {
                 table: m.table.clone(),
                 rows: deleted.rows,
             };
-            let (mut output, rows) =
-                scratch::modify_and_read(pulled, m.update_sql.clone(), params.to_vec()).await?;
+            let (mut output, rows) = scratch::modify_and_read(
+                pulled,
+                m.update_sql.clone(),
+                params.to_vec(),
+                &self.cancel,
+            )
+            .await?;
             let columns: Vec<String> = m.table.columns.iter().map(|c| c.name.clone()).collect();
             self.insert_rows(&m.table, &columns, "", rows).await?;
             output.changes = count;
@@ -610,7 +681,7 @@ impl Session {
         if implicit {
             let txn = self.txn.take().expect("opened above");
             match &result {
-                Ok(_) => self.commit(txn).await?,
+                Ok(_) => self.commit_implicit(txn).await?,
                 Err(_) => self.abandon(txn).await,
             }
         }
@@ -699,6 +770,7 @@ impl Session {
                     params: part.iter().flatten().cloned().collect(),
                     kind: StatementKind::Dml,
                     refs: Vec::new(),
+                    cancel: self.cancel.clone(),
                 };
                 results.push(self.on_shard(shard, stmt, false).await?);
             }
@@ -713,7 +785,7 @@ impl Session {
                 if self.txn.is_some() {
                     out.notice = Some("there is already a transaction in progress".into());
                 } else {
-                    self.txn = Some(OpenTxn::new());
+                    self.txn = Some(OpenTxn::explicit());
                 }
                 Ok(out)
             }
@@ -790,7 +862,7 @@ impl Session {
             Kind::Several(parts) => {
                 let implicit = self.txn.is_none();
                 if implicit {
-                    self.txn = Some(OpenTxn::new());
+                    self.txn = Some(OpenTxn::implicit());
                 }
                 let mut result = Ok(());
                 for part in parts {
@@ -802,7 +874,7 @@ impl Session {
                 if implicit {
                     let txn = self.txn.take().expect("opened above");
                     match &result {
-                        Ok(()) => self.commit(txn).await?,
+                        Ok(()) => self.commit_implicit(txn).await?,
                         Err(_) => self.abandon(txn).await,
                     }
                 }
@@ -892,14 +964,14 @@ impl Session {
                     let mut priority = None;
                     let mut pause = std::time::Duration::from_millis(1);
                     loop {
-                        let mut txn = OpenTxn::new();
+                        let mut txn = OpenTxn::implicit();
                         txn.priority = *priority.get_or_insert(txn.priority);
                         self.txn = Some(txn);
                         let result = self.run_plan(&plan, &params).await;
                         let txn = self.txn.take().expect("opened above");
                         match result {
                             Ok(rows) => {
-                                self.commit(txn).await?;
+                                self.commit_implicit(txn).await?;
                                 return Ok(self.output(t, rows));
                             }
                             Err(e)
@@ -996,6 +1068,16 @@ impl Session {
         Ok(())
     }
 
+    /// Commit a transaction the session opened around a statement — unless the statement
+    /// was cancelled meanwhile: then nothing of it is applied (57014).
+    async fn commit_implicit(&mut self, txn: OpenTxn) -> Result<()> {
+        if self.cancel.is_cancelled() {
+            self.abandon(txn).await;
+            return Err(cancel::cancelled());
+        }
+        self.commit(txn).await
+    }
+
     async fn abandon(&mut self, txn: OpenTxn) {
         for (_, lease) in txn.leases {
             self.engine.cluster.rollback(lease).await;
@@ -1068,6 +1150,7 @@ impl Session {
                         params: Vec::new(),
                         kind: StatementKind::Ddl,
                         refs: Vec::new(),
+                        cancel: self.cancel.clone(),
                     };
                     self.on_shard(step.shard, stmt, false).await?;
                 }
@@ -1305,6 +1388,13 @@ impl Session {
     /// `Err` is the last element). Several statements outside a transaction block run as one
     /// implicit transaction, as in PostgreSQL.
     pub async fn run_script(&mut self, sql: &str) -> Vec<Result<Output>> {
+        self.recover_abandoned().await;
+        let outputs = self.run_script_inner(sql).await;
+        self.in_flight = false;
+        outputs
+    }
+
+    async fn run_script_inner(&mut self, sql: &str) -> Vec<Result<Output>> {
         let stmts = match translate::parse(sql) {
             Ok(s) => s,
             Err(e) => return vec![Err(e)],
@@ -1328,14 +1418,14 @@ impl Session {
         }
         let implicit = stmts.len() > 1 && self.txn.is_none() && !stmts.iter().any(control);
         if implicit {
-            self.txn = Some(OpenTxn::new());
+            self.txn = Some(OpenTxn::implicit());
         }
         let mut outputs = Vec::with_capacity(stmts.len());
         for stmt in stmts {
             // Each statement is translated when its turn comes, so it sees the tables the
             // statements before it created.
             let result = match self.translate(stmt, &[]).await {
-                Ok(translated) => self.execute(&Prepared { translated }, Vec::new()).await,
+                Ok(translated) => self.execute_one(&Prepared { translated }, Vec::new()).await,
                 Err(e) => Err(e),
             };
             let failed = result.is_err();
@@ -1352,7 +1442,7 @@ impl Session {
             if let Some(txn) = self.txn.take() {
                 if failed {
                     self.abandon(txn).await;
-                } else if let Err(e) = self.commit(txn).await {
+                } else if let Err(e) = self.commit_implicit(txn).await {
                     outputs.push(Err(e));
                 }
             }
@@ -1385,6 +1475,7 @@ fn savepoint_stmt(sql: String) -> Statement {
         params: Vec::new(),
         kind: StatementKind::Savepoint,
         refs: Vec::new(),
+        cancel: Default::default(),
     }
 }
 

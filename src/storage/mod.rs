@@ -14,6 +14,7 @@
 //! `ROLLBACK` → the ops go through Raft → `ReplicaHandle::apply` → `Replica::apply`: apply each
 //! changeset / DDL and record the applied log id, in one SQLite transaction.
 
+pub mod cancel;
 pub mod changeset;
 pub mod functions;
 pub mod replica;

@@ -8,6 +8,7 @@
 //! - A committed entry that fails to apply stops the replica (the error reaches openraft as a
 //!   storage error, which stops the group): replicas must never silently diverge.
 
+use super::cancel::{Cancel, Slot};
 use super::changeset::{self, Session};
 use crate::error::{Error, Result};
 use crate::ids::ShardId;
@@ -79,6 +80,9 @@ pub struct Statement {
     /// Reference-table shards whose local replicas the statement reads (attached to the
     /// connection it runs on, after catching them up with their leaders).
     pub refs: Vec<ShardId>,
+    /// Stops the statement wherever it runs, if it has not taken effect yet (see
+    /// [`super::cancel`]).
+    pub cancel: Cancel,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -113,6 +117,34 @@ fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection> {
 
 /// Run one statement on `conn`, collecting at most the result limits.
 pub fn run(conn: &Connection, sql: &str, params: &[Value]) -> Result<Rows> {
+    run_with(conn, sql, params, None)
+}
+
+/// [`run`], stopped by any of `watch`'s tokens through the connection's slot: a statement
+/// that only reads at any moment, one that writes only before it starts (SQLite answers an
+/// interrupted write by rolling back the whole transaction — in the writer, every statement
+/// of its batch — so a write, once started, runs to its end).
+pub fn run_with(
+    conn: &Connection,
+    sql: &str,
+    params: &[Value],
+    watch: Option<(&Slot, &[Cancel])>,
+) -> Result<Rows> {
+    let result = run_inner(conn, sql, params, watch);
+    match (result, watch) {
+        (Err(e), Some(_)) if e.code() == crate::error::sqlstate::QUERY_CANCELED => {
+            Err(super::cancel::cancelled())
+        }
+        (other, _) => other,
+    }
+}
+
+fn run_inner(
+    conn: &Connection,
+    sql: &str,
+    params: &[Value],
+    watch: Option<(&Slot, &[Cancel])>,
+) -> Result<Rows> {
     let mut stmt = conn.prepare_cached(sql)?;
     let expected = stmt.parameter_count();
     // `?N` placeholders: a statement cut from a larger one (a pushed-down filter) may use only
@@ -128,6 +160,15 @@ pub fn run(conn: &Connection, sql: &str, params: &[Value]) -> Result<Rows> {
         ));
     }
     let columns = describe(conn, sql)?.columns;
+    let _armed = match watch {
+        Some((slot, tokens)) => {
+            for t in tokens {
+                t.check()?;
+            }
+            stmt.readonly().then(|| slot.arm(tokens))
+        }
+        None => None,
+    };
     if columns.is_empty() {
         let changes = stmt.execute(rusqlite::params_from_iter(params.iter()))? as u64;
         return Ok(Rows {
@@ -200,6 +241,9 @@ pub fn describe(conn: &Connection, sql: &str) -> Result<Rows> {
 /// The replica file and its writable connection. Lives on the replica thread.
 pub struct Replica {
     conn: Connection,
+    /// The writable connection's cancel slot (statements of the writer's batches and
+    /// transactions).
+    slot: Slot,
     shard: ShardId,
     on_change: Option<OnChange>,
     /// Applied entries that could not be recorded yet because a speculative transaction was
@@ -213,7 +257,8 @@ impl Replica {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::internal(format!("creating {}: {e}", dir.display())))?;
         }
-        let conn = open_connection(path, OpenFlags::default())?;
+        let mut conn = open_connection(path, OpenFlags::default())?;
+        let slot = Slot::install(&mut conn)?;
         let mode: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -227,6 +272,7 @@ impl Replica {
         conn.execute_batch(options.schema)?;
         let replica = Replica {
             conn,
+            slot,
             shard,
             on_change: options.on_change.clone(),
             pending: RefCell::new(None),
@@ -527,10 +573,10 @@ pub fn snapshot_state(path: &Path) -> Result<(Option<LogId>, Membership)> {
     Ok((applied, membership))
 }
 
-/// Read-only connections serving queries outside transactions.
+/// Read-only connections serving queries outside transactions, each with its cancel slot.
 pub struct ReadPool {
     path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<(Connection, Slot)>>,
 }
 
 impl ReadPool {
@@ -542,26 +588,40 @@ impl ReadPool {
     }
 
     /// Run `f` on a read-only connection (on the calling thread: call from `spawn_blocking`).
-    pub fn with<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+    /// A connection comes back to the pool only as it was taken: no transaction open, nothing
+    /// attached (a failure half-way through `f` must not hand the next reader a connection
+    /// still attached to another replica).
+    pub fn with<R>(&self, f: impl FnOnce(&Connection, &Slot) -> Result<R>) -> Result<R> {
         let conn = self.idle.lock().expect("pool lock poisoned").pop();
-        let conn = match conn {
+        let (conn, slot) = match conn {
             Some(c) => c,
             None => {
-                let c = open_connection(
+                let mut c = open_connection(
                     &self.path,
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 c.pragma_update(None, "query_only", true)?;
-                c
+                let slot = Slot::install(&mut c)?;
+                (c, slot)
             }
         };
-        let result = f(&conn);
+        let result = f(&conn, &slot);
+        let clean = conn.is_autocommit() && attached_count(&conn) == Some(1);
         let mut idle = self.idle.lock().expect("pool lock poisoned");
-        if idle.len() < limits::READ_CONNECTIONS_MAX && conn.is_autocommit() {
-            idle.push(conn);
+        if idle.len() < limits::READ_CONNECTIONS_MAX && clean {
+            idle.push((conn, slot));
         }
         result
     }
+}
+
+/// Databases attached to `conn`, `main` included.
+fn attached_count(conn: &Connection) -> Option<usize> {
+    conn.prepare("PRAGMA database_list")
+        .ok()?
+        .query_map([], |_| Ok(()))
+        .ok()
+        .map(|rows| rows.count())
 }
 
 /// Each statement's result, and the ops that replicate the successful ones.
@@ -671,6 +731,7 @@ impl ReplicaHandle {
                 params: Vec::new(),
                 kind: StatementKind::Dml,
                 refs: Vec::new(),
+                cancel: Default::default(),
             })
             .await?;
         match rows.rows.first().and_then(|r| r.first()) {
@@ -690,9 +751,12 @@ impl ReplicaHandle {
         attach: Vec<(String, PathBuf)>,
     ) -> Result<Rows> {
         let reads = self.reads.clone();
-        let (interrupt, guard) = Interrupt::new();
+        // Dropping this future (a query abandoned because another part of it failed) stops
+        // the statement too.
+        let dropped = Cancel::default();
+        let guard = super::cancel::CancelOnDrop::new(dropped.clone());
         let result = tokio::task::spawn_blocking(move || {
-            reads.with(|c| {
+            reads.with(|c, slot| {
                 // The pool's connections are read-only, and so is what they attach.
                 for (name, path) in &attach {
                     c.execute(
@@ -700,12 +764,11 @@ impl ReplicaHandle {
                         rusqlite::params![path.to_string_lossy(), name],
                     )?;
                 }
-                interrupt.start(c)?;
+                let tokens = [stmt.cancel.clone(), dropped];
                 let result = match stmt.kind {
                     StatementKind::Describe => describe(c, &stmt.sql),
-                    _ => run(c, &stmt.sql, &stmt.params),
+                    _ => run_with(c, &stmt.sql, &stmt.params, Some((slot, &tokens))),
                 };
-                interrupt.done();
                 for (name, _) in &attach {
                     c.execute("DETACH DATABASE ?1", [name])?;
                 }
@@ -714,57 +777,8 @@ impl ReplicaHandle {
         })
         .await
         .map_err(Error::internal)?;
-        drop(guard);
+        guard.defuse();
         result
-    }
-}
-
-enum QueryState {
-    NotStarted,
-    Running(rusqlite::InterruptHandle),
-    Cancelled,
-    Done,
-}
-
-/// Lets a query on a blocking thread be stopped by dropping the future waiting for it.
-pub struct Interrupt(Arc<Mutex<QueryState>>);
-
-impl Interrupt {
-    /// The handle for the blocking side, and the guard the waiting future holds.
-    pub fn new() -> (Interrupt, CancelOnDrop) {
-        let state = Arc::new(Mutex::new(QueryState::NotStarted));
-        (Interrupt(state.clone()), CancelOnDrop(state))
-    }
-
-    /// About to run on `conn`: fails if the waiter already went away.
-    pub fn start(&self, conn: &Connection) -> Result<()> {
-        let mut s = self.0.lock().expect("query state lock poisoned");
-        if matches!(*s, QueryState::Cancelled) {
-            return Err(Error::sql(
-                crate::error::sqlstate::QUERY_CANCELED,
-                "query cancelled",
-            ));
-        }
-        *s = QueryState::Running(conn.get_interrupt_handle());
-        Ok(())
-    }
-
-    pub fn done(&self) {
-        *self.0.lock().expect("query state lock poisoned") = QueryState::Done;
-    }
-}
-
-/// Stops the query when the future waiting for it is dropped.
-pub struct CancelOnDrop(Arc<Mutex<QueryState>>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        let mut s = self.0.lock().expect("query state lock poisoned");
-        match &*s {
-            QueryState::NotStarted => *s = QueryState::Cancelled,
-            QueryState::Running(handle) => handle.interrupt(),
-            QueryState::Cancelled | QueryState::Done => {}
-        }
     }
 }
 
@@ -802,7 +816,8 @@ impl<'c> Speculative<'c> {
 
     /// Run one statement in its own savepoint: on error its effects are undone and the
     /// transaction stays usable.
-    fn exec(&mut self, conn: &'c Connection, stmt: &Statement) -> Result<Rows> {
+    fn exec(&mut self, conn: &'c Connection, slot: &Slot, stmt: &Statement) -> Result<Rows> {
+        stmt.cancel.check()?;
         if stmt.kind == StatementKind::Describe {
             return describe(conn, &stmt.sql);
         }
@@ -819,7 +834,12 @@ impl<'c> Speculative<'c> {
         conn.execute_batch("SAVEPOINT cairn_stmt")?;
         let result = match stmt.kind {
             StatementKind::Describe | StatementKind::Savepoint => unreachable!("handled above"),
-            StatementKind::Dml => run(conn, &stmt.sql, &stmt.params),
+            StatementKind::Dml => run_with(
+                conn,
+                &stmt.sql,
+                &stmt.params,
+                Some((slot, std::slice::from_ref(&stmt.cancel))),
+            ),
             StatementKind::Ddl => self.ddl(conn, stmt.sql.clone()),
             StatementKind::DdlOnce(job) => {
                 let done: Option<i64> = conn
@@ -969,8 +989,10 @@ fn serve(
                     continue;
                 }
                 let result = Speculative::begin(conn).and_then(|mut spec| {
-                    let results: Vec<Result<Rows>> =
-                        stmts.iter().map(|s| spec.exec(conn, s)).collect();
+                    let results: Vec<Result<Rows>> = stmts
+                        .iter()
+                        .map(|s| spec.exec(conn, &replica.slot, s))
+                        .collect();
                     let ops = spec.finish(conn)?;
                     Ok((results, ops))
                 });
@@ -984,7 +1006,7 @@ fn serve(
             }
             Command::Exec(stmt, reply) => {
                 let result = match txn.as_mut() {
-                    Some(open) => open.exec(conn, &stmt),
+                    Some(open) => open.exec(conn, &replica.slot, &stmt),
                     None => Err(Error::Retry(
                         "the transaction was aborted (leadership changed); retry it".into(),
                     )),
