@@ -17,6 +17,11 @@ pub const RESULT_ROWS_MAX: usize = 1_000_000;
 /// Bytes a single result may hold, for the same reason.
 pub const RESULT_BYTES_MAX: usize = 256 * 1024 * 1024;
 
+/// Binary operators in a row at one nesting level of an expression (`1+1+...`, long OR
+/// chains): each is a level of the parsed tree, and walking a tree recurses once per level
+/// (see `sql::translate::check_operator_runs`). Checked with a debug build on a 2 MiB stack.
+pub const EXPRESSION_OPERATORS_MAX: usize = 1_000;
+
 /// Statements a single HTTP request may carry.
 pub const HTTP_STATEMENTS_MAX: usize = 1_000;
 

@@ -857,6 +857,7 @@ impl Handler for HostRpc {
                 stmt,
                 txn: None,
                 read: false,
+                ..
             } => {
                 let Some(raft) = self.rafts.get(&shard.0) else {
                     return Response::Index(Err(not_here()));
@@ -1010,6 +1011,7 @@ async fn propose(seed: u64, worker: u64, client: Arc<Client>, shared: Arc<Shared
                 refs: Vec::new(),
             },
             read: false,
+            cancel: None,
         };
         let answer = client
             .call(&cluster_addr(host), request, CLIENT_TIMEOUT)

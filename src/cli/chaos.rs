@@ -49,6 +49,11 @@ pub struct ChaosArgs {
     /// Partitions need root and `iptables`; without them the default leaves them out.
     #[arg(long, value_delimiter = ',')]
     pub faults: Vec<FaultKind>,
+    /// Leave out what clients do to the cluster: by default about one operation in twelve
+    /// is cancelled (a CancelRequest after 0–40 ms) and one in twenty-five is abandoned
+    /// (the client's connection dropped mid-statement or mid-transaction).
+    #[arg(long)]
+    pub no_client_faults: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -133,6 +138,14 @@ fn micros(start: Instant) -> u64 {
 }
 
 async fn connect(url: &str) -> Option<tokio_postgres::Client> {
+    connect_abortable(url).await.map(|(c, _)| c)
+}
+
+/// A client and the task running its connection: aborting the task drops the socket at
+/// once, as a client process that dies does.
+async fn connect_abortable(
+    url: &str,
+) -> Option<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
     let (c, conn) = tokio::time::timeout(
         Duration::from_secs(2),
         tokio_postgres::connect(url, tokio_postgres::NoTls),
@@ -140,8 +153,32 @@ async fn connect(url: &str) -> Option<tokio_postgres::Client> {
     .await
     .ok()?
     .ok()?;
-    tokio::spawn(conn);
-    Some(c)
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Some((c, task))
+}
+
+/// What a client does to its own operation.
+#[derive(Debug, Clone, Copy)]
+enum ClientFault {
+    /// Send a CancelRequest after this long.
+    Cancel(Duration),
+    /// Drop the connection after this long if the operation has not ended.
+    Disconnect(Duration),
+}
+
+/// Whether an error means the operation certainly did not take effect. Cairn promises
+/// that only 08007 (outcome unknown), internal errors and lost connections leave it open:
+/// a constraint or syntax error, a conflict (40001), a cancel (57014), an unavailable
+/// shard (57P03), a failed or ended transaction (25P02, 25P03) all mean "not applied" —
+/// so the checkers hold Cairn to that.
+fn certainly_not_applied(code: &str) -> bool {
+    ["23", "42", "40", "22", "25"]
+        .iter()
+        .any(|p| code.starts_with(p))
+        || code == "57014"
+        || code == "57P03"
 }
 
 /// One client: picks nodes and operations from its seed, records every operation.
@@ -153,14 +190,23 @@ async fn client(
     start: Instant,
     stop: Arc<AtomicBool>,
     history: Arc<Mutex<Vec<Op>>>,
+    client_faults: bool,
 ) {
     let mut rng =
         rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(7919).wrapping_add(id as u64));
     let mut conn: Option<tokio_postgres::Client> = None;
+    let mut conn_task: Option<tokio::task::JoinHandle<()>> = None;
     let mut counter = 0i64;
     while !stop.load(Ordering::Relaxed) {
         if conn.is_none() {
-            conn = connect(&urls[rng.random_range(0..urls.len())]).await;
+            if let Some(task) = conn_task.take() {
+                task.abort();
+            }
+            let made = connect_abortable(&urls[rng.random_range(0..urls.len())]).await;
+            (conn, conn_task) = match made {
+                Some((c, t)) => (Some(c), Some(t)),
+                None => (None, None),
+            };
             if conn.is_none() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
@@ -220,8 +266,58 @@ async fn client(
                     .map(|n| Some(n as i64)),
             }
         };
+        let fault = match rng.random_range(0..100) {
+            _ if !client_faults => None,
+            0..8 => Some(ClientFault::Cancel(Duration::from_millis(
+                rng.random_range(0..40),
+            ))),
+            8..12 => Some(ClientFault::Disconnect(Duration::from_millis(
+                rng.random_range(0..40),
+            ))),
+            _ => None,
+        };
+        let canceller = match fault {
+            Some(ClientFault::Cancel(after)) => {
+                let token = c.cancel_token();
+                Some(tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    let _ = token.cancel_query(tokio_postgres::NoTls).await;
+                }))
+            }
+            _ => None,
+        };
+        let cut_after = match fault {
+            Some(ClientFault::Disconnect(after)) => after,
+            _ => OP_TIMEOUT * 2,
+        };
         let mut error = None;
-        let outcome = match tokio::time::timeout(OP_TIMEOUT, run).await {
+        let timed = async {
+            tokio::select! {
+                r = tokio::time::timeout(OP_TIMEOUT, run) => Some(r),
+                _ = tokio::time::sleep(cut_after) => None,
+            }
+        };
+        let Some(timed) = timed.await else {
+            // The client went away mid-operation: whatever it did may or may not stand.
+            if let Some(task) = conn_task.take() {
+                task.abort();
+            }
+            conn = None;
+            history.lock().expect("history lock poisoned").push(Op {
+                client: id,
+                key,
+                call,
+                invoked,
+                completed: micros(start),
+                outcome: Outcome::Unknown,
+                error: Some("the client dropped its connection".into()),
+            });
+            continue;
+        };
+        if let Some(c) = canceller {
+            c.abort();
+        }
+        let outcome = match timed {
             Ok(Ok(result)) => match call {
                 Call::Cas(..) if result == Some(0) => Outcome::Fail,
                 Call::Cas(..) => Outcome::Ok(None),
@@ -235,10 +331,8 @@ async fn client(
                     Some(db) => format!("{}: {}", db.code().code(), db.message()),
                     None => e.to_string(),
                 });
-                // A constraint violation or syntax error did not apply; anything else
-                // (leader lost, forwarding failed, connection lost) may have.
                 match e.code().map(|c| c.code()) {
-                    Some(code) if code.starts_with("23") || code.starts_with("42") => Outcome::Fail,
+                    Some(code) if certainly_not_applied(code) => Outcome::Fail,
                     _ => Outcome::Unknown,
                 }
             }
@@ -366,6 +460,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
                 start,
                 stop.clone(),
                 history.clone(),
+                !args.no_client_faults,
             ))
         })
         .collect();

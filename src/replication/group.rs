@@ -88,7 +88,8 @@ impl ShardGroup {
         let replica = ReplicaHandle::start(&shard_dir.join("replica.db"), shard, options)?;
         let state_machine =
             StateMachine::new(replica.clone(), &shard_dir.join("snapshots")).await?;
-        let log_store = logs.store(shard)?;
+        let mut log_store = logs.store(shard)?;
+        refuse_a_gap(shard, &replica, &mut log_store).await?;
         let network = Network { shard, client };
         let raft = Raft::new(node.0, config, network, log_store, state_machine)
             .await
@@ -232,6 +233,31 @@ impl ShardGroup {
             tracing::warn!(shard = %self.shard, error = %e, "raft shutdown");
         }
     }
+}
+
+/// A replica behind the start of its log (entries it still needs were purged) with no
+/// snapshot to cover them: starting would skip those entries silently. After a power cut
+/// this cannot happen — the log is purged only behind a durable snapshot, which
+/// `StateMachine::new` restores — so it means lost or tampered files: stop loudly.
+async fn refuse_a_gap(
+    shard: ShardId,
+    replica: &ReplicaHandle,
+    log_store: &mut super::log_store::LogStore,
+) -> Result<()> {
+    use openraft::storage::RaftLogStorage;
+    let purged = log_store
+        .get_log_state()
+        .await
+        .map_err(|e| Error::internal(format!("{shard}: reading the log state: {e}")))?
+        .last_purged_log_id
+        .map(|l| l.index);
+    let applied = replica.applied_state().await?.0.map(|l| l.index);
+    if purged > applied {
+        return Err(Error::Corrupt(format!(
+            "{shard}: the replica has applied up to {applied:?} but the log starts after {purged:?}, and no snapshot covers the gap; refusing to start the group"
+        )));
+    }
+    Ok(())
 }
 
 /// Shares read-index rounds among linearizable reads. A read needs a round (leadership

@@ -81,7 +81,9 @@ impl StateMachine {
             }
             let kept = dir.join(format!("snap-{seq}.db"));
             if path != kept {
-                std::fs::rename(&path, &kept).map_err(crate::error::Error::internal)?;
+                crate::storage::durable::sync_file(&path).map_err(crate::error::Error::internal)?;
+                crate::storage::durable::rename(&path, &kept)
+                    .map_err(crate::error::Error::internal)?;
             }
             let (_, membership) = replica::snapshot_state(&kept)?;
             let applied = replica.applied_state().await?.0.map(|l| l.index);
@@ -151,7 +153,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 .map_err(snap_err)?
                 .map_err(snap_err)?;
         let path = self.dir.join(format!("snap-{seq}.db"));
-        std::fs::rename(&tmp, &path).map_err(snap_err)?;
+        // Contents synced by `snapshot_to`; now its name. Only then may openraft purge the
+        // log it covers (it does once this returns), and the older snapshot go.
+        crate::storage::durable::rename(&tmp, &path).map_err(snap_err)?;
         let meta = Meta {
             last_log_id,
             last_membership: membership,
@@ -226,12 +230,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &Meta,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        snapshot.sync_all().await.map_err(snap_err)?;
         drop(snapshot);
         let received = self
             .receiving
             .take()
             .ok_or_else(|| snap_err("install without a received snapshot"))?;
+        // openraft purges the log up to the snapshot: the file and its name are durable
+        // before the replica (synced only at checkpoints) takes it in.
+        crate::storage::durable::sync_file(&received).map_err(snap_err)?;
         let seq: u64 = received
             .file_stem()
             .and_then(|s| s.to_str())
@@ -239,7 +245,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .and_then(|s| s.parse().ok())
             .unwrap_or_default();
         let path = self.dir.join(format!("snap-{seq}.db"));
-        std::fs::rename(&received, &path).map_err(snap_err)?;
+        crate::storage::durable::rename(&received, &path).map_err(snap_err)?;
         self.replica.restore(path.clone()).await.map_err(snap_err)?;
         let old = self
             .snapshots

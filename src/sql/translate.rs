@@ -196,10 +196,14 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
         ));
     }
     let sql = normalize(sql);
+    let tokens = sqlparser::tokenizer::Tokenizer::new(&PostgreSqlDialect {}, &sql)
+        .tokenize_with_location()
+        .map_err(|e| Error::sql(sqlstate::SYNTAX_ERROR, e.to_string()))?;
+    check_operator_runs(&tokens)?;
     Parser::new(&PostgreSqlDialect {})
         .with_recursion_limit(200)
-        .try_with_sql(&sql)
-        .and_then(|mut p| p.parse_statements())
+        .with_tokens_with_locations(tokens)
+        .parse_statements()
         .map_err(|e| {
             let message = e.to_string();
             let message = message
@@ -212,6 +216,61 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
                 Error::sql(sqlstate::SYNTAX_ERROR, message)
             }
         })
+}
+
+/// Refuse a statement with more than `limits::EXPRESSION_OPERATORS_MAX` binary operators in
+/// a row at one nesting level (`1+1+...+1`, `a = 1 OR a = 2 OR ...`). The parser builds
+/// such a chain iteratively into a left-deep tree, so its recursion limit never sees it;
+/// but cloning, visiting and dropping the tree recurse once per operator, and a few
+/// hundred thousand of them overflow a thread's stack and kill the node. Parentheses start
+/// a new count (their depth is the parser's recursion limit), and so does a comma.
+fn check_operator_runs(tokens: &[sqlparser::tokenizer::TokenWithSpan]) -> Result<()> {
+    use sqlparser::keywords::Keyword;
+    use sqlparser::tokenizer::Token;
+    let mut runs = vec![0usize];
+    for t in tokens {
+        let top = runs.last_mut().expect("the outermost level stays");
+        match &t.token {
+            Token::LParen | Token::LBracket => runs.push(0),
+            Token::RParen | Token::RBracket => {
+                if runs.len() > 1 {
+                    runs.pop();
+                }
+            }
+            Token::Comma | Token::SemiColon => *top = 0,
+            Token::Plus
+            | Token::Minus
+            | Token::Mul
+            | Token::Div
+            | Token::Mod
+            | Token::StringConcat
+            | Token::Eq
+            | Token::Neq
+            | Token::Lt
+            | Token::Gt
+            | Token::LtEq
+            | Token::GtEq
+            | Token::Caret
+            | Token::Ampersand
+            | Token::Pipe
+            | Token::DoubleColon => *top += 1,
+            Token::Word(w) if matches!(w.keyword, Keyword::AND | Keyword::OR) => *top += 1,
+            _ => {}
+        }
+        if runs
+            .last()
+            .is_some_and(|n| *n > limits::EXPRESSION_OPERATORS_MAX)
+        {
+            return Err(Error::sql(
+                sqlstate::STATEMENT_TOO_COMPLEX,
+                format!(
+                    "expression too complex: more than {} operators in a row (use IN (...) or parentheses)",
+                    limits::EXPRESSION_OPERATORS_MAX
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// PostgreSQL syntax the parser does not take, rewritten to what it does (for tools such as

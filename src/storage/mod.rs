@@ -1,5 +1,8 @@
 //! Storage: one SQLite file per replica (rusqlite, bundled SQLite), WAL mode,
-//! `synchronous=OFF` — the Raft log is the durable copy. The last applied log id is written in
+//! `synchronous=NORMAL` — commits are not fsynced, the Raft log is the durable copy; only
+//! checkpoints sync, so a power cut loses recent transactions (replayed from the log) but
+//! never corrupts the file. Snapshots are fsynced with their names ([`durable`]) before the
+//! log behind them is purged. The last applied log id is written in
 //! the same SQLite transaction as the data it covers, so a restart resumes exactly where the
 //! file stands.
 //!
@@ -16,5 +19,6 @@
 
 pub mod cancel;
 pub mod changeset;
+pub mod durable;
 pub mod functions;
 pub mod replica;
