@@ -10,6 +10,7 @@ pub mod sqlstate {
     pub const SYNTAX_ERROR: &str = "42601";
     pub const UNDEFINED_TABLE: &str = "42P01";
     pub const UNDEFINED_COLUMN: &str = "42703";
+    pub const AMBIGUOUS_COLUMN: &str = "42702";
     pub const UNDEFINED_FUNCTION: &str = "42883";
     pub const DUPLICATE_TABLE: &str = "42P07";
     pub const DUPLICATE_OBJECT: &str = "42710";
@@ -57,6 +58,7 @@ pub mod sqlstate {
         SYNTAX_ERROR,
         UNDEFINED_TABLE,
         UNDEFINED_COLUMN,
+        AMBIGUOUS_COLUMN,
         UNDEFINED_FUNCTION,
         DUPLICATE_TABLE,
         DUPLICATE_OBJECT,
@@ -239,7 +241,12 @@ impl From<rusqlite::Error> for Error {
 fn classify_sqlite_message(message: &str) -> &'static str {
     if message.contains("no such table") {
         sqlstate::UNDEFINED_TABLE
-    } else if message.contains("no such column") || message.contains("has no column named") {
+    } else if message.contains("ambiguous column name") {
+        sqlstate::AMBIGUOUS_COLUMN
+    } else if message.contains("no such column")
+        || message.contains("has no column named")
+        || message.contains("cannot join using column")
+    {
         sqlstate::UNDEFINED_COLUMN
     } else if message.contains("no such function") || message.contains("wrong number of arguments")
     {

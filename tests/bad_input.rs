@@ -237,8 +237,8 @@ async fn a_very_long_operator_chain_is_refused_not_a_crash() {
     }
     let n = cairn::limits::EXPRESSION_OPERATORS_MAX;
     let sql = format!("SELECT 1{}", "+1".repeat(n - 1));
-    let v: i64 = c.query_one(&sql, &[]).await.unwrap().get(0);
-    assert_eq!(v, n as i64);
+    let v: i32 = c.query_one(&sql, &[]).await.unwrap().get(0);
+    assert_eq!(v, n as i32);
     c.batch_execute("CREATE TABLE chain (id integer PRIMARY KEY)")
         .await
         .unwrap();

@@ -1954,3 +1954,56 @@ mod tests {
         assert_eq!(unique, Some(vec!["a".to_string(), "b".to_string()]));
     }
 }
+
+#[cfg(test)]
+mod depth_tests {
+    #[test]
+    fn long_chains_are_refused_early() {
+        let run = |sql: String| {
+            std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || super::parse(&sql).map(|_| ()).map_err(|e| e.code()))
+                .unwrap()
+                .join()
+                .unwrap()
+        };
+        assert_eq!(
+            run(format!("SELECT 1{}", "+1".repeat(2_000_000))),
+            Err("54001")
+        );
+        assert_eq!(
+            run(format!(
+                "SELECT 1 WHERE 1 = 1{}",
+                " OR 1 = 1".repeat(300_000)
+            )),
+            Err("54001")
+        );
+        assert_eq!(
+            run(format!("SELECT 'a'{}", " || 'a'".repeat(500_000))),
+            Err("54001")
+        );
+        let n = crate::limits::EXPRESSION_OPERATORS_MAX;
+        assert_eq!(run(format!("SELECT 1{}", "+1".repeat(n))), Ok(()));
+        assert_eq!(run(format!("SELECT 1{}", "+1".repeat(n + 1))), Err("54001"));
+    }
+
+    #[test]
+    fn translating_the_longest_chain_fits_a_worker_stack() {
+        // A tokio worker's stack.
+        let sql = format!(
+            "SELECT 1{}",
+            "+1".repeat(crate::limits::EXPRESSION_OPERATORS_MAX)
+        );
+        let ok = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                let stmt = super::parse(&sql).unwrap().pop().unwrap();
+                let catalog = crate::catalog::Catalog::default();
+                super::translate(stmt, &catalog, &[]).is_ok()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(ok);
+    }
+}
