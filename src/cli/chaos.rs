@@ -182,16 +182,27 @@ fn certainly_not_applied(code: &str) -> bool {
 }
 
 /// One client: picks nodes and operations from its seed, records every operation.
-async fn client(
-    id: usize,
+/// What every client of a run shares: the seed, the workload, whether clients fault.
+#[derive(Clone, Copy)]
+struct Plan {
     seed: u64,
     workload: Workload,
+    client_faults: bool,
+}
+
+async fn client(
+    id: usize,
+    plan: Plan,
     urls: Vec<String>,
     start: Instant,
     stop: Arc<AtomicBool>,
     history: Arc<Mutex<Vec<Op>>>,
-    client_faults: bool,
 ) {
+    let Plan {
+        seed,
+        workload,
+        client_faults,
+    } = plan;
     let mut rng =
         rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(7919).wrapping_add(id as u64));
     let mut conn: Option<tokio_postgres::Client> = None;
@@ -452,15 +463,18 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..args.clients)
         .map(|i| {
+            let plan = Plan {
+                seed: args.seed,
+                workload: args.workload,
+                client_faults: !args.no_client_faults,
+            };
             tokio::spawn(client(
                 i,
-                args.seed,
-                args.workload,
+                plan,
                 urls.clone(),
                 start,
                 stop.clone(),
                 history.clone(),
-                !args.no_client_faults,
             ))
         })
         .collect();

@@ -229,13 +229,12 @@ fn check_operator_runs(tokens: &[sqlparser::tokenizer::TokenWithSpan]) -> Result
     use sqlparser::tokenizer::Token;
     let mut runs = vec![0usize];
     for t in tokens {
+        let depth = runs.len();
         let top = runs.last_mut().expect("the outermost level stays");
         match &t.token {
             Token::LParen | Token::LBracket => runs.push(0),
-            Token::RParen | Token::RBracket => {
-                if runs.len() > 1 {
-                    runs.pop();
-                }
+            Token::RParen | Token::RBracket if depth > 1 => {
+                runs.pop();
             }
             Token::Comma | Token::SemiColon => *top = 0,
             Token::Plus
