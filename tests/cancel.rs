@@ -294,3 +294,39 @@ async fn an_http_client_leaving_mid_statement_fails_its_transaction() {
     })
     .await;
 }
+
+/// Statements forwarded to another node's leader stop too: the cancel follows them as a
+/// `Cancel` call. A read on every node of a 3-process cluster (two of them forward it) is
+/// stopped, and cancelled forwarded UPDATEs are all or nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_statements_forwarded_to_the_leader() {
+    let cluster = tokio::task::block_in_place(|| common::Cluster::start(3, &[]));
+    bounded("forwarded cancel", async {
+        let first = common::connect(cluster.nodes[0].pg).await;
+        table(&first, 2000).await;
+        let endless = format!("{ENDLESS} SELECT count(*) FROM n, t WHERE t.id = 1");
+        let mut applied = 0i64;
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            let c = common::connect(node.pg).await;
+            let e = cancelled_after(&c, &endless, Duration::from_millis(100))
+                .await
+                .unwrap_err();
+            assert_eq!(code(&e), "57014", "n{}: {e}", i + 1);
+            for d in [0u64, 15, 40] {
+                match cancelled_after(&c, "UPDATE t SET n = n + 1", Duration::from_millis(d)).await {
+                    Ok(_) => applied += 1,
+                    Err(e) => assert_eq!(code(&e), "57014", "n{}: {e}", i + 1),
+                }
+            }
+        }
+        let counts: Vec<(i64, i64)> = first
+            .query("SELECT n, count(*) FROM t GROUP BY n", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(counts, vec![(applied, 2000)]);
+    })
+    .await;
+}
