@@ -78,33 +78,35 @@ async fn malformed_sql_and_wrong_parameters() {
     .unwrap();
     let nested = format!("SELECT {}1{}", "(".repeat(5000), ")".repeat(5000));
     let malformed = [
-        "SELECT (",
-        "INSERT INTO",
-        "'unterminated",
-        "SELECT * FROM t WHERE",
-        ")))",
-        "SELECT 1 +",
-        "CREATE TABLE (",
-        "SELECT $0",
-        "SELECT $99999999999999999999",
-        "UPDATE t SET",
-        "DELETE",
-        "SELECT 'a' :: :: int",
-        nested.as_str(),
-        "SELECT * FROM t; SELEC",
-        "COPY t TO STDOUT",
-        "COPY nowhere FROM STDIN",
-        "COPY t FROM STDIN WITH (FORMAT binary)",
-        "GRANT ALL ON t TO bob",
-        "INSERT INTO t VALUES (1, 'x', 'not a float', now())",
-        "SELECT 'abc'::integer",
-        "SELECT '2024-13-45'::date",
-        "SELECT 1/0",
+        ("SELECT (", "42601"),
+        ("INSERT INTO", "42601"),
+        ("'unterminated", "42601"),
+        ("SELECT * FROM t WHERE", "42601"),
+        (")))", "42601"),
+        ("SELECT 1 +", "42601"),
+        ("CREATE TABLE (", "42601"),
+        ("SELECT $0", "42601"),
+        ("SELECT $99999999999999999999", "42601"),
+        ("UPDATE t SET", "42601"),
+        ("DELETE", "42601"),
+        ("SELECT 'a' :: :: int", "42601"),
+        (nested.as_str(), "54001"),
+        ("SELECT * FROM t; SELEC", "42601"),
+        ("COPY t TO STDOUT", "0A000"),
+        ("COPY nowhere FROM STDIN", "42P01"),
+        ("COPY t FROM STDIN WITH (FORMAT binary)", "0A000"),
+        ("GRANT ALL ON t TO bob", "0A000"),
+        ("INSERT INTO t VALUES (1, 'x', 'not a float', now())", "22P02"),
+        ("SELECT 'abc'::integer", "22P02"),
+        ("SELECT '2024-13-45'::date", "22P02"),
+        ("SELECT 1/0", "22012"),
     ];
-    for sql in malformed {
+    // Each input gets the SQLSTATE that says what is wrong with it (never XX000, which
+    // would be Cairn's own failure).
+    for (sql, want) in malformed {
         let e = c.simple_query(sql).await.expect_err(sql);
         let db = e.as_db_error().unwrap_or_else(|| panic!("{sql}: {e}"));
-        assert!(!db.code().code().is_empty(), "{sql}");
+        assert_eq!(db.code().code(), want, "{sql}: {}", db.message());
     }
     // Wrong parameter types and encodings over the extended protocol.
     let addr = node.pg;
@@ -318,4 +320,41 @@ async fn fuzzed_sql_gets_answers_not_crashes() {
         internal.join("\n")
     );
     still_serving(&node).await;
+}
+
+/// INSERT rows narrower than the table fill its first columns (the rest get defaults), as
+/// PostgreSQL does; wider rows, or rows of different widths, are 42601 — not XX000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_rows_of_the_wrong_width() {
+    let node = TestNode::start().await;
+    let c = node.client().await;
+    c.batch_execute("CREATE TABLE w3 (id integer PRIMARY KEY, v text, d text DEFAULT 'dflt')")
+        .await
+        .unwrap();
+    c.batch_execute("INSERT INTO w3 VALUES (60, 'x')").await.unwrap();
+    c.batch_execute("INSERT INTO w3 VALUES (61)").await.unwrap();
+    let rows: Vec<(i32, Option<String>, String)> = c
+        .query("SELECT id, v, d FROM w3 ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![(60, Some("x".into()), "dflt".into()), (61, None, "dflt".into())]
+    );
+    for sql in [
+        "INSERT INTO w3 VALUES (62, 'a', 'b', 'c')",
+        "INSERT INTO w3 (id, v) VALUES (63)",
+        "INSERT INTO w3 (id) VALUES (64, 'a')",
+        "INSERT INTO w3 VALUES (65, 'a'), (66)",
+    ] {
+        let e = c.simple_query(sql).await.unwrap_err();
+        assert_eq!(
+            e.as_db_error().map(|d| d.code().code()),
+            Some("42601"),
+            "{sql}: {e}"
+        );
+    }
 }

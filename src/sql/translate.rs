@@ -1124,6 +1124,7 @@ pub fn translate(
             if let Some(r) = insert.returning.as_mut() {
                 name_columns(r);
             }
+            match_insert_widths(insert, &tables)?;
             coerce_insert_literals(insert, &tables)?;
         }
         Statement::Update(update) => {
@@ -1526,6 +1527,57 @@ fn translate_set(set: &ast::Set) -> Translated {
 
 /// Coerce literal values in `INSERT ... VALUES` to their columns' types, as PostgreSQL would
 /// (so `'t'` into a boolean stores 1, and a timestamptz literal is stored normalised).
+/// Rows of `INSERT ... VALUES` against their target columns, as PostgreSQL checks them:
+/// without a column list, fewer values fill the first columns (the rest get their
+/// defaults); more values than columns, or rows of different widths, are 42601.
+fn match_insert_widths(insert: &mut ast::Insert, tables: &[&Table]) -> Result<()> {
+    let ast::TableObject::TableName(name) = &insert.table else {
+        return Ok(());
+    };
+    let Some(table) = tables
+        .iter()
+        .find(|t| t.name.eq_ignore_ascii_case(&object_name(name)))
+    else {
+        return Ok(());
+    };
+    let Some(SetExpr::Values(values)) = insert.source.as_ref().map(|s| s.body.as_ref()) else {
+        return Ok(());
+    };
+    let Some(width) = values.rows.first().map(|r| r.len()) else {
+        return Ok(());
+    };
+    if values.rows.iter().any(|r| r.len() != width) {
+        return Err(Error::sql(
+            sqlstate::SYNTAX_ERROR,
+            "VALUES lists must all be the same length",
+        ));
+    }
+    let targets = if insert.columns.is_empty() {
+        table.columns.len()
+    } else {
+        insert.columns.len()
+    };
+    if width > targets {
+        return Err(Error::sql(
+            sqlstate::SYNTAX_ERROR,
+            "INSERT has more expressions than target columns",
+        ));
+    }
+    if width < targets && !insert.columns.is_empty() {
+        return Err(Error::sql(
+            sqlstate::SYNTAX_ERROR,
+            "INSERT has more target columns than expressions",
+        ));
+    }
+    if width < targets {
+        insert.columns = table.columns[..width]
+            .iter()
+            .map(|c| ast::ObjectName::from(vec![ast::Ident::with_quote('"', c.name.clone())]))
+            .collect();
+    }
+    Ok(())
+}
+
 fn coerce_insert_literals(insert: &mut ast::Insert, tables: &[&Table]) -> Result<()> {
     let ast::TableObject::TableName(name) = &insert.table else {
         return Ok(());
