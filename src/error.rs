@@ -207,7 +207,13 @@ impl From<rusqlite::Error> for Error {
                     return Error::Internal(message)
                 }
                 c if c & 0xff == ffi::SQLITE_CORRUPT => return Error::Corrupt(message),
-                _ => sqlstate::INTERNAL_ERROR,
+                // Not the statement's fault: the file was busy, memory ran out, or a code
+                // Cairn does not know. Never a SQL error, which a DDL job would take as
+                // the shard refusing the change (and undo it everywhere).
+                c if c & 0xff == ffi::SQLITE_BUSY || c & 0xff == ffi::SQLITE_LOCKED => {
+                    return Error::Unavailable(format!("the replica is busy: {message}"))
+                }
+                _ => return Error::Internal(message),
             },
             rusqlite::Error::InvalidParameterCount(..)
             | rusqlite::Error::InvalidParameterName(_) => sqlstate::UNDEFINED_PARAMETER,
@@ -275,4 +281,39 @@ fn classify_sqlite_message(message: &str) -> &'static str {
 
 fn strip_sqlite_noise(message: &str) -> String {
     message.trim_end_matches('.').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(code: i32) -> Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), Some("x".into())).into()
+    }
+
+    #[test]
+    fn machine_failures_are_not_sql_refusals() {
+        // A DDL job undoes itself on a `Sql` error: a busy file or exhausted memory must
+        // not look like a shard refusing the change.
+        assert!(matches!(
+            sqlite(rusqlite::ffi::SQLITE_BUSY),
+            Error::Unavailable(_)
+        ));
+        assert!(matches!(
+            sqlite(rusqlite::ffi::SQLITE_LOCKED),
+            Error::Unavailable(_)
+        ));
+        assert!(matches!(
+            sqlite(rusqlite::ffi::SQLITE_NOMEM),
+            Error::Internal(_)
+        ));
+        assert!(matches!(
+            sqlite(rusqlite::ffi::SQLITE_PROTOCOL),
+            Error::Internal(_)
+        ));
+        assert_eq!(
+            sqlite(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE).code(),
+            sqlstate::UNIQUE_VIOLATION
+        );
+    }
 }

@@ -96,7 +96,10 @@ async fn malformed_sql_and_wrong_parameters() {
         ("COPY nowhere FROM STDIN", "42P01"),
         ("COPY t FROM STDIN WITH (FORMAT binary)", "0A000"),
         ("GRANT ALL ON t TO bob", "0A000"),
-        ("INSERT INTO t VALUES (1, 'x', 'not a float', now())", "22P02"),
+        (
+            "INSERT INTO t VALUES (1, 'x', 'not a float', now())",
+            "22P02",
+        ),
         ("SELECT 'abc'::integer", "22P02"),
         ("SELECT '2024-13-45'::date", "22P02"),
         ("SELECT 1/0", "22012"),
@@ -331,7 +334,9 @@ async fn insert_rows_of_the_wrong_width() {
     c.batch_execute("CREATE TABLE w3 (id integer PRIMARY KEY, v text, d text DEFAULT 'dflt')")
         .await
         .unwrap();
-    c.batch_execute("INSERT INTO w3 VALUES (60, 'x')").await.unwrap();
+    c.batch_execute("INSERT INTO w3 VALUES (60, 'x')")
+        .await
+        .unwrap();
     c.batch_execute("INSERT INTO w3 VALUES (61)").await.unwrap();
     let rows: Vec<(i32, Option<String>, String)> = c
         .query("SELECT id, v, d FROM w3 ORDER BY id", &[])
@@ -342,7 +347,10 @@ async fn insert_rows_of_the_wrong_width() {
         .collect();
     assert_eq!(
         rows,
-        vec![(60, Some("x".into()), "dflt".into()), (61, None, "dflt".into())]
+        vec![
+            (60, Some("x".into()), "dflt".into()),
+            (61, None, "dflt".into())
+        ]
     );
     for sql in [
         "INSERT INTO w3 VALUES (62, 'a', 'b', 'c')",

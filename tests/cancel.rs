@@ -313,7 +313,8 @@ async fn a_cancel_reaches_statements_forwarded_to_the_leader() {
                 .unwrap_err();
             assert_eq!(code(&e), "57014", "n{}: {e}", i + 1);
             for d in [0u64, 15, 40] {
-                match cancelled_after(&c, "UPDATE t SET n = n + 1", Duration::from_millis(d)).await {
+                match cancelled_after(&c, "UPDATE t SET n = n + 1", Duration::from_millis(d)).await
+                {
                     Ok(_) => applied += 1,
                     Err(e) => assert_eq!(code(&e), "57014", "n{}: {e}", i + 1),
                 }

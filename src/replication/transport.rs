@@ -395,7 +395,10 @@ async fn run_connection(addr: String, dialer: Arc<dyn Dialer>, mut calls: mpsc::
                 let mut failed = false;
                 for (request, reply) in batch.drain(..) {
                     let id = next.fetch_add(1, Ordering::Relaxed);
-                    let Ok(bytes) = postcard::to_stdvec(&(id, &request)) else { continue };
+                    let Ok(bytes) = postcard::to_stdvec(&(id, &request)) else {
+                        let _ = reply.send(Err(CallError::NotSent(addr.clone())));
+                        continue;
+                    };
                     pending.lock().expect("pending lock poisoned").insert(id, reply);
                     if sink.feed(Bytes::from(bytes)).await.is_err() {
                         failed = true;
@@ -473,7 +476,15 @@ pub async fn serve_connection(stream: impl Stream, peer: String, handler: Arc<dy
         let (handler, out_tx) = (handler.clone(), out_tx.clone());
         tokio::spawn(async move {
             let response = handler.handle(request).await;
-            if let Ok(bytes) = postcard::to_stdvec(&(id, response)) {
+            // An answer that cannot be encoded still answers: the caller must not wait out
+            // its timeout for nothing.
+            let bytes = postcard::to_stdvec(&(id, response)).or_else(|e| {
+                let error = Response::Done(Err(WireError::Internal(format!(
+                    "the answer could not be encoded: {e}"
+                ))));
+                postcard::to_stdvec(&(id, error))
+            });
+            if let Ok(bytes) = bytes {
                 let _ = out_tx.send(Bytes::from(bytes)).await;
             }
             drop(permit);
