@@ -134,6 +134,10 @@ pub const PLACEMENT_INTERVAL: Duration = Duration::from_millis(500);
 /// failed or died); before that, the coordinator is assumed to be driving it.
 pub const DDL_JOB_ADOPT_AFTER: Duration = Duration::from_secs(10);
 
+/// A schema change waits this long for every node to apply its catalog before answering
+/// (`Cluster::spread_catalog`); a node slower than that catches up by itself.
+pub const CATALOG_SPREAD_WAIT: Duration = Duration::from_secs(2);
+
 /// How long a DDL statement waits for new shard groups to elect leaders.
 pub const SHARD_CREATE_WAIT: Duration = Duration::from_secs(30);
 

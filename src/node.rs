@@ -614,6 +614,20 @@ impl Handler for NodeRpc {
                     None => Response::Done(wire(self.cluster.add_member(&group, id, node).await)),
                 }
             }
+            Request::CatalogAt { index } => {
+                let applied = self
+                    .cluster
+                    .meta
+                    .raft
+                    .wait(Some(limits::CATALOG_SPREAD_WAIT))
+                    .applied_index_at_least(Some(index), "the catalog")
+                    .await;
+                Response::Done(
+                    applied
+                        .map(|_| ())
+                        .map_err(|e| WireError::Unavailable(e.to_string())),
+                )
+            }
             Request::Cancel { key } => {
                 self.cancel_token(Some(key)).cancel();
                 Response::Done(Ok(()))

@@ -540,6 +540,47 @@ impl Cluster {
         Ok(())
     }
 
+    /// Wait until every node of the catalog has applied the meta group up to what its
+    /// leader has committed now (this node first), so a schema change that just succeeded
+    /// is what each of them plans its next statement with: no `SELECT *` with the old
+    /// columns, no coordinator merge over the old layout. A node that does not answer within
+    /// `limits::CATALOG_SPREAD_WAIT` (down, cut off) is left to catch up by itself.
+    pub async fn spread_catalog(&self) {
+        let index = match self.read_index(ShardId::META).await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(error = %e, "schema change made; could not read the meta group's index to spread it");
+                return;
+            }
+        };
+        let waiter = self.meta.raft.wait(Some(limits::CATALOG_SPREAD_WAIT));
+        let here = waiter.applied_index_at_least(Some(index), "the catalog");
+        let others = self
+            .catalog()
+            .nodes
+            .values()
+            .filter(|n| n.id != self.node)
+            .map(|n| n.cluster_addr.clone())
+            .collect::<Vec<_>>();
+        let calls = others.iter().map(|addr| async move {
+            let answer = self
+                .client
+                .call(
+                    addr,
+                    Request::CatalogAt { index },
+                    limits::CATALOG_SPREAD_WAIT,
+                )
+                .await;
+            if !matches!(answer, Ok(Response::Done(Ok(())))) {
+                tracing::warn!(%addr, index, "a node did not confirm the new catalog in time");
+            }
+        });
+        let (here, _) = futures::future::join(here, futures::future::join_all(calls)).await;
+        if let Err(e) = here {
+            tracing::warn!(error = %e, index, "this node did not apply the new catalog in time");
+        }
+    }
+
     /// The read index of `shard`'s leader: leadership confirmed by a quorum, everything
     /// committed before the call covered. Also how to wait for a new group's first leader.
     pub async fn read_index(&self, shard: ShardId) -> Result<u64> {

@@ -75,6 +75,11 @@ pub enum Request {
         read: bool,
         cancel: Option<u64>,
     },
+    /// Answer once this node's meta replica has applied `index` (the catalog a schema
+    /// change just made is in force here).
+    CatalogAt {
+        index: u64,
+    },
     /// Cancel the statement sent with this key (if it is still running, or when it comes).
     Cancel {
         key: u64,

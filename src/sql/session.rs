@@ -1064,6 +1064,7 @@ impl Session {
                 }
             }
             mt.commit().await?;
+            cluster.spread_catalog().await;
         }
         Ok(())
     }
@@ -1162,6 +1163,8 @@ impl Session {
             for job in &jobs {
                 cluster.run_job(job).await?;
             }
+            // The change is made: every node plans the next statement with it.
+            cluster.spread_catalog().await;
         }
         if let translate::DdlAction::Distribute { column, .. } = action {
             // Citus's functions return void: one row, one empty column.

@@ -179,8 +179,20 @@ fn run_inner(
     }
     let mut rows = Vec::new();
     let mut bytes = 0usize;
+    let mut columns = columns;
+    let mut checked = false;
     let mut cursor = stmt.query(rusqlite::params_from_iter(params.iter()))?;
     while let Some(row) = cursor.next()? {
+        if !checked {
+            // A cached statement prepared before a schema change is compiled again by
+            // SQLite at its first step: its columns may now differ from those described
+            // before it (`SELECT *` after ADD COLUMN).
+            checked = true;
+            let now: Vec<&str> = row.as_ref().column_names().collect();
+            if now.len() != columns.len() || now.iter().zip(&columns).any(|(a, b)| *a != b.name) {
+                columns = describe_fresh(conn, sql)?.columns;
+            }
+        }
         let mut values = Vec::with_capacity(columns.len());
         for i in 0..columns.len() {
             let v: Value = row.get(i)?;
@@ -204,6 +216,14 @@ fn run_inner(
         }
     }
     drop(cursor);
+    if !checked {
+        // No row came: describe again if the statement was compiled again meanwhile, so
+        // an empty result still names the columns the table has now.
+        let now: Vec<&str> = stmt.column_names().collect();
+        if now.len() != columns.len() || now.iter().zip(&columns).any(|(a, b)| *a != b.name) {
+            columns = describe_fresh(conn, sql)?.columns;
+        }
+    }
     let changes = if stmt.readonly() {
         0
     } else {
@@ -219,6 +239,15 @@ fn run_inner(
 /// Prepare `sql` and report its result columns without running it.
 pub fn describe(conn: &Connection, sql: &str) -> Result<Rows> {
     let stmt = conn.prepare_cached(sql)?;
+    describe_statement(&stmt)
+}
+
+/// [`describe`] from a statement prepared now, not the cache (after a schema change).
+fn describe_fresh(conn: &Connection, sql: &str) -> Result<Rows> {
+    describe_statement(&conn.prepare(sql)?)
+}
+
+fn describe_statement(stmt: &rusqlite::Statement<'_>) -> Result<Rows> {
     let columns = stmt
         .columns_with_metadata()
         .zip(stmt.columns())
