@@ -681,3 +681,50 @@ async fn copy_from_stdin_in_text_and_csv_into_a_distributed_table() {
     let e = c.simple_query("COPY loaded TO STDOUT").await.unwrap_err();
     assert_eq!(code(&e), "0A000");
 }
+
+/// NULLs sort as in PostgreSQL: last ascending, first descending, unless NULLS FIRST/LAST
+/// says otherwise — on a distributed table (merged at the coordinator) and a one-shard one,
+/// in ORDER BY, window definitions and ordered aggregates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nulls_sort_as_in_postgresql() {
+    let node = TestNode::start().await;
+    let c = node.client().await;
+    c.batch_execute(
+        "CREATE TABLE nd (id integer PRIMARY KEY, v integer);
+         CREATE TABLE n1 (id integer, v integer);
+         INSERT INTO nd VALUES (1, 2), (2, NULL), (3, 1), (4, NULL), (5, 3);
+         INSERT INTO n1 VALUES (1, 2), (2, NULL), (3, 1), (4, NULL), (5, 3);",
+    )
+    .await
+    .unwrap();
+    for t in ["nd", "n1"] {
+        let col = |sql: String| {
+            let c = &c;
+            async move {
+                simple_rows(c, &sql)
+                    .await
+                    .into_iter()
+                    .map(|r| r[0].clone().unwrap_or_else(|| "null".into()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+        };
+        assert_eq!(col(format!("SELECT v FROM {t} ORDER BY v")).await, "1,2,3,null,null");
+        assert_eq!(col(format!("SELECT v FROM {t} ORDER BY v DESC")).await, "null,null,3,2,1");
+        assert_eq!(
+            col(format!("SELECT v FROM {t} ORDER BY v NULLS FIRST")).await,
+            "null,null,1,2,3"
+        );
+        assert_eq!(
+            col(format!("SELECT v FROM {t} ORDER BY v DESC NULLS LAST LIMIT 3")).await,
+            "3,2,1"
+        );
+        assert_eq!(
+            col(format!(
+                "SELECT rn FROM (SELECT v, row_number() OVER (ORDER BY v) AS rn FROM {t}) s WHERE v IS NULL ORDER BY rn"
+            ))
+            .await,
+            "4,5"
+        );
+    }
+}

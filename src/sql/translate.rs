@@ -218,6 +218,49 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
         })
 }
 
+/// PostgreSQL sorts NULL above every value (NULLS LAST ascending, NULLS FIRST descending);
+/// SQLite below. Every ORDER BY that does not say gets PostgreSQL's order spelled out — in
+/// queries, window definitions and ordered aggregates — so shards and the coordinator's
+/// merge sort alike.
+fn postgres_null_order(stmt: &mut Statement) {
+    use sqlparser::ast::{OrderByExpr, OrderByKind, OrderBySort, VisitMut, VisitorMut};
+    fn fix(items: &mut [OrderByExpr]) {
+        for item in items {
+            if item.options.nulls_first.is_none() {
+                let desc = matches!(item.options.sort, Some(OrderBySort::Desc));
+                item.options.nulls_first = Some(desc);
+            }
+        }
+    }
+    struct Fixer;
+    impl VisitorMut for Fixer {
+        type Break = ();
+        fn pre_visit_query(&mut self, q: &mut sqlparser::ast::Query) -> ControlFlow<()> {
+            if let Some(OrderByKind::Expressions(items)) = q.order_by.as_mut().map(|o| &mut o.kind)
+            {
+                fix(items);
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+            if let Expr::Function(f) = e {
+                if let Some(sqlparser::ast::WindowType::WindowSpec(spec)) = f.over.as_mut() {
+                    fix(&mut spec.order_by);
+                }
+                if let sqlparser::ast::FunctionArguments::List(list) = &mut f.args {
+                    for clause in &mut list.clauses {
+                        if let sqlparser::ast::FunctionArgumentClause::OrderBy(items) = clause {
+                            fix(items);
+                        }
+                    }
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = stmt.visit(&mut Fixer);
+}
+
 /// Refuse a statement with more than `limits::EXPRESSION_OPERATORS_MAX` binary operators in
 /// a row at one nesting level (`1+1+...+1`, `a = 1 OR a = 2 OR ...`). The parser builds
 /// such a chain iteratively into a left-deep tree, so its recursion limit never sees it;
@@ -1052,6 +1095,7 @@ pub fn translate(
     catalog: &Catalog,
     given: &[Option<PgType>],
 ) -> Result<Translated> {
+    postgres_null_order(&mut stmt);
     if let Statement::Explain {
         statement,
         analyze: false,
