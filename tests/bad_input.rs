@@ -366,3 +366,27 @@ async fn insert_rows_of_the_wrong_width() {
         );
     }
 }
+
+/// UPDATE's literals are values of their column's type, as INSERT's are: `'abc'` into an
+/// integer is 22P02 (it used to be stored, and every later read of the row failed); `'42'`
+/// is stored as the integer 42 and `'t'` as true.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_literals_are_checked_against_the_column_type() {
+    let node = TestNode::start().await;
+    let c = node.client().await;
+    c.batch_execute(
+        "CREATE TABLE ty (id integer PRIMARY KEY, n integer, b boolean);
+         INSERT INTO ty VALUES (1, 1, false);",
+    )
+    .await
+    .unwrap();
+    let e = c.simple_query("UPDATE ty SET n = 'abc'").await.unwrap_err();
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("22P02"), "{e}");
+    let e = c.simple_query("UPDATE ty SET n = '99999999999'").await.unwrap_err();
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("22003"), "{e}");
+    c.batch_execute("UPDATE ty SET n = '42', b = 't' WHERE id = 1")
+        .await
+        .unwrap();
+    let r = c.query_one("SELECT n, b FROM ty", &[]).await.unwrap();
+    assert_eq!((r.get::<_, i32>(0), r.get::<_, bool>(1)), (42, true));
+}

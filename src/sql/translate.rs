@@ -1182,6 +1182,7 @@ pub fn translate(
             if let Some(r) = update.returning.as_mut() {
                 name_columns(r);
             }
+            coerce_update_literals(update, &tables)?;
         }
         Statement::Delete(delete) => {
             out.kind = Kind::Write;
@@ -1618,6 +1619,37 @@ fn match_insert_widths(insert: &mut ast::Insert, tables: &[&Table]) -> Result<()
             .iter()
             .map(|c| ast::ObjectName::from(vec![ast::Ident::with_quote('"', c.name.clone())]))
             .collect();
+    }
+    Ok(())
+}
+
+/// `UPDATE t SET col = 'literal'`: the literal is made a value of the column's type (or
+/// refused with PostgreSQL's SQLSTATE, 22P02 for `'abc'` into an integer), as INSERT's are —
+/// SQLite would store the text as it is and every later read of the row would fail.
+fn coerce_update_literals(update: &mut ast::Update, tables: &[&Table]) -> Result<()> {
+    let ast::TableFactor::Table { name, .. } = &update.table.relation else {
+        return Ok(());
+    };
+    let Some(table) = tables
+        .iter()
+        .find(|t| t.name.eq_ignore_ascii_case(&object_name(name)))
+    else {
+        return Ok(());
+    };
+    for a in update.assignments.iter_mut() {
+        let ast::AssignmentTarget::ColumnName(col) = &a.target else {
+            continue;
+        };
+        let column = object_name(col);
+        let column = column.rsplit('.').next().unwrap_or(&column);
+        let Some(ty) = table.column(column).map(|c| c.ty) else {
+            continue;
+        };
+        if let Some(v) = literal_value(&a.value) {
+            if !matches!(v, Value::Null) {
+                a.value = literal_expr(&types::coerce(v, ty)?);
+            }
+        }
     }
     Ok(())
 }
