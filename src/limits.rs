@@ -175,3 +175,8 @@ pub const SCRATCH_ANALYZE_ROWS: usize = 10_000;
 /// decision before resolving itself from the coordinator shard's record (presumed abort if
 /// none): the session has nothing left to do but decide, so silence means it is gone.
 pub const PREPARED_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A new leader finding prepared parts asks their coordinator shards for the decisions;
+/// with a coordinator unreachable for this long it answers its callers "unavailable"
+/// (naming the coordinator) instead of holding them, and tries again at the next request.
+pub const RECOVERY_DECISION_WAIT: Duration = Duration::from_secs(10);

@@ -381,9 +381,20 @@ async fn update_literals_are_checked_against_the_column_type() {
     .await
     .unwrap();
     let e = c.simple_query("UPDATE ty SET n = 'abc'").await.unwrap_err();
-    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("22P02"), "{e}");
-    let e = c.simple_query("UPDATE ty SET n = '99999999999'").await.unwrap_err();
-    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("22003"), "{e}");
+    assert_eq!(
+        e.as_db_error().map(|d| d.code().code()),
+        Some("22P02"),
+        "{e}"
+    );
+    let e = c
+        .simple_query("UPDATE ty SET n = '99999999999'")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.as_db_error().map(|d| d.code().code()),
+        Some("22003"),
+        "{e}"
+    );
     c.batch_execute("UPDATE ty SET n = '42', b = 't' WHERE id = 1")
         .await
         .unwrap();

@@ -709,14 +709,23 @@ async fn nulls_sort_as_in_postgresql() {
                     .join(",")
             }
         };
-        assert_eq!(col(format!("SELECT v FROM {t} ORDER BY v")).await, "1,2,3,null,null");
-        assert_eq!(col(format!("SELECT v FROM {t} ORDER BY v DESC")).await, "null,null,3,2,1");
+        assert_eq!(
+            col(format!("SELECT v FROM {t} ORDER BY v")).await,
+            "1,2,3,null,null"
+        );
+        assert_eq!(
+            col(format!("SELECT v FROM {t} ORDER BY v DESC")).await,
+            "null,null,3,2,1"
+        );
         assert_eq!(
             col(format!("SELECT v FROM {t} ORDER BY v NULLS FIRST")).await,
             "null,null,1,2,3"
         );
         assert_eq!(
-            col(format!("SELECT v FROM {t} ORDER BY v DESC NULLS LAST LIMIT 3")).await,
+            col(format!(
+                "SELECT v FROM {t} ORDER BY v DESC NULLS LAST LIMIT 3"
+            ))
+            .await,
             "3,2,1"
         );
         assert_eq!(
@@ -727,4 +736,52 @@ async fn nulls_sort_as_in_postgresql() {
             "4,5"
         );
     }
+}
+
+/// A COPY that fails part way reports exactly what was loaded: each batch of rows (spread
+/// over every shard of the table) commits whole or not at all, so the rows present are the
+/// batches before the failing one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_failing_part_way_reports_exactly_what_was_loaded() {
+    use futures::SinkExt;
+    let node = TestNode::start().await;
+    let c = node.client().await;
+    c.batch_execute(
+        "CREATE TABLE cp (id integer PRIMARY KEY, v text); INSERT INTO cp VALUES (3500, 'old')",
+    )
+    .await
+    .unwrap();
+    let mut text = String::new();
+    for i in 0..6000 {
+        text.push_str(&format!("{i}\tv\n"));
+    }
+    let sink = c.copy_in("COPY cp FROM STDIN").await.unwrap();
+    futures::pin_mut!(sink);
+    let mut result = Ok(());
+    for chunk in text.as_bytes().chunks(4096) {
+        result = sink.send(bytes::Bytes::copy_from_slice(chunk)).await;
+        if result.is_err() {
+            break;
+        }
+    }
+    let e = match result {
+        Ok(()) => sink.finish().await.unwrap_err(),
+        Err(e) => e,
+    };
+    let db = e.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "23505", "{e}");
+    let loaded: u64 = db
+        .message()
+        .split('(')
+        .next_back()
+        .and_then(|m| m.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in: {}", db.message()));
+    let present: i64 = c
+        .query_one("SELECT count(*) FROM cp WHERE v = 'v'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(present as u64, loaded, "{}", db.message());
+    assert!(loaded > 0 && loaded < 3500, "{}", db.message());
 }

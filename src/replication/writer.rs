@@ -519,6 +519,17 @@ async fn record_decision(cx: &Context, txn: u64, commit: bool) -> Result<bool> {
 /// abort if none is recorded. Retries while the coordinator is unreachable: a prepared part
 /// must not be resolved by guessing.
 async fn decision_on(cx: &Context, txn: u64, coordinator: ShardId) -> Result<bool> {
+    decision_within(cx, txn, coordinator, None).await
+}
+
+/// [`decision_on`], giving up after `limit` (with the coordinator shard still unreachable).
+async fn decision_within(
+    cx: &Context,
+    txn: u64,
+    coordinator: ShardId,
+    limit: Option<std::time::Duration>,
+) -> Result<bool> {
+    let deadline = limit.map(|l| tokio::time::Instant::now() + l);
     if coordinator == cx.replica.shard {
         return record_decision(cx, txn, false).await;
     }
@@ -531,6 +542,12 @@ async fn decision_on(cx: &Context, txn: u64, coordinator: ShardId) -> Result<boo
     loop {
         match decider.decide(coordinator, txn).await {
             Ok(c) => return Ok(c),
+            Err(e) if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) => {
+                return Err(Error::Unavailable(format!(
+                    "{}: a prepared transaction waits for its decision from {coordinator}, which does not answer: {e}",
+                    cx.replica.shard
+                )));
+            }
             Err(e) => {
                 tracing::warn!(shard = %cx.replica.shard, txn, %coordinator, error = %e, "waiting for a transaction's decision");
                 tokio::time::sleep(wait).await;
@@ -577,7 +594,11 @@ async fn resolve_prepared(cx: &Context) -> Result<()> {
             continue;
         };
         let (txn, coordinator) = (*txn as u64, ShardId(*coordinator as u64));
-        let commit = decision_on(cx, txn, coordinator).await?;
+        // Bounded: the writer serves nothing until its prepared parts are resolved, and
+        // a caller should hear why (57P03, naming the coordinator) rather than hang; the
+        // next request tries again.
+        let commit =
+            decision_within(cx, txn, coordinator, Some(limits::RECOVERY_DECISION_WAIT)).await?;
         tracing::info!(shard = %cx.replica.shard, txn, commit, "resolving a prepared transaction a previous leader left");
         propose(&cx.raft, vec![Op::Resolve { txn, commit }]).await?;
     }

@@ -1321,7 +1321,21 @@ impl Session {
                 .collect::<Vec<_>>(),
         );
         let n = rows.len() as u64;
-        self.insert_rows(&table, &columns, "", rows).await?;
+        // Outside a transaction block each batch commits on its own — all of it or none
+        // (its rows may go to several shards), so the count a failure reports is exact.
+        let implicit = self.txn.is_none();
+        if implicit {
+            self.txn = Some(OpenTxn::implicit());
+        }
+        let inserted = self.insert_rows(&table, &columns, "", rows).await;
+        if implicit {
+            let txn = self.txn.take().expect("opened above");
+            match &inserted {
+                Ok(_) => self.commit_implicit(txn).await?,
+                Err(_) => self.abandon(txn).await,
+            }
+        }
+        inserted?;
         if let Some(copy) = self.copy.as_mut() {
             copy.inserted += n;
         }
