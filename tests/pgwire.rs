@@ -785,3 +785,55 @@ async fn a_copy_failing_part_way_reports_exactly_what_was_loaded() {
     assert_eq!(present as u64, loaded, "{}", db.message());
     assert!(loaded > 0 && loaded < 3500, "{}", db.message());
 }
+
+/// A literal compared with a column is a value of the column's type, as in PostgreSQL:
+/// `b = 't'`, an upper-case uuid, an ISO timestamp with `T` and `Z` all find the row (they
+/// were compared as text with the stored form and found nothing), in WHERE, IN and
+/// BETWEEN, on a distributed table and a one-shard one; `n = 'abc'` is 22P02.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn literals_compare_as_values_of_the_column_type() {
+    let node = TestNode::start().await;
+    let c = node.client().await;
+    for t in ["lt_d", "lt_1"] {
+        let key = if t == "lt_d" { "PRIMARY KEY" } else { "" };
+        c.batch_execute(&format!(
+            "CREATE TABLE {t} (id integer {key}, b boolean, u uuid, ts timestamptz, d date, n integer);
+             INSERT INTO {t} VALUES
+               (1, true, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '2026-06-02 10:00:00+00', '2026-06-02', 5),
+               (2, false, 'b0eebc99-9c0b-4ef8-bb6d-6bb9bd380a12', '2026-05-01 10:00:00+00', '2026-05-01', 6);"
+        ))
+        .await
+        .unwrap();
+        let count = |sql: String| {
+            let c = &c;
+            async move {
+                c.query_one(&sql, &[])
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                    .get::<_, i64>(0)
+            }
+        };
+        for (filter, want) in [
+            ("b = 't'", 1),
+            ("b = 'true'", 1),
+            ("b <> 'yes'", 1),
+            ("u = 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'", 1),
+            ("u IN ('A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11', '{b0eebc99-9c0b-4ef8-bb6d-6bb9bd380a12}')", 2),
+            ("ts > '2026-06-01T00:00:00Z'", 1),
+            ("ts BETWEEN '2026-04-30T00:00:00Z' AND '2026-05-02T00:00:00+02:00'", 1),
+            ("d >= '2026-06-01'", 1),
+            ("n = '5'", 1),
+        ] {
+            assert_eq!(
+                count(format!("SELECT count(*) FROM {t} WHERE {filter}")).await,
+                want,
+                "{t}: {filter}"
+            );
+        }
+        let e = c
+            .query_one(&format!("SELECT count(*) FROM {t} WHERE n = 'abc'"), &[])
+            .await
+            .unwrap_err();
+        assert_eq!(code(&e), "22P02", "{e}");
+    }
+}

@@ -218,6 +218,92 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
         })
 }
 
+/// A string literal compared with a column is a value of the column's type, as in
+/// PostgreSQL (an untyped literal takes the type of what it is compared with): `b = 't'`
+/// for a boolean, an upper-case uuid, `ts > '2026-06-01T00:00:00Z'` in ISO form all compare
+/// as values, not as text against the stored form — and `int_col = 'abc'` is 22P02. In
+/// comparisons, IN lists and BETWEEN, anywhere in the statement. A column name found in
+/// several of the statement's tables with different types is left alone.
+fn coerce_compared_literals(stmt: &mut Statement, tables: &[&Table]) -> Result<()> {
+    use sqlparser::ast::{BinaryOperator as B, VisitMut, VisitorMut};
+    struct Coercer<'a> {
+        tables: &'a [&'a Table],
+    }
+    impl Coercer<'_> {
+        fn column_type(&self, e: &Expr) -> Option<PgType> {
+            let name = match e {
+                Expr::Identifier(i) => ident_name(i),
+                Expr::CompoundIdentifier(parts) => ident_name(parts.last()?),
+                Expr::Nested(inner) => return self.column_type(inner),
+                _ => return None,
+            };
+            let mut found = self
+                .tables
+                .iter()
+                .filter_map(|t| t.column(&name))
+                .map(|c| c.ty);
+            let ty = found.next()?;
+            if found.any(|other| other != ty) {
+                return None;
+            }
+            // Text columns compare a literal as text already.
+            (!matches!(
+                ty,
+                PgType::Text | PgType::Varchar | PgType::Bpchar | PgType::Unknown
+            ))
+            .then_some(ty)
+        }
+
+        fn coerce(e: &mut Expr, ty: PgType) -> Result<()> {
+            let Expr::Value(v) = &*e else {
+                return Ok(());
+            };
+            let (AstValue::SingleQuotedString(text) | AstValue::EscapedStringLiteral(text)) =
+                &v.value
+            else {
+                return Ok(());
+            };
+            *e = literal_expr(&types::coerce(Value::Text(text.clone()), ty)?);
+            Ok(())
+        }
+    }
+    impl VisitorMut for Coercer<'_> {
+        type Break = Error;
+        fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<Error> {
+            let result = match e {
+                Expr::BinaryOp { left, op, right }
+                    if matches!(op, B::Eq | B::NotEq | B::Lt | B::LtEq | B::Gt | B::GtEq) =>
+                {
+                    match (self.column_type(left), self.column_type(right)) {
+                        (Some(ty), None) => Self::coerce(right, ty),
+                        (None, Some(ty)) => Self::coerce(left, ty),
+                        _ => Ok(()),
+                    }
+                }
+                Expr::InList { expr, list, .. } => match self.column_type(expr) {
+                    Some(ty) => list.iter_mut().try_for_each(|item| Self::coerce(item, ty)),
+                    None => Ok(()),
+                },
+                Expr::Between {
+                    expr, low, high, ..
+                } => match self.column_type(expr) {
+                    Some(ty) => Self::coerce(low, ty).and_then(|()| Self::coerce(high, ty)),
+                    None => Ok(()),
+                },
+                _ => Ok(()),
+            };
+            match result {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(e) => ControlFlow::Break(e),
+            }
+        }
+    }
+    match stmt.visit(&mut Coercer { tables }) {
+        ControlFlow::Break(e) => Err(e),
+        ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
 /// PostgreSQL sorts NULL above every value (NULLS LAST ascending, NULLS FIRST descending);
 /// SQLite below. Every ORDER BY that does not say gets PostgreSQL's order spelled out — in
 /// queries, window definitions and ordered aggregates — so shards and the coordinator's
@@ -1121,6 +1207,7 @@ pub fn translate(
     let mut tables = scope(&stmt, catalog);
     let ctes = cte_tables(&stmt, &tables);
     tables.extend(ctes.iter());
+    coerce_compared_literals(&mut stmt, &tables)?;
     let param_types = infer_params(&stmt, &tables, given);
     let mut out = Translated {
         kind: Kind::Read,
