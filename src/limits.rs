@@ -99,6 +99,10 @@ pub const REMOTE_TXN_SILENCE: Duration = Duration::from_secs(5);
 /// claiming more is garbage and closes the connection.
 pub const CLUSTER_FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Inbound connections on the cluster port. Each peer keeps one (re-dialled after a
+/// failure); the cap stops a flood from taking the node's descriptors and memory.
+pub const CLUSTER_CONNECTIONS_MAX: usize = 256;
+
 /// Calls queued per peer connection before callers wait.
 pub const CLUSTER_QUEUE_MAX: usize = 1_024;
 

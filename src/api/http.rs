@@ -642,7 +642,96 @@ pub fn router(engine: Arc<Engine>) -> Router {
 }
 
 pub async fn serve(listener: TcpListener, engine: Arc<Engine>) {
-    if let Err(e) = axum::serve(listener, router(engine)).await {
+    let capped = Capped {
+        inner: listener,
+        slots: Arc::new(tokio::sync::Semaphore::new(limits::CONNECTIONS_MAX)),
+    };
+    if let Err(e) = axum::serve(capped, router(engine)).await {
         tracing::error!(error = %e, "http server stopped");
+    }
+}
+
+/// The HTTP listener with at most `limits::CONNECTIONS_MAX` connections open: one past it
+/// is closed at once (a client flooding the port cannot exhaust the node's memory or file
+/// descriptors; the pgwire port has the same cap).
+struct Capped {
+    inner: TcpListener,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// An accepted connection holding its slot until it closes.
+struct Slotted {
+    stream: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl axum::serve::Listener for Capped {
+    type Io = Slotted;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Slotted, std::net::SocketAddr) {
+        loop {
+            let (stream, peer) = match self.inner.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "http accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    let _ = stream.set_nodelay(true);
+                    return (
+                        Slotted {
+                            stream,
+                            _slot: slot,
+                        },
+                        peer,
+                    );
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, "refusing connection: {} HTTP connections open", limits::CONNECTIONS_MAX);
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+impl tokio::io::AsyncRead for Slotted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Slotted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }

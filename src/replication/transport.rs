@@ -426,8 +426,11 @@ async fn run_connection(addr: String, dialer: Arc<dyn Dialer>, mut calls: mpsc::
     }
 }
 
-/// Accept peers' connections and answer their calls with `handler`.
+/// Accept peers' connections and answer their calls with `handler`, at most
+/// `limits::CLUSTER_CONNECTIONS_MAX` at once (a node keeps one per peer; anything past the
+/// cap is a flood, closed at once).
 pub async fn serve(listener: TcpListener, handler: Arc<dyn Handler>) {
+    let slots = Arc::new(Semaphore::new(limits::CLUSTER_CONNECTIONS_MAX));
     loop {
         let (socket, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -437,8 +440,16 @@ pub async fn serve(listener: TcpListener, handler: Arc<dyn Handler>) {
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "refusing a cluster connection: {} open", limits::CLUSTER_CONNECTIONS_MAX);
+            continue;
+        };
         let _ = socket.set_nodelay(true);
-        tokio::spawn(serve_connection(socket, peer.to_string(), handler.clone()));
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            serve_connection(socket, peer.to_string(), handler).await;
+            drop(slot);
+        });
     }
 }
 

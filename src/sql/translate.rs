@@ -271,15 +271,15 @@ fn coerce_compared_literals(stmt: &mut Statement, tables: &[&Table]) -> Result<(
         type Break = Error;
         fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<Error> {
             let result = match e {
-                Expr::BinaryOp { left, op, right }
-                    if matches!(op, B::Eq | B::NotEq | B::Lt | B::LtEq | B::Gt | B::GtEq) =>
-                {
-                    match (self.column_type(left), self.column_type(right)) {
-                        (Some(ty), None) => Self::coerce(right, ty),
-                        (None, Some(ty)) => Self::coerce(left, ty),
-                        _ => Ok(()),
-                    }
-                }
+                Expr::BinaryOp {
+                    left,
+                    op: B::Eq | B::NotEq | B::Lt | B::LtEq | B::Gt | B::GtEq,
+                    right,
+                } => match (self.column_type(left), self.column_type(right)) {
+                    (Some(ty), None) => Self::coerce(right, ty),
+                    (None, Some(ty)) => Self::coerce(left, ty),
+                    _ => Ok(()),
+                },
                 Expr::InList { expr, list, .. } => match self.column_type(expr) {
                     Some(ty) => list.iter_mut().try_for_each(|item| Self::coerce(item, ty)),
                     None => Ok(()),
