@@ -43,6 +43,17 @@ async fn table(c: &Client, rows: i64) {
     }
 }
 
+/// How many rows of `t` have each counter value: one group if every UPDATE applied to
+/// every row or to none.
+async fn counters(c: &Client) -> Vec<(i64, i64)> {
+    c.query("SELECT n, count(*) FROM t GROUP BY n", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
 /// Run `sql` on `c`, sending CancelRequests from `delay` on until it ends; its result.
 async fn cancelled_after(
     c: &Client,
@@ -99,15 +110,8 @@ async fn cancelled_statements_apply_wholly_or_not_at_all_and_leave_no_hidden_tra
             );
         }
         println!("{applied} UPDATEs applied, {cancelled} cancelled");
-        let counts: Vec<(i64, i64)> = b
-            .query("SELECT n, count(*) FROM t GROUP BY n", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
         assert_eq!(
-            counts,
+            counters(&b).await,
             vec![(applied, 6000)],
             "UPDATEs applied in part or miscounted"
         );
@@ -182,14 +186,7 @@ async fn a_cancel_inside_a_transaction_fails_it_and_commit_rolls_back() {
             };
             applied += committed as i64;
         }
-        let counts: Vec<(i64, i64)> = c
-            .query("SELECT n, count(*) FROM t GROUP BY n", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        assert_eq!(counts, vec![(applied, 2000)]);
+        assert_eq!(counters(&c).await, vec![(applied, 2000)]);
     })
     .await;
 }
@@ -320,14 +317,7 @@ async fn a_cancel_reaches_statements_forwarded_to_the_leader() {
                 }
             }
         }
-        let counts: Vec<(i64, i64)> = first
-            .query("SELECT n, count(*) FROM t GROUP BY n", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        assert_eq!(counts, vec![(applied, 2000)]);
+        assert_eq!(counters(&first).await, vec![(applied, 2000)]);
     })
     .await;
 }

@@ -1663,13 +1663,7 @@ fn translate_set(set: &ast::Set) -> Translated {
 /// without a column list, fewer values fill the first columns (the rest get their
 /// defaults); more values than columns, or rows of different widths, are 42601.
 fn match_insert_widths(insert: &mut ast::Insert, tables: &[&Table]) -> Result<()> {
-    let ast::TableObject::TableName(name) = &insert.table else {
-        return Ok(());
-    };
-    let Some(table) = tables
-        .iter()
-        .find(|t| t.name.eq_ignore_ascii_case(&object_name(name)))
-    else {
+    let Some(table) = insert_target(insert, tables) else {
         return Ok(());
     };
     let Some(SetExpr::Values(values)) = insert.source.as_ref().map(|s| s.body.as_ref()) else {
@@ -1717,10 +1711,7 @@ fn coerce_update_literals(update: &mut ast::Update, tables: &[&Table]) -> Result
     let ast::TableFactor::Table { name, .. } = &update.table.relation else {
         return Ok(());
     };
-    let Some(table) = tables
-        .iter()
-        .find(|t| t.name.eq_ignore_ascii_case(&object_name(name)))
-    else {
+    let Some(table) = table_named(tables, name) else {
         return Ok(());
     };
     for a in update.assignments.iter_mut() {
@@ -1741,14 +1732,25 @@ fn coerce_update_literals(update: &mut ast::Update, tables: &[&Table]) -> Result
     Ok(())
 }
 
-fn coerce_insert_literals(insert: &mut ast::Insert, tables: &[&Table]) -> Result<()> {
-    let ast::TableObject::TableName(name) = &insert.table else {
-        return Ok(());
-    };
-    let Some(table) = tables
+/// The statement's table called `name`.
+fn table_named<'a>(tables: &[&'a Table], name: &ast::ObjectName) -> Option<&'a Table> {
+    let name = object_name(name);
+    tables
         .iter()
-        .find(|t| t.name.eq_ignore_ascii_case(&object_name(name)))
-    else {
+        .find(|t| t.name.eq_ignore_ascii_case(&name))
+        .copied()
+}
+
+/// The table an INSERT writes.
+fn insert_target<'a>(insert: &ast::Insert, tables: &[&'a Table]) -> Option<&'a Table> {
+    match &insert.table {
+        ast::TableObject::TableName(name) => table_named(tables, name),
+        _ => None,
+    }
+}
+
+fn coerce_insert_literals(insert: &mut ast::Insert, tables: &[&Table]) -> Result<()> {
+    let Some(table) = insert_target(insert, tables) else {
         return Ok(());
     };
     let columns: Vec<Option<PgType>> = if insert.columns.is_empty() {
