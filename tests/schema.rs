@@ -75,3 +75,45 @@ async fn every_node_sees_a_schema_change_as_soon_as_it_succeeds() {
         assert_eq!(cols, vec!["a", "b"], "n{}", i + 1);
     }
 }
+
+/// DDL that cannot finish in time (its shard's writer is held by a transaction — one-shard
+/// tables share a shard) never answers "retry" for a change that then takes effect: it
+/// answers 08007, and the cluster finishes or undoes the change by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_that_cannot_finish_in_time_answers_outcome_unknown_not_retry() {
+    let node = common::TestNode::start().await;
+    let holder = node.client().await;
+    let other = node.client().await;
+    holder
+        .batch_execute("CREATE TABLE idle_t (v integer)")
+        .await
+        .unwrap();
+    holder
+        .batch_execute("BEGIN; INSERT INTO idle_t VALUES (1)")
+        .await
+        .unwrap();
+    let e = other
+        .batch_execute("CREATE TABLE ddlw (v integer)")
+        .await
+        .unwrap_err();
+    let code = e.as_db_error().map(|d| d.code().code().to_string());
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(code.as_deref(), Some("08007"), "{e:?}");
+    // Settled by the cluster: the job is finished (or undone) within seconds, and the
+    // table is then there exactly once — created by the job, or by creating it again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let n: i64 = loop {
+        if let Ok(r) = other.query_one("SELECT count(*) FROM ddlw", &[]).await {
+            break r.get(0);
+        }
+        match other.batch_execute("CREATE TABLE ddlw (v integer)").await {
+            Ok(()) => continue,
+            Err(e) => {
+                // 42P07 while the pending job still holds the name.
+                assert!(std::time::Instant::now() < deadline, "never settled: {e:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    };
+    assert_eq!(n, 0);
+}

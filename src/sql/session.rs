@@ -1161,7 +1161,19 @@ impl Session {
             }
         } else {
             for job in &jobs {
-                cluster.run_job(job).await?;
+                match cluster.run_job(job).await {
+                    Ok(()) => {}
+                    // Refused by a shard: undone everywhere, certainly not applied.
+                    Err(e @ Error::Sql { .. }) => return Err(e),
+                    // The job stays in the catalog and the meta leader drives it to its end
+                    // (done or undone): never "retry" for something that may take effect.
+                    Err(e) => {
+                        return Err(crate::error::ambiguous(format!(
+                            "the schema change is recorded but not finished ({e}); the cluster finishes or undoes it within about {:?}",
+                            limits::DDL_JOB_ADOPT_AFTER
+                        )))
+                    }
+                }
             }
             // The change is made: every node plans the next statement with it.
             cluster.spread_catalog().await;
