@@ -271,7 +271,25 @@ async fn an_http_client_leaving_mid_statement_fails_its_transaction() {
                 endless.len()
             )
             .unwrap();
-            std::thread::sleep(Duration::from_millis(300));
+            // Hang up only once the statement runs: it holds the transaction's session, so
+            // a probe statement in the same transaction gets no answer while it does.
+            let probe = r#"{"sql": "SELECT 1"}"#;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let mut p = std::net::TcpStream::connect(http).unwrap();
+                p.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+                write!(
+                    p,
+                    "POST /v1/txn/{txn}/sql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{probe}",
+                    probe.len()
+                )
+                .unwrap();
+                let mut answer = [0u8; 1];
+                if p.read(&mut answer).is_err() {
+                    break; // no answer: the endless statement has the session
+                }
+                assert!(Instant::now() < deadline, "the endless statement never started");
+            }
             drop(s);
             // The commit waits for the abandoned statement to stop, then refuses.
             let started = Instant::now();

@@ -173,16 +173,27 @@ mod tests {
         let mut conn = rusqlite::Connection::open_in_memory().unwrap();
         let slot = Slot::install(&mut conn).unwrap();
         let cancel = Cancel::default();
+        // The statement cancels itself once it is well under way (a function it calls at
+        // its 10,000th row), so the cancel lands mid-run, not before it starts.
         let c = cancel.clone();
-        let t = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            c.cancel();
-        });
+        conn.create_scalar_function(
+            "cancel_at",
+            1,
+            rusqlite::functions::FunctionFlags::SQLITE_UTF8,
+            move |ctx| {
+                let x: i64 = ctx.get(0)?;
+                if x == 10_000 {
+                    c.cancel();
+                }
+                Ok(x)
+            },
+        )
+        .unwrap();
+        let endless = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT cancel_at(x) + 1 FROM n) SELECT count(*) FROM n";
         let result = slot.watch(std::slice::from_ref(&cancel), || {
-            conn.query_row(ENDLESS, [], |r| r.get::<_, i64>(0))
+            conn.query_row(endless, [], |r| r.get::<_, i64>(0))
                 .map_err(Error::from)
         });
-        t.join().unwrap();
         assert_eq!(result.unwrap_err().code(), sqlstate::QUERY_CANCELED);
         // The connection is fine for the next statement.
         let v: i64 = slot
