@@ -241,19 +241,8 @@ async fn an_http_client_leaving_mid_statement_fails_its_transaction() {
         table(&c, 100).await;
         let http = node.http;
         let status = tokio::task::spawn_blocking(move || {
-            let post = |path: &str, body: &str| -> (u16, String) {
-                let mut s = std::net::TcpStream::connect(http).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-                write!(
-                    s,
-                    "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-                .unwrap();
-                let mut out = String::new();
-                let _ = s.read_to_string(&mut out);
-                let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-                (status, out)
+            let post = |path: &str, body: &str| {
+                common::http_post(http, path, body, Duration::from_secs(60))
             };
             let (s, body) = post("/v1/txn", "");
             assert_eq!(s, 200, "{body}");

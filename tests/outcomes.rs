@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{http_get, wait_for, Cluster};
+use common::Cluster;
 use std::time::{Duration, Instant};
 
 /// The shard `EXPLAIN` names for a statement (`Shards s3 ...` → "s3").
@@ -48,19 +48,8 @@ async fn a_write_without_quorum_answers_outcome_unknown_never_retry() {
     let started = Instant::now();
     let http = cluster.nodes[leader].http;
     let over_http = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
         let body = r#"{"sql": "INSERT INTO amb VALUES (2, 'http')"}"#;
-        let mut s = std::net::TcpStream::connect(http).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        write!(
-            s,
-            "POST /v1/sql HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
+        common::http_post(http, "/v1/sql", body, Duration::from_secs(120)).1
     });
     let e = lc.simple_query(insert).await.unwrap_err();
     let code = e.as_db_error().map(|d| d.code().code().to_string());
@@ -87,19 +76,7 @@ async fn a_write_without_quorum_answers_outcome_unknown_never_retry() {
         pg_unknown || http_unknown,
         "the write the writer took must answer 08007"
     );
-    // The proposal was in the leader's log: once the followers are back it commits.
-    tokio::task::block_in_place(|| {
-        wait_for(
-            || {
-                cluster
-                    .nodes
-                    .iter()
-                    .all(|n| http_get(n.http, "/health").is_some())
-            },
-            Duration::from_secs(30),
-            "nodes resumed",
-        )
-    });
+    tokio::task::block_in_place(|| cluster.wait_all_serving());
     let want: Vec<i64> = [(pg_unknown, 1), (http_unknown, 2)]
         .iter()
         .filter(|(taken, _)| *taken)

@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{http_get, wait_for, Cluster};
+use common::Cluster;
 use std::path::Path;
 use std::time::Duration;
 
@@ -132,15 +132,6 @@ async fn a_power_cut_of_every_node_loses_no_acknowledged_write() {
     assert_eq!(count, acked, "acknowledged writes lost to the power cut");
     tokio::task::block_in_place(|| {
         cluster.assert_converged();
-        wait_for(
-            || {
-                cluster
-                    .nodes
-                    .iter()
-                    .all(|n| http_get(n.http, "/health").is_some())
-            },
-            Duration::from_secs(30),
-            "every node serving",
-        );
+        cluster.wait_all_serving();
     });
 }

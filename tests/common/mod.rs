@@ -202,6 +202,27 @@ impl ProcessNode {
     }
 }
 
+/// A plain HTTP POST of a JSON `body`, waiting up to `wait` for the answer: its status (0
+/// if none came) and the whole response, head included.
+pub fn http_post(addr: SocketAddr, path: &str, body: &str, wait: Duration) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(wait)).expect("timeout");
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}
+
 /// A plain HTTP GET with short timeouts; None if the node does not answer.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
@@ -312,6 +333,19 @@ impl Cluster {
                     .collect()
             })
             .collect()
+    }
+
+    /// Wait until every node answers `/health` (after pauses or restarts).
+    pub fn wait_all_serving(&self) {
+        wait_for(
+            || {
+                self.nodes
+                    .iter()
+                    .all(|n| http_get(n.http, "/health").is_some())
+            },
+            Duration::from_secs(30),
+            "every node serving",
+        );
     }
 
     /// Wait until every replica of every shard reports the same applied index, then assert
