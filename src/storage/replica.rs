@@ -188,8 +188,7 @@ fn run_inner(
             // SQLite at its first step: its columns may now differ from those described
             // before it (`SELECT *` after ADD COLUMN).
             checked = true;
-            let now: Vec<&str> = row.as_ref().column_names().collect();
-            if now.len() != columns.len() || now.iter().zip(&columns).any(|(a, b)| *a != b.name) {
+            if recompiled(row.as_ref(), &columns) {
                 columns = describe_fresh(conn, sql)?.columns;
             }
         }
@@ -219,8 +218,7 @@ fn run_inner(
     if !checked {
         // No row came: describe again if the statement was compiled again meanwhile, so
         // an empty result still names the columns the table has now.
-        let now: Vec<&str> = stmt.column_names().collect();
-        if now.len() != columns.len() || now.iter().zip(&columns).any(|(a, b)| *a != b.name) {
+        if recompiled(&stmt, &columns) {
             columns = describe_fresh(conn, sql)?.columns;
         }
     }
@@ -240,6 +238,16 @@ fn run_inner(
 pub fn describe(conn: &Connection, sql: &str) -> Result<Rows> {
     let stmt = conn.prepare_cached(sql)?;
     describe_statement(&stmt)
+}
+
+/// Whether `stmt` now has other result columns than `columns` described before it ran
+/// (SQLite compiled it again after a schema change).
+fn recompiled(stmt: &rusqlite::Statement<'_>, columns: &[ResultColumn]) -> bool {
+    stmt.column_count() != columns.len()
+        || columns
+            .iter()
+            .enumerate()
+            .any(|(i, c)| stmt.column_name(i).map_or(true, |n| n != c.name))
 }
 
 /// [`describe`] from a statement prepared now, not the cache (after a schema change).
@@ -641,7 +649,9 @@ impl ReadPool {
             }
         };
         let result = f(&conn, &slot);
-        let clean = conn.is_autocommit() && attached_count(&conn) == Some(1);
+        // Only a failure part way can leave a database attached (`read_attached` detaches
+        // after every statement that ran), so only then is it worth asking.
+        let clean = conn.is_autocommit() && (result.is_ok() || attached_count(&conn) == Some(1));
         let mut idle = self.idle.lock().expect("pool lock poisoned");
         if idle.len() < limits::READ_CONNECTIONS_MAX && clean {
             idle.push((conn, slot));
