@@ -53,8 +53,10 @@ pub mod sqlstate {
     pub const RESERVED_NAME: &str = "42939";
     pub const INVALID_OBJECT_DEFINITION: &str = "42P17";
     pub const TRANSACTION_RESOLUTION_UNKNOWN: &str = "08007";
+    pub const DATETIME_FIELD_OVERFLOW: &str = "22008";
+    pub const INVALID_ARGUMENT_FOR_POWER: &str = "2201F";
 
-    const ALL: &[&str] = &[
+    pub(crate) const ALL: &[&str] = &[
         SYNTAX_ERROR,
         UNDEFINED_TABLE,
         UNDEFINED_COLUMN,
@@ -100,6 +102,8 @@ pub mod sqlstate {
         RESERVED_NAME,
         INVALID_OBJECT_DEFINITION,
         TRANSACTION_RESOLUTION_UNKNOWN,
+        DATETIME_FIELD_OVERFLOW,
+        INVALID_ARGUMENT_FOR_POWER,
     ];
 
     /// The static code equal to `code` (from another node), or XX000 for one Cairn never uses.
@@ -195,7 +199,9 @@ impl From<rusqlite::Error> for Error {
                 }
                 ffi::SQLITE_CONSTRAINT_NOTNULL => sqlstate::NOT_NULL_VIOLATION,
                 ffi::SQLITE_CONSTRAINT_FOREIGNKEY => sqlstate::FOREIGN_KEY_VIOLATION,
-                ffi::SQLITE_CONSTRAINT_CHECK => sqlstate::CHECK_VIOLATION,
+                ffi::SQLITE_CONSTRAINT_CHECK => {
+                    coded(&message).map_or(sqlstate::CHECK_VIOLATION, |(code, _)| code)
+                }
                 ffi::SQLITE_CONSTRAINT_DATATYPE => sqlstate::DATATYPE_MISMATCH,
                 c if c & 0xff == ffi::SQLITE_CONSTRAINT => sqlstate::INTEGRITY_CONSTRAINT_VIOLATION,
                 c if c & 0xff == ffi::SQLITE_TOOBIG => sqlstate::PROGRAM_LIMIT_EXCEEDED,
@@ -245,7 +251,9 @@ impl From<rusqlite::Error> for Error {
 
 /// SQLite reports most statement errors as plain SQLITE_ERROR; its message says which.
 fn classify_sqlite_message(message: &str) -> &'static str {
-    if message.contains("no such table") {
+    if let Some((code, _)) = coded(message) {
+        code
+    } else if message.contains("no such table") {
         sqlstate::UNDEFINED_TABLE
     } else if message.contains("ambiguous column name") {
         sqlstate::AMBIGUOUS_COLUMN
@@ -280,7 +288,26 @@ fn classify_sqlite_message(message: &str) -> &'static str {
 }
 
 fn strip_sqlite_noise(message: &str) -> String {
-    message.trim_end_matches('.').to_string()
+    match coded(message) {
+        Some((_, text)) => text.to_string(),
+        None => message.trim_end_matches('.').to_string(),
+    }
+}
+
+/// A message that carries its SQLSTATE: "[22003] integer out of range", raised by Cairn's
+/// SQL functions, or the name of a column's type check ("CHECK constraint failed: [22001]
+/// value too long for type character varying(8)").
+pub fn coded_message(code: &str, message: &str) -> String {
+    format!("[{code}] {message}")
+}
+
+fn coded(message: &str) -> Option<(&'static str, &str)> {
+    let start = message.find('[')?;
+    let rest = &message[start + 1..];
+    let code = rest.get(..5)?;
+    let text = rest.get(5..)?.strip_prefix("] ")?;
+    let known = sqlstate::ALL.iter().find(|c| **c == code)?;
+    Some((known, text))
 }
 
 #[cfg(test)]

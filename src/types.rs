@@ -226,7 +226,7 @@ impl PgType {
     }
 
     /// Types whose datum is a string, stored and sent as it is.
-    fn is_textual(self) -> bool {
+    pub fn is_textual(self) -> bool {
         use PgType::*;
         matches!(self, Text | Varchar | Bpchar | Json | Jsonb | Unknown)
     }
@@ -1073,7 +1073,7 @@ fn parse_datetime(s: &str, ty: PgType) -> Result<Datum> {
     let (year, month, day, time, offset) = split_datetime(t).ok_or_else(|| bad_syntax(ty, s))?;
     let field_error = || {
         Error::sql(
-            sqlstate::INVALID_TEXT_REPRESENTATION,
+            sqlstate::DATETIME_FIELD_OVERFLOW,
             format!("date/time field value out of range: \"{s}\""),
         )
     };
@@ -1420,6 +1420,362 @@ fn json_number(b: &[u8], i: &mut usize) -> bool {
         }
     }
     true
+}
+
+// ---------------------------------------------------------------------------------------------
+// Type modifiers: varchar(n), char(n), numeric(p, s)
+
+/// What a column's or cast's declared modifier constrains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Typmod {
+    /// `varchar(n)`, `char(n)`: at most n characters.
+    Length(u32),
+    /// `numeric(p, s)`: rounded to s fractional digits, at most p digits in all.
+    Numeric { precision: u32, scale: u32 },
+}
+
+impl Typmod {
+    /// The modifier of a declared type ("varchar(8)", "numeric(10,2)"), if it constrains
+    /// values; a modifier out of PostgreSQL's range is an error.
+    pub fn of_declared(name: &str, ty: PgType) -> Result<Option<Typmod>> {
+        let Some(open) = name.find('(') else {
+            return Ok(None);
+        };
+        let inner = name[open + 1..].split(')').next().unwrap_or("");
+        let numbers: Vec<i64> = inner
+            .split(',')
+            .map(|n| n.trim().parse::<i64>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| {
+                Error::sql(
+                    sqlstate::SYNTAX_ERROR,
+                    format!("invalid type modifier in \"{name}\""),
+                )
+            })?;
+        let bad = |what: String| Error::sql(sqlstate::INVALID_PARAMETER_VALUE, what);
+        match (ty, numbers.as_slice()) {
+            (PgType::Varchar | PgType::Bpchar, [n]) => {
+                if !(1..=10_485_760).contains(n) {
+                    return Err(bad(format!(
+                        "length for type {} must be between 1 and 10485760",
+                        ty.name()
+                    )));
+                }
+                Ok(Some(Typmod::Length(*n as u32)))
+            }
+            (PgType::Numeric, [p]) | (PgType::Numeric, [p, _]) => {
+                let s = numbers.get(1).copied().unwrap_or(0);
+                if !(1..=1000).contains(p) {
+                    return Err(bad(format!(
+                        "NUMERIC precision {p} must be between 1 and 1000"
+                    )));
+                }
+                if !(0..=*p).contains(&s) {
+                    return Err(bad(format!(
+                        "NUMERIC scale {s} must be between 0 and precision {p}"
+                    )));
+                }
+                Ok(Some(Typmod::Numeric {
+                    precision: *p as u32,
+                    scale: s as u32,
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// How PostgreSQL names the constrained type: `character varying(8)`, `numeric(10,2)`.
+    pub fn type_name(self, ty: PgType) -> String {
+        match self {
+            Typmod::Length(n) => format!("{}({n})", ty.name()),
+            Typmod::Numeric { precision, scale } => format!("numeric({precision},{scale})"),
+        }
+    }
+
+    /// The numeric display scale, if this modifier fixes one.
+    pub fn scale(self) -> Option<u32> {
+        match self {
+            Typmod::Numeric { scale, .. } => Some(scale),
+            Typmod::Length(_) => None,
+        }
+    }
+}
+
+/// A stored value of `ty` made to fit `typmod`, as PostgreSQL's length and numeric coercions
+/// do: an explicit cast truncates text and rounds numbers; an assignment (`explicit` false)
+/// refuses text that is too long (22001) unless only spaces are cut. Numbers too wide for the
+/// precision fail either way (22003).
+pub fn apply_typmod(
+    value: Value,
+    ty: PgType,
+    typmod: Option<Typmod>,
+    explicit: bool,
+) -> Result<Value> {
+    match (typmod, &value) {
+        (None, _) | (_, Value::Null) => Ok(value),
+        (Some(Typmod::Length(n)), Value::Text(s)) => {
+            let n = n as usize;
+            let Some((cut, _)) = s.char_indices().nth(n) else {
+                return Ok(value);
+            };
+            if explicit || s[cut..].chars().all(|c| c == ' ') {
+                return Ok(Value::Text(s[..cut].to_string()));
+            }
+            Err(Error::sql(
+                sqlstate::STRING_DATA_RIGHT_TRUNCATION,
+                format!(
+                    "value too long for type {}",
+                    Typmod::Length(n as u32).type_name(ty)
+                ),
+            ))
+        }
+        (Some(Typmod::Length(_)), _) => Ok(value),
+        (Some(Typmod::Numeric { precision, scale }), _) => {
+            let Some(d) = exact(&value)? else {
+                return Ok(value); // NaN
+            };
+            let d = d.round_dp_with_strategy(
+                scale,
+                rust_decimal::RoundingStrategy::MidpointAwayFromZero,
+            );
+            let int_digits = d.trunc().abs().to_string().trim_start_matches('0').len() as u32;
+            if int_digits > precision - scale {
+                return Err(Error::sql(
+                    sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
+                    format!(
+                        "numeric field overflow: a field with precision {precision}, scale {scale} must round to an absolute value less than 10^{}",
+                        precision - scale
+                    ),
+                ));
+            }
+            Ok(numeric_stored(d))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exact numeric arithmetic (28 significant digits; beyond that an error, never a rounding)
+
+pub use rust_decimal::Decimal as Exact;
+
+fn exact_overflow() -> Error {
+    Error::sql(
+        sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
+        "numeric value out of range: Cairn computes numeric values exactly up to 28 significant digits",
+    )
+}
+
+/// A stored numeric (or integer) value as an exact decimal; None for NaN.
+pub fn exact(value: &Value) -> Result<Option<Exact>> {
+    let text = match value {
+        Value::Null => return Ok(None),
+        Value::Integer(i) => return Ok(Some(Exact::from(*i))),
+        Value::Real(f) if f.is_nan() => return Ok(None),
+        Value::Real(f) if f.is_infinite() => return Err(exact_overflow()),
+        // Rust prints the shortest text that reads back as the same double, without an
+        // exponent: the decimal the user wrote, for any value of 15 significant digits.
+        Value::Real(f) => f.to_string(),
+        Value::Text(s) => trim_pg(s).to_string(),
+        Value::Blob(b) => utf8(b)?.to_string(),
+    };
+    if text.eq_ignore_ascii_case("nan") {
+        return Ok(None);
+    }
+    match Exact::from_str_exact(&text) {
+        Ok(d) => Ok(Some(d)),
+        Err(_) => match parse_numeric(&text) {
+            // A valid numeric that does not fit 28 digits.
+            Ok(_) => Err(exact_overflow()),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// The stored form of an exact numeric: an integer when it is one, a double when the double
+/// prints back as the same decimal (so SQLite compares and sorts it as a number), else the
+/// decimal as text.
+pub fn numeric_stored(d: Exact) -> Value {
+    let n = d.normalize();
+    if n.scale() == 0 {
+        if let Ok(i) = i64::try_from(n) {
+            return Value::Integer(i);
+        }
+    }
+    let text = n.to_string();
+    if let Ok(f) = text.parse::<f64>() {
+        if f.to_string() == text {
+            return Value::Real(f);
+        }
+    }
+    Value::Text(d.to_string())
+}
+
+/// A numeric value printed with exactly `scale` fractional digits (a numeric(p, s) column's
+/// display), or None if it is not a finite number.
+pub fn numeric_with_scale(value: &Value, scale: u32) -> Option<String> {
+    let mut d = exact(value).ok()??;
+    d.rescale(scale);
+    Some(d.to_string())
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum ArithOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+/// `a op b` on numerics, exactly, with PostgreSQL's result scale: the larger scale for + and
+/// -, their sum for *, and for / at least 16 significant digits. `hints` are the operands'
+/// declared scales where known (a numeric(10,2) column stores 12.50 as 12.5).
+pub fn numeric_arith(
+    op: ArithOp,
+    a: &Value,
+    b: &Value,
+    hints: (Option<u32>, Option<u32>),
+) -> Result<Value> {
+    let (Some(mut x), Some(mut y)) = (exact(a)?, exact(b)?) else {
+        return Ok(Value::Text("NaN".into()));
+    };
+    if let Some(s) = hints.0.filter(|s| *s > x.scale()) {
+        x.rescale(s);
+    }
+    if let Some(s) = hints.1.filter(|s| *s > y.scale()) {
+        y.rescale(s);
+    }
+    let result = match op {
+        ArithOp::Add => x.checked_add(y),
+        ArithOp::Sub => x.checked_sub(y),
+        ArithOp::Mul => x.checked_mul(y),
+        ArithOp::Div => {
+            if y.is_zero() {
+                return Err(Error::sql(sqlstate::DIVISION_BY_ZERO, "division by zero"));
+            }
+            let scale = division_scale(&x, &y);
+            x.checked_div(y).map(|mut q| {
+                q = q.round_dp_with_strategy(
+                    scale,
+                    rust_decimal::RoundingStrategy::MidpointAwayFromZero,
+                );
+                if q.scale() < scale {
+                    q.rescale(scale);
+                }
+                q
+            })
+        }
+    };
+    result.map(numeric_stored).ok_or_else(exact_overflow)
+}
+
+/// PostgreSQL's select_div_scale: enough fractional digits for 16 significant ones, and no
+/// fewer than either operand's.
+fn division_scale(x: &Exact, y: &Exact) -> u32 {
+    // The weight and first digit of a value in base 10000, as PostgreSQL stores numerics.
+    let weight = |d: &Exact| -> (i64, i64) {
+        let text = d.abs().to_string();
+        let (int, frac) = text.split_once('.').unwrap_or((&text, ""));
+        let int = int.trim_start_matches('0');
+        let (groups, weight) = base_10000(int, frac);
+        (weight, groups.first().map_or(0, |g| i64::from(*g)))
+    };
+    let ((w1, f1), (w2, f2)) = (weight(x), weight(y));
+    let mut qweight = w1 - w2;
+    if f1 <= f2 {
+        qweight -= 1;
+    }
+    let rscale = 16 - qweight * 4;
+    rscale
+        .max(i64::from(x.scale()))
+        .max(i64::from(y.scale()))
+        .clamp(0, 28) as u32
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dates and timestamps as numbers
+
+/// A stored date as days since 2000-01-01; None for NULL or an infinity.
+pub fn date_days(value: &Value) -> Result<Option<i64>> {
+    match value {
+        Value::Null => Ok(None),
+        v => match from_value(v, PgType::Date)? {
+            Datum::Date(d) if d != i32::MIN && d != i32::MAX => Ok(Some(d.into())),
+            _ => Ok(None),
+        },
+    }
+}
+
+/// The stored date `days` after 2000-01-01, or 22008 outside years 1 to 9999.
+pub fn date_value(days: i64) -> Result<Value> {
+    if !(MIN_DATE..=MAX_DATE).contains(&days) {
+        return Err(Error::sql(
+            sqlstate::DATETIME_FIELD_OVERFLOW,
+            "date out of range",
+        ));
+    }
+    Ok(Value::Text(date_text(days)))
+}
+
+/// A stored date, timestamp or timestamptz as microseconds since 2000-01-01 (UTC); None for
+/// NULL or an infinity.
+pub fn timestamp_micros(value: &Value, ty: PgType) -> Result<Option<i64>> {
+    if matches!(value, Value::Null) {
+        return Ok(None);
+    }
+    Ok(match from_value(value, ty)? {
+        Datum::Date(d) if d != i32::MIN && d != i32::MAX => Some(i64::from(d) * DAY_US),
+        Datum::Timestamp(t) if t != i64::MIN && t != i64::MAX => Some(t),
+        _ => None,
+    })
+}
+
+/// The civil fields of microseconds since 2000-01-01: (year, month, day, µs into the day,
+/// days since 2000-01-01).
+pub fn civil_fields(micros: i64) -> (i64, i64, i64, i64, i64) {
+    let days = micros.div_euclid(DAY_US);
+    let (y, m, d) = civil_from_days(days + PG_EPOCH_DAYS);
+    (y, m, d, micros.rem_euclid(DAY_US), days)
+}
+
+/// Microseconds since 2000-01-01 of a civil date at midnight.
+pub fn civil_micros(year: i64, month: i64, day: i64) -> i64 {
+    (days_from_civil(year, month, day) - PG_EPOCH_DAYS) * DAY_US
+}
+
+/// The stored form of a timestamp (`tz` for timestamptz) given in µs since 2000-01-01.
+pub fn timestamp_value(micros: i64, tz: bool) -> Result<Value> {
+    if !(MIN_TIMESTAMP..=MAX_TIMESTAMP).contains(&micros) {
+        return Err(Error::sql(
+            sqlstate::DATETIME_FIELD_OVERFLOW,
+            "timestamp out of range",
+        ));
+    }
+    Ok(Value::Text(format_timestamp_micros(micros, tz)))
+}
+
+/// PostgreSQL's cast of a stored value of type `from` (None: untyped) to `to` with modifier
+/// `typmod`: through the text form where PostgreSQL's cast is I/O conversion, directly
+/// between numbers (numeric and float to integer round).
+pub fn cast(
+    value: Value,
+    from: Option<PgType>,
+    to: PgType,
+    typmod: Option<Typmod>,
+    explicit: bool,
+) -> Result<Value> {
+    if matches!(value, Value::Null) {
+        return Ok(Value::Null);
+    }
+    let value = match from {
+        Some(from) if to.is_textual() && !from.is_textual() => {
+            match encode(&value, from, Format::Text)? {
+                Some(bytes) => Value::Text(String::from_utf8_lossy(&bytes).into_owned()),
+                None => Value::Null,
+            }
+        }
+        _ => coerce(value, to)?,
+    };
+    apply_typmod(value, to, typmod, explicit)
 }
 
 #[cfg(test)]

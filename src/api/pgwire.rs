@@ -34,6 +34,7 @@ use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::data::DataRow;
 use pgwire::messages::PgWireBackendMessage;
+use rusqlite::types::Value;
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -82,7 +83,13 @@ fn data_rows(output: &Output, format: &PortalFormat) -> Result<Vec<PgWireResult<
             } else {
                 Format::Text
             };
-            match types::encode(value, field.ty, fmt)? {
+            let scaled = match (field.scale, field.ty) {
+                (Some(scale), PgType::Numeric) => {
+                    types::numeric_with_scale(value, scale).map(Value::Text)
+                }
+                _ => None,
+            };
+            match types::encode(scaled.as_ref().unwrap_or(value), field.ty, fmt)? {
                 None => data.put_i32(-1),
                 Some(bytes) => {
                     data.put_i32(bytes.len() as i32);

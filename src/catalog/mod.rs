@@ -38,6 +38,9 @@ pub const META_SCHEMA: &str = "
 pub struct Column {
     pub name: String,
     pub ty: PgType,
+    /// `varchar(n)`, `numeric(p, s)`: what the declared modifier constrains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typmod: Option<crate::types::Typmod>,
 }
 
 /// How a table's rows are spread over shards.

@@ -16,5 +16,6 @@ pub mod plan;
 pub mod scratch;
 pub mod session;
 pub mod translate;
+mod typed;
 
 pub use session::{parse_duration, Engine, Field, Output, Prepared, Session, TxnEvent};

@@ -329,6 +329,7 @@ fn shards_for_values(catalog: &Catalog, table: &Table, values: &[Value]) -> Resu
 const AGGREGATES: &[&str] = &[
     "count",
     "sum",
+    "cairn_num_sum",
     "avg",
     "min",
     "max",
@@ -1031,7 +1032,7 @@ fn two_phase(q: &Query, s: &ast::Select) -> Option<TwoPhaseSql> {
                     if distinct
                         || !matches!(
                             name.as_str(),
-                            "count" | "sum" | "min" | "max" | "avg" | "total"
+                            "count" | "sum" | "min" | "max" | "avg" | "total" | "cairn_num_sum"
                         )
                     {
                         self.ok = false;
@@ -1052,6 +1053,19 @@ fn two_phase(q: &Query, s: &ast::Select) -> Option<TwoPhaseSql> {
                             parse_expr(&format!("coalesce(sum({a}), 0)"))
                         }
                         "sum" | "total" => call(&name, part(e.clone())),
+                        // The exact sum of numerics: (value, display scale).
+                        "cairn_num_sum" => {
+                            let scale = match &f.args {
+                                ast::FunctionArguments::List(l) => l
+                                    .args
+                                    .get(1)
+                                    .map(|a| a.to_string())
+                                    .unwrap_or_else(|| "NULL".into()),
+                                _ => "NULL".into(),
+                            };
+                            let a = part(e.clone());
+                            parse_expr(&format!("cairn_num_sum({a}, {scale})"))
+                        }
                         "min" | "max" => call(&name, part(e.clone())),
                         "avg" => {
                             let args = match &f.args {

@@ -95,6 +95,8 @@ impl Engine {
 pub struct Field {
     pub name: String,
     pub ty: PgType,
+    /// A numeric column's display scale, where the statement fixes one.
+    pub scale: Option<u32>,
 }
 
 /// How a statement changed the session's transaction state.
@@ -378,12 +380,14 @@ impl Session {
                 return Ok(vec![Field {
                     name: name.clone(),
                     ty: PgType::Text,
+                    scale: None,
                 }])
             }
             Kind::Explain(_) => {
                 return Ok(vec![Field {
                     name: "QUERY PLAN".into(),
                     ty: PgType::Text,
+                    scale: None,
                 }])
             }
             _ => return Ok(Vec::new()),
@@ -403,17 +407,23 @@ impl Session {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let from_origin = c
+                let origin = c
                     .origin
                     .as_ref()
-                    .and_then(|(table, column)| catalog.column_type(table, column));
-                let ty = from_origin
+                    .and_then(|(table, column)| catalog.table(table)?.column(column));
+                let ty = origin
+                    .map(|c| c.ty)
                     .or_else(|| t.expr_types.get(i).copied().flatten())
                     .or_else(|| c.decl_type.as_deref().and_then(PgType::parse_declared))
                     .unwrap_or(PgType::Text);
+                let scale = match origin {
+                    Some(c) => c.typmod.and_then(|m| m.scale()),
+                    None => t.expr_scales.get(i).copied().flatten(),
+                };
                 Field {
                     name: c.name.clone(),
                     ty,
+                    scale,
                 }
             })
             .collect()
@@ -848,6 +858,7 @@ impl Session {
                     fields: vec![Field {
                         name: name.clone(),
                         ty: PgType::Text,
+                        scale: None,
                     }],
                     rows: vec![vec![Value::Text(value)]],
                     returns_rows: true,
@@ -934,6 +945,7 @@ impl Session {
                     fields: vec![Field {
                         name: "QUERY PLAN".into(),
                         ty: PgType::Text,
+                        scale: None,
                     }],
                     rows_affected: rows.len() as u64,
                     rows,
@@ -1189,6 +1201,7 @@ impl Session {
                 fields: vec![Field {
                     name: name.into(),
                     ty: PgType::Text,
+                    scale: None,
                 }],
                 rows: vec![vec![Value::Text(String::new())]],
                 rows_affected: 1,

@@ -180,6 +180,9 @@ pub struct Translated {
     /// Result column types inferred from the statement text, by position, where SQLite cannot
     /// say (expressions). `None` where unknown or where SQLite's column origin is better.
     pub expr_types: Vec<Option<PgType>>,
+    /// The numeric display scale of each result column, where the statement fixes one
+    /// (a numeric(10,2) column prints 12.50, not 12.5).
+    pub expr_scales: Vec<Option<u32>>,
     /// The command tag's verb: `INSERT`, `SELECT`, `CREATE TABLE`, ...
     pub tag: String,
 }
@@ -529,29 +532,109 @@ fn scope<'c>(stmt: &Statement, catalog: &'c Catalog) -> Vec<&'c Table> {
 }
 
 fn column_type(expr: &Expr, tables: &[&Table]) -> Option<PgType> {
+    column_ref(expr, tables).map(|c| c.ty)
+}
+
+/// The catalog column an expression names, if it is a (possibly qualified) column name.
+fn column_ref<'t>(expr: &Expr, tables: &[&'t Table]) -> Option<&'t Column> {
     let (table, column) = match expr {
         Expr::Identifier(i) => (None, ident_name(i)),
         Expr::CompoundIdentifier(parts) if parts.len() >= 2 => (
             Some(ident_name(&parts[parts.len() - 2])),
             ident_name(&parts[parts.len() - 1]),
         ),
-        Expr::Nested(e) => return column_type(e, tables),
+        Expr::Nested(e) => return column_ref(e, tables),
         _ => return None,
     };
     let exact = table
         .as_ref()
         .and_then(|t| tables.iter().find(|x| x.name.eq_ignore_ascii_case(t)));
     match exact {
-        Some(t) => t.column(&column).map(|c| c.ty),
-        None => tables.iter().find_map(|t| t.column(&column)).map(|c| c.ty),
+        Some(t) => t.column(&column),
+        None => tables.iter().find_map(|t| t.column(&column)),
     }
 }
 
-fn function_name(f: &ast::Function) -> String {
+/// The column of `table` an INSERT's column list names.
+pub(crate) fn column_of<'t>(table: &'t Table, name: &ObjectName) -> Option<&'t Column> {
+    table.column(&object_name(name))
+}
+
+/// The numeric display scale PostgreSQL would give an expression's result, where the
+/// statement says: a numeric(p, s) column's s, a literal's digits, a cast's modifier, and
+/// the scales + - * and the aggregates derive from them.
+pub(crate) fn expr_scale(expr: &Expr, tables: &[&Table]) -> Option<u32> {
+    use ast::BinaryOperator as B;
+    match expr {
+        Expr::Identifier(_) | Expr::CompoundIdentifier(_) => {
+            let c = column_ref(expr, tables)?;
+            match c.ty {
+                PgType::Int2 | PgType::Int4 | PgType::Int8 => Some(0),
+                PgType::Numeric => c.typmod.and_then(|m| m.scale()),
+                _ => None,
+            }
+        }
+        Expr::Nested(e) => expr_scale(e, tables),
+        Expr::Value(v) => match &v.value {
+            AstValue::Number(n, _) if !n.contains(['e', 'E']) => {
+                Some(n.split_once('.').map_or(0, |(_, f)| f.len() as u32))
+            }
+            _ => None,
+        },
+        Expr::Cast { data_type, .. } => {
+            let ty = PgType::parse_declared(&data_type.to_string())?;
+            match ty {
+                PgType::Int2 | PgType::Int4 | PgType::Int8 => Some(0),
+                _ => types::Typmod::of_declared(&data_type.to_string(), ty)
+                    .ok()
+                    .flatten()
+                    .and_then(|m| m.scale()),
+            }
+        }
+        Expr::UnaryOp { expr, .. } => expr_scale(expr, tables),
+        Expr::BinaryOp { left, op, right } => {
+            let (l, r) = (expr_scale(left, tables)?, expr_scale(right, tables)?);
+            match op {
+                B::Plus | B::Minus => Some(l.max(r)),
+                B::Multiply => Some(l + r),
+                _ => None,
+            }
+        }
+        Expr::Extract { field, expr, .. } => {
+            let date = expr_type(expr, tables) == Some(PgType::Date);
+            match field.to_string().to_ascii_lowercase().as_str() {
+                "second" | "seconds" => Some(6),
+                "epoch" if !date => Some(6),
+                "milliseconds" => Some(3),
+                _ => Some(0),
+            }
+        }
+        Expr::Function(f) => {
+            let args = function_args(f);
+            match function_name(f).as_str() {
+                "sum" | "min" | "max" | "abs" | "coalesce" | "greatest" | "least" | "nullif" => {
+                    expr_scale(args.first()?, tables)
+                }
+                "round" | "trunc" => match args.get(1) {
+                    None => Some(0),
+                    Some(n) => match literal_value(n) {
+                        Some(Value::Integer(n)) if n >= 0 => Some(n as u32),
+                        _ => None,
+                    },
+                },
+                "ceil" | "ceiling" | "floor" => Some(0),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+pub(crate) fn function_name(f: &ast::Function) -> String {
     object_name(&f.name)
 }
 
-fn function_args(f: &ast::Function) -> Vec<&Expr> {
+pub(crate) fn function_args(f: &ast::Function) -> Vec<&Expr> {
     match &f.args {
         FunctionArguments::List(list) => list
             .args
@@ -570,7 +653,7 @@ fn function_args(f: &ast::Function) -> Vec<&Expr> {
 }
 
 /// The PostgreSQL type of an expression, where the text says (before rewriting).
-fn expr_type(expr: &Expr, tables: &[&Table]) -> Option<PgType> {
+pub(crate) fn expr_type(expr: &Expr, tables: &[&Table]) -> Option<PgType> {
     use ast::BinaryOperator as B;
     match expr {
         Expr::Identifier(_) | Expr::CompoundIdentifier(_) => column_type(expr, tables),
@@ -590,9 +673,32 @@ fn expr_type(expr: &Expr, tables: &[&Table]) -> Option<PgType> {
                 Some(PgType::Bool)
             }
             B::StringConcat => Some(PgType::Text),
+            B::PGExp => {
+                let numeric = [left, right].iter().all(|e| {
+                    matches!(
+                        expr_type(e, tables),
+                        Some(PgType::Numeric | PgType::Int2 | PgType::Int4 | PgType::Int8)
+                    )
+                }) && [left, right]
+                    .iter()
+                    .any(|e| expr_type(e, tables) == Some(PgType::Numeric));
+                Some(if numeric {
+                    PgType::Numeric
+                } else {
+                    PgType::Float8
+                })
+            }
             B::Plus | B::Minus | B::Multiply | B::Divide | B::Modulo => {
                 let l = expr_type(left, tables);
                 let r = expr_type(right, tables);
+                match (l, r, op) {
+                    (Some(PgType::Date), Some(PgType::Date), B::Minus) => {
+                        return Some(PgType::Int4)
+                    }
+                    (Some(PgType::Date), _, B::Plus | B::Minus)
+                    | (_, Some(PgType::Date), B::Plus) => return Some(PgType::Date),
+                    _ => {}
+                }
                 [l, r]
                     .into_iter()
                     .flatten()
@@ -619,10 +725,16 @@ fn expr_type(expr: &Expr, tables: &[&Table]) -> Option<PgType> {
         | Expr::Like { .. }
         | Expr::ILike { .. }
         | Expr::Exists { .. } => Some(PgType::Bool),
+        Expr::Extract { .. } => Some(PgType::Numeric),
         Expr::Function(f) => {
             let args = function_args(f);
             let first = args.first().and_then(|a| expr_type(a, tables));
             match function_name(f).as_str() {
+                "date_part" => Some(PgType::Float8),
+                "date_trunc" => match args.get(1).and_then(|a| expr_type(a, tables)) {
+                    Some(PgType::Timestamp) => Some(PgType::Timestamp),
+                    _ => Some(PgType::Timestamptz),
+                },
                 "count" => Some(PgType::Int8),
                 "sum" => match first {
                     Some(PgType::Int2 | PgType::Int4 | PgType::Int8) => Some(PgType::Int8),
@@ -734,6 +846,15 @@ fn name_query_columns(query: &mut ast::Query) {
 }
 
 fn item_types(items: &[SelectItem], tables: &[&Table]) -> Vec<Option<PgType>> {
+    item_map(items, &|e| expr_type(e, tables))
+}
+
+fn projection_types(query: &ast::Query, tables: &[&Table]) -> Vec<Option<PgType>> {
+    projection_map(query, &|e| expr_type(e, tables))
+}
+
+/// `f` of each result column of a select list (nothing for a wildcard).
+fn item_map<T>(items: &[SelectItem], f: &dyn Fn(&Expr) -> Option<T>) -> Vec<Option<T>> {
     if items.iter().any(|i| {
         matches!(
             i,
@@ -745,26 +866,25 @@ fn item_types(items: &[SelectItem], tables: &[&Table]) -> Vec<Option<PgType>> {
     items
         .iter()
         .map(|i| match i {
-            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
-                expr_type(e, tables)
-            }
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => f(e),
             _ => None,
         })
         .collect()
 }
 
-fn projection_types(query: &ast::Query, tables: &[&Table]) -> Vec<Option<PgType>> {
+/// `f` of each result column of a query (its first branch, for set operations).
+fn projection_map<T>(query: &ast::Query, f: &dyn Fn(&Expr) -> Option<T>) -> Vec<Option<T>> {
     let mut body = query.body.as_ref();
     while let SetExpr::SetOperation { left, .. } = body {
         body = left;
     }
     match body {
-        SetExpr::Select(select) => item_types(&select.projection, tables),
-        SetExpr::Query(q) => projection_types(q, tables),
+        SetExpr::Select(select) => item_map(&select.projection, f),
+        SetExpr::Query(q) => projection_map(q, f),
         SetExpr::Values(v) => v
             .rows
             .first()
-            .map(|r| r.iter().map(|e| expr_type(e, tables)).collect())
+            .map(|r| r.iter().map(f).collect())
             .unwrap_or_default(),
         _ => Vec::new(),
     }
@@ -916,6 +1036,28 @@ pub fn literal_expr(value: &Value) -> Expr {
     Expr::value(v)
 }
 
+/// A numeric literal as a double when the double is the decimal written (12.50 is 12.5),
+/// else as the decimal's text, so no digit is lost on the way to a numeric column.
+fn exact_number_literal(n: &str) -> Option<Value> {
+    let f = n.parse::<f64>().ok()?;
+    if n.contains(['e', 'E']) || !f.is_finite() {
+        return Some(Value::Real(f));
+    }
+    let (int, frac) = n.split_once('.').unwrap_or((n, ""));
+    let int = int.trim_start_matches('0');
+    let frac = frac.trim_end_matches('0');
+    let written = match (int.is_empty(), frac.is_empty()) {
+        (_, true) => format!("{}", if int.is_empty() { "0" } else { int }),
+        (true, false) => format!("0.{frac}"),
+        (false, false) => format!("{int}.{frac}"),
+    };
+    if f.to_string() == written {
+        Some(Value::Real(f))
+    } else {
+        Some(Value::Text(n.to_string()))
+    }
+}
+
 /// A literal's value as SQLite would store it, if `expr` is a plain literal.
 pub fn literal_value(expr: &Expr) -> Option<Value> {
     match expr {
@@ -924,7 +1066,7 @@ pub fn literal_value(expr: &Expr) -> Option<Value> {
                 .parse::<i64>()
                 .map(Value::Integer)
                 .ok()
-                .or_else(|| n.parse::<f64>().ok().map(Value::Real)),
+                .or_else(|| exact_number_literal(n)),
             AstValue::SingleQuotedString(s) | AstValue::EscapedStringLiteral(s) => {
                 Some(Value::Text(s.clone()))
             }
@@ -1073,7 +1215,7 @@ fn take(b: &mut Box<Expr>) -> Expr {
     std::mem::replace(b.as_mut(), Expr::value(AstValue::Null))
 }
 
-fn call(name: &str, args: Vec<Expr>) -> Expr {
+pub(crate) fn call(name: &str, args: Vec<Expr>) -> Expr {
     Expr::Function(ast::Function {
         name: ObjectName::from(vec![Ident::new(name)]),
         uses_odbc_syntax: false,
@@ -1168,6 +1310,7 @@ fn cte_tables(stmt: &Statement, known: &[&Table]) -> Vec<Table> {
                 Column {
                     name,
                     ty: ty.unwrap_or(PgType::Text),
+                    typmod: None,
                 }
             })
             .collect();
@@ -1200,6 +1343,7 @@ pub fn translate(
             stmt: None,
             param_types: inner.param_types,
             expr_types: vec![Some(PgType::Text)],
+            expr_scales: Vec::new(),
             tag: "EXPLAIN".into(),
         });
     }
@@ -1215,6 +1359,7 @@ pub fn translate(
         stmt: None,
         param_types,
         expr_types: Vec::new(),
+        expr_scales: Vec::new(),
         tag: String::new(),
     };
     let session = |kind: Kind, tag: &str| Translated {
@@ -1223,6 +1368,7 @@ pub fn translate(
         stmt: None,
         param_types: Vec::new(),
         expr_types: Vec::new(),
+        expr_scales: Vec::new(),
         tag: tag.to_string(),
     };
     let ddl = |action: DdlAction, tag: &str| Translated {
@@ -1231,6 +1377,7 @@ pub fn translate(
         stmt: None,
         param_types: Vec::new(),
         expr_types: Vec::new(),
+        expr_scales: Vec::new(),
         tag: tag.to_string(),
     };
     if let Some(action) = distribution_call(&stmt)? {
@@ -1240,6 +1387,7 @@ pub fn translate(
     match &mut stmt {
         Statement::Query(q) => {
             out.expr_types = projection_types(q, &tables);
+            out.expr_scales = projection_map(q, &|e| expr_scale(e, &tables));
             q.locks.clear(); // FOR UPDATE/SHARE: a shard's transactions are serializable already.
             name_query_columns(q);
             out.tag = "SELECT".into();
@@ -1251,6 +1399,11 @@ pub fn translate(
                 .returning
                 .as_ref()
                 .map(|r| item_types(r, &tables))
+                .unwrap_or_default();
+            out.expr_scales = insert
+                .returning
+                .as_ref()
+                .map(|r| item_map(r, &|e| expr_scale(e, &tables)))
                 .unwrap_or_default();
             if let Some(r) = insert.returning.as_mut() {
                 name_columns(r);
@@ -1266,6 +1419,11 @@ pub fn translate(
                 .as_ref()
                 .map(|r| item_types(r, &tables))
                 .unwrap_or_default();
+            out.expr_scales = update
+                .returning
+                .as_ref()
+                .map(|r| item_map(r, &|e| expr_scale(e, &tables)))
+                .unwrap_or_default();
             if let Some(r) = update.returning.as_mut() {
                 name_columns(r);
             }
@@ -1278,6 +1436,11 @@ pub fn translate(
                 .returning
                 .as_ref()
                 .map(|r| item_types(r, &tables))
+                .unwrap_or_default();
+            out.expr_scales = delete
+                .returning
+                .as_ref()
+                .map(|r| item_map(r, &|e| expr_scale(e, &tables)))
                 .unwrap_or_default();
             if let Some(r) = delete.returning.as_mut() {
                 name_columns(r);
@@ -1446,6 +1609,7 @@ pub fn translate(
         Statement::Deallocate { .. } => return Ok(session(Kind::Noop, "DEALLOCATE")),
         other => return Err(Error::unsupported(statement_name(other))),
     }
+    super::typed::rewrite(&mut stmt, &tables)?;
     rewrite(&mut stmt)?;
     out.sql = stmt.to_string();
     out.stmt = Some(Box::new(stmt));
@@ -1621,6 +1785,7 @@ fn translate_set(set: &ast::Set) -> Translated {
         stmt: None,
         param_types: Vec::new(),
         expr_types: Vec::new(),
+        expr_scales: Vec::new(),
         tag: tag.to_string(),
     };
     match set {
@@ -1720,12 +1885,12 @@ fn coerce_update_literals(update: &mut ast::Update, tables: &[&Table]) -> Result
         };
         let column = object_name(col);
         let column = column.rsplit('.').next().unwrap_or(&column);
-        let Some(ty) = table.column(column).map(|c| c.ty) else {
+        let Some(column) = table.column(column) else {
             continue;
         };
         if let Some(v) = literal_value(&a.value) {
             if !matches!(v, Value::Null) {
-                a.value = literal_expr(&types::coerce(v, ty)?);
+                a.value = literal_expr(&assigned(v, column)?);
             }
         }
     }
@@ -1733,7 +1898,7 @@ fn coerce_update_literals(update: &mut ast::Update, tables: &[&Table]) -> Result
 }
 
 /// The statement's table called `name`.
-fn table_named<'a>(tables: &[&'a Table], name: &ast::ObjectName) -> Option<&'a Table> {
+pub(crate) fn table_named<'a>(tables: &[&'a Table], name: &ast::ObjectName) -> Option<&'a Table> {
     let name = object_name(name);
     tables
         .iter()
@@ -1742,7 +1907,7 @@ fn table_named<'a>(tables: &[&'a Table], name: &ast::ObjectName) -> Option<&'a T
 }
 
 /// The table an INSERT writes.
-fn insert_target<'a>(insert: &ast::Insert, tables: &[&'a Table]) -> Option<&'a Table> {
+pub(crate) fn insert_target<'a>(insert: &ast::Insert, tables: &[&'a Table]) -> Option<&'a Table> {
     match &insert.table {
         ast::TableObject::TableName(name) => table_named(tables, name),
         _ => None,
@@ -1753,13 +1918,13 @@ fn coerce_insert_literals(insert: &mut ast::Insert, tables: &[&Table]) -> Result
     let Some(table) = insert_target(insert, tables) else {
         return Ok(());
     };
-    let columns: Vec<Option<PgType>> = if insert.columns.is_empty() {
-        table.columns.iter().map(|c| Some(c.ty)).collect()
+    let columns: Vec<Option<&Column>> = if insert.columns.is_empty() {
+        table.columns.iter().map(Some).collect()
     } else {
         insert
             .columns
             .iter()
-            .map(|c| table.column(&object_name(c)).map(|c| c.ty))
+            .map(|c| table.column(&object_name(c)))
             .collect()
     };
     let Some(source) = insert.source.as_mut() else {
@@ -1767,16 +1932,27 @@ fn coerce_insert_literals(insert: &mut ast::Insert, tables: &[&Table]) -> Result
     };
     if let SetExpr::Values(values) = source.body.as_mut() {
         for row in values.rows.iter_mut() {
-            for (e, ty) in row.iter_mut().zip(&columns) {
-                if let (Some(v), Some(ty)) = (literal_value(e), ty) {
+            for (e, column) in row.iter_mut().zip(&columns) {
+                if let (Some(v), Some(column)) = (literal_value(e), column) {
                     if !matches!(v, Value::Null) {
-                        *e = literal_expr(&types::coerce(v, *ty)?);
+                        *e = literal_expr(&assigned(v, column)?);
                     }
                 }
             }
         }
     }
     Ok(())
+}
+
+/// A literal written into `column`: of its type, within its modifier (PostgreSQL's
+/// assignment: 22P02, 22003, 22001 where it cannot be).
+fn assigned(v: Value, column: &Column) -> Result<Value> {
+    types::apply_typmod(
+        types::coerce(v, column.ty)?,
+        column.ty,
+        column.typmod,
+        false,
+    )
 }
 
 fn column_list(cols: &[IndexColumn]) -> Vec<String> {
@@ -1797,6 +1973,176 @@ fn option_text(v: &Expr) -> String {
         Expr::Identifier(i) => i.value.clone(),
         other => other.to_string(),
     }
+}
+
+/// A column's DEFAULT made a value of its type, and the CHECK constraints that keep every
+/// stored value a valid one of the type whatever writes it (an expression SQLite computed,
+/// a changeset): SQLite would store text in an integer column, or a 9-character string in
+/// a varchar(8). Each check is named by the error it raises, "[SQLSTATE] message", which
+/// `error.rs` turns back into that SQLSTATE. Idempotent: a stored definition read again is
+/// left as it is.
+fn column_definition(column: &Column, options: &mut Vec<ast::ColumnOptionDef>) -> Result<()> {
+    let (name, ty) = (&column.name, column.ty);
+    for opt in options.iter_mut() {
+        if let ColumnOption::Default(e) = &mut opt.option {
+            match literal_value(e) {
+                Some(Value::Null) => {}
+                Some(v) => *e = literal_expr(&assigned(v, column)?),
+                None => {
+                    let inner = match std::mem::replace(e, Expr::value(AstValue::Null)) {
+                        Expr::Nested(inner) => *inner,
+                        other => other,
+                    };
+                    let from = expr_type(&inner, &[]);
+                    let wrapped =
+                        matches!(&inner, Expr::Function(f) if function_name(f) == "cairn_assign");
+                    let inner = match from {
+                        Some(from) if !wrapped && from != ty => call(
+                            "cairn_assign",
+                            vec![
+                                inner,
+                                Expr::value(AstValue::SingleQuotedString(ty.name().into())),
+                                Expr::value(AstValue::SingleQuotedString(from.name().into())),
+                            ],
+                        ),
+                        _ => inner,
+                    };
+                    *e = Expr::Nested(Box::new(inner));
+                }
+            }
+        }
+    }
+    let has_checks = options
+        .iter()
+        .any(|o| o.name.as_ref().is_some_and(|n| n.value.starts_with('[')));
+    if has_checks {
+        return Ok(());
+    }
+    for (code, message, check) in type_checks(column) {
+        let expr = Parser::new(&PostgreSqlDialect {})
+            .try_with_sql(&check)
+            .and_then(|mut p| p.parse_expr())
+            .map_err(|e| Error::internal(format!("type check for column \"{name}\": {e}")))?;
+        options.push(ast::ColumnOptionDef {
+            name: Some(Ident::with_quote(
+                '"',
+                crate::error::coded_message(code, &message),
+            )),
+            option: ColumnOption::Check(ast::CheckConstraint {
+                name: None,
+                expr: Box::new(expr),
+                no_inherit: false,
+                enforced: None,
+            }),
+        });
+    }
+    Ok(())
+}
+
+/// (SQLSTATE, message, SQLite condition) for each check a column of this type needs.
+fn type_checks(column: &Column) -> Vec<(&'static str, String, String)> {
+    let c = quote_ident(&column.name);
+    let ty = column.ty;
+    let mismatch = |what: &str| {
+        (
+            sqlstate::DATATYPE_MISMATCH,
+            format!(
+                "column \"{}\" is of type {} but the value is {what}",
+                column.name,
+                ty.name()
+            ),
+        )
+    };
+    let digits = "[0-9][0-9]";
+    let date = format!("{digits}{digits}-[01][0-9]-[0-3][0-9]");
+    let time = format!("[0-2][0-9]:[0-5][0-9]:[0-6][0-9]");
+    let mut checks = Vec::new();
+    let mut push = |(code, message): (&'static str, String), check: String| {
+        checks.push((code, message, check))
+    };
+    match ty {
+        PgType::Bool => push(mismatch("not a boolean"), format!("{c} IN (0, 1)")),
+        PgType::Int2 | PgType::Int4 | PgType::Int8 => {
+            push(mismatch("not an integer"), format!("typeof({c}) IN ('integer', 'null')"));
+            let range = match ty {
+                PgType::Int2 => Some(("smallint", i16::MIN as i64, i16::MAX as i64)),
+                PgType::Int4 => Some(("integer", i32::MIN as i64, i32::MAX as i64)),
+                _ => None,
+            };
+            if let Some((name, lo, hi)) = range {
+                push(
+                    (sqlstate::NUMERIC_VALUE_OUT_OF_RANGE, format!("{name} out of range")),
+                    format!("{c} BETWEEN {lo} AND {hi}"),
+                );
+            }
+        }
+        PgType::Float4 | PgType::Float8 => push(
+            mismatch("not a number"),
+            format!("typeof({c}) IN ('real', 'integer', 'null') OR {c} = 'NaN'"),
+        ),
+        PgType::Numeric => {
+            push(
+                mismatch("not a number"),
+                format!(
+                    "typeof({c}) IN ('integer', 'real', 'null') OR {c} IN ('NaN', 'Infinity', '-Infinity') \
+                     OR (glob('*[0-9]*', {c}) AND NOT glob('*[^0-9.-]*', {c}))"
+                ),
+            );
+            if let Some(types::Typmod::Numeric { precision, scale }) = column.typmod {
+                if precision - scale <= 300 {
+                    push(
+                        (
+                            sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
+                            format!(
+                                "numeric field overflow: a field with precision {precision}, scale {scale} \
+                                 must round to an absolute value less than 10^{}",
+                                precision - scale
+                            ),
+                        ),
+                        format!("{c} IN ('NaN', 'Infinity', '-Infinity') OR abs({c}) < 1e{}", precision - scale),
+                    );
+                }
+            }
+        }
+        PgType::Text | PgType::Varchar | PgType::Bpchar => {
+            push(mismatch("not text"), format!("typeof({c}) IN ('text', 'null')"));
+            if let Some(m @ types::Typmod::Length(n)) = column.typmod {
+                push(
+                    (sqlstate::STRING_DATA_RIGHT_TRUNCATION, format!("value too long for type {}", m.type_name(ty))),
+                    format!("length({c}) <= {n}"),
+                );
+            }
+        }
+        PgType::Json | PgType::Jsonb => push(
+            (sqlstate::INVALID_TEXT_REPRESENTATION, format!("invalid input syntax for type {}", ty.name())),
+            format!("json_valid({c})"),
+        ),
+        PgType::Bytea => push(mismatch("not bytes"), format!("typeof({c}) IN ('blob', 'null')")),
+        PgType::Date => push(
+            mismatch("not a date"),
+            format!("glob('{date}', {c}) OR {c} IN ('infinity', '-infinity')"),
+        ),
+        PgType::Timestamp => push(
+            mismatch("not a timestamp"),
+            format!(
+                "(glob('{date} {time}', {c}) OR glob('{date} {time}.[0-9]*', {c})) AND length({c}) <= 26 \
+                 OR {c} IN ('infinity', '-infinity')"
+            ),
+        ),
+        PgType::Timestamptz => push(
+            mismatch("not a timestamp with time zone"),
+            format!(
+                "(glob('{date} {time}+00', {c}) OR glob('{date} {time}.[0-9]*+00', {c})) AND length({c}) <= 29 \
+                 OR {c} IN ('infinity', '-infinity')"
+            ),
+        ),
+        PgType::Uuid => push(
+            mismatch("not a uuid"),
+            format!("length({c}) = 36 AND NOT glob('*[^0-9a-f-]*', {c})"),
+        ),
+        PgType::Unknown => {}
+    }
+    checks
 }
 
 /// A CREATE TABLE's constraints and columns (for re-reading a stored table's DDL).
@@ -1872,19 +2218,13 @@ fn create_table(create: &mut ast::CreateTable) -> Result<CreateTable> {
             }
             None => declared_type(&col.data_type)?,
         };
-        for opt in col.options.iter_mut() {
-            if let ColumnOption::Default(e) = &mut opt.option {
-                if literal_value(e).is_none() {
-                    let inner = std::mem::replace(e, Expr::value(AstValue::Null));
-                    *e = Expr::Nested(Box::new(inner));
-                } else if let Some(v) = literal_value(e) {
-                    if !matches!(v, Value::Null) {
-                        *e = literal_expr(&types::coerce(v, ty)?);
-                    }
-                }
-            }
-        }
-        columns.push(Column { name, ty });
+        let column = Column {
+            typmod: types::Typmod::of_declared(&col.data_type.to_string(), ty)?,
+            name,
+            ty,
+        };
+        column_definition(&column, &mut col.options)?;
+        columns.push(column);
     }
     let partition_by = match create.partition_by.take().map(|b| *b) {
         None => None,
@@ -2078,15 +2418,12 @@ fn alter_table(alter: &mut ast::AlterTable) -> Result<(String, Vec<Column>)> {
             ast::AlterTableOperation::AddColumn { column_def, .. } => {
                 let name = ident_name(&column_def.name);
                 let ty = declared_type(&column_def.data_type)?;
-                for opt in column_def.options.iter_mut() {
-                    if let ColumnOption::Default(e) = &mut opt.option {
-                        if let Some(v) = literal_value(e) {
-                            if !matches!(v, Value::Null) {
-                                *e = literal_expr(&types::coerce(v, ty)?);
-                            }
-                        }
-                    }
-                }
+                let column = Column {
+                    typmod: types::Typmod::of_declared(&column_def.data_type.to_string(), ty)?,
+                    name,
+                    ty,
+                };
+                column_definition(&column, &mut column_def.options)?;
                 let mut s = Statement::AlterTable(ast::AlterTable {
                     operations: vec![ast::AlterTableOperation::AddColumn {
                         column_keyword: true,
@@ -2098,7 +2435,7 @@ fn alter_table(alter: &mut ast::AlterTable) -> Result<(String, Vec<Column>)> {
                 });
                 rewrite(&mut s)?;
                 sql.push_str(&format!("{s};"));
-                added.push(Column { name, ty });
+                added.push(column);
             }
             other => {
                 return Err(Error::unsupported(format!(

@@ -2,6 +2,8 @@
 //! connection. Non-deterministic ones (`now()`, `random()`, `gen_random_uuid()`) run only on
 //! the leader's speculative execution; replicas receive their results in changesets.
 
+use crate::error::sqlstate;
+use crate::types::{self, ArithOp, PgType, Typmod};
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
@@ -47,7 +49,437 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         let msg: String = ctx.get(0)?;
         Err::<i64, _>(rusqlite::Error::UserFunctionError(msg.into()))
     })?;
+    register_postgres_semantics(conn)?;
     Ok(())
+}
+
+fn coded(code: &str, message: impl std::fmt::Display) -> rusqlite::Error {
+    let text = crate::error::coded_message(code, &message.to_string());
+    rusqlite::Error::UserFunctionError(text.into())
+}
+
+fn sql_error(e: crate::error::Error) -> rusqlite::Error {
+    match e {
+        crate::error::Error::Sql { code, message } => coded(code, message),
+        other => rusqlite::Error::UserFunctionError(other.to_string().into()),
+    }
+}
+
+fn type_arg(ctx: &rusqlite::functions::Context<'_>, i: usize) -> rusqlite::Result<Option<PgType>> {
+    match ctx.get_raw(i) {
+        ValueRef::Text(t) => {
+            let name = std::str::from_utf8(t).unwrap_or("");
+            Ok(PgType::parse_declared(name))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn scale_arg(ctx: &rusqlite::functions::Context<'_>, i: usize) -> Option<u32> {
+    match ctx.get_raw(i) {
+        ValueRef::Integer(s) if s >= 0 => Some(s as u32),
+        _ => None,
+    }
+}
+
+/// Functions the translator calls where SQLite's own operators or functions answer
+/// differently from PostgreSQL: casts, exact numeric and checked integer arithmetic, `^`,
+/// date arithmetic, `extract`, `date_trunc`, and Unicode case mapping.
+fn register_postgres_semantics(conn: &Connection) -> rusqlite::Result<()> {
+    let constant = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    // cairn_cast(value, 'target type', 'source type' or NULL): an explicit cast;
+    // cairn_assign: the cast of a value written into a column (too long text is an error).
+    for (name, explicit) in [("cairn_cast", true), ("cairn_assign", false)] {
+        conn.create_scalar_function(name, 3, constant, move |ctx| {
+            let target: String = ctx.get(1)?;
+            let to = PgType::parse_declared(&target).ok_or_else(|| {
+                coded(
+                    sqlstate::UNDEFINED_OBJECT,
+                    format!("type \"{target}\" does not exist"),
+                )
+            })?;
+            let typmod = Typmod::of_declared(&target, to).map_err(sql_error)?;
+            let from = type_arg(ctx, 2)?;
+            types::cast(ctx.get::<Value>(0)?, from, to, typmod, explicit).map_err(sql_error)
+        })?;
+    }
+    // cairn_num(op, a, b, scale of a, scale of b): exact numeric + - * /.
+    conn.create_scalar_function("cairn_num", 5, constant, |ctx| {
+        let op = match ctx.get::<i64>(0)? {
+            0 => ArithOp::Add,
+            1 => ArithOp::Sub,
+            2 => ArithOp::Mul,
+            _ => ArithOp::Div,
+        };
+        let (a, b): (Value, Value) = (ctx.get(1)?, ctx.get(2)?);
+        if matches!(a, Value::Null) || matches!(b, Value::Null) {
+            return Ok(Value::Null);
+        }
+        types::numeric_arith(op, &a, &b, (scale_arg(ctx, 3), scale_arg(ctx, 4))).map_err(sql_error)
+    })?;
+    // cairn_int(op, a, b, bits): integer + - * that fails on overflow, as PostgreSQL's do.
+    conn.create_scalar_function("cairn_int", 4, constant, |ctx| {
+        let op: i64 = ctx.get(0)?;
+        let (a, b) = (ctx.get_raw(1), ctx.get_raw(2));
+        let (ValueRef::Integer(x), ValueRef::Integer(y)) = (a, b) else {
+            let (Some(x), Some(y)) = (float_of(a), float_of(b)) else {
+                return Ok(Value::Null);
+            };
+            return Ok(Value::Real(match op {
+                0 => x + y,
+                1 => x - y,
+                _ => x * y,
+            }));
+        };
+        let bits: i64 = ctx.get(3)?;
+        let r = match op {
+            0 => x.checked_add(y),
+            1 => x.checked_sub(y),
+            _ => x.checked_mul(y),
+        };
+        let (name, fits) = match bits {
+            16 => ("smallint", r.is_some_and(|r| i16::try_from(r).is_ok())),
+            32 => ("integer", r.is_some_and(|r| i32::try_from(r).is_ok())),
+            _ => ("bigint", r.is_some()),
+        };
+        match r {
+            Some(r) if fits => Ok(Value::Integer(r)),
+            _ => Err(coded(
+                sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
+                format!("{name} out of range"),
+            )),
+        }
+    })?;
+    // cairn_pow(a, b, numeric, scale of a, scale of b)
+    conn.create_scalar_function("cairn_pow", 5, constant, |ctx| {
+        let (Some(x), Some(y)) = (float_of(ctx.get_raw(0)), float_of(ctx.get_raw(1))) else {
+            return Ok(Value::Null);
+        };
+        if x == 0.0 && y < 0.0 {
+            return Err(coded(
+                sqlstate::INVALID_ARGUMENT_FOR_POWER,
+                "zero raised to a negative power is undefined",
+            ));
+        }
+        if x < 0.0 && y.fract() != 0.0 {
+            return Err(coded(
+                sqlstate::INVALID_ARGUMENT_FOR_POWER,
+                "a negative number raised to a non-integer power yields a complex result",
+            ));
+        }
+        let r = x.powf(y);
+        if r.is_infinite() && x.is_finite() && y.is_finite() {
+            return Err(coded(
+                sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
+                "value out of range: overflow",
+            ));
+        }
+        if ctx.get::<i64>(2)? != 0 {
+            let operands = (ctx.get::<Value>(0)?, ctx.get::<Value>(1)?);
+            return numeric_power(operands, r, (scale_arg(ctx, 3), scale_arg(ctx, 4)));
+        }
+        Ok(Value::Real(r))
+    })?;
+    // cairn_date_add(date, days)
+    conn.create_scalar_function("cairn_date_add", 2, constant, |ctx| {
+        let date: Value = ctx.get(0)?;
+        let Some(days) = types::date_days(&date).map_err(sql_error)? else {
+            return Ok(date); // NULL or an infinity
+        };
+        match ctx.get_raw(1) {
+            ValueRef::Integer(n) => types::date_value(days + n).map_err(sql_error),
+            ValueRef::Null => Ok(Value::Null),
+            _ => Err(coded(
+                sqlstate::DATATYPE_MISMATCH,
+                "a date can only be moved by a whole number of days",
+            )),
+        }
+    })?;
+    // cairn_date_diff(a, b): a - b in days.
+    conn.create_scalar_function("cairn_date_diff", 2, constant, |ctx| {
+        let (a, b): (Value, Value) = (ctx.get(0)?, ctx.get(1)?);
+        match (
+            types::date_days(&a).map_err(sql_error)?,
+            types::date_days(&b).map_err(sql_error)?,
+        ) {
+            (Some(a), Some(b)) => Ok(Some(a - b)),
+            _ if matches!(a, Value::Null) || matches!(b, Value::Null) => Ok(None),
+            _ => Err(coded(
+                sqlstate::DATETIME_FIELD_OVERFLOW,
+                "cannot subtract infinite dates",
+            )),
+        }
+    })?;
+    // cairn_extract(field, value, 'source type', as_double)
+    conn.create_scalar_function("cairn_extract", 4, constant, |ctx| {
+        let field: String = ctx.get(0)?;
+        let ty = type_arg(ctx, 2)?.unwrap_or(PgType::Timestamptz);
+        let double = ctx.get::<i64>(3)? != 0;
+        let value: Value = ctx.get(1)?;
+        extract(&field.to_ascii_lowercase(), &value, ty, double).map_err(sql_error)
+    })?;
+    // cairn_date_trunc(field, value, 'source type')
+    conn.create_scalar_function("cairn_date_trunc", 3, constant, |ctx| {
+        let field: String = ctx.get(0)?;
+        let ty = type_arg(ctx, 2)?.unwrap_or(PgType::Timestamptz);
+        let value: Value = ctx.get(1)?;
+        date_trunc(&field.to_ascii_lowercase(), &value, ty).map_err(sql_error)
+    })?;
+    for (name, upper) in [("upper", true), ("lower", false)] {
+        conn.create_scalar_function(name, 1, constant, move |ctx| {
+            Ok(match ctx.get_raw(0) {
+                ValueRef::Null => None,
+                ValueRef::Text(t) => {
+                    let s = String::from_utf8_lossy(t);
+                    Some(change_case(&s, upper))
+                }
+                ValueRef::Integer(i) => Some(i.to_string()),
+                ValueRef::Real(f) => Some(f.to_string()),
+                ValueRef::Blob(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            })
+        })?;
+    }
+    conn.create_aggregate_function("cairn_num_sum", 2, constant, NumericSum)?;
+    Ok(())
+}
+
+/// PostgreSQL's upper/lower in a UTF-8 locale: each character mapped on its own (towupper),
+/// so a letter whose upper case is several characters (ß) stays as it is.
+fn change_case(s: &str, upper: bool) -> String {
+    s.chars()
+        .map(|c| {
+            let mut mapped = if upper {
+                c.to_uppercase().collect::<Vec<_>>()
+            } else {
+                c.to_lowercase().collect::<Vec<_>>()
+            };
+            match mapped.len() {
+                1 => mapped.pop().unwrap_or(c),
+                _ => c,
+            }
+        })
+        .collect()
+}
+
+/// PostgreSQL's numeric ^: computed in double precision, printed with its result scale
+/// (16 significant digits, and no fewer fractional digits than either operand has).
+fn numeric_power(
+    (a, b): (Value, Value),
+    r: f64,
+    scales: (Option<u32>, Option<u32>),
+) -> rusqlite::Result<Value> {
+    use rust_decimal::MathematicalOps;
+    let magnitude = if r == 0.0 {
+        0
+    } else {
+        r.abs().log10().trunc() as i64
+    };
+    let floor = i64::from(scales.0.unwrap_or(0).max(scales.1.unwrap_or(0)));
+    let scale = (16 - magnitude).max(floor).clamp(0, 28) as u32;
+    let overflow = || {
+        coded(
+            sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
+            "value out of range: overflow",
+        )
+    };
+    // In decimal where it fits (a double has too few digits for 16 significant ones).
+    let exact = match (types::exact(&a), types::exact(&b)) {
+        (Ok(Some(x)), Ok(Some(y))) => x.checked_powd(y),
+        _ => None,
+    };
+    let Some(mut d) = exact.or_else(|| types::Exact::from_f64_retain(r)) else {
+        return Err(overflow());
+    };
+    d = d.round_dp_with_strategy(scale, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+    d.rescale(scale);
+    Ok(Value::Text(d.to_string()))
+}
+
+fn float_of(v: ValueRef<'_>) -> Option<f64> {
+    match number(v)? {
+        Value::Integer(i) => Some(i as f64),
+        Value::Real(f) => Some(f),
+        _ => None,
+    }
+}
+
+/// sum() over numerics, exactly.
+struct NumericSum;
+
+impl rusqlite::functions::Aggregate<(Option<types::Exact>, Option<u32>), Value> for NumericSum {
+    fn init(
+        &self,
+        _: &mut rusqlite::functions::Context<'_>,
+    ) -> rusqlite::Result<(Option<types::Exact>, Option<u32>)> {
+        Ok((None, None))
+    }
+
+    fn step(
+        &self,
+        ctx: &mut rusqlite::functions::Context<'_>,
+        acc: &mut (Option<types::Exact>, Option<u32>),
+    ) -> rusqlite::Result<()> {
+        let v: Value = ctx.get(0)?;
+        if matches!(v, Value::Null) {
+            return Ok(());
+        }
+        acc.1 = scale_arg(ctx, 1);
+        let Some(x) = types::exact(&v).map_err(sql_error)? else {
+            return Err(coded(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "sum() of a NaN numeric",
+            ));
+        };
+        acc.0 = Some(match acc.0 {
+            None => x,
+            Some(total) => total.checked_add(x).ok_or_else(|| {
+                coded(
+                    sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
+                    "numeric value out of range: the sum exceeds 28 significant digits",
+                )
+            })?,
+        });
+        Ok(())
+    }
+
+    fn finalize(
+        &self,
+        _: &mut rusqlite::functions::Context<'_>,
+        acc: Option<(Option<types::Exact>, Option<u32>)>,
+    ) -> rusqlite::Result<Value> {
+        Ok(match acc.and_then(|(total, _)| total) {
+            None => Value::Null,
+            Some(total) => types::numeric_stored(total),
+        })
+    }
+}
+
+const US_PER_SECOND: i64 = 1_000_000;
+
+/// PostgreSQL's extract (numeric) and date_part (double precision).
+fn extract(field: &str, value: &Value, ty: PgType, double: bool) -> crate::error::Result<Value> {
+    use crate::error::Error;
+    let Some(us) = types::timestamp_micros(value, ty)? else {
+        return Ok(Value::Null);
+    };
+    let (year, month, day, tod, days) = types::civil_fields(us);
+    let time_field = matches!(
+        field,
+        "hour"
+            | "minute"
+            | "second"
+            | "milliseconds"
+            | "microseconds"
+            | "timezone"
+            | "timezone_hour"
+            | "timezone_minute"
+    );
+    if ty == PgType::Date && time_field {
+        return Err(Error::sql(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("unit \"{field}\" not supported for type date"),
+        ));
+    }
+    let dow = (days + 6).rem_euclid(7); // 2000-01-01 was a Saturday (6)
+    let iso = iso_week(year, month, day, days);
+    let exact_micros = |micros: i64, scale: u32| {
+        let mut d = types::Exact::new(micros, 6);
+        d.rescale(scale);
+        d
+    };
+    let number: types::Exact = match field {
+        "year" | "years" => year.into(),
+        "month" | "months" => month.into(),
+        "day" | "days" => day.into(),
+        "hour" | "hours" => (tod / 3_600_000_000).into(),
+        "minute" | "minutes" => (tod / 60_000_000 % 60).into(),
+        "second" | "seconds" => exact_micros(tod % 60_000_000, 6),
+        "milliseconds" => exact_micros((tod % 60_000_000) * 1000, 3),
+        "microseconds" => (tod % 60_000_000).into(),
+        "dow" => dow.into(),
+        "isodow" => (if dow == 0 { 7 } else { dow }).into(),
+        "doy" => (days - (types::civil_micros(year, 1, 1) / (86_400 * US_PER_SECOND)) + 1).into(),
+        "week" => iso.1.into(),
+        "isoyear" => iso.0.into(),
+        "quarter" => ((month - 1) / 3 + 1).into(),
+        "decade" => year.div_euclid(10).into(),
+        "century" => ((year + 99) / 100).into(),
+        "millennium" => ((year + 999) / 1000).into(),
+        "julian" => (days + 2_451_545).into(),
+        "timezone" | "timezone_hour" | "timezone_minute" if ty == PgType::Timestamptz => 0.into(),
+        "epoch" => {
+            let unix = us + types::PG_EPOCH_UNIX_MICROS;
+            if ty == PgType::Date {
+                (unix / US_PER_SECOND).into()
+            } else {
+                exact_micros(unix, 6)
+            }
+        }
+        other => {
+            return Err(Error::sql(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!("unit \"{other}\" not recognized for type {}", ty.name()),
+            ))
+        }
+    };
+    if double {
+        let f: f64 = number.to_string().parse().unwrap_or(f64::NAN);
+        return Ok(Value::Real(f));
+    }
+    if number.scale() > 0 {
+        // Keep the scale PostgreSQL prints ("59.000000"): as text when a double would drop it.
+        return Ok(Value::Text(number.to_string()));
+    }
+    Ok(types::numeric_stored(number))
+}
+
+/// (ISO year, ISO week) of a civil date; `days` since 2000-01-01.
+fn iso_week(year: i64, _month: i64, _day: i64, days: i64) -> (i64, i64) {
+    let day_us = 86_400 * US_PER_SECOND;
+    let monday_of_week1 = |y: i64| {
+        let jan4 = types::civil_micros(y, 1, 4) / day_us;
+        jan4 - (jan4 + 5).rem_euclid(7)
+    };
+    let mut iso_year = year;
+    if days < monday_of_week1(year) {
+        iso_year -= 1;
+    } else if days >= monday_of_week1(year + 1) {
+        iso_year += 1;
+    }
+    (iso_year, (days - monday_of_week1(iso_year)) / 7 + 1)
+}
+
+/// PostgreSQL's date_trunc: a date comes back as a timestamptz, as there (UTC sessions).
+fn date_trunc(field: &str, value: &Value, ty: PgType) -> crate::error::Result<Value> {
+    use crate::error::Error;
+    let Some(us) = types::timestamp_micros(value, ty)? else {
+        return Ok(value.clone());
+    };
+    let (year, month, day, tod, days) = types::civil_fields(us);
+    let midnight = us - tod;
+    let truncated = match field {
+        "microseconds" => us,
+        "milliseconds" => us - us.rem_euclid(1000),
+        "second" => us - us.rem_euclid(US_PER_SECOND),
+        "minute" => us - us.rem_euclid(60 * US_PER_SECOND),
+        "hour" => us - us.rem_euclid(3600 * US_PER_SECOND),
+        "day" => midnight,
+        "week" => midnight - (days + 5).rem_euclid(7) * 86_400 * US_PER_SECOND,
+        "month" => types::civil_micros(year, month, 1),
+        "quarter" => types::civil_micros(year, (month - 1) / 3 * 3 + 1, 1),
+        "year" => types::civil_micros(year, 1, 1),
+        "decade" => types::civil_micros(year - year.rem_euclid(10), 1, 1),
+        "century" => types::civil_micros((year - 1) / 100 * 100 + 1, 1, 1),
+        "millennium" => types::civil_micros((year - 1) / 1000 * 1000 + 1, 1, 1),
+        other => {
+            return Err(Error::sql(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!("unit \"{other}\" not recognized for type {}", ty.name()),
+            ))
+        }
+    };
+    let _ = day;
+    types::timestamp_value(truncated, ty != PgType::Timestamp)
 }
 
 #[derive(Clone, Copy)]

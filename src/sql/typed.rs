@@ -1,0 +1,490 @@
+//! PostgreSQL semantics that SQLite's operators do not have, rewritten with the types the
+//! catalog gives each expression: casts (`cairn_cast`), exact numeric arithmetic
+//! (`cairn_num`), integer arithmetic that fails on overflow (`cairn_int`), `^`, date
+//! arithmetic, `extract`/`date_part`/`date_trunc`, exact `sum` of numerics, and assignment
+//! casts into typed columns (`cairn_assign`). The functions live in `storage::functions`.
+//!
+//! Types are inferred on the statement as the client wrote it: each node's rewrite is
+//! decided before its children are rewritten (a stack carries the decision from the pre-
+//! to the post-visit), so a parent sees its children's PostgreSQL types, not the functions
+//! they became.
+
+use super::translate::{
+    call, column_of, declared_type, expr_scale, expr_type, function_args, function_name,
+    literal_expr, literal_value,
+};
+use crate::catalog::{Column, Table};
+use crate::error::{sqlstate, Error, Result};
+use crate::types::{self, PgType, Typmod};
+use sqlparser::ast::{
+    self, BinaryOperator as B, Expr, SelectItem, SetExpr, Statement, Value as AstValue, VisitMut,
+    VisitorMut,
+};
+use std::ops::ControlFlow;
+
+/// What to do with one node once its children are rewritten.
+enum Plan {
+    Keep,
+    /// `date ± n`, `n + date`: (date operand is left, subtract).
+    DateAdd {
+        date_left: bool,
+        subtract: bool,
+    },
+    DateDiff,
+    Numeric {
+        op: i64,
+        scales: (Option<u32>, Option<u32>),
+    },
+    Integer {
+        op: i64,
+        bits: i64,
+    },
+    Power {
+        numeric: bool,
+        scales: (Option<u32>, Option<u32>),
+    },
+    Cast {
+        from: Option<PgType>,
+        to: PgType,
+        typmod: Option<Typmod>,
+    },
+    Extract {
+        field: String,
+        from: PgType,
+        double: bool,
+    },
+    DateTrunc {
+        from: PgType,
+    },
+    NumericSum {
+        scale: Option<u32>,
+    },
+}
+
+struct Typer<'a> {
+    tables: &'a [&'a Table],
+    stack: Vec<Plan>,
+    failure: Option<Error>,
+}
+
+fn is_integer(t: PgType) -> bool {
+    matches!(t, PgType::Int2 | PgType::Int4 | PgType::Int8)
+}
+
+fn bits(t: PgType) -> i64 {
+    match t {
+        PgType::Int2 => 16,
+        PgType::Int4 => 32,
+        _ => 64,
+    }
+}
+
+fn is_datetime(t: PgType) -> bool {
+    matches!(t, PgType::Date | PgType::Timestamp | PgType::Timestamptz)
+}
+
+fn text(s: &str) -> Expr {
+    Expr::value(AstValue::SingleQuotedString(s.to_string()))
+}
+
+fn int(i: i64) -> Expr {
+    Expr::value(AstValue::Number(i.to_string(), false))
+}
+
+fn scale_arg(s: Option<u32>) -> Expr {
+    s.map_or_else(|| Expr::value(AstValue::Null), |s| int(s.into()))
+}
+
+fn type_arg(t: Option<PgType>) -> Expr {
+    t.map_or_else(|| Expr::value(AstValue::Null), |t| text(t.name()))
+}
+
+/// A numeric literal SQLite would read as a double that is not the decimal written: passed
+/// to the exact functions as text instead.
+fn exact_operand(e: Expr) -> Expr {
+    match &e {
+        Expr::Value(v) => match &v.value {
+            AstValue::Number(n, _)
+                if matches!(literal_value(&e), Some(rusqlite::types::Value::Text(_))) =>
+            {
+                text(n)
+            }
+            _ => e,
+        },
+        _ => e,
+    }
+}
+
+impl Typer<'_> {
+    fn plan(&self, e: &Expr) -> Result<Plan> {
+        let ty = |e: &Expr| expr_type(e, self.tables);
+        Ok(match e {
+            Expr::BinaryOp { left, op, right } => {
+                let (l, r) = (ty(left), ty(right));
+                let op_code = match op {
+                    B::Plus => 0,
+                    B::Minus => 1,
+                    B::Multiply => 2,
+                    B::Divide => 3,
+                    B::PGExp => {
+                        return Ok(Plan::Power {
+                            numeric: ty(e) == Some(PgType::Numeric),
+                            scales: (
+                                expr_scale(left, self.tables),
+                                expr_scale(right, self.tables),
+                            ),
+                        })
+                    }
+                    _ => return Ok(Plan::Keep),
+                };
+                match (l, r) {
+                    (Some(PgType::Date), Some(PgType::Date)) if op_code == 1 => Plan::DateDiff,
+                    (Some(PgType::Date), Some(n)) if is_integer(n) && op_code < 2 => {
+                        Plan::DateAdd {
+                            date_left: true,
+                            subtract: op_code == 1,
+                        }
+                    }
+                    (Some(n), Some(PgType::Date)) if is_integer(n) && op_code == 0 => {
+                        Plan::DateAdd {
+                            date_left: false,
+                            subtract: false,
+                        }
+                    }
+                    (Some(a), Some(b))
+                        if (a == PgType::Numeric || b == PgType::Numeric)
+                            && [a, b]
+                                .iter()
+                                .all(|t| is_integer(*t) || *t == PgType::Numeric) =>
+                    {
+                        Plan::Numeric {
+                            op: op_code,
+                            scales: (
+                                expr_scale(left, self.tables),
+                                expr_scale(right, self.tables),
+                            ),
+                        }
+                    }
+                    (Some(a), Some(b)) if is_integer(a) && is_integer(b) && op_code < 3 => {
+                        Plan::Integer {
+                            op: op_code,
+                            bits: bits(a).max(bits(b)),
+                        }
+                    }
+                    _ => Plan::Keep,
+                }
+            }
+            Expr::Cast {
+                data_type, expr, ..
+            } => {
+                let to = declared_type(data_type)?;
+                let typmod = Typmod::of_declared(&data_type.to_string(), to)?;
+                Plan::Cast {
+                    from: ty(expr),
+                    to,
+                    typmod,
+                }
+            }
+            Expr::Extract { field, expr, .. } => Plan::Extract {
+                field: field
+                    .to_string()
+                    .trim_matches(['"', '\''])
+                    .to_ascii_lowercase(),
+                from: datetime_of(ty(expr)),
+                double: false,
+            },
+            Expr::Function(f) => {
+                let args = function_args(f);
+                match (function_name(f).as_str(), args.as_slice()) {
+                    ("date_part", [field, value]) => match literal_value(field) {
+                        Some(rusqlite::types::Value::Text(field)) => Plan::Extract {
+                            field: field.to_ascii_lowercase(),
+                            from: datetime_of(ty(value)),
+                            double: true,
+                        },
+                        _ => {
+                            return Err(Error::unsupported(
+                                "date_part with a field that is not a literal",
+                            ))
+                        }
+                    },
+                    ("date_trunc", [_, value]) => Plan::DateTrunc {
+                        from: datetime_of(ty(value)),
+                    },
+                    ("sum", [value]) if ty(value) == Some(PgType::Numeric) && !is_distinct(f) => {
+                        Plan::NumericSum {
+                            scale: expr_scale(value, self.tables),
+                        }
+                    }
+                    _ => Plan::Keep,
+                }
+            }
+            _ => Plan::Keep,
+        })
+    }
+
+    fn apply(plan: Plan, e: &mut Expr) -> Result<()> {
+        let take = |b: &mut Box<Expr>| std::mem::replace(b.as_mut(), Expr::value(AstValue::Null));
+        match plan {
+            Plan::Keep => {}
+            Plan::DateAdd {
+                date_left,
+                subtract,
+            } => {
+                if let Expr::BinaryOp { left, right, .. } = e {
+                    let (l, r) = (take(left), take(right));
+                    let (date, days) = if date_left { (l, r) } else { (r, l) };
+                    let days = if subtract {
+                        Expr::UnaryOp {
+                            op: ast::UnaryOperator::Minus,
+                            expr: Box::new(Expr::Nested(Box::new(days))),
+                        }
+                    } else {
+                        days
+                    };
+                    *e = call("cairn_date_add", vec![date, days]);
+                }
+            }
+            Plan::DateDiff => {
+                if let Expr::BinaryOp { left, right, .. } = e {
+                    let (l, r) = (take(left), take(right));
+                    *e = call("cairn_date_diff", vec![l, r]);
+                }
+            }
+            Plan::Numeric { op, scales } => {
+                if let Expr::BinaryOp { left, right, .. } = e {
+                    let (l, r) = (exact_operand(take(left)), exact_operand(take(right)));
+                    *e = call(
+                        "cairn_num",
+                        vec![int(op), l, r, scale_arg(scales.0), scale_arg(scales.1)],
+                    );
+                }
+            }
+            Plan::Integer { op, bits } => {
+                if let Expr::BinaryOp { left, right, .. } = e {
+                    let (l, r) = (take(left), take(right));
+                    *e = call("cairn_int", vec![int(op), l, r, int(bits)]);
+                }
+            }
+            Plan::Power { numeric, scales } => {
+                if let Expr::BinaryOp { left, right, .. } = e {
+                    let (l, r) = (take(left), take(right));
+                    let args = vec![
+                        l,
+                        r,
+                        int(numeric.into()),
+                        scale_arg(scales.0),
+                        scale_arg(scales.1),
+                    ];
+                    *e = call("cairn_pow", args);
+                }
+            }
+            Plan::Cast { from, to, typmod } => {
+                if let Expr::Cast {
+                    expr, data_type, ..
+                } = e
+                {
+                    let declared = data_type.to_string();
+                    if let Some(value) = literal_value(expr) {
+                        *e = literal_expr(&types::cast(value, None, to, typmod, true)?);
+                    } else if from == Some(to) && typmod.is_none() {
+                        *e = Expr::Nested(Box::new(take(expr)));
+                    } else {
+                        let inner = take(expr);
+                        *e = call("cairn_cast", vec![inner, text(&declared), type_arg(from)]);
+                    }
+                }
+            }
+            Plan::Extract {
+                field,
+                from,
+                double,
+            } => {
+                let value = match e {
+                    Expr::Extract { expr, .. } => take(expr),
+                    Expr::Function(_) => function_arg_owned(e, 1),
+                    _ => return Ok(()),
+                };
+                *e = call(
+                    "cairn_extract",
+                    vec![text(&field), value, text(from.name()), int(double.into())],
+                );
+            }
+            Plan::DateTrunc { from } => {
+                let field = function_arg_owned(e, 0);
+                let value = function_arg_owned(e, 1);
+                *e = call("cairn_date_trunc", vec![field, value, text(from.name())]);
+            }
+            Plan::NumericSum { scale } => {
+                let value = function_arg_owned(e, 0);
+                *e = call("cairn_num_sum", vec![value, scale_arg(scale)]);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_distinct(f: &ast::Function) -> bool {
+    matches!(&f.args, ast::FunctionArguments::List(l) if l.duplicate_treatment.is_some())
+}
+
+fn datetime_of(t: Option<PgType>) -> PgType {
+    t.filter(|t| is_datetime(*t)).unwrap_or(PgType::Timestamptz)
+}
+
+/// The i-th argument of a function call, taken out of it.
+fn function_arg_owned(e: &mut Expr, i: usize) -> Expr {
+    if let Expr::Function(f) = e {
+        if let ast::FunctionArguments::List(list) = &mut f.args {
+            if let Some(ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(a))) =
+                list.args.get_mut(i)
+            {
+                return std::mem::replace(a, Expr::value(AstValue::Null));
+            }
+        }
+    }
+    Expr::value(AstValue::Null)
+}
+
+impl VisitorMut for Typer<'_> {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+        match self.plan(e) {
+            Ok(plan) => {
+                self.stack.push(plan);
+                ControlFlow::Continue(())
+            }
+            Err(err) => {
+                self.failure = Some(err);
+                ControlFlow::Break(())
+            }
+        }
+    }
+
+    fn post_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+        let plan = self.stack.pop().unwrap_or(Plan::Keep);
+        match Typer::apply(plan, e) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(err) => {
+                self.failure = Some(err);
+                ControlFlow::Break(())
+            }
+        }
+    }
+}
+
+/// Rewrite `stmt`'s expressions for PostgreSQL's semantics, with the types of `tables`.
+pub fn rewrite(stmt: &mut Statement, tables: &[&Table]) -> Result<()> {
+    assign_casts(stmt, tables)?;
+    let mut typer = Typer {
+        tables,
+        stack: Vec::new(),
+        failure: None,
+    };
+    let _ = stmt.visit(&mut typer);
+    typer.failure.map_or(Ok(()), Err)
+}
+
+/// Values written into typed columns by UPDATE SET, INSERT VALUES and INSERT ... SELECT pass
+/// through PostgreSQL's assignment cast (`cairn_assign`): numeric(p, s) rounds, varchar(n)
+/// refuses what is too long, a double into an integer rounds, and text into a non-text
+/// column is 42804 before anything runs. Literals were coerced already.
+fn assign_casts(stmt: &mut Statement, tables: &[&Table]) -> Result<()> {
+    let assign = |e: &mut Expr, column: &Column| -> Result<()> {
+        if literal_value(e).is_some() || super::translate::placeholder_index(e).is_some() {
+            return Ok(());
+        }
+        let from = expr_type(e, tables);
+        if let Some(from) = from {
+            if from.is_textual() && !column.ty.is_textual() && from != PgType::Unknown {
+                return Err(Error::sql(
+                    sqlstate::DATATYPE_MISMATCH,
+                    format!(
+                        "column \"{}\" is of type {} but expression is of type {}",
+                        column.name,
+                        column.ty.name(),
+                        from.name()
+                    ),
+                ));
+            }
+        }
+        if from == Some(column.ty) && column.typmod.is_none() {
+            return Ok(());
+        }
+        let declared = match column.typmod {
+            Some(m) => m.type_name(column.ty),
+            None => column.ty.name().to_string(),
+        };
+        let inner = std::mem::replace(e, Expr::value(AstValue::Null));
+        *e = call("cairn_assign", vec![inner, text(&declared), type_arg(from)]);
+        Ok(())
+    };
+    match stmt {
+        Statement::Update(update) => {
+            let ast::TableFactor::Table { name, .. } = &update.table.relation else {
+                return Ok(());
+            };
+            let Some(table) = super::translate::table_named(tables, name) else {
+                return Ok(());
+            };
+            for a in update.assignments.iter_mut() {
+                let ast::AssignmentTarget::ColumnName(col) = &a.target else {
+                    continue;
+                };
+                let name = super::translate::object_name(col);
+                let name = name.rsplit('.').next().unwrap_or(&name);
+                if let Some(column) = table.column(name) {
+                    assign(&mut a.value, column)?;
+                }
+            }
+        }
+        Statement::Insert(insert) => {
+            let Some(table) = super::translate::insert_target(insert, tables) else {
+                return Ok(());
+            };
+            let columns: Vec<Option<&Column>> = if insert.columns.is_empty() {
+                table.columns.iter().map(Some).collect()
+            } else {
+                insert.columns.iter().map(|c| column_of(table, c)).collect()
+            };
+            let Some(source) = insert.source.as_mut() else {
+                return Ok(());
+            };
+            match source.body.as_mut() {
+                SetExpr::Values(values) => {
+                    for row in values.rows.iter_mut() {
+                        for (e, column) in row.iter_mut().zip(&columns) {
+                            if let Some(column) = column {
+                                assign(e, column)?;
+                            }
+                        }
+                    }
+                }
+                SetExpr::Select(select) => {
+                    let wildcard = select.projection.iter().any(|i| {
+                        matches!(
+                            i,
+                            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+                        )
+                    });
+                    if !wildcard {
+                        for (item, column) in select.projection.iter_mut().zip(&columns) {
+                            let (SelectItem::UnnamedExpr(e)
+                            | SelectItem::ExprWithAlias { expr: e, .. }) = item
+                            else {
+                                continue;
+                            };
+                            if let Some(column) = column {
+                                assign(e, column)?;
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
