@@ -1047,7 +1047,7 @@ fn exact_number_literal(n: &str) -> Option<Value> {
     let int = int.trim_start_matches('0');
     let frac = frac.trim_end_matches('0');
     let written = match (int.is_empty(), frac.is_empty()) {
-        (_, true) => format!("{}", if int.is_empty() { "0" } else { int }),
+        (_, true) => (if int.is_empty() { "0" } else { int }).to_string(),
         (true, false) => format!("0.{frac}"),
         (false, false) => format!("{int}.{frac}"),
     };
@@ -2055,7 +2055,7 @@ fn type_checks(column: &Column) -> Vec<(&'static str, String, String)> {
     };
     let digits = "[0-9][0-9]";
     let date = format!("{digits}{digits}-[01][0-9]-[0-3][0-9]");
-    let time = format!("[0-2][0-9]:[0-5][0-9]:[0-6][0-9]");
+    let time = "[0-2][0-9]:[0-5][0-9]:[0-6][0-9]";
     let mut checks = Vec::new();
     let mut push = |(code, message): (&'static str, String), check: String| {
         checks.push((code, message, check))
