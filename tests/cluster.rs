@@ -75,23 +75,70 @@ async fn all_ids(pg: SocketAddr) -> BTreeSet<i64> {
         .collect()
 }
 
+/// The one shard a single-shard table lives on, as EXPLAIN names it ("Shards s3 ...").
+async fn shard_of(c: &tokio_postgres::Client, table: &str) -> String {
+    let rows = c
+        .simple_query(&format!("EXPLAIN SELECT * FROM {table}"))
+        .await
+        .unwrap();
+    let plan: String = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let shard = plan
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .find(|w| w.len() > 1 && w.starts_with('s') && w[1..].chars().all(|c| c.is_ascii_digit()))
+        .unwrap_or_else(|| panic!("no shard in the plan: {plan}"));
+    shard.to_string()
+}
+
+/// Waits until the writers have `count` acknowledgements after `since`.
+async fn wait_for_ack_after(
+    acked: &Mutex<Vec<(i64, Instant)>>,
+    since: Instant,
+    count: usize,
+    what: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, t)| *t > since)
+        .count()
+        < count
+    {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_under_writes_on_every_node() {
     let mut cluster = tokio::task::block_in_place(|| Cluster::start(3, &[]));
     let c = client(cluster.nodes[0].pg).await.unwrap();
-    c.batch_execute("CREATE TABLE w (id bigint PRIMARY KEY, node integer)")
+    // No primary key: one shard holds every row, so each write needs that shard's leader.
+    c.batch_execute("CREATE TABLE w (id bigint, node integer)")
         .await
         .unwrap();
+    let shard = shard_of(&c, "w").await;
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::new()));
     let pgs = cluster.nodes.iter().map(|n| n.pg).collect();
     let writers = spawn_writers(pgs, stop.clone(), acked.clone());
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    wait_for_ack_after(&acked, Instant::now(), 30, "too few writes before the kill").await;
 
-    let leader = tokio::task::block_in_place(|| cluster.leader());
+    let leader = tokio::task::block_in_place(|| cluster.leader_of(&shard));
     let killed_at = Instant::now();
     cluster.nodes[leader].kill9();
-    println!("killed leader n{}", leader + 1);
+    println!(
+        "killed n{}, leader of {shard}, the shard of every write",
+        leader + 1
+    );
     // Writes resume through the survivors.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -117,7 +164,8 @@ async fn leader_killed_under_writes_on_every_node() {
         "first write acknowledged {:?} after the kill",
         first - killed_at
     );
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Let the writers go on past the first acknowledgement, through the new leader.
+    wait_for_ack_after(&acked, first, 30, "writes stopped after the first one").await;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();
