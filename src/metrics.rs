@@ -119,7 +119,15 @@ impl Collector for ReplicaCollector {
         let mut last_log = Vec::new();
         let mut changes = Vec::new();
         let mut served = Vec::new();
+        let mut installed = Vec::new();
         for g in cluster.groups() {
+            installed.push((
+                g.shard.to_string(),
+                ConstCounter::new(
+                    g.snapshots_installed
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                ),
+            ));
             served.push((
                 g.shard.to_string(),
                 ConstCounter::new(g.served.load(std::sync::atomic::Ordering::Relaxed)),
@@ -177,6 +185,12 @@ impl Collector for ReplicaCollector {
             "raft_last_log_index",
             "Last log index in each local replica's log",
             &last_log,
+        )?;
+        family(
+            &mut encoder,
+            "raft_snapshots_installed",
+            "Snapshots each local replica received from its leader and installed since the node started",
+            &installed,
         )?;
         family(
             &mut encoder,

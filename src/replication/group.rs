@@ -34,6 +34,8 @@ pub struct ShardGroup {
     pub served: std::sync::atomic::AtomicU64,
     /// Leadership changes this node has seen for the group (a new leader or a new term).
     pub elections: Arc<std::sync::atomic::AtomicU64>,
+    /// Snapshots this replica received from a leader and installed since the node started.
+    pub snapshots_installed: Arc<std::sync::atomic::AtomicU64>,
     /// When this node last accepted entries or a heartbeat from the leader, and the commit
     /// index the leader reported then (for bounded-staleness reads on followers).
     pub leader_contact: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
@@ -88,6 +90,7 @@ impl ShardGroup {
         let replica = ReplicaHandle::start(&shard_dir.join("replica.db"), shard, options)?;
         let state_machine =
             StateMachine::new(replica.clone(), &shard_dir.join("snapshots")).await?;
+        let snapshots_installed = state_machine.installed.clone();
         let mut log_store = logs.store(shard)?;
         refuse_a_gap(shard, &replica, &mut log_store).await?;
         let network = Network { shard, client };
@@ -101,6 +104,7 @@ impl ShardGroup {
             reads: ReadBarrier::default(),
             served: std::sync::atomic::AtomicU64::new(0),
             elections,
+            snapshots_installed,
             leader_contact: std::sync::Mutex::new(None),
             shard,
             node,

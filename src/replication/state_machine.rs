@@ -23,6 +23,8 @@ pub struct StateMachine {
     dir: PathBuf,
     snapshots: Arc<Mutex<Snapshots>>,
     receiving: Option<PathBuf>,
+    /// Snapshots received from a leader and installed, since the node started.
+    pub installed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
@@ -104,6 +106,7 @@ impl StateMachine {
             dir: dir.to_path_buf(),
             snapshots: Arc::new(Mutex::new(snapshots)),
             receiving: None,
+            installed: Arc::default(),
         })
     }
 }
@@ -258,6 +261,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let _ = std::fs::remove_file(old_path);
             }
         }
+        self.installed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
     }
