@@ -401,3 +401,63 @@ async fn update_literals_are_checked_against_the_column_type() {
     let r = c.query_one("SELECT n, b FROM ty", &[]).await.unwrap();
     assert_eq!((r.get::<_, i32>(0), r.get::<_, bool>(1)), (42, true));
 }
+
+/// Holds `cap` idle connections to `addr`, then checks that one more is closed at once
+/// (read sees EOF or a reset instead of waiting), and that once some are let go, a new
+/// connection is kept open again.
+fn check_connection_cap(addr: std::net::SocketAddr, cap: usize, port: &str) {
+    let mut held = Vec::with_capacity(cap);
+    for i in 0..cap {
+        let s = TcpStream::connect(addr)
+            .unwrap_or_else(|e| panic!("{port}: connection {i} of {cap} refused: {e}"));
+        held.push(s);
+    }
+    let closed_at_once = |s: &mut TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Ok(0) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => true,
+            _ => false,
+        }
+    };
+    let mut extra = TcpStream::connect(addr).expect("the kernel accepts the extra connection");
+    assert!(
+        closed_at_once(&mut extra),
+        "{port}: connection {} past the cap of {cap} was kept open",
+        cap + 1
+    );
+    held.truncate(cap - 16);
+    common::wait_for(
+        || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut b = [0u8; 1];
+            // Kept open: the read waits (the server expects the client to speak first).
+            matches!(s.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut)
+        },
+        Duration::from_secs(30),
+        "a connection to be kept open once others closed",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_floods_are_capped_on_every_port() {
+    let node = TestNode::start().await;
+    let cluster_addr = node.node.as_ref().unwrap().cluster_addr;
+    let (http, pg) = (node.http, node.pg);
+    tokio::task::block_in_place(|| {
+        check_connection_cap(http, cairn::limits::CONNECTIONS_MAX, "HTTP");
+        check_connection_cap(pg, cairn::limits::CONNECTIONS_MAX, "pgwire");
+        check_connection_cap(
+            cluster_addr,
+            cairn::limits::CLUSTER_CONNECTIONS_MAX,
+            "cluster",
+        );
+    });
+    // The node still answers.
+    let c = node.client().await;
+    let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
