@@ -54,6 +54,7 @@ pub mod sqlstate {
     pub const INVALID_OBJECT_DEFINITION: &str = "42P17";
     pub const TRANSACTION_RESOLUTION_UNKNOWN: &str = "08007";
     pub const DATETIME_FIELD_OVERFLOW: &str = "22008";
+    pub const OBJECT_IN_USE: &str = "55006";
     pub const INVALID_ARGUMENT_FOR_POWER: &str = "2201F";
 
     pub(crate) const ALL: &[&str] = &[
@@ -104,6 +105,7 @@ pub mod sqlstate {
         TRANSACTION_RESOLUTION_UNKNOWN,
         DATETIME_FIELD_OVERFLOW,
         INVALID_ARGUMENT_FOR_POWER,
+        OBJECT_IN_USE,
     ];
 
     /// The static code equal to `code` (from another node), or XX000 for one Cairn never uses.

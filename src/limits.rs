@@ -138,6 +138,10 @@ pub const PLACEMENT_INTERVAL: Duration = Duration::from_millis(500);
 /// failed or died); before that, the coordinator is assumed to be driving it.
 pub const DDL_JOB_ADOPT_AFTER: Duration = Duration::from_secs(10);
 
+/// A schema change waits this long for another one on the same table to finish (they run
+/// one at a time per table) before answering 55006.
+pub const DDL_QUEUE_WAIT: Duration = Duration::from_secs(60);
+
 /// A schema change waits this long for every node to apply its catalog before answering
 /// (`Cluster::spread_catalog`); a node slower than that catches up by itself.
 pub const CATALOG_SPREAD_WAIT: Duration = Duration::from_secs(2);

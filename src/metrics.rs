@@ -212,6 +212,13 @@ impl Collector for ReplicaCollector {
             None,
             gauge.metric_type(),
         )?)?;
+        let jobs = ConstGauge::new(catalog.jobs.len() as i64);
+        jobs.encode(encoder.encode_descriptor(
+            "ddl_jobs_running",
+            "Schema changes recorded in the catalog and not finished yet",
+            None,
+            jobs.metric_type(),
+        )?)?;
         let gauge = ConstGauge::new(catalog.shards.len() as i64);
         gauge.encode(encoder.encode_descriptor(
             "catalog_shards",

@@ -117,3 +117,119 @@ async fn ddl_that_cannot_finish_in_time_answers_outcome_unknown_not_retry() {
     };
     assert_eq!(n, 0);
 }
+
+/// The columns a table has, as every shard and the catalog agree: `SELECT *` names them,
+/// and a row with a value for each is stored on every shard (a column the catalog lost
+/// but a shard kept, or the other way round, fails one of the two).
+async fn consistent_columns(c: &tokio_postgres::Client, table: &str) -> Vec<String> {
+    let names = columns(c, &format!("SELECT * FROM {table}")).await;
+    let list = names.join(", ");
+    for id in 1000..1016 {
+        let values: Vec<String> = names
+            .iter()
+            .map(|n| {
+                if n == "id" {
+                    id.to_string()
+                } else {
+                    "1".into()
+                }
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO {table} ({list}) VALUES ({})",
+            values.join(", ")
+        );
+        c.batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_schema_changes_of_one_table_all_take_effect() {
+    let cluster = tokio::task::block_in_place(|| Cluster::start(3, &[]));
+    let setup = common::connect(cluster.nodes[0].pg).await;
+    setup
+        .batch_execute("CREATE TABLE cc (id integer PRIMARY KEY)")
+        .await
+        .unwrap();
+    // Two nodes add columns to the same table at once.
+    let mut tasks = Vec::new();
+    for (i, n) in cluster.nodes.iter().take(2).enumerate() {
+        let pg = n.pg;
+        tasks.push(tokio::spawn(async move {
+            let c = common::connect(pg).await;
+            for k in 0..4 {
+                let sql = format!("ALTER TABLE cc ADD COLUMN c{i}_{k} integer");
+                c.batch_execute(&sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut got = consistent_columns(&setup, "cc").await;
+    got.sort();
+    let mut want: Vec<String> = (0..2)
+        .flat_map(|i| (0..4).map(move |k| format!("c{i}_{k}")))
+        .collect();
+    want.push("id".into());
+    want.sort();
+    assert_eq!(
+        got, want,
+        "a concurrent ADD COLUMN was lost from the catalog"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_in_a_transaction_does_not_overwrite_a_change_made_meanwhile() {
+    let cluster = tokio::task::block_in_place(|| Cluster::start(3, &[]));
+    let a = common::connect(cluster.nodes[0].pg).await;
+    let b = common::connect(cluster.nodes[1].pg).await;
+    a.batch_execute("CREATE TABLE tx (id integer PRIMARY KEY)")
+        .await
+        .unwrap();
+    a.batch_execute("BEGIN; ALTER TABLE tx ADD COLUMN in_txn integer")
+        .await
+        .unwrap();
+    // Meanwhile another session changes the same table; its job waits for the shards
+    // the transaction holds.
+    let other = tokio::spawn(async move {
+        b.batch_execute("ALTER TABLE tx ADD COLUMN outside integer")
+            .await
+            .map_err(|e| format!("{e:?}"))
+    });
+    // Commit once the other change is recorded (its job is in the catalog, waiting).
+    let http = cluster.nodes[0].http;
+    tokio::task::block_in_place(|| {
+        common::wait_for(
+            || {
+                common::http_get(http, "/metrics").is_some_and(|m| {
+                    m.lines().any(|l| {
+                        l.contains("ddl_jobs_running") && !l.starts_with('#') && !l.ends_with(" 0")
+                    })
+                })
+            },
+            std::time::Duration::from_secs(20),
+            "the other schema change to be recorded",
+        )
+    });
+    let committed = a.batch_execute("COMMIT").await;
+    other
+        .await
+        .unwrap()
+        .expect("the change outside the transaction");
+    let names = consistent_columns(&a, "tx").await;
+    assert!(names.contains(&"outside".to_string()), "{names:?}");
+    match committed {
+        Ok(()) => assert!(names.contains(&"in_txn".to_string()), "{names:?}"),
+        Err(e) => {
+            let code = e.as_db_error().map(|d| d.code().code().to_string());
+            assert_eq!(code.as_deref(), Some("40001"), "{e:?}");
+            assert!(!names.contains(&"in_txn".to_string()), "{names:?}");
+        }
+    }
+}

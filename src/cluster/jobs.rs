@@ -14,6 +14,31 @@ use crate::storage::replica::{Statement, StatementKind};
 use rusqlite::types::Value;
 
 impl Cluster {
+    /// Wait until this node's catalog shows no DDL job on `table`, or `deadline`. Another
+    /// node's job ends when its coordinator (or the meta leader adopting it) finishes it.
+    pub async fn wait_for_jobs_on(&self, table: &str, deadline: std::time::Instant) {
+        let mut watch = self.catalog_watch();
+        loop {
+            let busy = watch
+                .borrow_and_update()
+                .jobs
+                .values()
+                .any(|j| j.table.eq_ignore_ascii_case(table));
+            if !busy {
+                return;
+            }
+            // Woken by a catalog change; polled too, in case this node's catalog lags.
+            let wait = deadline
+                .saturating_duration_since(std::time::Instant::now())
+                .min(std::time::Duration::from_millis(200));
+            if wait.is_zero() {
+                return;
+            }
+            let _ = tokio::time::timeout(wait, watch.changed()).await;
+            let _ = self.sync(ShardId::META).await;
+        }
+    }
+
     /// Drive `job` to its end. A SQL error from a shard is returned after the job was
     /// rolled back everywhere; any other error leaves the job for a later attempt.
     pub async fn run_job(&self, job: &Job) -> Result<()> {

@@ -177,6 +177,10 @@ struct OpenTxn {
     catalog: std::sync::Mutex<Option<(Arc<Catalog>, Arc<Catalog>)>>,
     /// Catalog changes of the transaction's DDL, made at COMMIT.
     changes: Vec<Change>,
+    /// Each table the transaction's DDL changes, with its committed definition when the
+    /// transaction first changed it: COMMIT refuses (40001) if another schema change got
+    /// there first, instead of overwriting it.
+    bases: BTreeMap<String, Option<String>>,
     /// When it began (µs since the epoch): older transactions win lock conflicts.
     priority: u64,
     /// Savepoints in force, oldest first. Every shard the transaction holds has them all
@@ -207,6 +211,7 @@ impl OpenTxn {
             failed: false,
             catalog: std::sync::Mutex::new(None),
             changes: Vec::new(),
+            bases: BTreeMap::new(),
             // Low bits random: two transactions starting in one microsecond still differ.
             priority: (micros << 8) | (rand::random::<u8>() as u64),
             savepoints: Vec::new(),
@@ -1055,29 +1060,62 @@ impl Session {
         Ok(())
     }
 
-    /// Commit every shard the transaction holds, then its catalog changes.
+    /// Commit every shard the transaction holds; with DDL, its catalog changes commit in
+    /// the same two-phase commit, as one more part on the meta shard.
     async fn commit(&mut self, txn: OpenTxn) -> Result<()> {
         let cluster = self.engine.cluster.clone();
-        let leases: Vec<(ShardId, Lease)> = txn.leases.into_iter().collect();
-        if leases.len() <= 1 {
-            // One shard: its own commit is atomic (one Raft proposal).
-            for (_, lease) in leases {
-                cluster.commit(lease).await?;
+        let mut leases: Vec<(ShardId, Lease)> = txn.leases.into_iter().collect();
+        if txn.changes.is_empty() {
+            if leases.len() <= 1 {
+                // One shard: its own commit is atomic (one Raft proposal).
+                for (_, lease) in leases {
+                    cluster.commit(lease).await?;
+                }
+                return Ok(());
             }
-        } else {
-            commit_across(&cluster, leases).await?;
+            return commit_across(&cluster, leases).await;
         }
-        if !txn.changes.is_empty() {
-            let mt = MetaTxn::begin(&cluster).await?;
-            for change in &txn.changes {
-                if let Err(e) = mt.exec(meta::change(change)?).await {
-                    mt.rollback().await;
-                    return Err(e);
+        let catalog_part = async {
+            let lease = cluster.begin(ShardId::META).await?;
+            let written = async {
+                cluster.sync(ShardId::META).await?;
+                let current = cluster.catalog();
+                for (table, base) in &txn.bases {
+                    let now = current.any_table(table).map(serde_json::to_string).transpose().map_err(Error::internal)?;
+                    let busy = current.jobs.values().any(|j| j.table.eq_ignore_ascii_case(table));
+                    if now != *base || busy {
+                        return Err(Error::Retry(format!(
+                            "table \"{table}\" was changed by another schema change during this transaction; retry it"
+                        )));
+                    }
+                }
+                for change in &txn.changes {
+                    cluster.exec(ShardId::META, &lease, meta::change(change)?).await?;
+                }
+                Ok(())
+            }
+            .await;
+            match written {
+                Ok(()) => Ok(lease),
+                Err(e) => {
+                    cluster.rollback(lease).await;
+                    Err(e)
                 }
             }
-            mt.commit().await?;
-            cluster.spread_catalog().await;
         }
+        .await;
+        match catalog_part {
+            Ok(lease) => leases.insert(0, (ShardId::META, lease)),
+            Err(e) => {
+                for (_, lease) in leases {
+                    cluster.rollback(lease).await;
+                }
+                return Err(e);
+            }
+        }
+        commit_across(&cluster, leases).await?;
+        cluster.sync(ShardId::META).await?;
+        cluster.spread_catalog().await;
         Ok(())
     }
 
@@ -1100,6 +1138,35 @@ impl Session {
     /// A schema change: a DDL job outside a transaction block; inside one, the shards'
     /// parts through the transaction's leases and the catalog change at COMMIT.
     async fn ddl(&mut self, action: &translate::DdlAction, tag: &str) -> Result<Output> {
+        // Schema changes of one table run one at a time: a job planned while another is
+        // running on the table would finish with a catalog entry that undoes the other's.
+        let deadline = Instant::now() + limits::DDL_QUEUE_WAIT;
+        loop {
+            match self.ddl_attempt(action, tag).await? {
+                Ok(output) => return Ok(output),
+                Err(busy) => {
+                    if Instant::now() >= deadline {
+                        return Err(Error::sql(
+                            sqlstate::OBJECT_IN_USE,
+                            format!(
+                                "another schema change of table \"{busy}\" has been running for over {:?}; try again later",
+                                limits::DDL_QUEUE_WAIT
+                            ),
+                        ));
+                    }
+                    self.engine.cluster.wait_for_jobs_on(&busy, deadline).await;
+                }
+            }
+        }
+    }
+
+    /// One try at a schema change; `Ok(Err(table))` if a job on the table is running (the
+    /// caller waits for it and plans again).
+    async fn ddl_attempt(
+        &mut self,
+        action: &translate::DdlAction,
+        tag: &str,
+    ) -> Result<std::result::Result<Output, String>> {
         let cluster = self.engine.cluster.clone();
         let in_txn = self.txn.is_some();
         let mt = MetaTxn::begin(&cluster).await?;
@@ -1116,11 +1183,19 @@ impl Session {
         let mut jobs = Vec::new();
         let mut new_shards = Vec::new();
         let mut plans = Vec::new();
+        let running = mt.catalog();
         let written = async {
             for p in planned {
                 match p {
                     Planned::Skip(n) => notice = Some(n),
                     Planned::Do(plan) => {
+                        let busy = running
+                            .jobs
+                            .values()
+                            .any(|j| j.table.eq_ignore_ascii_case(&plan.table));
+                        if busy && !in_txn {
+                            return Ok(Some(plan.table.clone()));
+                        }
                         notices.extend(plan.notice.clone());
                         for stmt in &plan.setup {
                             mt.exec(stmt.clone()).await?;
@@ -1146,12 +1221,19 @@ impl Session {
                     }
                 }
             }
-            Ok::<(), Error>(())
+            Ok::<Option<String>, Error>(None)
         }
         .await;
-        if let Err(e) = written {
-            mt.rollback().await;
-            return Err(e);
+        match written {
+            Err(e) => {
+                mt.rollback().await;
+                return Err(e);
+            }
+            Ok(Some(busy)) => {
+                mt.rollback().await;
+                return Ok(Err(busy));
+            }
+            Ok(None) => {}
         }
         mt.commit().await?;
         self.wait_for_shards(&new_shards).await?;
@@ -1168,6 +1250,17 @@ impl Session {
                     self.on_shard(step.shard, stmt, false).await?;
                 }
                 let txn = self.txn.as_mut().expect("in a transaction");
+                if let std::collections::btree_map::Entry::Vacant(base) =
+                    txn.bases.entry(plan.table.to_lowercase())
+                {
+                    let committed = cluster
+                        .catalog()
+                        .any_table(&plan.table)
+                        .map(serde_json::to_string)
+                        .transpose()
+                        .map_err(Error::internal)?;
+                    base.insert(committed);
+                }
                 txn.changes.extend(plan.finish.iter().cloned());
                 *txn.catalog.lock().expect("catalog cache lock") = None;
             }
@@ -1197,7 +1290,7 @@ impl Session {
             } else {
                 "create_reference_table"
             };
-            return Ok(Output {
+            return Ok(Ok(Output {
                 fields: vec![Field {
                     name: name.into(),
                     ty: PgType::Text,
@@ -1208,15 +1301,15 @@ impl Session {
                 returns_rows: true,
                 notice,
                 ..Output::command(tag, TxnEvent::None)
-            });
+            }));
         }
         for plan in &notices {
             notice = notice.or(Some(plan.clone()));
         }
-        Ok(Output {
+        Ok(Ok(Output {
             notice,
             ..Output::command(tag, TxnEvent::None)
-        })
+        }))
     }
 
     /// Wait until each new shard's group has a leader (they are started by every replica
