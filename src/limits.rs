@@ -109,6 +109,12 @@ pub const CLUSTER_QUEUE_MAX: usize = 1_024;
 /// Calls in flight on one inbound cluster connection; further frames wait to be read.
 pub const CLUSTER_INFLIGHT_MAX: usize = 256;
 
+/// Request bytes (in KiB) a node holds while answering cluster calls, over all its inbound
+/// connections: 256 MiB. A connection whose next frame does not fit waits with that one
+/// frame read and reads nothing more, so a flood of large calls holds at most the budget
+/// plus one frame per connection instead of taking the node's memory.
+pub const CLUSTER_INFLIGHT_KIB_MAX: usize = 256 * 1024;
+
 /// Connecting to a peer gives up after this long (the peer is then unreachable).
 pub const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 

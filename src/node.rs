@@ -201,6 +201,9 @@ impl Node {
             bootstrap,
         )
         .await?;
+        // Name the cluster on every connection from the start (a restarted node knows it
+        // from its meta replica).
+        client.set_cluster_id(cluster.catalog().settings.cluster_id.clone());
         let handler = Arc::new(NodeRpc {
             cluster: cluster.clone(),
             txns: Mutex::new(HashMap::new()),
@@ -234,10 +237,12 @@ impl Node {
             // elected this node.
             wait_for_leader(&cluster.meta.raft, limits::LEADER_WAIT).await;
             let lease = cluster.begin(ShardId::META).await?;
+            let cluster_id = format!("{:032x}", rand::random::<u128>());
             let stmts = [
                 meta::put_node(&record(id, &info))?,
                 meta::put_setting("replication_factor", &config.replication_factor.to_string()),
                 meta::put_setting("shard_count", &config.shard_count.max(1).to_string()),
+                meta::put_setting("cluster_id", &cluster_id),
             ];
             for stmt in stmts {
                 cluster.exec(ShardId::META, &lease, stmt).await?;
@@ -282,6 +287,19 @@ impl Node {
                 "the meta group has no leader yet; serving anyway, requests will wait for one"
             );
         }
+        // Connections name the cluster once the catalog says which it is (a joining node
+        // learns it with the catalog).
+        let mut catalog = cluster.catalog_watch();
+        let named = client.clone();
+        servers.push(tokio::spawn(async move {
+            loop {
+                let id = catalog.borrow_and_update().settings.cluster_id.clone();
+                named.set_cluster_id(id);
+                if catalog.changed().await.is_err() {
+                    return;
+                }
+            }
+        }));
         let engine = Engine::new(cluster.clone());
         tokio::spawn(sweep_transactions(handler));
         servers.push(tokio::spawn(api::pgwire::serve(pg, engine.clone())));
@@ -519,8 +537,14 @@ impl NodeRpc {
 
 #[async_trait::async_trait]
 impl Handler for NodeRpc {
+    fn cluster_id(&self) -> Option<String> {
+        self.cluster.catalog().settings.cluster_id.clone()
+    }
+
     async fn handle(&self, request: Request) -> Response {
         match request {
+            // Read by the transport before any call; a second one means nothing.
+            Request::Hello { .. } => Response::Done(Ok(())),
             Request::Append { shard, rpc } => {
                 let Some(group) = self.group(shard) else {
                     return Response::Done(Err(no_such_shard()));

@@ -395,6 +395,12 @@ async fn bad_input_on_the_cluster_port_leaves_the_cluster_alone() {
         .unwrap();
     let mut framed =
         tokio_util::codec::Framed::new(stream, tokio_util::codec::LengthDelimitedCodec::new());
+    let cluster_id = health(leader)["cluster"].as_str().map(str::to_string);
+    assert!(cluster_id.is_some(), "the cluster has an id");
+    let hello = |cluster: Option<String>| {
+        bytes::Bytes::from(postcard::to_stdvec(&(0u64, Request::Hello { cluster })).unwrap())
+    };
+    framed.send(hello(cluster_id.clone())).await.unwrap();
     let forged_vote = openraft::raft::VoteRequest::new(openraft::Vote::new(1_000_000, 99), None);
     for (id, request) in [
         (
@@ -425,6 +431,50 @@ async fn bad_input_on_the_cluster_port_leaves_the_cluster_alone() {
             matches!(response, Response::Done(Err(_)) | Response::Vote(Err(_))),
             "forged message was not rejected: {response:?}"
         );
+    }
+
+    // A connection must say first which cluster it belongs to: one that names another, or
+    // names none and asks more than to join, is closed without an answer.
+    let call = |id: u64, request: Request| {
+        bytes::Bytes::from(postcard::to_stdvec(&(id, request)).unwrap())
+    };
+    let vote = || Request::Vote {
+        shard: ShardId(1),
+        rpc: openraft::raft::VoteRequest::new(openraft::Vote::new(1, 99), None),
+    };
+    let cases: [(Option<Option<String>>, Request, bool); 5] = [
+        (Some(Some("another-cluster".into())), Request::Ping, false),
+        (Some(None), vote(), false),
+        (None, Request::Ping, false),
+        (Some(None), Request::Ping, true),
+        (Some(cluster_id.clone()), Request::Ping, true),
+    ];
+    for (greeting, request, answered) in cases {
+        let what = format!("hello {greeting:?}, then {request:?}");
+        let stream = tokio::net::TcpStream::connect(leader_node.cluster)
+            .await
+            .unwrap();
+        let mut framed =
+            tokio_util::codec::Framed::new(stream, tokio_util::codec::LengthDelimitedCodec::new());
+        if let Some(cluster) = greeting {
+            framed.send(hello(cluster)).await.unwrap();
+        }
+        let _ = framed.send(call(7, request)).await;
+        let reply = tokio::time::timeout(Duration::from_secs(10), framed.next())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: neither answered nor closed in 10 s"));
+        match reply {
+            Some(Ok(frame)) => {
+                let (id, response): (u64, Response) = postcard::from_bytes(&frame).unwrap();
+                assert!(answered, "{what}: answered {response:?}");
+                assert_eq!(id, 7);
+                assert!(
+                    matches!(response, Response::Done(Ok(()))),
+                    "{what}: {response:?}"
+                );
+            }
+            _ => assert!(!answered, "{what}: closed without an answer"),
+        }
     }
 
     // Same leader, same term, and the cluster still takes writes.

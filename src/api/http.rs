@@ -374,7 +374,10 @@ async fn health(State(Api { engine, .. }): State<Api>) -> Json<Json_> {
             })
         })
         .collect();
-    Json(json!({ "status": "ok", "node": engine.cluster.node.to_string(), "shards": shards }))
+    let cluster = engine.cluster.catalog().settings.cluster_id.clone();
+    Json(
+        json!({ "status": "ok", "node": engine.cluster.node.to_string(), "cluster": cluster, "shards": shards }),
+    )
 }
 
 /// This node's replicas: applied log index and a checksum of their rows, for comparing

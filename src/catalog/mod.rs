@@ -253,6 +253,8 @@ impl Job {
 pub struct Settings {
     pub replication_factor: u32,
     pub shard_count: u32,
+    /// Made when the cluster is created; every connection between its nodes names it.
+    pub cluster_id: Option<String>,
 }
 
 impl Default for Settings {
@@ -260,6 +262,7 @@ impl Default for Settings {
         Settings {
             replication_factor: 3,
             shard_count: 4,
+            cluster_id: None,
         }
     }
 }
@@ -322,6 +325,7 @@ impl Catalog {
                     c.settings.replication_factor = value.parse().unwrap_or(3);
                 }
                 "shard_count" => c.settings.shard_count = value.parse().unwrap_or(4),
+                "cluster_id" => c.settings.cluster_id = Some(value),
                 _ => {}
             }
         }

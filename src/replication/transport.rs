@@ -33,6 +33,11 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
+    /// The first frame on every connection: the caller's cluster id (None for a node that
+    /// has not joined one yet). Not answered.
+    Hello {
+        cluster: Option<String>,
+    },
     /// Are you there? Answered at once with `Done(Ok)`.
     Ping,
     Append {
@@ -213,6 +218,20 @@ pub enum CallError {
 #[async_trait::async_trait]
 pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, request: Request) -> Response;
+
+    /// The id of the cluster this node belongs to, once it knows it: a connection that
+    /// names another is closed, one that names none may only ask to join.
+    fn cluster_id(&self) -> Option<String> {
+        None
+    }
+}
+
+/// What a connection whose peer named no cluster may ask: to join, or whether we are there.
+fn allowed_before_joining(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Ping | Request::AllocateId { .. } | Request::AddNode { .. }
+    )
 }
 
 /// A byte stream to or from a peer: a TCP socket, or a simulated one in tests.
@@ -267,6 +286,8 @@ type Call = (Request, Reply);
 pub struct Client {
     peers: Mutex<HashMap<String, mpsc::Sender<Call>>>,
     dialer: Arc<dyn Dialer>,
+    /// Named in the hello of every connection this client opens.
+    cluster_id: Arc<Mutex<Option<String>>>,
 }
 
 impl Client {
@@ -280,7 +301,20 @@ impl Client {
         Arc::new(Client {
             peers: Mutex::new(HashMap::new()),
             dialer,
+            cluster_id: Arc::new(Mutex::new(None)),
         })
+    }
+
+    /// The cluster id this node's connections name from now on; connections opened before
+    /// it was known are closed, so peers see it on the next call.
+    pub fn set_cluster_id(&self, id: Option<String>) {
+        let mut current = self.cluster_id.lock().expect("cluster id lock poisoned");
+        if *current == id {
+            return;
+        }
+        *current = id;
+        drop(current);
+        self.peers.lock().expect("peer map lock poisoned").clear();
     }
 
     fn connection(&self, addr: &str) -> mpsc::Sender<Call> {
@@ -291,7 +325,17 @@ impl Client {
             }
         }
         let (tx, rx) = mpsc::channel(limits::CLUSTER_QUEUE_MAX);
-        tokio::spawn(run_connection(addr.to_string(), self.dialer.clone(), rx));
+        let hello = self
+            .cluster_id
+            .lock()
+            .expect("cluster id lock poisoned")
+            .clone();
+        tokio::spawn(run_connection(
+            addr.to_string(),
+            self.dialer.clone(),
+            hello,
+            rx,
+        ));
         peers.insert(addr.to_string(), tx.clone());
         tx
     }
@@ -325,7 +369,12 @@ fn codec() -> LengthDelimitedCodec {
 
 /// Owns one outbound connection: writes calls, matches answers by id. Ends (failing every
 /// pending call) when the connection breaks or nobody holds the sender.
-async fn run_connection(addr: String, dialer: Arc<dyn Dialer>, mut calls: mpsc::Receiver<Call>) {
+async fn run_connection(
+    addr: String,
+    dialer: Arc<dyn Dialer>,
+    cluster: Option<String>,
+    mut calls: mpsc::Receiver<Call>,
+) {
     let stream =
         match tokio::time::timeout(limits::CLUSTER_CONNECT_TIMEOUT, dialer.dial(&addr)).await {
             Ok(Ok(s)) => s,
@@ -339,6 +388,18 @@ async fn run_connection(addr: String, dialer: Arc<dyn Dialer>, mut calls: mpsc::
             }
         };
     let (mut sink, mut stream) = Framed::new(stream, codec()).split();
+    let hello = postcard::to_stdvec(&(0u64, Request::Hello { cluster })).map(Bytes::from);
+    let sent = match hello {
+        Ok(frame) => sink.send(frame).await.is_ok(),
+        Err(_) => false,
+    };
+    if !sent {
+        calls.close();
+        while let Ok((_, reply)) = calls.try_recv() {
+            let _ = reply.send(Err(CallError::NotSent(addr.clone())));
+        }
+        return;
+    }
     let pending: Arc<Mutex<HashMap<u64, Reply>>> = Arc::default();
     let next = AtomicU64::new(1);
     // When the peer last sent anything, in ms since the connection opened.
@@ -453,6 +514,12 @@ pub async fn serve(listener: TcpListener, handler: Arc<dyn Handler>) {
     }
 }
 
+/// The node's budget of request bytes being answered on the cluster port, in KiB.
+fn inflight_budget() -> &'static Arc<Semaphore> {
+    static BUDGET: std::sync::OnceLock<Arc<Semaphore>> = std::sync::OnceLock::new();
+    BUDGET.get_or_init(|| Arc::new(Semaphore::new(limits::CLUSTER_INFLIGHT_KIB_MAX)))
+}
+
 /// Answer the calls arriving on one accepted connection from `peer` (a label for logs) with
 /// `handler`, until the peer closes it or sends garbage. Calls run concurrently, at most
 /// `CLUSTER_INFLIGHT_MAX` at once; answers leave in batches as they finish.
@@ -476,6 +543,25 @@ pub async fn serve_connection(stream: impl Stream, peer: String, handler: Arc<dy
             }
         }
     });
+    // The first frame says which cluster the peer belongs to.
+    let theirs = match stream.next().await {
+        Some(Ok(frame)) => match postcard::from_bytes::<(u64, Request)>(&frame) {
+            Ok((_, Request::Hello { cluster })) => cluster,
+            _ => {
+                tracing::warn!(%peer, "cluster connection: no hello; closing");
+                return;
+            }
+        },
+        _ => return,
+    };
+    let restricted = match (handler.cluster_id(), &theirs) {
+        (Some(ours), Some(theirs)) if ours != *theirs => {
+            tracing::warn!(%peer, ours, theirs, "refusing a connection from a node of another cluster");
+            return;
+        }
+        (Some(_), None) => true,
+        _ => false,
+    };
     let slots = Arc::new(Semaphore::new(limits::CLUSTER_INFLIGHT_MAX));
     while let Some(frame) = stream.next().await {
         let Ok(frame) = frame else {
@@ -486,7 +572,17 @@ pub async fn serve_connection(stream: impl Stream, peer: String, handler: Arc<dy
             tracing::warn!(%peer, "cluster connection: undecodable message; closing");
             break;
         };
+        if restricted && !allowed_before_joining(&request) {
+            tracing::warn!(%peer, "cluster connection from a node that named no cluster asked more than to join; closing");
+            break;
+        }
         let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        // Frames being answered hold their size from the node's budget: a peer cannot make
+        // the node buffer more than that, however many connections and calls it opens.
+        let kib = (frame.len() / 1024).clamp(1, limits::CLUSTER_INFLIGHT_KIB_MAX) as u32;
+        let Ok(bytes_permit) = inflight_budget().clone().acquire_many_owned(kib).await else {
             break;
         };
         let (handler, out_tx) = (handler.clone(), out_tx.clone());
@@ -504,6 +600,7 @@ pub async fn serve_connection(stream: impl Stream, peer: String, handler: Arc<dy
                 let _ = out_tx.send(Bytes::from(bytes)).await;
             }
             drop(permit);
+            drop(bytes_permit);
         });
     }
     drop(out_tx);
