@@ -656,6 +656,16 @@ impl Handler for NodeRpc {
                 self.cancel_token(Some(key)).cancel();
                 Response::Done(Ok(()))
             }
+            Request::Exec { shard, stmt, .. }
+                if !shard.is_meta() && crate::storage::replica::names_internal_table(&stmt.sql) =>
+            {
+                // Forwarded statements are Cairn's translations of clients' SQL; the
+                // replica's own tables are never among what they may touch.
+                Response::Rows(Err(WireError::Sql {
+                    code: crate::error::sqlstate::INSUFFICIENT_PRIVILEGE.into(),
+                    message: "a forwarded statement named an internal table".into(),
+                }))
+            }
             Request::Exec {
                 txn: Some(txn),
                 stmt,

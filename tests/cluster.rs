@@ -477,6 +477,53 @@ async fn bad_input_on_the_cluster_port_leaves_the_cluster_alone() {
         }
     }
 
+    // A forwarded statement may not touch a replica's internal tables (the two-phase
+    // commit's records, the applied index), even from a node of the cluster.
+    let s1_leader = tokio::task::block_in_place(|| cluster.leader_of("s1"));
+    let stream = tokio::net::TcpStream::connect(cluster.nodes[s1_leader].cluster)
+        .await
+        .unwrap();
+    let mut framed =
+        tokio_util::codec::Framed::new(stream, tokio_util::codec::LengthDelimitedCodec::new());
+    framed.send(hello(cluster_id.clone())).await.unwrap();
+    let exec = |sql: &str| Request::Exec {
+        shard: ShardId(1),
+        txn: None,
+        stmt: cairn::replication::WireStatement {
+            sql: sql.into(),
+            params: Vec::new(),
+            kind: cairn::storage::replica::StatementKind::Dml,
+            refs: Vec::new(),
+        },
+        read: false,
+        cancel: None,
+    };
+    for (i, (sql, refused)) in [
+        ("DELETE FROM _cairn_txns", true),
+        ("UPDATE \"_CAIRN_STATE\" SET value = x'00'", true),
+        ("SELECT '_cairn_txns' AS name", false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        framed.send(call(100 + i as u64, exec(sql))).await.unwrap();
+        let frame = tokio::time::timeout(Duration::from_secs(10), framed.next())
+            .await
+            .expect("an answer")
+            .expect("an answer")
+            .unwrap();
+        let (_, response): (u64, Response) = postcard::from_bytes(&frame).unwrap();
+        match response {
+            Response::Rows(Err(cairn::replication::transport::WireError::Sql { code, .. }))
+                if refused =>
+            {
+                assert_eq!(code, "42501", "{sql}")
+            }
+            Response::Rows(Ok(_)) if !refused => {}
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+
     // Same leader, same term, and the cluster still takes writes.
     assert_eq!(tokio::task::block_in_place(|| cluster.leader()), leader);
     assert_eq!(term_of(health(leader)), term_before);

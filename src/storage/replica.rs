@@ -30,6 +30,29 @@ use tokio::sync::oneshot;
 /// cross-shard transactions; `_cairn_txns` the decisions of the transactions this shard
 /// coordinates. `_cairn_staged` holds the parts of a commit too large for one Raft entry
 /// until the entry that applies them.
+/// The tables every replica keeps for itself (apply state, DDL steps run, two-phase commit).
+/// Only Cairn's own code touches them, never a forwarded statement.
+pub const INTERNAL_TABLES: [&str; 5] = [
+    "_cairn_state",
+    "_cairn_ddl",
+    "_cairn_prepared",
+    "_cairn_txns",
+    "_cairn_staged",
+];
+
+/// Whether `sql` names one of a replica's internal tables (as a word, quoted or not; a
+/// string literal does not count). SQL that cannot be tokenized counts as naming one.
+pub fn names_internal_table(sql: &str) -> bool {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let dialect = sqlparser::dialect::GenericDialect {};
+    match Tokenizer::new(&dialect, sql).tokenize() {
+        Ok(tokens) => tokens.iter().any(|t| {
+            matches!(t, Token::Word(w) if INTERNAL_TABLES.iter().any(|n| w.value.eq_ignore_ascii_case(n)))
+        }),
+        Err(_) => true,
+    }
+}
+
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS _cairn_state (key TEXT PRIMARY KEY, value BLOB NOT NULL);
     CREATE TABLE IF NOT EXISTS _cairn_ddl (id INTEGER PRIMARY KEY);
