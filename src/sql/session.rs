@@ -1114,7 +1114,11 @@ impl Session {
             }
         }
         commit_across(&cluster, leases).await?;
-        cluster.sync(ShardId::META).await?;
+        // Committed: what follows only catches this node up, and must not turn the
+        // outcome into an error.
+        if let Err(e) = cluster.sync(ShardId::META).await {
+            tracing::warn!(error = %e, "catalog not caught up after a transaction's DDL");
+        }
         cluster.spread_catalog().await;
         Ok(())
     }
@@ -1145,6 +1149,10 @@ impl Session {
             match self.ddl_attempt(action, tag).await? {
                 Ok(output) => return Ok(output),
                 Err(busy) => {
+                    // Nothing was recorded yet: a cancel stops the wait.
+                    if self.cancel.is_cancelled() {
+                        return Err(cancel::cancelled());
+                    }
                     if Instant::now() >= deadline {
                         return Err(Error::sql(
                             sqlstate::OBJECT_IN_USE,
