@@ -65,6 +65,11 @@ pub const CONNECTIONS_MAX: usize = 1_024;
 /// when there is no quorum.
 pub const LEADER_WAIT: Duration = Duration::from_secs(5);
 
+/// Two-phase commit decisions whose parts are all resolved are deleted in batches: once this
+/// many are waiting, or the oldest waited `FORGET_AFTER` (checked at the next commit).
+pub const FORGET_BATCH: usize = 64;
+pub const FORGET_AFTER: Duration = Duration::from_secs(2);
+
 /// A single statement writing several shards (an implicit transaction) that loses a lock
 /// conflict is retried by the server for this long before the client sees SQLSTATE 40001.
 pub const IMPLICIT_TXN_RETRY_FOR: Duration = Duration::from_secs(10);

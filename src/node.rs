@@ -769,6 +769,10 @@ impl Handler for NodeRpc {
                 Some(group) => Response::Done(wire(group.writer.resolve(id, commit).await)),
                 None => Response::Done(Err(no_such_shard())),
             },
+            Request::Forget { shard, ids } => match self.group(shard) {
+                Some(group) => Response::Done(wire(group.writer.forget(ids).await)),
+                None => Response::Done(Err(no_such_shard())),
+            },
             Request::Commit { txn } => {
                 let t = self
                     .txns

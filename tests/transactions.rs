@@ -626,3 +626,74 @@ async fn a_silent_session_node_does_not_keep_a_shard_locked() {
         .unwrap();
     assert_eq!(row.get::<_, i64>(0), 0);
 }
+
+/// Decision records (`_cairn_txns`) on every node's replicas of the data shards.
+fn decision_records(node: &common::ProcessNode) -> usize {
+    let mut n = 0;
+    let Ok(dirs) = std::fs::read_dir(node.dir.join("shards")) else {
+        return 0;
+    };
+    for dir in dirs.flatten() {
+        let db = dir.path().join("replica.db");
+        if !db.exists() {
+            continue;
+        }
+        let c = rusqlite::Connection::open_with_flags(
+            &db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        let count: i64 = c
+            .query_row("SELECT count(*) FROM _cairn_txns", [], |r| r.get(0))
+            .unwrap_or(0);
+        n += count as usize;
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decision_records_are_deleted_once_every_part_is_resolved() {
+    const TRANSFERS: usize = 150;
+    let cluster = tokio::task::block_in_place(|| Cluster::start(3, &[]));
+    setup(cluster.nodes[0].pg).await;
+    let c = client(cluster.nodes[1].pg).await;
+    let (a, b) = split_pair(&c).await;
+    let transfer = format!(
+        "BEGIN; UPDATE acct SET bal = bal - 1 WHERE id = {a}; \
+         UPDATE acct SET bal = bal + 1 WHERE id = {b}; COMMIT"
+    );
+    for _ in 0..TRANSFERS {
+        c.batch_execute(&transfer).await.unwrap();
+    }
+    // Each transfer recorded its decision on one shard, on every replica of it; the
+    // records are deleted in batches (the last batch when a later commit finds it old).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut extra = 0;
+    loop {
+        let counts: Vec<usize> = cluster.nodes.iter().map(decision_records).collect();
+        if counts.iter().all(|&n| n < TRANSFERS / 2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "decision records of {TRANSFERS} resolved transactions are still kept: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.batch_execute(&transfer).await.unwrap();
+        extra += 1;
+    }
+    let row = c
+        .query_one(
+            &format!("SELECT (SELECT bal FROM acct WHERE id = {a}), (SELECT bal FROM acct WHERE id = {b})"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let moved = (TRANSFERS + extra) as i64;
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (OPENING - moved, OPENING + moved)
+    );
+    tokio::task::block_in_place(|| cluster.assert_converged());
+}

@@ -70,6 +70,16 @@ pub struct Cluster {
     /// One membership change at a time per node (openraft refuses overlapping ones).
     pub(crate) changing: tokio::sync::Mutex<()>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Two-phase commit decisions (by coordinator shard) whose every part is resolved,
+    /// waiting to be deleted in one batch (`Cluster::decision_resolved`).
+    resolved: Mutex<ResolvedDecisions>,
+}
+
+#[derive(Default)]
+struct ResolvedDecisions {
+    pending: HashMap<ShardId, Vec<u64>>,
+    count: usize,
+    since: Option<std::time::Instant>,
 }
 
 /// Lets a shard's writer learn decisions kept by other shards (two-phase commit recovery).
@@ -107,9 +117,19 @@ impl Cluster {
                 Ok(c) => {
                     tx.send_replace(Arc::new(c));
                 }
-                // A catalog that does not load means a bug or corruption; keep the last good
-                // one and say so loudly.
-                Err(e) => tracing::error!(error = %e, "cannot load the catalog"),
+                // A catalog that does not load means a bug, corruption, or a definition
+                // from a newer version.
+                // The last good one is kept, marked stale: statements are refused (not
+                // planned on definitions that no longer hold) until a later change loads.
+                Err(e) => {
+                    let message = e.to_string();
+                    let mut last = (**tx.borrow()).clone();
+                    if last.load_error.as_deref() != Some(&message) {
+                        tracing::error!(error = %e, "cannot load the catalog; serving no statements until it loads");
+                    }
+                    last.load_error = Some(message);
+                    tx.send_replace(Arc::new(last));
+                }
             }
         });
         let options = ReplicaOptions {
@@ -146,6 +166,7 @@ impl Cluster {
             reconciling: tokio::sync::Mutex::new(()),
             changing: tokio::sync::Mutex::new(()),
             tasks: Mutex::new(Vec::new()),
+            resolved: Mutex::new(ResolvedDecisions::default()),
         });
         cluster
             .meta

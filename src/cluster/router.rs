@@ -525,6 +525,56 @@ impl Cluster {
         .await
     }
 
+    /// Every part of two-phase commit `id` is resolved through its shard's log, so no
+    /// participant will ask `coordinator` for the decision again: queue its record for
+    /// deletion, and delete the queued ones once there are enough or they waited long
+    /// enough. A record whose deletion fails (or that this node forgets by stopping) stays;
+    /// it only takes space.
+    pub fn decision_resolved(self: &Arc<Self>, coordinator: ShardId, id: u64) {
+        let batch = {
+            let mut r = self.resolved.lock().expect("resolved lock poisoned");
+            r.pending.entry(coordinator).or_default().push(id);
+            r.count += 1;
+            let since = *r.since.get_or_insert_with(Instant::now);
+            if r.count < limits::FORGET_BATCH && since.elapsed() < limits::FORGET_AFTER {
+                return;
+            }
+            r.count = 0;
+            r.since = None;
+            std::mem::take(&mut r.pending)
+        };
+        for (shard, ids) in batch {
+            let cluster = self.clone();
+            tokio::spawn(async move {
+                let n = ids.len();
+                if let Err(e) = cluster.forget_on(shard, ids).await {
+                    tracing::debug!(%shard, records = n, error = %e, "decision records kept");
+                }
+            });
+        }
+    }
+
+    /// On `shard`'s leader: delete the decision records of `ids` (see `Op::Forget`).
+    pub async fn forget_on(&self, shard: ShardId, ids: Vec<u64>) -> Result<()> {
+        self.route(
+            shard,
+            |g| {
+                let ids = ids.clone();
+                async move { g.writer.forget(ids).await }
+            },
+            |addr| {
+                let ids = ids.clone();
+                async move {
+                    match self.call(&addr, Request::Forget { shard, ids }).await? {
+                        Response::Done(d) => d.map_err(Into::into),
+                        _ => Err(unexpected()),
+                    }
+                }
+            },
+        )
+        .await
+    }
+
     /// Catch this node's replica of `shard` up with everything committed before the call
     /// (the leader's read index), so what it reads next includes every acknowledged write.
     pub async fn sync(&self, shard: ShardId) -> Result<()> {

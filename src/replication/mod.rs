@@ -55,6 +55,9 @@ pub enum Op {
     /// Drop staged parts that no prepared transaction refers to (left by a leader that
     /// failed between staging and committing).
     DropStaged,
+    /// Delete the decision records of `txns` (kept on their coordinator shard): every part
+    /// of each was resolved through the log, so no participant will ask for them again.
+    Forget { txns: Vec<u64> },
 }
 
 impl Op {
@@ -65,6 +68,7 @@ impl Op {
             Op::Ddl(sql) => sql.len(),
             Op::Prepare { ops, .. } => 32 + ops.iter().map(Op::bytes).sum::<usize>(),
             Op::Stage { part, .. } => 16 + part.len(),
+            Op::Forget { txns } => 8 + 8 * txns.len(),
             Op::Decide { .. } | Op::Resolve { .. } | Op::Staged { .. } | Op::DropStaged => 16,
         }
     }

@@ -129,6 +129,11 @@ pub enum Request {
         id: u64,
         commit: bool,
     },
+    /// To a shard's leader: delete its decision records of `ids` (every part resolved).
+    Forget {
+        shard: ShardId,
+        ids: Vec<u64>,
+    },
     Commit {
         txn: u64,
     },

@@ -105,6 +105,11 @@ enum Request {
         commit: bool,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Delete the decision records of `txns` (every part of each is resolved).
+    Forget {
+        txns: Vec<u64>,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 enum TxnCmd {
@@ -392,6 +397,12 @@ impl Writer {
     pub async fn resolve(&self, txn: u64, commit: bool) -> Result<()> {
         self.send(|reply| Request::Resolve { txn, commit, reply })
             .await
+    }
+
+    /// Delete the decision records of `txns`, kept here as their coordinator shard. Only
+    /// for transactions whose every part was resolved through its shard's log.
+    pub async fn forget(&self, txns: Vec<u64>) -> Result<()> {
+        self.send(|reply| Request::Forget { txns, reply }).await
     }
 }
 
@@ -729,6 +740,16 @@ async fn run(cx: Context, mut rx: mpsc::Receiver<Request>) {
                 let result = match ensure_ready(&cx, &mut ready_term).await {
                     Err(e) => Err(e),
                     Ok(()) => propose(&cx.raft, vec![Op::Resolve { txn, commit }]).await,
+                };
+                let _ = reply.send(result);
+            }
+            Request::Forget { txns, reply } => {
+                if reply.is_closed() {
+                    continue;
+                }
+                let result = match ensure_ready(&cx, &mut ready_term).await {
+                    Err(e) => Err(e),
+                    Ok(()) => propose(&cx.raft, vec![Op::Forget { txns }]).await,
                 };
                 let _ = reply.send(result);
             }

@@ -333,6 +333,7 @@ impl Session {
         stmt: sqlparser::ast::Statement,
         given: &[Option<PgType>],
     ) -> Result<Translated> {
+        self.engine.cluster.catalog().usable()?;
         let t = translate::translate(stmt.clone(), &self.catalog(), given)?;
         if matches!(t.kind, Kind::Read | Kind::Write) && self.names_unknown_table(&t) {
             self.engine.cluster.sync(ShardId::META).await?;
@@ -471,6 +472,9 @@ impl Session {
 
     async fn execute_one(&mut self, prepared: &Prepared, params: Vec<Value>) -> Result<Output> {
         let t = &prepared.translated;
+        if !matches!(t.kind, Kind::Commit | Kind::Rollback) {
+            self.engine.cluster.catalog().usable()?;
+        }
         if self.transaction_failed()
             && !matches!(
                 t.kind,
@@ -1628,7 +1632,7 @@ fn savepoint_stmt(sql: String) -> Statement {
 /// first of them (the coordinator shard), and each is resolved by it. An unclear decision is
 /// settled by asking the coordinator shard again, which records abort if nothing is
 /// recorded — so the answer to the client is always the decision in force.
-async fn commit_across(cluster: &Cluster, leases: Vec<(ShardId, Lease)>) -> Result<()> {
+async fn commit_across(cluster: &Arc<Cluster>, leases: Vec<(ShardId, Lease)>) -> Result<()> {
     let mut writers: Vec<(ShardId, Lease)> = Vec::new();
     let mut rest = leases.into_iter();
     while let Some((shard, lease)) = rest.next() {
@@ -1687,14 +1691,21 @@ async fn commit_across(cluster: &Cluster, leases: Vec<(ShardId, Lease)>) -> Resu
             }
         },
     };
+    let mut all_resolved = true;
     for (shard, lease) in prepared {
         if cluster.resolve(lease, commit).await.is_err() {
             // The lease broke (leader change): resolve through the shard's leader, which
             // also resolves it by itself when it takes over.
             if let Err(e) = cluster.resolve_on(shard, id, commit).await {
+                all_resolved = false;
                 tracing::warn!(%shard, txn = id, commit, error = %e, "resolution left to the shard's recovery");
             }
         }
+    }
+    if all_resolved && failure.is_none() {
+        // Every part prepared was resolved through its log (a part that failed to prepare
+        // may still be prepared and ask later, so then the record stays).
+        cluster.decision_resolved(coordinator, id);
     }
     if commit {
         Ok(())

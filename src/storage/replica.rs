@@ -499,6 +499,12 @@ impl Replica {
                     self.apply_op(tx, op)?;
                 }
             }
+            Op::Forget { txns } => {
+                let mut delete = tx.prepare_cached("DELETE FROM _cairn_txns WHERE txn = ?1")?;
+                for txn in txns {
+                    delete.execute([*txn as i64])?;
+                }
+            }
             Op::DropStaged => {
                 tx.execute(
                     "DELETE FROM _cairn_staged WHERE id NOT IN (SELECT txn FROM _cairn_prepared)",
