@@ -772,3 +772,79 @@ async fn scatter_gather_queries_are_complete_or_fail_while_a_node_dies() {
     };
     assert_eq!((n, sum), (400, 400 * 401));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_catalog_does_not_load_refuses_statements_and_says_why() {
+    let mut cluster = tokio::task::block_in_place(|| Cluster::start(3, &[]));
+    let c0 = client(cluster.nodes[0].pg).await.unwrap();
+    c0.batch_execute(
+        "CREATE TABLE cat (k integer PRIMARY KEY, v text); INSERT INTO cat VALUES (1, 'a')",
+    )
+    .await
+    .unwrap();
+    // Node 3's replica of the meta shard gets a table definition it cannot read (what a
+    // corrupted page, a bug or a newer version's format would look like).
+    tokio::task::block_in_place(|| {
+        let node = &mut cluster.nodes[2];
+        common::wait_for(
+            || common::http_get(node.http, "/v1/replicas").is_some_and(|b| b.contains("\"meta\"")),
+            Duration::from_secs(30),
+            "node 3 holds the meta replica",
+        );
+        node.kill9();
+        let db = rusqlite::Connection::open(node.dir.join("shards/meta/replica.db")).unwrap();
+        let changed = db
+            .execute(
+                "UPDATE _cairn_tables SET def = '{\"not\": \"a table\"}' WHERE name = 'cat'",
+                [],
+            )
+            .unwrap();
+        assert_eq!(
+            changed, 1,
+            "the definition of cat is in node 3's meta replica"
+        );
+        drop(db);
+        node.launch();
+        let http = node.http;
+        common::wait_for(
+            || common::http_get(http, "/health").is_some_and(|b| b.contains("catalog_error")),
+            Duration::from_secs(60),
+            "node 3 reports that its catalog does not load",
+        );
+    });
+    let c2 = client(cluster.nodes[2].pg).await.unwrap();
+    for sql in [
+        "SELECT v FROM cat WHERE k = 1",
+        "INSERT INTO cat VALUES (2, 'b')",
+        "SELECT 1",
+    ] {
+        let e = c2.simple_query(sql).await.expect_err(sql);
+        let db = e.as_db_error().expect("an error from the server");
+        assert_eq!(db.code().code(), "57P03", "{sql}: {db:?}");
+        assert!(db.message().contains("catalog"), "{sql}: {}", db.message());
+    }
+    // The other nodes serve as before, and nothing was written through node 3.
+    let n: i64 = c0
+        .query_one("SELECT count(*) FROM cat", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    // A diverged replica is not repaired by later changes (their changesets conflict with
+    // it and the group stops there): node 3 keeps refusing, and says why on /health.
+    c0.batch_execute("INSERT INTO cat VALUES (3, 'c')")
+        .await
+        .unwrap();
+    let e = c2
+        .simple_query("SELECT v FROM cat")
+        .await
+        .expect_err("still refused");
+    assert_eq!(
+        e.as_db_error().map(|d| d.code().code()),
+        Some("57P03"),
+        "{e:?}"
+    );
+    let health =
+        tokio::task::block_in_place(|| common::http_get(cluster.nodes[2].http, "/health").unwrap());
+    assert!(health.contains("\"status\":\"degraded\""), "{health}");
+}

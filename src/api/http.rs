@@ -374,10 +374,14 @@ async fn health(State(Api { engine, .. }): State<Api>) -> Json<Json_> {
             })
         })
         .collect();
-    let cluster = engine.cluster.catalog().settings.cluster_id.clone();
-    Json(
-        json!({ "status": "ok", "node": engine.cluster.node.to_string(), "cluster": cluster, "shards": shards }),
-    )
+    let catalog = engine.cluster.catalog();
+    let cluster = catalog.settings.cluster_id.clone();
+    let mut health = json!({ "status": "ok", "node": engine.cluster.node.to_string(), "cluster": cluster, "shards": shards });
+    if let Some(e) = &catalog.load_error {
+        health["status"] = json!("degraded");
+        health["catalog_error"] = json!(e);
+    }
+    Json(health)
 }
 
 /// This node's replicas: applied log index and a checksum of their rows, for comparing

@@ -276,6 +276,10 @@ pub struct Catalog {
     pub shards: BTreeMap<ShardId, Shard>,
     pub jobs: BTreeMap<u64, Job>,
     pub settings: Settings,
+    /// Why the newest catalog did not load (a bug, corruption, or a definition written by a
+    /// newer version): this is then the last one that did, and the node serves no statement
+    /// from it until a later change loads (`Catalog::usable`).
+    pub load_error: Option<String>,
 }
 
 fn load_rows<K, T: serde::de::DeserializeOwned>(
@@ -298,6 +302,17 @@ fn load_rows<K, T: serde::de::DeserializeOwned>(
 
 impl Catalog {
     /// Read the catalog from the meta replica's tables.
+    /// Err if this catalog is stale because the newest one did not load.
+    pub fn usable(&self) -> Result<()> {
+        match &self.load_error {
+            None => Ok(()),
+            Some(e) => Err(Error::sql(
+                crate::error::sqlstate::CANNOT_CONNECT_NOW,
+                format!("this node cannot read the cluster's catalog ({e}); it serves no statements until it can, other nodes may"),
+            )),
+        }
+    }
+
     pub fn load(conn: &Connection) -> Result<Catalog> {
         let mut c = Catalog::default();
         for (_, n) in load_rows::<i64, NodeRecord>(conn, "_cairn_nodes", |r| r.get(0))? {

@@ -127,8 +127,26 @@ impl ProcessNode {
         node
     }
 
-    /// Start the process again on the same data dir and addresses.
+    /// Start the process again on the same data dir and addresses, and wait until it serves.
     pub fn restart(&mut self) {
+        self.launch();
+        let http = self.http;
+        let child = &mut self.child;
+        wait_for(
+            || {
+                // A node that exits has said why on stderr; stop waiting for it.
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("cairn on {http} exited while starting: {status}");
+                }
+                http_get(http, "/health").is_some_and(|b| b.contains("\"status\":\"ok\""))
+            },
+            Duration::from_secs(60),
+            "node ready",
+        );
+    }
+
+    /// Start the process again without waiting for it to serve.
+    pub fn launch(&mut self) {
         let _ = self.child.wait();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
         cmd.args(["start", "--data-dir"])
@@ -158,19 +176,6 @@ impl ProcessNode {
             cmd.args(["--join", &j.to_string()]);
         }
         self.child = cmd.spawn().expect("spawn cairn");
-        let http = self.http;
-        let child = &mut self.child;
-        wait_for(
-            || {
-                // A node that exits has said why on stderr; stop waiting for it.
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("cairn on {http} exited while starting: {status}");
-                }
-                http_get(http, "/health").is_some_and(|b| b.contains("\"status\":\"ok\""))
-            },
-            Duration::from_secs(60),
-            "node ready",
-        );
     }
 
     pub fn kill9(&mut self) {
