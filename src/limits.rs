@@ -65,8 +65,13 @@ pub const CONNECTIONS_MAX: usize = 1_024;
 /// when there is no quorum.
 pub const LEADER_WAIT: Duration = Duration::from_secs(5);
 
+/// A new one-shard table joins the shared one-shard group unless one transaction holds that
+/// shard's writer throughout this long (then it gets a shard of its own, instead of its
+/// CREATE waiting for a stranger's transaction to end).
+pub const SHARED_SHARD_BUSY: Duration = Duration::from_secs(1);
+
 /// Two-phase commit decisions whose parts are all resolved are deleted in batches: once this
-/// many are waiting, or the oldest waited `FORGET_AFTER` (checked at the next commit).
+/// many are waiting, or `FORGET_AFTER` after the first of a batch.
 pub const FORGET_BATCH: usize = 64;
 pub const FORGET_AFTER: Duration = Duration::from_secs(2);
 

@@ -769,6 +769,16 @@ impl Handler for NodeRpc {
                 Some(group) => Response::Done(wire(group.writer.resolve(id, commit).await)),
                 None => Response::Done(Err(no_such_shard())),
             },
+            Request::WriterHeld { shard, millis } => match self.group(shard) {
+                Some(group)
+                    if group.raft.metrics().borrow().current_leader
+                        == Some(self.cluster.node.0) =>
+                {
+                    let span = std::time::Duration::from_millis(millis);
+                    Response::Flag(Ok(group.writer.held_throughout(span).await))
+                }
+                _ => Response::Flag(Err(no_such_shard())),
+            },
             Request::Forget { shard, ids } => match self.group(shard) {
                 Some(group) => Response::Done(wire(group.writer.forget(ids).await)),
                 None => Response::Done(Err(no_such_shard())),

@@ -76,11 +76,13 @@ async fn every_node_sees_a_schema_change_as_soon_as_it_succeeds() {
     }
 }
 
-/// DDL that cannot finish in time (its shard's writer is held by a transaction — one-shard
-/// tables share a shard) never answers "retry" for a change that then takes effect: it
-/// answers 08007, and the cluster finishes or undoes the change by itself.
+/// One-shard tables share a shard, whose writer a transaction holds until it ends. A new
+/// one-shard table does not queue behind a stranger's open transaction (it gets a shard of
+/// its own); DDL that must wait and cannot finish in time never answers "retry" for a
+/// change that then takes effect: it answers 08007, and the cluster finishes or undoes the
+/// change by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ddl_that_cannot_finish_in_time_answers_outcome_unknown_not_retry() {
+async fn a_new_table_does_not_wait_for_strangers_and_ddl_that_must_wait_answers_outcome_unknown() {
     let node = common::TestNode::start().await;
     let holder = node.client().await;
     let other = node.client().await;
@@ -92,8 +94,20 @@ async fn ddl_that_cannot_finish_in_time_answers_outcome_unknown_not_retry() {
         .batch_execute("BEGIN; INSERT INTO idle_t VALUES (1)")
         .await
         .unwrap();
+    // A new one-shard table does not wait for the stranger: it gets a shard of its own.
+    other
+        .batch_execute("CREATE TABLE lonely (v integer); INSERT INTO lonely VALUES (7)")
+        .await
+        .unwrap();
+    let n: i64 = other
+        .query_one("SELECT count(*) FROM lonely", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    // A change of the table the transaction holds must wait for it, as in PostgreSQL.
     let e = other
-        .batch_execute("CREATE TABLE ddlw (v integer)")
+        .batch_execute("ALTER TABLE idle_t ADD COLUMN w integer")
         .await
         .unwrap_err();
     let code = e.as_db_error().map(|d| d.code().code().to_string());
@@ -102,20 +116,28 @@ async fn ddl_that_cannot_finish_in_time_answers_outcome_unknown_not_retry() {
     // Settled by the cluster: the job is finished (or undone) within seconds, and the
     // table is then there exactly once — created by the job, or by creating it again.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let n: i64 = loop {
-        if let Ok(r) = other.query_one("SELECT count(*) FROM ddlw", &[]).await {
-            break r.get(0);
+    loop {
+        if other.query("SELECT w FROM idle_t", &[]).await.is_ok() {
+            break;
         }
-        match other.batch_execute("CREATE TABLE ddlw (v integer)").await {
+        match other
+            .batch_execute("ALTER TABLE idle_t ADD COLUMN w integer")
+            .await
+        {
             Ok(()) => continue,
             Err(e) => {
-                // 42P07 while the pending job still holds the name.
+                // 55006 while the pending job still runs.
                 assert!(std::time::Instant::now() < deadline, "never settled: {e:?}");
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
         }
-    };
-    assert_eq!(n, 0);
+    }
+    let n: i64 = other
+        .query_one("SELECT count(*) FROM idle_t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the holder rolled back");
 }
 
 /// The columns a table has, as every shard and the catalog agree: `SELECT *` names them,
@@ -232,4 +254,88 @@ async fn ddl_in_a_transaction_does_not_overwrite_a_change_made_meanwhile() {
             assert!(!names.contains(&"in_txn".to_string()), "{names:?}");
         }
     }
+}
+
+fn shard_sets(cluster: &Cluster) -> Vec<std::collections::BTreeSet<String>> {
+    (0..cluster.nodes.len())
+        .map(|i| cluster.shards_on(i).into_iter().collect())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_tables_leave_no_shard_groups_or_files_behind() {
+    let mut cluster = tokio::task::block_in_place(|| Cluster::start(3, &[]));
+    let c = common::connect(cluster.nodes[0].pg).await;
+    let before = tokio::task::block_in_place(|| shard_sets(&cluster));
+    c.batch_execute(
+        "CREATE TABLE hx (id integer PRIMARY KEY, v text) WITH (shard_count = 3);
+         CREATE TABLE lone (v text);
+         CREATE TABLE refd (id integer PRIMARY KEY, v text) WITH (shard_count = 2);
+         SELECT create_reference_table('refd');
+         INSERT INTO hx VALUES (1, 'a'), (2, 'b'), (3, 'c');
+         INSERT INTO lone VALUES ('x');
+         INSERT INTO refd VALUES (1, 'r');",
+    )
+    .await
+    .unwrap();
+    let during = tokio::task::block_in_place(|| shard_sets(&cluster));
+    let added: std::collections::BTreeSet<String> = during
+        .iter()
+        .flatten()
+        .filter(|s| !before.iter().any(|b| b.contains(*s)))
+        .cloned()
+        .collect();
+    // 3 hash shards, the single-shard group, the reference table's shard (its first
+    // layout's 2 shards are retired by create_reference_table itself).
+    assert!(added.len() >= 5, "new shards: {added:?}");
+    c.batch_execute("DROP TABLE hx; DROP TABLE lone; DROP TABLE refd")
+        .await
+        .unwrap();
+    let gone = |cluster: &Cluster| {
+        shard_sets(cluster) == before
+            && cluster
+                .nodes
+                .iter()
+                .all(|n| added.iter().all(|s| !n.dir.join("shards").join(s).exists()))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !tokio::task::block_in_place(|| gone(&cluster)) {
+        let left: Vec<_> = cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                added
+                    .iter()
+                    .filter(|s| n.dir.join("shards").join(s).exists())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dropped tables' replicas are still there: {:?} (before {before:?}), files {left:?}",
+            tokio::task::block_in_place(|| shard_sets(&cluster))
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // A restarted node does not bring them back.
+    tokio::task::block_in_place(|| {
+        cluster.nodes[2].kill9();
+        cluster.nodes[2].restart();
+        assert!(
+            gone(&cluster),
+            "after a restart: {:?}",
+            shard_sets(&cluster)
+        );
+    });
+    // New tables get new shards and work.
+    c.batch_execute("CREATE TABLE lone (v text); INSERT INTO lone VALUES ('y')")
+        .await
+        .unwrap();
+    let c2 = common::connect(cluster.nodes[2].pg).await;
+    let v: String = c2
+        .query_one("SELECT v FROM lone", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "y");
 }

@@ -389,8 +389,18 @@ async fn health(State(Api { engine, .. }): State<Api>) -> Json<Json_> {
 async fn replicas(State(Api { engine, .. }): State<Api>) -> Result<Json<Json_>, ApiError> {
     let mut replicas = Vec::new();
     for group in engine.cluster.groups() {
-        let (applied, checksum) = group.replica.checksum().await?;
-        let prepared = group.replica.prepared_count().await?;
+        let counted = async {
+            let (applied, checksum) = group.replica.checksum().await?;
+            let prepared = group.replica.prepared_count().await?;
+            Ok::<_, Error>((applied, checksum, prepared))
+        }
+        .await;
+        let (applied, checksum, prepared) = match counted {
+            Ok(c) => c,
+            // Removed meanwhile (its shard was retired): no longer a replica here.
+            Err(_) if engine.cluster.group(group.shard).is_none() => continue,
+            Err(e) => return Err(e.into()),
+        };
         replicas.push(json!({
             "shard": group.shard.to_string(),
             "applied_index": applied,

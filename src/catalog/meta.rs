@@ -43,6 +43,29 @@ pub fn delete_table(name: &str) -> Statement {
     )
 }
 
+/// Retire colocation group `colocation` and its shards if no table (in any state) is on it
+/// any more: the shards get tombstones in `_cairn_retired`, and each node then removes its
+/// replicas of them. Conditional in SQL, so it is right whatever the caller's catalog says.
+pub fn retire_if_unused(colocation: u64) -> Vec<Statement> {
+    const UNUSED: &str =
+        "NOT EXISTS (SELECT 1 FROM _cairn_tables WHERE json_extract(def, '$.colocation') = ?1)";
+    let id = || vec![Value::Integer(colocation as i64)];
+    vec![
+        dml(
+            &format!("INSERT OR IGNORE INTO _cairn_retired (id) SELECT id FROM _cairn_shards WHERE json_extract(def, '$.colocation') = ?1 AND {UNUSED}"),
+            id(),
+        ),
+        dml(
+            &format!("DELETE FROM _cairn_shards WHERE json_extract(def, '$.colocation') = ?1 AND {UNUSED}"),
+            id(),
+        ),
+        dml(
+            &format!("DELETE FROM _cairn_colocations WHERE id = ?1 AND {UNUSED}"),
+            id(),
+        ),
+    ]
+}
+
 pub fn put_colocation(g: &Colocation) -> Result<Statement> {
     Ok(dml(
         "INSERT OR REPLACE INTO _cairn_colocations (id, def) VALUES (?1, ?2)",

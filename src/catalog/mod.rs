@@ -21,7 +21,7 @@ use crate::types::PgType;
 use rusqlite::types::Value;
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The meta replica's tables. Each row is a JSON definition keyed by its id or name.
 pub const META_SCHEMA: &str = "
@@ -32,6 +32,7 @@ pub const META_SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS _cairn_jobs (id INTEGER PRIMARY KEY, def TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS _cairn_sequences (name TEXT PRIMARY KEY, next INTEGER NOT NULL);
     CREATE TABLE IF NOT EXISTS _cairn_settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS _cairn_retired (id INTEGER PRIMARY KEY);
 ";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,6 +277,10 @@ pub struct Catalog {
     pub shards: BTreeMap<ShardId, Shard>,
     pub jobs: BTreeMap<u64, Job>,
     pub settings: Settings,
+    /// Shards retired with the last table on them (tombstones, kept forever: a node
+    /// removes its replica of a shard only when the catalog names it here, never because
+    /// it does not know the shard — its catalog may be behind).
+    pub retired: BTreeSet<ShardId>,
     /// Why the newest catalog did not load (a bug, corruption, or a definition written by a
     /// newer version): this is then the last one that did, and the node serves no statement
     /// from it until a later change loads (`Catalog::usable`).
@@ -343,6 +348,11 @@ impl Catalog {
                 "cluster_id" => c.settings.cluster_id = Some(value),
                 _ => {}
             }
+        }
+        let mut stmt = conn.prepare("SELECT id FROM _cairn_retired")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            c.retired.insert(ShardId(row.get::<_, i64>(0)? as u64));
         }
         Ok(c)
     }

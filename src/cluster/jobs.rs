@@ -82,6 +82,37 @@ impl Cluster {
         Err(refusal)
     }
 
+    /// The statements (for the meta transaction applying `changes`) that retire the
+    /// colocation groups `changes` take tables off — a dropped table's, a re-laid-out
+    /// table's old one — if no table is left on them.
+    pub fn retirements(&self, changes: &[Change]) -> Vec<Statement> {
+        let catalog = self.catalog();
+        // Each table's group as of the changes so far (a transaction may create a table and
+        // lay it out anew, or drop it, in one go).
+        let mut placed: std::collections::HashMap<String, u64> = Default::default();
+        let mut left: Vec<u64> = Vec::new();
+        let mut before = |name: &str, now: Option<u64>| {
+            let key = name.to_lowercase();
+            let was = match now {
+                Some(g) => placed.insert(key.clone(), g),
+                None => placed.remove(&key),
+            };
+            was.or_else(|| catalog.any_table(name).map(|t| t.colocation))
+        };
+        for change in changes {
+            match change {
+                Change::ForgetTable(name) => left.extend(before(name, None)),
+                Change::PutTable(t) => {
+                    left.extend(before(&t.name, Some(t.colocation)).filter(|&g| g != t.colocation))
+                }
+                Change::PutColocation(_) => {}
+            }
+        }
+        left.sort_unstable();
+        left.dedup();
+        left.into_iter().flat_map(meta::retire_if_unused).collect()
+    }
+
     /// In one meta transaction: apply `finish` and delete the job — unless another driver
     /// already ended it.
     async fn end_job(&self, job: &Job, changes: &[Change]) -> Result<()> {
@@ -106,6 +137,9 @@ impl Cluster {
             for change in changes {
                 self.exec(ShardId::META, &lease, meta::change(change)?)
                     .await?;
+            }
+            for stmt in self.retirements(changes) {
+                self.exec(ShardId::META, &lease, stmt).await?;
             }
             self.exec(ShardId::META, &lease, meta::delete_job(job.id))
                 .await?;

@@ -31,6 +31,10 @@ impl<'c> MetaTxn<'c> {
         self.cluster.catalog()
     }
 
+    pub fn cluster(&self) -> &'c Cluster {
+        self.cluster
+    }
+
     fn lease(&self) -> &Lease {
         self.lease
             .as_ref()

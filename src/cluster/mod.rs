@@ -79,7 +79,8 @@ pub struct Cluster {
 struct ResolvedDecisions {
     pending: HashMap<ShardId, Vec<u64>>,
     count: usize,
-    since: Option<std::time::Instant>,
+    /// A flush is scheduled (for `FORGET_AFTER` after the first record queued).
+    scheduled: bool,
 }
 
 /// Lets a shard's writer learn decisions kept by other shards (two-phase commit recovery).
@@ -218,9 +219,20 @@ impl Cluster {
     }
 
     /// Start the groups the catalog places here and initialise new ones.
-    async fn reconcile(self: &Arc<Self>) -> Result<()> {
+    /// Returns whether a retired shard's replica here is still waiting to be removed.
+    async fn reconcile(self: &Arc<Self>) -> Result<bool> {
         let _one = self.reconciling.lock().await;
         let catalog = self.catalog();
+        let mut waiting = false;
+        for shard in &catalog.retired {
+            match self.remove_retired(*shard).await {
+                Ok(removed) => waiting |= !removed,
+                Err(e) => {
+                    tracing::warn!(%shard, error = %e, "removing a retired replica");
+                    waiting = true;
+                }
+            }
+        }
         for shard in catalog.shards.values() {
             if !shard.replicas.contains(&self.node) || self.group(shard.id).is_some() {
                 continue;
@@ -271,7 +283,33 @@ impl Cluster {
                 });
             }
         }
-        Ok(())
+        Ok(waiting)
+    }
+
+    /// Stop and delete this node's replica of retired `shard` (group, files, log), if it
+    /// has one; false while two-phase commit records on it may still be asked for.
+    async fn remove_retired(&self, shard: ShardId) -> Result<bool> {
+        if let Some(group) = self.group(shard) {
+            if group.replica.two_phase_records().await? > 0 {
+                return Ok(false);
+            }
+            self.groups
+                .write()
+                .expect("groups lock poisoned")
+                .remove(&shard);
+            self.leaders.lock().expect("leaders lock").remove(&shard);
+            group.shutdown().await;
+            tracing::info!(%shard, "replica removed: the shard was retired with its last table");
+        }
+        let dir = self.dir.join(shard.to_string());
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| Error::internal(format!("removing {}: {e}", dir.display())))?;
+            crate::storage::durable::sync_dir(&self.dir)
+                .map_err(|e| Error::internal(format!("syncing {}: {e}", self.dir.display())))?;
+            self.logs.remove(shard)?;
+        }
+        Ok(true)
     }
 
     /// Stop every group and background task. Acknowledged writes are already in the log.
@@ -343,13 +381,26 @@ fn membership_error(
 async fn watch_catalog(cluster: Arc<Cluster>) {
     let mut rx = cluster.catalog_watch();
     loop {
-        if let Err(e) = cluster.reconcile().await {
-            tracing::error!(error = %e, "starting replicas");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        }
-        if rx.changed().await.is_err() {
-            return;
+        let waiting = match cluster.reconcile().await {
+            Ok(waiting) => waiting,
+            Err(e) => {
+                tracing::error!(error = %e, "starting replicas");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        // A retired replica still holding two-phase commit records is looked at again
+        // after a while even if the catalog does not change.
+        let recheck = async {
+            if waiting {
+                tokio::time::sleep(Duration::from_secs(5)).await
+            } else {
+                std::future::pending().await
+            }
+        };
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            () = recheck => {}
         }
     }
 }

@@ -527,20 +527,38 @@ impl Cluster {
 
     /// Every part of two-phase commit `id` is resolved through its shard's log, so no
     /// participant will ask `coordinator` for the decision again: queue its record for
-    /// deletion, and delete the queued ones once there are enough or they waited long
-    /// enough. A record whose deletion fails (or that this node forgets by stopping) stays;
-    /// it only takes space.
+    /// deletion. Queued records are deleted together once there are `FORGET_BATCH` of them,
+    /// or `FORGET_AFTER` after the first. A record whose deletion fails (or that this node
+    /// forgets by stopping) stays; it only takes space.
     pub fn decision_resolved(self: &Arc<Self>, coordinator: ShardId, id: u64) {
-        let batch = {
+        let schedule = {
             let mut r = self.resolved.lock().expect("resolved lock poisoned");
             r.pending.entry(coordinator).or_default().push(id);
             r.count += 1;
-            let since = *r.since.get_or_insert_with(Instant::now);
-            if r.count < limits::FORGET_BATCH && since.elapsed() < limits::FORGET_AFTER {
+            if r.count >= limits::FORGET_BATCH {
+                drop(r);
+                self.forget_resolved();
                 return;
             }
+            !std::mem::replace(&mut r.scheduled, true)
+        };
+        if schedule {
+            let cluster = Arc::downgrade(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(limits::FORGET_AFTER).await;
+                if let Some(cluster) = cluster.upgrade() {
+                    cluster.forget_resolved();
+                }
+            });
+        }
+    }
+
+    /// Delete the queued decision records (see `decision_resolved`).
+    fn forget_resolved(self: &Arc<Self>) {
+        let batch = {
+            let mut r = self.resolved.lock().expect("resolved lock poisoned");
             r.count = 0;
-            r.since = None;
+            r.scheduled = false;
             std::mem::take(&mut r.pending)
         };
         for (shard, ids) in batch {
@@ -552,6 +570,26 @@ impl Cluster {
                 }
             });
         }
+    }
+
+    /// Whether one transaction holds `shard`'s writer throughout the next `span` (asked of
+    /// its leader; see `Writer::held_throughout`).
+    pub async fn writer_held_throughout(&self, shard: ShardId, span: Duration) -> Result<bool> {
+        let millis = span.as_millis() as u64;
+        self.route(
+            shard,
+            |g| async move { Ok(g.writer.held_throughout(span).await) },
+            |addr| async move {
+                match self
+                    .call(&addr, Request::WriterHeld { shard, millis })
+                    .await?
+                {
+                    Response::Flag(f) => f.map_err(Into::into),
+                    _ => Err(unexpected()),
+                }
+            },
+        )
+        .await
     }
 
     /// On `shard`'s leader: delete the decision records of `ids` (see `Op::Forget`).

@@ -70,6 +70,28 @@ impl LogDb {
         })
     }
 
+    /// Delete the log of `shard` (its group is stopped for good: the shard was retired).
+    pub fn remove(&self, shard: ShardId) -> crate::error::Result<()> {
+        let fail = |e: fjall::Error| {
+            crate::error::Error::internal(format!("removing the log of {shard}: {e}"))
+        };
+        let name = format!("log_s{}", shard.0);
+        if self.db.keyspace_exists(&name) {
+            let log = self
+                .db
+                .keyspace(&name, KeyspaceCreateOptions::default)
+                .map_err(fail)?;
+            self.db.delete_keyspace(log).map_err(fail)?;
+        }
+        let mut batch = self.db.batch();
+        for guard in self.meta.prefix(format!("{shard}/")) {
+            let key = guard.key().map_err(fail)?;
+            batch.remove(&self.meta, key);
+        }
+        batch.commit().map_err(fail)?;
+        self.db.persist(PersistMode::SyncData).map_err(fail)
+    }
+
     /// The log store of one shard's group.
     pub fn store(&self, shard: ShardId) -> crate::error::Result<LogStore> {
         let log = self

@@ -129,6 +129,11 @@ pub enum Request {
         id: u64,
         commit: bool,
     },
+    /// To a shard's leader: has a transaction held its writer for more than `millis`?
+    WriterHeld {
+        shard: ShardId,
+        millis: u64,
+    },
     /// To a shard's leader: delete its decision records of `ids` (every part resolved).
     Forget {
         shard: ShardId,

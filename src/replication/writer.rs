@@ -385,6 +385,28 @@ impl Writer {
         }
     }
 
+    /// Whether one transaction holds the writer from now until `span` has passed (it
+    /// keeps the shard to itself, for a while at least), rather than none, or ones that
+    /// come and go.
+    pub async fn held_throughout(&self, span: std::time::Duration) -> bool {
+        let mut holder = self.holder.clone();
+        let first = *holder.borrow_and_update();
+        if first == 0 {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + span;
+        loop {
+            tokio::select! {
+                changed = holder.changed() => {
+                    if changed.is_err() || *holder.borrow_and_update() != first {
+                        return false;
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => return true,
+            }
+        }
+    }
+
     /// Record `commit` as the decision on `txn` unless one is recorded; the decision in
     /// force (what a recovering participant asks the coordinator shard).
     pub async fn decide(&self, txn: u64, commit: bool) -> Result<bool> {

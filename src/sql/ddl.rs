@@ -531,6 +531,29 @@ async fn new_shard(
     Ok(id)
 }
 
+/// A one-shard group a new table can join soon: one whose shard's writer is not kept by
+/// one transaction throughout `SHARED_SHARD_BUSY` (a CREATE there would wait for it to
+/// end). None: make a new group.
+async fn free_single_group(mt: &MetaTxn<'_>, catalog: &Catalog) -> Option<u64> {
+    for group in catalog
+        .colocations
+        .values()
+        .filter(|g| g.kind == ColocationKind::Single)
+    {
+        let Some(&shard) = group.shards.first() else {
+            continue;
+        };
+        let busy = mt
+            .cluster()
+            .writer_held_throughout(shard, crate::limits::SHARED_SHARD_BUSY)
+            .await;
+        if let Ok(false) = busy {
+            return Some(group.id);
+        }
+    }
+    None
+}
+
 async fn new_colocation(
     mt: &MetaTxn<'_>,
     catalog: &Catalog,
@@ -705,13 +728,7 @@ async fn plan_create(mt: &MetaTxn<'_>, catalog: &Catalog, ct: &CreateTable) -> R
         (None, c) => c,
     };
     let colocation = match &distribution {
-        Distribution::Single => match colocate.or_else(|| {
-            catalog
-                .colocations
-                .values()
-                .find(|g| g.kind == ColocationKind::Single)
-                .map(|g| g.id)
-        }) {
+        Distribution::Single => match colocate.or(free_single_group(mt, catalog).await) {
             Some(id) => id,
             None => {
                 new_colocation(mt, catalog, ColocationKind::Single, 1, &mut plan)

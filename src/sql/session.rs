@@ -1094,7 +1094,20 @@ impl Session {
                     }
                 }
                 for change in &txn.changes {
+                    // A table put on a colocation group retired meanwhile (its last table
+                    // dropped by a job) would have no shards.
+                    if let Change::PutTable(t) = change {
+                        if !current.colocations.contains_key(&t.colocation) {
+                            return Err(Error::Retry(format!(
+                                "the shards chosen for table \"{}\" were retired during this transaction; retry it",
+                                t.name
+                            )));
+                        }
+                    }
                     cluster.exec(ShardId::META, &lease, meta::change(change)?).await?;
+                }
+                for stmt in cluster.retirements(&txn.changes) {
+                    cluster.exec(ShardId::META, &lease, stmt).await?;
                 }
                 Ok(())
             }
