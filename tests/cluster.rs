@@ -199,44 +199,62 @@ async fn leader_killed_under_writes_on_every_node() {
 async fn paused_leader_steps_down_and_acknowledges_nothing_it_could_not_commit() {
     let cluster = tokio::task::block_in_place(|| Cluster::start(3, &[]));
     let c = client(cluster.nodes[0].pg).await.unwrap();
-    c.batch_execute("CREATE TABLE w (id bigint PRIMARY KEY, node integer)")
+    // No primary key: one shard holds every row, so each write needs that shard's leader.
+    c.batch_execute("CREATE TABLE w (id bigint, node integer)")
         .await
         .unwrap();
-    let leader = tokio::task::block_in_place(|| cluster.leader());
+    let shard = shard_of(&c, "w").await;
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::new()));
     // One writer talks to the leader itself, the others to followers.
     let pgs = cluster.nodes.iter().map(|n| n.pg).collect();
     let writers = spawn_writers(pgs, stop.clone(), acked.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for_ack_after(
+        &acked,
+        Instant::now(),
+        30,
+        "too few writes before the pause",
+    )
+    .await;
+    let leader = tokio::task::block_in_place(|| cluster.leader_of(&shard));
     cluster.nodes[leader].signal("-STOP");
     let paused_at = Instant::now();
     // A new leader is elected among the others and writes continue there.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !acked
+    wait_for_ack_after(
+        &acked,
+        paused_at,
+        1,
+        "no writes while the old leader was paused",
+    )
+    .await;
+    let first = acked
         .lock()
         .unwrap()
         .iter()
-        .any(|(_, t)| *t > paused_at + Duration::from_millis(100))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no writes while the old leader was paused"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    cluster.nodes[leader].signal("-CONT");
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.await.unwrap();
-    }
-    let new_leader = tokio::task::block_in_place(|| cluster.leader());
+        .filter(|(_, t)| *t > paused_at)
+        .map(|(_, t)| *t)
+        .min()
+        .unwrap();
+    wait_for_ack_after(&acked, first, 20, "writes stopped after the first one").await;
+    let new_leader = tokio::task::block_in_place(|| cluster.leader_of(&shard));
     assert_ne!(
         new_leader, leader,
         "the paused leader should have been replaced"
     );
+    // The old leader wakes up, finds a newer term, and whatever it held is settled.
+    cluster.nodes[leader].signal("-CONT");
+    let resumed_at = Instant::now();
+    wait_for_ack_after(
+        &acked,
+        resumed_at,
+        20,
+        "writes stopped after the old leader resumed",
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
     tokio::task::block_in_place(|| cluster.assert_converged());
     let acked: BTreeSet<i64> = acked.lock().unwrap().iter().map(|(id, _)| *id).collect();
     for n in &cluster.nodes {
@@ -744,9 +762,23 @@ async fn scatter_gather_queries_are_complete_or_fail_while_a_node_dies() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let completed = |outcomes: &Mutex<(usize, usize, Vec<String>)>| outcomes.lock().unwrap().0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while completed(&outcomes) < 10 {
+        assert!(Instant::now() < deadline, "too few queries before the kill");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     cluster.nodes[victim].kill9();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Until queries are complete again, after failover, for a while.
+    let before = completed(&outcomes);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while completed(&outcomes) < before + 20 {
+        assert!(
+            Instant::now() < deadline,
+            "queries did not resume after the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();

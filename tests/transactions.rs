@@ -697,3 +697,104 @@ async fn decision_records_are_deleted_once_every_part_is_resolved() {
     );
     tokio::task::block_in_place(|| cluster.assert_converged());
 }
+
+/// The shard holding account `id`, and the node (index) of its only replica.
+async fn placed(cluster: &Cluster, c: &tokio_postgres::Client, id: i64) -> (String, usize) {
+    let shard = shard_of(c, id).await;
+    let node = tokio::task::block_in_place(|| cluster.leader_of(&shard));
+    (shard, node)
+}
+
+/// A participant whose transaction's coordinator shard has lost its quorum does not hold
+/// its callers: each waits at most `RECOVERY_DECISION_WAIT` and is told 57P03 naming the
+/// coordinator; once the coordinator is back the part resolves and the shard serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_whose_coordinator_is_down_answers_unavailable_then_recovers() {
+    if !cfg!(debug_assertions) {
+        println!("skipped: needs the planted pause-after-prepare (debug builds only)");
+        return;
+    }
+    // One replica per shard, so one node's death takes its shards' quorum; node 4 runs the
+    // session, with a pause between PREPARE and the decision.
+    let mut cluster = tokio::task::block_in_place(|| {
+        Cluster::start_each(4, |i| {
+            let mut args = vec!["--replication-factor".to_string(), "1".to_string()];
+            if i == 3 {
+                args.push("ENV:CAIRN_PLANTED_BUG=pause-after-prepare".into());
+            }
+            args
+        })
+    });
+    setup(cluster.nodes[0].pg).await;
+    let c0 = client(cluster.nodes[0].pg).await;
+    let mut places = Vec::new();
+    for id in 0..ACCOUNTS {
+        places.push((id, placed(&cluster, &c0, id).await));
+    }
+    // x on the coordinator shard (the lower id), y on another node's shard; neither on the
+    // session's node.
+    let mut pair = None;
+    for (x, (sx, nx)) in &places {
+        for (y, (sy, ny)) in &places {
+            let num = |s: &str| s.trim_start_matches('s').parse::<u64>().unwrap();
+            if *nx != 3 && *ny != 3 && nx != ny && num(sx) < num(sy) {
+                pair = pair.or(Some((*x, sx.clone(), *nx, *y, *ny)));
+            }
+        }
+    }
+    let (x, coordinator, victim, y, participant) = pair.expect("accounts on two data nodes");
+    let session = cluster.nodes[3].pg;
+    let transfer = tokio::spawn(async move {
+        let mut c = client(session).await;
+        let tx = c.transaction().await?;
+        tx.execute("UPDATE acct SET bal = bal - 100 WHERE id = $1", &[&x])
+            .await?;
+        tx.execute("UPDATE acct SET bal = bal + 100 WHERE id = $1", &[&y])
+            .await?;
+        tx.commit().await
+    });
+    // Inside the pause: both parts prepared, nothing decided. The coordinator shard dies.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::task::block_in_place(|| cluster.nodes[victim].kill9());
+    let told = tokio::time::timeout(Duration::from_secs(60), transfer)
+        .await
+        .expect("the client got an answer in time")
+        .unwrap();
+    assert!(told.is_err(), "committed without its coordinator shard");
+    // y's shard is healthy but its part waits for the decision: callers hear why, in time.
+    let probe = client(cluster.nodes[participant].pg).await;
+    let started = Instant::now();
+    let e = loop {
+        match probe
+            .execute("UPDATE acct SET bal = bal WHERE id = $1", &[&y])
+            .await
+        {
+            Err(e) if code(&e) == "57P03" => break e,
+            Err(e) => panic!("{e:?}"),
+            // Resolved already? Only if the decision was known, and it was not.
+            Ok(_) => panic!("served while its prepared part's decision is unknown"),
+        }
+    };
+    let message = e.as_db_error().unwrap().message().to_string();
+    assert!(message.contains(&coordinator), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the caller waited {:?}",
+        started.elapsed()
+    );
+    // The coordinator comes back: the part resolves (abort: nothing was decided).
+    tokio::task::block_in_place(|| cluster.nodes[victim].restart());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(e) = probe
+        .execute("UPDATE acct SET bal = bal WHERE id = $1", &[&y])
+        .await
+    {
+        assert_eq!(code(&e), "57P03", "{e:?}");
+        assert!(Instant::now() < deadline, "still unavailable: {e:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        balances(cluster.nodes[participant].pg, x, y).await,
+        (OPENING, OPENING)
+    );
+}

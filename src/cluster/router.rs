@@ -132,8 +132,11 @@ impl Cluster {
 
     /// The leader of `shard` as far as this node knows, without asking anyone.
     pub fn known_leader(&self, shard: ShardId) -> Option<NodeId> {
-        self.cached_leader(shard)
-            .or_else(|| self.group(shard).and_then(|g| g.leader().0))
+        // A replica here knows from Raft itself (a paused or cut-off leader gives no
+        // NotLeader hint to correct the cache with).
+        self.group(shard)
+            .and_then(|g| g.leader().0)
+            .or_else(|| self.cached_leader(shard))
     }
 
     async fn call(&self, addr: &str, request: Request) -> Result<Response> {
@@ -214,6 +217,13 @@ impl Cluster {
                         self.note_leader(shard, target);
                     }
                     return Ok(v);
+                }
+                Err(e @ (Error::Unavailable(_) | Error::Ambiguous(_))) => {
+                    // The node we took for the leader did not answer: find it anew next time.
+                    if self.cached_leader(shard) == target {
+                        self.note_leader(shard, None);
+                    }
+                    return Err(e);
                 }
                 other => return other,
             }

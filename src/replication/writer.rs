@@ -439,7 +439,19 @@ struct Context {
 
 /// Fails unless this node leads the group and has applied every entry of earlier terms; a
 /// new term also resolves the prepared parts found in the replica.
-async fn ensure_ready(cx: &Context, ready_term: &mut Option<u64>) -> Result<()> {
+/// Where the writer stands with its term: ready to serve in `term`, or, with prepared
+/// parts whose decisions could not be learnt, refusing (quickly, saying why) until
+/// `retry_at`, when the next request tries again.
+#[derive(Default)]
+struct Readiness {
+    term: Option<u64>,
+    unresolved: Option<(Error, tokio::time::Instant)>,
+}
+
+/// How long a writer with unresolvable prepared parts answers at once before trying again.
+const UNRESOLVED_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn ensure_ready(cx: &Context, ready_term: &mut Readiness) -> Result<()> {
     super::group::wait_for_leader(&cx.raft, limits::LEADER_WAIT).await;
     let (leader, term) = {
         let m = cx.raft.metrics();
@@ -451,13 +463,23 @@ async fn ensure_ready(cx: &Context, ready_term: &mut Option<u64>) -> Result<()> 
             leader: leader.map(NodeId),
         });
     }
-    if *ready_term != Some(term) {
+    if ready_term.term != Some(term) {
+        if let Some((e, retry_at)) = &ready_term.unresolved {
+            if tokio::time::Instant::now() < *retry_at {
+                return Err(e.clone());
+            }
+        }
         super::group::confirm_leader(&cx.raft).await?;
         let resolved = resolve_prepared(cx).await;
         cx.holder.send_replace(0);
-        resolved?;
+        if let Err(e) = resolved {
+            ready_term.unresolved =
+                Some((e.clone(), tokio::time::Instant::now() + UNRESOLVED_RETRY));
+            return Err(e);
+        }
+        ready_term.unresolved = None;
         drop_staged(cx).await?;
-        *ready_term = Some(term);
+        ready_term.term = Some(term);
     }
     Ok(())
 }
@@ -549,13 +571,8 @@ async fn record_decision(cx: &Context, txn: u64, commit: bool) -> Result<bool> {
 }
 
 /// The decision on `txn` coordinated by `coordinator` (this shard or another), recording
-/// abort if none is recorded. Retries while the coordinator is unreachable: a prepared part
-/// must not be resolved by guessing.
-async fn decision_on(cx: &Context, txn: u64, coordinator: ShardId) -> Result<bool> {
-    decision_within(cx, txn, coordinator, None).await
-}
-
-/// [`decision_on`], giving up after `limit` (with the coordinator shard still unreachable).
+/// abort if none is recorded. Retries while the coordinator is unreachable (a prepared part
+/// must not be resolved by guessing), giving up after `limit`.
 async fn decision_within(
     cx: &Context,
     txn: u64,
@@ -639,7 +656,7 @@ async fn resolve_prepared(cx: &Context) -> Result<()> {
 }
 
 async fn run(cx: Context, mut rx: mpsc::Receiver<Request>) {
-    let mut ready_term = None;
+    let mut ready_term = Readiness::default();
     let mut next: Option<Request> = None;
     let mut metrics = cx.raft.metrics();
     loop {
@@ -661,7 +678,7 @@ async fn run(cx: Context, mut rx: mpsc::Receiver<Request>) {
                         let m = metrics.borrow_and_update();
                         (m.current_leader, m.current_term)
                     };
-                    if leader == Some(cx.node.0) && ready_term != Some(term) {
+                    if leader == Some(cx.node.0) && ready_term.term != Some(term) {
                         if let Err(e) = ensure_ready(&cx, &mut ready_term).await {
                             tracing::debug!(shard = %cx.replica.shard, error = %e, "not ready yet as leader");
                         }
@@ -784,8 +801,14 @@ async fn run(cx: Context, mut rx: mpsc::Receiver<Request>) {
                     continue;
                 }
                 cx.holder.send_replace(priority);
-                run_transaction(&cx, reply, ready_term.unwrap_or_default()).await;
+                let left_prepared =
+                    run_transaction(&cx, reply, ready_term.term.unwrap_or_default()).await;
                 cx.holder.send_replace(0);
+                if left_prepared {
+                    // Its decision could not be learnt in time: the next request resolves
+                    // the replica's prepared parts first (bounded, answering 57P03 meanwhile).
+                    ready_term.term = None;
+                }
             }
         }
     }
@@ -825,16 +848,21 @@ async fn confirm_reads(cx: &Context, began: u64) -> Result<()> {
     check_term(cx, began)
 }
 
-async fn run_transaction(cx: &Context, reply: oneshot::Sender<Result<Transaction>>, began: u64) {
+/// Returns true if the transaction ended leaving its part prepared and unresolved here.
+async fn run_transaction(
+    cx: &Context,
+    reply: oneshot::Sender<Result<Transaction>>,
+    began: u64,
+) -> bool {
     let replica = &cx.replica;
     if let Err(e) = replica.begin().await {
         let _ = reply.send(Err(e));
-        return;
+        return false;
     }
     let (tx, mut cmds) = mpsc::channel(1);
     if reply.send(Ok(Transaction { tx })).is_err() {
         let _ = replica.rollback().await;
-        return;
+        return false;
     }
     let mut stage = Stage::Open;
     loop {
@@ -850,8 +878,7 @@ async fn run_transaction(cx: &Context, reply: oneshot::Sender<Result<Transaction
                 if gone.is_err() {
                     tracing::warn!(shard = %replica.shard, "ending a transaction idle for {limit:?}");
                 }
-                abandon(cx, stage).await;
-                return;
+                return !abandon(cx, stage).await;
             }
         };
         match (cmd, stage) {
@@ -869,7 +896,7 @@ async fn run_transaction(cx: &Context, reply: oneshot::Sender<Result<Transaction
                     Err(e) => Err(e),
                 };
                 let _ = r.send(result);
-                return;
+                return false;
             }
             (TxnCmd::Commit(r), Stage::Collected(ops)) => {
                 let result = if ops.is_empty() {
@@ -881,7 +908,7 @@ async fn run_transaction(cx: &Context, reply: oneshot::Sender<Result<Transaction
                     }
                 };
                 let _ = r.send(result);
-                return;
+                return false;
             }
             (TxnCmd::Collect(r), Stage::Open) => match replica.finish().await {
                 Ok(ops) if ops.is_empty() => {
@@ -890,7 +917,7 @@ async fn run_transaction(cx: &Context, reply: oneshot::Sender<Result<Transaction
                     let ok = confirmed.is_ok();
                     let _ = r.send(confirmed.map(|()| false));
                     if !ok {
-                        return;
+                        return false;
                     }
                     stage = Stage::Collected(ops);
                 }
@@ -900,7 +927,7 @@ async fn run_transaction(cx: &Context, reply: oneshot::Sender<Result<Transaction
                 }
                 Err(e) => {
                     let _ = r.send(Err(e));
-                    return;
+                    return false;
                 }
             },
             (
@@ -915,7 +942,7 @@ async fn run_transaction(cx: &Context, reply: oneshot::Sender<Result<Transaction
                 // then holds only the op that applies the staged parts.
                 if let Err(e) = check_term(cx, began) {
                     let _ = reply.send(Err(e));
-                    return;
+                    return false;
                 }
                 let prepared = match stage_large(&cx.raft, ops, txn).await {
                     Ok(Some(ops)) => {
@@ -949,7 +976,7 @@ async fn run_transaction(cx: &Context, reply: oneshot::Sender<Result<Transaction
                         // Not prepared (the entry was never committed: NotLeader), or
                         // unknown: a later leader resolves whatever is in its replica.
                         let _ = reply.send(Err(e));
-                        return;
+                        return false;
                     }
                 }
             }
@@ -965,12 +992,12 @@ async fn run_transaction(cx: &Context, reply: oneshot::Sender<Result<Transaction
             }
             (TxnCmd::Resolve { commit, reply }, Stage::Prepared { txn, .. }) => {
                 let _ = reply.send(propose(&cx.raft, vec![Op::Resolve { txn, commit }]).await);
-                return;
+                return false;
             }
             (TxnCmd::Rollback(r), stage) => {
-                abandon(cx, stage).await;
+                let resolved = abandon(cx, stage).await;
                 let _ = r.send(());
-                return;
+                return !resolved;
             }
             (cmd, kept) => {
                 // A command out of order is the caller's bug; refuse it, keep the state.
@@ -1014,37 +1041,41 @@ async fn run_transaction(cx: &Context, reply: oneshot::Sender<Result<Transaction
 }
 
 /// The session went away (or rolled back): undo what is undoable; a prepared part is
-/// resolved by the decision in force.
-async fn abandon(cx: &Context, stage: Stage) {
-    match stage {
-        Stage::Open => {
+/// resolved by the decision in force. False if that decision could not be learnt within
+/// `RECOVERY_DECISION_WAIT` (its coordinator shard unreachable): the part stays prepared,
+/// and the writer's next request resolves it first (see `ensure_ready`).
+async fn abandon(cx: &Context, stage: Stage) -> bool {
+    let Stage::Prepared { txn, coordinator } = stage else {
+        if let Stage::Open = stage {
             let _ = cx.replica.rollback().await;
         }
-        Stage::Collected(_) => {}
-        Stage::Prepared { txn, coordinator } => {
-            // Waiting for the decision, the part counts as the oldest (see `RECOVERY`).
-            cx.holder.send_replace(RECOVERY);
-            loop {
-                let outcome = match decision_on(cx, txn, coordinator).await {
-                    Ok(commit) => propose(&cx.raft, vec![Op::Resolve { txn, commit }])
-                        .await
-                        .map(|_| commit),
-                    Err(e) => Err(e),
-                };
-                match outcome {
-                    Ok(commit) => {
-                        tracing::info!(shard = %cx.replica.shard, txn, commit, "resolved a transaction its session left prepared");
-                        return;
-                    }
-                    Err(Error::NotLeader { .. }) => {
-                        // A new leader resolves it (it finds the prepared part in its replica).
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(shard = %cx.replica.shard, txn, error = %e, "resolving a prepared transaction; retrying");
-                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                    }
-                }
+        return true;
+    };
+    // Waiting for the decision, the part counts as the oldest (see `RECOVERY`).
+    cx.holder.send_replace(RECOVERY);
+    let deadline = tokio::time::Instant::now() + limits::RECOVERY_DECISION_WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let outcome = match decision_within(cx, txn, coordinator, Some(left)).await {
+            Ok(commit) => propose(&cx.raft, vec![Op::Resolve { txn, commit }])
+                .await
+                .map(|_| commit),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(commit) => {
+                tracing::info!(shard = %cx.replica.shard, txn, commit, "resolved a transaction its session left prepared");
+                return true;
+            }
+            // A new leader resolves it (it finds the prepared part in its replica).
+            Err(Error::NotLeader { .. }) => return true,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                tracing::warn!(shard = %cx.replica.shard, txn, %coordinator, error = %e, "a prepared transaction's decision is not known yet; resolving it at the next request");
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(shard = %cx.replica.shard, txn, error = %e, "resolving a prepared transaction; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
         }
     }
