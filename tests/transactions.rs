@@ -336,6 +336,7 @@ async fn balances(pg: SocketAddr, x: i64, y: i64) -> (i64, i64) {
 /// as the client was told (if it was told anything), and the accounts must be writable.
 async fn kill_during_commit(kill: impl Fn(&Cluster, usize) -> usize) {
     if !cfg!(debug_assertions) {
+        println!("skipped: needs the planted pause-after-prepare (debug builds only)");
         return;
     }
     // Node 4 runs the session with the pause; nodes 1-3 hold the data.
