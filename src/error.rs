@@ -56,6 +56,7 @@ pub mod sqlstate {
     pub const DATETIME_FIELD_OVERFLOW: &str = "22008";
     pub const OBJECT_IN_USE: &str = "55006";
     pub const INVALID_ARGUMENT_FOR_POWER: &str = "2201F";
+    pub const INVALID_REGULAR_EXPRESSION: &str = "2201B";
 
     pub(crate) const ALL: &[&str] = &[
         SYNTAX_ERROR,

@@ -60,7 +60,7 @@ pub enum Format {
     Binary,
 }
 
-const ALL_TYPES: [PgType; 18] = {
+pub const ALL_TYPES: [PgType; 18] = {
     use PgType::*;
     [
         Bool,

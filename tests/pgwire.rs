@@ -327,7 +327,8 @@ async fn errors_carry_sqlstates() {
         ),
         ("CREATE TABLE x (a money)", "0A000"),
         ("SELECT * FROM _cairn_state", "42501"),
-        ("SELECT relname FROM pg_catalog.pg_class", "0A000"),
+        // A system catalog Cairn does not provide.
+        ("SELECT * FROM pg_catalog.pg_shadow", "0A000"),
         ("SELECT no_such_function(1)", "42883"),
         ("SELECT missing_column FROM p", "42703"),
     ];
@@ -840,4 +841,108 @@ async fn literals_compare_as_values_of_the_column_type() {
             .unwrap_err();
         assert_eq!(code(&e), "22P02", "{e}");
     }
+}
+
+/// What drivers and ORMs ask first, over the extended protocol (prepared, described,
+/// typed): the server version, settings, and the catalogs' tables, columns and keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drivers_find_the_server_version_settings_and_catalogs() {
+    let node = common::TestNode::start().await;
+    let c = node.client().await;
+    c.batch_execute(
+        "CREATE TABLE acct (id bigint PRIMARY KEY, owner varchar(40) NOT NULL, bal numeric(12,2));
+         CREATE TABLE entry (id bigint, acct bigint REFERENCES acct (id), note text, PRIMARY KEY (acct, id))",
+    )
+    .await
+    .unwrap();
+    let version: String = c
+        .query_one("SELECT pg_catalog.version()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(version.starts_with("PostgreSQL 16."), "{version}");
+    let row = c
+        .query_one(
+            "SELECT current_setting('server_version_num'), pg_catalog.current_setting('standard_conforming_strings')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, String>(1)),
+        ("160000".into(), "on".into())
+    );
+    // Parameters, typed results: a relation's OID and its columns.
+    let oid: i64 = c
+        .query_one(
+            "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relname = $1 AND n.nspname = 'public' AND c.relkind = 'r'",
+            &[&"acct"],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let columns = c
+        .query(
+            "SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull \
+             FROM pg_catalog.pg_attribute a WHERE a.attrelid = $1 AND a.attnum > 0 ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await
+        .unwrap();
+    let columns: Vec<(String, String, bool)> = columns
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        columns,
+        vec![
+            ("id".into(), "bigint".into(), true),
+            ("owner".into(), "character varying(40)".into(), true),
+            ("bal".into(), "numeric(12,2)".into(), false),
+        ]
+    );
+    // information_schema, as ORMs read keys.
+    let keys = c
+        .query(
+            "SELECT tc.table_name, tc.constraint_type, kcu.column_name \
+             FROM information_schema.table_constraints tc \
+             JOIN information_schema.key_column_usage kcu ON kcu.constraint_name = tc.constraint_name \
+             ORDER BY 1, 2, 3",
+            &[],
+        )
+        .await
+        .unwrap();
+    let keys: Vec<(String, String, String)> = keys
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("acct".into(), "PRIMARY KEY".into(), "id".into()),
+            ("entry".into(), "FOREIGN KEY".into(), "acct".into()),
+            ("entry".into(), "PRIMARY KEY".into(), "acct".into()),
+            ("entry".into(), "PRIMARY KEY".into(), "id".into()),
+        ]
+    );
+    let tables: Vec<String> = c
+        .query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(tables, ["acct", "entry"]);
+    // The catalogs are read-only, and a query may not mix them with tables.
+    let e = c.batch_execute("DROP TABLE pg_class").await.unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{e:?}");
+    let e = c
+        .query("SELECT * FROM acct JOIN pg_class ON true", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e:?}");
 }

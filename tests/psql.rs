@@ -78,3 +78,140 @@ async fn psql_smoke() {
         "{out}"
     );
 }
+
+/// psql's meta-command output (aligned, with headers) through `pg`.
+fn meta(pg: std::net::SocketAddr, command: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-X", "-v", "ON_ERROR_STOP=1"])
+        .arg(format!("postgres://cairn@{pg}/cairn"))
+        .arg("-c")
+        .arg(command)
+        .output()
+        .expect("run psql");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{command}: {text}");
+    assert!(!text.contains("ERROR"), "{command}: {text}");
+    text
+}
+
+/// The line of `out` that starts (after spaces) with `first`, split into its cells.
+fn row(out: &str, first: &str) -> Vec<String> {
+    out.lines()
+        .map(|l| {
+            l.split('|')
+                .map(|c| c.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .find(|cells| cells.first().map(String::as_str) == Some(first))
+        .unwrap_or_else(|| panic!("no row {first:?} in:\n{out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_describes_tables_keys_and_indexes_on_every_node() {
+    if Command::new("psql").arg("--version").output().is_err() {
+        assert!(
+            std::env::var("CAIRN_REQUIRE_PSQL").is_err(),
+            "psql is required here but not installed"
+        );
+        println!("psql is not installed; skipped (install postgresql-client to run it)");
+        return;
+    }
+    let cluster = tokio::task::block_in_place(|| common::Cluster::start(3, &[]));
+    let c = common::connect(cluster.nodes[0].pg).await;
+    c.batch_execute(
+        "CREATE TABLE users (id integer PRIMARY KEY, name varchar(20) NOT NULL DEFAULT 'x', email text UNIQUE);
+         CREATE INDEX users_name ON users (name);
+         CREATE TABLE orders (id bigint PRIMARY KEY, uid integer REFERENCES users (id), total numeric(10,2), at timestamptz);
+         CREATE TABLE notes (body text)",
+    )
+    .await
+    .unwrap();
+    // Through another node than the one that made them.
+    let pg = cluster.nodes[2].pg;
+    tokio::task::block_in_place(|| {
+        let dt = meta(pg, "\\dt");
+        for t in ["notes", "orders", "users"] {
+            assert!(
+                dt.lines()
+                    .any(|l| l.contains(&format!("| {t} ")) && l.contains("| table |")),
+                "{t} in:\n{dt}"
+            );
+        }
+        assert!(
+            !dt.contains("pg_class"),
+            "system tables are not listed:\n{dt}"
+        );
+
+        let users = meta(pg, "\\d users");
+        assert!(users.contains("Table \"public.users\""), "{users}");
+        assert_eq!(row(&users, "id")[1..4], ["integer", "", "not null"]);
+        assert_eq!(
+            row(&users, "name")[1..5],
+            ["character varying(20)", "", "not null", "'x'"]
+        );
+        assert_eq!(row(&users, "email")[1..4], ["text", "", ""]);
+        assert!(
+            users.contains("\"users_pkey\" PRIMARY KEY, btree (id)"),
+            "{users}"
+        );
+        assert!(
+            users.contains("\"users_email_key\" UNIQUE CONSTRAINT, btree (email)"),
+            "{users}"
+        );
+        assert!(users.contains("\"users_name\" btree (name)"), "{users}");
+        assert!(
+            users.contains("TABLE \"orders\" CONSTRAINT \"orders_uid_fkey\" FOREIGN KEY (uid) REFERENCES users(id)"),
+            "{users}"
+        );
+
+        let orders = meta(pg, "\\d orders");
+        assert_eq!(row(&orders, "id")[1..4], ["bigint", "", "not null"]);
+        assert_eq!(row(&orders, "total")[1], "numeric(10,2)");
+        assert_eq!(row(&orders, "at")[1], "timestamp with time zone");
+        assert!(
+            orders.contains("\"orders_uid_fkey\" FOREIGN KEY (uid) REFERENCES users(id)"),
+            "{orders}"
+        );
+
+        let di = meta(pg, "\\di");
+        for (index, table) in [
+            ("users_pkey", "users"),
+            ("users_name", "users"),
+            ("orders_pkey", "orders"),
+        ] {
+            assert!(
+                di.lines()
+                    .any(|l| l.contains(&format!("| {index} ")) && l.trim_end().ends_with(table)),
+                "{index} on {table} in:\n{di}"
+            );
+        }
+        let l = meta(pg, "\\l");
+        assert_eq!(row(&l, "cairn")[2], "UTF8", "{l}");
+        let dn = meta(pg, "\\dn");
+        assert_eq!(row(&dn, "public")[1], "cairn", "{dn}");
+        let du = meta(pg, "\\du");
+        assert!(row(&du, "cairn")[1].contains("Superuser"), "{du}");
+        // Nothing of these kinds exists: psql says so instead of failing.
+        for (command, said) in [
+            ("\\dv", "Did not find any relations."),
+            ("\\ds", "Did not find any relations."),
+        ] {
+            assert!(meta(pg, command).contains(said), "{command}");
+        }
+        let missing = Command::new("psql")
+            .args(["-X"])
+            .arg(format!("postgres://cairn@{pg}/cairn"))
+            .args(["-c", "\\d nosuch"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&missing.stderr);
+        assert!(
+            said.contains("Did not find any relation named \"nosuch\""),
+            "{said}"
+        );
+    });
+}

@@ -765,16 +765,14 @@ async fn a_participant_whose_coordinator_is_down_answers_unavailable_then_recove
     // y's shard is healthy but its part waits for the decision: callers hear why, in time.
     let probe = client(cluster.nodes[participant].pg).await;
     let started = Instant::now();
-    let e = loop {
-        match probe
-            .execute("UPDATE acct SET bal = bal WHERE id = $1", &[&y])
-            .await
-        {
-            Err(e) if code(&e) == "57P03" => break e,
-            Err(e) => panic!("{e:?}"),
-            // Resolved already? Only if the decision was known, and it was not.
-            Ok(_) => panic!("served while its prepared part's decision is unknown"),
-        }
+    let e = match probe
+        .execute("UPDATE acct SET bal = bal WHERE id = $1", &[&y])
+        .await
+    {
+        Err(e) if code(&e) == "57P03" => e,
+        Err(e) => panic!("{e:?}"),
+        // Resolved already? Only if the decision was known, and it was not.
+        Ok(_) => panic!("served while its prepared part's decision is unknown"),
     };
     let message = e.as_db_error().unwrap().message().to_string();
     assert!(message.contains(&coordinator), "{message}");

@@ -41,6 +41,9 @@ use std::ops::ControlFlow;
 pub enum Plan {
     /// No table: the coordinator's scratch database.
     Local { sql: String },
+    /// PostgreSQL's system catalogs (`system`), generated at the coordinator; `tables`
+    /// are the ones read.
+    System { tables: Vec<String>, sql: String },
     /// The whole statement on each shard; rows concatenated, changes summed.
     Shards {
         shards: Vec<ShardId>,
@@ -108,6 +111,7 @@ impl Plan {
         };
         match self {
             Plan::Local { sql } => vec![format!("Coordinator: {sql}")],
+            Plan::System { sql, .. } => vec![format!("Coordinator (system catalogs): {sql}")],
             Plan::Shards {
                 shards, sql, why, ..
             } => vec![
@@ -578,6 +582,18 @@ fn plan_query(
 ) -> Result<Plan> {
     let sql = stmt.to_string();
     let (tables, counts) = tables_in(stmt, catalog)?;
+    let system = super::system::tables_read(stmt);
+    if !system.is_empty() {
+        if tables.len() > system.len() {
+            return Err(Error::unsupported(
+                "a query joining the system catalogs with tables",
+            ));
+        }
+        return Ok(Plan::System {
+            tables: system,
+            sql,
+        });
+    }
     if tables.is_empty() {
         return Ok(Plan::Local { sql });
     }

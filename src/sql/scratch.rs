@@ -20,6 +20,7 @@ fn open() -> Result<Connection> {
     conn.pragma_update(None, "foreign_keys", false)?;
     conn.pragma_update(None, "case_sensitive_like", true)?;
     crate::storage::functions::register(&conn)?;
+    super::system::register_functions(&conn)?;
     Ok(conn)
 }
 
@@ -90,6 +91,22 @@ pub async fn modify_and_read(
         let result = load_and_run(conn, std::slice::from_ref(&pulled), &sql, &params)?;
         let after = replica::run(conn, &format!("SELECT * FROM \"{name}\""), &[])?;
         Ok((result, after.rows))
+    })
+    .await
+}
+
+/// Run a query over PostgreSQL's system catalogs (`tables`, by their rewritten names),
+/// generated from `catalog` in a fresh database.
+pub async fn run_system(
+    catalog: Arc<Catalog>,
+    tables: Vec<String>,
+    sql: String,
+    params: Vec<Value>,
+    cancel: &Cancel,
+) -> Result<Rows> {
+    interruptible(cancel, move |conn| {
+        super::system::populate(conn, &catalog, &tables)?;
+        replica::run(conn, &sql, &params)
     })
     .await
 }

@@ -34,6 +34,9 @@ pub struct Engine {
     describer: scratch::Describer,
     /// Serial values reserved from cluster-wide sequences: table → (next, end).
     sequences: tokio::sync::Mutex<HashMap<String, (i64, i64)>>,
+    /// The node's catalog with PostgreSQL's system tables added (`system::augment`), for
+    /// the catalog it was made from.
+    with_system: std::sync::Mutex<Option<(Arc<Catalog>, Arc<Catalog>)>>,
 }
 
 impl Engine {
@@ -43,7 +46,21 @@ impl Engine {
             cluster,
             describer: scratch::Describer::default(),
             sequences: tokio::sync::Mutex::new(HashMap::new()),
+            with_system: std::sync::Mutex::new(None),
         })
+    }
+
+    /// `base` with the system tables added (cached until the catalog changes).
+    fn with_system_tables(&self, base: Arc<Catalog>) -> Arc<Catalog> {
+        let mut cached = self.with_system.lock().expect("system catalog lock");
+        if let Some((from, augmented)) = &*cached {
+            if Arc::ptr_eq(from, &base) {
+                return augmented.clone();
+            }
+        }
+        let augmented = Arc::new(super::system::augment(&base));
+        *cached = Some((base, augmented.clone()));
+        augmented
     }
 
     pub fn session(self: &Arc<Self>) -> Session {
@@ -306,7 +323,9 @@ impl Session {
     /// The catalog as this session sees it: the node's, with its transaction's own DDL
     /// applied on top.
     fn catalog(&self) -> Arc<Catalog> {
-        let base = self.engine.cluster.catalog();
+        let base = self
+            .engine
+            .with_system_tables(self.engine.cluster.catalog());
         let Some(txn) = self.txn.as_ref().filter(|t| !t.changes.is_empty()) else {
             return base;
         };
@@ -334,6 +353,11 @@ impl Session {
         given: &[Option<PgType>],
     ) -> Result<Translated> {
         self.engine.cluster.catalog().usable()?;
+        let mut stmt = stmt;
+        super::system::rewrite(&mut stmt);
+        if let Some(stand_in) = super::system::empty_stand_in(&stmt) {
+            stmt = stand_in;
+        }
         let t = translate::translate(stmt.clone(), &self.catalog(), given)?;
         if matches!(t.kind, Kind::Read | Kind::Write) && self.names_unknown_table(&t) {
             self.engine.cluster.sync(ShardId::META).await?;
@@ -592,6 +616,16 @@ impl Session {
             match plan {
                 Plan::Local { sql } => {
                     scratch::run_alone(sql.clone(), params.to_vec(), &self.cancel).await
+                }
+                Plan::System { tables, sql, .. } => {
+                    scratch::run_system(
+                        self.catalog(),
+                        tables.clone(),
+                        sql.clone(),
+                        params.to_vec(),
+                        &self.cancel,
+                    )
+                    .await
                 }
                 Plan::Shards {
                     shards,
@@ -1159,6 +1193,21 @@ impl Session {
     /// A schema change: a DDL job outside a transaction block; inside one, the shards'
     /// parts through the transaction's leases and the catalog change at COMMIT.
     async fn ddl(&mut self, action: &translate::DdlAction, tag: &str) -> Result<Output> {
+        use translate::DdlAction as A;
+        let names: Vec<&str> = match action {
+            A::CreateTable(ct) => vec![ct.name.as_str()],
+            A::DropTables { names, .. } => names.iter().map(String::as_str).collect(),
+            A::CreateIndex { table, .. }
+            | A::AlterTable { table, .. }
+            | A::Distribute { table, .. } => vec![table.as_str()],
+            A::DropIndexes { .. } => Vec::new(),
+        };
+        if let Some(name) = names.iter().find(|n| super::system::is_system_table(n)) {
+            return Err(Error::sql(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!("permission denied: \"{name}\" is a system catalog"),
+            ));
+        }
         // Schema changes of one table run one at a time: a job planned while another is
         // running on the table would finish with a catalog entry that undoes the other's.
         let deadline = Instant::now() + limits::DDL_QUEUE_WAIT;
