@@ -902,6 +902,37 @@ async fn drivers_find_the_server_version_settings_and_catalogs() {
             ("bal".into(), "numeric(12,2)".into(), false),
         ]
     );
+    // Key columns in key order, as SQLAlchemy reads them: arrays expanded in a SELECT list
+    // (`unnest`, `generate_subscripts`), `= ANY (ARRAY[...])`, `bool_and`.
+    let entry: i64 = c
+        .query_one("SELECT oid FROM pg_class WHERE relname = 'entry'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let key: Vec<String> = c
+        .query(
+            "SELECT a.attname FROM pg_catalog.pg_attribute a JOIN \
+             (SELECT i.indrelid, unnest(i.indkey) AS attnum, generate_subscripts(i.indkey, 1) AS ord \
+              FROM pg_catalog.pg_index i WHERE i.indisprimary) k \
+             ON a.attrelid = k.indrelid AND a.attnum = k.attnum \
+             WHERE a.attrelid = $1 ORDER BY k.ord",
+            &[&entry],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(key, ["acct", "id"]);
+    let row = c
+        .query_one(
+            "SELECT count(*), bool_and(relhasindex) FROM pg_catalog.pg_class \
+             WHERE relkind = ANY (ARRAY['r', 'p']) AND relname !~ '^pg_'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, bool>(1)), (2, true));
     // information_schema, as ORMs read keys.
     let keys = c
         .query(

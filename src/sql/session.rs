@@ -270,25 +270,25 @@ fn merge(results: Vec<Rows>) -> Rows {
 
 /// Settings every PostgreSQL driver or tool may ask for with SHOW.
 fn default_setting(name: &str) -> Option<String> {
-    Some(
-        match name {
-            "server_version" => crate::storage::functions::SERVER_VERSION,
-            "server_version_num" => "160000",
-            "server_encoding" | "client_encoding" => "UTF8",
-            "datestyle" => "ISO, MDY",
-            "timezone" => "UTC",
-            "integer_datetimes" | "standard_conforming_strings" => "on",
-            "transaction_isolation" | "default_transaction_isolation" => "serializable",
-            "transaction_read_only" | "default_transaction_read_only" => "off",
-            "application_name" | "search_path" => "",
-            "max_identifier_length" => "63",
-            "is_superuser" => "on",
-            "cairn.read_consistency" => "linearizable",
-            "cairn.max_staleness" => "500ms",
-            _ => return None,
-        }
-        .to_string(),
-    )
+    // `SHOW TRANSACTION ISOLATION LEVEL` and `SHOW TIME ZONE` name settings in words.
+    let name = match name {
+        "transaction isolation level" => "transaction_isolation",
+        "time zone" => "timezone",
+        n => n,
+    };
+    let cairn = match name {
+        "cairn.read_consistency" => Some("linearizable"),
+        "cairn.max_staleness" => Some("500ms"),
+        _ => None,
+    };
+    cairn
+        .or_else(|| {
+            super::system::SETTINGS
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| *v)
+        })
+        .map(str::to_string)
 }
 
 impl Session {
@@ -375,7 +375,10 @@ impl Session {
         let mut unknown = false;
         let _ = sqlparser::ast::visit_relations(stmt.as_ref(), |n| {
             let name = translate::object_name(n);
-            if catalog.table(&name).is_none() && !ctes.contains(&name.to_lowercase()) {
+            if catalog.table(&name).is_none()
+                && !ctes.contains(&name.to_lowercase())
+                && !name.eq_ignore_ascii_case(super::system::ARRAY_ROWS)
+            {
                 unknown = true;
             }
             std::ops::ControlFlow::<()>::Continue(())

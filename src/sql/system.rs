@@ -209,6 +209,11 @@ const SPECS: &[Spec] = &[
     ),
     empty("pg_enum", "oid:i enumtypid:i enumsortorder:f enumlabel:t"),
     empty(
+        "pg_opclass",
+        "oid:i opcmethod:i opcname:t opcnamespace:i opcowner:i opcfamily:i opcintype:i \
+         opcdefault:b opckeytype:i",
+    ),
+    empty(
         "pg_extension",
         "oid:i extname:t extowner:i extnamespace:i extversion:t",
     ),
@@ -636,6 +641,59 @@ fn indexes_of(table: &Table, keys: &Keys) -> Vec<Index> {
         });
     }
     out
+}
+
+/// `array_agg`, as the text form of a PostgreSQL array (`{a,"b c",NULL}`): catalogs keep
+/// arrays as text.
+struct TextArray;
+
+impl rusqlite::functions::Aggregate<Vec<Option<String>>, Option<String>> for TextArray {
+    fn init(
+        &self,
+        _: &mut rusqlite::functions::Context<'_>,
+    ) -> rusqlite::Result<Vec<Option<String>>> {
+        Ok(Vec::new())
+    }
+
+    fn step(
+        &self,
+        ctx: &mut rusqlite::functions::Context<'_>,
+        acc: &mut Vec<Option<String>>,
+    ) -> rusqlite::Result<()> {
+        acc.push(match ctx.get::<Value>(0)? {
+            Value::Null => None,
+            Value::Integer(n) => Some(n.to_string()),
+            Value::Real(f) => Some(f.to_string()),
+            Value::Text(t) => Some(t),
+            Value::Blob(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+        });
+        Ok(())
+    }
+
+    fn finalize(
+        &self,
+        _: &mut rusqlite::functions::Context<'_>,
+        acc: Option<Vec<Option<String>>>,
+    ) -> rusqlite::Result<Option<String>> {
+        let Some(items) = acc.filter(|a| !a.is_empty()) else {
+            return Ok(None);
+        };
+        let items: Vec<String> = items
+            .into_iter()
+            .map(|item| match item {
+                None => "NULL".to_string(),
+                Some(t)
+                    if t.is_empty()
+                        || t.eq_ignore_ascii_case("null")
+                        || t.contains(|c: char| "{},\" \\".contains(c) || c.is_whitespace()) =>
+                {
+                    format!("\"{}\"", t.replace('\\', "\\\\").replace('"', "\\\""))
+                }
+                Some(t) => t,
+            })
+            .collect();
+        Ok(Some(format!("{{{}}}", items.join(","))))
+    }
 }
 
 /// What the `reg*` casts and `pg_get_*def` functions look up.
@@ -1529,6 +1587,9 @@ impl VisitorMut for Rewriter {
     }
 
     fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        if let SetExpr::Select(s) = query.body.as_mut() {
+            expand_set_returning(s);
+        }
         // `x::regclass` in a SELECT list shows the name; elsewhere it is compared as an OID.
         if let SetExpr::Select(s) = query.body.as_mut() {
             for item in &mut s.projection {
@@ -1605,15 +1666,39 @@ impl VisitorMut for Rewriter {
                 unqualify_type(data_type);
                 reg_type(data_type).map(|kind| reg_cast(&kind, (**inner).clone(), false))
             }
+            // `x = ANY (ARRAY[a, b])` is `x IN (a, b)`; over an array column, a lookup in
+            // its text form.
             Expr::AnyOp {
                 left,
                 compare_op: BinaryOperator::Eq,
                 right,
                 ..
-            } => Some(call(
-                "cairn_array_contains",
-                vec![(**right).clone(), (**left).clone()],
-            )),
+            } => Some(match right.as_ref() {
+                Expr::Array(a) => Expr::InList {
+                    expr: left.clone(),
+                    list: a.elem.clone(),
+                    negated: false,
+                },
+                _ => call(
+                    "cairn_array_contains",
+                    vec![(**right).clone(), (**left).clone()],
+                ),
+            }),
+            // `pg_catalog.pg_class.relname` → `pg_class.relname`.
+            Expr::CompoundIdentifier(parts) if parts.len() >= 3 => {
+                match parts[0].value.to_lowercase().as_str() {
+                    "pg_catalog" => Some(Expr::CompoundIdentifier(parts[1..].to_vec())),
+                    "information_schema" => {
+                        let mut rest = parts[1..].to_vec();
+                        rest[0] = Ident::with_quote(
+                            '"',
+                            format!("information_schema.{}", rest[0].value.to_lowercase()),
+                        );
+                        Some(Expr::CompoundIdentifier(rest))
+                    }
+                    _ => None,
+                }
+            }
             Expr::Function(f) => {
                 unqualify(&mut f.name);
                 let name = f.name.0.last().and_then(part_name).unwrap_or_default();
@@ -1624,6 +1709,24 @@ impl VisitorMut for Rewriter {
                 match (&name[..], &mut f.args) {
                     ("array", FunctionArguments::Subquery(q)) => array_subquery(q),
                     ("pg_get_expr", FunctionArguments::List(list)) => first_arg(list),
+                    // Booleans are 0/1: all true is the minimum, any true the maximum.
+                    ("bool_and" | "every", _) => {
+                        f.name = ObjectName::from(vec![Ident::new("min")]);
+                        None
+                    }
+                    ("bool_or", _) => {
+                        f.name = ObjectName::from(vec![Ident::new("max")]);
+                        None
+                    }
+                    ("json_build_object" | "jsonb_build_object", _) => {
+                        f.name = ObjectName::from(vec![Ident::new("json_object")]);
+                        None
+                    }
+                    (
+                        "to_regtype" | "to_regclass" | "to_regnamespace" | "to_regrole"
+                        | "to_regproc",
+                        FunctionArguments::List(list),
+                    ) => first_arg(list).map(|v| reg_cast(&name.replace("to_", ""), v, false)),
                     ("pg_partition_ancestors", FunctionArguments::List(list)) => first_arg(list),
                     _ => None,
                 }
@@ -1671,6 +1774,103 @@ fn first_arg(list: &ast::FunctionArgumentList) -> Option<Expr> {
     match list.args.first()? {
         FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
         _ => None,
+    }
+}
+
+/// The table function that expands an array in a SELECT list (see `expand_set_returning`).
+pub const ARRAY_ROWS: &str = "json_each";
+
+/// `SELECT unnest(a), generate_subscripts(a, 1) FROM t` → one row per element of `a`:
+/// `FROM t, json_each(cairn_array_json(a)) AS _cairn_u` with the element and its
+/// position. Further `unnest(b)` in the same list are zipped with the first (as in
+/// PostgreSQL, for arrays of equal length).
+fn expand_set_returning(select: &mut ast::Select) {
+    fn srf(e: &Expr) -> Option<(String, Expr)> {
+        let Expr::Function(f) = e else { return None };
+        let name = f.name.0.last().and_then(part_name)?;
+        if name != "unnest" && name != "generate_subscripts" {
+            return None;
+        }
+        let FunctionArguments::List(list) = &f.args else {
+            return None;
+        };
+        Some((name, first_arg(list)?))
+    }
+    let mut first: Option<Expr> = None;
+    for item in &mut select.projection {
+        let e = match item {
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+            _ => continue,
+        };
+        let Some((name, array)) = srf(e) else {
+            continue;
+        };
+        let base = first.get_or_insert_with(|| array.clone()).clone();
+        let same = base.to_string() == array.to_string();
+        let element = |text: &str| {
+            crate::sql::translate::parse(&format!("SELECT {text}"))
+                .ok()
+                .and_then(|mut v| v.pop())
+                .and_then(|st| match st {
+                    Statement::Query(q) => match *q.body {
+                        SetExpr::Select(s) => match s.projection.into_iter().next() {
+                            Some(SelectItem::UnnamedExpr(e)) => Some(e),
+                            _ => None,
+                        },
+                        _ => None,
+                    },
+                    _ => None,
+                })
+        };
+        *e = match (name.as_str(), same) {
+            ("generate_subscripts", _) => element("(_cairn_u.key + 1)"),
+            ("unnest", true) => element("_cairn_u.value"),
+            _ => element("json_extract(NULL, '$[' || _cairn_u.key || ']')").map(|mut x| {
+                if let Expr::Function(f) = &mut x {
+                    if let FunctionArguments::List(list) = &mut f.args {
+                        list.args[0] = FunctionArg::Unnamed(FunctionArgExpr::Expr(call(
+                            "cairn_array_json",
+                            vec![array.clone()],
+                        )));
+                    }
+                }
+                x
+            }),
+        }
+        .unwrap_or_else(|| e.clone());
+    }
+    let Some(array) = first else { return };
+    let from = crate::sql::translate::parse(&format!(
+        "SELECT 1 FROM {ARRAY_ROWS}(cairn_array_json(NULL)) AS _cairn_u"
+    ))
+    .ok()
+    .and_then(|mut v| v.pop());
+    let Some(Statement::Query(q)) = from else {
+        return;
+    };
+    let SetExpr::Select(mut s) = *q.body else {
+        return;
+    };
+    let Some(mut twj) = s.from.pop() else { return };
+    let _ = twj.relation.visit(&mut ReplaceNull(Some(array)));
+    select.from.push(twj);
+}
+
+/// Replaces the first NULL literal it meets with its expression.
+struct ReplaceNull(Option<Expr>);
+
+impl VisitorMut for ReplaceNull {
+    type Break = ();
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        if let Expr::Value(v) = expr {
+            if v.value == AstValue::Null {
+                if let Some(e) = self.0.take() {
+                    *expr = e;
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+        ControlFlow::Continue(())
     }
 }
 
@@ -1877,6 +2077,8 @@ pub fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
     conn.create_scalar_function("pg_is_other_temp_schema", 1, flags, |_| Ok(false))?;
     conn.create_scalar_function("pg_my_temp_schema", 0, flags, |_| Ok(0))?;
     conn.create_scalar_function("pg_encoding_to_char", 1, flags, |_| Ok("UTF8"))?;
+    // Cairn's serial columns draw from cluster-wide sequences that are not relations.
+    conn.create_scalar_function("pg_get_serial_sequence", 2, flags, |_| Ok(None::<String>))?;
     conn.create_scalar_function("pg_get_function_result", 1, flags, |_| Ok(None::<String>))?;
     conn.create_scalar_function("pg_get_function_arguments", 1, flags, |_| {
         Ok(None::<String>)
@@ -1927,6 +2129,23 @@ pub fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
             )),
         }
     };
+    conn.create_aggregate_function("array_agg", 1, flags, TextArray)?;
+    // A text array (`{1,2}`) or vector (`1 2`) as a JSON array, for `json_each`.
+    conn.create_scalar_function("cairn_array_json", 1, flags, |ctx| {
+        let Some(text) = ctx.get::<Option<String>>(0)? else {
+            return Ok(None);
+        };
+        let inner = text.trim().trim_start_matches('{').trim_end_matches('}');
+        let items: Vec<serde_json::Value> = inner
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|p| !p.is_empty())
+            .map(|p| match p.parse::<i64>() {
+                Ok(n) => serde_json::Value::from(n),
+                Err(_) => serde_json::Value::from(p.trim_matches('"')),
+            })
+            .collect();
+        Ok(Some(serde_json::Value::Array(items).to_string()))
+    })?;
     // Filled in by `populate` with the objects of the catalog it loads.
     objects(conn, std::sync::Arc::default())?;
     conn.create_scalar_function("current_setting", 1, flags, setting)?;
