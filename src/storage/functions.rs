@@ -50,6 +50,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         Err::<i64, _>(rusqlite::Error::UserFunctionError(msg.into()))
     })?;
     register_postgres_semantics(conn)?;
+    register_text(conn)?;
     Ok(())
 }
 
@@ -85,6 +86,198 @@ fn scale_arg(ctx: &rusqlite::functions::Context<'_>, i: usize) -> Option<u32> {
 /// Functions the translator calls where SQLite's own operators or functions answer
 /// differently from PostgreSQL: casts, exact numeric and checked integer arithmetic, `^`,
 /// date arithmetic, `extract`, `date_trunc`, and Unicode case mapping.
+/// PostgreSQL's string functions SQLite lacks, by characters (not bytes). NULL in, NULL out.
+fn register_text(conn: &Connection) -> rusqlite::Result<()> {
+    let constant = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    fn args(ctx: &rusqlite::functions::Context<'_>) -> rusqlite::Result<Option<Vec<Value>>> {
+        let mut out = Vec::with_capacity(ctx.len());
+        for i in 0..ctx.len() {
+            match ctx.get::<Value>(i)? {
+                Value::Null => return Ok(None),
+                v => out.push(v),
+            }
+        }
+        Ok(Some(out))
+    }
+    fn text(v: &Value) -> String {
+        match v {
+            Value::Text(t) => t.clone(),
+            Value::Integer(n) => n.to_string(),
+            Value::Real(f) => f.to_string(),
+            Value::Blob(b) => String::from_utf8_lossy(b).into_owned(),
+            Value::Null => String::new(),
+        }
+    }
+    fn int(v: &Value) -> rusqlite::Result<i64> {
+        match v {
+            Value::Integer(n) => Ok(*n),
+            Value::Real(f) => Ok(f.round() as i64),
+            Value::Text(t) => t.trim().parse().map_err(|_| {
+                coded(
+                    sqlstate::INVALID_TEXT_REPRESENTATION,
+                    format!("invalid input syntax for type integer: \"{t}\""),
+                )
+            }),
+            _ => Err(coded(
+                sqlstate::DATATYPE_MISMATCH,
+                "an integer argument is required",
+            )),
+        }
+    }
+    // left/right(s, n): the first/last n characters; a negative n drops that many from the
+    // other end.
+    for (name, from_left) in [("left", true), ("right", false)] {
+        conn.create_scalar_function(name, 2, constant, move |ctx| {
+            let Some(a) = args(ctx)? else { return Ok(None) };
+            let chars: Vec<char> = text(&a[0]).chars().collect();
+            let n = int(&a[1])?;
+            let len = chars.len() as i64;
+            let keep = if n >= 0 { n.min(len) } else { (len + n).max(0) } as usize;
+            Ok(Some(if from_left {
+                chars[..keep].iter().collect::<String>()
+            } else {
+                chars[chars.len() - keep..].iter().collect()
+            }))
+        })?;
+    }
+    // lpad/rpad(s, n [, fill]): to n characters, cut if longer.
+    for (name, left) in [("lpad", true), ("rpad", false)] {
+        for n_args in [2, 3] {
+            conn.create_scalar_function(name, n_args, constant, move |ctx| {
+                let Some(a) = args(ctx)? else { return Ok(None) };
+                let chars: Vec<char> = text(&a[0]).chars().collect();
+                let n = int(&a[1])?.max(0) as usize;
+                let fill: Vec<char> = match a.get(2) {
+                    Some(f) => text(f).chars().collect(),
+                    None => vec![' '],
+                };
+                if chars.len() >= n || fill.is_empty() {
+                    return Ok(Some(chars[..n.min(chars.len())].iter().collect::<String>()));
+                }
+                let pad: String = fill.iter().cycle().take(n - chars.len()).collect();
+                let body: String = chars.iter().collect();
+                Ok(Some(if left { pad + &body } else { body + &pad }))
+            })?;
+        }
+    }
+    conn.create_scalar_function("split_part", 3, constant, |ctx| {
+        let Some(a) = args(ctx)? else { return Ok(None) };
+        let (s, delim, n) = (text(&a[0]), text(&a[1]), int(&a[2])?);
+        if n == 0 {
+            return Err(coded(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                "field position must not be zero",
+            ));
+        }
+        let parts: Vec<&str> = if delim.is_empty() {
+            vec![s.as_str()]
+        } else {
+            s.split(delim.as_str()).collect()
+        };
+        let i = if n > 0 { n - 1 } else { parts.len() as i64 + n };
+        Ok(Some(
+            usize::try_from(i)
+                .ok()
+                .and_then(|i| parts.get(i))
+                .map_or(String::new(), |p| p.to_string()),
+        ))
+    })?;
+    conn.create_scalar_function("repeat", 2, constant, |ctx| {
+        let Some(a) = args(ctx)? else { return Ok(None) };
+        let n = int(&a[1])?.max(0) as usize;
+        let s = text(&a[0]);
+        if s.len().saturating_mul(n) > crate::limits::SQL_TEXT_BYTES_MAX * 16 {
+            return Err(coded(
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                "requested length too large",
+            ));
+        }
+        Ok(Some(s.repeat(n)))
+    })?;
+    conn.create_scalar_function("reverse", 1, constant, |ctx| {
+        let Some(a) = args(ctx)? else { return Ok(None) };
+        Ok(Some(text(&a[0]).chars().rev().collect::<String>()))
+    })?;
+    conn.create_scalar_function("strpos", 2, constant, |ctx| {
+        let Some(a) = args(ctx)? else { return Ok(None) };
+        let (s, sub) = (text(&a[0]), text(&a[1]));
+        Ok(Some(
+            s.find(&sub)
+                .map_or(0, |b| s[..b].chars().count() as i64 + 1),
+        ))
+    })?;
+    conn.create_scalar_function("starts_with", 2, constant, |ctx| {
+        let Some(a) = args(ctx)? else { return Ok(None) };
+        Ok(Some(text(&a[0]).starts_with(&text(&a[1]))))
+    })?;
+    conn.create_scalar_function("initcap", 1, constant, |ctx| {
+        let Some(a) = args(ctx)? else { return Ok(None) };
+        let mut out = String::new();
+        let mut start = true;
+        for c in text(&a[0]).chars() {
+            if c.is_alphanumeric() {
+                if start {
+                    out.extend(c.to_uppercase());
+                } else {
+                    out.extend(c.to_lowercase());
+                }
+                start = false;
+            } else {
+                out.push(c);
+                start = true;
+            }
+        }
+        Ok(Some(out))
+    })?;
+    // regexp_replace(s, pattern, replacement [, flags]): the first match, or every one with
+    // flag g; flag i ignores case. `\1` in the replacement is the first group.
+    for n_args in [3, 4] {
+        conn.create_scalar_function("regexp_replace", n_args, constant, |ctx| {
+            let Some(a) = args(ctx)? else { return Ok(None) };
+            let flags = a.get(3).map(text).unwrap_or_default();
+            if let Some(bad) = flags.chars().find(|c| !"gi".contains(*c)) {
+                return Err(coded(
+                    sqlstate::INVALID_PARAMETER_VALUE,
+                    format!("invalid regular expression option: \"{bad}\""),
+                ));
+            }
+            let re = regex_lite::RegexBuilder::new(&text(&a[1]))
+                .case_insensitive(flags.contains('i'))
+                .build()
+                .map_err(|e| {
+                    coded(
+                        sqlstate::INVALID_REGULAR_EXPRESSION,
+                        format!("invalid regular expression: {e}"),
+                    )
+                })?;
+            let mut replacement = String::new();
+            let given = text(&a[2]);
+            let mut chars = given.chars().peekable();
+            while let Some(c) = chars.next() {
+                match (c, chars.peek()) {
+                    ('\\', Some(d)) if d.is_ascii_digit() => {
+                        replacement.push_str(&format!("${{{d}}}"));
+                        chars.next();
+                    }
+                    ('\\', Some('\\')) => {
+                        replacement.push('\\');
+                        chars.next();
+                    }
+                    ('$', _) => replacement.push_str("$$"),
+                    (c, _) => replacement.push(c),
+                }
+            }
+            let s = text(&a[0]);
+            Ok(Some(if flags.contains('g') {
+                re.replace_all(&s, replacement.as_str()).into_owned()
+            } else {
+                re.replace(&s, replacement.as_str()).into_owned()
+            }))
+        })?;
+    }
+    Ok(())
+}
+
 fn register_postgres_semantics(conn: &Connection) -> rusqlite::Result<()> {
     let constant = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
     // cairn_cast(value, 'target type', 'source type' or NULL): an explicit cast;
