@@ -6,12 +6,13 @@ mod common;
 use common::TestNode;
 use std::process::Command;
 
-fn psql(node: &TestNode, script: &str) -> (bool, String) {
+/// psql with `options` on `url` running `command`: whether it succeeded, and what it printed.
+fn run_psql(options: &[&str], url: &str, command: &str) -> (bool, String) {
     let out = Command::new("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-A", "-t", "-F", "|"])
-        .arg(format!("postgres://smoke@{}/cairn", node.pg))
+        .args(options)
+        .arg(url)
         .arg("-c")
-        .arg(script)
+        .arg(command)
         .output()
         .expect("run psql");
     let text = format!(
@@ -20,6 +21,14 @@ fn psql(node: &TestNode, script: &str) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+fn psql(node: &TestNode, script: &str) -> (bool, String) {
+    run_psql(
+        &["-X", "-q", "-v", "ON_ERROR_STOP=1", "-A", "-t", "-F", "|"],
+        &format!("postgres://smoke@{}/cairn", node.pg),
+        script,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,19 +90,12 @@ async fn psql_smoke() {
 
 /// psql's meta-command output (aligned, with headers) through `pg`.
 fn meta(pg: std::net::SocketAddr, command: &str) -> String {
-    let out = Command::new("psql")
-        .args(["-X", "-v", "ON_ERROR_STOP=1"])
-        .arg(format!("postgres://cairn@{pg}/cairn"))
-        .arg("-c")
-        .arg(command)
-        .output()
-        .expect("run psql");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (ok, text) = run_psql(
+        &["-X", "-v", "ON_ERROR_STOP=1"],
+        &format!("postgres://cairn@{pg}/cairn"),
+        command,
     );
-    assert!(out.status.success(), "{command}: {text}");
+    assert!(ok, "{command}: {text}");
     assert!(!text.contains("ERROR"), "{command}: {text}");
     text
 }
@@ -202,13 +204,11 @@ async fn psql_describes_tables_keys_and_indexes_on_every_node() {
         ] {
             assert!(meta(pg, command).contains(said), "{command}");
         }
-        let missing = Command::new("psql")
-            .args(["-X"])
-            .arg(format!("postgres://cairn@{pg}/cairn"))
-            .args(["-c", "\\d nosuch"])
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&missing.stderr);
+        let (_, said) = run_psql(
+            &["-X"],
+            &format!("postgres://cairn@{pg}/cairn"),
+            "\\d nosuch",
+        );
         assert!(
             said.contains("Did not find any relation named \"nosuch\""),
             "{said}"

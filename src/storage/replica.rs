@@ -796,12 +796,11 @@ impl ReplicaHandle {
         self.read_attached(stmt, Vec::new()).await
     }
 
-    /// Two-phase commit state kept here: prepared parts and decision records. A retired
-    /// shard's replica is removed only once both are gone (a participant may still ask).
-    pub async fn two_phase_records(&self) -> Result<u64> {
+    /// The one integer `sql` (an internal count) answers; `what` names it in errors.
+    async fn count(&self, sql: &str, what: &str) -> Result<u64> {
         let rows = self
             .read(Statement {
-                sql: "SELECT (SELECT count(*) FROM _cairn_prepared) + (SELECT count(*) FROM _cairn_txns)".into(),
+                sql: sql.into(),
                 params: Vec::new(),
                 kind: StatementKind::Dml,
                 refs: Vec::new(),
@@ -810,30 +809,25 @@ impl ReplicaHandle {
             .await?;
         match rows.rows.first().and_then(|r| r.first()) {
             Some(rusqlite::types::Value::Integer(n)) => Ok(*n as u64),
-            other => Err(Error::internal(format!(
-                "counting two-phase commit records: {other:?}"
-            ))),
+            other => Err(Error::internal(format!("counting {what}: {other:?}"))),
         }
+    }
+
+    /// Two-phase commit state kept here: prepared parts and decision records. A retired
+    /// shard's replica is removed only once both are gone (a participant may still ask).
+    pub async fn two_phase_records(&self) -> Result<u64> {
+        self.count(
+            "SELECT (SELECT count(*) FROM _cairn_prepared) + (SELECT count(*) FROM _cairn_txns)",
+            "two-phase commit records",
+        )
+        .await
     }
 
     /// Prepared parts of two-phase commits not yet resolved here (after faults heal, every
     /// one is resolved by its session or by the shard's leader: a part left over is a bug).
     pub async fn prepared_count(&self) -> Result<u64> {
-        let rows = self
-            .read(Statement {
-                sql: "SELECT count(*) FROM _cairn_prepared".into(),
-                params: Vec::new(),
-                kind: StatementKind::Dml,
-                refs: Vec::new(),
-                cancel: Default::default(),
-            })
-            .await?;
-        match rows.rows.first().and_then(|r| r.first()) {
-            Some(rusqlite::types::Value::Integer(n)) => Ok(*n as u64),
-            other => Err(Error::internal(format!(
-                "counting prepared parts: {other:?}"
-            ))),
-        }
+        self.count("SELECT count(*) FROM _cairn_prepared", "prepared parts")
+            .await
     }
 
     /// Like [`ReplicaHandle::read`], with other replica files attached (read-only) under the
