@@ -543,11 +543,12 @@ async fn free_single_group(mt: &MetaTxn<'_>, catalog: &Catalog) -> Option<u64> {
         let Some(&shard) = group.shards.first() else {
             continue;
         };
-        let busy = mt
-            .cluster()
-            .writer_held_throughout(shard, crate::limits::SHARED_SHARD_BUSY)
-            .await;
-        if let Ok(false) = busy {
+        // Bounded: this runs holding the meta writer, and the shard's leader may not answer
+        // (no answer in time counts as busy).
+        let span = crate::limits::SHARED_SHARD_BUSY;
+        let busy =
+            tokio::time::timeout(span * 2, mt.cluster().writer_held_throughout(shard, span)).await;
+        if let Ok(Ok(false)) = busy {
             return Some(group.id);
         }
     }
