@@ -204,3 +204,11 @@ pub const PREPARED_TIMEOUT: Duration = Duration::from_secs(10);
 /// with a coordinator unreachable for this long it answers its callers "unavailable"
 /// (naming the coordinator) instead of holding them, and tries again at the next request.
 pub const RECOVERY_DECISION_WAIT: Duration = Duration::from_secs(10);
+
+/// Elements of one array value. PostgreSQL allows about 134 million; an array is kept as one
+/// JSON text in SQLite and converted whole on every read, so a bound well below the result
+/// byte limit keeps one value from dominating a statement's memory.
+pub const ARRAY_ELEMENTS_MAX: usize = 1_000_000;
+
+/// Rows `generate_series` may produce in one call (a typo in a bound must not run away).
+pub const SERIES_ROWS_MAX: i64 = 10_000_000;

@@ -15,6 +15,7 @@ pub mod ddl;
 pub mod plan;
 pub mod scratch;
 pub mod session;
+mod srf;
 pub mod system;
 pub mod translate;
 mod typed;

@@ -211,9 +211,7 @@ fn tables_in<'c>(
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for name in names {
         let Some(t) = catalog.table(&name) else {
-            if ctes.contains(&name.to_lowercase())
-                || name.eq_ignore_ascii_case(super::system::ARRAY_ROWS)
-            {
+            if ctes.contains(&name.to_lowercase()) || super::srf::is_table_function(&name) {
                 continue;
             }
             return Err(undefined_table(&name));

@@ -377,7 +377,7 @@ impl Session {
             let name = translate::object_name(n);
             if catalog.table(&name).is_none()
                 && !ctes.contains(&name.to_lowercase())
-                && !name.eq_ignore_ascii_case(super::system::ARRAY_ROWS)
+                && !super::srf::is_table_function(&name)
             {
                 unknown = true;
             }

@@ -63,57 +63,57 @@ const fn empty(name: &'static str, columns: &'static str) -> Spec {
 }
 
 const SPECS: &[Spec] = &[
-    spec("pg_namespace", "oid:i nspname:t nspowner:i nspacl:t"),
+    spec("pg_namespace", "oid:i nspname:t nspowner:i nspacl:A"),
     spec(
         "pg_class",
         "oid:i relname:t relnamespace:i reltype:i reloftype:i relowner:i relam:i relfilenode:i \
          reltablespace:i relpages:n reltuples:f relallvisible:n reltoastrelid:i relhasindex:b \
-         relisshared:b relpersistence:t relkind:t relnatts:s relchecks:s relhasrules:b \
+         relisshared:b relpersistence:c relkind:c relnatts:s relchecks:s relhasrules:b \
          relhastriggers:b relhassubclass:b relrowsecurity:b relforcerowsecurity:b \
-         relispopulated:b relreplident:t relispartition:b relrewrite:i relfrozenxid:i \
-         relminmxid:i relacl:t reloptions:t relpartbound:t",
+         relispopulated:b relreplident:c relispartition:b relrewrite:i relfrozenxid:I \
+         relminmxid:I relacl:A reloptions:A relpartbound:t",
     ),
     spec(
         "pg_attribute",
         "attrelid:i attname:t atttypid:i attstattarget:n attlen:s attnum:s attndims:n \
-         attcacheoff:n atttypmod:n attbyval:b attalign:t attstorage:t attcompression:t \
-         attnotnull:b atthasdef:b atthasmissing:b attidentity:t attgenerated:t attisdropped:b \
-         attislocal:b attinhcount:n attcollation:i attacl:t attoptions:t attfdwoptions:t",
+         attcacheoff:n atttypmod:n attbyval:b attalign:c attstorage:c attcompression:c \
+         attnotnull:b atthasdef:b atthasmissing:b attidentity:c attgenerated:c attisdropped:b \
+         attislocal:b attinhcount:n attcollation:i attacl:A attoptions:A attfdwoptions:t",
     ),
     spec(
         "pg_type",
-        "oid:i typname:t typnamespace:i typowner:i typlen:s typbyval:b typtype:t \
-         typcategory:t typispreferred:b typisdefined:b typdelim:t typrelid:i typelem:i \
-         typarray:i typinput:t typoutput:t typreceive:t typsend:t typalign:t typstorage:t \
+        "oid:i typname:t typnamespace:i typowner:i typlen:s typbyval:b typtype:c \
+         typcategory:c typispreferred:b typisdefined:b typdelim:c typrelid:i typelem:i \
+         typarray:i typinput:t typoutput:t typreceive:t typsend:t typalign:c typstorage:c \
          typnotnull:b typbasetype:i typtypmod:n typndims:n typcollation:i typdefault:t",
     ),
     spec(
         "pg_index",
         "indexrelid:i indrelid:i indnatts:s indnkeyatts:s indisunique:b indnullsnotdistinct:b \
          indisprimary:b indisexclusion:b indimmediate:b indisclustered:b indisvalid:b \
-         indcheckxmin:b indisready:b indislive:b indisreplident:b indkey:t indcollation:t \
-         indclass:t indoption:t indexprs:t indpred:t _indexdef:t",
+         indcheckxmin:b indisready:b indislive:b indisreplident:b indkey:v indcollation:V \
+         indclass:V indoption:v indexprs:t indpred:t _indexdef:t",
     ),
     spec(
         "pg_constraint",
-        "oid:i conname:t connamespace:i contype:t condeferrable:b condeferred:b \
+        "oid:i conname:t connamespace:i contype:c condeferrable:b condeferred:b \
          convalidated:b conrelid:i contypid:i conindid:i conparentid:i confrelid:i \
-         confupdtype:t confdeltype:t confmatchtype:t conislocal:b coninhcount:n \
-         connoinherit:b conkey:t confkey:t conbin:t _condef:t",
+         confupdtype:c confdeltype:c confmatchtype:c conislocal:b coninhcount:n \
+         connoinherit:b conkey:S confkey:S conbin:t _condef:t",
     ),
     spec("pg_attrdef", "oid:i adrelid:i adnum:s adbin:t"),
-    spec("pg_am", "oid:i amname:t amhandler:t amtype:t"),
+    spec("pg_am", "oid:i amname:t amhandler:t amtype:c"),
     spec(
         "pg_database",
-        "oid:i datname:t datdba:i encoding:n datlocprovider:t datistemplate:b datallowconn:b \
-         datconnlimit:n datcollate:t datctype:t daticulocale:t datcollversion:t datacl:t \
+        "oid:i datname:t datdba:i encoding:n datlocprovider:c datistemplate:b datallowconn:b \
+         datconnlimit:n datcollate:t datctype:t daticulocale:t datcollversion:t datacl:A \
          dattablespace:i",
     ),
     spec(
         "pg_roles",
         "oid:i rolname:t rolsuper:b rolinherit:b rolcreaterole:b rolcreatedb:b rolcanlogin:b \
          rolreplication:b rolconnlimit:n rolpassword:t rolvaliduntil:t rolbypassrls:b \
-         rolconfig:t",
+         rolconfig:A",
     ),
     spec(
         "pg_user",
@@ -152,12 +152,12 @@ const SPECS: &[Spec] = &[
     ),
     empty(
         "pg_sequence",
-        "seqrelid:i seqtypid:i seqstart:i seqincrement:i seqmax:i seqmin:i seqcache:i seqcycle:b",
+        "seqrelid:i seqtypid:i seqstart:I seqincrement:I seqmax:I seqmin:I seqcache:I seqcycle:b",
     ),
     empty(
         "pg_sequences",
-        "schemaname:t sequencename:t sequenceowner:t data_type:t start_value:i min_value:i \
-         max_value:i increment_by:i cycle:b cache_size:i last_value:i",
+        "schemaname:t sequencename:t sequenceowner:t data_type:t start_value:I min_value:I \
+         max_value:I increment_by:I cycle:b cache_size:I last_value:I",
     ),
     empty(
         "pg_description",
@@ -165,8 +165,8 @@ const SPECS: &[Spec] = &[
     ),
     empty(
         "pg_proc",
-        "oid:i proname:t pronamespace:i proowner:i prolang:i prokind:t prorettype:i \
-         pronargs:s proargtypes:t proisstrict:b proretset:b provolatile:t prosrc:t",
+        "oid:i proname:t pronamespace:i proowner:i prolang:i prokind:c prorettype:i \
+         pronargs:s proargtypes:V proisstrict:b proretset:b provolatile:c prosrc:t",
     ),
     empty(
         "pg_auth_members",
@@ -276,7 +276,13 @@ const SPECS: &[Spec] = &[
 
 fn kind(letter: &str) -> PgType {
     match letter {
-        "i" => PgType::Int8,
+        "i" => PgType::Oid,
+        "I" => PgType::Int8,
+        "c" => PgType::Char,
+        "v" => PgType::Int2Vector,
+        "V" => PgType::OidVector,
+        "S" => PgType::Int2Array,
+        "A" => PgType::TextArray,
         "n" => PgType::Int4,
         "s" => PgType::Int2,
         "f" => PgType::Float4,
@@ -287,7 +293,7 @@ fn kind(letter: &str) -> PgType {
 
 fn sqlite_type(ty: PgType) -> &'static str {
     match ty {
-        PgType::Int8 | PgType::Int4 | PgType::Int2 | PgType::Bool => "INTEGER",
+        PgType::Int8 | PgType::Int4 | PgType::Int2 | PgType::Bool | PgType::Oid => "INTEGER",
         PgType::Float4 => "REAL",
         _ => "TEXT",
     }
@@ -407,41 +413,14 @@ pub fn format_type(oid: i64, typmod: i64) -> Option<String> {
     })
 }
 
-/// Extra built-in types catalogs refer to (beyond the column types Cairn has).
-const EXTRA_TYPES: &[(i64, &str, i64, &str)] = &[
-    (18, "char", 1, "Z"),
-    (19, "name", 64, "S"),
-    (22, "int2vector", -1, "A"),
-    (26, "oid", 4, "N"),
-    (30, "oidvector", -1, "A"),
-    (2205, "regclass", 4, "N"),
-    (2206, "regtype", 4, "N"),
-];
-
-fn type_name(ty: PgType) -> &'static str {
-    match ty {
-        PgType::Bool => "bool",
-        PgType::Int2 => "int2",
-        PgType::Int4 => "int4",
-        PgType::Int8 => "int8",
-        PgType::Float4 => "float4",
-        PgType::Float8 => "float8",
-        PgType::Numeric => "numeric",
-        PgType::Text => "text",
-        PgType::Varchar => "varchar",
-        PgType::Bpchar => "bpchar",
-        PgType::Bytea => "bytea",
-        PgType::Date => "date",
-        PgType::Timestamp => "timestamp",
-        PgType::Timestamptz => "timestamptz",
-        PgType::Json => "json",
-        PgType::Jsonb => "jsonb",
-        PgType::Uuid => "uuid",
-        PgType::Unknown => "unknown",
-    }
-}
+/// Extra built-in types catalogs refer to (beyond the types Cairn keeps values of).
+const EXTRA_TYPES: &[(i64, &str, i64, &str)] =
+    &[(2205, "regclass", 4, "N"), (2206, "regtype", 4, "N")];
 
 fn type_category(ty: PgType) -> &'static str {
+    if ty.is_array() {
+        return "A";
+    }
     match ty {
         PgType::Bool => "B",
         PgType::Int2
@@ -451,7 +430,11 @@ fn type_category(ty: PgType) -> &'static str {
         | PgType::Float8
         | PgType::Numeric => "N",
         PgType::Date | PgType::Timestamp | PgType::Timestamptz => "D",
-        PgType::Text | PgType::Varchar | PgType::Bpchar => "S",
+        PgType::Text | PgType::Varchar | PgType::Bpchar | PgType::Name => "S",
+        PgType::Interval => "T",
+        PgType::Oid => "N",
+        PgType::Char => "Z",
+        PgType::Int2Vector | PgType::OidVector => "A",
         PgType::Unknown => "X",
         _ => "U",
     }
@@ -460,8 +443,11 @@ fn type_category(ty: PgType) -> &'static str {
 fn type_len(ty: PgType) -> i64 {
     match ty {
         PgType::Bool => 1,
+        PgType::Char => 1,
         PgType::Int2 => 2,
-        PgType::Int4 | PgType::Float4 | PgType::Date => 4,
+        PgType::Int4 | PgType::Float4 | PgType::Date | PgType::Oid => 4,
+        PgType::Interval => 16,
+        PgType::Name => 64,
         PgType::Int8 | PgType::Float8 | PgType::Timestamp | PgType::Timestamptz => 8,
         PgType::Uuid => 16,
         _ => -1,
@@ -641,59 +627,6 @@ fn indexes_of(table: &Table, keys: &Keys) -> Vec<Index> {
         });
     }
     out
-}
-
-/// `array_agg`, as the text form of a PostgreSQL array (`{a,"b c",NULL}`): catalogs keep
-/// arrays as text.
-struct TextArray;
-
-impl rusqlite::functions::Aggregate<Vec<Option<String>>, Option<String>> for TextArray {
-    fn init(
-        &self,
-        _: &mut rusqlite::functions::Context<'_>,
-    ) -> rusqlite::Result<Vec<Option<String>>> {
-        Ok(Vec::new())
-    }
-
-    fn step(
-        &self,
-        ctx: &mut rusqlite::functions::Context<'_>,
-        acc: &mut Vec<Option<String>>,
-    ) -> rusqlite::Result<()> {
-        acc.push(match ctx.get::<Value>(0)? {
-            Value::Null => None,
-            Value::Integer(n) => Some(n.to_string()),
-            Value::Real(f) => Some(f.to_string()),
-            Value::Text(t) => Some(t),
-            Value::Blob(b) => Some(String::from_utf8_lossy(&b).into_owned()),
-        });
-        Ok(())
-    }
-
-    fn finalize(
-        &self,
-        _: &mut rusqlite::functions::Context<'_>,
-        acc: Option<Vec<Option<String>>>,
-    ) -> rusqlite::Result<Option<String>> {
-        let Some(items) = acc.filter(|a| !a.is_empty()) else {
-            return Ok(None);
-        };
-        let items: Vec<String> = items
-            .into_iter()
-            .map(|item| match item {
-                None => "NULL".to_string(),
-                Some(t)
-                    if t.is_empty()
-                        || t.eq_ignore_ascii_case("null")
-                        || t.contains(|c: char| "{},\" \\".contains(c) || c.is_whitespace()) =>
-                {
-                    format!("\"{}\"", t.replace('\\', "\\\\").replace('"', "\\\""))
-                }
-                Some(t) => t,
-            })
-            .collect();
-        Ok(Some(format!("{{{}}}", items.join(","))))
-    }
 }
 
 /// What the `reg*` casts and `pg_get_*def` functions look up.
@@ -935,13 +868,16 @@ fn rows_of(name: &str, tables: &[&Table], keys: &[Keys]) -> Vec<Vec<Value>> {
                 if ty == PgType::Unknown {
                     continue;
                 }
-                rows.push(type_row(
+                let mut row = type_row(
                     ty.oid() as i64,
-                    type_name(ty),
+                    &ty.typname(),
                     type_len(ty),
                     type_category(ty),
                     matches!(ty, PgType::Text | PgType::Varchar | PgType::Bpchar),
-                ));
+                );
+                row[12] = int(ty.element().map_or(0, |e| e.oid().into()));
+                row[13] = int(ty.array().map_or(0, |a| a.oid().into()));
+                rows.push(row);
             }
             for (oid, name, len, category) in EXTRA_TYPES {
                 rows.push(type_row(*oid, name, *len, category, false));
@@ -986,10 +922,10 @@ fn rows_of(name: &str, tables: &[&Table], keys: &[Keys]) -> Vec<Vec<Value>> {
                         flag(true),
                         flag(true),
                         flag(false),
-                        text(positions.join(" ")),
-                        text(""),
-                        text(""),
-                        text(vec!["0"; i.columns.len()].join(" ")),
+                        text(format!("[{}]", positions.join(","))),
+                        text(format!("[{}]", vec!["0"; i.columns.len()].join(","))),
+                        text(format!("[{}]", vec!["1978"; i.columns.len()].join(","))),
+                        text(format!("[{}]", vec!["0"; i.columns.len()].join(","))),
                         NULL,
                         NULL,
                         text(def),
@@ -1022,7 +958,7 @@ fn rows_of(name: &str, tables: &[&Table], keys: &[Keys]) -> Vec<Vec<Value>> {
                         oid_of("index", &i.name),
                         0,
                         ("a", "a"),
-                        format!("{{{}}}", key.join(",")),
+                        format!("[{}]", key.join(",")),
                         NULL,
                         def,
                     ));
@@ -1077,8 +1013,8 @@ fn rows_of(name: &str, tables: &[&Table], keys: &[Keys]) -> Vec<Vec<Value>> {
                         0,
                         oid_of("table", parent),
                         (upd, del),
-                        format!("{{{}}}", key.join(",")),
-                        text(format!("{{{}}}", fkey.join(","))),
+                        format!("[{}]", key.join(",")),
+                        text(format!("[{}]", fkey.join(","))),
                         def,
                     ));
                 }
@@ -1245,14 +1181,18 @@ fn rows_of(name: &str, tables: &[&Table], keys: &[Keys]) -> Vec<Vec<Value>> {
                         int(i as i64 + 1),
                         default.map(text).unwrap_or(NULL),
                         text(if notnull { "NO" } else { "YES" }),
-                        text(c.ty.name()),
+                        text(if c.ty.is_array() {
+                            "ARRAY"
+                        } else {
+                            c.ty.name()
+                        }),
                         length,
                         precision,
                         scale,
                         NULL,
                         text("cairn"),
                         text("pg_catalog"),
-                        text(type_name(c.ty)),
+                        text(c.ty.typname()),
                         text("NO"),
                         NULL,
                         text("NEVER"),
@@ -1587,9 +1527,6 @@ impl VisitorMut for Rewriter {
     }
 
     fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
-        if let SetExpr::Select(s) = query.body.as_mut() {
-            expand_set_returning(s);
-        }
         // `x::regclass` in a SELECT list shows the name; elsewhere it is compared as an OID.
         if let SetExpr::Select(s) = query.body.as_mut() {
             for item in &mut s.projection {
@@ -1666,24 +1603,20 @@ impl VisitorMut for Rewriter {
                 unqualify_type(data_type);
                 reg_type(data_type).map(|kind| reg_cast(&kind, (**inner).clone(), false))
             }
-            // `x = ANY (ARRAY[a, b])` is `x IN (a, b)`; over an array column, a lookup in
-            // its text form.
+            // `x = ANY (ARRAY[a, b])` is `x IN (a, b)` (the translator does the rest).
             Expr::AnyOp {
                 left,
                 compare_op: BinaryOperator::Eq,
                 right,
                 ..
-            } => Some(match right.as_ref() {
-                Expr::Array(a) => Expr::InList {
+            } => match right.as_ref() {
+                Expr::Array(a) => Some(Expr::InList {
                     expr: left.clone(),
                     list: a.elem.clone(),
                     negated: false,
-                },
-                _ => call(
-                    "cairn_array_contains",
-                    vec![(**right).clone(), (**left).clone()],
-                ),
-            }),
+                }),
+                _ => None,
+            },
             // `pg_catalog.pg_class.relname` → `pg_class.relname`.
             Expr::CompoundIdentifier(parts) if parts.len() >= 3 => {
                 match parts[0].value.to_lowercase().as_str() {
@@ -1777,103 +1710,6 @@ fn first_arg(list: &ast::FunctionArgumentList) -> Option<Expr> {
     }
 }
 
-/// The table function that expands an array in a SELECT list (see `expand_set_returning`).
-pub const ARRAY_ROWS: &str = "json_each";
-
-/// `SELECT unnest(a), generate_subscripts(a, 1) FROM t` → one row per element of `a`:
-/// `FROM t, json_each(cairn_array_json(a)) AS _cairn_u` with the element and its
-/// position. Further `unnest(b)` in the same list are zipped with the first (as in
-/// PostgreSQL, for arrays of equal length).
-fn expand_set_returning(select: &mut ast::Select) {
-    fn srf(e: &Expr) -> Option<(String, Expr)> {
-        let Expr::Function(f) = e else { return None };
-        let name = f.name.0.last().and_then(part_name)?;
-        if name != "unnest" && name != "generate_subscripts" {
-            return None;
-        }
-        let FunctionArguments::List(list) = &f.args else {
-            return None;
-        };
-        Some((name, first_arg(list)?))
-    }
-    let mut first: Option<Expr> = None;
-    for item in &mut select.projection {
-        let e = match item {
-            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
-            _ => continue,
-        };
-        let Some((name, array)) = srf(e) else {
-            continue;
-        };
-        let base = first.get_or_insert_with(|| array.clone()).clone();
-        let same = base.to_string() == array.to_string();
-        let element = |text: &str| {
-            crate::sql::translate::parse(&format!("SELECT {text}"))
-                .ok()
-                .and_then(|mut v| v.pop())
-                .and_then(|st| match st {
-                    Statement::Query(q) => match *q.body {
-                        SetExpr::Select(s) => match s.projection.into_iter().next() {
-                            Some(SelectItem::UnnamedExpr(e)) => Some(e),
-                            _ => None,
-                        },
-                        _ => None,
-                    },
-                    _ => None,
-                })
-        };
-        *e = match (name.as_str(), same) {
-            ("generate_subscripts", _) => element("(_cairn_u.key + 1)"),
-            ("unnest", true) => element("_cairn_u.value"),
-            _ => element("json_extract(NULL, '$[' || _cairn_u.key || ']')").map(|mut x| {
-                if let Expr::Function(f) = &mut x {
-                    if let FunctionArguments::List(list) = &mut f.args {
-                        list.args[0] = FunctionArg::Unnamed(FunctionArgExpr::Expr(call(
-                            "cairn_array_json",
-                            vec![array.clone()],
-                        )));
-                    }
-                }
-                x
-            }),
-        }
-        .unwrap_or_else(|| e.clone());
-    }
-    let Some(array) = first else { return };
-    let from = crate::sql::translate::parse(&format!(
-        "SELECT 1 FROM {ARRAY_ROWS}(cairn_array_json(NULL)) AS _cairn_u"
-    ))
-    .ok()
-    .and_then(|mut v| v.pop());
-    let Some(Statement::Query(q)) = from else {
-        return;
-    };
-    let SetExpr::Select(mut s) = *q.body else {
-        return;
-    };
-    let Some(mut twj) = s.from.pop() else { return };
-    let _ = twj.relation.visit(&mut ReplaceNull(Some(array)));
-    select.from.push(twj);
-}
-
-/// Replaces the first NULL literal it meets with its expression.
-struct ReplaceNull(Option<Expr>);
-
-impl VisitorMut for ReplaceNull {
-    type Break = ();
-    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
-        if let Expr::Value(v) = expr {
-            if v.value == AstValue::Null {
-                if let Some(e) = self.0.take() {
-                    *expr = e;
-                    return ControlFlow::Break(());
-                }
-            }
-        }
-        ControlFlow::Continue(())
-    }
-}
-
 /// In a SELECT list: a cast to a `reg*` type shows the object's name.
 fn shown_reg_cast(expr: &mut Expr) {
     match expr {
@@ -1910,7 +1746,8 @@ fn shown_reg_cast(expr: &mut Expr) {
     }
 }
 
-/// `ARRAY(SELECT x FROM ...)` → the text form of the array `{a,b}`.
+/// `ARRAY(SELECT x FROM ...)` → the array of its rows' values, in their order (`[]` for
+/// none): `(SELECT json_group_array(_cairn_v) FROM (SELECT x AS _cairn_v FROM ...))`.
 fn array_subquery(q: &mut Query) -> Option<Expr> {
     let mut q = q.clone();
     let SetExpr::Select(s) = q.body.as_mut() else {
@@ -1923,21 +1760,15 @@ fn array_subquery(q: &mut Query) -> Option<Expr> {
         SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e.clone(),
         _ => return None,
     };
-    s.projection = vec![SelectItem::UnnamedExpr(call(
-        "group_concat",
-        vec![item, string(",")],
-    ))];
-    let inner = call("coalesce", vec![Expr::Subquery(Box::new(q)), string("")]);
-    let open = Expr::BinaryOp {
-        left: Box::new(string("{")),
-        op: BinaryOperator::StringConcat,
-        right: Box::new(inner),
+    s.projection = vec![SelectItem::ExprWithAlias {
+        expr: item,
+        alias: Ident::new("_cairn_v"),
+    }];
+    let outer = format!("SELECT json_group_array(_cairn_v) FROM ({q}) AS _cairn_a");
+    let Some(Statement::Query(outer)) = crate::sql::translate::parse(&outer).ok()?.pop() else {
+        return None;
     };
-    Some(Expr::Nested(Box::new(Expr::BinaryOp {
-        left: Box::new(open),
-        op: BinaryOperator::StringConcat,
-        right: Box::new(string("}")),
-    })))
+    Some(Expr::Subquery(outer))
 }
 
 /// True if the query's rows all come through an always-empty system catalog (an inner
@@ -2048,17 +1879,6 @@ pub fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
     };
     conn.create_scalar_function("cairn_regex", 2, flags, regex(false))?;
     conn.create_scalar_function("cairn_iregex", 2, flags, regex(true))?;
-    // `x = ANY(array)` over an array kept as text `{a,b}`.
-    conn.create_scalar_function("cairn_array_contains", 2, flags, |ctx| {
-        let (Some(array), Some(x)) = (ctx.get::<Option<String>>(0)?, ctx.get::<Option<String>>(1)?)
-        else {
-            return Ok(None);
-        };
-        let inner = array.trim().trim_start_matches('{').trim_end_matches('}');
-        Ok(Some(
-            inner.split(',').any(|e| e.trim().trim_matches('"') == x),
-        ))
-    })?;
     conn.create_scalar_function("format_type", 2, flags, |ctx| {
         let (Some(oid), typmod) = (ctx.get::<Option<i64>>(0)?, ctx.get::<Option<i64>>(1)?) else {
             return Ok(None);
@@ -2082,15 +1902,6 @@ pub fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
     conn.create_scalar_function("pg_get_function_result", 1, flags, |_| Ok(None::<String>))?;
     conn.create_scalar_function("pg_get_function_arguments", 1, flags, |_| {
         Ok(None::<String>)
-    })?;
-    conn.create_scalar_function("array_to_string", 2, flags, |ctx| {
-        let (Some(array), sep) = (ctx.get::<Option<String>>(0)?, ctx.get::<Option<String>>(1)?)
-        else {
-            return Ok(None);
-        };
-        let inner = array.trim().trim_start_matches('{').trim_end_matches('}');
-        let parts: Vec<&str> = inner.split(',').filter(|p| !p.is_empty()).collect();
-        Ok(Some(parts.join(&sep.unwrap_or_default())))
     })?;
     for (name, n) in [
         ("obj_description", 1),
@@ -2129,23 +1940,6 @@ pub fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
             )),
         }
     };
-    conn.create_aggregate_function("array_agg", 1, flags, TextArray)?;
-    // A text array (`{1,2}`) or vector (`1 2`) as a JSON array, for `json_each`.
-    conn.create_scalar_function("cairn_array_json", 1, flags, |ctx| {
-        let Some(text) = ctx.get::<Option<String>>(0)? else {
-            return Ok(None);
-        };
-        let inner = text.trim().trim_start_matches('{').trim_end_matches('}');
-        let items: Vec<serde_json::Value> = inner
-            .split(|c: char| c == ',' || c.is_whitespace())
-            .filter(|p| !p.is_empty())
-            .map(|p| match p.parse::<i64>() {
-                Ok(n) => serde_json::Value::from(n),
-                Err(_) => serde_json::Value::from(p.trim_matches('"')),
-            })
-            .collect();
-        Ok(Some(serde_json::Value::Array(items).to_string()))
-    })?;
     // Filled in by `populate` with the objects of the catalog it loads.
     objects(conn, std::sync::Arc::default())?;
     conn.create_scalar_function("current_setting", 1, flags, setting)?;

@@ -644,11 +644,67 @@ pub(crate) fn function_args(f: &ast::Function) -> Vec<&Expr> {
                 FunctionArg::Named {
                     arg: FunctionArgExpr::Expr(e),
                     ..
+                }
+                | FunctionArg::ExprNamed {
+                    arg: FunctionArgExpr::Expr(e),
+                    ..
                 } => Some(e),
                 _ => None,
             })
             .collect(),
         _ => Vec::new(),
+    }
+}
+
+fn is_moment(t: Option<PgType>) -> bool {
+    matches!(
+        t,
+        Some(PgType::Date | PgType::Timestamp | PgType::Timestamptz)
+    )
+}
+
+fn is_number(t: Option<PgType>) -> bool {
+    matches!(
+        t,
+        Some(
+            PgType::Int2
+                | PgType::Int4
+                | PgType::Int8
+                | PgType::Numeric
+                | PgType::Float4
+                | PgType::Float8
+        )
+    )
+}
+
+/// The type of `a op b` where intervals, timestamps or arrays are involved.
+fn interval_or_array_result(
+    l: Option<PgType>,
+    op: &ast::BinaryOperator,
+    r: Option<PgType>,
+) -> Option<PgType> {
+    use ast::BinaryOperator as B;
+    let interval = Some(PgType::Interval);
+    match op {
+        B::Plus | B::Minus if is_moment(l) && r == interval => match l {
+            Some(PgType::Date) => Some(PgType::Timestamp),
+            other => other,
+        },
+        B::Plus if l == interval && is_moment(r) => match r {
+            Some(PgType::Date) => Some(PgType::Timestamp),
+            other => other,
+        },
+        B::Minus if matches!(l, Some(PgType::Timestamp | PgType::Timestamptz)) && is_moment(r) => {
+            interval
+        }
+        B::Plus | B::Minus if l == interval && r == interval => interval,
+        B::Multiply if (l == interval && is_number(r)) || (is_number(l) && r == interval) => {
+            interval
+        }
+        B::Divide if l == interval && is_number(r) => interval,
+        B::StringConcat if l.is_some_and(PgType::is_array) => l,
+        B::StringConcat if r.is_some_and(PgType::is_array) => r,
+        _ => None,
     }
 }
 
@@ -658,6 +714,22 @@ pub(crate) fn expr_type(expr: &Expr, tables: &[&Table]) -> Option<PgType> {
     match expr {
         Expr::Identifier(_) | Expr::CompoundIdentifier(_) => column_type(expr, tables),
         Expr::Nested(e) => expr_type(e, tables),
+        Expr::Interval(_) => Some(PgType::Interval),
+        Expr::Array(a) => a
+            .elem
+            .iter()
+            .find_map(|e| expr_type(e, tables))
+            .or(Some(PgType::Text))
+            .and_then(PgType::array),
+        Expr::CompoundFieldAccess { root, access_chain } => {
+            let ty = expr_type(root, tables)?;
+            match access_chain.as_slice() {
+                [ast::AccessExpr::Subscript(ast::Subscript::Index { .. })] => ty.element(),
+                [ast::AccessExpr::Subscript(ast::Subscript::Slice { .. })] => Some(ty),
+                _ => None,
+            }
+        }
+        Expr::AnyOp { .. } | Expr::AllOp { .. } => Some(PgType::Bool),
         Expr::Cast { data_type, .. } => PgType::parse_declared(&data_type.to_string()),
         Expr::TypedString(t) => PgType::parse_declared(&t.data_type.to_string()),
         Expr::Value(v) => match &v.value {
@@ -668,44 +740,63 @@ pub(crate) fn expr_type(expr: &Expr, tables: &[&Table]) -> Option<PgType> {
             AstValue::SingleQuotedString(_) => Some(PgType::Text),
             _ => None,
         },
-        Expr::BinaryOp { left, op, right } => match op {
-            B::Eq | B::NotEq | B::Lt | B::LtEq | B::Gt | B::GtEq | B::And | B::Or => {
-                Some(PgType::Bool)
+        Expr::BinaryOp { left, op, right } => {
+            if matches!(
+                op,
+                B::Eq
+                    | B::NotEq
+                    | B::Lt
+                    | B::LtEq
+                    | B::Gt
+                    | B::GtEq
+                    | B::And
+                    | B::Or
+                    | B::AtArrow
+                    | B::ArrowAt
+                    | B::PGOverlap
+            ) {
+                return Some(PgType::Bool);
             }
-            B::StringConcat => Some(PgType::Text),
-            B::PGExp => {
-                let numeric = [left, right].iter().all(|e| {
-                    matches!(
-                        expr_type(e, tables),
-                        Some(PgType::Numeric | PgType::Int2 | PgType::Int4 | PgType::Int8)
-                    )
-                }) && [left, right]
-                    .iter()
-                    .any(|e| expr_type(e, tables) == Some(PgType::Numeric));
-                Some(if numeric {
-                    PgType::Numeric
-                } else {
-                    PgType::Float8
-                })
+            // Each side typed once: a chain of n operators costs n steps, not 2^n.
+            let (l, r) = (expr_type(left, tables), expr_type(right, tables));
+            if let Some(t) = interval_or_array_result(l, op, r) {
+                return Some(t);
             }
-            B::Plus | B::Minus | B::Multiply | B::Divide | B::Modulo => {
-                let l = expr_type(left, tables);
-                let r = expr_type(right, tables);
-                match (l, r, op) {
-                    (Some(PgType::Date), Some(PgType::Date), B::Minus) => {
-                        return Some(PgType::Int4)
-                    }
-                    (Some(PgType::Date), _, B::Plus | B::Minus)
-                    | (_, Some(PgType::Date), B::Plus) => return Some(PgType::Date),
-                    _ => {}
+            match op {
+                B::StringConcat => Some(PgType::Text),
+                B::PGExp => {
+                    let integral_or_numeric = |t: Option<PgType>| {
+                        matches!(
+                            t,
+                            Some(PgType::Numeric | PgType::Int2 | PgType::Int4 | PgType::Int8)
+                        )
+                    };
+                    let numeric = integral_or_numeric(l)
+                        && integral_or_numeric(r)
+                        && (l == Some(PgType::Numeric) || r == Some(PgType::Numeric));
+                    Some(if numeric {
+                        PgType::Numeric
+                    } else {
+                        PgType::Float8
+                    })
                 }
-                [l, r]
-                    .into_iter()
-                    .flatten()
-                    .max_by_key(|t| numeric_rank(*t))
+                B::Plus | B::Minus | B::Multiply | B::Divide | B::Modulo => {
+                    match (l, r, op) {
+                        (Some(PgType::Date), Some(PgType::Date), B::Minus) => {
+                            return Some(PgType::Int4)
+                        }
+                        (Some(PgType::Date), _, B::Plus | B::Minus)
+                        | (_, Some(PgType::Date), B::Plus) => return Some(PgType::Date),
+                        _ => {}
+                    }
+                    [l, r]
+                        .into_iter()
+                        .flatten()
+                        .max_by_key(|t| numeric_rank(*t))
+                }
+                _ => None,
             }
-            _ => None,
-        },
+        }
         Expr::UnaryOp {
             op: ast::UnaryOperator::Not,
             ..
@@ -733,6 +824,7 @@ pub(crate) fn expr_type(expr: &Expr, tables: &[&Table]) -> Option<PgType> {
                 "date_part" => Some(PgType::Float8),
                 "date_trunc" => match args.get(1).and_then(|a| expr_type(a, tables)) {
                     Some(PgType::Timestamp) => Some(PgType::Timestamp),
+                    Some(PgType::Interval) => Some(PgType::Interval),
                     _ => Some(PgType::Timestamptz),
                 },
                 "count" => Some(PgType::Int8),
@@ -757,6 +849,34 @@ pub(crate) fn expr_type(expr: &Expr, tables: &[&Table]) -> Option<PgType> {
                 }
                 "random" => Some(PgType::Float8),
                 "gen_random_uuid" => Some(PgType::Uuid),
+                "array_agg" => first.or(Some(PgType::Text)).and_then(PgType::array),
+                "array" => match &f.args {
+                    FunctionArguments::Subquery(q) => projection_types(q, tables)
+                        .into_iter()
+                        .next()
+                        .flatten()
+                        .or(Some(PgType::Text))
+                        .and_then(PgType::array),
+                    _ => None,
+                },
+                "array_length" | "cardinality" | "array_position" | "array_upper"
+                | "array_lower" | "array_ndims" => Some(PgType::Int4),
+                "array_positions" => Some(PgType::Int4Array),
+                "array_append" | "array_remove" | "array_replace" | "array_cat" => first,
+                "array_prepend" => args.get(1).and_then(|a| expr_type(a, tables)),
+                "string_to_array" => Some(PgType::TextArray),
+                "array_to_string" | "to_char" => Some(PgType::Text),
+                "unnest" => first.and_then(PgType::element),
+                "generate_series" => first,
+                "generate_subscripts" => Some(PgType::Int4),
+                "age" | "make_interval" | "justify_hours" | "justify_days" | "justify_interval" => {
+                    Some(PgType::Interval)
+                }
+                "make_date" | "to_date" | "current_date" => Some(PgType::Date),
+                "make_timestamp" | "localtimestamp" => Some(PgType::Timestamp),
+                "make_timestamptz" | "to_timestamp" | "current_timestamp" => {
+                    Some(PgType::Timestamptz)
+                }
                 "pg_backend_pid" => Some(PgType::Int4),
                 "row_number" | "rank" | "dense_rank" | "ntile" => Some(PgType::Int8),
                 "lag" | "lead" | "first_value" | "last_value" => first,
@@ -926,6 +1046,10 @@ fn infer_params(stmt: &Statement, tables: &[&Table], given: &[Option<PgType>]) -
                 for item in list {
                     note(item, ty);
                 }
+            }
+            Expr::AnyOp { left, right, .. } | Expr::AllOp { left, right, .. } => {
+                note(right, expr_type(left, tables).and_then(PgType::array));
+                note(left, expr_type(right, tables).and_then(PgType::element));
             }
             Expr::Between {
                 expr, low, high, ..
@@ -1131,6 +1255,25 @@ fn rewrite_expr(e: &mut Expr) -> Result<()> {
                 *data_type = sqlite_type(ty.sqlite_type());
             }
         }
+        Expr::Interval(i) => {
+            let mut text = match literal_value(&i.value) {
+                Some(Value::Text(t)) => t,
+                Some(Value::Integer(n)) => n.to_string(),
+                Some(Value::Real(f)) => f.to_string(),
+                _ => {
+                    return Err(Error::unsupported(
+                        "INTERVAL with a value that is not a literal",
+                    ))
+                }
+            };
+            // `INTERVAL '2' HOUR`: a bare number counts the leading field.
+            if let Some(field) = &i.leading_field {
+                if text.trim().parse::<f64>().is_ok() {
+                    text = format!("{text} {field}");
+                }
+            }
+            *e = literal_expr(&types::coerce(Value::Text(text), PgType::Interval)?);
+        }
         Expr::TypedString(t) => {
             let ty = declared_type(&t.data_type)?;
             let text = match &t.value.value {
@@ -1203,6 +1346,30 @@ fn rewrite_expr(e: &mut Expr) -> Result<()> {
             }
             "current_user" | "session_user" | "user" => {
                 *e = literal_expr(&Value::Text("cairn".into()))
+            }
+            // SQLite's own CURRENT_* print without PostgreSQL's time zone.
+            "current_timestamp" if matches!(f.args, FunctionArguments::None) => {
+                *e = call("now", vec![])
+            }
+            "localtimestamp" if matches!(f.args, FunctionArguments::None) => {
+                *e = call(
+                    "cairn_cast",
+                    vec![
+                        call("now", vec![]),
+                        literal_expr(&Value::Text("timestamp".into())),
+                        literal_expr(&Value::Text("timestamp with time zone".into())),
+                    ],
+                )
+            }
+            "current_date" if matches!(f.args, FunctionArguments::None) => {
+                *e = call(
+                    "substr",
+                    vec![
+                        call("now", vec![]),
+                        literal_expr(&Value::Integer(1)),
+                        literal_expr(&Value::Integer(10)),
+                    ],
+                )
             }
             _ => {}
         },
@@ -1352,6 +1519,10 @@ pub fn translate(
     let mut tables = scope(&stmt, catalog);
     let ctes = cte_tables(&stmt, &tables);
     tables.extend(ctes.iter());
+    let srfs = super::srf::found(&stmt, &tables)?;
+    super::srf::expand(&mut stmt, &srfs);
+    let srf_tables: Vec<Table> = srfs.iter().map(super::srf::Found::table).collect();
+    tables.extend(srf_tables.iter());
     coerce_compared_literals(&mut stmt, &tables)?;
     let param_types = infer_params(&stmt, &tables, given);
     let mut out = Translated {
@@ -1612,6 +1783,7 @@ pub fn translate(
     }
     super::typed::rewrite(&mut stmt, &tables)?;
     rewrite(&mut stmt)?;
+    super::srf::rewrite(&mut stmt, &srfs, &tables)?;
     out.sql = stmt.to_string();
     out.stmt = Some(Box::new(stmt));
     Ok(out)
@@ -2141,7 +2313,18 @@ fn type_checks(column: &Column) -> Vec<(&'static str, String, String)> {
             mismatch("not a uuid"),
             format!("length({c}) = 36 AND NOT glob('*[^0-9a-f-]*', {c})"),
         ),
-        PgType::Unknown => {}
+        PgType::Interval | PgType::Name | PgType::Char => {
+            push(mismatch("not text"), format!("typeof({c}) IN ('text', 'null')"))
+        }
+        PgType::Oid => push(
+            (sqlstate::NUMERIC_VALUE_OUT_OF_RANGE, "oid out of range".to_string()),
+            format!("typeof({c}) IN ('integer', 'null') AND {c} BETWEEN 0 AND 4294967295"),
+        ),
+        _ if ty.element().is_some() => push(
+            mismatch("not an array"),
+            format!("json_valid({c}) AND json_type({c}) = 'array'"),
+        ),
+        _ => {}
     }
     checks
 }

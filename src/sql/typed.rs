@@ -59,6 +59,54 @@ enum Plan {
     NumericSum {
         scale: Option<u32>,
     },
+    /// `timestamp ± interval` (timestamp operand left unless `swapped`).
+    MomentAdd {
+        ty: PgType,
+        subtract: bool,
+        swapped: bool,
+    },
+    /// `timestamp - timestamp`.
+    MomentDiff {
+        ty: PgType,
+    },
+    /// `interval ± interval`.
+    IntervalOp {
+        subtract: bool,
+    },
+    /// `interval * n`, `n * interval`, `interval / n`.
+    IntervalMul {
+        interval_left: bool,
+        divide: bool,
+    },
+    /// `-interval`.
+    IntervalNeg,
+    /// A comparison of intervals: both sides by `cairn_interval_key`.
+    IntervalCompare,
+    /// `ARRAY[a, b]` → `json_array(a, b)`.
+    ArrayLiteral,
+    /// `x op ANY (array)` / `x op ALL (array)`.
+    Quantified {
+        all: bool,
+    },
+    /// `a[i]`, `a[lo:hi]`.
+    Subscript,
+    /// `a || b` with arrays: cat, append (element right) or prepend (element left).
+    ArrayConcat {
+        function: &'static str,
+    },
+    /// `@>`, `<@`, `&&`.
+    ArrayOperator {
+        function: &'static str,
+        swapped: bool,
+    },
+    /// A function that needs an argument's type appended (`array_to_string`, `to_char`).
+    Typed {
+        function: &'static str,
+        arity: usize,
+        ty: Option<PgType>,
+    },
+    /// `make_interval(days => 3)`: named arguments in PostgreSQL's positions.
+    MakeInterval,
 }
 
 struct Typer<'a> {
@@ -119,6 +167,92 @@ impl Typer<'_> {
     fn plan(&self, e: &Expr) -> Result<Plan> {
         let ty = |e: &Expr| expr_type(e, self.tables);
         Ok(match e {
+            Expr::Array(_) => Plan::ArrayLiteral,
+            Expr::AnyOp { .. } => Plan::Quantified { all: false },
+            Expr::AllOp { .. } => Plan::Quantified { all: true },
+            Expr::CompoundFieldAccess { access_chain, .. } => match access_chain.as_slice() {
+                [ast::AccessExpr::Subscript(_)] => Plan::Subscript,
+                _ => {
+                    return Err(Error::unsupported(
+                        "field access and subscripts of more than one dimension",
+                    ))
+                }
+            },
+            Expr::UnaryOp {
+                op: ast::UnaryOperator::Minus,
+                expr,
+            } if ty(expr) == Some(PgType::Interval) => Plan::IntervalNeg,
+            Expr::BinaryOp {
+                op: op @ (B::AtArrow | B::ArrowAt | B::PGOverlap),
+                ..
+            } => Plan::ArrayOperator {
+                function: if *op == B::PGOverlap {
+                    "cairn_array_overlap"
+                } else {
+                    "cairn_array_contains"
+                },
+                swapped: *op == B::ArrowAt,
+            },
+            Expr::BinaryOp { left, op, right }
+                if interval_or_array(ty(left), ty(right))
+                    || (*op == B::Minus
+                        && matches!(ty(left), Some(PgType::Timestamp | PgType::Timestamptz))
+                        && is_datetime_opt(ty(right))) =>
+            {
+                let (l, r) = (ty(left), ty(right));
+                let interval = Some(PgType::Interval);
+                let array = |t: Option<PgType>| t.is_some_and(PgType::is_array);
+                match op {
+                    B::Eq | B::NotEq | B::Lt | B::LtEq | B::Gt | B::GtEq
+                        if l == interval || r == interval =>
+                    {
+                        Plan::IntervalCompare
+                    }
+                    B::Plus | B::Minus if is_datetime_opt(l) && r == interval => Plan::MomentAdd {
+                        ty: l.unwrap_or(PgType::Timestamptz),
+                        subtract: *op == B::Minus,
+                        swapped: false,
+                    },
+                    B::Plus if l == interval && is_datetime_opt(r) => Plan::MomentAdd {
+                        ty: r.unwrap_or(PgType::Timestamptz),
+                        subtract: false,
+                        swapped: true,
+                    },
+                    B::Minus
+                        if matches!(l, Some(PgType::Timestamp | PgType::Timestamptz))
+                            && is_datetime_opt(r) =>
+                    {
+                        Plan::MomentDiff {
+                            ty: l.unwrap_or(PgType::Timestamptz),
+                        }
+                    }
+                    B::Plus | B::Minus if l == interval && r == interval => Plan::IntervalOp {
+                        subtract: *op == B::Minus,
+                    },
+                    B::Multiply if l == interval => Plan::IntervalMul {
+                        interval_left: true,
+                        divide: false,
+                    },
+                    B::Multiply if r == interval => Plan::IntervalMul {
+                        interval_left: false,
+                        divide: false,
+                    },
+                    B::Divide if l == interval => Plan::IntervalMul {
+                        interval_left: true,
+                        divide: true,
+                    },
+                    B::StringConcat if array(l) && array(r) => Plan::ArrayConcat {
+                        function: "array_cat",
+                    },
+                    B::StringConcat if array(l) => Plan::ArrayConcat {
+                        function: "array_append",
+                    },
+                    B::StringConcat if array(r) => Plan::ArrayConcat {
+                        function: "array_prepend",
+                    },
+                    _ => Plan::Keep,
+                }
+            }
             Expr::BinaryOp { left, op, right } => {
                 let (l, r) = (ty(left), ty(right));
                 let op_code = match op {
@@ -190,7 +324,7 @@ impl Typer<'_> {
                     .to_string()
                     .trim_matches(['"', '\''])
                     .to_ascii_lowercase(),
-                from: datetime_of(ty(expr)),
+                from: moment_or_interval(ty(expr)),
                 double: false,
             },
             Expr::Function(f) => {
@@ -199,7 +333,7 @@ impl Typer<'_> {
                     ("date_part", [field, value]) => match literal_value(field) {
                         Some(rusqlite::types::Value::Text(field)) => Plan::Extract {
                             field: field.to_ascii_lowercase(),
-                            from: datetime_of(ty(value)),
+                            from: moment_or_interval(ty(value)),
                             double: true,
                         },
                         _ => {
@@ -216,6 +350,17 @@ impl Typer<'_> {
                             scale: expr_scale(value, self.tables),
                         }
                     }
+                    ("array_to_string", [array, ..]) => Plan::Typed {
+                        function: "cairn_array_to_string",
+                        arity: 3,
+                        ty: ty(array),
+                    },
+                    ("to_char", [value, _]) => Plan::Typed {
+                        function: "cairn_to_char",
+                        arity: 2,
+                        ty: ty(value),
+                    },
+                    ("make_interval", _) => Plan::MakeInterval,
                     _ => Plan::Keep,
                 }
             }
@@ -319,8 +464,287 @@ impl Typer<'_> {
                 let value = function_arg_owned(e, 0);
                 *e = call("cairn_num_sum", vec![value, scale_arg(scale)]);
             }
+            Plan::MomentAdd {
+                ty,
+                subtract,
+                swapped,
+            } => {
+                if let Expr::BinaryOp { left, right, .. } = e {
+                    let (l, r) = (take(left), take(right));
+                    let (moment, interval) = if swapped { (r, l) } else { (l, r) };
+                    let sign = int(if subtract { -1 } else { 1 });
+                    *e = call(
+                        "cairn_ts_add",
+                        vec![moment, text(ty.name()), interval, sign],
+                    );
+                }
+            }
+            Plan::MomentDiff { ty } => {
+                if let Expr::BinaryOp { left, right, .. } = e {
+                    let (l, r) = (take(left), take(right));
+                    *e = call("cairn_ts_diff", vec![l, r, text(ty.name())]);
+                }
+            }
+            Plan::IntervalOp { subtract } => {
+                if let Expr::BinaryOp { left, right, .. } = e {
+                    let (l, r) = (take(left), take(right));
+                    *e = call("cairn_interval_op", vec![int(subtract.into()), l, r]);
+                }
+            }
+            Plan::IntervalMul {
+                interval_left,
+                divide,
+            } => {
+                if let Expr::BinaryOp { left, right, .. } = e {
+                    let (l, r) = (take(left), take(right));
+                    let (i, n) = if interval_left { (l, r) } else { (r, l) };
+                    *e = call("cairn_interval_mul", vec![i, n, int(divide.into())]);
+                }
+            }
+            Plan::IntervalNeg => {
+                if let Expr::UnaryOp { expr, .. } = e {
+                    let inner = take(expr);
+                    *e = call("cairn_interval_neg", vec![inner]);
+                }
+            }
+            Plan::IntervalCompare => {
+                if let Expr::BinaryOp { left, right, .. } = e {
+                    let (l, r) = (take(left), take(right));
+                    **left = call("cairn_interval_key", vec![l]);
+                    **right = call("cairn_interval_key", vec![r]);
+                }
+            }
+            Plan::ArrayLiteral => {
+                if let Expr::Array(a) = e {
+                    let items = std::mem::take(&mut a.elem);
+                    *e = call("json_array", items);
+                }
+            }
+            Plan::Quantified { all } => {
+                if let Expr::AnyOp {
+                    left,
+                    compare_op,
+                    right,
+                    ..
+                }
+                | Expr::AllOp {
+                    left,
+                    compare_op,
+                    right,
+                } = e
+                {
+                    let (l, r) = (take(left), take(right));
+                    let op = compare_op.clone();
+                    *e = quantified(l, &op, r, all)?;
+                }
+            }
+            Plan::Subscript => {
+                if let Expr::CompoundFieldAccess { root, access_chain } = e {
+                    let array = take(root);
+                    let null = || Expr::value(AstValue::Null);
+                    *e = match access_chain.pop() {
+                        Some(ast::AccessExpr::Subscript(ast::Subscript::Index { index })) => {
+                            call("cairn_array_get", vec![array, index])
+                        }
+                        Some(ast::AccessExpr::Subscript(ast::Subscript::Slice {
+                            lower_bound,
+                            upper_bound,
+                            stride: None,
+                        })) => call(
+                            "cairn_array_slice",
+                            vec![
+                                array,
+                                lower_bound.unwrap_or_else(null),
+                                upper_bound.unwrap_or_else(null),
+                            ],
+                        ),
+                        _ => return Err(Error::unsupported("array slices with a stride")),
+                    };
+                }
+            }
+            Plan::ArrayConcat { function } => {
+                if let Expr::BinaryOp { left, right, .. } = e {
+                    let (l, r) = (take(left), take(right));
+                    *e = call(function, vec![l, r]);
+                }
+            }
+            Plan::ArrayOperator { function, swapped } => {
+                if let Expr::BinaryOp { left, right, .. } = e {
+                    let (l, r) = (take(left), take(right));
+                    let args = if swapped { vec![r, l] } else { vec![l, r] };
+                    *e = call(function, args);
+                }
+            }
+            Plan::Typed {
+                function,
+                arity,
+                ty,
+            } => {
+                let mut args: Vec<Expr> = (0..arity).map(|i| function_arg_owned(e, i)).collect();
+                args.push(type_arg(ty));
+                *e = call(function, args);
+            }
+            Plan::MakeInterval => {
+                const NAMES: [&str; 7] =
+                    ["years", "months", "weeks", "days", "hours", "mins", "secs"];
+                let mut args: Vec<Expr> = (0..7).map(|_| int(0)).collect();
+                if let Expr::Function(f) = e {
+                    if let ast::FunctionArguments::List(list) = &mut f.args {
+                        for (i, arg) in list.args.drain(..).enumerate() {
+                            match arg {
+                                ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(a))
+                                    if i < 7 =>
+                                {
+                                    args[i] = a
+                                }
+                                ast::FunctionArg::Named {
+                                    name,
+                                    arg: ast::FunctionArgExpr::Expr(a),
+                                    ..
+                                } => {
+                                    let n = super::translate::ident_name(&name);
+                                    let at =
+                                        NAMES.iter().position(|x| *x == n).ok_or_else(|| {
+                                            Error::sql(
+                                                sqlstate::UNDEFINED_FUNCTION,
+                                                format!("make_interval has no argument named {n}"),
+                                            )
+                                        })?;
+                                    args[at] = a;
+                                }
+                                ast::FunctionArg::ExprNamed {
+                                    name: Expr::Identifier(name),
+                                    arg: ast::FunctionArgExpr::Expr(a),
+                                    ..
+                                } => {
+                                    let n = super::translate::ident_name(&name);
+                                    let at =
+                                        NAMES.iter().position(|x| *x == n).ok_or_else(|| {
+                                            Error::sql(
+                                                sqlstate::UNDEFINED_FUNCTION,
+                                                format!("make_interval has no argument named {n}"),
+                                            )
+                                        })?;
+                                    args[at] = a;
+                                }
+                                _ => {
+                                    return Err(Error::sql(
+                                        sqlstate::UNDEFINED_FUNCTION,
+                                        "make_interval takes at most 7 arguments",
+                                    ))
+                                }
+                            }
+                        }
+                    }
+                }
+                *e = call("make_interval", args);
+            }
         }
         Ok(())
+    }
+}
+
+fn is_datetime_opt(t: Option<PgType>) -> bool {
+    t.is_some_and(is_datetime)
+}
+
+/// Whether an operator between these types is one of the interval or array forms.
+fn interval_or_array(l: Option<PgType>, r: Option<PgType>) -> bool {
+    let special = |t: Option<PgType>| t.is_some_and(|t| t == PgType::Interval || t.is_array());
+    special(l) || special(r)
+}
+
+fn moment_or_interval(t: Option<PgType>) -> PgType {
+    match t {
+        Some(PgType::Interval) => PgType::Interval,
+        other => datetime_of(other),
+    }
+}
+
+/// `x op ANY (a)` / `x op ALL (a)` over an array (or a subquery) in SQLite's terms.
+fn quantified(left: Expr, op: &B, right: Expr, all: bool) -> Result<Expr> {
+    let subquery_of = |right: Expr| -> Result<Box<ast::Query>> {
+        let sql = "SELECT value FROM json_each(NULL)";
+        let Some(Statement::Query(mut q)) = super::translate::parse(sql)?.pop() else {
+            return Err(Error::internal("json_each subquery"));
+        };
+        let _ = q.visit(&mut ReplaceNull(Some(right)));
+        Ok(q)
+    };
+    let (left, rows) = match right {
+        Expr::Subquery(q) => (left, q),
+        array => (left, subquery_of(array)?),
+    };
+    Ok(match (op, all) {
+        (B::Eq, false) => Expr::InSubquery {
+            expr: Box::new(left),
+            subquery: rows,
+            negated: false,
+        },
+        (B::NotEq, true) => Expr::InSubquery {
+            expr: Box::new(left),
+            subquery: rows,
+            negated: true,
+        },
+        _ => {
+            // Some element compares true / no element compares false.
+            let SetExpr::Select(select) = rows.body.as_ref() else {
+                return Err(Error::unsupported("this ANY/ALL form"));
+            };
+            if select.from.is_empty()
+                || !matches!(
+                    select.projection.as_slice(),
+                    [SelectItem::UnnamedExpr(Expr::Identifier(_))]
+                )
+            {
+                return Err(Error::unsupported(format!(
+                    "{op} {} over a subquery (use EXISTS)",
+                    if all { "ALL" } else { "ANY" }
+                )));
+            }
+            let mut q = rows.clone();
+            let SetExpr::Select(s) = q.body.as_mut() else {
+                return Err(Error::internal("select"));
+            };
+            let value = Expr::Identifier(ast::Ident::new("value"));
+            let compared = Expr::BinaryOp {
+                left: Box::new(left),
+                op: op.clone(),
+                right: Box::new(value),
+            };
+            s.selection = Some(if all {
+                Expr::UnaryOp {
+                    op: ast::UnaryOperator::Not,
+                    expr: Box::new(Expr::Nested(Box::new(compared))),
+                }
+            } else {
+                compared
+            });
+            s.projection = vec![SelectItem::UnnamedExpr(int(1))];
+            let exists = Expr::Exists {
+                subquery: q,
+                negated: all,
+            };
+            Expr::Nested(Box::new(exists))
+        }
+    })
+}
+
+/// Replaces the first NULL literal it meets with its expression.
+struct ReplaceNull(Option<Expr>);
+
+impl VisitorMut for ReplaceNull {
+    type Break = ();
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        if let Expr::Value(v) = expr {
+            if v.value == AstValue::Null {
+                if let Some(e) = self.0.take() {
+                    *expr = e;
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+        ControlFlow::Continue(())
     }
 }
 

@@ -9,6 +9,9 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+mod arrays;
+mod time;
+
 pub const SERVER_VERSION: &str = "16.0";
 
 /// What `version()` reports: drivers parse the leading "PostgreSQL <major>.<minor>".
@@ -51,6 +54,11 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     })?;
     register_postgres_semantics(conn)?;
     register_text(conn)?;
+    arrays::register(conn)?;
+    time::register(conn)?;
+    // generate_series(start, stop, step) over integers, as a table (the translator counts
+    // other series with `cairn_series_count` and walks them with `cairn_series_at`).
+    rusqlite::vtab::series::load_module(conn)?;
     Ok(())
 }
 
@@ -552,6 +560,9 @@ const US_PER_SECOND: i64 = 1_000_000;
 /// PostgreSQL's extract (numeric) and date_part (double precision).
 fn extract(field: &str, value: &Value, ty: PgType, double: bool) -> crate::error::Result<Value> {
     use crate::error::Error;
+    if ty == PgType::Interval {
+        return extract_interval(field, value, double);
+    }
     let Some(us) = types::timestamp_micros(value, ty)? else {
         return Ok(Value::Null);
     };
@@ -621,6 +632,57 @@ fn extract(field: &str, value: &Value, ty: PgType, double: bool) -> crate::error
     }
     if number.scale() > 0 {
         // Keep the scale PostgreSQL prints ("59.000000"): as text when a double would drop it.
+        return Ok(Value::Text(number.to_string()));
+    }
+    Ok(types::numeric_stored(number))
+}
+
+/// extract / date_part of an interval: its fields as PostgreSQL splits them.
+fn extract_interval(field: &str, value: &Value, double: bool) -> crate::error::Result<Value> {
+    use crate::error::Error;
+    let Some(i) = types::interval::Interval::of_stored(value)? else {
+        return Ok(Value::Null);
+    };
+    let micros_in_minute = i.micros % 60_000_000;
+    let exact_micros = |micros: i64, scale: u32| {
+        let mut d = types::Exact::new(micros, 6);
+        d.rescale(scale);
+        d
+    };
+    let number: types::Exact = match field {
+        "year" | "years" => (i.months / 12).into(),
+        "month" | "months" => (i.months % 12).into(),
+        "day" | "days" => i.days.into(),
+        "hour" | "hours" => (i.micros / 3_600_000_000).into(),
+        "minute" | "minutes" => (i.micros / 60_000_000 % 60).into(),
+        "second" | "seconds" => exact_micros(micros_in_minute, 6),
+        "milliseconds" => exact_micros(micros_in_minute * 1000, 3),
+        "microseconds" => micros_in_minute.into(),
+        "decade" => (i.months / 120).into(),
+        "century" => (i.months / 1200).into(),
+        "millennium" => (i.months / 12000).into(),
+        "quarter" => ((i.months % 12) / 3 + 1).into(),
+        "epoch" => {
+            let whole = i64::from(i.months / 12) * 31_557_600
+                + i64::from(i.months % 12) * 2_592_000
+                + i64::from(i.days) * 86_400;
+            let micros = i128::from(whole) * 1_000_000 + i128::from(i.micros);
+            let mut d = types::Exact::from_i128_with_scale(micros, 6);
+            d.rescale(6);
+            d
+        }
+        other => {
+            return Err(Error::sql(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!("unit \"{other}\" not supported for type interval"),
+            ))
+        }
+    };
+    if double {
+        let f: f64 = number.to_string().parse().unwrap_or(f64::NAN);
+        return Ok(Value::Real(f));
+    }
+    if number.scale() > 0 {
         return Ok(Value::Text(number.to_string()));
     }
     Ok(types::numeric_stored(number))

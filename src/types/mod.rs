@@ -32,6 +32,9 @@ use crate::error::{sqlstate, Error, Result};
 use rusqlite::types::Value;
 use std::fmt::Write as _;
 
+pub mod array;
+pub mod interval;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum PgType {
     Bool,
@@ -52,6 +55,39 @@ pub enum PgType {
     Jsonb,
     Uuid,
     Unknown,
+    /// Months, days and microseconds, each signed.
+    Interval,
+    /// A system object's id (32 bits, unsigned).
+    Oid,
+    /// A system identifier (`name`, 63 bytes in PostgreSQL).
+    Name,
+    /// The one-byte `"char"` of the system catalogs (`relkind`, `contype`).
+    Char,
+    /// Space-separated vectors of the catalogs (`pg_index.indkey`, `proargtypes`).
+    Int2Vector,
+    OidVector,
+    // One-dimensional arrays of the types above (`integer[]`, `text[]`, ...): see `array`.
+    BoolArray,
+    Int2Array,
+    Int4Array,
+    Int8Array,
+    Float4Array,
+    Float8Array,
+    NumericArray,
+    TextArray,
+    VarcharArray,
+    BpcharArray,
+    ByteaArray,
+    DateArray,
+    TimestampArray,
+    TimestamptzArray,
+    JsonArray,
+    JsonbArray,
+    UuidArray,
+    IntervalArray,
+    OidArray,
+    NameArray,
+    CharArray,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +96,7 @@ pub enum Format {
     Binary,
 }
 
-pub const ALL_TYPES: [PgType; 18] = {
+pub const ALL_TYPES: [PgType; 45] = {
     use PgType::*;
     [
         Bool,
@@ -81,6 +117,33 @@ pub const ALL_TYPES: [PgType; 18] = {
         Jsonb,
         Uuid,
         Unknown,
+        Interval,
+        Oid,
+        Name,
+        Char,
+        Int2Vector,
+        OidVector,
+        BoolArray,
+        Int2Array,
+        Int4Array,
+        Int8Array,
+        Float4Array,
+        Float8Array,
+        NumericArray,
+        TextArray,
+        VarcharArray,
+        BpcharArray,
+        ByteaArray,
+        DateArray,
+        TimestampArray,
+        TimestamptzArray,
+        JsonArray,
+        JsonbArray,
+        UuidArray,
+        IntervalArray,
+        OidArray,
+        NameArray,
+        CharArray,
     ]
 };
 
@@ -90,7 +153,10 @@ impl PgType {
     /// checked for shape but not kept: lengths and precisions are not enforced.
     pub fn parse_declared(name: &str) -> Option<PgType> {
         use PgType::*;
-        let lower = name.to_ascii_lowercase();
+        if let Some(element) = array::declared_element(name) {
+            return PgType::parse_declared(element)?.array();
+        }
+        let lower = name.trim().to_ascii_lowercase();
         let (base, modifier) = match lower.find('(') {
             None => (lower.clone(), None),
             Some(open) => {
@@ -144,9 +210,22 @@ impl PgType {
             "json" => Json,
             "jsonb" => Jsonb,
             "uuid" => Uuid,
+            "oid" => Oid,
+            "name" => Name,
+            "\"char\"" => Char,
+            "int2vector" => Int2Vector,
+            "oidvector" => OidVector,
+            "interval" => Interval,
+            // `interval day to second`, `interval hour`: fields restrict nothing here.
+            fields if fields.starts_with("interval ") && interval::fields_ok(&fields[9..]) => {
+                Interval
+            }
             _ => return None,
         };
-        let takes_modifier = matches!(ty, Numeric | Varchar | Bpchar | Timestamp | Timestamptz);
+        let takes_modifier = matches!(
+            ty,
+            Numeric | Varchar | Bpchar | Timestamp | Timestamptz | Interval
+        );
         (modifier.is_none() || takes_modifier).then_some(ty)
     }
 
@@ -171,7 +250,96 @@ impl PgType {
             Numeric => 1700,
             Uuid => 2950,
             Jsonb => 3802,
+            Interval => 1186,
+            Oid => 26,
+            Name => 19,
+            Char => 18,
+            Int2Vector => 22,
+            OidVector => 30,
+            BoolArray => 1000,
+            ByteaArray => 1001,
+            CharArray => 1002,
+            NameArray => 1003,
+            Int2Array => 1005,
+            Int4Array => 1007,
+            TextArray => 1009,
+            BpcharArray => 1014,
+            VarcharArray => 1015,
+            Int8Array => 1016,
+            Float4Array => 1021,
+            Float8Array => 1022,
+            OidArray => 1028,
+            TimestampArray => 1115,
+            DateArray => 1182,
+            TimestamptzArray => 1185,
+            IntervalArray => 1187,
+            NumericArray => 1231,
+            UuidArray => 2951,
+            JsonArray => 199,
+            JsonbArray => 3807,
         }
+    }
+
+    /// The name `pg_type.typname` gives it: `int4`, `_int4` for its array, `varchar`.
+    pub fn typname(self) -> String {
+        use PgType::*;
+        if let (true, Some(element)) = (self.is_array(), self.element()) {
+            return format!("_{}", element.typname());
+        }
+        match self {
+            Bool => "bool",
+            Int2 => "int2",
+            Int4 => "int4",
+            Int8 => "int8",
+            Float4 => "float4",
+            Float8 => "float8",
+            Numeric => "numeric",
+            Text => "text",
+            Varchar => "varchar",
+            Bpchar => "bpchar",
+            Bytea => "bytea",
+            Date => "date",
+            Timestamp => "timestamp",
+            Timestamptz => "timestamptz",
+            Json => "json",
+            Jsonb => "jsonb",
+            Uuid => "uuid",
+            Unknown => "unknown",
+            Interval => "interval",
+            Oid => "oid",
+            Name => "name",
+            Char => "char",
+            Int2Vector => "int2vector",
+            OidVector => "oidvector",
+            _ => "unknown",
+        }
+        .to_string()
+    }
+
+    /// The type of an array's (or a vector's) elements; None for a type that is neither.
+    pub fn element(self) -> Option<PgType> {
+        use PgType::*;
+        match self {
+            Int2Vector => Some(Int2),
+            OidVector => Some(Oid),
+            _ => array::ARRAYS
+                .iter()
+                .find(|(array, _)| *array == self)
+                .map(|(_, element)| *element),
+        }
+    }
+
+    /// The array type whose elements are of this type, if PostgreSQL has one Cairn keeps.
+    pub fn array(self) -> Option<PgType> {
+        array::ARRAYS
+            .iter()
+            .find(|(_, element)| *element == self)
+            .map(|(array, _)| *array)
+    }
+
+    /// A one-dimensional array type (not a vector).
+    pub fn is_array(self) -> bool {
+        self.element().is_some() && !matches!(self, PgType::Int2Vector | PgType::OidVector)
     }
 
     pub fn from_oid(oid: u32) -> Option<PgType> {
@@ -200,6 +368,33 @@ impl PgType {
             Jsonb => "jsonb",
             Uuid => "uuid",
             Unknown => "unknown",
+            Interval => "interval",
+            Oid => "oid",
+            Name => "name",
+            Char => "\"char\"",
+            Int2Vector => "int2vector",
+            OidVector => "oidvector",
+            BoolArray => "boolean[]",
+            Int2Array => "smallint[]",
+            Int4Array => "integer[]",
+            Int8Array => "bigint[]",
+            Float4Array => "real[]",
+            Float8Array => "double precision[]",
+            NumericArray => "numeric[]",
+            TextArray => "text[]",
+            VarcharArray => "character varying[]",
+            BpcharArray => "character[]",
+            ByteaArray => "bytea[]",
+            DateArray => "date[]",
+            TimestampArray => "timestamp without time zone[]",
+            TimestamptzArray => "timestamp with time zone[]",
+            JsonArray => "json[]",
+            JsonbArray => "jsonb[]",
+            UuidArray => "uuid[]",
+            IntervalArray => "interval[]",
+            OidArray => "oid[]",
+            NameArray => "name[]",
+            CharArray => "\"char\"[]",
         }
     }
 
@@ -207,7 +402,7 @@ impl PgType {
     pub fn sqlite_type(self) -> &'static str {
         use PgType::*;
         match self {
-            Bool | Int2 | Int4 | Int8 => "INTEGER",
+            Bool | Int2 | Int4 | Int8 | Oid => "INTEGER",
             Float4 | Float8 => "REAL",
             Numeric => "NUMERIC",
             Bytea => "BLOB",
@@ -228,7 +423,10 @@ impl PgType {
     /// Types whose datum is a string, stored and sent as it is.
     pub fn is_textual(self) -> bool {
         use PgType::*;
-        matches!(self, Text | Varchar | Bpchar | Json | Jsonb | Unknown)
+        matches!(
+            self,
+            Text | Varchar | Bpchar | Json | Jsonb | Unknown | Name | Char
+        )
     }
 }
 
@@ -291,6 +489,9 @@ enum Datum {
     /// are -infinity / infinity.
     Timestamp(i64),
     Uuid([u8; 16]),
+    /// The elements of a one-dimensional array or vector; None for a NULL element.
+    Array(Vec<Option<Datum>>),
+    Interval(interval::Interval),
 }
 
 /// The stored form of a datum.
@@ -301,6 +502,7 @@ fn stored(datum: Datum, ty: PgType) -> Value {
         Datum::Float(f) if !f.is_nan() => Value::Real(f),
         Datum::Text(s) => Value::Text(s),
         Datum::Bytes(b) => Value::Blob(b),
+        Datum::Array(items) => Value::Text(array::stored_json(items, ty)),
         other => Value::Text(text_out(&other, ty)),
     }
 }
@@ -316,6 +518,7 @@ fn from_value(value: &Value, ty: PgType) -> Result<Datum> {
         Value::Integer(i) => match ty {
             Bool => Ok(Datum::Bool(*i != 0)),
             Int2 | Int4 | Int8 => int_in_range(*i, ty).map(Datum::Int),
+            Oid => oid_in_range(*i).map(Datum::Int),
             Float4 | Float8 => narrow_float(*i as f64, ty).map(Datum::Float),
             _ => text_in(&i.to_string(), ty),
         },
@@ -386,9 +589,18 @@ fn text_in(s: &str, ty: PgType) -> Result<Datum> {
             .map(Datum::Bool)
             .ok_or_else(|| bad_syntax(ty, s)),
         Int2 | Int4 | Int8 => parse_int(s, ty).map(Datum::Int),
+        Oid => parse_int(s, Int8)
+            .and_then(oid_in_range)
+            .map_err(|_| bad_syntax(ty, s))
+            .map(Datum::Int),
         Float4 | Float8 => parse_float(s, ty).map(Datum::Float),
         Numeric => parse_numeric(s).map(Datum::Numeric),
-        Text | Varchar | Bpchar | Json | Jsonb | Unknown => {
+        Interval => interval::parse(s).map(Datum::Interval),
+        Char => Ok(Datum::Text(
+            s.chars().next().map(String::from).unwrap_or_default(),
+        )),
+        _ if ty.element().is_some() => array::text_in(s, ty),
+        Text | Varchar | Bpchar | Json | Jsonb | Unknown | Name => {
             if s.contains('\0') {
                 return Err(Error::sql(
                     sqlstate::INVALID_TEXT_REPRESENTATION,
@@ -405,6 +617,7 @@ fn text_in(s: &str, ty: PgType) -> Result<Datum> {
         Uuid => parse_uuid(s)
             .map(Datum::Uuid)
             .ok_or_else(|| bad_syntax(ty, s)),
+        _ => Err(Error::internal(format!("no text input for {}", ty.name()))),
     }
 }
 
@@ -416,6 +629,10 @@ fn binary_in(bytes: &[u8], ty: PgType) -> Result<Datum> {
         Int2 => Datum::Int(i16::from_be_bytes(fixed(bytes, ty)?).into()),
         Int4 => Datum::Int(i32::from_be_bytes(fixed(bytes, ty)?).into()),
         Int8 => Datum::Int(i64::from_be_bytes(fixed(bytes, ty)?)),
+        Oid => Datum::Int(u32::from_be_bytes(fixed(bytes, ty)?).into()),
+        Interval => Datum::Interval(interval::Interval::recv(fixed(bytes, ty)?)),
+        _ if ty.element().is_some() => array::binary_in(bytes, ty)?,
+        Name | Char => text_in(utf8(bytes)?, ty)?,
         Float4 => Datum::Float(f32::from_be_bytes(fixed(bytes, ty)?).into()),
         Float8 => Datum::Float(f64::from_be_bytes(fixed(bytes, ty)?)),
         Numeric => Datum::Numeric(Decimal::recv(bytes)?),
@@ -441,6 +658,7 @@ fn binary_in(bytes: &[u8], ty: PgType) -> Result<Datum> {
             Datum::Timestamp(us)
         }
         Uuid => Datum::Uuid(fixed(bytes, ty)?),
+        _ => return Err(bad_binary(ty, "no binary input")),
     })
 }
 
@@ -496,6 +714,8 @@ fn text_out(datum: &Datum, ty: PgType) -> String {
                 out
             }
         },
+        Datum::Array(items) => array::text_out(items, ty),
+        Datum::Interval(i) => i.to_string(),
         Datum::Uuid(u) => {
             let mut out = String::with_capacity(36);
             for (i, byte) in u.iter().enumerate() {
@@ -517,6 +737,7 @@ fn binary_out(datum: &Datum, ty: PgType) -> Vec<u8> {
         Datum::Int(i) => match ty {
             PgType::Int2 => (*i as i16).to_be_bytes().to_vec(),
             PgType::Int4 => (*i as i32).to_be_bytes().to_vec(),
+            PgType::Oid => (*i as u32).to_be_bytes().to_vec(),
             _ => i.to_be_bytes().to_vec(),
         },
         Datum::Float(f) if ty == PgType::Float4 => (*f as f32).to_be_bytes().to_vec(),
@@ -528,6 +749,8 @@ fn binary_out(datum: &Datum, ty: PgType) -> Vec<u8> {
         Datum::Date(days) => days.to_be_bytes().to_vec(),
         Datum::Timestamp(us) => us.to_be_bytes().to_vec(),
         Datum::Uuid(u) => u.to_vec(),
+        Datum::Array(items) => array::binary_out(items, ty),
+        Datum::Interval(i) => i.send().to_vec(),
     }
 }
 
@@ -544,6 +767,18 @@ fn parse_bool(s: &str) -> Option<bool> {
         Some(false)
     } else {
         None
+    }
+}
+
+/// An oid: PostgreSQL's oidin takes 0 to 2^32 - 1, and negative values down to -2^31 as
+/// their two's complement.
+fn oid_in_range(i: i64) -> Result<i64> {
+    match i {
+        0..=0xFFFF_FFFF => Ok(i),
+        -0x8000_0000..=-1 => Ok(i + (1 << 32)),
+        _ => Err(out_of_range(format!(
+            "value \"{i}\" is out of range for type oid"
+        ))),
     }
 }
 
@@ -971,7 +1206,7 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (year, month, day)
 }
 
-fn days_in_month(year: i64, month: i64) -> i64 {
+pub fn days_in_month(year: i64, month: i64) -> i64 {
     match month {
         2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
         2 => 28,
@@ -1888,9 +2123,34 @@ mod tests {
             (Json, text(r#"{"a": [1, 2.5e3, "x\n", null, true]}"#)),
             (Jsonb, text(r#"[{}, [], "é"]"#)),
         ];
-        for ty in [Text, Varchar, Bpchar, Unknown] {
+        for ty in [Text, Varchar, Bpchar, Unknown, Name] {
             out.push((ty, text("")));
             out.push((ty, text("héllo, wörld ☃ ")));
+        }
+        out.extend([
+            (Interval, text("1 year 2 mons 3 days 04:05:06.5")),
+            (Interval, text("00:00:00")),
+            (Interval, text("-1 days +02:00:00")),
+            (Interval, text("-178000000 years")),
+            (Oid, Value::Integer(0)),
+            (Oid, Value::Integer(4_294_967_295)),
+            (Char, text("r")),
+            (Int2Vector, text("[1,2]")),
+            (OidVector, text("[]")),
+            (OidVector, text("[23,25]")),
+        ]);
+        // Each array type: its element type's samples, with a NULL among them, and empty.
+        for (array, element) in array::ARRAYS {
+            let mut items: Vec<Value> = out
+                .iter()
+                .filter(|(t, _)| t == element)
+                .map(|(_, v)| v.clone())
+                .collect();
+            items.insert(items.len() / 2, Value::Null);
+            let value = array::from_elements(&items, *array)
+                .unwrap_or_else(|e| panic!("{array:?} of {items:?}: {e}"));
+            out.push((*array, value));
+            out.push((*array, text("[]")));
         }
         out
     }
@@ -2352,7 +2612,20 @@ mod tests {
             ("uuid", Some(Uuid)),
             ("", None),
             ("blob", None),
-            ("int[]", None),
+            ("int[]", Some(Int4Array)),
+            ("INTEGER[3]", Some(Int4Array)),
+            ("text[][]", Some(TextArray)),
+            ("varchar(10)[]", Some(VarcharArray)),
+            ("timestamp with time zone[]", Some(TimestamptzArray)),
+            ("integer ARRAY", Some(Int4Array)),
+            ("_int8", Some(Int8Array)),
+            ("interval", Some(Interval)),
+            ("interval(3)", Some(Interval)),
+            ("interval day to second", Some(Interval)),
+            ("oid", Some(Oid)),
+            ("\"char\"", Some(Char)),
+            ("int[", None),
+            ("interval fortnight", None),
             ("integer(5)", None),
             ("varchar(", None),
             ("varchar(x)", None),
