@@ -315,6 +315,83 @@ const WRITES: &[&str] = &[
 
 const AFTER: &str = "SELECT id, b, u, n, big, num, f, s, vc, d, ts, tz FROM {t} ORDER BY id";
 
+/// The everyday SQL applications send (issue #13): arrays, intervals, set-returning
+/// functions, DISTINCT ON, aggregate FILTER, string_agg, to_char — over `{t}`, a table with
+/// array and interval columns (`et` distributed, `eu` on one shard).
+const EVERYDAY_COLUMNS: &str = "grp text, tags text[], ints integer[], at timestamptz, \
+    dur interval, price numeric(8,2)";
+
+const EVERYDAY_ROWS: &[&str] = &[
+    "(1, 'a', '{red,green}', '{1,2,3}', '2026-06-15 10:30:00+00', '1 day 02:00:00', 12.50)",
+    "(2, 'a', ARRAY['blue'], ARRAY[5], '2026-06-15 11:45:10+00', '90 minutes', 3.00)",
+    "(3, 'b', '{}', '{}', '2026-01-01 00:00:00+00', '-1 hours', NULL)",
+    "(4, 'b', NULL, '{7,NULL,9}', NULL, NULL, 99.99)",
+    "(5, 'c', '{\"with space\",\"q\\\"uote\",NULL}', '{10}', '2024-02-29 23:59:59.5+00', '1 mon 3 days', 0.05)",
+];
+
+const EVERYDAY: &[&str] = &[
+    // Arrays as values, subscripts, slices, functions.
+    "SELECT id, tags, ints FROM {t} ORDER BY id",
+    "SELECT id, tags[1], ints[2], ints[2:3], ints[:1] FROM {t} ORDER BY id",
+    "SELECT id, array_length(ints, 1), cardinality(ints), array_upper(tags, 1) FROM {t} ORDER BY id",
+    "SELECT id FROM {t} WHERE 'red' = ANY(tags) ORDER BY id",
+    "SELECT id FROM {t} WHERE 9 = ANY(ints) ORDER BY id",
+    "SELECT id FROM {t} WHERE id = ANY(ARRAY[1, 3, 5]) ORDER BY id",
+    "SELECT id FROM {t} WHERE id <> ALL(ARRAY[1, 3]) ORDER BY id",
+    "SELECT id FROM {t} WHERE ints @> ARRAY[1, 3] ORDER BY id",
+    "SELECT id FROM {t} WHERE ARRAY[5, 10] && ints ORDER BY id",
+    "SELECT id FROM {t} WHERE tags <@ ARRAY['red', 'green', 'blue'] ORDER BY id",
+    "SELECT id, ints || 4, 0 || ints, ints || ARRAY[8, 9] FROM {t} ORDER BY id",
+    "SELECT id, array_append(tags, 'x'), array_prepend('y', tags), array_cat(ints, ints) FROM {t} ORDER BY id",
+    "SELECT id, array_remove(ints, 2), array_position(ints, 9), array_replace(ints, 7, 70) FROM {t} ORDER BY id",
+    "SELECT id, array_to_string(tags, ','), array_to_string(ints, '-', '*') FROM {t} ORDER BY id",
+    "SELECT string_to_array('a,b,,c', ','), string_to_array('a b', ' ', 'b')",
+    "SELECT ARRAY[1, 2] = '{1,2}', ARRAY['a'] || ARRAY['b', 'c'], '{1,2}'::int[], ARRAY[]::text[]",
+    "SELECT array_agg(id ORDER BY id DESC) FROM {t}",
+    "SELECT grp, array_agg(id ORDER BY id) FROM {t} GROUP BY grp ORDER BY grp",
+    "SELECT array_agg(price ORDER BY id) FROM {t} WHERE id > 10",
+    "SELECT unnest(ARRAY[3, 1, 2])",
+    "SELECT id, unnest(ints) FROM {t} ORDER BY 1, 2",
+    "SELECT id, u FROM {t}, unnest(tags) AS u ORDER BY id, u",
+    "SELECT * FROM unnest(ARRAY['x', 'y', 'z']) WITH ORDINALITY AS t(v, n) ORDER BY n",
+    "SELECT u.v, count(*) FROM {t}, unnest(ints) AS u(v) GROUP BY u.v ORDER BY u.v",
+    // generate_series.
+    "SELECT * FROM generate_series(1, 5)",
+    "SELECT g FROM generate_series(10, 1, -3) AS g",
+    "SELECT generate_series(1, 3), 'x'",
+    "SELECT * FROM generate_series(0.5, 2, 0.5)",
+    "SELECT * FROM generate_series('2026-01-01'::timestamptz, '2026-01-02', '6 hours')",
+    "SELECT * FROM generate_series('2026-01-31'::timestamp, '2026-05-01', '1 month')",
+    "SELECT id, g FROM {t}, generate_series(1, id) AS g WHERE id < 4 ORDER BY id, g",
+    // Intervals.
+    "SELECT id, dur FROM {t} ORDER BY id",
+    "SELECT id, at + dur, at - dur, at + interval '1 hour' FROM {t} ORDER BY id",
+    "SELECT id, at - '2026-01-01 00:00:00+00'::timestamptz FROM {t} ORDER BY id",
+    "SELECT id, dur * 2, dur / 2, -dur, dur + interval '30 minutes' FROM {t} ORDER BY id",
+    "SELECT id FROM {t} WHERE dur > interval '1 hour' ORDER BY id",
+    "SELECT id, extract(epoch FROM dur), extract(hour FROM dur), date_part('day', dur) FROM {t} ORDER BY id",
+    "SELECT interval '1 day 2 hours', interval '90 minutes', interval '1.5 years', interval '-1 week', INTERVAL '2' HOUR",
+    "SELECT '2026-03-01'::date + interval '1 month', '2026-01-31'::timestamp + interval '1 month'",
+    "SELECT age('2026-03-01'::timestamp, '2025-01-15'::timestamp), age('2025-01-15'::timestamp, '2026-03-01'::timestamp)",
+    "SELECT make_interval(days => 3, hours => 2), make_interval(1, 2), justify_hours(interval '50 hours'), justify_days(interval '40 days')",
+    "SELECT id FROM {t} WHERE at > '2026-06-15 12:00:00+00'::timestamptz - interval '1 hour' ORDER BY id",
+    // to_char, date_trunc.
+    "SELECT id, to_char(at, 'YYYY-MM-DD HH24:MI:SS'), to_char(at, 'Dy DD Mon YYYY, HH12:MI AM') FROM {t} ORDER BY id",
+    "SELECT id, to_char(at, 'FMMonth FMDDth'), to_char(at, 'IYYY-IW Q DDD') FROM {t} ORDER BY id",
+    "SELECT id, to_char(price, '999.99'), to_char(price, 'FM9990.00'), to_char(id, '000') FROM {t} ORDER BY id",
+    "SELECT id, to_char(dur, 'HH24:MI:SS') FROM {t} ORDER BY id",
+    "SELECT date_trunc('hour', at), count(*) FROM {t} GROUP BY 1 ORDER BY 1",
+    // DISTINCT ON, FILTER, string_agg, ILIKE, concat_ws, left, lpad.
+    "SELECT DISTINCT ON (grp) grp, id, price FROM {t} ORDER BY grp, id DESC",
+    "SELECT DISTINCT ON (grp) * FROM {t} ORDER BY grp, price DESC NULLS LAST, id",
+    "SELECT grp, count(*) FILTER (WHERE price > 1), sum(price) FILTER (WHERE id < 3) FROM {t} GROUP BY grp ORDER BY grp",
+    "SELECT count(*) FILTER (WHERE at IS NULL), avg(price) FILTER (WHERE grp = 'a') FROM {t}",
+    "SELECT grp, string_agg(id::text, ',' ORDER BY id DESC) FROM {t} GROUP BY grp ORDER BY grp",
+    "SELECT string_agg(grp, '|') FROM (SELECT grp FROM {t} ORDER BY id) s",
+    "SELECT id FROM {t} WHERE grp ILIKE 'A' ORDER BY id",
+    "SELECT id, concat_ws('/', grp, id, price), left(grp || 'xyz', 2), lpad(id::text, 4, '0') FROM {t} ORDER BY id",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cairn_answers_as_postgresql_does() {
     let Some(bin) = postgres_bin() else {
@@ -345,6 +422,20 @@ async fn cairn_answers_as_postgresql_does() {
         }
     }
 
+    let everyday_setup = [
+        format!("CREATE TABLE et (id integer PRIMARY KEY, {EVERYDAY_COLUMNS})"),
+        format!("CREATE TABLE eu (id integer, {EVERYDAY_COLUMNS})"),
+        format!("INSERT INTO et VALUES {}", EVERYDAY_ROWS.join(", ")),
+        format!("INSERT INTO eu VALUES {}", EVERYDAY_ROWS.join(", ")),
+    ];
+    for sql in &everyday_setup {
+        for (who, client) in [("PostgreSQL", &pg), ("Cairn", &cairn)] {
+            if let Answer::Error(e) = answer(client, sql).await {
+                panic!("{who}: {sql}: {e}");
+            }
+        }
+    }
+
     let mut differences = Vec::new();
     let mut compared = 0;
     let mut compare = |sql: String, want: Answer, got: Answer| {
@@ -360,6 +451,16 @@ async fn cairn_answers_as_postgresql_does() {
             ));
         }
     };
+    for table in ["et", "eu"] {
+        for q in EVERYDAY {
+            let sql = q.replace("{t}", table);
+            compare(
+                sql.clone(),
+                answer(&pg, &sql).await,
+                answer(&cairn, &sql).await,
+            );
+        }
+    }
     for table in ["dt", "st"] {
         for q in QUERIES {
             let sql = q.replace("{t}", table);

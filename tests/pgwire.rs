@@ -873,7 +873,7 @@ async fn drivers_find_the_server_version_settings_and_catalogs() {
         ("160000".into(), "on".into())
     );
     // Parameters, typed results: a relation's OID and its columns.
-    let oid: i64 = c
+    let oid: u32 = c
         .query_one(
             "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relname = $1 AND n.nspname = 'public' AND c.relkind = 'r'",
@@ -904,7 +904,7 @@ async fn drivers_find_the_server_version_settings_and_catalogs() {
     );
     // Key columns in key order, as SQLAlchemy reads them: arrays expanded in a SELECT list
     // (`unnest`, `generate_subscripts`), `= ANY (ARRAY[...])`, `bool_and`.
-    let entry: i64 = c
+    let entry: u32 = c
         .query_one("SELECT oid FROM pg_class WHERE relname = 'entry'", &[])
         .await
         .unwrap()

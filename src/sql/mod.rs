@@ -12,6 +12,7 @@
 
 pub mod copy;
 pub mod ddl;
+mod distinct;
 pub mod plan;
 pub mod scratch;
 pub mod session;

@@ -238,7 +238,11 @@ fn coerce_compared_literals(stmt: &mut Statement, tables: &[&Table]) -> Result<(
                 Expr::Identifier(i) => ident_name(i),
                 Expr::CompoundIdentifier(parts) => ident_name(parts.last()?),
                 Expr::Nested(inner) => return self.column_type(inner),
-                _ => return None,
+                // An array or interval expression types a literal compared with it too.
+                _ => {
+                    return expr_type(e, self.tables)
+                        .filter(|t| t.is_array() || *t == PgType::Interval)
+                }
             };
             let mut found = self
                 .tables
@@ -1781,6 +1785,7 @@ pub fn translate(
         Statement::Deallocate { .. } => return Ok(session(Kind::Noop, "DEALLOCATE")),
         other => return Err(Error::unsupported(statement_name(other))),
     }
+    super::distinct::rewrite(&mut stmt, &tables)?;
     super::typed::rewrite(&mut stmt, &tables)?;
     rewrite(&mut stmt)?;
     super::srf::rewrite(&mut stmt, &srfs, &tables)?;

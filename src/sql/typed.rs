@@ -59,6 +59,11 @@ enum Plan {
     NumericSum {
         scale: Option<u32>,
     },
+    /// avg() of numerics, exactly, with PostgreSQL's scale.
+    NumericAvg {
+        scale: Option<u32>,
+    },
+
     /// `timestamp ± interval` (timestamp operand left unless `swapped`).
     MomentAdd {
         ty: PgType,
@@ -350,6 +355,13 @@ impl Typer<'_> {
                             scale: expr_scale(value, self.tables),
                         }
                     }
+                    ("avg", [value])
+                        if ty(value) == Some(PgType::Numeric) || is_integer_opt(ty(value)) =>
+                    {
+                        Plan::NumericAvg {
+                            scale: expr_scale(value, self.tables),
+                        }
+                    }
                     ("array_to_string", [array, ..]) => Plan::Typed {
                         function: "cairn_array_to_string",
                         arity: 3,
@@ -462,8 +474,13 @@ impl Typer<'_> {
             }
             Plan::NumericSum { scale } => {
                 let value = function_arg_owned(e, 0);
-                *e = call("cairn_num_sum", vec![value, scale_arg(scale)]);
+                recall(e, "cairn_num_sum", vec![value, scale_arg(scale)]);
             }
+            Plan::NumericAvg { scale } => {
+                let value = function_arg_owned(e, 0);
+                recall(e, "cairn_num_avg", vec![value, scale_arg(scale)]);
+            }
+
             Plan::MomentAdd {
                 ty,
                 subtract,
@@ -582,7 +599,7 @@ impl Typer<'_> {
             } => {
                 let mut args: Vec<Expr> = (0..arity).map(|i| function_arg_owned(e, i)).collect();
                 args.push(type_arg(ty));
-                *e = call(function, args);
+                recall(e, function, args);
             }
             Plan::MakeInterval => {
                 const NAMES: [&str; 7] =
@@ -642,6 +659,10 @@ impl Typer<'_> {
         }
         Ok(())
     }
+}
+
+fn is_integer_opt(t: Option<PgType>) -> bool {
+    t.is_some_and(is_integer)
 }
 
 fn is_datetime_opt(t: Option<PgType>) -> bool {
@@ -756,6 +777,24 @@ fn datetime_of(t: Option<PgType>) -> PgType {
     t.filter(|t| is_datetime(*t)).unwrap_or(PgType::Timestamptz)
 }
 
+/// `e` (a function call) renamed to `name` with `args`, keeping what the call says around
+/// its arguments: DISTINCT, ORDER BY, FILTER (WHERE ...), OVER (...).
+fn recall(e: &mut Expr, name: &str, args: Vec<Expr>) {
+    let mut new = call(name, args);
+    if let (Expr::Function(old), Expr::Function(f)) = (&*e, &mut new) {
+        f.filter = old.filter.clone();
+        f.over = old.over.clone();
+        f.null_treatment = old.null_treatment.clone();
+        if let (ast::FunctionArguments::List(from), ast::FunctionArguments::List(to)) =
+            (&old.args, &mut f.args)
+        {
+            to.duplicate_treatment = from.duplicate_treatment;
+            to.clauses = from.clauses.clone();
+        }
+    }
+    *e = new;
+}
+
 /// The i-th argument of a function call, taken out of it.
 fn function_arg_owned(e: &mut Expr, i: usize) -> Expr {
     if let Expr::Function(f) = e {
@@ -770,10 +809,64 @@ fn function_arg_owned(e: &mut Expr, i: usize) -> Expr {
     Expr::value(AstValue::Null)
 }
 
+impl Typer<'_> {
+    /// Where a numeric of known display scale becomes text (`||`, `concat`, `concat_ws`, a
+    /// cast to text), wrap it so it prints its scale: a numeric(8,2) column keeps 12.50 as
+    /// 12.5, and PostgreSQL prints `'x' || price` as `x12.50`. Done before the children are
+    /// visited, so the wrapped operand is still rewritten for its own type.
+    fn numeric_text(&self, e: &mut Expr) {
+        let scaled = |x: &Expr| -> Option<u32> {
+            (expr_type(x, self.tables) == Some(PgType::Numeric))
+                .then(|| expr_scale(x, self.tables))
+                .flatten()
+                .filter(|s| *s > 0)
+        };
+        let wrap = |x: &mut Expr, scale: u32| {
+            let inner = std::mem::replace(x, Expr::value(AstValue::Null));
+            *x = call("cairn_numeric_text", vec![inner, int(scale.into())]);
+        };
+        match e {
+            Expr::BinaryOp {
+                left,
+                op: B::StringConcat,
+                right,
+            } => {
+                for side in [left, right] {
+                    if let Some(s) = scaled(side) {
+                        wrap(side, s);
+                    }
+                }
+            }
+            Expr::Cast {
+                expr, data_type, ..
+            } if PgType::parse_declared(&data_type.to_string()).is_some_and(PgType::is_textual) => {
+                if let Some(s) = scaled(expr) {
+                    wrap(expr, s);
+                }
+            }
+            Expr::Function(f)
+                if matches!(function_name(f).as_str(), "concat" | "concat_ws" | "format") =>
+            {
+                if let ast::FunctionArguments::List(list) = &mut f.args {
+                    for arg in list.args.iter_mut() {
+                        if let ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(x)) = arg {
+                            if let Some(s) = scaled(x) {
+                                wrap(x, s);
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 impl VisitorMut for Typer<'_> {
     type Break = ();
 
     fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+        self.numeric_text(e);
         match self.plan(e) {
             Ok(plan) => {
                 self.stack.push(plan);

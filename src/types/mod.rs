@@ -1903,6 +1903,11 @@ pub fn numeric_arith(
     result.map(numeric_stored).ok_or_else(exact_overflow)
 }
 
+/// The display scale PostgreSQL gives `x / y` (see `division_scale`).
+pub fn division_scale_of(x: &Exact, y: &Exact) -> u32 {
+    division_scale(x, y)
+}
+
 /// PostgreSQL's select_div_scale: enough fractional digits for 16 significant ones, and no
 /// fewer than either operand's.
 fn division_scale(x: &Exact, y: &Exact) -> u32 {

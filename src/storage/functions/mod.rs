@@ -441,6 +441,16 @@ fn register_postgres_semantics(conn: &Connection) -> rusqlite::Result<()> {
         })?;
     }
     conn.create_aggregate_function("cairn_num_sum", 2, constant, NumericSum)?;
+    conn.create_aggregate_function("cairn_num_avg", 2, constant, NumericAvg)?;
+    // cairn_numeric_text(value, scale): a numeric as text with its display scale.
+    conn.create_scalar_function("cairn_numeric_text", 2, constant, |ctx| {
+        let value: Value = ctx.get(0)?;
+        let scale = scale_arg(ctx, 1).unwrap_or(0);
+        Ok(match types::numeric_with_scale(&value, scale) {
+            Some(text) => Value::Text(text),
+            None => value,
+        })
+    })?;
     Ok(())
 }
 
@@ -552,6 +562,84 @@ impl rusqlite::functions::Aggregate<(Option<types::Exact>, Option<u32>), Value> 
             None => Value::Null,
             Some(total) => types::numeric_stored(total),
         })
+    }
+}
+
+/// avg() over numerics (or integers), exactly: PostgreSQL's sum / count, with its scale.
+struct NumericAvg;
+
+impl rusqlite::functions::Aggregate<(Option<types::Exact>, i64, Option<u32>), Value>
+    for NumericAvg
+{
+    fn init(
+        &self,
+        _: &mut rusqlite::functions::Context<'_>,
+    ) -> rusqlite::Result<(Option<types::Exact>, i64, Option<u32>)> {
+        Ok((None, 0, None))
+    }
+
+    fn step(
+        &self,
+        ctx: &mut rusqlite::functions::Context<'_>,
+        acc: &mut (Option<types::Exact>, i64, Option<u32>),
+    ) -> rusqlite::Result<()> {
+        let v: Value = ctx.get(0)?;
+        if matches!(v, Value::Null) {
+            return Ok(());
+        }
+        acc.2 = scale_arg(ctx, 1);
+        let Some(x) = types::exact(&v).map_err(sql_error)? else {
+            return Err(coded(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "avg() of a NaN numeric",
+            ));
+        };
+        acc.0 = Some(match acc.0 {
+            None => x,
+            Some(total) => total.checked_add(x).ok_or_else(|| {
+                coded(
+                    sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
+                    "numeric value out of range: the sum exceeds 28 significant digits",
+                )
+            })?,
+        });
+        acc.1 += 1;
+        Ok(())
+    }
+
+    fn finalize(
+        &self,
+        _: &mut rusqlite::functions::Context<'_>,
+        acc: Option<(Option<types::Exact>, i64, Option<u32>)>,
+    ) -> rusqlite::Result<Value> {
+        let Some((Some(total), count, scale)) = acc else {
+            return Ok(Value::Null);
+        };
+        let quotient = types::numeric_arith(
+            ArithOp::Div,
+            &types::numeric_stored(total),
+            &Value::Integer(count),
+            (scale, Some(0)),
+        )
+        .map_err(sql_error)?;
+        // Keep the printed scale: the quotient's digits, as text.
+        Ok(match types::exact(&quotient).ok().flatten() {
+            Some(_) => quotient_text(&quotient, total, count, scale),
+            None => quotient,
+        })
+    }
+}
+
+/// The quotient with PostgreSQL's display scale (its trailing zeros kept, as text).
+fn quotient_text(q: &Value, total: types::Exact, count: i64, scale: Option<u32>) -> Value {
+    let mut t = total;
+    if let Some(s) = scale.filter(|s| *s > t.scale()) {
+        t.rescale(s);
+    }
+    let digits = types::division_scale_of(&t, &types::Exact::from(count));
+    match types::numeric_with_scale(q, digits) {
+        Some(text) => Value::Text(text),
+        None => q.clone(),
     }
 }
 

@@ -319,9 +319,9 @@ fn series_count(ctx: &Context<'_>, kind: PgType) -> rusqlite::Result<Option<i64>
                 if n > limits::SERIES_ROWS_MAX {
                     return Err(too_many());
                 }
-                let Ok(next) =
-                    interval::add_to_micros(start, step.scaled(n as f64).map_err(sql_error)?)
-                else {
+                // Each value is the previous one plus the step (a month from Jan 31 is
+                // Feb 28, and from there Mar 28), as PostgreSQL steps.
+                let Ok(next) = interval::add_to_micros(at, step) else {
                     break;
                 };
                 at = next;
@@ -357,6 +357,28 @@ fn series_count(ctx: &Context<'_>, kind: PgType) -> rusqlite::Result<Option<i64>
     }
 }
 
+thread_local! {
+    /// The last value `series_step` gave, so walking a series in order costs one step per
+    /// row: (start, step, position, value).
+    static LAST_STEP: std::cell::Cell<Option<(i64, Interval, i64, i64)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// The i-th value of a timestamp series: `start` plus `step`, `i` times over.
+fn series_step(start: i64, step: Interval, i: i64) -> crate::error::Result<i64> {
+    let (mut at, mut from) = (start, 0);
+    if let Some((s, st, pos, value)) = LAST_STEP.with(|c| c.get()) {
+        if s == start && st == step && pos <= i {
+            (at, from) = (value, pos);
+        }
+    }
+    for _ in from..i {
+        at = interval::add_to_micros(at, step)?;
+    }
+    LAST_STEP.with(|c| c.set(Some((start, step, i, at))));
+    Ok(at)
+}
+
 fn exact_arg(ctx: &Context<'_>, i: usize) -> rusqlite::Result<Option<types::Exact>> {
     types::exact(&ctx.get::<Value>(i)?).map_err(sql_error)
 }
@@ -370,8 +392,7 @@ fn series_at(ctx: &Context<'_>, kind: PgType, i: i64) -> rusqlite::Result<Value>
             let Some(step) = interval_arg(ctx, 1)? else {
                 return Ok(Value::Null);
             };
-            let at = interval::add_to_micros(start, step.scaled(i as f64).map_err(sql_error)?)
-                .map_err(sql_error)?;
+            let at = series_step(start, step, i).map_err(sql_error)?;
             types::timestamp_value(at, kind == PgType::Timestamptz).map_err(sql_error)
         }
         _ => {
@@ -573,7 +594,7 @@ fn format_datetime(c: &Clock, format: &str, tz: bool) -> String {
             if fill {
                 n.to_string()
             } else if n < 0 {
-                format!("-{:0width$}", -n, width = width.saturating_sub(1))
+                format!("-{:0width$}", -n)
             } else {
                 format!("{n:0width$}")
             }
