@@ -784,7 +784,7 @@ fn recall(e: &mut Expr, name: &str, args: Vec<Expr>) {
     if let (Expr::Function(old), Expr::Function(f)) = (&*e, &mut new) {
         f.filter = old.filter.clone();
         f.over = old.over.clone();
-        f.null_treatment = old.null_treatment.clone();
+        f.null_treatment = old.null_treatment;
         if let (ast::FunctionArguments::List(from), ast::FunctionArguments::List(to)) =
             (&old.args, &mut f.args)
         {
