@@ -103,12 +103,22 @@ fn data_rows(output: &Output, format: &PortalFormat) -> Result<Vec<PgWireResult<
 }
 
 fn response(output: Output, format: &PortalFormat) -> Result<Response, Error> {
-    if let Some(columns) = output.copy_in {
-        // Text and CSV both travel as overall format 0; the rows come as CopyData.
+    if let Some((columns, binary)) = output.copy_in {
+        // Text and CSV both travel as overall format 0, binary as 1; the rows come as
+        // CopyData.
         return Ok(Response::CopyIn(CopyResponse::new(
-            0,
+            i8::from(binary),
             columns,
             stream::empty(),
+        )));
+    }
+    if let Some((columns, data)) = output.copy_out {
+        // One CopyData per row: pgwire counts them for the `COPY n` tag.
+        let chunks = data.into_iter().map(|d| Ok(CopyData::new(d.into())));
+        return Ok(Response::CopyOut(CopyResponse::new(
+            0,
+            columns,
+            stream::iter(chunks),
         )));
     }
     match output.txn {

@@ -116,6 +116,24 @@ pub struct Field {
     pub scale: Option<u32>,
 }
 
+impl Field {
+    /// A value of this column in PostgreSQL's text form (None for NULL).
+    pub fn text(&self, value: &Value) -> Result<Option<String>> {
+        let scaled = match (self.scale, self.ty) {
+            (Some(scale), PgType::Numeric) => {
+                crate::types::numeric_with_scale(value, scale).map(Value::Text)
+            }
+            _ => None,
+        };
+        let bytes = crate::types::encode(
+            scaled.as_ref().unwrap_or(value),
+            self.ty,
+            crate::types::Format::Text,
+        )?;
+        Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+}
+
 /// How a statement changed the session's transaction state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxnEvent {
@@ -137,9 +155,11 @@ pub struct Output {
     pub txn: TxnEvent,
     /// A notice for the client (e.g. "there is no transaction in progress").
     pub notice: Option<String>,
+    /// `COPY ... TO STDOUT`: the columns, and each row as one chunk of copy data.
+    pub copy_out: Option<(usize, Vec<Vec<u8>>)>,
     /// `COPY ... FROM STDIN` started: the client sends rows of this many columns next
     /// ([`Session::copy_data`], then [`Session::copy_done`] or [`Session::copy_fail`]).
-    pub copy_in: Option<usize>,
+    pub copy_in: Option<(usize, bool)>,
 }
 
 impl Output {
@@ -153,6 +173,7 @@ impl Output {
             txn,
             notice: None,
             copy_in: None,
+            copy_out: None,
         }
     }
 }
@@ -974,8 +995,37 @@ impl Session {
                     error: None,
                 });
                 Ok(Output {
-                    copy_in: Some(width),
+                    copy_in: Some((width, spec.options.format == super::copy::Format::Binary)),
                     ..Output::command("COPY", TxnEvent::None)
+                })
+            }
+            Kind::CopyOut(spec) => {
+                let out = Box::pin(self.execute_inner(&spec.query, params)).await?;
+                let mut data = Vec::with_capacity(out.rows.len() + 1);
+                for row in &out.rows {
+                    let mut fields = Vec::with_capacity(row.len());
+                    for (value, field) in row.iter().zip(&out.fields) {
+                        fields.push(field.text(value)?);
+                    }
+                    data.push(super::copy::write_row(&fields, &spec.options));
+                }
+                if spec.options.header {
+                    // In the first row's chunk: the protocol layer counts chunks as rows.
+                    let names: Vec<Option<String>> =
+                        out.fields.iter().map(|f| Some(f.name.clone())).collect();
+                    let mut header = super::copy::write_row(&names, &spec.options);
+                    match data.first_mut() {
+                        Some(first) => {
+                            header.append(first);
+                            *first = header;
+                        }
+                        None => data.push(header),
+                    }
+                }
+                Ok(Output {
+                    rows_affected: out.rows.len() as u64,
+                    copy_out: Some((out.fields.len(), data)),
+                    ..Output::command(&format!("COPY {}", out.rows.len()), TxnEvent::None)
                 })
             }
             Kind::Explain(inner) => {
@@ -1433,6 +1483,7 @@ impl Session {
             txn: TxnEvent::None,
             notice: None,
             copy_in: None,
+            copy_out: None,
         }
     }
 
@@ -1464,7 +1515,7 @@ impl Session {
     }
 
     /// Convert parsed rows to typed values and insert full batches.
-    async fn copy_rows(&mut self, parsed: Result<Vec<Vec<Option<String>>>>) -> Result<()> {
+    async fn copy_rows(&mut self, parsed: Result<Vec<super::copy::Row>>) -> Result<()> {
         let copy = self.copy.as_mut().expect("a copy is in progress");
         let first_line = copy.parser.line;
         let parsed = parsed?;
@@ -1484,15 +1535,21 @@ impl Session {
             }
             let mut row = Vec::with_capacity(fields.len());
             for (f, (name, ty)) in fields.into_iter().zip(&copy.columns) {
-                row.push(match f {
-                    None => Value::Null,
-                    Some(text) => crate::types::coerce(Value::Text(text), *ty).map_err(|e| {
-                        Error::sql(
-                            e.code(),
-                            format!("COPY {}: line {line}, column {name}: {e}", copy.table.name),
-                        )
-                    })?,
-                });
+                let value = match f {
+                    None => Ok(Value::Null),
+                    Some(super::copy::Field::Text(text)) => {
+                        crate::types::coerce(Value::Text(text), *ty)
+                    }
+                    Some(super::copy::Field::Binary(bytes)) => {
+                        crate::types::decode(&bytes, *ty, crate::types::Format::Binary)
+                    }
+                };
+                row.push(value.map_err(|e| {
+                    Error::sql(
+                        e.code(),
+                        format!("COPY {}: line {line}, column {name}: {e}", copy.table.name),
+                    )
+                })?);
             }
             copy.rows.push(row);
         }

@@ -209,6 +209,11 @@ const SPECS: &[Spec] = &[
     ),
     empty("pg_enum", "oid:i enumtypid:i enumsortorder:f enumlabel:t"),
     empty(
+        "pg_range",
+        "rngtypid:i rngsubtype:i rngmultitypid:i rngcollation:i rngsubopc:i rngcanonical:t \
+         rngsubdiff:t",
+    ),
+    empty(
         "pg_opclass",
         "oid:i opcmethod:i opcname:t opcnamespace:i opcowner:i opcfamily:i opcintype:i \
          opcdefault:b opckeytype:i",

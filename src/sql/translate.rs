@@ -48,6 +48,15 @@ pub enum Kind {
     Several(Vec<Translated>),
     /// `COPY table [(columns)] FROM STDIN`: rows follow in the copy sub-protocol.
     CopyIn(Box<CopyIn>),
+    /// `COPY table [(columns)] | (query) TO STDOUT`: the query's rows as copy data.
+    CopyOut(Box<CopyOut>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CopyOut {
+    /// The rows to send: `SELECT columns FROM table`, or the query given.
+    pub query: Translated,
+    pub options: super::copy::Options,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1776,9 +1785,51 @@ pub fn translate(
             };
             return Ok(session(Kind::CopyIn(Box::new(copy)), "COPY"));
         }
+        Statement::Copy {
+            source,
+            to: true,
+            target: ast::CopyTarget::Stdout,
+            options,
+            legacy_options,
+            ..
+        } => {
+            let options = copy_options(options, legacy_options)?;
+            if options.format == super::copy::Format::Binary {
+                return Err(Error::unsupported("COPY TO STDOUT in binary format"));
+            }
+            let query = match source {
+                ast::CopySource::Table {
+                    table_name,
+                    columns,
+                } => {
+                    let list = if columns.is_empty() {
+                        "*".to_string()
+                    } else {
+                        columns
+                            .iter()
+                            .map(|c| quote_ident(&ident_name(c)))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    let sql = format!("SELECT {list} FROM {table_name}");
+                    parse(&sql)?
+                        .pop()
+                        .ok_or_else(|| Error::internal("COPY TO query"))?
+                }
+                ast::CopySource::Query(q) => Statement::Query(q.clone()),
+            };
+            let query = translate(query, catalog, given)?;
+            if query.kind != Kind::Read {
+                return Err(Error::unsupported(
+                    "COPY of a statement that is not a query",
+                ));
+            }
+            let copy = CopyOut { query, options };
+            return Ok(session(Kind::CopyOut(Box::new(copy)), "COPY"));
+        }
         Statement::Copy { .. } => {
             return Err(Error::unsupported(
-                "COPY other than FROM STDIN (COPY TO, or from a file on the server)",
+                "COPY from or to a file on the server (use FROM STDIN / TO STDOUT)",
             ))
         }
         Statement::Discard { .. } => return Ok(session(Kind::Noop, "DISCARD ALL")),
@@ -1815,6 +1866,7 @@ fn copy_options(
         match o {
             O::Format(f) => match f.value.to_lowercase().as_str() {
                 "text" | "csv" => {}
+                "binary" => out.format = Format::Binary,
                 other => return Err(Error::unsupported(format!("COPY format {other}"))),
             },
             O::Freeze(_) | O::Encoding(_) => {}
@@ -1840,6 +1892,7 @@ fn copy_options(
             }
             LO::Delimiter(c) => out.delimiter = byte(c, "delimiter")?,
             LO::Null(n) => out.null = n.clone(),
+            LO::Binary => out.format = Format::Binary,
             other => return Err(Error::unsupported(format!("COPY option {other}"))),
         }
     }

@@ -36,6 +36,11 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
     conn.create_scalar_function("version", 0, constant, |_| Ok(version_string()))?;
     conn.create_scalar_function("current_database", 0, constant, |_| Ok("cairn".to_string()))?;
     conn.create_scalar_function("current_schema", 0, constant, |_| Ok("public".to_string()))?;
+    // Drivers set session settings this way (Django's time zone, asyncpg's jit); Cairn's
+    // settings that matter are set with SET, so the new value is only answered.
+    conn.create_scalar_function("set_config", 3, volatile, |ctx| {
+        ctx.get::<Option<String>>(1)
+    })?;
     conn.create_scalar_function("pg_backend_pid", 0, constant, |_| {
         Ok(std::process::id() as i64)
     })?;
