@@ -68,6 +68,7 @@ fn field_infos(fields: &[Field], format: &PortalFormat) -> Vec<FieldInfo> {
                 wire_type(f.ty),
                 format.format_for(i),
             )
+            .with_type_modifier(f.typmod.map_or(-1, |m| m.pg_typmod()))
         })
         .collect()
 }

@@ -90,6 +90,16 @@ pub struct Table {
     /// (a table on several shards cannot let each shard's SQLite number its rows).
     #[serde(default)]
     pub serial: Option<String>,
+    /// An identity column (`GENERATED ... AS IDENTITY`), numbered like a serial one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub column: String,
+    /// GENERATED ALWAYS (an INSERT may not give it a value), else BY DEFAULT.
+    pub always: bool,
 }
 
 impl Table {
@@ -106,6 +116,7 @@ impl Table {
             colocation: 0,
             state: TableState::Ready,
             serial: None,
+            identity: None,
         }
     }
 

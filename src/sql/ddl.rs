@@ -17,7 +17,7 @@
 //!
 //! New colocation groups get new shards, placed by `cluster::placement`.
 
-use super::translate::{CreateTable, DdlAction, PartitionBy};
+use super::translate::{AlterChange, CreateTable, DdlAction, PartitionBy};
 use crate::catalog::{
     meta, Catalog, Change, Colocation, ColocationKind, Column, Distribution, JobStep,
     ListPartition, Shard, Table, TableState,
@@ -91,14 +91,18 @@ pub async fn plan(mt: &MetaTxn<'_>, catalog: &Catalog, action: &DdlAction) -> Re
             sql,
             if_not_exists,
             unique,
-        } => Ok(vec![plan_index(
-            catalog,
-            table,
-            name,
-            sql,
-            *if_not_exists,
-            unique.as_deref(),
-        )?]),
+        } => Ok(vec![
+            plan_index(
+                mt,
+                catalog,
+                table,
+                name,
+                sql,
+                *if_not_exists,
+                unique.as_deref(),
+            )
+            .await?,
+        ]),
         DdlAction::DropIndexes { names, if_exists } => {
             let mut out = Vec::new();
             for name in names {
@@ -129,37 +133,52 @@ pub async fn plan(mt: &MetaTxn<'_>, catalog: &Catalog, action: &DdlAction) -> Re
         DdlAction::AlterTable { table, sql, added } => {
             Ok(vec![plan_alter(catalog, table, sql, added)?])
         }
+        DdlAction::Rebuild { table, changes } => {
+            Ok(vec![plan_rebuild(mt, catalog, table, changes).await?])
+        }
         DdlAction::Distribute {
             table,
             column,
             colocate_with,
             shard_count,
-        } => Ok(vec![
-            plan_distribute(
-                mt,
-                catalog,
-                table,
-                column.as_deref(),
-                colocate_with.as_deref(),
-                *shard_count,
-            )
-            .await?,
-        ]),
+        } => {
+            let layout = match column {
+                None => Layout::Reference,
+                Some(c) => Layout::Hash {
+                    column: c,
+                    colocate_with: colocate_with.as_deref(),
+                    shard_count: *shard_count,
+                },
+            };
+            let t = catalog.table(table).ok_or_else(|| undefined_table(table))?;
+            Ok(vec![plan_distribute(mt, catalog, t, layout).await?])
+        }
     }
 }
 
 /// Lay an empty table out anew: hash-distributed on `column` (co-located as asked), or as a
 /// reference table (`column` None). Each old shard drops the table only if it holds no row
 /// (the step fails otherwise, and the job is undone).
+/// Where [`plan_distribute`] lays a table out.
+enum Layout<'a> {
+    /// A copy on every node.
+    Reference,
+    /// On one shard: of colocation group `group`, or of a shared single-shard group.
+    Single { group: Option<u64> },
+    Hash {
+        column: &'a str,
+        colocate_with: Option<&'a str>,
+        shard_count: Option<u32>,
+    },
+}
+
 async fn plan_distribute(
     mt: &MetaTxn<'_>,
     catalog: &Catalog,
-    name: &str,
-    column: Option<&str>,
-    colocate_with: Option<&str>,
-    shard_count: Option<u32>,
+    t: &Table,
+    layout: Layout<'_>,
 ) -> Result<Planned> {
-    let t = catalog.table(name).ok_or_else(|| undefined_table(name))?;
+    let name = t.name.as_str();
     if let Some(child) = catalog.tables().find(|c| {
         !c.name.eq_ignore_ascii_case(name)
             && c.references.iter().any(|r| r.eq_ignore_ascii_case(name))
@@ -169,7 +188,19 @@ async fn plan_distribute(
             t.name, child.name
         )));
     }
-    if !t.references.is_empty() {
+    // Its own foreign keys stay checkable only if it lands on its parents' shard.
+    let parents_home = |group: u64| {
+        t.references.iter().all(|r| {
+            catalog
+                .table(r)
+                .is_some_and(|p| p.colocation == group || p.distribution == Distribution::Reference)
+        })
+    };
+    let keeps_keys = match layout {
+        Layout::Single { group: Some(g) } => parents_home(g),
+        _ => t.references.is_empty(),
+    };
+    if !keeps_keys {
         return Err(Error::unsupported(format!(
             "changing the layout of \"{}\", which has foreign keys (declare them after distributing it)",
             t.name
@@ -179,8 +210,20 @@ async fn plan_distribute(
         table: t.name.clone(),
         ..DdlPlan::default()
     };
-    let (distribution, colocation) = match column {
-        None => {
+    let (distribution, colocation) = match layout {
+        Layout::Single { group: Some(id) } => (Distribution::Single, id),
+        Layout::Single { group: None } => {
+            let id = match free_single_group(mt, catalog).await {
+                Some(id) => id,
+                None => {
+                    new_colocation(mt, catalog, ColocationKind::Single, 1, &mut plan)
+                        .await?
+                        .id
+                }
+            };
+            (Distribution::Single, id)
+        }
+        Layout::Reference => {
             let existing = catalog
                 .colocations
                 .values()
@@ -192,7 +235,11 @@ async fn plan_distribute(
             };
             (Distribution::Reference, id)
         }
-        Some(c) => {
+        Layout::Hash {
+            column: c,
+            colocate_with,
+            shard_count,
+        } => {
             if t.column(c).is_none() {
                 return Err(Error::sql(
                     sqlstate::UNDEFINED_COLUMN,
@@ -400,7 +447,8 @@ fn plan_drop(catalog: &Catalog, name: &str, if_exists: bool) -> Result<Planned> 
     })))
 }
 
-fn plan_index(
+async fn plan_index(
+    mt: &MetaTxn<'_>,
     catalog: &Catalog,
     table: &str,
     name: &str,
@@ -415,13 +463,25 @@ fn plan_index(
         Distribution::Hash { column } | Distribution::List { column } => Some(column),
         _ => None,
     };
+    let mut relayout = false;
     if let (Some(columns), Some(column)) = (unique, column) {
         if !columns.iter().any(|c| c.eq_ignore_ascii_case(column)) {
-            return Err(Error::unsupported(format!(
-                "a unique index or constraint on \"{}\" that does not include its \
-                 distribution column \"{column}\"",
-                t.name
-            )));
+            // A hash table that is still empty and tied to no other is laid out anew on
+            // one shard, where the constraint holds (as migrations add UNIQUE after
+            // CREATE TABLE); otherwise the constraint cannot be kept.
+            let tied = !t.references.is_empty()
+                || catalog.tables().any(|c| {
+                    !c.name.eq_ignore_ascii_case(&t.name)
+                        && c.references.iter().any(|r| r.eq_ignore_ascii_case(&t.name))
+                });
+            if tied || !matches!(t.distribution, Distribution::Hash { .. }) {
+                return Err(Error::unsupported(format!(
+                    "a unique index or constraint on \"{}\" that does not include its \
+                     distribution column \"{column}\"",
+                    t.name
+                )));
+            }
+            relayout = true;
         }
     }
     if catalog.index_owner(name).is_some() || catalog.any_table(name).is_some() {
@@ -436,6 +496,11 @@ fn plan_index(
         ));
     }
     super::scratch::validate(&[t], &[sql])?;
+    if relayout {
+        let mut with_index = t.clone();
+        with_index.indexes.push((name.to_string(), sql.to_string()));
+        return plan_distribute(mt, catalog, &with_index, Layout::Single { group: None }).await;
+    }
     let shards = catalog.shards_of(t)?;
     let mut after = t.clone();
     after.indexes.push((name.to_string(), sql.to_string()));
@@ -444,6 +509,295 @@ fn plan_index(
         steps: steps_on(&shards, sql),
         undo: steps_on(&shards, &format!("DROP INDEX IF EXISTS {}", quote(name))),
         finish: vec![Change::PutTable(Box::new(after))],
+        ..DdlPlan::default()
+    })))
+}
+
+/// ALTER TABLE changes SQLite cannot make in place: every shard rebuilds the table — a new
+/// one made from the changed definition, the rows copied over (converted for a new type,
+/// checked against new constraints), the old one dropped, the new one renamed, the indexes
+/// made again. A shard whose rows break the new definition fails the step, and the job is
+/// undone on the others (rebuilt back). Not for a table others reference: dropping it
+/// would act on their foreign keys.
+async fn plan_rebuild(
+    mt: &MetaTxn<'_>,
+    catalog: &Catalog,
+    table: &str,
+    changes: &[AlterChange],
+) -> Result<Planned> {
+    use sqlparser::ast::{ColumnOption, ColumnOptionDef, Statement as S, TableConstraint};
+    let t = catalog.table(table).ok_or_else(|| undefined_table(table))?;
+    if let Some(child) = catalog.tables().find(|c| {
+        !c.name.eq_ignore_ascii_case(&t.name)
+            && c.references.iter().any(|r| r.eq_ignore_ascii_case(&t.name))
+    }) {
+        return Err(Error::unsupported(format!(
+            "this ALTER TABLE of \"{}\" while table \"{}\" references it (it rebuilds the table)",
+            t.name, child.name
+        )));
+    }
+    let current = super::scratch::create_sql(t)?;
+    let mut parsed = super::translate::parse(&current)?;
+    let Some(S::CreateTable(mut ct)) = parsed.pop() else {
+        return Err(Error::internal(format!("{} has no CREATE TABLE", t.name)));
+    };
+    let mut after = t.clone();
+    // Old column name → the expression the new table's column is copied from.
+    let mut copied: Vec<(String, String)> = t
+        .columns
+        .iter()
+        .map(|c| (c.name.clone(), quote(&c.name)))
+        .collect();
+    let position = |ct: &sqlparser::ast::CreateTable, name: &str| {
+        ct.columns
+            .iter()
+            .position(|c| super::translate::ident_name(&c.name).eq_ignore_ascii_case(name))
+    };
+    let undefined_column = |name: &str| {
+        Error::sql(
+            sqlstate::UNDEFINED_COLUMN,
+            format!(
+                "column \"{name}\" of relation \"{}\" does not exist",
+                t.name
+            ),
+        )
+    };
+    let mut notice = None;
+    // A key to a single-shard table from one elsewhere: the (empty) table moves to its
+    // parent's shard, where the key can be checked — as CREATE TABLE would have placed it.
+    let mut move_to: Option<u64> = None;
+    for change in changes {
+        match change {
+            AlterChange::AddColumn { def, column } => {
+                if position(&ct, &column.name).is_some() {
+                    return Err(Error::sql(
+                        sqlstate::DUPLICATE_COLUMN,
+                        format!(
+                            "column \"{}\" of relation \"{}\" already exists",
+                            column.name, t.name
+                        ),
+                    ));
+                }
+                ct.columns.push((**def).clone());
+                after.columns.push(column.clone());
+            }
+            AlterChange::DropColumn { name, if_exists } => {
+                let Some(at) = position(&ct, name) else {
+                    if *if_exists {
+                        notice = Some(format!(
+                            "column \"{name}\" of relation \"{}\" does not exist, skipping",
+                            t.name
+                        ));
+                        continue;
+                    }
+                    return Err(undefined_column(name));
+                };
+                if t.distribution_column()
+                    .is_some_and(|d| d.eq_ignore_ascii_case(name))
+                {
+                    return Err(Error::unsupported(format!(
+                        "dropping \"{name}\", the distribution column of \"{}\"",
+                        t.name
+                    )));
+                }
+                ct.columns.remove(at);
+                // Constraints and indexes over the column go with it, as in PostgreSQL.
+                let mentions = |text: &str| {
+                    let lower = text.to_lowercase();
+                    let n = name.to_lowercase();
+                    lower.contains(&format!("\"{n}\""))
+                        || lower
+                            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                            .any(|w| w == n)
+                };
+                ct.constraints.retain(|c| !mentions(&c.to_string()));
+                after.indexes.retain(|(_, sql)| {
+                    let columns = sql.rsplit_once('(').map_or("", |(_, c)| c);
+                    !mentions(columns)
+                });
+                after.columns.retain(|c| !c.name.eq_ignore_ascii_case(name));
+                copied.retain(|(c, _)| !c.eq_ignore_ascii_case(name));
+            }
+            AlterChange::NotNull { column, not_null } => {
+                let at = position(&ct, column).ok_or_else(|| undefined_column(column))?;
+                let options = &mut ct.columns[at].options;
+                options.retain(|o| !matches!(o.option, ColumnOption::NotNull | ColumnOption::Null));
+                if *not_null {
+                    options.push(ColumnOptionDef {
+                        name: None,
+                        option: ColumnOption::NotNull,
+                    });
+                }
+            }
+            AlterChange::Default { column, default } => {
+                let at = position(&ct, column).ok_or_else(|| undefined_column(column))?;
+                let options = &mut ct.columns[at].options;
+                options.retain(|o| !matches!(o.option, ColumnOption::Default(_)));
+                if let Some(e) = default {
+                    options.push(ColumnOptionDef {
+                        name: None,
+                        option: ColumnOption::Default((**e).clone()),
+                    });
+                }
+            }
+            AlterChange::Type {
+                column,
+                data_type,
+                using,
+            } => {
+                let at =
+                    position(&ct, &column.name).ok_or_else(|| undefined_column(&column.name))?;
+                let old = t
+                    .column(&column.name)
+                    .cloned()
+                    .ok_or_else(|| undefined_column(&column.name))?;
+                let def = &mut ct.columns[at];
+                def.data_type = (**data_type).clone();
+                // The old type's checks go; the new type's come with its definition.
+                def.options
+                    .retain(|o| !o.name.as_ref().is_some_and(|n| n.value.starts_with('[')));
+                super::translate::typed_column_options(column, &mut def.options)?;
+                if let Some(slot) = after
+                    .columns
+                    .iter_mut()
+                    .find(|c| c.name.eq_ignore_ascii_case(&column.name))
+                {
+                    *slot = column.clone();
+                }
+                let from = match using {
+                    Some(e) => e.to_string(),
+                    None => format!(
+                        "cairn_assign({}, '{}', '{}')",
+                        quote(&old.name),
+                        match column.typmod {
+                            Some(m) => m.type_name(column.ty),
+                            None => column.ty.name().to_string(),
+                        },
+                        old.ty.name()
+                    ),
+                };
+                if let Some(c) = copied
+                    .iter_mut()
+                    .find(|(c, _)| c.eq_ignore_ascii_case(&column.name))
+                {
+                    c.1 = from;
+                }
+            }
+            AlterChange::ForeignKey { key, constraint } => {
+                let parent = catalog
+                    .table(&key.table)
+                    .ok_or_else(|| undefined_table(&key.table))?;
+                let colocated = match (&parent.distribution, &t.distribution) {
+                    (Distribution::Reference, _) => true,
+                    (Distribution::Single, Distribution::Single) => {
+                        parent.colocation == t.colocation
+                    }
+                    (Distribution::Hash { column: p }, Distribution::Hash { column: c }) => {
+                        parent.colocation == t.colocation
+                            && key.columns.len() == 1
+                            && key.columns[0].eq_ignore_ascii_case(c)
+                            && key
+                                .referred
+                                .first()
+                                .is_none_or(|r| r.eq_ignore_ascii_case(p))
+                    }
+                    _ => parent.name.eq_ignore_ascii_case(&t.name),
+                };
+                let movable = matches!(parent.distribution, Distribution::Single)
+                    && matches!(
+                        t.distribution,
+                        Distribution::Single | Distribution::Hash { .. }
+                    );
+                if !colocated && movable {
+                    move_to = Some(parent.colocation);
+                } else if !colocated {
+                    return Err(Error::sql(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        format!(
+                            "cannot add a foreign key from \"{}\" to \"{}\": their rows are not on the \
+                             same shards, so it could not be checked; co-locate them (the key on \
+                             both tables' distribution columns) or make \"{}\" a reference table",
+                            t.name, parent.name, parent.name
+                        ),
+                    ));
+                }
+                if !matches!(parent.distribution, Distribution::Reference) {
+                    ct.constraints.push((**constraint).clone());
+                }
+                if !after
+                    .references
+                    .iter()
+                    .any(|r| r.eq_ignore_ascii_case(&parent.name))
+                {
+                    after.references.push(parent.name.clone());
+                }
+            }
+            AlterChange::Check(constraint) => {
+                if let TableConstraint::Check(_) = constraint.as_ref() {
+                    ct.constraints.push((**constraint).clone());
+                }
+            }
+        }
+    }
+    let q = quote(&t.name);
+    let mut renamed = ct.clone();
+    renamed.name = sqlparser::ast::ObjectName::from(vec![sqlparser::ast::Ident::with_quote(
+        '"',
+        "_cairn_rebuild",
+    )]);
+    let new_create = S::CreateTable(renamed).to_string();
+    ct.name =
+        sqlparser::ast::ObjectName::from(vec![sqlparser::ast::Ident::with_quote('"', &t.name)]);
+    after.ddl = vec![S::CreateTable(ct).to_string()];
+    super::scratch::validate(&[&after], &[])?;
+    if let Some(group) = move_to {
+        let mut placed =
+            plan_distribute(mt, catalog, &after, Layout::Single { group: Some(group) }).await?;
+        if let Planned::Do(plan) = &mut placed {
+            plan.notice = Some(format!(
+                "table \"{}\" moved to the shard of the table its foreign key references",
+                t.name
+            ));
+        }
+        return Ok(placed);
+    }
+    let rebuild = |create: &str, columns: &[(String, String)], indexes: &[(String, String)]| {
+        let names: Vec<String> = columns.iter().map(|(c, _)| quote(c)).collect();
+        let values: Vec<&str> = columns.iter().map(|(_, e)| e.as_str()).collect();
+        let mut script = format!(
+            "DROP TABLE IF EXISTS \"_cairn_rebuild\";{create};INSERT INTO \"_cairn_rebuild\" ({}) SELECT {} FROM {q};DROP TABLE {q};ALTER TABLE \"_cairn_rebuild\" RENAME TO {q};",
+            names.join(", "),
+            values.join(", ")
+        );
+        for (_, sql) in indexes {
+            script.push_str(sql);
+            script.push(';');
+        }
+        script
+    };
+    let forward = rebuild(&new_create, &copied, &after.indexes);
+    // Undo: back to the old definition, with the columns both have.
+    let mut old_ct = super::translate::parse(&current)?;
+    let Some(S::CreateTable(mut old_ct)) = old_ct.pop() else {
+        return Err(Error::internal("old CREATE TABLE"));
+    };
+    old_ct.name = sqlparser::ast::ObjectName::from(vec![sqlparser::ast::Ident::with_quote(
+        '"',
+        "_cairn_rebuild",
+    )]);
+    let kept: Vec<(String, String)> = copied
+        .iter()
+        .filter(|(c, _)| t.column(c).is_some())
+        .map(|(c, _)| (c.clone(), quote(c)))
+        .collect();
+    let backward = rebuild(&S::CreateTable(old_ct).to_string(), &kept, &t.indexes);
+    let shards = catalog.shards_of(t)?;
+    Ok(Planned::Do(Box::new(DdlPlan {
+        table: t.name.clone(),
+        steps: steps_on(&shards, &forward),
+        undo: steps_on(&shards, &backward),
+        finish: vec![Change::PutTable(Box::new(after))],
+        notice,
         ..DdlPlan::default()
     })))
 }
@@ -819,6 +1173,7 @@ async fn plan_create(mt: &MetaTxn<'_>, catalog: &Catalog, ct: &CreateTable) -> R
         colocation,
         state: TableState::Ready,
         serial,
+        identity: ct.identity.clone(),
     };
     super::scratch::validate(&[&table], &[])?;
     // The shards of a new group are not in `catalog` yet: read them from the plan.

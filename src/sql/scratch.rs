@@ -189,6 +189,19 @@ pub fn validate(tables: &[&Table], extra: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// The CREATE TABLE statement that makes `table` as it is now (its CREATE TABLE with every
+/// later ALTER TABLE folded in), as SQLite keeps it.
+pub fn create_sql(table: &Table) -> Result<String> {
+    let conn = open()?;
+    create(&conn, table)?;
+    conn.query_row(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+        [&table.name],
+        |r| r.get(0),
+    )
+    .map_err(Error::from)
+}
+
 /// How many rows a pull may bring to the coordinator, checked as rows arrive.
 pub fn check_intermediate(rows: usize) -> Result<()> {
     if rows > limits::INTERMEDIATE_ROWS_MAX {

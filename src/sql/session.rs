@@ -114,6 +114,9 @@ pub struct Field {
     pub ty: PgType,
     /// A numeric column's display scale, where the statement fixes one.
     pub scale: Option<u32>,
+    /// The declared modifier of the column the values come from (`varchar(20)`,
+    /// `numeric(10,2)`), for clients that read it from the row description.
+    pub typmod: Option<crate::types::Typmod>,
 }
 
 impl Field {
@@ -435,6 +438,7 @@ impl Session {
                     name: name.clone(),
                     ty: PgType::Text,
                     scale: None,
+                    typmod: None,
                 }])
             }
             Kind::Explain(_) => {
@@ -442,6 +446,7 @@ impl Session {
                     name: "QUERY PLAN".into(),
                     ty: PgType::Text,
                     scale: None,
+                    typmod: None,
                 }])
             }
             _ => return Ok(Vec::new()),
@@ -478,6 +483,7 @@ impl Session {
                     name: c.name.clone(),
                     ty,
                     scale,
+                    typmod: origin.and_then(|c| c.typmod),
                 }
             })
             .collect()
@@ -926,6 +932,7 @@ impl Session {
                         name: name.clone(),
                         ty: PgType::Text,
                         scale: None,
+                        typmod: None,
                     }],
                     rows: vec![vec![Value::Text(value)]],
                     returns_rows: true,
@@ -1042,6 +1049,7 @@ impl Session {
                         name: "QUERY PLAN".into(),
                         ty: PgType::Text,
                         scale: None,
+                        typmod: None,
                     }],
                     rows_affected: rows.len() as u64,
                     rows,
@@ -1252,6 +1260,7 @@ impl Session {
             A::DropTables { names, .. } => names.iter().map(String::as_str).collect(),
             A::CreateIndex { table, .. }
             | A::AlterTable { table, .. }
+            | A::Rebuild { table, .. }
             | A::Distribute { table, .. } => vec![table.as_str()],
             A::DropIndexes { .. } => Vec::new(),
         };
@@ -1422,6 +1431,7 @@ impl Session {
                     name: name.into(),
                     ty: PgType::Text,
                     scale: None,
+                    typmod: None,
                 }],
                 rows: vec![vec![Value::Text(String::new())]],
                 rows_affected: 1,

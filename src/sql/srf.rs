@@ -41,6 +41,8 @@ pub struct Found {
 #[derive(Debug, Clone)]
 enum Kind {
     Unnest,
+    /// `unnest(a, b, ...)`: the arrays side by side, as long as the longest.
+    Zip(usize),
     /// `generate_series(a, b)` over integers: SQLite's own.
     IntegerSeries,
     /// Counted and walked by position, with the type of its values.
@@ -48,9 +50,16 @@ enum Kind {
 }
 
 impl Found {
-    /// The stand-in table the translator types references with.
+    /// The stand-in table the translator types references with: each column by its name,
+    /// and by its position (`#0`, `#1`, ...: how `SELECT *` names them, as two columns may
+    /// share a name).
     pub fn table(&self) -> Table {
-        Table::scratch(self.alias.clone(), self.columns.clone())
+        let mut columns = self.columns.clone();
+        columns.extend(self.columns.iter().enumerate().map(|(i, c)| Column {
+            name: format!("#{i}"),
+            ..c.clone()
+        }));
+        Table::scratch(self.alias.clone(), columns)
     }
 }
 
@@ -156,9 +165,44 @@ fn describe(
     tables: &[&Table],
 ) -> Result<Found> {
     let (kind, value_type) = match name {
+        "unnest" if args.len() > 1 => {
+            let table_alias = alias.map_or_else(|| name.to_string(), |a| ident_name(&a.name));
+            let named: Vec<String> = alias
+                .map(|a| a.columns.iter().map(|c| ident_name(&c.name)).collect())
+                .unwrap_or_default();
+            let mut columns: Vec<Column> = args
+                .iter()
+                .enumerate()
+                .map(|(i, a)| Column {
+                    name: named.get(i).cloned().unwrap_or_else(|| "unnest".into()),
+                    ty: expr_type(a, tables)
+                        .and_then(PgType::element)
+                        .unwrap_or(PgType::Text),
+                    typmod: None,
+                })
+                .collect();
+            if ordinality {
+                columns.push(Column {
+                    name: named
+                        .get(args.len())
+                        .cloned()
+                        .unwrap_or_else(|| "ordinality".into()),
+                    ty: PgType::Int8,
+                    typmod: None,
+                });
+            }
+            return Ok(Found {
+                alias: table_alias,
+                columns,
+                kind: Kind::Zip(args.len()),
+            });
+        }
         "unnest" => {
-            if args.len() != 1 {
-                return Err(Error::unsupported("unnest of several arrays at once"));
+            if args.is_empty() {
+                return Err(Error::sql(
+                    crate::error::sqlstate::UNDEFINED_FUNCTION,
+                    "unnest needs an array",
+                ));
             }
             let element = expr_type(&args[0], tables)
                 .and_then(PgType::element)
@@ -370,6 +414,10 @@ fn replace(factor: &mut TableFactor, found: &Found) -> Vec<(String, Expr)> {
     columns
 }
 
+fn a_name(found: &Found) -> &str {
+    found.alias.as_str()
+}
+
 /// The SQLite FROM item for a set-returning call, and the expressions of its columns.
 fn made(args: Vec<Expr>, found: &Found) -> (TableFactor, Vec<(String, Expr)>) {
     let a = found.alias.as_str();
@@ -381,6 +429,60 @@ fn made(args: Vec<Expr>, found: &Found) -> (TableFactor, Vec<(String, Expr)>) {
             right: Box::new(int(1)),
         }))
     };
+    if let Kind::Zip(n) = found.kind {
+        // Positions 0 .. the longest array's length; each array read at the position
+        // (NULL past its end).
+        let lengths: Vec<Expr> = args
+            .iter()
+            .map(|a| {
+                call(
+                    "coalesce",
+                    vec![call("json_array_length", vec![a.clone()]), int(0)],
+                )
+            })
+            .collect();
+        let longest = if lengths.len() == 1 {
+            lengths.into_iter().next().unwrap_or_else(|| int(0))
+        } else {
+            call("max", lengths)
+        };
+        let last = Expr::BinaryOp {
+            left: Box::new(longest),
+            op: ast::BinaryOperator::Minus,
+            right: Box::new(int(1)),
+        };
+        let at = |a: &Expr| {
+            let path = Expr::BinaryOp {
+                left: Box::new(Expr::BinaryOp {
+                    left: Box::new(text("$[")),
+                    op: ast::BinaryOperator::StringConcat,
+                    right: Box::new(qualified(a_name(found), "value")),
+                }),
+                op: ast::BinaryOperator::StringConcat,
+                right: Box::new(text("]")),
+            };
+            call("json_extract", vec![a.clone(), path])
+        };
+        let mut columns: Vec<(String, Expr)> = args
+            .iter()
+            .zip(&found.columns)
+            .map(|(a, c)| (c.name.clone(), at(a)))
+            .collect();
+        if let Some(ord) = found.columns.get(n) {
+            columns.push((
+                ord.name.clone(),
+                Expr::Nested(Box::new(Expr::BinaryOp {
+                    left: Box::new(qualified(a, "value")),
+                    op: ast::BinaryOperator::Plus,
+                    right: Box::new(int(1)),
+                })),
+            ));
+        }
+        return (
+            table_function("generate_series", vec![int(0), last], a),
+            columns,
+        );
+    }
     // The 1-based position of each row, for WITH ORDINALITY.
     let position = match &found.kind {
         Kind::Unnest => plus_one(qualified(a, "key")),
@@ -391,10 +493,12 @@ fn made(args: Vec<Expr>, found: &Found) -> (TableFactor, Vec<(String, Expr)>) {
                 args.first().cloned().unwrap_or_else(null),
             ))),
         }),
-        Kind::Series(_) => plus_one(qualified(a, "value")),
+        Kind::Series(_) | Kind::Zip(_) => plus_one(qualified(a, "value")),
     };
     let (new, value) = match &found.kind {
-        Kind::Unnest => (table_function("json_each", args, a), qualified(a, "value")),
+        Kind::Unnest | Kind::Zip(_) => {
+            (table_function("json_each", args, a), qualified(a, "value"))
+        }
         Kind::IntegerSeries => (
             table_function("generate_series", args, a),
             qualified(a, "value"),
@@ -544,7 +648,13 @@ impl Rewriter<'_> {
                 if table.is_some_and(|t| t != scope.alias) {
                     continue;
                 }
-                if let Some((_, e)) = scope.columns.iter().find(|(c, _)| c == column) {
+                let by_position = column
+                    .strip_prefix('#')
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .and_then(|i| scope.columns.get(i));
+                if let Some((_, e)) =
+                    by_position.or_else(|| scope.columns.iter().find(|(c, _)| c == column))
+                {
                     return Some(e.clone());
                 }
             }
@@ -670,8 +780,9 @@ fn expand_wildcards(select: &mut ast::Select, level: &[Scope], order: &[Option<u
         scope
             .columns
             .iter()
-            .map(|(name, _)| SelectItem::ExprWithAlias {
-                expr: qualified_name(&scope.alias, name),
+            .enumerate()
+            .map(|(i, (name, _))| SelectItem::ExprWithAlias {
+                expr: qualified_name(&scope.alias, &format!("#{i}")),
                 alias: Ident::with_quote('"', name),
             })
             .collect()

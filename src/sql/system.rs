@@ -550,6 +550,16 @@ fn keys(conn: &Connection, table: &Table) -> Result<Keys> {
     })
 }
 
+/// `attidentity` of a column: "a" or "d" for an identity column, else empty.
+fn identity_of(t: &Table, column: &str) -> String {
+    match &t.identity {
+        Some(i) if i.column.eq_ignore_ascii_case(column) => {
+            (if i.always { "a" } else { "d" }).to_string()
+        }
+        _ => String::new(),
+    }
+}
+
 fn text(s: impl Into<String>) -> Value {
     Value::Text(s.into())
 }
@@ -836,7 +846,7 @@ fn rows_of(name: &str, tables: &[&Table], keys: &[Keys]) -> Vec<Vec<Value>> {
                         flag(notnull),
                         flag(default.is_some()),
                         flag(false),
-                        text(""),
+                        text(identity_of(t, &c.name)),
                         text(""),
                         flag(false),
                         flag(true),
@@ -1645,7 +1655,6 @@ impl VisitorMut for Rewriter {
                     f.name.0 = vec![keep];
                 }
                 match (&name[..], &mut f.args) {
-                    ("array", FunctionArguments::Subquery(q)) => array_subquery(q),
                     ("pg_get_expr", FunctionArguments::List(list)) => first_arg(list),
                     // Booleans are 0/1: all true is the minimum, any true the maximum.
                     ("bool_and" | "every", _) => {
@@ -1753,7 +1762,7 @@ fn shown_reg_cast(expr: &mut Expr) {
 
 /// `ARRAY(SELECT x FROM ...)` → the array of its rows' values, in their order (`[]` for
 /// none): `(SELECT json_group_array(_cairn_v) FROM (SELECT x AS _cairn_v FROM ...))`.
-fn array_subquery(q: &mut Query) -> Option<Expr> {
+pub(crate) fn array_subquery(q: &mut Query) -> Option<Expr> {
     let mut q = q.clone();
     let SetExpr::Select(s) = q.body.as_mut() else {
         return None;

@@ -101,6 +101,12 @@ pub enum DdlAction {
         sql: String,
         added: Vec<Column>,
     },
+    /// ALTER TABLE changes SQLite cannot make in place (`ALTER COLUMN ...`, `DROP COLUMN`,
+    /// `ADD CONSTRAINT ... FOREIGN KEY / CHECK`): each shard rebuilds the table.
+    Rebuild {
+        table: String,
+        changes: Vec<AlterChange>,
+    },
     /// Citus's `create_distributed_table('t', 'col', colocate_with => 'u', shard_count => n)`
     /// and `create_reference_table('t')` (column None): lay an empty table out anew.
     Distribute {
@@ -109,6 +115,40 @@ pub enum DdlAction {
         colocate_with: Option<String>,
         shard_count: Option<u32>,
     },
+}
+
+/// One change of an ALTER TABLE that rebuilds the table (see `ddl::plan_rebuild`).
+/// Expressions are already SQLite's.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlterChange {
+    AddColumn {
+        def: Box<ast::ColumnDef>,
+        column: Column,
+    },
+    DropColumn {
+        name: String,
+        if_exists: bool,
+    },
+    NotNull {
+        column: String,
+        not_null: bool,
+    },
+    Default {
+        column: String,
+        default: Option<Box<Expr>>,
+    },
+    /// A new type (its column definition's type and checks), the value converted by
+    /// `using` (over the old column) or by an assignment cast.
+    Type {
+        column: Column,
+        data_type: Box<DataType>,
+        using: Option<Box<Expr>>,
+    },
+    ForeignKey {
+        key: ForeignKey,
+        constraint: Box<TableConstraint>,
+    },
+    Check(Box<TableConstraint>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -147,6 +187,8 @@ pub struct CreateTable {
     pub references: Vec<ForeignKey>,
     /// The serial column, if any (always the single-column primary key).
     pub serial: Option<String>,
+    /// An identity column (numbered as the serial column).
+    pub identity: Option<crate::catalog::Identity>,
     pub partition_by: Option<PartitionBy>,
     pub partition_of: Option<PartitionOf>,
     /// `WITH (shard_count = n)`.
@@ -361,6 +403,36 @@ fn postgres_null_order(stmt: &mut Statement) {
         }
     }
     let _ = stmt.visit(&mut Fixer);
+}
+
+/// `t.col[1]` parses as field access on `t` (`.col`, then `[1]`): fold the dots into a
+/// qualified column name, so what remains is a subscript of a column.
+fn fold_field_access(stmt: &mut Statement) {
+    let _ = visit_expressions_mut(stmt, |e| {
+        if let Expr::CompoundFieldAccess { root, access_chain } = e {
+            let dots = access_chain
+                .iter()
+                .take_while(|a| matches!(a, ast::AccessExpr::Dot(Expr::Identifier(_))))
+                .count();
+            if dots > 0 {
+                let mut parts = match root.as_ref() {
+                    Expr::Identifier(i) => vec![i.clone()],
+                    Expr::CompoundIdentifier(p) => p.clone(),
+                    _ => return ControlFlow::<()>::Continue(()),
+                };
+                for a in access_chain.drain(..dots) {
+                    if let ast::AccessExpr::Dot(Expr::Identifier(i)) = a {
+                        parts.push(i);
+                    }
+                }
+                **root = Expr::CompoundIdentifier(parts);
+                if access_chain.is_empty() {
+                    *e = (**root).clone();
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
 }
 
 /// Refuse a statement with more than `limits::EXPRESSION_OPERATORS_MAX` binary operators in
@@ -1353,6 +1425,13 @@ fn rewrite_expr(e: &mut Expr) -> Result<()> {
             };
         }
         Expr::Function(f) => match function_name(f).as_str() {
+            "array" => {
+                if let FunctionArguments::Subquery(q) = &mut f.args {
+                    if let Some(a) = super::system::array_subquery(q) {
+                        *e = a;
+                    }
+                }
+            }
             "string_agg" => f.name = ObjectName::from(vec![Ident::new("group_concat")]),
             "char_length" | "character_length" => {
                 f.name = ObjectName::from(vec![Ident::new("length")])
@@ -1506,6 +1585,7 @@ pub fn translate(
     given: &[Option<PgType>],
 ) -> Result<Translated> {
     postgres_null_order(&mut stmt);
+    fold_field_access(&mut stmt);
     if let Statement::Explain {
         statement,
         analyze: false,
@@ -1661,6 +1741,11 @@ pub fn translate(
         Statement::CreateIndex(index) => {
             index.using = None;
             index.concurrently = false;
+            // Operator classes (`varchar_pattern_ops`) choose PostgreSQL index behaviour
+            // SQLite's b-tree does not have: one index serves both.
+            for c in index.columns.iter_mut() {
+                c.operator_class = None;
+            }
             let table = object_name(&index.table_name);
             let name = match &index.name {
                 Some(n) => object_name(n),
@@ -1704,15 +1789,12 @@ pub fn translate(
             if let Some(action) = add_unique_constraint(alter)? {
                 return Ok(ddl(action, "ALTER TABLE"));
             }
-            let (sql, added) = alter_table(alter)?;
-            return Ok(ddl(
-                DdlAction::AlterTable {
-                    table: object_name(&alter.name),
-                    sql,
-                    added,
-                },
-                "ALTER TABLE",
-            ));
+            let table = object_name(&alter.name);
+            let action = match alter_table(alter, catalog.table(&table))? {
+                Altered::Columns(sql, added) => DdlAction::AlterTable { table, sql, added },
+                Altered::Rebuild(changes) => DdlAction::Rebuild { table, changes },
+            };
+            return Ok(ddl(action, "ALTER TABLE"));
         }
         Statement::Drop {
             object_type,
@@ -2212,6 +2294,15 @@ fn option_text(v: &Expr) -> String {
 /// a varchar(8). Each check is named by the error it raises, "[SQLSTATE] message", which
 /// `error.rs` turns back into that SQLSTATE. Idempotent: a stored definition read again is
 /// left as it is.
+/// A column definition's options for `column`'s type: its DEFAULT as an assignment of that
+/// type, and the checks that keep only values of the type (see `type_checks`).
+pub fn typed_column_options(
+    column: &Column,
+    options: &mut Vec<ast::ColumnOptionDef>,
+) -> Result<()> {
+    column_definition(column, options)
+}
+
 fn column_definition(column: &Column, options: &mut Vec<ast::ColumnOptionDef>) -> Result<()> {
     let (name, ty) = (&column.name, column.ty);
     for opt in options.iter_mut() {
@@ -2426,6 +2517,7 @@ fn create_table(create: &mut ast::CreateTable) -> Result<CreateTable> {
     }
     let mut columns = Vec::new();
     let mut serial = None;
+    let mut identity = None;
     for col in create.columns.iter_mut() {
         let name = ident_name(&col.name);
         for opt in &col.options {
@@ -2443,14 +2535,52 @@ fn create_table(create: &mut ast::CreateTable) -> Result<CreateTable> {
                 _ => {}
             }
         }
-        let ty = match serial_kind(&col.data_type) {
+        // `GENERATED { ALWAYS | BY DEFAULT } AS IDENTITY`: numbered like a serial column.
+        let generated = col.options.iter().position(|o| {
+            matches!(
+                &o.option,
+                ColumnOption::Generated {
+                    generation_expr: None,
+                    generated_as: ast::GeneratedAs::Always | ast::GeneratedAs::ByDefault,
+                    ..
+                }
+            )
+        });
+        if let Some(at) = generated {
+            let ColumnOption::Generated { generated_as, .. } = col.options.remove(at).option else {
+                unreachable!("found above");
+            };
+            identity = Some(crate::catalog::Identity {
+                column: name.clone(),
+                always: generated_as == ast::GeneratedAs::Always,
+            });
+        }
+        let serial_type = serial_kind(&col.data_type).or_else(|| {
+            generated
+                .and_then(|_| declared_type(&col.data_type).ok())
+                .filter(|t| matches!(t, PgType::Int2 | PgType::Int4 | PgType::Int8))
+        });
+        if generated.is_some() && serial_type.is_none() {
+            return Err(Error::sql(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!(
+                    "identity column type must be smallint, integer, or bigint (column \"{name}\")"
+                ),
+            ));
+        }
+        let ty = match serial_type {
             Some(ty) => {
                 if primary_key.len() != 1 || primary_key[0] != name {
                     let table_level = create.constraints.iter().any(|c| {
                         matches!(c, TableConstraint::PrimaryKey(pk) if column_list(&pk.columns) == [name.clone()])
                     });
                     if !table_level {
-                        return Err(Error::unsupported(format!("serial column \"{name}\" that is not the table's single-column primary key")));
+                        let what = if generated.is_some() {
+                            "identity"
+                        } else {
+                            "serial"
+                        };
+                        return Err(Error::unsupported(format!("{what} column \"{name}\" that is not the table's single-column primary key")));
                     }
                 }
                 // SQLite allocates ids only for a column declared exactly INTEGER PRIMARY KEY.
@@ -2594,6 +2724,7 @@ fn create_table(create: &mut ast::CreateTable) -> Result<CreateTable> {
         uniques,
         references,
         serial,
+        identity,
         partition_by,
         partition_of,
         shard_count,
@@ -2648,13 +2779,55 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn alter_table(alter: &mut ast::AlterTable) -> Result<(String, Vec<Column>)> {
+/// What an ALTER TABLE becomes: added columns (SQLite adds them in place), or changes the
+/// shards make by rebuilding the table.
+enum Altered {
+    Columns(String, Vec<Column>),
+    Rebuild(Vec<AlterChange>),
+}
+
+/// A column's DEFAULT as SQLite evaluates it for a value of the column's type.
+fn default_expr(column: &Column, e: Expr) -> Result<Expr> {
+    let mut options = vec![ast::ColumnOptionDef {
+        name: None,
+        option: ColumnOption::Default(e),
+    }];
+    column_definition(column, &mut options)?;
+    match options.into_iter().next().map(|o| o.option) {
+        Some(ColumnOption::Default(e)) => Ok(e),
+        _ => Err(Error::internal("default rewrite")),
+    }
+}
+
+fn alter_table(alter: &mut ast::AlterTable, table: Option<&Table>) -> Result<Altered> {
     let template = ast::AlterTable {
         operations: Vec::new(),
         ..alter.clone()
     };
     let mut sql = String::new();
     let mut added = Vec::new();
+    let mut changes = Vec::new();
+    let column_of = |name: &str| -> Result<Column> {
+        let t = table.ok_or_else(|| {
+            Error::sql(
+                sqlstate::UNDEFINED_TABLE,
+                format!("relation \"{}\" does not exist", object_name(&alter.name)),
+            )
+        })?;
+        t.column(name).cloned().ok_or_else(|| {
+            Error::sql(
+                sqlstate::UNDEFINED_COLUMN,
+                format!(
+                    "column \"{name}\" of relation \"{}\" does not exist",
+                    t.name
+                ),
+            )
+        })
+    };
+    let in_place = alter
+        .operations
+        .iter()
+        .all(|op| matches!(op, ast::AlterTableOperation::AddColumn { .. }));
     for op in alter.operations.iter_mut() {
         match op {
             ast::AlterTableOperation::AddColumn { column_def, .. } => {
@@ -2676,9 +2849,167 @@ fn alter_table(alter: &mut ast::AlterTable) -> Result<(String, Vec<Column>)> {
                     ..template.clone()
                 });
                 rewrite(&mut s)?;
-                sql.push_str(&format!("{s};"));
-                added.push(column);
+                if in_place {
+                    sql.push_str(&format!("{s};"));
+                    added.push(column);
+                } else {
+                    let Statement::AlterTable(a) = s else {
+                        unreachable!("rewrite keeps the statement kind")
+                    };
+                    let Some(ast::AlterTableOperation::AddColumn { column_def, .. }) =
+                        a.operations.into_iter().next()
+                    else {
+                        unreachable!("built above")
+                    };
+                    changes.push(AlterChange::AddColumn {
+                        def: Box::new(column_def),
+                        column,
+                    });
+                }
             }
+            ast::AlterTableOperation::DropColumn {
+                column_names,
+                if_exists,
+                ..
+            } => {
+                for name in column_names.iter() {
+                    changes.push(AlterChange::DropColumn {
+                        name: ident_name(name),
+                        if_exists: *if_exists,
+                    });
+                }
+            }
+            ast::AlterTableOperation::AlterColumn { column_name, op } => {
+                let name = ident_name(column_name);
+                let column = column_of(&name)?;
+                changes.push(match op {
+                    ast::AlterColumnOperation::SetNotNull => AlterChange::NotNull {
+                        column: name,
+                        not_null: true,
+                    },
+                    ast::AlterColumnOperation::DropNotNull => AlterChange::NotNull {
+                        column: name,
+                        not_null: false,
+                    },
+                    ast::AlterColumnOperation::DropDefault => AlterChange::Default {
+                        column: name,
+                        default: None,
+                    },
+                    ast::AlterColumnOperation::SetDefault { value } => {
+                        let mut e = value.clone();
+                        let mut s = Statement::Query(Box::new(ast::Query {
+                            body: Box::new(SetExpr::Select(Box::new(ast::Select {
+                                projection: vec![SelectItem::UnnamedExpr(e.clone())],
+                                ..empty_select()
+                            }))),
+                            ..empty_query()
+                        }));
+                        rewrite(&mut s)?;
+                        if let Statement::Query(q) = s {
+                            if let SetExpr::Select(sel) = *q.body {
+                                if let Some(SelectItem::UnnamedExpr(x)) =
+                                    sel.projection.into_iter().next()
+                                {
+                                    e = x;
+                                }
+                            }
+                        }
+                        AlterChange::Default {
+                            column: name,
+                            default: Some(Box::new(default_expr(&column, e)?)),
+                        }
+                    }
+                    ast::AlterColumnOperation::SetDataType {
+                        data_type, using, ..
+                    } => {
+                        let ty = declared_type(data_type)?;
+                        let new = Column {
+                            name: name.clone(),
+                            ty,
+                            typmod: types::Typmod::of_declared(&data_type.to_string(), ty)?,
+                        };
+                        let using = match using {
+                            None => None,
+                            Some(u) => {
+                                let t = table.map(|t| vec![t]).unwrap_or_default();
+                                let mut s = parse(&format!("SELECT {u}"))?
+                                    .pop()
+                                    .ok_or_else(|| Error::internal("USING"))?;
+                                super::typed::rewrite(&mut s, &t)?;
+                                rewrite(&mut s)?;
+                                match s {
+                                    Statement::Query(q) => match *q.body {
+                                        SetExpr::Select(sel) => {
+                                            match sel.projection.into_iter().next() {
+                                                Some(SelectItem::UnnamedExpr(x)) => {
+                                                    Some(Box::new(x))
+                                                }
+                                                _ => None,
+                                            }
+                                        }
+                                        _ => None,
+                                    },
+                                    _ => None,
+                                }
+                            }
+                        };
+                        AlterChange::Type {
+                            column: new,
+                            data_type: Box::new(data_type.clone()),
+                            using,
+                        }
+                    }
+                    other => return Err(Error::unsupported(format!("ALTER COLUMN ... {other}"))),
+                });
+            }
+            ast::AlterTableOperation::AddConstraint { constraint, .. } => match constraint {
+                TableConstraint::ForeignKey(fk) => {
+                    let key = ForeignKey {
+                        columns: fk.columns.iter().map(ident_name).collect(),
+                        table: object_name(&fk.foreign_table),
+                        referred: fk.referred_columns.iter().map(ident_name).collect(),
+                    };
+                    // Checked when each statement runs: a shard's writer never commits the
+                    // SQLite transaction where a deferred check would run.
+                    let mut fk = fk.clone();
+                    fk.characteristics = None;
+                    changes.push(AlterChange::ForeignKey {
+                        key,
+                        constraint: Box::new(TableConstraint::ForeignKey(fk)),
+                    });
+                }
+                TableConstraint::Check(_) => {
+                    let mut s = Statement::AlterTable(ast::AlterTable {
+                        operations: vec![ast::AlterTableOperation::AddConstraint {
+                            constraint: constraint.clone(),
+                            not_valid: false,
+                        }],
+                        ..template.clone()
+                    });
+                    let t = table.map(|t| vec![t]).unwrap_or_default();
+                    super::typed::rewrite(&mut s, &t)?;
+                    rewrite(&mut s)?;
+                    if let Statement::AlterTable(a) = s {
+                        if let Some(ast::AlterTableOperation::AddConstraint {
+                            constraint, ..
+                        }) = a.operations.into_iter().next()
+                        {
+                            changes.push(AlterChange::Check(Box::new(constraint)));
+                        }
+                    }
+                }
+                other => {
+                    return Err(Error::unsupported(format!(
+                        "ALTER TABLE ADD {}",
+                        other
+                            .to_string()
+                            .split_whitespace()
+                            .take(2)
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    )))
+                }
+            },
             other => {
                 return Err(Error::unsupported(format!(
                     "ALTER TABLE {}",
@@ -2692,7 +3023,28 @@ fn alter_table(alter: &mut ast::AlterTable) -> Result<(String, Vec<Column>)> {
             }
         }
     }
-    Ok((sql, added))
+    if in_place {
+        Ok(Altered::Columns(sql, added))
+    } else {
+        Ok(Altered::Rebuild(changes))
+    }
+}
+
+fn empty_select() -> ast::Select {
+    let Some(Statement::Query(q)) = parse("SELECT 1").ok().and_then(|mut v| v.pop()) else {
+        unreachable!("SELECT 1 parses")
+    };
+    match *q.body {
+        SetExpr::Select(s) => *s,
+        _ => unreachable!("SELECT 1 is a select"),
+    }
+}
+
+fn empty_query() -> ast::Query {
+    let Some(Statement::Query(q)) = parse("SELECT 1").ok().and_then(|mut v| v.pop()) else {
+        unreachable!("SELECT 1 parses")
+    };
+    *q
 }
 
 #[cfg(test)]

@@ -1727,6 +1727,14 @@ impl Typmod {
         }
     }
 
+    /// PostgreSQL's `atttypmod` for it: a length plus 4, or precision << 16 | scale, plus 4.
+    pub fn pg_typmod(self) -> i32 {
+        match self {
+            Typmod::Length(n) => n as i32 + 4,
+            Typmod::Numeric { precision, scale } => ((precision << 16) | scale) as i32 + 4,
+        }
+    }
+
     /// The numeric display scale, if this modifier fixes one.
     pub fn scale(self) -> Option<u32> {
         match self {
