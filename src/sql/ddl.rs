@@ -527,6 +527,9 @@ async fn plan_rebuild(
 ) -> Result<Planned> {
     use sqlparser::ast::{ColumnOption, ColumnOptionDef, Statement as S, TableConstraint};
     let t = catalog.table(table).ok_or_else(|| undefined_table(table))?;
+    if let Some(planned) = drop_columns_in_place(catalog, t, changes)? {
+        return Ok(planned);
+    }
     if let Some(child) = catalog.tables().find(|c| {
         !c.name.eq_ignore_ascii_case(&t.name)
             && c.references.iter().any(|r| r.eq_ignore_ascii_case(&t.name))
@@ -800,6 +803,80 @@ async fn plan_rebuild(
         notice,
         ..DdlPlan::default()
     })))
+}
+
+/// `DROP COLUMN`s SQLite makes in place (no key, foreign key or other table's check uses
+/// the column; indexes on it are dropped first, as in PostgreSQL) — also for a table that
+/// others reference. None when some change needs a rebuild.
+fn drop_columns_in_place(
+    catalog: &Catalog,
+    t: &Table,
+    changes: &[AlterChange],
+) -> Result<Option<Planned>> {
+    let mut names = Vec::new();
+    for change in changes {
+        let AlterChange::DropColumn { name, if_exists } = change else {
+            return Ok(None);
+        };
+        if t.column(name).is_none() {
+            if *if_exists {
+                continue;
+            }
+            return Err(Error::sql(
+                sqlstate::UNDEFINED_COLUMN,
+                format!("column \"{name}\" of relation \"{}\" does not exist", t.name),
+            ));
+        }
+        if t.distribution_column().is_some_and(|d| d.eq_ignore_ascii_case(name)) {
+            return Err(Error::unsupported(format!(
+                "dropping \"{name}\", the distribution column of \"{}\"",
+                t.name
+            )));
+        }
+        names.push(name.clone());
+    }
+    let on = |sql: &str, name: &str| {
+        let columns = sql.rsplit_once('(').map_or("", |(_, c)| c).to_lowercase();
+        let n = name.to_lowercase();
+        columns.contains(&format!("\"{n}\""))
+            || columns
+                .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .any(|w| w == n)
+    };
+    let mut after = t.clone();
+    let mut sql = String::new();
+    for name in &names {
+        for (index, isql) in &t.indexes {
+            if on(isql, name) && after.indexes.iter().any(|(i, _)| i == index) {
+                sql.push_str(&format!("DROP INDEX IF EXISTS {};", quote(index)));
+                after.indexes.retain(|(i, _)| i != index);
+            }
+        }
+        sql.push_str(&format!(
+            "ALTER TABLE {} DROP COLUMN {};",
+            quote(&t.name),
+            quote(name)
+        ));
+        after.columns.retain(|c| !c.name.eq_ignore_ascii_case(name));
+    }
+    // SQLite refuses a column in a key, a foreign key or a check of another column: then
+    // the table is rebuilt instead.
+    if super::scratch::validate(&[t], &[&sql]).is_err() {
+        return Ok(None);
+    }
+    after.ddl.push(
+        names
+            .iter()
+            .map(|n| format!("ALTER TABLE {} DROP COLUMN {};", quote(&t.name), quote(n)))
+            .collect(),
+    );
+    let shards = catalog.shards_of(t)?;
+    Ok(Some(Planned::Do(Box::new(DdlPlan {
+        table: t.name.clone(),
+        steps: steps_on(&shards, &sql),
+        finish: vec![Change::PutTable(Box::new(after))],
+        ..DdlPlan::default()
+    }))))
 }
 
 fn plan_alter(catalog: &Catalog, table: &str, sql: &str, added: &[Column]) -> Result<Planned> {

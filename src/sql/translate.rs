@@ -1579,6 +1579,75 @@ fn cte_tables(stmt: &Statement, known: &[&Table]) -> Vec<Table> {
     out
 }
 
+/// Subqueries in FROM (`(SELECT ...) AS d`) as tables with the columns they produce, typed,
+/// innermost first (an outer one may read an inner one's columns).
+fn derived_tables(stmt: &Statement, known: &[&Table]) -> Vec<Table> {
+    struct Finder<'a> {
+        known: &'a [&'a Table],
+        out: Vec<Table>,
+    }
+    impl ast::Visitor for Finder<'_> {
+        type Break = ();
+        fn post_visit_table_factor(&mut self, factor: &ast::TableFactor) -> ControlFlow<()> {
+            let ast::TableFactor::Derived {
+                subquery,
+                alias: Some(alias),
+                ..
+            } = factor
+            else {
+                return ControlFlow::Continue(());
+            };
+            let mut scope: Vec<&Table> = self.known.to_vec();
+            scope.extend(self.out.iter());
+            let types = projection_types(subquery, &scope);
+            let mut body = subquery.body.as_ref();
+            while let SetExpr::SetOperation { left, .. } = body {
+                body = left;
+            }
+            let SetExpr::Select(select) = body else {
+                return ControlFlow::Continue(());
+            };
+            if types.is_empty() {
+                return ControlFlow::Continue(());
+            }
+            let named: Vec<String> = alias.columns.iter().map(|c| ident_name(&c.name)).collect();
+            let columns = select
+                .projection
+                .iter()
+                .zip(types)
+                .enumerate()
+                .map(|(i, (item, ty))| {
+                    let name = named.get(i).cloned().unwrap_or_else(|| match item {
+                        SelectItem::ExprWithAlias { alias, .. } => ident_name(alias),
+                        SelectItem::UnnamedExpr(e) => pg_column_name(e),
+                        _ => "?column?".into(),
+                    });
+                    let typmod = match item {
+                        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                            column_ref(e, &scope).and_then(|c| c.typmod)
+                        }
+                        _ => None,
+                    };
+                    Column {
+                        name,
+                        ty: ty.unwrap_or(PgType::Unknown),
+                        typmod,
+                    }
+                })
+                .filter(|c| c.ty != PgType::Unknown)
+                .collect();
+            self.out.push(Table::scratch(ident_name(&alias.name), columns));
+            ControlFlow::Continue(())
+        }
+    }
+    let mut finder = Finder {
+        known,
+        out: Vec::new(),
+    };
+    let _ = ast::Visit::visit(stmt, &mut finder);
+    finder.out
+}
+
 pub fn translate(
     mut stmt: Statement,
     catalog: &Catalog,
@@ -1616,6 +1685,8 @@ pub fn translate(
     super::srf::expand(&mut stmt, &srfs);
     let srf_tables: Vec<Table> = srfs.iter().map(super::srf::Found::table).collect();
     tables.extend(srf_tables.iter());
+    let derived = derived_tables(&stmt, &tables);
+    tables.extend(derived.iter());
     coerce_compared_literals(&mut stmt, &tables)?;
     let param_types = infer_params(&stmt, &tables, given);
     let mut out = Translated {
