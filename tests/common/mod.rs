@@ -486,3 +486,59 @@ impl Raw {
         self.until_ready()
     }
 }
+
+/// The Python interpreter of the test virtual environment (`CAIRN_PYTHON`, made by
+/// `.ci/run` with `tests/python/requirements.txt`); None (the test is skipped, and says
+/// so) where it is not set, unless CAIRN_REQUIRE_PYTHON demands it.
+#[allow(dead_code)]
+pub fn python() -> Option<String> {
+    match std::env::var("CAIRN_PYTHON") {
+        Ok(p) => Some(p),
+        Err(_) => {
+            assert!(
+                std::env::var("CAIRN_REQUIRE_PYTHON").is_err(),
+                "CAIRN_PYTHON (a virtual environment with tests/python/requirements.txt) is required here"
+            );
+            println!(
+                "CAIRN_PYTHON is not set; skipped (python3 -m venv v && v/bin/pip install -r tests/python/requirements.txt && CAIRN_PYTHON=v/bin/python cargo test)"
+            );
+            None
+        }
+    }
+}
+
+/// Run `python args...` with `env`, bounded by a deadline; panic with its output unless it
+/// succeeds.
+#[allow(dead_code)]
+pub fn run_python(python: &str, args: &[&str], env: &[(&str, &str)]) {
+    let mut child = std::process::Command::new(python)
+        .args(args)
+        .envs(env.iter().copied())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        match child.try_wait().expect("wait for python") {
+            Some(_) => break,
+            None if std::time::Instant::now() > deadline => {
+                let _ = child.kill();
+                break;
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+    let out = child.wait_with_output().expect("python output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(
+        out.status.success(),
+        "{args:?} failed (or ran past 300 s):\n{text}"
+    );
+}
