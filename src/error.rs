@@ -47,6 +47,7 @@ pub mod sqlstate {
     pub const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";
     pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
     pub const DEPENDENT_OBJECTS_STILL_EXIST: &str = "2BP01";
+    pub const SEQUENCE_GENERATOR_LIMIT_EXCEEDED: &str = "2200H";
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
     pub const DUPLICATE_COLUMN: &str = "42701";
     pub const WRONG_OBJECT_TYPE: &str = "42809";
@@ -98,6 +99,7 @@ pub mod sqlstate {
         CANT_CHANGE_RUNTIME_PARAM,
         OBJECT_NOT_IN_PREREQUISITE_STATE,
         DEPENDENT_OBJECTS_STILL_EXIST,
+        SEQUENCE_GENERATOR_LIMIT_EXCEEDED,
         INSUFFICIENT_PRIVILEGE,
         DUPLICATE_COLUMN,
         WRONG_OBJECT_TYPE,

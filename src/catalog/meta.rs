@@ -1,7 +1,7 @@
 //! Statements that change the catalog, run by the meta group's writer (inside a meta
 //! transaction when several must apply together). Nothing else writes the meta tables.
 
-use super::{Change, Colocation, Job, NodeRecord, Shard, Table};
+use super::{Change, Colocation, Job, NodeRecord, Object, Shard, Table};
 use crate::error::{Error, Result};
 use crate::storage::replica::{Statement, StatementKind};
 use rusqlite::types::Value;
@@ -132,11 +132,27 @@ pub fn sequence_set(name: &str, next: i64) -> Statement {
     )
 }
 
+pub fn put_object(o: &Object) -> Result<Statement> {
+    Ok(dml(
+        "INSERT OR REPLACE INTO _cairn_objects (key, def) VALUES (?1, ?2)",
+        vec![Value::Text(o.key()), json(o)?],
+    ))
+}
+
+pub fn delete_object(key: &str) -> Statement {
+    dml(
+        "DELETE FROM _cairn_objects WHERE key = ?1",
+        vec![Value::Text(key.to_string())],
+    )
+}
+
 /// The statement that makes `change`.
 pub fn change(change: &Change) -> Result<Statement> {
     match change {
         Change::PutTable(t) => put_table(t),
         Change::ForgetTable(name) => Ok(delete_table(name)),
         Change::PutColocation(g) => put_colocation(g),
+        Change::PutObject(o) => put_object(o),
+        Change::ForgetObject(key) => Ok(delete_object(key)),
     }
 }

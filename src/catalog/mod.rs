@@ -33,7 +33,66 @@ pub const META_SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS _cairn_sequences (name TEXT PRIMARY KEY, next INTEGER NOT NULL);
     CREATE TABLE IF NOT EXISTS _cairn_settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS _cairn_retired (id INTEGER PRIMARY KEY);
+    CREATE TABLE IF NOT EXISTS _cairn_objects (key TEXT PRIMARY KEY, def TEXT NOT NULL);
 ";
+
+/// A schema object that holds no rows of its own: views, sequences, comments. Kept in
+/// `_cairn_objects` by [`Object::key`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Object {
+    View(View),
+    Sequence(Sequence),
+    /// `COMMENT ON ... IS '...'`: `on` is the commented object's key (see [`comment_key`]).
+    Comment {
+        on: String,
+        text: String,
+    },
+}
+
+impl Object {
+    pub fn key(&self) -> String {
+        match self {
+            Object::View(v) => format!("view:{}", v.name.to_lowercase()),
+            Object::Sequence(s) => format!("sequence:{}", s.name.to_lowercase()),
+            Object::Comment { on, .. } => format!("comment:{on}"),
+        }
+    }
+}
+
+/// The key a comment on `kind` (`table`, `column`, `view`, `sequence`, `index`) named
+/// `name` (a column: `table.column`) is kept under.
+pub fn comment_key(kind: &str, name: &str) -> String {
+    format!("{kind}:{}", name.to_lowercase())
+}
+
+/// `CREATE VIEW name AS query`: the query is expanded where the view is named.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct View {
+    pub name: String,
+    /// The query as PostgreSQL text (the statement parsed and printed again).
+    pub query: String,
+    /// Its columns: names (the view's own list if it gave one) and types.
+    pub columns: Vec<Column>,
+    /// The names the query itself gives its columns, in order.
+    pub query_columns: Vec<String>,
+}
+
+/// `CREATE SEQUENCE`, or the sequence behind a serial or identity column (`owned_by`).
+/// Values come from the meta group in blocks (`_cairn_sequences`), as serial ids do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sequence {
+    pub name: String,
+    pub data_type: PgType,
+    pub start: i64,
+    pub increment: i64,
+    pub min: i64,
+    pub max: i64,
+    pub cache: i64,
+    pub cycle: bool,
+    /// (table, column) whose default draws from it.
+    #[serde(default)]
+    pub owned_by: Option<(String, String)>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Column {
@@ -90,6 +149,11 @@ pub struct Table {
     /// (a table on several shards cannot let each shard's SQLite number its rows).
     #[serde(default)]
     pub serial: Option<String>,
+    /// The serial or identity column, whatever the layout (a single-shard table lets its
+    /// SQLite number rows, so `serial` is None there): its implicit sequence is
+    /// `<table>_<column>_seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numbered: Option<String>,
     /// An identity column (`GENERATED ... AS IDENTITY`), numbered like a serial one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<Identity>,
@@ -116,8 +180,16 @@ impl Table {
             colocation: 0,
             state: TableState::Ready,
             serial: None,
+            numbered: None,
             identity: None,
         }
+    }
+
+    /// The implicit sequence of its serial or identity column: (sequence name, column).
+    pub fn implicit_sequence(&self) -> Option<(String, &str)> {
+        self.numbered
+            .as_deref()
+            .map(|c| (format!("{}_{c}_seq", self.name), c))
     }
 
     pub fn column(&self, name: &str) -> Option<&Column> {
@@ -224,6 +296,9 @@ pub enum Change {
     PutTable(Box<Table>),
     ForgetTable(String),
     PutColocation(Box<Colocation>),
+    PutObject(Box<Object>),
+    /// Delete the object with this key.
+    ForgetObject(String),
 }
 
 /// One shard's part of a DDL job.
@@ -292,6 +367,8 @@ pub struct Catalog {
     /// removes its replica of a shard only when the catalog names it here, never because
     /// it does not know the shard — its catalog may be behind).
     pub retired: BTreeSet<ShardId>,
+    /// Views, sequences and comments, by [`Object::key`].
+    pub objects: BTreeMap<String, Object>,
     /// Why the newest catalog did not load (a bug, corruption, or a definition written by a
     /// newer version): this is then the last one that did, and the node serves no statement
     /// from it until a later change loads (`Catalog::usable`).
@@ -360,6 +437,9 @@ impl Catalog {
                 _ => {}
             }
         }
+        for (key, o) in load_rows::<String, Object>(conn, "_cairn_objects", |r| r.get(0))? {
+            c.objects.insert(key, o);
+        }
         let mut stmt = conn.prepare("SELECT id FROM _cairn_retired")?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
@@ -408,7 +488,60 @@ impl Catalog {
             Change::PutColocation(g) => {
                 self.colocations.insert(g.id, (**g).clone());
             }
+            Change::PutObject(o) => {
+                self.objects.insert(o.key(), (**o).clone());
+            }
+            Change::ForgetObject(key) => {
+                self.objects.remove(key);
+            }
         }
+    }
+
+    pub fn view(&self, name: &str) -> Option<&View> {
+        match self.objects.get(&format!("view:{}", name.to_lowercase())) {
+            Some(Object::View(v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn sequence(&self, name: &str) -> Option<&Sequence> {
+        match self
+            .objects
+            .get(&format!("sequence:{}", name.to_lowercase()))
+        {
+            Some(Object::Sequence(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn views(&self) -> impl Iterator<Item = &View> {
+        self.objects.values().filter_map(|o| match o {
+            Object::View(v) => Some(v),
+            _ => None,
+        })
+    }
+
+    pub fn sequences(&self) -> impl Iterator<Item = &Sequence> {
+        self.objects.values().filter_map(|o| match o {
+            Object::Sequence(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    /// The comment on an object (see [`comment_key`]).
+    pub fn comment(&self, key: &str) -> Option<&str> {
+        match self.objects.get(&format!("comment:{key}")) {
+            Some(Object::Comment { text, .. }) => Some(text),
+            _ => None,
+        }
+    }
+
+    /// Whether a relation (table, view, sequence, index) already has this name.
+    pub fn relation_exists(&self, name: &str) -> bool {
+        self.any_table(name).is_some()
+            || self.view(name).is_some()
+            || self.sequence(name).is_some()
+            || self.index_owner(name).is_some()
     }
 
     /// The table owning index `name`.

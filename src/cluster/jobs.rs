@@ -105,7 +105,7 @@ impl Cluster {
                 Change::PutTable(t) => {
                     left.extend(before(&t.name, Some(t.colocation)).filter(|&g| g != t.colocation))
                 }
-                Change::PutColocation(_) => {}
+                Change::PutColocation(_) | Change::PutObject(_) | Change::ForgetObject(_) => {}
             }
         }
         left.sort_unstable();

@@ -19,8 +19,8 @@
 
 use super::translate::{AlterChange, CreateTable, DdlAction, PartitionBy};
 use crate::catalog::{
-    meta, Catalog, Change, Colocation, ColocationKind, Column, Distribution, JobStep,
-    ListPartition, Shard, Table, TableState,
+    comment_key, meta, Catalog, Change, Colocation, ColocationKind, Column, Distribution, JobStep,
+    ListPartition, Object, Shard, Table, TableState, View,
 };
 use crate::cluster::{placement, MetaTxn};
 use crate::error::{sqlstate, Error, Result};
@@ -78,12 +78,147 @@ fn steps_on(shards: &[ShardId], sql: &str) -> Vec<JobStep> {
 pub async fn plan(mt: &MetaTxn<'_>, catalog: &Catalog, action: &DdlAction) -> Result<Vec<Planned>> {
     match action {
         DdlAction::CreateTable(ct) => Ok(vec![plan_create(mt, catalog, ct).await?]),
-        DdlAction::DropTables { names, if_exists } => {
+        DdlAction::DropTables {
+            names,
+            if_exists,
+            cascade,
+        } => {
             let mut out = Vec::new();
             for name in names {
-                out.push(plan_drop(catalog, name, *if_exists)?);
+                out.push(plan_drop(catalog, name, *if_exists, *cascade)?);
             }
             Ok(out)
+        }
+        DdlAction::CreateView {
+            name,
+            or_replace,
+            query,
+            columns,
+            query_columns,
+            ..
+        } => {
+            let exists = catalog.view(name).is_some();
+            if (exists && !or_replace) || (!exists && catalog.relation_exists(name)) {
+                return Err(Error::sql(
+                    sqlstate::DUPLICATE_TABLE,
+                    format!("relation \"{name}\" already exists"),
+                ));
+            }
+            let view = Object::View(View {
+                name: name.clone(),
+                query: query.clone(),
+                columns: columns.clone(),
+                query_columns: query_columns.clone(),
+            });
+            Ok(vec![object_plan(
+                name,
+                vec![Change::PutObject(Box::new(view))],
+            )])
+        }
+        DdlAction::CreateSequence {
+            sequence,
+            if_not_exists,
+        } => {
+            if catalog.relation_exists(&sequence.name) {
+                if *if_not_exists && catalog.sequence(&sequence.name).is_some() {
+                    return Ok(vec![Planned::Skip(format!(
+                        "relation \"{}\" already exists, skipping",
+                        sequence.name
+                    ))]);
+                }
+                return Err(Error::sql(
+                    sqlstate::DUPLICATE_TABLE,
+                    format!("relation \"{}\" already exists", sequence.name),
+                ));
+            }
+            if let Some((t, c)) = &sequence.owned_by {
+                let table = catalog.table(t).ok_or_else(|| undefined_table(t))?;
+                if table.column(c).is_none() {
+                    return Err(Error::sql(
+                        sqlstate::UNDEFINED_COLUMN,
+                        format!("column \"{c}\" of relation \"{t}\" does not exist"),
+                    ));
+                }
+            }
+            let mut plan = object_plan(
+                &sequence.name,
+                vec![Change::PutObject(Box::new(Object::Sequence(
+                    sequence.clone(),
+                )))],
+            );
+            // A sequence made again under an old name starts over.
+            if let Planned::Do(p) = &mut plan {
+                p.setup
+                    .push(meta::sequence_set(&sequence_key(&sequence.name), 0));
+            }
+            Ok(vec![plan])
+        }
+        DdlAction::DropObjects {
+            kind,
+            names,
+            if_exists,
+            cascade,
+        } => {
+            let mut out = Vec::new();
+            for name in names {
+                let key = format!("{kind}:{}", name.to_lowercase());
+                if !catalog.objects.contains_key(&key) {
+                    if *if_exists {
+                        out.push(Planned::Skip(format!(
+                            "{kind} \"{name}\" does not exist, skipping"
+                        )));
+                        continue;
+                    }
+                    return Err(Error::sql(
+                        sqlstate::UNDEFINED_TABLE,
+                        format!("{kind} \"{name}\" does not exist"),
+                    ));
+                }
+                let mut changes = dependent_views(catalog, name, *cascade)?;
+                changes.push(Change::ForgetObject(format!(
+                    "comment:{}",
+                    comment_key(kind, name)
+                )));
+                changes.push(Change::ForgetObject(key));
+                out.push(object_plan(name, changes));
+            }
+            Ok(out)
+        }
+        DdlAction::Comment { kind, name, text } => {
+            let exists = match *kind {
+                "table" => catalog.table(name).is_some(),
+                "view" => catalog.view(name).is_some(),
+                "sequence" => catalog.sequence(name).is_some(),
+                "index" => catalog.index_owner(name).is_some(),
+                _ => {
+                    let (t, c) = name.split_once('.').unwrap_or((name, ""));
+                    catalog
+                        .table(t)
+                        .map(|t| t.column(c).is_some())
+                        .or_else(|| {
+                            catalog
+                                .view(t)
+                                .map(|v| v.columns.iter().any(|x| x.name == c))
+                        })
+                        .unwrap_or(false)
+                }
+            };
+            if !exists {
+                return Err(Error::sql(
+                    sqlstate::UNDEFINED_TABLE,
+                    format!("{kind} \"{name}\" does not exist"),
+                ));
+            }
+            let on = comment_key(kind, name);
+            let change = match text {
+                Some(text) => Change::PutObject(Box::new(Object::Comment {
+                    on,
+                    text: text.clone(),
+                })),
+                None => Change::ForgetObject(format!("comment:{on}")),
+            };
+            let owner = name.split('.').next().unwrap_or(name);
+            Ok(vec![object_plan(owner, vec![change])])
         }
         DdlAction::CreateIndex {
             table,
@@ -410,7 +545,65 @@ async fn new_reference_group(
     Ok(id)
 }
 
-fn plan_drop(catalog: &Catalog, name: &str, if_exists: bool) -> Result<Planned> {
+/// A change of the catalog alone (views, sequences, comments): no shard has anything to do.
+fn object_plan(name: &str, changes: Vec<Change>) -> Planned {
+    Planned::Do(Box::new(DdlPlan {
+        table: name.to_string(),
+        finish: changes,
+        ..DdlPlan::default()
+    }))
+}
+
+/// The counter a sequence draws from (`_cairn_sequences`).
+pub fn sequence_key(name: &str) -> String {
+    format!("seq:{}", name.to_lowercase())
+}
+
+/// Views whose queries name `relation`: dropped with it under CASCADE (and the views over
+/// them), else an error, as in PostgreSQL.
+fn dependent_views(catalog: &Catalog, relation: &str, cascade: bool) -> Result<Vec<Change>> {
+    let mut doomed: Vec<String> = vec![relation.to_lowercase()];
+    let mut changes = Vec::new();
+    let mut i = 0;
+    while i < doomed.len() {
+        let target = doomed[i].clone();
+        i += 1;
+        for v in catalog.views() {
+            let key = v.name.to_lowercase();
+            if doomed.contains(&key) {
+                continue;
+            }
+            let names_it = super::translate::parse(&v.query)
+                .ok()
+                .and_then(|mut s| s.pop())
+                .is_some_and(|stmt| {
+                    let mut found = false;
+                    let _ = sqlparser::ast::visit_relations(&stmt, |n| {
+                        found |= super::translate::object_name(n) == target;
+                        std::ops::ControlFlow::<()>::Continue(())
+                    });
+                    found
+                });
+            if !names_it {
+                continue;
+            }
+            if !cascade {
+                return Err(Error::sql(
+                    sqlstate::DEPENDENT_OBJECTS_STILL_EXIST,
+                    format!(
+                        "cannot drop {relation} because view {} depends on it (use DROP ... CASCADE to drop the view too)",
+                        v.name
+                    ),
+                ));
+            }
+            changes.push(Change::ForgetObject(format!("view:{key}")));
+            doomed.push(key);
+        }
+    }
+    Ok(changes)
+}
+
+fn plan_drop(catalog: &Catalog, name: &str, if_exists: bool, cascade: bool) -> Result<Planned> {
     let Some(table) = catalog.table(name) else {
         if if_exists {
             return Ok(Planned::Skip(format!(
@@ -431,6 +624,27 @@ fn plan_drop(catalog: &Catalog, name: &str, if_exists: bool) -> Result<Planned> 
             ),
         ));
     }
+    let mut finish = dependent_views(catalog, &table.name, cascade)?;
+    // Its comments, and the sequences it owns, go with it.
+    let prefix = |kind: &str| format!("comment:{kind}:{}", table.name.to_lowercase());
+    for key in catalog.objects.keys() {
+        if key == &prefix("table") || key.starts_with(&format!("{}.", prefix("column"))) {
+            finish.push(Change::ForgetObject(key.clone()));
+        }
+    }
+    for seq in catalog.sequences() {
+        if seq
+            .owned_by
+            .as_ref()
+            .is_some_and(|(t, _)| t.eq_ignore_ascii_case(&table.name))
+        {
+            finish.push(Change::ForgetObject(format!(
+                "sequence:{}",
+                seq.name.to_lowercase()
+            )));
+        }
+    }
+    finish.push(Change::ForgetTable(table.name.clone()));
     let shards = catalog.shards_of(table)?;
     let mut hidden = table.clone();
     hidden.state = TableState::Dropping;
@@ -441,7 +655,7 @@ fn plan_drop(catalog: &Catalog, name: &str, if_exists: bool) -> Result<Planned> 
             &shards,
             &format!("DROP TABLE IF EXISTS {}", quote(&table.name)),
         ),
-        finish: vec![Change::ForgetTable(table.name.clone())],
+        finish,
         abort: vec![Change::PutTable(Box::new(table.clone()))],
         ..DdlPlan::default()
     })))
@@ -824,10 +1038,15 @@ fn drop_columns_in_place(
             }
             return Err(Error::sql(
                 sqlstate::UNDEFINED_COLUMN,
-                format!("column \"{name}\" of relation \"{}\" does not exist", t.name),
+                format!(
+                    "column \"{name}\" of relation \"{}\" does not exist",
+                    t.name
+                ),
             ));
         }
-        if t.distribution_column().is_some_and(|d| d.eq_ignore_ascii_case(name)) {
+        if t.distribution_column()
+            .is_some_and(|d| d.eq_ignore_ascii_case(name))
+        {
             return Err(Error::unsupported(format!(
                 "dropping \"{name}\", the distribution column of \"{}\"",
                 t.name
@@ -1250,6 +1469,7 @@ async fn plan_create(mt: &MetaTxn<'_>, catalog: &Catalog, ct: &CreateTable) -> R
         colocation,
         state: TableState::Ready,
         serial,
+        numbered: ct.serial.clone(),
         identity: ct.identity.clone(),
     };
     super::scratch::validate(&[&table], &[])?;

@@ -15,6 +15,7 @@ pub mod ddl;
 mod distinct;
 pub mod plan;
 pub mod scratch;
+mod sequences;
 pub mod session;
 mod srf;
 pub mod system;

@@ -32,8 +32,9 @@ pub struct Engine {
     pub cluster: Arc<Cluster>,
     pub metrics: crate::metrics::Metrics,
     describer: scratch::Describer,
-    /// Serial values reserved from cluster-wide sequences: table → (next, end).
-    sequences: tokio::sync::Mutex<HashMap<String, (i64, i64)>>,
+    /// Serial values reserved from cluster-wide sequences: table → (next, end); and
+    /// positions of sequences (`seq:<name>`, see `sequences`).
+    pub(super) sequences: tokio::sync::Mutex<HashMap<String, (i64, i64)>>,
     /// The node's catalog with PostgreSQL's system tables added (`system::augment`), for
     /// the catalog it was made from.
     with_system: std::sync::Mutex<Option<(Arc<Catalog>, Arc<Catalog>)>>,
@@ -71,6 +72,7 @@ impl Engine {
             copy: None,
             cancel: Cancel::default(),
             in_flight: false,
+            sequence_values: Default::default(),
         }
     }
 
@@ -271,6 +273,8 @@ pub struct Session {
     /// A statement is running. Still set when the next one starts, the last was abandoned
     /// half-way (its future dropped): see [`Session::recover_abandoned`].
     in_flight: bool,
+    /// This session's last sequence values (currval, lastval).
+    sequence_values: super::sequences::SessionValues,
 }
 
 fn failed_txn() -> Error {
@@ -1059,6 +1063,19 @@ impl Session {
             }
             Kind::Read | Kind::Write => {
                 let catalog = self.catalog();
+                let evaluated;
+                let t = if super::sequences::mentioned(t) {
+                    evaluated = super::sequences::evaluate(
+                        &self.engine,
+                        &catalog,
+                        &mut self.sequence_values,
+                        t,
+                    )
+                    .await?;
+                    &evaluated
+                } else {
+                    t
+                };
                 let plan =
                     plan::plan(&self.engine, &catalog, t, &params, self.txn.is_none()).await?;
                 // A statement writing several shards is atomic: an implicit transaction.
@@ -1262,7 +1279,53 @@ impl Session {
             | A::AlterTable { table, .. }
             | A::Rebuild { table, .. }
             | A::Distribute { table, .. } => vec![table.as_str()],
-            A::DropIndexes { .. } => Vec::new(),
+            A::DropIndexes { .. }
+            | A::CreateView { .. }
+            | A::CreateSequence { .. }
+            | A::DropObjects { .. }
+            | A::Comment { .. } => Vec::new(),
+        };
+        // A view's columns: its query described now, against this session's catalog.
+        let described;
+        let action = match action {
+            A::CreateView {
+                name,
+                or_replace,
+                query,
+                names,
+                ..
+            } => {
+                let prepared = self
+                    .prepare(query, &[])
+                    .await?
+                    .ok_or_else(|| Error::sql(sqlstate::SYNTAX_ERROR, "a view needs a query"))?;
+                let fields = self.describe(&prepared).await?;
+                if names.len() > fields.len() {
+                    return Err(Error::sql(
+                        sqlstate::SYNTAX_ERROR,
+                        "CREATE VIEW specifies more column names than columns",
+                    ));
+                }
+                let columns = fields
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| crate::catalog::Column {
+                        name: names.get(i).cloned().unwrap_or_else(|| f.name.clone()),
+                        ty: f.ty,
+                        typmod: f.typmod,
+                    })
+                    .collect();
+                described = A::CreateView {
+                    name: name.clone(),
+                    or_replace: *or_replace,
+                    query: query.clone(),
+                    names: names.clone(),
+                    columns,
+                    query_columns: fields.iter().map(|f| f.name.clone()).collect(),
+                };
+                &described
+            }
+            other => other,
         };
         if let Some(name) = names.iter().find(|n| super::system::is_system_table(n)) {
             return Err(Error::sql(

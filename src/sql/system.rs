@@ -32,6 +32,8 @@ pub const NAMESPACE_CATALOG: i64 = 11;
 pub const NAMESPACE_PUBLIC: i64 = 2200;
 pub const NAMESPACE_INFORMATION_SCHEMA: i64 = 13_000;
 const OWNER: i64 = 10;
+/// `pg_class`'s own OID (the `classid` of relations in pg_depend and pg_description).
+const PG_CLASS: i64 = 1259;
 const DATABASE: i64 = 16_383;
 const AM_HEAP: i64 = 2;
 const AM_BTREE: i64 = 403;
@@ -142,7 +144,7 @@ const SPECS: &[Spec] = &[
         "pg_indexes",
         "schemaname:t tablename:t indexname:t tablespace:t indexdef:t",
     ),
-    empty(
+    spec(
         "pg_views",
         "schemaname:t viewname:t viewowner:t definition:t",
     ),
@@ -150,16 +152,16 @@ const SPECS: &[Spec] = &[
         "pg_matviews",
         "schemaname:t matviewname:t matviewowner:t definition:t",
     ),
-    empty(
+    spec(
         "pg_sequence",
         "seqrelid:i seqtypid:i seqstart:I seqincrement:I seqmax:I seqmin:I seqcache:I seqcycle:b",
     ),
-    empty(
+    spec(
         "pg_sequences",
         "schemaname:t sequencename:t sequenceowner:t data_type:t start_value:I min_value:I \
          max_value:I increment_by:I cycle:b cache_size:I last_value:I",
     ),
-    empty(
+    spec(
         "pg_description",
         "objoid:i classoid:i objsubid:n description:t",
     ),
@@ -203,7 +205,7 @@ const SPECS: &[Spec] = &[
         "pg_rewrite",
         "oid:i rulename:t ev_class:i ev_type:t is_instead:b",
     ),
-    empty(
+    spec(
         "pg_depend",
         "classid:i objid:i objsubid:n refclassid:i refobjid:i refobjsubid:n deptype:t",
     ),
@@ -267,12 +269,12 @@ const SPECS: &[Spec] = &[
          unique_constraint_catalog:t unique_constraint_schema:t unique_constraint_name:t \
          match_option:t update_rule:t delete_rule:t",
     ),
-    empty(
+    spec(
         "information_schema.views",
         "table_catalog:t table_schema:t table_name:t view_definition:t check_option:t \
          is_updatable:t is_insertable_into:t",
     ),
-    empty(
+    spec(
         "information_schema.sequences",
         "sequence_catalog:t sequence_schema:t sequence_name:t data_type:t start_value:t \
          minimum_value:t maximum_value:t increment:t cycle_option:t",
@@ -492,8 +494,15 @@ fn keys(conn: &Connection, table: &Table) -> Result<Keys> {
             let default: Option<String> = r.get(4)?;
             let pk: i64 = r.get(5)?;
             if pk > 0 {
-                primary.push((pk, name));
+                primary.push((pk, name.clone()));
             }
+            // A serial column's default is its implicit sequence, as PostgreSQL shows it.
+            let default = default.or_else(|| match (&table.identity, table.implicit_sequence()) {
+                (None, Some((seq, column))) if column.eq_ignore_ascii_case(&name) => {
+                    Some(format!("nextval('{seq}'::regclass)"))
+                }
+                _ => None,
+            });
             columns.push((notnull != 0 || pk > 0, default));
         }
     }
@@ -649,8 +658,12 @@ fn indexes_of(table: &Table, keys: &Keys) -> Vec<Index> {
 struct Objects {
     /// (kind, oid) → name, kinds `regclass`, `regtype`, `regnamespace`, `regrole`.
     names: std::collections::HashMap<(&'static str, i64), String>,
-    /// Index and constraint OID → definition.
+    /// Index and constraint OID → definition; view OID → its query.
     defs: std::collections::HashMap<i64, String>,
+    /// (object OID, column number or 0) → comment.
+    comments: std::collections::HashMap<(i64, i64), String>,
+    /// (table, column) → the implicit sequence of a serial or identity column.
+    serials: std::collections::HashMap<(String, String), String>,
 }
 
 fn objects(conn: &Connection, objects: std::sync::Arc<Objects>) -> rusqlite::Result<()> {
@@ -683,9 +696,12 @@ fn objects(conn: &Connection, objects: std::sync::Arc<Objects>) -> rusqlite::Res
         Ok(match ctx.get::<Value>(1)? {
             Value::Integer(oid) => Some(oid),
             Value::Text(t) => t.parse::<i64>().ok().or_else(|| {
+                // `public.t`, `pg_catalog.pg_class`, `"T"`: the object's own name.
                 let name = t
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or(&t)
                     .trim_matches('"')
-                    .trim_start_matches("public.")
                     .to_lowercase();
                 o.names
                     .iter()
@@ -695,13 +711,54 @@ fn objects(conn: &Connection, objects: std::sync::Arc<Objects>) -> rusqlite::Res
             _ => None,
         })
     })?;
-    for name in ["pg_get_indexdef", "pg_get_constraintdef"] {
+    for name in ["pg_get_indexdef", "pg_get_constraintdef", "pg_get_viewdef"] {
         let o = objects.clone();
         conn.create_scalar_function(name, -1, flags, move |ctx| {
-            let oid: Option<i64> = ctx.get(0)?;
+            let oid = match ctx.get::<Value>(0)? {
+                Value::Integer(oid) => Some(oid),
+                Value::Text(t) => t.parse::<i64>().ok().or_else(|| {
+                    let n = t.trim_start_matches("public.").to_lowercase();
+                    o.names
+                        .iter()
+                        .find(|((k, _), x)| *k == "regclass" && x.to_lowercase() == n)
+                        .map(|((_, oid), _)| *oid)
+                }),
+                _ => None,
+            };
             Ok(oid.and_then(|oid| o.defs.get(&oid).cloned()))
         })?;
     }
+    // obj_description(oid[, catalog]), col_description(oid, column number).
+    for n in [1, 2] {
+        let o = objects.clone();
+        conn.create_scalar_function("obj_description", n, flags, move |ctx| {
+            let oid: Option<i64> = ctx.get(0)?;
+            Ok(oid.and_then(|oid| o.comments.get(&(oid, 0)).cloned()))
+        })?;
+    }
+    let o = objects.clone();
+    conn.create_scalar_function("col_description", 2, flags, move |ctx| {
+        let (oid, column): (Option<i64>, Option<i64>) = (ctx.get(0)?, ctx.get(1)?);
+        Ok(match (oid, column) {
+            (Some(oid), Some(c)) => o.comments.get(&(oid, c)).cloned(),
+            _ => None,
+        })
+    })?;
+    let o = objects.clone();
+    conn.create_scalar_function("pg_get_serial_sequence", 2, flags, move |ctx| {
+        let (Some(table), Some(column)) =
+            (ctx.get::<Option<String>>(0)?, ctx.get::<Option<String>>(1)?)
+        else {
+            return Ok(None);
+        };
+        let table = table
+            .trim_matches('"')
+            .trim_start_matches("public.")
+            .to_lowercase();
+        Ok(o.serials
+            .get(&(table, column.to_lowercase()))
+            .map(|s| format!("public.{s}")))
+    })?;
     Ok(())
 }
 
@@ -728,6 +785,24 @@ pub fn populate(conn: &Connection, catalog: &Catalog, used: &[String]) -> Result
         found.names.insert(("regnamespace", oid), name.to_string());
     }
     found.names.insert(("regrole", OWNER), "cairn".to_string());
+    // The catalogs themselves, as `'pg_catalog.pg_class'::regclass` names them.
+    for (oid, name) in [
+        (1247, "pg_type"),
+        (1249, "pg_attribute"),
+        (1255, "pg_proc"),
+        (PG_CLASS, "pg_class"),
+        (1262, "pg_database"),
+        (2606, "pg_constraint"),
+        (2608, "pg_depend"),
+        (2609, "pg_description"),
+        (2610, "pg_index"),
+        (2615, "pg_namespace"),
+        (2618, "pg_rewrite"),
+        (2620, "pg_trigger"),
+        (3079, "pg_extension"),
+    ] {
+        found.names.insert(("regclass", oid), name.to_string());
+    }
     for ty in crate::types::ALL_TYPES {
         found
             .names
@@ -738,7 +813,7 @@ pub fn populate(conn: &Connection, catalog: &Catalog, used: &[String]) -> Result
     }
     // Both tables keep the object's OID first and its definition last.
     for name in ["pg_index", "pg_constraint"] {
-        for row in rows_of(name, &tables, &keys_of) {
+        for row in rows_of(name, catalog, &tables, &keys_of) {
             if let (Some(Value::Integer(oid)), Some(Value::Text(def))) = (row.first(), row.last()) {
                 found.defs.insert(*oid, def.clone());
             }
@@ -748,6 +823,29 @@ pub fn populate(conn: &Connection, catalog: &Catalog, used: &[String]) -> Result
         found
             .names
             .insert(("regclass", oid_of("table", &t.name)), t.name.clone());
+        if let Some((seq, column)) = t.implicit_sequence() {
+            found
+                .names
+                .insert(("regclass", oid_of("sequence", &seq)), seq.clone());
+            found
+                .serials
+                .insert((t.name.to_lowercase(), column.to_lowercase()), seq);
+        }
+    }
+    for v in catalog.views() {
+        let oid = oid_of("view", &v.name);
+        found.names.insert(("regclass", oid), v.name.clone());
+        found.defs.insert(oid, view_definition(v));
+    }
+    for q in catalog.sequences() {
+        found
+            .names
+            .insert(("regclass", oid_of("sequence", &q.name)), q.name.clone());
+    }
+    for (target, oid, column) in comment_targets(catalog, &tables) {
+        if let Some(text) = catalog.comment(&target) {
+            found.comments.insert((oid, column), text.to_string());
+        }
     }
     for (t, k) in tables.iter().zip(&keys_of) {
         for i in indexes_of(t, k) {
@@ -764,7 +862,7 @@ pub fn populate(conn: &Connection, catalog: &Catalog, used: &[String]) -> Result
             .ok_or_else(|| Error::internal(format!("no system table {name}")))?;
         let ddl = def.ddl[0].replacen("CREATE TABLE ", "CREATE TABLE sys.", 1);
         conn.execute_batch(&ddl)?;
-        let rows = rows_of(name, &tables, &keys_of);
+        let rows = rows_of(name, catalog, &tables, &keys_of);
         if rows.is_empty() {
             continue;
         }
@@ -779,7 +877,92 @@ pub fn populate(conn: &Connection, catalog: &Catalog, used: &[String]) -> Result
     Ok(())
 }
 
-fn rows_of(name: &str, tables: &[&Table], keys: &[Keys]) -> Vec<Vec<Value>> {
+/// A view's definition as `pg_get_viewdef` prints it.
+fn view_definition(v: &crate::catalog::View) -> String {
+    format!(" {};", v.query)
+}
+
+/// Every object a comment may be on: (comment key, OID, column number or 0).
+fn comment_targets(catalog: &Catalog, tables: &[&Table]) -> Vec<(String, i64, i64)> {
+    use crate::catalog::comment_key;
+    let mut out = Vec::new();
+    for t in tables {
+        let oid = oid_of("table", &t.name);
+        out.push((comment_key("table", &t.name), oid, 0));
+        for (i, c) in t.columns.iter().enumerate() {
+            out.push((
+                comment_key("column", &format!("{}.{}", t.name, c.name)),
+                oid,
+                i as i64 + 1,
+            ));
+        }
+        for (index, _) in &t.indexes {
+            out.push((comment_key("index", index), oid_of("index", index), 0));
+        }
+    }
+    for v in catalog.views() {
+        let oid = oid_of("view", &v.name);
+        out.push((comment_key("view", &v.name), oid, 0));
+        for (i, c) in v.columns.iter().enumerate() {
+            out.push((
+                comment_key("column", &format!("{}.{}", v.name, c.name)),
+                oid,
+                i as i64 + 1,
+            ));
+        }
+    }
+    for q in catalog.sequences() {
+        out.push((
+            comment_key("sequence", &q.name),
+            oid_of("sequence", &q.name),
+            0,
+        ));
+    }
+    out
+}
+
+/// Every sequence: those made by CREATE SEQUENCE, and the implicit ones of serial and
+/// identity columns (with their (table, column, identity?) owner).
+fn all_sequences(
+    catalog: &Catalog,
+    tables: &[&Table],
+) -> Vec<(crate::catalog::Sequence, Option<(String, String, bool)>)> {
+    let mut out: Vec<_> = catalog
+        .sequences()
+        .map(|q| {
+            let owner = q.owned_by.clone().map(|(t, c)| (t, c, false));
+            (q.clone(), owner)
+        })
+        .collect();
+    for t in tables {
+        if let Some((name, column)) = t.implicit_sequence() {
+            let ty = t.column(column).map_or(PgType::Int8, |c| c.ty);
+            let max = match ty {
+                PgType::Int2 => i16::MAX as i64,
+                PgType::Int4 => i32::MAX as i64,
+                _ => i64::MAX,
+            };
+            let identity = t.identity.is_some();
+            out.push((
+                crate::catalog::Sequence {
+                    name,
+                    data_type: ty,
+                    start: 1,
+                    increment: 1,
+                    min: 1,
+                    max,
+                    cache: 1,
+                    cycle: false,
+                    owned_by: None,
+                },
+                Some((t.name.clone(), column.to_string(), identity)),
+            ));
+        }
+    }
+    out
+}
+
+fn rows_of(name: &str, catalog: &Catalog, tables: &[&Table], keys: &[Keys]) -> Vec<Vec<Value>> {
     let mut rows = Vec::new();
     let all = || tables.iter().zip(keys);
     match name {
@@ -823,43 +1006,50 @@ fn rows_of(name: &str, tables: &[&Table], keys: &[Keys]) -> Vec<Vec<Value>> {
                     ));
                 }
             }
+            for v in catalog.views() {
+                let mut row = class_row(
+                    oid_of("view", &v.name),
+                    &v.name,
+                    "v",
+                    0,
+                    v.columns.len(),
+                    false,
+                    false,
+                );
+                row[19] = flag(true); // relhasrules: a view is its _RETURN rule
+                rows.push(row);
+            }
+            for (q, _) in all_sequences(catalog, tables) {
+                rows.push(class_row(
+                    oid_of("sequence", &q.name),
+                    &q.name,
+                    "S",
+                    0,
+                    3,
+                    false,
+                    false,
+                ));
+            }
         }
         "pg_attribute" => {
             for (t, k) in all() {
                 let rel = oid_of("table", &t.name);
                 for (i, c) in t.columns.iter().enumerate() {
                     let (notnull, default) = k.columns.get(i).cloned().unwrap_or((false, None));
-                    rows.push(vec![
-                        int(rel),
-                        text(&c.name),
-                        int(c.ty.oid() as i64),
-                        int(-1),
-                        int(type_len(c.ty)),
-                        int(i as i64 + 1),
-                        int(0),
-                        int(-1),
-                        int(typmod_of(c)),
-                        flag(type_len(c.ty) > 0 && type_len(c.ty) <= 8),
-                        text("i"),
-                        text("p"),
-                        text(""),
-                        flag(notnull),
-                        flag(default.is_some()),
-                        flag(false),
-                        text(identity_of(t, &c.name)),
-                        text(""),
-                        flag(false),
-                        flag(true),
-                        int(0),
-                        if matches!(c.ty, PgType::Text | PgType::Varchar | PgType::Bpchar) {
-                            int(COLLATION_DEFAULT)
-                        } else {
-                            int(0)
-                        },
-                        NULL,
-                        NULL,
-                        NULL,
-                    ]);
+                    rows.push(attribute_row(
+                        rel,
+                        i,
+                        c,
+                        notnull,
+                        default.is_some(),
+                        &identity_of(t, &c.name),
+                    ));
+                }
+            }
+            for v in catalog.views() {
+                let rel = oid_of("view", &v.name);
+                for (i, c) in v.columns.iter().enumerate() {
+                    rows.push(attribute_row(rel, i, c, false, false, ""));
                 }
             }
         }
@@ -1171,6 +1361,118 @@ fn rows_of(name: &str, tables: &[&Table], keys: &[Keys]) -> Vec<Vec<Value>> {
                     NULL,
                 ]);
             }
+            for v in catalog.views() {
+                rows.push(vec![
+                    text("cairn"),
+                    text("public"),
+                    text(&v.name),
+                    text("VIEW"),
+                    text("NO"),
+                    text("NO"),
+                    NULL,
+                ]);
+            }
+        }
+        "information_schema.views" => {
+            for v in catalog.views() {
+                rows.push(vec![
+                    text("cairn"),
+                    text("public"),
+                    text(&v.name),
+                    text(view_definition(v)),
+                    text("NONE"),
+                    text("NO"),
+                    text("NO"),
+                ]);
+            }
+        }
+        "pg_views" => {
+            for v in catalog.views() {
+                rows.push(vec![
+                    text("public"),
+                    text(&v.name),
+                    text("cairn"),
+                    text(view_definition(v)),
+                ]);
+            }
+        }
+        "pg_sequence" => {
+            for (q, _) in all_sequences(catalog, tables) {
+                rows.push(vec![
+                    int(oid_of("sequence", &q.name)),
+                    int(q.data_type.oid().into()),
+                    int(q.start),
+                    int(q.increment),
+                    int(q.max),
+                    int(q.min),
+                    int(q.cache),
+                    flag(q.cycle),
+                ]);
+            }
+        }
+        "pg_sequences" => {
+            for (q, _) in all_sequences(catalog, tables) {
+                rows.push(vec![
+                    text("public"),
+                    text(&q.name),
+                    text("cairn"),
+                    text(q.data_type.name()),
+                    int(q.start),
+                    int(q.min),
+                    int(q.max),
+                    int(q.increment),
+                    flag(q.cycle),
+                    int(q.cache),
+                    NULL,
+                ]);
+            }
+        }
+        "information_schema.sequences" => {
+            for (q, _) in all_sequences(catalog, tables) {
+                rows.push(vec![
+                    text("cairn"),
+                    text("public"),
+                    text(&q.name),
+                    text(q.data_type.name()),
+                    text(q.start.to_string()),
+                    text(q.min.to_string()),
+                    text(q.max.to_string()),
+                    text(q.increment.to_string()),
+                    text(if q.cycle { "YES" } else { "NO" }),
+                ]);
+            }
+        }
+        "pg_depend" => {
+            // A serial or identity column's sequence belongs to it.
+            for (q, owner) in all_sequences(catalog, tables) {
+                let Some((table, column, identity)) = owner else {
+                    continue;
+                };
+                let Some(t) = tables.iter().find(|t| t.name.eq_ignore_ascii_case(&table)) else {
+                    continue;
+                };
+                let attnum = t
+                    .columns
+                    .iter()
+                    .position(|c| c.name.eq_ignore_ascii_case(&column))
+                    .map_or(0, |p| p as i64 + 1);
+                rows.push(vec![
+                    int(PG_CLASS),
+                    int(oid_of("sequence", &q.name)),
+                    int(0),
+                    int(PG_CLASS),
+                    int(oid_of("table", &t.name)),
+                    int(attnum),
+                    text(if identity { "i" } else { "a" }),
+                ]);
+            }
+        }
+        "pg_description" => {
+            for (key, oid, column) in comment_targets(catalog, tables) {
+                if let Some(text_) = catalog.comment(&key) {
+                    rows.push(vec![int(oid), int(PG_CLASS), int(column), text(text_)]);
+                }
+            }
         }
         "information_schema.columns" => {
             for (t, k) in all() {
@@ -1288,6 +1590,47 @@ fn keys_of_table(tables: &[&Table], keys: &[Keys], name: &str) -> Vec<String> {
 
 /// `has_triggers`: PostgreSQL keeps foreign keys with triggers on both tables, and psql
 /// lists a table's keys only if it has some.
+fn attribute_row(
+    rel: i64,
+    i: usize,
+    c: &Column,
+    notnull: bool,
+    has_default: bool,
+    identity: &str,
+) -> Vec<Value> {
+    vec![
+        int(rel),
+        text(&c.name),
+        int(c.ty.oid() as i64),
+        int(-1),
+        int(type_len(c.ty)),
+        int(i as i64 + 1),
+        int(0),
+        int(-1),
+        int(typmod_of(c)),
+        flag(type_len(c.ty) > 0 && type_len(c.ty) <= 8),
+        text("i"),
+        text("p"),
+        text(""),
+        flag(notnull),
+        flag(has_default),
+        flag(false),
+        text(identity),
+        text(""),
+        flag(false),
+        flag(true),
+        int(0),
+        if matches!(c.ty, PgType::Text | PgType::Varchar | PgType::Bpchar) {
+            int(COLLATION_DEFAULT)
+        } else {
+            int(0)
+        },
+        NULL,
+        NULL,
+        NULL,
+    ]
+}
+
 fn class_row(
     oid: i64,
     name: &str,
@@ -1911,20 +2254,49 @@ pub fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
     conn.create_scalar_function("pg_is_other_temp_schema", 1, flags, |_| Ok(false))?;
     conn.create_scalar_function("pg_my_temp_schema", 0, flags, |_| Ok(0))?;
     conn.create_scalar_function("pg_encoding_to_char", 1, flags, |_| Ok("UTF8"))?;
-    // Cairn's serial columns draw from cluster-wide sequences that are not relations.
-    conn.create_scalar_function("pg_get_serial_sequence", 2, flags, |_| Ok(None::<String>))?;
     conn.create_scalar_function("pg_get_function_result", 1, flags, |_| Ok(None::<String>))?;
     conn.create_scalar_function("pg_get_function_arguments", 1, flags, |_| {
         Ok(None::<String>)
     })?;
-    for (name, n) in [
-        ("obj_description", 1),
-        ("obj_description", 2),
-        ("col_description", 2),
-        ("shobj_description", 2),
+    conn.create_scalar_function("shobj_description", 2, flags, |_| Ok(None::<String>))?;
+    conn.create_scalar_function("quote_ident", 1, flags, |ctx| {
+        let Some(name) = ctx.get::<Option<String>>(0)? else {
+            return Ok(None);
+        };
+        let plain = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        Ok(Some(if plain {
+            name
+        } else {
+            format!("\"{}\"", name.replace('"', "\"\""))
+        }))
+    })?;
+    // Sizes are per replica and not gathered here: reported as 0.
+    for name in [
+        "pg_table_size",
+        "pg_relation_size",
+        "pg_total_relation_size",
+        "pg_indexes_size",
     ] {
-        conn.create_scalar_function(name, n, flags, |_| Ok(None::<String>))?;
+        conn.create_scalar_function(name, 1, flags, |_| Ok(0i64))?;
     }
+    conn.create_scalar_function("pg_size_pretty", 1, flags, |ctx| {
+        let Some(bytes) = ctx.get::<Option<i64>>(0)? else {
+            return Ok(None);
+        };
+        let units = ["bytes", "kB", "MB", "GB", "TB", "PB"];
+        let (mut value, mut unit) = (bytes as f64, 0);
+        while value.abs() >= 10_240.0 && unit + 1 < units.len() {
+            value /= 1024.0;
+            unit += 1;
+        }
+        Ok(Some(format!("{} {}", value.round() as i64, units[unit])))
+    })?;
     for (name, n) in [
         ("has_table_privilege", 2),
         ("has_table_privilege", 3),

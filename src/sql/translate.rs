@@ -81,6 +81,8 @@ pub enum DdlAction {
     DropTables {
         names: Vec<String>,
         if_exists: bool,
+        /// Views over the tables are dropped with them (else their presence is an error).
+        cascade: bool,
     },
     CreateIndex {
         table: String,
@@ -106,6 +108,35 @@ pub enum DdlAction {
     Rebuild {
         table: String,
         changes: Vec<AlterChange>,
+    },
+    /// `CREATE [OR REPLACE] VIEW name [(columns)] AS query`. `columns` (names and types) are
+    /// filled in by the session, which describes the query.
+    CreateView {
+        name: String,
+        or_replace: bool,
+        query: String,
+        /// The names the statement gives the columns (empty: the query's own).
+        names: Vec<String>,
+        columns: Vec<Column>,
+        query_columns: Vec<String>,
+    },
+    /// `CREATE SEQUENCE`.
+    CreateSequence {
+        sequence: crate::catalog::Sequence,
+        if_not_exists: bool,
+    },
+    /// `DROP VIEW` / `DROP SEQUENCE`: (kind "view" or "sequence", names).
+    DropObjects {
+        kind: &'static str,
+        names: Vec<String>,
+        if_exists: bool,
+        cascade: bool,
+    },
+    /// `COMMENT ON kind name IS 'text' | NULL`.
+    Comment {
+        kind: &'static str,
+        name: String,
+        text: Option<String>,
     },
     /// Citus's `create_distributed_table('t', 'col', colocate_with => 'u', shard_count => n)`
     /// and `create_reference_table('t')` (column None): lay an empty table out anew.
@@ -254,6 +285,8 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
         .tokenize_with_location()
         .map_err(|e| Error::sql(sqlstate::SYNTAX_ERROR, e.to_string()))?;
     check_operator_runs(&tokens)?;
+    let mut tokens = tokens;
+    sequence_options_in_order(&mut tokens);
     Parser::new(&PostgreSqlDialect {})
         .with_recursion_limit(200)
         .with_tokens_with_locations(tokens)
@@ -405,6 +438,135 @@ fn postgres_null_order(stmt: &mut Statement) {
     let _ = stmt.visit(&mut Fixer);
 }
 
+/// Views named in FROM become the subqueries they stand for (`FROM v AS a` → `FROM
+/// (query) AS a`), views over views too, before anything else looks at the statement. A
+/// view with its own column names renames its query's columns. Writing into a view is
+/// refused.
+fn expand_views(stmt: &mut Statement, catalog: &Catalog) -> Result<()> {
+    use ast::{VisitMut, VisitorMut};
+    if catalog.views().next().is_none() {
+        return Ok(());
+    }
+    let target = match &*stmt {
+        Statement::Insert(i) => match &i.table {
+            ast::TableObject::TableName(n) => Some(object_name(n)),
+            _ => None,
+        },
+        Statement::Update(u) => match &u.table.relation {
+            ast::TableFactor::Table { name, .. } => Some(object_name(name)),
+            _ => None,
+        },
+        Statement::Delete(d) => match &d.from {
+            ast::FromTable::WithFromKeyword(t) | ast::FromTable::WithoutKeyword(t) => {
+                t.first().and_then(|t| match &t.relation {
+                    ast::TableFactor::Table { name, .. } => Some(object_name(name)),
+                    _ => None,
+                })
+            }
+        },
+        _ => None,
+    };
+    if let Some(v) = target.filter(|t| catalog.view(t).is_some()) {
+        return Err(Error::unsupported(format!(
+            "writing into view \"{v}\" (write into its tables)"
+        )));
+    }
+    struct Expander<'a> {
+        catalog: &'a Catalog,
+        ctes: std::collections::BTreeSet<String>,
+        failure: Option<Error>,
+        expanded: usize,
+    }
+    impl VisitorMut for Expander<'_> {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, factor: &mut ast::TableFactor) -> ControlFlow<()> {
+            let ast::TableFactor::Table {
+                name,
+                alias,
+                args: None,
+                ..
+            } = factor
+            else {
+                return ControlFlow::Continue(());
+            };
+            let n = object_name(name);
+            if self.ctes.contains(&n) {
+                return ControlFlow::Continue(());
+            }
+            let Some(view) = self.catalog.view(&n) else {
+                return ControlFlow::Continue(());
+            };
+            self.expanded += 1;
+            if self.expanded > 64 {
+                self.failure = Some(Error::sql(
+                    sqlstate::STATEMENT_TOO_COMPLEX,
+                    "views nested more than 64 deep (or defined in a cycle)",
+                ));
+                return ControlFlow::Break(());
+            }
+            let renamed = view
+                .columns
+                .iter()
+                .zip(&view.query_columns)
+                .any(|(c, q)| c.name != *q);
+            let sql = if renamed {
+                let items: Vec<String> = view
+                    .columns
+                    .iter()
+                    .zip(&view.query_columns)
+                    .map(|(c, q)| {
+                        format!(
+                            "\"_cairn_v\".{} AS {}",
+                            quote_ident(q),
+                            quote_ident(&c.name)
+                        )
+                    })
+                    .collect();
+                format!(
+                    "SELECT {} FROM ({}) AS \"_cairn_v\"",
+                    items.join(", "),
+                    view.query
+                )
+            } else {
+                view.query.clone()
+            };
+            let query = match parse(&sql).map(|mut v| v.pop()) {
+                Ok(Some(Statement::Query(q))) => q,
+                Ok(_) => {
+                    self.failure = Some(Error::Corrupt(format!("view {n} is not a query")));
+                    return ControlFlow::Break(());
+                }
+                Err(e) => {
+                    self.failure = Some(e);
+                    return ControlFlow::Break(());
+                }
+            };
+            let alias = alias.clone().unwrap_or(ast::TableAlias {
+                explicit: true,
+                name: Ident::with_quote('"', &view.name),
+                columns: vec![],
+                at: None,
+            });
+            *factor = ast::TableFactor::Derived {
+                lateral: false,
+                subquery: query,
+                alias: Some(alias),
+                sample: None,
+            };
+            // The new subquery is visited next: views inside it expand in turn.
+            ControlFlow::Continue(())
+        }
+    }
+    let mut expander = Expander {
+        catalog,
+        ctes: super::plan::cte_names(stmt),
+        failure: None,
+        expanded: 0,
+    };
+    let _ = stmt.visit(&mut expander);
+    expander.failure.map_or(Ok(()), Err)
+}
+
 /// `t.col[1]` parses as field access on `t` (`.col`, then `[1]`): fold the dots into a
 /// qualified column name, so what remains is a subscript of a column.
 fn fold_field_access(stmt: &mut Statement) {
@@ -540,6 +702,109 @@ fn normalize(sql: &str) -> std::borrow::Cow<'_, str> {
             out.into()
         }
         _ => sql.into(),
+    }
+}
+
+/// `CREATE SEQUENCE s INCREMENT 5 START 10 MAXVALUE 100`: PostgreSQL takes the options in
+/// any order, the parser in one (AS, INCREMENT, MINVALUE, MAXVALUE, START, CACHE, CYCLE,
+/// OWNED BY): put each such statement's option tokens in it.
+fn sequence_options_in_order(tokens: &mut [sqlparser::tokenizer::TokenWithSpan]) {
+    use sqlparser::keywords::Keyword as K;
+    use sqlparser::tokenizer::Token;
+    let keyword = |t: &sqlparser::tokenizer::TokenWithSpan| match &t.token {
+        Token::Word(w) => Some(w.keyword),
+        _ => None,
+    };
+    let significant =
+        |t: &sqlparser::tokenizer::TokenWithSpan| !matches!(t.token, Token::Whitespace(_));
+    let mut i = 0;
+    while i < tokens.len() {
+        // CREATE [TEMP|TEMPORARY] SEQUENCE [IF NOT EXISTS] name
+        let words: Vec<usize> = (i..tokens.len())
+            .filter(|j| significant(&tokens[*j]))
+            .take(8)
+            .collect();
+        let at = |n: usize| words.get(n).and_then(|j| keyword(&tokens[*j]));
+        if at(0) != Some(K::CREATE) {
+            i += 1;
+            continue;
+        }
+        let mut n = 1;
+        if matches!(at(n), Some(K::TEMP | K::TEMPORARY)) {
+            n += 1;
+        }
+        if at(n) != Some(K::SEQUENCE) {
+            i += 1;
+            continue;
+        }
+        n += 1;
+        if at(n) == Some(K::IF) {
+            n += 3;
+        }
+        let Some(&name) = words.get(n) else {
+            return;
+        };
+        let start = name + 1;
+        let end = (start..tokens.len())
+            .find(|j| matches!(tokens[*j].token, Token::SemiColon))
+            .unwrap_or(tokens.len());
+        const ORDER: [K; 8] = [
+            K::AS,
+            K::INCREMENT,
+            K::MINVALUE,
+            K::MAXVALUE,
+            K::START,
+            K::CACHE,
+            K::CYCLE,
+            K::OWNED,
+        ];
+        let mut clauses: Vec<(usize, Vec<sqlparser::tokenizer::TokenWithSpan>)> = Vec::new();
+        let mut j = start;
+        let mut ok = true;
+        while j < end {
+            let t = &tokens[j];
+            let k = keyword(t).filter(|_| significant(t));
+            let rank = match k {
+                Some(K::NO) => (j + 1..end)
+                    .find(|x| significant(&tokens[*x]))
+                    .and_then(|x| keyword(&tokens[x]))
+                    .and_then(|k| ORDER.iter().position(|o| *o == k)),
+                Some(k) => ORDER.iter().position(|o| *o == k),
+                None => None,
+            };
+            // `NO MINVALUE` is one clause: the word after NO does not start another.
+            let after_no = clauses
+                .last()
+                .and_then(|(_, c)| c.iter().rev().find(|t| significant(t)))
+                .is_some_and(|t| keyword(t) == Some(K::NO));
+            match rank {
+                Some(r) if !after_no => clauses.push((r, vec![t.clone()])),
+                _ => match clauses.last_mut() {
+                    Some((_, c)) => c.push(t.clone()),
+                    None if !significant(t) => {}
+                    None => {
+                        // A word before any option: not ours to reorder.
+                        ok = false;
+                        break;
+                    }
+                },
+            }
+            j += 1;
+        }
+        if ok && !clauses.is_empty() {
+            // The parser skips whitespace tokens, so only the words' order matters.
+            clauses.sort_by_key(|(r, _)| *r);
+            let mut sorted: Vec<_> = tokens[start..end]
+                .iter()
+                .take_while(|t| !significant(t))
+                .cloned()
+                .collect();
+            sorted.extend(clauses.into_iter().flat_map(|(_, c)| c));
+            if sorted.len() == end - start {
+                tokens[start..end].clone_from_slice(&sorted);
+            }
+        }
+        i = end;
     }
 }
 
@@ -933,6 +1198,7 @@ pub(crate) fn expr_type(expr: &Expr, tables: &[&Table]) -> Option<PgType> {
                     Some(PgType::Timestamptz)
                 }
                 "random" => Some(PgType::Float8),
+                "nextval" | "currval" | "setval" | "lastval" => Some(PgType::Int8),
                 "gen_random_uuid" => Some(PgType::Uuid),
                 "array_agg" => first.or(Some(PgType::Text)).and_then(PgType::array),
                 "array" => match &f.args {
@@ -1636,7 +1902,8 @@ fn derived_tables(stmt: &Statement, known: &[&Table]) -> Vec<Table> {
                 })
                 .filter(|c| c.ty != PgType::Unknown)
                 .collect();
-            self.out.push(Table::scratch(ident_name(&alias.name), columns));
+            self.out
+                .push(Table::scratch(ident_name(&alias.name), columns));
             ControlFlow::Continue(())
         }
     }
@@ -1655,6 +1922,9 @@ pub fn translate(
 ) -> Result<Translated> {
     postgres_null_order(&mut stmt);
     fold_field_access(&mut stmt);
+    if !matches!(stmt, Statement::CreateView(_) | Statement::Drop { .. }) {
+        expand_views(&mut stmt, catalog)?;
+    }
     if let Statement::Explain {
         statement,
         analyze: false,
@@ -1745,6 +2015,7 @@ pub fn translate(
                 name_columns(r);
             }
             match_insert_widths(insert, &tables)?;
+            fill_sequence_defaults(insert, &tables)?;
             coerce_insert_literals(insert, &tables)?;
         }
         Statement::Update(update) => {
@@ -1871,14 +2142,37 @@ pub fn translate(
             object_type,
             if_exists,
             names,
+            cascade,
             ..
         } => {
             let names: Vec<String> = names.iter().map(object_name).collect();
-            let if_exists = *if_exists;
+            let (if_exists, cascade) = (*if_exists, *cascade);
             return match object_type {
                 ObjectType::Table => Ok(ddl(
-                    DdlAction::DropTables { names, if_exists },
+                    DdlAction::DropTables {
+                        names,
+                        if_exists,
+                        cascade,
+                    },
                     "DROP TABLE",
+                )),
+                ObjectType::View => Ok(ddl(
+                    DdlAction::DropObjects {
+                        kind: "view",
+                        names,
+                        if_exists,
+                        cascade,
+                    },
+                    "DROP VIEW",
+                )),
+                ObjectType::Sequence => Ok(ddl(
+                    DdlAction::DropObjects {
+                        kind: "sequence",
+                        names,
+                        if_exists,
+                        cascade,
+                    },
+                    "DROP SEQUENCE",
                 )),
                 ObjectType::Index => Ok(ddl(
                     DdlAction::DropIndexes { names, if_exists },
@@ -1886,6 +2180,105 @@ pub fn translate(
                 )),
                 other => Err(Error::unsupported(format!("DROP {other}"))),
             };
+        }
+        Statement::CreateView(view) => {
+            if view.materialized {
+                return Err(Error::unsupported("CREATE MATERIALIZED VIEW"));
+            }
+            let name = object_name(&view.name);
+            if catalog.table(&name).is_some() && !view.or_replace {
+                return Err(Error::sql(
+                    sqlstate::DUPLICATE_TABLE,
+                    format!("relation \"{name}\" already exists"),
+                ));
+            }
+            // The query must stand on its own now (it is translated again where used).
+            let query = Statement::Query(view.query.clone());
+            let checked = translate(query.clone(), catalog, &[])?;
+            if checked.kind != Kind::Read {
+                return Err(Error::unsupported(
+                    "a view over a statement that is not a query",
+                ));
+            }
+            let action = DdlAction::CreateView {
+                name,
+                or_replace: view.or_replace,
+                query: view.query.to_string(),
+                names: view.columns.iter().map(|c| ident_name(&c.name)).collect(),
+                columns: Vec::new(),
+                query_columns: Vec::new(),
+            };
+            return Ok(ddl(action, "CREATE VIEW"));
+        }
+        Statement::CreateSequence {
+            temporary,
+            if_not_exists,
+            name,
+            data_type,
+            sequence_options,
+            owned_by,
+        } => {
+            if *temporary {
+                return Err(Error::unsupported("CREATE TEMPORARY SEQUENCE"));
+            }
+            let sequence = sequence_definition(
+                object_name(name),
+                data_type.as_ref(),
+                sequence_options,
+                owned_by.as_ref(),
+            )?;
+            return Ok(ddl(
+                DdlAction::CreateSequence {
+                    sequence,
+                    if_not_exists: *if_not_exists,
+                },
+                "CREATE SEQUENCE",
+            ));
+        }
+        Statement::Comment {
+            object_type,
+            object_name: target,
+            comment,
+            ..
+        } => {
+            let kind = match object_type {
+                ast::CommentObject::Table => "table",
+                ast::CommentObject::Column => "column",
+                ast::CommentObject::View => "view",
+                ast::CommentObject::Sequence => "sequence",
+                ast::CommentObject::Index => "index",
+                other => return Err(Error::unsupported(format!("COMMENT ON {other}"))),
+            };
+            let parts: Vec<String> = target
+                .0
+                .iter()
+                .filter_map(|p| match p {
+                    ObjectNamePart::Identifier(i) => Some(ident_name(i)),
+                    _ => None,
+                })
+                .filter(|p| p != "public")
+                .collect();
+            let name = if kind == "column" {
+                match parts.as_slice() {
+                    [.., t, c] => format!("{t}.{c}"),
+                    _ => {
+                        return Err(Error::sql(
+                            sqlstate::SYNTAX_ERROR,
+                            "COMMENT ON COLUMN needs table.column",
+                        ))
+                    }
+                }
+            } else {
+                parts.last().cloned().unwrap_or_default()
+            };
+            return Ok(ddl(
+                DdlAction::Comment {
+                    kind,
+                    name,
+                    text: comment.clone(),
+                },
+                "COMMENT",
+            ));
         }
         Statement::StartTransaction { .. } => return Ok(session(Kind::Begin, "BEGIN")),
         Statement::Commit { .. } => return Ok(session(Kind::Commit, "COMMIT")),
@@ -2211,6 +2604,69 @@ fn translate_set(set: &ast::Set) -> Translated {
 /// Rows of `INSERT ... VALUES` against their target columns, as PostgreSQL checks them:
 /// without a column list, fewer values fill the first columns (the rest get their
 /// defaults); more values than columns, or rows of different widths, are 42601.
+/// Columns whose DEFAULT draws from a sequence (`DEFAULT nextval('s')`) get their
+/// `nextval('s')` written into each row an INSERT ... VALUES leaves them out of (or gives
+/// DEFAULT): the session evaluates it, since no shard can reach the sequence.
+fn fill_sequence_defaults(insert: &mut ast::Insert, tables: &[&Table]) -> Result<()> {
+    let Some(table) = insert_target(insert, tables) else {
+        return Ok(());
+    };
+    if !table.ddl.first().is_some_and(|d| d.contains("nextval(")) {
+        return Ok(());
+    }
+    let Some(Statement::CreateTable(create)) = parse(&table.ddl[0])?.pop() else {
+        return Ok(());
+    };
+    let drawing: Vec<(String, String)> = create
+        .columns
+        .iter()
+        .filter_map(|c| {
+            c.options.iter().find_map(|o| match &o.option {
+                ColumnOption::Default(e) => {
+                    super::sequences::default_sequence(e).map(|s| (ident_name(&c.name), s))
+                }
+                _ => None,
+            })
+        })
+        .collect();
+    if drawing.is_empty() || insert.columns.is_empty() {
+        return Ok(());
+    }
+    let Some(SetExpr::Values(values)) = insert.source.as_mut().map(|s| s.body.as_mut()) else {
+        return Ok(());
+    };
+    let call = |seq: &str| {
+        call(
+            "nextval",
+            vec![Expr::value(AstValue::SingleQuotedString(seq.to_string()))],
+        )
+    };
+    for (column, seq) in drawing {
+        let at = insert
+            .columns
+            .iter()
+            .position(|c| object_name(c).eq_ignore_ascii_case(&column));
+        match at {
+            Some(i) => {
+                for row in values.rows.iter_mut() {
+                    if row.get(i).is_some_and(|e| matches!(e, Expr::Identifier(id) if id.value.eq_ignore_ascii_case("default"))) {
+                        row[i] = call(&seq);
+                    }
+                }
+            }
+            None => {
+                insert
+                    .columns
+                    .push(ObjectName::from(vec![Ident::with_quote('"', &column)]));
+                for row in values.rows.iter_mut() {
+                    row.push(call(&seq));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn match_insert_widths(insert: &mut ast::Insert, tables: &[&Table]) -> Result<()> {
     let Some(table) = insert_target(insert, tables) else {
         return Ok(());
@@ -2848,6 +3304,93 @@ fn add_unique_constraint(alter: &ast::AlterTable) -> Result<Option<DdlAction>> {
 
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A literal integer of a sequence option.
+fn option_int(e: &Expr, what: &str) -> Result<i64> {
+    match literal_value(e) {
+        Some(Value::Integer(n)) => Ok(n),
+        _ => Err(Error::sql(
+            sqlstate::SYNTAX_ERROR,
+            format!("{what} must be an integer"),
+        )),
+    }
+}
+
+/// A sequence's definition with PostgreSQL's defaults (ascending from 1, up to the type's
+/// maximum; descending from -1, down to its minimum).
+pub fn sequence_definition(
+    name: String,
+    data_type: Option<&DataType>,
+    options: &[ast::SequenceOptions],
+    owned_by: Option<&ObjectName>,
+) -> Result<crate::catalog::Sequence> {
+    use ast::SequenceOptions as O;
+    let ty = match data_type {
+        None => PgType::Int8,
+        Some(d) => match declared_type(d)? {
+            t @ (PgType::Int2 | PgType::Int4 | PgType::Int8) => t,
+            _ => {
+                return Err(Error::sql(
+                    sqlstate::INVALID_PARAMETER_VALUE,
+                    "sequence type must be smallint, integer, or bigint",
+                ))
+            }
+        },
+    };
+    let (type_min, type_max) = match ty {
+        PgType::Int2 => (i16::MIN as i64, i16::MAX as i64),
+        PgType::Int4 => (i32::MIN as i64, i32::MAX as i64),
+        _ => (i64::MIN, i64::MAX),
+    };
+    let mut increment = 1;
+    let (mut min, mut max, mut start, mut cache, mut cycle) = (None, None, None, 1, false);
+    for o in options {
+        match o {
+            O::IncrementBy(e, _) => increment = option_int(e, "INCREMENT")?,
+            O::MinValue(e) => min = e.as_ref().map(|e| option_int(e, "MINVALUE")).transpose()?,
+            O::MaxValue(e) => max = e.as_ref().map(|e| option_int(e, "MAXVALUE")).transpose()?,
+            O::StartWith(e, _) => start = Some(option_int(e, "START")?),
+            O::Cache(e) => cache = option_int(e, "CACHE")?,
+            // The parser's flag says NO CYCLE.
+            O::Cycle(no) => cycle = !*no,
+        }
+    }
+    if increment == 0 {
+        return Err(Error::sql(
+            sqlstate::INVALID_PARAMETER_VALUE,
+            "INCREMENT must not be zero",
+        ));
+    }
+    let min = min.unwrap_or(if increment > 0 { 1 } else { type_min });
+    let max = max.unwrap_or(if increment > 0 { type_max } else { -1 });
+    let start = start.unwrap_or(if increment > 0 { min } else { max });
+    if min >= max || start < min || start > max || cache < 1 {
+        return Err(Error::sql(
+            sqlstate::INVALID_PARAMETER_VALUE,
+            format!("invalid sequence bounds: START {start}, MINVALUE {min}, MAXVALUE {max}, CACHE {cache}"),
+        ));
+    }
+    let owned_by = match owned_by {
+        None => None,
+        Some(n) => match n.0.as_slice() {
+            [.., ObjectNamePart::Identifier(t), ObjectNamePart::Identifier(c)] => {
+                Some((ident_name(t), ident_name(c)))
+            }
+            _ => None,
+        },
+    };
+    Ok(crate::catalog::Sequence {
+        name,
+        data_type: ty,
+        start,
+        increment,
+        min,
+        max,
+        cache,
+        cycle,
+        owned_by,
+    })
 }
 
 /// What an ALTER TABLE becomes: added columns (SQLite adds them in place), or changes the
