@@ -921,12 +921,15 @@ fn comment_targets(catalog: &Catalog, tables: &[&Table]) -> Vec<(String, i64, i6
     out
 }
 
+/// The column a sequence belongs to: (table, column, identity rather than serial).
+type SequenceOwner = Option<(String, String, bool)>;
+
 /// Every sequence: those made by CREATE SEQUENCE, and the implicit ones of serial and
-/// identity columns (with their (table, column, identity?) owner).
+/// identity columns (with their owner).
 fn all_sequences(
     catalog: &Catalog,
     tables: &[&Table],
-) -> Vec<(crate::catalog::Sequence, Option<(String, String, bool)>)> {
+) -> Vec<(crate::catalog::Sequence, SequenceOwner)> {
     let mut out: Vec<_> = catalog
         .sequences()
         .map(|q| {
