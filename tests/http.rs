@@ -212,6 +212,19 @@ async fn statements_params_batches_and_errors() {
         let (s, v) = sql(&url, json!({"sql": "SELECT count(*) FROM items", "consistency": "any"}));
         assert_eq!((s, v["rows"].clone()), (200, json!([[2]])));
 
+        // Arrays travel as JSON arrays, both ways; intervals as PostgreSQL prints them.
+        let (s, v) = sql(&url, json!({"sql": "CREATE TABLE tagged (id integer PRIMARY KEY, tags text[], marks integer[], flags boolean[], wait interval)"}));
+        assert_eq!(s, 200, "{v}");
+        let (s, v) = sql(
+            &url,
+            json!({"sql": "INSERT INTO tagged VALUES ($1, $2, $3, $4, $5)", "params": [1, ["a", "b c", null], [3, 1], [true, false], "90 minutes"]}),
+        );
+        assert_eq!(s, 200, "{v}");
+        let (s, v) = sql(&url, json!({"sql": "SELECT tags, marks, flags, wait, marks[1] FROM tagged WHERE 'a' = ANY(tags) AND id = ANY($1)", "params": [[1, 2]]}));
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["types"], json!(["text[]", "integer[]", "boolean[]", "interval", "integer"]), "{v}");
+        assert_eq!(v["rows"], json!([[["a", "b c", null], [3, 1], [true, false], "01:30:00", 3]]), "{v}");
+
         let mut resp = agent().get(&format!("{url}/health")).call().unwrap();
         assert_eq!(resp.status().as_u16(), 200);
         let v: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();

@@ -186,6 +186,14 @@ fn json_value(v: &Value, ty: PgType) -> Json_ {
         (Value::Text(s), PgType::Json | PgType::Jsonb) => {
             serde_json::from_str(s).unwrap_or_else(|_| json!(s))
         }
+        // An array is a JSON array of its elements, each shaped by the element type.
+        (Value::Text(s), _) if ty.is_array() => match (types::array::elements(v, ty), ty.element())
+        {
+            (Ok(items), Some(element)) => {
+                Json_::Array(items.iter().map(|x| json_value(x, element)).collect())
+            }
+            _ => json!(s),
+        },
         (Value::Text(s), _) => json!(s),
         (Value::Blob(b), _) => match types::encode(v, PgType::Bytea, types::Format::Text) {
             Ok(Some(text)) => json!(String::from_utf8_lossy(&text)),
