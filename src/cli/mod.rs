@@ -6,6 +6,7 @@ pub mod chaos;
 pub mod dev;
 pub mod firewall;
 pub mod local;
+pub mod slt;
 
 use crate::node::{Node, NodeConfig};
 use clap::{Parser, Subcommand};
@@ -34,6 +35,8 @@ pub enum Command {
     Bench(BenchCommand),
     /// Run a workload on a local cluster while killing and pausing nodes; check the history.
     Chaos(chaos::ChaosArgs),
+    /// Run sqllogictest files against a PostgreSQL-protocol server and count what passes.
+    Slt(slt::SltArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,6 +168,7 @@ pub fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Start(args) => start(args).await,
             Command::Dev(args) => dev::run(args).await,
+            Command::Slt(args) => slt::run(args).await,
             Command::Chaos(args) => {
                 if chaos::run(args).await? {
                     Ok(())

@@ -334,6 +334,7 @@ const AGGREGATES: &[&str] = &[
     "count",
     "sum",
     "cairn_num_sum",
+    "cairn_num_avg",
     "avg",
     "min",
     "max",
@@ -694,7 +695,7 @@ fn plan_query(
                     })
                 }
                 pinned => {
-                    if let Some(tp) = two_phase(q, s) {
+                    if let Some(tp) = two_phase(q, s, &tables) {
                         return Ok(Plan::TwoPhase {
                             shards: pinned.map(|p| p.0).unwrap_or(all),
                             shard_sql: tp.shard_sql,
@@ -962,7 +963,7 @@ struct TwoPhaseSql {
 /// Split an aggregate query into per-shard partial aggregates and a merge over them.
 /// None when an aggregate cannot be merged from partials (DISTINCT, string aggregates),
 /// for window functions, or when an expression uses a column outside the groups.
-fn two_phase(q: &Query, s: &ast::Select) -> Option<TwoPhaseSql> {
+fn two_phase(q: &Query, s: &ast::Select, tables: &[&Table]) -> Option<TwoPhaseSql> {
     if s.distinct.is_some() || q.fetch.is_some() || q.with.is_some() {
         return None;
     }
@@ -988,6 +989,15 @@ fn two_phase(q: &Query, s: &ast::Select) -> Option<TwoPhaseSql> {
                 }
                 _ => g.clone(),
             },
+            // A name is an input column first, an output column's alias only if no input
+            // column has it (PostgreSQL's rule).
+            Expr::Identifier(id)
+                if tables
+                    .iter()
+                    .any(|t| t.column(&translate::ident_name(id)).is_some()) =>
+            {
+                g.clone()
+            }
             Expr::Identifier(id) => s
                 .projection
                 .iter()
@@ -1005,12 +1015,37 @@ fn two_phase(q: &Query, s: &ast::Select) -> Option<TwoPhaseSql> {
         };
         groups.push(resolved);
     }
-    struct Split {
+    // With one table in FROM, `t.c` and `c` are the same column: compare them alike.
+    let qualifiers: Vec<String> = match s.from.as_slice() {
+        [twj] if twj.joins.is_empty() => match &twj.relation {
+            TableFactor::Table { name, alias, .. } => {
+                let mut q = vec![translate::object_name(name)];
+                q.extend(alias.as_ref().map(|a| translate::ident_name(&a.name)));
+                q
+            }
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    let canon = |e: &Expr| -> String {
+        let mut e = e.clone();
+        let _ = ast::visit_expressions_mut(&mut e, |x| {
+            if let Expr::CompoundIdentifier(parts) = x {
+                if parts.len() == 2 && qualifiers.contains(&translate::ident_name(&parts[0])) {
+                    *x = Expr::Identifier(parts[1].clone());
+                }
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        e.to_string()
+    };
+    struct Split<'a> {
         groups: Vec<String>,
         partials: Vec<Expr>,
         ok: bool,
+        canon: &'a dyn Fn(&Expr) -> String,
     }
-    impl ast::VisitorMut for Split {
+    impl ast::VisitorMut for Split<'_> {
         type Break = ();
         fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
             // What this rewrite produced (calls over its own columns) is left alone.
@@ -1025,7 +1060,7 @@ fn two_phase(q: &Query, s: &ast::Select) -> Option<TwoPhaseSql> {
                     }
                 }
             }
-            let text = e.to_string();
+            let text = (self.canon)(e);
             if let Some(i) = self.groups.iter().position(|g| *g == text) {
                 *e = Expr::Identifier(ast::Ident::new(format!("_cairn_g{i}")));
                 return ControlFlow::Continue(());
@@ -1048,7 +1083,14 @@ fn two_phase(q: &Query, s: &ast::Select) -> Option<TwoPhaseSql> {
                     if distinct
                         || !matches!(
                             name.as_str(),
-                            "count" | "sum" | "min" | "max" | "avg" | "total" | "cairn_num_sum"
+                            "count"
+                                | "sum"
+                                | "min"
+                                | "max"
+                                | "avg"
+                                | "total"
+                                | "cairn_num_sum"
+                                | "cairn_num_avg"
                         )
                     {
                         self.ok = false;
@@ -1083,6 +1125,34 @@ fn two_phase(q: &Query, s: &ast::Select) -> Option<TwoPhaseSql> {
                             parse_expr(&format!("cairn_num_sum({a}, {scale})"))
                         }
                         "min" | "max" => call(&name, part(e.clone())),
+                        // The exact average: exact sums and counts merged, divided once.
+                        "cairn_num_avg" => {
+                            let (value, scale) = match &f.args {
+                                ast::FunctionArguments::List(l) => (
+                                    l.args.first().map(|a| a.to_string()).unwrap_or_default(),
+                                    l.args
+                                        .get(1)
+                                        .map(|a| a.to_string())
+                                        .unwrap_or_else(|| "NULL".into()),
+                                ),
+                                _ => {
+                                    self.ok = false;
+                                    return ControlFlow::Break(());
+                                }
+                            };
+                            let filter = f
+                                .filter
+                                .as_ref()
+                                .map(|w| format!(" FILTER (WHERE {w})"))
+                                .unwrap_or_default();
+                            let sum = part(parse_expr(&format!(
+                                "cairn_num_sum({value}, {scale}){filter}"
+                            )));
+                            let count = part(parse_expr(&format!("count({value}){filter}")));
+                            parse_expr(&format!(
+                                "cairn_num_avg_merge(cairn_num_sum({sum}, {scale}), sum({count}), {scale})"
+                            ))
+                        }
                         "avg" => {
                             let args = match &f.args {
                                 ast::FunctionArguments::List(l) => l.clone(),
@@ -1113,9 +1183,10 @@ fn two_phase(q: &Query, s: &ast::Select) -> Option<TwoPhaseSql> {
         }
     }
     let mut split = Split {
-        groups: groups.iter().map(|g| g.to_string()).collect(),
+        groups: groups.iter().map(&canon).collect(),
         partials: Vec::new(),
         ok: true,
+        canon: &canon,
     };
     let mut projection = s.projection.clone();
     for item in projection.iter_mut() {
@@ -1154,13 +1225,13 @@ fn two_phase(q: &Query, s: &ast::Select) -> Option<TwoPhaseSql> {
         })
         .collect();
     let mut stray = false;
-    let mut check = |e: &Expr| {
+    let mut check = |e: &Expr, aliases_allowed: bool| {
         let _ = visit_expressions(e, |x| {
             match x {
                 Expr::Identifier(i) => {
                     let n = i.value.to_lowercase();
                     let ours = n.starts_with("_cairn_");
-                    if !ours && !aliases.contains(&n) {
+                    if !ours && !(aliases_allowed && aliases.contains(&n)) {
                         stray = true;
                     }
                 }
@@ -1172,16 +1243,16 @@ fn two_phase(q: &Query, s: &ast::Select) -> Option<TwoPhaseSql> {
     };
     for item in &projection {
         if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
-            check(e);
+            check(e, false);
         }
     }
     if let Some(h) = &having {
-        check(h);
+        check(h, false);
     }
     if let Some(o) = &order_by {
         if let ast::OrderByKind::Expressions(list) = &o.kind {
             for x in list {
-                check(&x.expr);
+                check(&x.expr, true);
             }
         }
     }

@@ -1577,6 +1577,14 @@ fn rewrite(stmt: &mut Statement) -> Result<()> {
 
 fn rewrite_expr(e: &mut Expr) -> Result<()> {
     match e {
+        // `- -x` must not print as `--x`, which SQL reads as a comment.
+        Expr::UnaryOp { expr, .. }
+            if matches!(expr.as_ref(), Expr::UnaryOp { .. })
+                || expr.to_string().starts_with('-') =>
+        {
+            let inner = take(expr);
+            **expr = Expr::Nested(Box::new(inner));
+        }
         Expr::Value(v) => {
             if let AstValue::Placeholder(p) = &v.value {
                 let n = p

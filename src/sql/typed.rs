@@ -478,7 +478,14 @@ impl Typer<'_> {
             }
             Plan::NumericAvg { scale } => {
                 let value = function_arg_owned(e, 0);
-                recall(e, "cairn_num_avg", vec![value, scale_arg(scale)]);
+                // SQLite's DISTINCT aggregates take one argument: then without the scale.
+                let distinct = matches!(e, Expr::Function(f) if is_distinct(f));
+                let args = if distinct {
+                    vec![value]
+                } else {
+                    vec![value, scale_arg(scale)]
+                };
+                recall(e, "cairn_num_avg", args);
             }
 
             Plan::MomentAdd {

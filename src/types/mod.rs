@@ -2014,6 +2014,25 @@ pub fn cast(
     if matches!(value, Value::Null) {
         return Ok(Value::Null);
     }
+    let integral = matches!(to, PgType::Int2 | PgType::Int4 | PgType::Int8);
+    let value = match (&value, from) {
+        // A numeric kept as text (its scale printed) rounds to an integer, as a double does.
+        (Value::Text(t), Some(PgType::Numeric)) if integral => {
+            match exact(&Value::Text(t.clone()))? {
+                Some(d) => {
+                    let r = d.round_dp_with_strategy(
+                        0,
+                        rust_decimal::RoundingStrategy::MidpointAwayFromZero,
+                    );
+                    let i = i64::try_from(r)
+                        .map_err(|_| out_of_range(format!("{} out of range", to.name())))?;
+                    Value::Integer(int_in_range(i, to)?)
+                }
+                None => return Err(bad_syntax(to, t)),
+            }
+        }
+        _ => value,
+    };
     let value = match from {
         Some(from) if to.is_textual() && !from.is_textual() => {
             match encode(&value, from, Format::Text)? {

@@ -447,6 +447,28 @@ fn register_postgres_semantics(conn: &Connection) -> rusqlite::Result<()> {
     }
     conn.create_aggregate_function("cairn_num_sum", 2, constant, NumericSum)?;
     conn.create_aggregate_function("cairn_num_avg", 2, constant, NumericAvg)?;
+    conn.create_aggregate_function("cairn_num_avg", 1, constant, NumericAvg)?;
+    // cairn_num_avg_merge(exact sum, count, scale): the average of shards' partial sums
+    // and counts, as cairn_num_avg would have computed it over all the rows.
+    conn.create_scalar_function("cairn_num_avg_merge", 3, constant, |ctx| {
+        let (total, count): (Value, Value) = (ctx.get(0)?, ctx.get(1)?);
+        let count = match count {
+            Value::Integer(n) if n > 0 => n,
+            _ => return Ok(Value::Null),
+        };
+        let Some(total) = types::exact(&total).map_err(sql_error)? else {
+            return Ok(Value::Null);
+        };
+        let scale = scale_arg(ctx, 2);
+        let quotient = types::numeric_arith(
+            ArithOp::Div,
+            &types::numeric_stored(total),
+            &Value::Integer(count),
+            (scale, Some(0)),
+        )
+        .map_err(sql_error)?;
+        Ok(quotient_text(&quotient, total, count, scale))
+    })?;
     // cairn_numeric_text(value, scale): a numeric as text with its display scale.
     conn.create_scalar_function("cairn_numeric_text", 2, constant, |ctx| {
         let value: Value = ctx.get(0)?;
@@ -592,7 +614,11 @@ impl rusqlite::functions::Aggregate<(Option<types::Exact>, i64, Option<u32>), Va
         if matches!(v, Value::Null) {
             return Ok(());
         }
-        acc.2 = scale_arg(ctx, 1);
+        acc.2 = if ctx.len() > 1 {
+            scale_arg(ctx, 1)
+        } else {
+            None
+        };
         let Some(x) = types::exact(&v).map_err(sql_error)? else {
             return Err(coded(
                 sqlstate::FEATURE_NOT_SUPPORTED,
