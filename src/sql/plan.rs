@@ -1231,7 +1231,7 @@ fn two_phase(q: &Query, s: &ast::Select, tables: &[&Table]) -> Option<TwoPhaseSq
                 Expr::Identifier(i) => {
                     let n = i.value.to_lowercase();
                     let ours = n.starts_with("_cairn_");
-                    if !ours && !(aliases_allowed && aliases.contains(&n)) {
+                    if !(ours || aliases_allowed && aliases.contains(&n)) {
                         stray = true;
                     }
                 }
