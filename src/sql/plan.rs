@@ -1262,7 +1262,7 @@ fn two_phase(q: &Query, s: &ast::Select, tables: &[&Table]) -> Option<TwoPhaseSq
     let mut columns = Vec::new();
     let mut shard_items = Vec::new();
     for (i, g) in groups.iter().enumerate() {
-        shard_items.push(format!("{g} AS g{i}"));
+        shard_items.push(format!("{g} AS _cairn_g{i}"));
         columns.push(format!("_cairn_g{i}"));
     }
     for (i, p) in split.partials.iter().enumerate() {

@@ -2096,6 +2096,11 @@ pub fn translate(
             for c in index.columns.iter_mut() {
                 c.operator_class = None;
             }
+            // Storage parameters (`WITH (fillfactor = 70)`) tune PostgreSQL's pages.
+            index.with.clear();
+            if !index.include.is_empty() {
+                return Err(Error::unsupported("CREATE INDEX ... INCLUDE"));
+            }
             let table = object_name(&index.table_name);
             let name = match &index.name {
                 Some(n) => object_name(n),
