@@ -57,9 +57,12 @@ fn statements(lines: &[String]) -> Vec<(String, Vec<String>)> {
     out
 }
 
-/// A `curl` command: (method, path, body) and the lines expected after it.
-fn curls(lines: &[String]) -> Vec<((String, String, Option<String>), Vec<String>)> {
-    let mut out: Vec<((String, String, Option<String>), Vec<String>)> = Vec::new();
+/// A request a `curl` command makes: method, path, body.
+type Request = (String, String, Option<String>);
+
+/// The `curl` commands of a shell block, each with the lines expected after it.
+fn curls(lines: &[String]) -> Vec<(Request, Vec<String>)> {
+    let mut out: Vec<(Request, Vec<String>)> = Vec::new();
     let mut i = 0;
     while i < lines.len() {
         let line = lines[i].trim();
