@@ -259,6 +259,15 @@ async fn psql_describes_tables_keys_and_indexes_on_every_node() {
         );
         let dt = meta(pg, "\\dt+ books");
         assert!(dt.contains("every book we sell"), "{dt}");
+        // Cairn's own functions are in `public`, PostgreSQL's in `pg_catalog` (\dfS).
+        let df = meta(pg, "\\df");
+        assert!(
+            df.lines()
+                .any(|l| l.contains("| create_distributed_table ") && l.contains("| void ")),
+            "{df}"
+        );
+        let dfs = meta(pg, "\\dfS array_agg");
+        assert!(dfs.contains("| agg"), "{dfs}");
         let (_, said) = run_psql(
             &["-X"],
             &format!("postgres://cairn@{pg}/cairn"),

@@ -165,7 +165,7 @@ const SPECS: &[Spec] = &[
         "pg_description",
         "objoid:i classoid:i objsubid:n description:t",
     ),
-    empty(
+    spec(
         "pg_proc",
         "oid:i proname:t pronamespace:i proowner:i prolang:i prokind:c prorettype:i \
          pronargs:s proargtypes:V proisstrict:b proretset:b provolatile:c prosrc:t",
@@ -877,6 +877,125 @@ pub fn populate(conn: &Connection, catalog: &Catalog, used: &[String]) -> Result
     Ok(())
 }
 
+/// A function `pg_proc` lists.
+struct Function {
+    name: &'static str,
+    /// In `public` (Cairn's own) or `pg_catalog` (PostgreSQL's).
+    public: bool,
+    /// `f` function, `a` aggregate, `w` window.
+    kind: &'static str,
+    result: &'static str,
+    arguments: &'static str,
+}
+
+const fn func(name: &'static str, result: &'static str, arguments: &'static str) -> Function {
+    Function {
+        name,
+        public: false,
+        kind: "f",
+        result,
+        arguments,
+    }
+}
+
+const fn agg(name: &'static str, result: &'static str, arguments: &'static str) -> Function {
+    Function {
+        name,
+        public: false,
+        kind: "a",
+        result,
+        arguments,
+    }
+}
+
+/// The functions Cairn has, as `pg_proc` shows them (one signature each): Cairn's own
+/// layout functions in `public` (`\df` lists them), PostgreSQL's in `pg_catalog`.
+const FUNCTIONS: &[Function] = &[
+    Function {
+        name: "create_distributed_table",
+        public: true,
+        kind: "f",
+        result: "void",
+        arguments: "table_name regclass, distribution_column text, colocate_with text DEFAULT 'default'::text, shard_count integer DEFAULT NULL::integer",
+    },
+    Function {
+        name: "create_reference_table",
+        public: true,
+        kind: "f",
+        result: "void",
+        arguments: "table_name regclass",
+    },
+    func("now", "timestamp with time zone", ""),
+    func("version", "text", ""),
+    func("current_database", "name", ""),
+    func("current_schema", "name", ""),
+    func("current_setting", "text", "text"),
+    func("set_config", "text", "text, text, boolean"),
+    func("gen_random_uuid", "uuid", ""),
+    func("random", "double precision", ""),
+    func("length", "integer", "text"),
+    func("lower", "text", "text"),
+    func("upper", "text", "text"),
+    func("left", "text", "text, integer"),
+    func("right", "text", "text, integer"),
+    func("lpad", "text", "text, integer, text"),
+    func("rpad", "text", "text, integer, text"),
+    func("split_part", "text", "text, text, integer"),
+    func("concat", "text", "VARIADIC \"any\""),
+    func("concat_ws", "text", "text, VARIADIC \"any\""),
+    func("repeat", "text", "text, integer"),
+    func("reverse", "text", "text"),
+    func("strpos", "integer", "text, text"),
+    func("starts_with", "boolean", "text, text"),
+    func("initcap", "text", "text"),
+    func("regexp_replace", "text", "text, text, text, text"),
+    func("date_trunc", "timestamp with time zone", "text, timestamp with time zone"),
+    func("date_part", "double precision", "text, timestamp with time zone"),
+    func("age", "interval", "timestamp with time zone, timestamp with time zone"),
+    func("make_interval", "interval", "years integer, months integer, weeks integer, days integer, hours integer, mins integer, secs double precision"),
+    func("make_date", "date", "year integer, month integer, day integer"),
+    func("to_timestamp", "timestamp with time zone", "double precision"),
+    func("to_char", "text", "timestamp with time zone, text"),
+    func("justify_hours", "interval", "interval"),
+    func("justify_days", "interval", "interval"),
+    func("array_length", "integer", "anyarray, integer"),
+    func("cardinality", "integer", "anyarray"),
+    func("array_position", "integer", "anycompatiblearray, anycompatible"),
+    func("array_append", "anycompatiblearray", "anycompatiblearray, anycompatible"),
+    func("array_prepend", "anycompatiblearray", "anycompatible, anycompatiblearray"),
+    func("array_cat", "anycompatiblearray", "anycompatiblearray, anycompatiblearray"),
+    func("array_remove", "anycompatiblearray", "anycompatiblearray, anycompatible"),
+    func("array_to_string", "text", "anyarray, text"),
+    func("string_to_array", "text[]", "text, text"),
+    func("unnest", "SETOF anyelement", "anyarray"),
+    func("generate_series", "SETOF bigint", "bigint, bigint, bigint"),
+    func("nextval", "bigint", "regclass"),
+    func("currval", "bigint", "regclass"),
+    func("setval", "bigint", "regclass, bigint"),
+    func("lastval", "bigint", ""),
+    func("coalesce", "anyelement", "VARIADIC anyarray"),
+    agg("count", "bigint", "\"any\""),
+    agg("sum", "numeric", "numeric"),
+    agg("avg", "numeric", "numeric"),
+    agg("min", "anyelement", "anyelement"),
+    agg("max", "anyelement", "anyelement"),
+    agg("array_agg", "anyarray", "anynonarray"),
+    agg("string_agg", "text", "text, text"),
+    agg("bool_and", "boolean", "boolean"),
+    agg("bool_or", "boolean", "boolean"),
+    Function {
+        name: "row_number",
+        public: false,
+        kind: "w",
+        result: "bigint",
+        arguments: "",
+    },
+];
+
+fn function_oid(f: &Function) -> i64 {
+    oid_of("function", &format!("{}({})", f.name, f.arguments))
+}
+
 /// A view's definition as `pg_get_viewdef` prints it.
 fn view_definition(v: &crate::catalog::View) -> String {
     format!(" {};", v.query)
@@ -1467,6 +1586,34 @@ fn rows_of(name: &str, catalog: &Catalog, tables: &[&Table], keys: &[Keys]) -> V
                     int(oid_of("table", &t.name)),
                     int(attnum),
                     text(if identity { "i" } else { "a" }),
+                ]);
+            }
+        }
+        "pg_proc" => {
+            for f in FUNCTIONS {
+                let nargs = if f.arguments.is_empty() {
+                    0
+                } else {
+                    f.arguments.split(',').count()
+                };
+                rows.push(vec![
+                    int(function_oid(f)),
+                    text(f.name),
+                    int(if f.public {
+                        NAMESPACE_PUBLIC
+                    } else {
+                        NAMESPACE_CATALOG
+                    }),
+                    int(OWNER),
+                    int(12),
+                    text(f.kind),
+                    int(0),
+                    int(nargs as i64),
+                    text("[]"),
+                    flag(false),
+                    flag(f.result.starts_with("SETOF")),
+                    text("i"),
+                    text(f.name),
                 ]);
             }
         }
@@ -2257,9 +2404,32 @@ pub fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
     conn.create_scalar_function("pg_is_other_temp_schema", 1, flags, |_| Ok(false))?;
     conn.create_scalar_function("pg_my_temp_schema", 0, flags, |_| Ok(0))?;
     conn.create_scalar_function("pg_encoding_to_char", 1, flags, |_| Ok("UTF8"))?;
-    conn.create_scalar_function("pg_get_function_result", 1, flags, |_| Ok(None::<String>))?;
-    conn.create_scalar_function("pg_get_function_arguments", 1, flags, |_| {
-        Ok(None::<String>)
+    conn.create_scalar_function("pg_get_function_result", 1, flags, |ctx| {
+        let oid: Option<i64> = ctx.get(0)?;
+        Ok(oid.and_then(|oid| {
+            FUNCTIONS
+                .iter()
+                .find(|f| function_oid(f) == oid)
+                .map(|f| f.result.to_string())
+        }))
+    })?;
+    conn.create_scalar_function("pg_get_function_arguments", 1, flags, |ctx| {
+        let oid: Option<i64> = ctx.get(0)?;
+        Ok(oid.and_then(|oid| {
+            FUNCTIONS
+                .iter()
+                .find(|f| function_oid(f) == oid)
+                .map(|f| f.arguments.to_string())
+        }))
+    })?;
+    conn.create_scalar_function("pg_get_function_identity_arguments", 1, flags, |ctx| {
+        let oid: Option<i64> = ctx.get(0)?;
+        Ok(oid.and_then(|oid| {
+            FUNCTIONS
+                .iter()
+                .find(|f| function_oid(f) == oid)
+                .map(|f| f.arguments.to_string())
+        }))
     })?;
     conn.create_scalar_function("shobj_description", 2, flags, |_| Ok(None::<String>))?;
     conn.create_scalar_function("quote_ident", 1, flags, |ctx| {
