@@ -148,8 +148,10 @@ pub async fn plan(mt: &MetaTxn<'_>, catalog: &Catalog, action: &DdlAction) -> Re
             );
             // A sequence made again under an old name starts over.
             if let Planned::Do(p) = &mut plan {
-                p.setup
-                    .push(meta::sequence_set(&sequence_key(&sequence.name), 0));
+                p.setup.push(meta::sequence_set(
+                    &sequence_key(&sequence.name),
+                    sequence.start,
+                ));
             }
             Ok(vec![plan])
         }

@@ -596,6 +596,14 @@ fn plan_query(
         });
     }
     if tables.is_empty() {
+        // Functions that look up the catalog's objects (`'t'::regclass`, obj_description,
+        // pg_get_viewdef, ...) need them loaded, as a catalog query has.
+        if super::system::uses_objects(&sql) {
+            return Ok(Plan::System {
+                tables: Vec::new(),
+                sql,
+            });
+        }
         return Ok(Plan::Local { sql });
     }
     if let Some(shard) = single_home(catalog, &tables)? {

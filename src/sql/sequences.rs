@@ -2,12 +2,11 @@
 //! a statement runs (a sequence is cluster-wide state in the meta group, which no shard's
 //! SQLite can reach), each call replaced by its value.
 //!
-//! A sequence hands out positions 0, 1, 2, ... of its series (`start`, `start + increment`,
-//! ..., wrapping to `min`/`max` if it cycles). The meta group keeps the next free position
-//! (`_cairn_sequences`, under `seq:<name>`); a node reserves `cache` positions at a time, as
-//! PostgreSQL's sessions cache values: each value is handed out once, in increasing order
-//! within a node. The sequence behind a serial or identity column (`<table>_<column>_seq`)
-//! is the column's own counter.
+//! The meta group keeps each sequence's next value (`_cairn_sequences`, under
+//! `seq:<name>`); a node reserves `cache` values at a time, as PostgreSQL's sessions cache
+//! values: each value is handed out once, in increasing order within a node. A cycling
+//! sequence wraps to its `min` (or, descending, its `max`). The sequence behind a serial
+//! or identity column (`<table>_<column>_seq`) is the column's own counter.
 //!
 //! A call is evaluated once per place it appears, so `INSERT ... VALUES (nextval('s')),
 //! (nextval('s'))` takes two values; a `nextval` in a query that reads rows (it would need
@@ -202,42 +201,33 @@ fn source(catalog: &Catalog, name: &str) -> Result<Source> {
     ))
 }
 
-/// How many values one pass of the series holds from `from` (inclusive) to its end.
-fn pass(s: &Sequence, from: i64) -> i64 {
-    if s.increment > 0 {
-        (s.max - from) / s.increment + 1
+fn exhausted(s: &Sequence) -> Error {
+    let (which, bound) = if s.increment > 0 {
+        ("maximum", s.max)
     } else {
-        (from - s.min) / -s.increment + 1
+        ("minimum", s.min)
+    };
+    Error::sql(
+        sqlstate::SEQUENCE_GENERATOR_LIMIT_EXCEEDED,
+        format!(
+            "nextval: reached {which} value of sequence \"{}\" ({bound})",
+            s.name
+        ),
+    )
+}
+
+/// The value after `v`: one increment on, wrapping if the sequence cycles, None past its
+/// end otherwise.
+fn step(s: &Sequence, v: i64) -> Option<i64> {
+    match v.checked_add(s.increment) {
+        Some(n) if (s.min..=s.max).contains(&n) => Some(n),
+        _ if s.cycle => Some(if s.increment > 0 { s.min } else { s.max }),
+        _ => None,
     }
 }
 
-/// The value at position `p` of the series.
-fn value_at(s: &Sequence, p: i64) -> Result<i64> {
-    let first = pass(s, s.start);
-    if p < first {
-        return Ok(s.start + p * s.increment);
-    }
-    if !s.cycle {
-        let (which, bound) = if s.increment > 0 {
-            ("maximum", s.max)
-        } else {
-            ("minimum", s.min)
-        };
-        return Err(Error::sql(
-            sqlstate::SEQUENCE_GENERATOR_LIMIT_EXCEEDED,
-            format!(
-                "nextval: reached {which} value of sequence \"{}\" ({bound})",
-                s.name
-            ),
-        ));
-    }
-    let restart = if s.increment > 0 { s.min } else { s.max };
-    let q = (p - first) % pass(s, restart);
-    Ok(restart + q * s.increment)
-}
-
-/// The position whose value is `v` (on the first pass), for setval.
-fn position_of(s: &Sequence, v: i64) -> Result<i64> {
+/// The value setval leaves next: `v` itself, or (called) the one after it.
+fn after_set(s: &Sequence, v: i64, is_called: bool) -> Result<Option<i64>> {
     if v < s.min || v > s.max {
         return Err(Error::sql(
             sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
@@ -247,56 +237,87 @@ fn position_of(s: &Sequence, v: i64) -> Result<i64> {
             ),
         ));
     }
-    Ok(((v - s.start) / s.increment).max(0))
+    Ok(if is_called { step(s, v) } else { Some(v) })
 }
 
+/// The counter's stored next value; `EXHAUSTED` once it ran past the end.
+const EXHAUSTED: i64 = i64::MIN;
+
 impl Engine {
-    /// `n` values of sequence `s` from this node's reserved positions (a meta write reserves
-    /// `cache` more when they run out).
+    /// `n` values of sequence `s`: from this node's reserved ones, reserving `cache` more
+    /// (a meta write) when they run out. Cached entries are (next value, how many left).
     async fn next_values(&self, s: &Sequence, n: usize) -> Result<Vec<i64>> {
         let key = super::ddl::sequence_key(&s.name);
         let mut out = Vec::with_capacity(n);
         let mut cache = self.sequences.lock().await;
         while out.len() < n {
-            match cache.get_mut(&key).filter(|(next, end)| next < end) {
-                Some((next, _)) => {
-                    out.push(value_at(s, *next)?);
-                    *next += 1;
+            match cache.get_mut(&key).filter(|(_, left)| *left > 0) {
+                Some((next, left)) => {
+                    out.push(*next);
+                    *left -= 1;
+                    *next = step(s, *next).unwrap_or(EXHAUSTED);
                 }
                 None => {
                     let want = s.cache.max((n - out.len()) as i64);
                     let mt = MetaTxn::begin(&self.cluster).await?;
-                    // Positions count from 0; the counter (created with the sequence) says
-                    // the next free one.
-                    let first = match mt.next(&key, want).await {
-                        Ok(f) => f,
+                    let reserved = async {
+                        let rows = mt.exec(crate::catalog::meta::sequence_next(&key)).await?;
+                        let first = match rows.rows.first().and_then(|r| r.first()) {
+                            Some(Value::Integer(v)) => *v,
+                            _ => s.start,
+                        };
+                        if first == EXHAUSTED {
+                            return Err(exhausted(s));
+                        }
+                        // Walk `want` values on; the one after them is stored.
+                        let (mut next, mut count) = (Some(first), 0i64);
+                        while count < want {
+                            match next {
+                                Some(v) => {
+                                    next = step(s, v);
+                                    count += 1;
+                                }
+                                None => break,
+                            }
+                        }
+                        mt.exec(crate::catalog::meta::sequence_set(
+                            &key,
+                            next.unwrap_or(EXHAUSTED),
+                        ))
+                        .await?;
+                        Ok((first, count))
+                    }
+                    .await;
+                    match reserved {
+                        Ok((first, count)) => {
+                            mt.commit().await?;
+                            cache.insert(key.clone(), (first, count));
+                        }
                         Err(e) => {
                             mt.rollback().await;
                             return Err(e);
                         }
-                    };
-                    mt.commit().await?;
-                    cache.insert(key.clone(), (first, first + want));
+                    }
                 }
             }
         }
         Ok(out)
     }
 
-    /// setval: the next position becomes the one after `v` (or `v`'s own if not called).
+    /// setval: the next value becomes `v` (not called) or the one after it.
     async fn set_value(&self, s: &Sequence, v: i64, is_called: bool) -> Result<()> {
         let key = super::ddl::sequence_key(&s.name);
-        let position = position_of(s, v)? + i64::from(is_called);
+        let next = after_set(s, v, is_called)?.unwrap_or(EXHAUSTED);
         let mt = MetaTxn::begin(&self.cluster).await?;
         if let Err(e) = mt
-            .exec(crate::catalog::meta::sequence_set(&key, position))
+            .exec(crate::catalog::meta::sequence_set(&key, next))
             .await
         {
             mt.rollback().await;
             return Err(e);
         }
         mt.commit().await?;
-        // This node's reserved positions are stale now; other nodes keep theirs, as other
+        // This node's reserved values are stale now; other nodes keep theirs, as other
         // sessions keep their cached values in PostgreSQL.
         self.sequences.lock().await.remove(&key);
         Ok(())

@@ -347,6 +347,24 @@ fn definitions() -> &'static [Table] {
     })
 }
 
+/// Whether a statement calls a function that looks up the catalog's objects (filled in by
+/// [`populate`]).
+pub fn uses_objects(sql: &str) -> bool {
+    const FUNCTIONS: [&str; 9] = [
+        "cairn_reg_",
+        "obj_description",
+        "col_description",
+        "pg_get_viewdef",
+        "pg_get_indexdef",
+        "pg_get_constraintdef",
+        "pg_get_serial_sequence",
+        "pg_get_function_",
+        "pg_table_is_visible",
+    ];
+    let lower = sql.to_ascii_lowercase();
+    FUNCTIONS.iter().any(|f| lower.contains(f))
+}
+
 /// Whether `name` (as the rewritten statement names it) is a system table.
 pub fn is_system_table(name: &str) -> bool {
     let n = name.to_lowercase();
