@@ -240,17 +240,31 @@ impl From<rusqlite::Error> for Error {
                 };
             }
             rusqlite::Error::SqlInputError { msg, .. } => {
-                return Error::Sql {
+                return untranslated(Error::Sql {
                     code: classify_sqlite_message(msg),
                     message: strip_sqlite_noise(msg),
-                }
+                });
             }
             _ => sqlstate::INTERNAL_ERROR,
         };
-        Error::Sql {
+        untranslated(Error::Sql {
             code,
             message: strip_sqlite_noise(&message),
-        }
+        })
+    }
+}
+
+/// A SQLite syntax error: every statement passed the PostgreSQL parser first, so it is
+/// PostgreSQL syntax Cairn does not translate yet (0A000), not the client's mistake.
+fn untranslated(e: Error) -> Error {
+    match e {
+        Error::Sql { code, message } if code == sqlstate::SYNTAX_ERROR => Error::Sql {
+            code: sqlstate::FEATURE_NOT_SUPPORTED,
+            message: format!(
+                "this statement uses PostgreSQL syntax Cairn cannot run yet (SQLite: {message})"
+            ),
+        },
+        other => other,
     }
 }
 

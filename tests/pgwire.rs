@@ -682,8 +682,31 @@ async fn copy_from_stdin_in_text_and_csv_into_a_distributed_table() {
         .unwrap()
         .get(0);
     assert_eq!(n, 5003);
-    // COPY TO is not supported yet, and says so.
-    let e = c.simple_query("COPY loaded TO STDOUT").await.unwrap_err();
+    // COPY TO: a query's rows in text (escapes, NULLs) and CSV (header, quoting).
+    let read = |sql: &'static str| {
+        let c = &c;
+        async move {
+            let stream = c.copy_out(sql).await.unwrap();
+            futures::pin_mut!(stream);
+            let mut out = Vec::new();
+            while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+                out.extend_from_slice(&chunk.unwrap());
+            }
+            String::from_utf8(out).unwrap()
+        }
+    };
+    let text =
+        read("COPY (SELECT id, name, score, seen FROM loaded WHERE id < 2 ORDER BY id) TO STDOUT")
+            .await;
+    assert_eq!(text, "0\tname\\t0\t0\t\\N\n1\tname\\t1\t0.25\t\\N\n");
+    let csv =
+        read("COPY (SELECT id, name FROM loaded WHERE id = 1) TO STDOUT WITH (FORMAT csv, HEADER)")
+            .await;
+    assert_eq!(csv, "id,name\n1,name\t1\n");
+    let e = c
+        .simple_query("COPY loaded TO STDOUT (FORMAT binary)")
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), "0A000");
 }
 

@@ -91,7 +91,6 @@ pub fn parse(text: &str) -> Vec<Record> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < lines.len() {
-        let first = i;
         let mut applies = true;
         // Conditions and comments before the record.
         while i < lines.len() {
@@ -163,7 +162,6 @@ pub fn parse(text: &str) -> Vec<Record> {
             Some("halt") => Some(Record::Halt),
             _ => None,
         };
-        let _ = first;
         if let (true, Some(r)) = (applies, record) {
             out.push(r);
         }

@@ -288,7 +288,13 @@ pub async fn plan(mt: &MetaTxn<'_>, catalog: &Catalog, action: &DdlAction) -> Re
                 },
             };
             let t = catalog.table(table).ok_or_else(|| undefined_table(table))?;
-            Ok(vec![plan_distribute(mt, catalog, t, layout).await?])
+            let refusal = format!(
+                "table {} is not empty: lay it out before loading data (or empty it first)",
+                t.name
+            );
+            Ok(vec![
+                plan_distribute(mt, catalog, t, layout, &refusal).await?,
+            ])
         }
     }
 }
@@ -309,11 +315,13 @@ enum Layout<'a> {
     },
 }
 
+/// `refusal`: the error a shard answers if the table has rows (the job is then undone).
 async fn plan_distribute(
     mt: &MetaTxn<'_>,
     catalog: &Catalog,
     t: &Table,
     layout: Layout<'_>,
+    refusal: &str,
 ) -> Result<Planned> {
     let name = t.name.as_str();
     if let Some(child) = catalog.tables().find(|c| {
@@ -487,8 +495,8 @@ async fn plan_distribute(
         .collect();
     let q = quote(&t.name);
     let check_and_drop = format!(
-        "SELECT cairn_fail('table {} is not empty: lay it out before loading data (or empty it first)') FROM {q} LIMIT 1;DROP TABLE {q};",
-        t.name.replace('\'', "''"),
+        "SELECT cairn_fail('{}') FROM {q} LIMIT 1;DROP TABLE {q};",
+        refusal.replace('\'', "''"),
     );
     plan.hide = vec![Change::PutTable(Box::new(hidden))];
     plan.steps = steps_on(&old, &check_and_drop);
@@ -715,7 +723,24 @@ async fn plan_index(
     if relayout {
         let mut with_index = t.clone();
         with_index.indexes.push((name.to_string(), sql.to_string()));
-        return plan_distribute(mt, catalog, &with_index, Layout::Single { group: None }).await;
+        let refusal = crate::error::coded_message(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            &format!(
+                "a unique index or constraint on \"{}\" without its distribution column \"{}\": \
+                 each shard checks its own rows, so the table must move to one shard, which it \
+                 does only while empty",
+                t.name,
+                column.map(String::as_str).unwrap_or("")
+            ),
+        );
+        return plan_distribute(
+            mt,
+            catalog,
+            &with_index,
+            Layout::Single { group: None },
+            &refusal,
+        )
+        .await;
     }
     let shards = catalog.shards_of(t)?;
     let mut after = t.clone();
@@ -970,8 +995,22 @@ async fn plan_rebuild(
     after.ddl = vec![S::CreateTable(ct).to_string()];
     super::scratch::validate(&[&after], &[])?;
     if let Some(group) = move_to {
-        let mut placed =
-            plan_distribute(mt, catalog, &after, Layout::Single { group: Some(group) }).await?;
+        let refusal = crate::error::coded_message(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            &format!(
+                "a foreign key from \"{}\" to a single-shard table: the table must move to its \
+                 parent's shard, which it does only while empty",
+                t.name
+            ),
+        );
+        let mut placed = plan_distribute(
+            mt,
+            catalog,
+            &after,
+            Layout::Single { group: Some(group) },
+            &refusal,
+        )
+        .await?;
         if let Planned::Do(plan) = &mut placed {
             plan.notice = Some(format!(
                 "table \"{}\" moved to the shard of the table its foreign key references",

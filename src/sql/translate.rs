@@ -1577,6 +1577,9 @@ fn rewrite(stmt: &mut Statement) -> Result<()> {
 
 fn rewrite_expr(e: &mut Expr) -> Result<()> {
     match e {
+        Expr::Rollup(_) | Expr::Cube(_) | Expr::GroupingSets(_) => {
+            return Err(Error::unsupported("GROUP BY ROLLUP, CUBE or GROUPING SETS"))
+        }
         // `- -x` must not print as `--x`, which SQL reads as a comment.
         Expr::UnaryOp { expr, .. }
             if matches!(expr.as_ref(), Expr::UnaryOp { .. })
@@ -2003,6 +2006,23 @@ pub fn translate(
             out.expr_types = projection_types(q, &tables);
             out.expr_scales = projection_map(q, &|e| expr_scale(e, &tables));
             q.locks.clear(); // FOR UPDATE/SHARE: a shard's transactions are serializable already.
+                             // FETCH FIRST n ROWS ONLY is LIMIT n.
+            if let Some(fetch) = q.fetch.take() {
+                if fetch.percent || fetch.with_ties || q.limit_clause.is_some() {
+                    return Err(Error::unsupported(
+                        "FETCH FIRST with PERCENT, WITH TIES, or beside LIMIT",
+                    ));
+                }
+                q.limit_clause = Some(ast::LimitClause::LimitOffset {
+                    limit: Some(
+                        fetch
+                            .quantity
+                            .unwrap_or_else(|| literal_expr(&Value::Integer(1))),
+                    ),
+                    offset: None,
+                    limit_by: vec![],
+                });
+            }
             name_query_columns(q);
             out.tag = "SELECT".into();
         }

@@ -172,6 +172,9 @@ impl Typer<'_> {
     fn plan(&self, e: &Expr) -> Result<Plan> {
         let ty = |e: &Expr| expr_type(e, self.tables);
         Ok(match e {
+            Expr::Array(a) if a.elem.iter().any(|e| matches!(e, Expr::Array(_))) => {
+                return Err(Error::unsupported("multidimensional arrays"))
+            }
             Expr::Array(_) => Plan::ArrayLiteral,
             Expr::AnyOp { .. } => Plan::Quantified { all: false },
             Expr::AllOp { .. } => Plan::Quantified { all: true },

@@ -558,7 +558,6 @@ fn format_datetime(c: &Clock, format: &str, tz: bool) -> String {
         "DY", "IDDD", "DDD", "DD", "ID", "D", "WW", "W", "IW", "CC", "J", "Q", "RM", "TZH", "TZM",
         "TZ", "OF",
     ];
-    let bytes = format.as_bytes();
     let mut out = String::new();
     let mut i = 0;
     while i < format.len() {
@@ -705,7 +704,6 @@ fn format_datetime(c: &Clock, format: &str, tz: bool) -> String {
                 next += 2;
             }
         }
-        let _ = bytes;
         i = next;
     }
     out
