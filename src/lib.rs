@@ -13,7 +13,8 @@
 //!
 //! Shared foundations: [`ids`] (newtype ids), [`error`] (one error type with SQLSTATEs),
 //! [`types`] (PostgreSQL types and their wire encodings), [`limits`] (every bound),
-//! [`metrics`] (Prometheus counters and the replicas' Raft state).
+//! [`metrics`] (Prometheus counters and the replicas' Raft state), [`units`] (durations
+//! and sizes as people write them).
 
 pub mod api;
 pub mod catalog;
@@ -30,3 +31,4 @@ pub mod replication;
 pub mod sql;
 pub mod storage;
 pub mod types;
+pub mod units;

@@ -212,3 +212,24 @@ pub const ARRAY_ELEMENTS_MAX: usize = 1_000_000;
 
 /// Rows `generate_series` may produce in one call (a typo in a bound must not run away).
 pub const SERIES_ROWS_MAX: i64 = 10_000_000;
+
+/// Change feeds (`cluster::feed`). One read of a shard's change events returns about this
+/// many bytes: small enough to keep a follower's catch-up from crowding Raft traffic.
+pub const FEED_PAGE_BYTES: usize = 256 * 1024;
+/// A shard's feed waits this long for new events before answering with none (and so a
+/// subscription hears of progress at least this often while nothing changes).
+pub const FEED_WAIT: Duration = Duration::from_millis(500);
+/// Chunks of events a shard's feed keeps for subscribers that have not taken them yet; a
+/// subscriber further behind is cut (told its last token), never skipped silently.
+pub const FEED_BUFFER_CHUNKS: usize = 256;
+/// Subscriptions on one WebSocket connection, and on one node.
+pub const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 64;
+pub const SUBSCRIPTIONS_PER_NODE_MAX: usize = 10_000;
+/// Messages waiting to be written to one WebSocket client; a client that lets more pile up
+/// is too slow and is cut with its last token.
+pub const WS_OUTBOX_MAX: usize = 4_096;
+/// A WebSocket message from a client (subscribe requests are small).
+pub const WS_MESSAGE_BYTES_MAX: usize = 64 * 1024;
+/// Rows a subscription's snapshot may send (more is refused: subscribe with a narrower
+/// condition, or read the table with SQL and resume from a token).
+pub const SUBSCRIPTION_SNAPSHOT_ROWS_MAX: usize = 100_000;

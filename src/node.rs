@@ -56,6 +56,8 @@ pub struct NodeConfig {
     pub replication_factor: u32,
     /// Shards of a hash-distributed table unless it says otherwise, for a new cluster.
     pub shard_count: u32,
+    /// How much of its change events each data replica here keeps.
+    pub events: crate::storage::events::Window,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -197,6 +199,7 @@ impl Node {
                 logs,
                 raft,
                 client: client.clone(),
+                events: config.events,
             },
             bootstrap,
         )
@@ -802,6 +805,42 @@ impl Handler for NodeRpc {
                                 .into(),
                     })),
                 }
+            }
+            Request::Events {
+                shard,
+                after,
+                max_bytes,
+                wait_ms,
+            } => {
+                let Some(group) = self.group(shard) else {
+                    return Response::Events(Err(no_such_shard()));
+                };
+                let wait = Duration::from_millis(wait_ms.into()).min(limits::FEED_WAIT * 4);
+                let max_bytes = (max_bytes as usize).min(limits::FEED_PAGE_BYTES * 4);
+                Response::Events(wire(
+                    self.cluster
+                        .events_here(&group, after, max_bytes, wait)
+                        .await,
+                ))
+            }
+            Request::ReadAt { shard, stmt }
+                if !shard.is_meta() && crate::storage::replica::names_internal_table(&stmt.sql) =>
+            {
+                Response::RowsAt(Err(WireError::Sql {
+                    code: crate::error::sqlstate::INSUFFICIENT_PRIVILEGE.into(),
+                    message: "a forwarded statement named an internal table".into(),
+                }))
+            }
+            Request::ReadAt { shard, stmt } => {
+                let Some(group) = self.group(shard) else {
+                    return Response::RowsAt(Err(no_such_shard()));
+                };
+                Response::RowsAt(wire(
+                    group
+                        .read_at(stmt.into())
+                        .await
+                        .map(|(rows, at)| (rows.into(), at)),
+                ))
             }
             Request::Rollback { txn } => {
                 let t = self

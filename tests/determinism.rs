@@ -66,6 +66,7 @@ async fn snapshot_restore_gives_identical_contents() {
                 });
                 hook
             }),
+            events: (!group.shard.is_meta()).then(Default::default),
         };
         let fresh = ReplicaHandle::start(
             &snap_dir.path().join(format!("{}.db", group.shard)),

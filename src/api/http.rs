@@ -175,7 +175,7 @@ fn json_param(v: &Json_, ty: PgType) -> Result<Value, Error> {
 }
 
 /// A stored value as JSON, shaped by its column's type.
-fn json_value(v: &Value, ty: PgType) -> Json_ {
+pub(super) fn json_value(v: &Value, ty: PgType) -> Json_ {
     match (v, ty) {
         (Value::Null, _) => Json_::Null,
         (Value::Integer(i), PgType::Bool) => Json_::Bool(*i != 0),
@@ -652,7 +652,15 @@ async fn txn_rollback(
 pub fn router(engine: Arc<Engine>) -> Router {
     let txns = Arc::new(Txns::default());
     tokio::spawn(Txns::reap(Arc::downgrade(&txns)));
+    let subscriptions = Arc::new(super::ws::Subscriptions::default());
+    let ws = {
+        let engine = engine.clone();
+        move |upgrade: axum::extract::ws::WebSocketUpgrade| async move {
+            super::ws::upgrade(upgrade, engine, subscriptions)
+        }
+    };
     Router::new()
+        .route("/v1/ws", get(ws))
         .route("/v1/sql", post(sql))
         .route("/v1/txn", post(txn_begin))
         .route("/v1/txn/{id}/sql", post(txn_sql))

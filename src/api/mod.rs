@@ -1,6 +1,8 @@
 //! The only module that knows wire formats: PostgreSQL's protocol (`pgwire`), HTTP/JSON
-//! (`http`). Each turns requests into `sql::Session` calls and `sql::Output` / `Error` back
-//! into its own format (RowDescription + DataRow + SQLSTATE; JSON with an error code).
+//! (`http`), WebSocket subscriptions (`ws`). Each turns requests into `sql` calls and
+//! `sql::Output` / `Error` back into its own format (RowDescription + DataRow + SQLSTATE;
+//! JSON with an error code).
 
 pub mod http;
 pub mod pgwire;
+pub mod ws;

@@ -94,6 +94,13 @@ pub struct StartArgs {
     /// cluster (ignored when joining or restarting).
     #[arg(long, default_value_t = 4)]
     pub shard_count: u32,
+    /// How long each replica keeps its change events (the window a subscriber can resume
+    /// in), by commit time.
+    #[arg(long, default_value = "24h", value_parser = crate::units::duration_arg)]
+    pub events_max_age: std::time::Duration,
+    /// How many bytes of change events each replica keeps at most (oldest go first).
+    #[arg(long, default_value = "64MiB", value_parser = crate::units::bytes_arg)]
+    pub events_max_bytes: u64,
 }
 
 pub fn init_logging() {
@@ -122,6 +129,10 @@ pub async fn start(args: StartArgs) -> anyhow::Result<()> {
         snapshot_every: args.snapshot_every,
         replication_factor: args.replication_factor,
         shard_count: args.shard_count,
+        events: crate::storage::events::Window {
+            max_age: args.events_max_age,
+            max_bytes: args.events_max_bytes,
+        },
     };
     let node = Node::start(config).await?;
     shutdown_signal().await;

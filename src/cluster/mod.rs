@@ -17,6 +17,7 @@
 //! the preferred leader initialises it (the others too, after a delay, if it did not) → the
 //! group elects a leader and the DDL job runs on it.
 
+pub mod feed;
 pub mod jobs;
 pub mod meta_txn;
 pub mod placement;
@@ -50,6 +51,8 @@ pub struct ClusterConfig {
     pub logs: LogDb,
     pub raft: Arc<openraft::Config>,
     pub client: Arc<Client>,
+    /// How much of their change events data shards keep.
+    pub events: crate::storage::events::Window,
 }
 
 pub struct Cluster {
@@ -60,6 +63,7 @@ pub struct Cluster {
     dir: PathBuf,
     logs: LogDb,
     raft: Arc<openraft::Config>,
+    events: crate::storage::events::Window,
     /// Data groups with a replica here.
     groups: RwLock<BTreeMap<ShardId, Arc<ShardGroup>>>,
     catalog: watch::Receiver<Arc<Catalog>>,
@@ -136,6 +140,7 @@ impl Cluster {
         let options = ReplicaOptions {
             schema: META_SCHEMA,
             on_change: Some(on_change),
+            events: None,
         };
         let meta = Arc::new(
             ShardGroup::start(
@@ -161,6 +166,7 @@ impl Cluster {
             dir: config.dir,
             logs: config.logs,
             raft: config.raft,
+            events: config.events,
             groups: RwLock::new(BTreeMap::new()),
             catalog,
             leaders: Mutex::new(HashMap::new()),
@@ -245,7 +251,10 @@ impl Cluster {
                     &self.logs,
                     self.raft.clone(),
                     self.client.clone(),
-                    &ReplicaOptions::default(),
+                    &ReplicaOptions {
+                        events: Some(self.events),
+                        ..Default::default()
+                    },
                 )
                 .await?,
             );

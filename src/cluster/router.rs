@@ -104,7 +104,7 @@ impl Cluster {
     }
 
     /// The nodes that should hold `shard`.
-    fn replicas_of(&self, shard: ShardId) -> Vec<NodeId> {
+    pub(super) fn replicas_of(&self, shard: ShardId) -> Vec<NodeId> {
         if shard.is_meta() {
             return self.meta.members().into_iter().map(|(n, _)| n).collect();
         }
@@ -139,7 +139,7 @@ impl Cluster {
             .or_else(|| self.cached_leader(shard))
     }
 
-    async fn call(&self, addr: &str, request: Request) -> Result<Response> {
+    pub(super) async fn call(&self, addr: &str, request: Request) -> Result<Response> {
         self.client
             .call(addr, request, limits::FORWARD_TIMEOUT)
             .await

@@ -183,6 +183,15 @@ impl ShardGroup {
         self.replica.read(stmt).await
     }
 
+    /// A linearizable read on this node, which must lead, with the applied index the rows
+    /// are as of (see `ReplicaHandle::read_at`).
+    pub async fn read_at(&self, stmt: Statement) -> Result<(Rows, u64)> {
+        self.count();
+        wait_for_leader(&self.raft, crate::limits::LEADER_WAIT).await;
+        self.reads.confirm(&self.raft).await?;
+        self.replica.read_at(stmt).await
+    }
+
     /// The read index on this node, which must lead: leadership confirmed by a quorum, and
     /// the replica caught up with everything committed before the call.
     pub async fn read_index(&self) -> Result<u64> {

@@ -58,6 +58,10 @@ pub enum Op {
     /// Delete the decision records of `txns` (kept on their coordinator shard): every part
     /// of each was resolved through the log, so no participant will ask for them again.
     Forget { txns: Vec<u64> },
+    /// The proposing leader's clock, µs since the Unix epoch: the commit time of the
+    /// entry's changes in change events (`storage::events`). First in every batch a writer
+    /// proposes; applying it changes no rows.
+    Time(u64),
 }
 
 impl Op {
@@ -70,6 +74,7 @@ impl Op {
             Op::Stage { part, .. } => 16 + part.len(),
             Op::Forget { txns } => 8 + 8 * txns.len(),
             Op::Decide { .. } | Op::Resolve { .. } | Op::Staged { .. } | Op::DropStaged => 16,
+            Op::Time(_) => 9,
         }
     }
 }

@@ -145,6 +145,20 @@ pub enum Request {
     Rollback {
         txn: u64,
     },
+    /// To any replica of a shard: its change events from `after` on, about `max_bytes` of
+    /// them, waiting up to `wait_ms` for an entry at or after `after` to be applied.
+    Events {
+        shard: ShardId,
+        after: crate::storage::events::Position,
+        max_bytes: u32,
+        wait_ms: u32,
+    },
+    /// To a shard's leader: a linearizable read answered with the applied index it is as
+    /// of (where a change stream continues from the rows it returns).
+    ReadAt {
+        shard: ShardId,
+        stmt: WireStatement,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -159,6 +173,8 @@ pub enum Response {
     Txn(Result<u64, WireError>),
     Flag(Result<bool, WireError>),
     Done(Result<(), WireError>),
+    Events(Result<crate::storage::events::Page, WireError>),
+    RowsAt(Result<(WireRows, u64), WireError>),
 }
 
 /// An [`Error`] on the wire.

@@ -485,7 +485,10 @@ async fn ensure_ready(cx: &Context, ready_term: &mut Readiness) -> Result<()> {
 }
 
 async fn propose(raft: &Raft, ops: Vec<Op>) -> Result<()> {
-    match raft.client_write(Batch { ops }).await {
+    let mut stamped = Vec::with_capacity(ops.len() + 1);
+    stamped.push(Op::Time(crate::storage::functions::now_micros()));
+    stamped.extend(ops);
+    match raft.client_write(Batch { ops: stamped }).await {
         Ok(_) => Ok(()),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(Error::NotLeader {
             leader: f.leader_id.map(NodeId),

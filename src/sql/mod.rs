@@ -13,11 +13,13 @@
 pub mod copy;
 pub mod ddl;
 mod distinct;
+pub mod kv;
 pub mod plan;
 pub mod scratch;
 mod sequences;
 pub mod session;
 mod srf;
+pub mod subscribe;
 pub mod system;
 pub mod translate;
 mod typed;

@@ -111,6 +111,67 @@ pub async fn run_system(
     .await
 }
 
+/// A subscription's row condition, evaluated on one row at a time: the row goes into a
+/// private copy of its table (same DDL, so the same affinities and functions as on the
+/// shards) and the translated query over that table says whether it matches.
+pub struct RowFilter {
+    conn: Connection,
+    table: Table,
+    /// `SELECT EXISTS (<the translated query>)`.
+    check: String,
+}
+
+impl RowFilter {
+    /// `query` is SQLite's `SELECT ... FROM <table> WHERE <condition>`.
+    pub fn new(table: &Table, query: &str) -> Result<RowFilter> {
+        let conn = open()?;
+        create(&conn, table)?;
+        let filter = RowFilter {
+            conn,
+            table: table.clone(),
+            check: format!("SELECT EXISTS ({query})"),
+        };
+        filter.conn.prepare_cached(&filter.check)?;
+        Ok(filter)
+    }
+
+    /// Whether the row with these columns and values matches. Columns the table no longer
+    /// has are left out; columns it has and the row lacks take their defaults.
+    pub fn matches(&self, columns: &[String], values: &[Value]) -> Result<bool> {
+        let known: Vec<(&String, &Value)> = columns
+            .iter()
+            .zip(values)
+            .filter(|(c, _)| self.table.columns.iter().any(|t| &t.name == *c))
+            .collect();
+        let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        let insert = if known.is_empty() {
+            format!("INSERT INTO {} DEFAULT VALUES", quote(&self.table.name))
+        } else {
+            format!(
+                "INSERT INTO {} ({}) VALUES ({})",
+                quote(&self.table.name),
+                known
+                    .iter()
+                    .map(|(c, _)| quote(c))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                (1..=known.len())
+                    .map(|i| format!("?{i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let tx = self.conn.unchecked_transaction()?;
+        tx.prepare_cached(&insert)?
+            .execute(rusqlite::params_from_iter(known.iter().map(|(_, v)| *v)))?;
+        let matched: bool = tx
+            .prepare_cached(&self.check)?
+            .query_row([], |r| r.get(0))?;
+        drop(tx); // rolled back: the copy stays empty
+        Ok(matched)
+    }
+}
+
 /// Run a statement that names no table.
 pub async fn run_alone(sql: String, params: Vec<Value>, cancel: &Cancel) -> Result<Rows> {
     interruptible(cancel, move |conn| replica::run(conn, &sql, &params)).await

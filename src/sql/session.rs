@@ -22,6 +22,7 @@ use crate::replication::group::ReadConsistency;
 use crate::storage::cancel::{self, Cancel};
 use crate::storage::replica::{ResultColumn, Rows, Statement, StatementKind};
 use crate::types::PgType;
+pub use crate::units::duration as parse_duration;
 use rusqlite::types::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -38,12 +39,15 @@ pub struct Engine {
     /// The node's catalog with PostgreSQL's system tables added (`system::augment`), for
     /// the catalog it was made from.
     with_system: std::sync::Mutex<Option<(Arc<Catalog>, Arc<Catalog>)>>,
+    /// This node's change feeds (subscriptions).
+    pub feeds: crate::cluster::feed::Feeds,
 }
 
 impl Engine {
     pub fn new(cluster: Arc<Cluster>) -> Arc<Engine> {
         Arc::new(Engine {
             metrics: crate::metrics::Metrics::new(&cluster),
+            feeds: crate::cluster::feed::Feeds::new(&cluster),
             cluster,
             describer: scratch::Describer::default(),
             sequences: tokio::sync::Mutex::new(HashMap::new()),
@@ -245,10 +249,7 @@ impl OpenTxn {
     }
 
     fn new(implicit: bool) -> OpenTxn {
-        let micros = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(1);
+        let micros = crate::storage::functions::now_micros().max(1);
         OpenTxn {
             leases: BTreeMap::new(),
             failed: false,
@@ -1912,21 +1913,4 @@ async fn commit_across(cluster: &Arc<Cluster>, leases: Vec<(ShardId, Lease)>) ->
             )
         }))
     }
-}
-
-/// A duration setting: `500ms`, `2s`, `1min`, or a bare number of milliseconds.
-pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
-    let t = text.trim().to_lowercase();
-    let (number, unit) = t.split_at(
-        t.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(t.len()),
-    );
-    let n: f64 = number.parse().ok()?;
-    let ms = match unit.trim() {
-        "" | "ms" => n,
-        "s" => n * 1000.0,
-        "min" => n * 60_000.0,
-        _ => return None,
-    };
-    (ms.is_finite() && ms >= 0.0).then(|| std::time::Duration::from_micros((ms * 1000.0) as u64))
 }

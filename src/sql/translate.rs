@@ -305,6 +305,49 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
         })
 }
 
+/// One SQL expression over a row (a subscription's condition): all of `text`, without
+/// subqueries. Answered as the parsed expression, to be printed into a statement.
+pub fn parse_condition(text: &str) -> Result<Expr> {
+    let invalid = |m: String| Error::sql(sqlstate::SYNTAX_ERROR, m);
+    if text.len() > limits::SQL_TEXT_BYTES_MAX {
+        return Err(Error::sql(
+            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+            "the condition is too long",
+        ));
+    }
+    let text = normalize(text);
+    let mut parser = Parser::new(&PostgreSqlDialect {})
+        .with_recursion_limit(200)
+        .try_with_sql(&text)
+        .map_err(|e| invalid(e.to_string()))?;
+    let expr = parser.parse_expr().map_err(|e| invalid(e.to_string()))?;
+    let rest = parser.peek_token();
+    if rest.token != sqlparser::tokenizer::Token::EOF {
+        return Err(invalid(format!(
+            "the condition must be one expression; found {} after it",
+            rest.token
+        )));
+    }
+    let mut subquery = false;
+    let _ = visit_expressions(&expr, |e| {
+        if matches!(
+            e,
+            Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. }
+        ) {
+            subquery = true;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    if subquery {
+        return Err(Error::sql(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "a subscription's condition is on the row alone: no subqueries",
+        ));
+    }
+    Ok(expr)
+}
+
 /// A string literal compared with a column is a value of the column's type, as in
 /// PostgreSQL (an untyped literal takes the type of what it is compared with): `b = 't'`
 /// for a boolean, an upper-case uuid, `ts > '2026-06-01T00:00:00Z'` in ISO form all compare

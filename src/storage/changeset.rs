@@ -236,6 +236,40 @@ pub fn decode(changeset: &[u8]) -> Result<Vec<RowChange>> {
 /// would skip it silently. Triggers do not fire and foreign-key actions (CASCADE, SET NULL,
 /// ...) do not run while applying: their effects are already part of the changeset.
 pub fn apply(conn: &Connection, changeset: &[u8]) -> Result<()> {
+    apply_inner(conn, changeset, None)
+}
+
+/// A row as SQLite changed it while applying a changeset: every column's value before
+/// (UPDATE, DELETE) and after (INSERT, UPDATE), in the table's column order. Unlike a
+/// changeset's own UPDATE records, both sides are whole rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppliedRow {
+    pub table: String,
+    pub op: ChangeOp,
+    /// Empty for an INSERT.
+    pub old: Vec<Value>,
+    /// Empty for a DELETE.
+    pub new: Vec<Value>,
+}
+
+/// [`apply`], also appending to `rows` every row change it made, in the order SQLite made
+/// them (SQLite's own tables and `_cairn_*` tables left out). Nothing is appended if it
+/// fails.
+pub fn apply_capturing(
+    conn: &Connection,
+    changeset: &[u8],
+    rows: &mut Vec<AppliedRow>,
+) -> Result<()> {
+    let mut captured = Capture::default();
+    apply_inner(conn, changeset, Some(&mut captured))?;
+    if let Some(e) = captured.error {
+        return Err(e);
+    }
+    rows.append(&mut captured.rows);
+    Ok(())
+}
+
+fn apply_inner(conn: &Connection, changeset: &[u8], capture: Option<&mut Capture>) -> Result<()> {
     if changeset.is_empty() {
         return Ok(());
     }
@@ -254,7 +288,12 @@ pub fn apply(conn: &Connection, changeset: &[u8]) -> Result<()> {
 
     conn.execute_batch("SAVEPOINT cairn_apply_changeset")
         .map_err(internal("SAVEPOINT"))?;
-    let outcome = apply_within_savepoint(conn, changeset, len, &expected);
+    let outcome = match capture {
+        None => apply_within_savepoint(conn, changeset, len, &expected),
+        Some(capture) => with_preupdate_hook(conn, capture, || {
+            apply_within_savepoint(conn, changeset, len, &expected)
+        }),
+    };
     let end = if outcome.is_ok() {
         conn.execute_batch("RELEASE cairn_apply_changeset")
     } else {
@@ -327,6 +366,129 @@ fn apply_within_savepoint(
         }
     }
     Ok(())
+}
+
+/// What the preupdate hook saw while a changeset was applied.
+#[derive(Default)]
+struct Capture {
+    rows: Vec<AppliedRow>,
+    /// The first value that could not be read: the capture is incomplete.
+    error: Option<Error>,
+}
+
+/// Run `f` with a preupdate hook on `conn` appending every row change to `capture`.
+///
+/// SQLite keeps one preupdate hook per connection, and the session extension installs its
+/// own while a [`Session`] exists, keeping its sessions in the hook's context. So the hook
+/// goes in only when none is there, and is removed before returning: a replica applies
+/// committed changesets only while no speculative transaction (and so no session) is open.
+fn with_preupdate_hook(
+    conn: &Connection,
+    capture: &mut Capture,
+    f: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    // SAFETY: `handle` returns the live handle of `conn`, which outlives this call.
+    let db = unsafe { conn.handle() };
+    // SAFETY: `db` is live; `capture` outlives the hook, which is removed below before
+    // `capture` can be touched again by Rust, and the callback never unwinds.
+    let previous = unsafe {
+        ffi::sqlite3_preupdate_hook(db, Some(capture_row), (capture as *mut Capture).cast())
+    };
+    let outcome = if previous.is_null() {
+        f()
+    } else {
+        Err(Error::internal(
+            "a changeset was applied while a session was recording on the same connection",
+        ))
+    };
+    // SAFETY: `db` is live; removing the hook (NULL callback and context).
+    unsafe { ffi::sqlite3_preupdate_hook(db, None, ptr::null_mut()) };
+    outcome
+}
+
+/// The preupdate hook: copies the row about to change into the [`Capture`] in `ctx`.
+unsafe extern "C" fn capture_row(
+    ctx: *mut c_void,
+    db: *mut ffi::sqlite3,
+    op: c_int,
+    schema: *const c_char,
+    table: *const c_char,
+    _key1: ffi::sqlite3_int64,
+    _key2: ffi::sqlite3_int64,
+) {
+    // SAFETY: `ctx` is the `&mut Capture` that `with_preupdate_hook` installed, alive and not
+    // otherwise used until the hook is removed.
+    let capture = unsafe { &mut *ctx.cast::<Capture>() };
+    let outcome = catch_unwind(AssertUnwindSafe(|| -> Result<Option<AppliedRow>> {
+        // SAFETY: SQLite passes NUL-terminated names valid during the callback.
+        let (schema, table) = unsafe { (CStr::from_ptr(schema), CStr::from_ptr(table)) };
+        let table = table.to_string_lossy();
+        if schema.to_bytes() != b"main"
+            || table.starts_with("sqlite_")
+            || table.starts_with("_cairn")
+        {
+            return Ok(None);
+        }
+        let op = match op {
+            ffi::SQLITE_INSERT => ChangeOp::Insert,
+            ffi::SQLITE_UPDATE => ChangeOp::Update,
+            ffi::SQLITE_DELETE => ChangeOp::Delete,
+            other => {
+                return Err(Error::internal(format!(
+                    "preupdate hook: operation {other}"
+                )))
+            }
+        };
+        // SAFETY: inside a preupdate callback on `db`.
+        let count = unsafe { ffi::sqlite3_preupdate_count(db) };
+        let side = |new: bool| -> Result<Vec<Value>> {
+            let mut row = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+            for i in 0..count {
+                let mut v: *mut ffi::sqlite3_value = ptr::null_mut();
+                // SAFETY: inside the callback, `i` below the column count, `v` a valid
+                // out-pointer; old values exist for UPDATE/DELETE, new for INSERT/UPDATE.
+                let rc = unsafe {
+                    if new {
+                        ffi::sqlite3_preupdate_new(db, i, &mut v)
+                    } else {
+                        ffi::sqlite3_preupdate_old(db, i, &mut v)
+                    }
+                };
+                check(rc, "reading a changed row")?;
+                // SAFETY: `v` is NULL or a value valid during this callback.
+                row.push(unsafe { value_from_raw(v) }?.unwrap_or(Value::Null));
+            }
+            Ok(row)
+        };
+        let old = if op == ChangeOp::Insert {
+            Vec::new()
+        } else {
+            side(false)?
+        };
+        let new = if op == ChangeOp::Delete {
+            Vec::new()
+        } else {
+            side(true)?
+        };
+        Ok(Some(AppliedRow {
+            table: table.into_owned(),
+            op,
+            old,
+            new,
+        }))
+    }));
+    match outcome {
+        Ok(Ok(Some(row))) => capture.rows.push(row),
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => {
+            capture.error.get_or_insert(e);
+        }
+        Err(_) => {
+            capture
+                .error
+                .get_or_insert(Error::internal("preupdate hook panicked"));
+        }
+    }
 }
 
 /// What the apply callbacks saw.

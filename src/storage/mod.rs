@@ -20,5 +20,6 @@
 pub mod cancel;
 pub mod changeset;
 pub mod durable;
+pub mod events;
 pub mod functions;
 pub mod replica;

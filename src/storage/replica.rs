@@ -10,6 +10,7 @@
 
 use super::cancel::{Cancel, Slot};
 use super::changeset::{self, Session};
+use super::events::{self, EntryChanges, Recorder};
 use crate::error::{Error, Result};
 use crate::ids::ShardId;
 use crate::limits;
@@ -32,8 +33,9 @@ use tokio::sync::oneshot;
 /// until the entry that applies them.
 /// The tables every replica keeps for itself (apply state, DDL steps run, two-phase commit).
 /// Only Cairn's own code touches them, never a forwarded statement.
-pub const INTERNAL_TABLES: [&str; 5] = [
+pub const INTERNAL_TABLES: [&str; 6] = [
     "_cairn_state",
+    "_cairn_events",
     "_cairn_ddl",
     "_cairn_prepared",
     "_cairn_txns",
@@ -74,6 +76,8 @@ pub struct ReplicaOptions {
     /// Created (IF NOT EXISTS) when the file is opened, on every replica alike.
     pub schema: &'static str,
     pub on_change: Option<OnChange>,
+    /// Keep change events for this window (data shards); None keeps none (the meta group).
+    pub events: Option<events::Window>,
 }
 
 /// A column of a statement's result, as SQLite describes it.
@@ -309,6 +313,11 @@ pub struct Replica {
     /// Applied entries that could not be recorded yet because a speculative transaction was
     /// open (only blank and membership entries; see `apply`). Recorded with the next write.
     pending: RefCell<Option<(LogId, Membership)>>,
+    /// Change events, when this replica keeps them.
+    recorder: RefCell<Option<Recorder>>,
+    /// The commit time of the last entry that carried one (for entries of older logs that
+    /// carry none).
+    last_time: std::cell::Cell<u64>,
 }
 
 impl Replica {
@@ -333,12 +342,18 @@ impl Replica {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(options.schema)?;
+        let recorder = options
+            .events
+            .map(|window| Recorder::open(&conn, window))
+            .transpose()?;
         let replica = Replica {
             conn,
             slot,
             shard,
             on_change: options.on_change.clone(),
             pending: RefCell::new(None),
+            recorder: RefCell::new(recorder),
+            last_time: Default::default(),
         };
         replica.changed();
         Ok(replica)
@@ -416,10 +431,24 @@ impl Replica {
         let tx = self.conn.unchecked_transaction()?;
         for entry in entries {
             if let EntryPayload::Normal(batch) = &entry.payload {
+                let mut changes = EntryChanges::default();
                 for op in &batch.ops {
-                    self.apply_op(&tx, op).map_err(|e| {
+                    if let Op::Time(t) = op {
+                        self.last_time.set(*t);
+                    }
+                    self.apply_op(&tx, op, None, &mut changes).map_err(|e| {
                         Error::Corrupt(format!("{}: applying {}: {e}", self.shard, entry.log_id))
                     })?;
+                }
+                if let Some(recorder) = self.recorder.borrow_mut().as_mut() {
+                    recorder
+                        .record(&tx, entry.log_id.index, self.last_time.get(), changes)
+                        .map_err(|e| {
+                            Error::Corrupt(format!(
+                                "{}: recording the changes of {}: {e}",
+                                self.shard, entry.log_id
+                            ))
+                        })?;
                 }
             }
         }
@@ -433,11 +462,32 @@ impl Replica {
         Ok(())
     }
 
-    /// Apply one committed op inside the entry's SQLite transaction.
-    fn apply_op(&self, tx: &rusqlite::Transaction<'_>, op: &Op) -> Result<()> {
+    /// Apply one committed op inside the entry's SQLite transaction, adding the rows it
+    /// changes to `changes` when this replica keeps change events. `txn` is the cross-shard
+    /// transaction whose resolution applies it, if any.
+    fn apply_op(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        op: &Op,
+        txn: Option<u64>,
+        changes: &mut EntryChanges,
+    ) -> Result<()> {
         match op {
-            Op::Changeset(bytes) => changeset::apply(tx, bytes)?,
-            Op::Ddl(sql) => tx.execute_batch(sql)?,
+            Op::Changeset(bytes) => match self.recorder.borrow_mut().as_mut() {
+                Some(recorder) => {
+                    let mut rows = Vec::new();
+                    changeset::apply_capturing(tx, bytes, &mut rows)?;
+                    recorder.add(tx, changes, txn, rows)?;
+                }
+                None => changeset::apply(tx, bytes)?,
+            },
+            Op::Ddl(sql) => {
+                tx.execute_batch(sql)?;
+                if let Some(recorder) = self.recorder.borrow_mut().as_mut() {
+                    recorder.schema_changed();
+                }
+            }
+            Op::Time(_) => {}
             Op::Prepare {
                 txn,
                 coordinator,
@@ -468,7 +518,7 @@ impl Replica {
                         let ops: Vec<Op> = postcard::from_bytes(&bytes)
                             .map_err(|e| Error::Corrupt(format!("prepared {txn}: {e}")))?;
                         for op in &ops {
-                            self.apply_op(tx, op)?;
+                            self.apply_op(tx, op, Some(*txn), changes)?;
                         }
                     }
                     tx.execute("DELETE FROM _cairn_prepared WHERE txn = ?1", [*txn as i64])?;
@@ -496,7 +546,7 @@ impl Replica {
                     .map_err(|e| Error::Corrupt(format!("staged {id}: {e}")))?;
                 tx.execute("DELETE FROM _cairn_staged WHERE id = ?1", [*id as i64])?;
                 for op in &ops {
-                    self.apply_op(tx, op)?;
+                    self.apply_op(tx, op, txn, changes)?;
                 }
             }
             Op::Forget { txns } => {
@@ -532,6 +582,9 @@ impl Replica {
                 ))
             })?;
         *self.pending.get_mut() = None;
+        if let Some(recorder) = self.recorder.get_mut() {
+            recorder.reload(&self.conn)?;
+        }
         self.changed();
         Ok(())
     }
@@ -828,6 +881,38 @@ impl ReplicaHandle {
     pub async fn prepared_count(&self) -> Result<u64> {
         self.count("SELECT count(*) FROM _cairn_prepared", "prepared parts")
             .await
+    }
+
+    /// This replica's change events from `after` on, about `max_bytes` of them (see
+    /// [`events::read`]).
+    pub async fn events(&self, after: events::Position, max_bytes: usize) -> Result<events::Page> {
+        let reads = self.reads.clone();
+        tokio::task::spawn_blocking(move || reads.with(|c, _| events::read(c, after, max_bytes)))
+            .await
+            .map_err(Error::internal)?
+    }
+
+    /// Like [`ReplicaHandle::read`], also answering the applied index the rows are as of
+    /// (both from one read transaction): where a stream of this shard's changes picks up
+    /// after these rows.
+    pub async fn read_at(&self, stmt: Statement) -> Result<(Rows, u64)> {
+        let reads = self.reads.clone();
+        let dropped = Cancel::default();
+        let guard = super::cancel::CancelOnDrop::new(dropped.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            reads.with(|c, slot| {
+                let tx = c.unchecked_transaction()?;
+                let applied = events::applied(&tx)?;
+                let tokens = [stmt.cancel.clone(), dropped];
+                let rows = run_with(&tx, &stmt.sql, &stmt.params, Some((slot, &tokens)))?;
+                drop(tx);
+                Ok((rows, applied))
+            })
+        })
+        .await
+        .map_err(Error::internal)?;
+        guard.defuse();
+        result
     }
 
     /// Like [`ReplicaHandle::read`], with other replica files attached (read-only) under the
@@ -1128,4 +1213,311 @@ fn serve(
         open.abort(conn);
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::{Batch, WireValue};
+    use crate::storage::changeset::ChangeOp;
+    use crate::storage::events::{Page, Position, StoredChange, Window};
+
+    fn statement(sql: &str) -> Statement {
+        Statement {
+            sql: sql.into(),
+            params: Vec::new(),
+            kind: StatementKind::Dml,
+            refs: Vec::new(),
+            cancel: Default::default(),
+        }
+    }
+
+    fn entry(index: u64, ops: Vec<Op>) -> Entry {
+        Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Batch { ops }),
+        }
+    }
+
+    /// A replica keeping events, with `t (id integer primary key, name text, n integer)`.
+    struct Fixture {
+        replica: ReplicaHandle,
+        next: u64,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        async fn new(window: Window) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let options = ReplicaOptions {
+                events: Some(window),
+                ..Default::default()
+            };
+            let replica =
+                ReplicaHandle::start(&dir.path().join("r.db"), ShardId(1), &options).unwrap();
+            let mut f = Fixture {
+                replica,
+                next: 1,
+                _dir: dir,
+            };
+            f.commit(
+                vec![Op::Ddl(
+                    "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, n INTEGER)".into(),
+                )],
+                1,
+            )
+            .await;
+            f
+        }
+
+        /// Apply `ops` as the next entry, committed at `time` (µs).
+        async fn commit(&mut self, ops: Vec<Op>, time: u64) -> u64 {
+            let index = self.next;
+            self.next += 1;
+            let mut stamped = vec![Op::Time(time)];
+            stamped.extend(ops);
+            self.replica
+                .apply(vec![entry(index, stamped)])
+                .await
+                .unwrap();
+            index
+        }
+
+        /// Run `sql` on the leader's side and return the ops to replicate.
+        async fn ops(&self, sql: &[&str]) -> Vec<Op> {
+            let (results, ops) = self
+                .replica
+                .exec_batch(sql.iter().map(|s| statement(s)).collect())
+                .await
+                .unwrap();
+            for r in results {
+                r.unwrap();
+            }
+            ops
+        }
+
+        async fn write(&mut self, sql: &[&str], time: u64) -> u64 {
+            let ops = self.ops(sql).await;
+            self.commit(ops, time).await
+        }
+
+        async fn read(&self, after: Position) -> Page {
+            self.replica.events(after, usize::MAX).await.unwrap()
+        }
+    }
+
+    fn changes(page: &Page) -> Vec<(u64, StoredChange, String)> {
+        changes_from(page, Position::default())
+    }
+
+    /// The page's changes at or after `from` (a page starts with the whole part holding
+    /// `from`).
+    fn changes_from(page: &Page, from: Position) -> Vec<(u64, StoredChange, String)> {
+        page.parts
+            .iter()
+            .flat_map(|p| {
+                let part = p.decode().unwrap();
+                part.changes
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, _)| {
+                        Position {
+                            index: p.index,
+                            ordinal: p.first + *i as u32,
+                        } >= from
+                    })
+                    .map(|(_, c)| {
+                        let table = part.tables[c.table as usize].name.clone();
+                        (p.index, c, table)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn int(i: i64) -> WireValue {
+        WireValue::Integer(i)
+    }
+    fn text(s: &str) -> WireValue {
+        WireValue::Text(s.into())
+    }
+
+    #[tokio::test]
+    async fn committed_rows_become_events_with_whole_rows() {
+        let mut f = Fixture::new(Window::default()).await;
+        let start = Position::after_entry(1);
+        let i = f
+            .write(&["INSERT INTO t VALUES (1, 'a', 10), (2, 'b', 20)"], 100)
+            .await;
+        let u = f.write(&["UPDATE t SET n = 11 WHERE id = 1"], 200).await;
+        let d = f.write(&["DELETE FROM t WHERE id = 2"], 300).await;
+
+        let page = f.read(start).await;
+        assert_eq!(page.applied, d);
+        assert_eq!(page.through, Position::after_entry(d));
+        let got = changes(&page);
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[0].0, i);
+        assert_eq!(got[0].1.op, ChangeOp::Insert);
+        assert_eq!(got[0].1.new, vec![int(1), text("a"), int(10)]);
+        assert!(got[0].1.old.is_empty());
+        assert_eq!(got[0].2, "t");
+        // An UPDATE carries both whole rows, unchanged columns included.
+        assert_eq!(got[2].0, u);
+        assert_eq!(got[2].1.op, ChangeOp::Update);
+        assert_eq!(got[2].1.old, vec![int(1), text("a"), int(10)]);
+        assert_eq!(got[2].1.new, vec![int(1), text("a"), int(11)]);
+        assert_eq!(got[3].1.op, ChangeOp::Delete);
+        assert_eq!(got[3].1.old, vec![int(2), text("b"), int(20)]);
+        let part = page.parts[0].decode().unwrap();
+        assert_eq!(part.tables[0].columns, vec!["id", "name", "n"]);
+        assert_eq!(part.tables[0].key, vec![0]);
+        assert_eq!(page.parts[0].time, 100);
+        assert_eq!(page.parts[2].time, 300);
+
+        // From the middle of an entry: only what follows.
+        let middle = Position {
+            index: i,
+            ordinal: 1,
+        };
+        let got = changes_from(&f.read(middle).await, middle);
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].1.new, vec![int(2), text("b"), int(20)]);
+        // Nothing after the end.
+        assert!(f.read(Position::after_entry(d)).await.parts.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_resolved_transaction_carries_its_id_and_an_aborted_one_nothing() {
+        let mut f = Fixture::new(Window::default()).await;
+        let start = Position::after_entry(1);
+        let part = f.ops(&["INSERT INTO t VALUES (5, 'x', 1)"]).await;
+        f.commit(
+            vec![Op::Prepare {
+                txn: 77,
+                coordinator: ShardId(2),
+                ops: part,
+            }],
+            10,
+        )
+        .await;
+        assert!(
+            f.read(start).await.parts.is_empty(),
+            "prepared is not committed"
+        );
+        let resolved = f
+            .commit(
+                vec![Op::Resolve {
+                    txn: 77,
+                    commit: true,
+                }],
+                20,
+            )
+            .await;
+        let aborted = f.ops(&["INSERT INTO t VALUES (6, 'y', 1)"]).await;
+        f.commit(
+            vec![Op::Prepare {
+                txn: 78,
+                coordinator: ShardId(2),
+                ops: aborted,
+            }],
+            30,
+        )
+        .await;
+        f.commit(
+            vec![Op::Resolve {
+                txn: 78,
+                commit: false,
+            }],
+            40,
+        )
+        .await;
+        let got = changes(&f.read(start).await);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, resolved);
+        assert_eq!(got[0].1.txn, Some(77));
+    }
+
+    #[tokio::test]
+    async fn the_window_drops_whole_old_entries_and_says_where_it_starts() {
+        // About 5 entries of 1 KB rows fit in 6 KB.
+        let mut f = Fixture::new(Window {
+            max_age: std::time::Duration::from_secs(60),
+            max_bytes: 6_000,
+        })
+        .await;
+        let start = Position::after_entry(1);
+        let mut indexes = Vec::new();
+        for i in 0..10 {
+            let sql = format!("INSERT INTO t VALUES ({i}, '{}', {i})", "x".repeat(1000));
+            indexes.push(f.write(&[&sql], 1_000 + i as u64).await);
+        }
+        let page = f.read(start).await;
+        assert!(
+            page.parts.is_empty(),
+            "a position behind the floor gets nothing"
+        );
+        assert!(page.floor >= indexes[3] && page.floor < indexes[9]);
+        let kept = f.read(Position::after_entry(page.floor)).await;
+        let got = changes(&kept);
+        assert_eq!(got.first().unwrap().0, page.floor + 1);
+        assert_eq!(got.last().unwrap().0, indexes[9]);
+
+        // By age: an entry committed two minutes later leaves only itself.
+        let last = f
+            .write(&["INSERT INTO t VALUES (100, 'late', 0)"], 121_000_000)
+            .await;
+        let page = f.read(start).await;
+        assert_eq!(page.floor, indexes[9]);
+        let got = changes(&f.read(Position::after_entry(page.floor)).await);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, last);
+    }
+
+    #[tokio::test]
+    async fn events_survive_a_snapshot_and_a_reopen() {
+        let mut f = Fixture::new(Window::default()).await;
+        let start = Position::after_entry(1);
+        f.write(&["INSERT INTO t VALUES (1, 'a', 1)"], 5).await;
+        let snap = f._dir.path().join("snap.db");
+        snapshot_to(&f.replica.path, &snap).unwrap();
+        let options = ReplicaOptions {
+            events: Some(Window::default()),
+            ..Default::default()
+        };
+        let other =
+            ReplicaHandle::start(&f._dir.path().join("o.db"), ShardId(1), &options).unwrap();
+        other.restore(snap).await.unwrap();
+        let page = other.events(start, usize::MAX).await.unwrap();
+        assert_eq!(changes(&page), changes(&f.read(start).await));
+        assert_eq!(page.floor, 0);
+    }
+
+    #[tokio::test]
+    async fn a_replica_first_keeping_events_starts_its_floor_where_it_stands() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let plain = ReplicaHandle::start(&path, ShardId(1), &ReplicaOptions::default()).unwrap();
+        plain
+            .apply(vec![entry(
+                1,
+                vec![Op::Ddl("CREATE TABLE t (id INTEGER PRIMARY KEY)".into())],
+            )])
+            .await
+            .unwrap();
+        drop(plain);
+        let options = ReplicaOptions {
+            events: Some(Window::default()),
+            ..Default::default()
+        };
+        // The thread of the first handle may still hold the file briefly; opening again
+        // is fine in WAL mode.
+        let replica = ReplicaHandle::start(&path, ShardId(1), &options).unwrap();
+        let page = replica
+            .events(Position::default(), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(page.floor, 1);
+        assert_eq!(page.applied, 1);
+    }
 }

@@ -29,6 +29,7 @@ pub fn config(dir: &Path, pg: SocketAddr, http: SocketAddr) -> NodeConfig {
         snapshot_every: cairn::limits::SNAPSHOT_EVERY_ENTRIES,
         replication_factor: 3,
         shard_count: 4,
+        events: Default::default(),
     }
 }
 

@@ -910,12 +910,17 @@ fn arith(ctx: &rusqlite::functions::Context<'_>, op: Op) -> rusqlite::Result<Val
     }
 }
 
+/// This node's clock: µs since the Unix epoch.
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 /// The current time as PostgreSQL prints a `timestamptz` in UTC.
 pub fn timestamp_now() -> String {
-    let micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
+    let micros = now_micros() as i64;
     crate::types::format_timestamp_micros(micros - crate::types::PG_EPOCH_UNIX_MICROS, true)
 }
 

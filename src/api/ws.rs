@@ -1,0 +1,524 @@
+//! WebSocket subscriptions at `GET /v1/ws`: JSON text messages, several subscriptions per
+//! connection, each with the id its client chose.
+//!
+//! Client → server:
+//! - `{"id": "s1", "subscribe": {"table": "rides", "where": "status = 'open'"}}`, with
+//!   optional `"from": "now" | "<token>"`, `"snapshot": true`, `"progress_ms": 1000`.
+//! - `{"id": "s2", "subscribe": {"prefix": "cart/"}}`: keys of the key-value API.
+//! - `{"unsubscribe": "s1"}`.
+//!
+//! Server → client, per subscription:
+//! - `{"id", "subscribed": {"token"}}`: where delivery starts;
+//! - with a snapshot, `{"id", "snapshot": [row, ...]}` messages, then `{"id",
+//!   "snapshot_done": {"rows": n}}`;
+//! - `{"id", "event": {"table", "op", "key", "new", "old", "txn", "time", "token"}}`;
+//! - `{"id", "progress": "<token>"}` every `progress_ms`: everything before it has been
+//!   sent;
+//! - `{"id", "error": {"code", "message", "token"?}}`, after which the subscription is over
+//!   (`token`: where to resume). Codes: see [`code`].
+//!
+//! Each subscription runs in its own task and writes to the connection's bounded outbox; a
+//! client that lets `WS_OUTBOX_MAX` messages pile up is cut (`slow_consumer`, with each
+//! subscription's last token sent) — never skipped ahead, never buffered without bound.
+
+use super::http::json_value;
+use crate::cluster::feed::Token;
+use crate::error::Error;
+use crate::limits;
+use crate::sql::subscribe::{self, Change, Columns, End, Subscription};
+use crate::sql::Engine;
+use crate::storage::changeset::ChangeOp;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures::{SinkExt, StreamExt};
+use rusqlite::types::Value;
+use serde::Deserialize;
+use serde_json::{json, Map, Value as Json};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Error codes of `{"error": {"code"}}`.
+pub mod code {
+    /// The message was not JSON, or not a request this API knows.
+    pub const BAD_REQUEST: &str = "bad_request";
+    /// A subscription with this id is already open on the connection.
+    pub const DUPLICATE_ID: &str = "duplicate_id";
+    /// `SUBSCRIPTIONS_PER_CONNECTION_MAX` or `SUBSCRIPTIONS_PER_NODE_MAX` reached.
+    pub const TOO_MANY_SUBSCRIPTIONS: &str = "too_many_subscriptions";
+    /// No such table.
+    pub const UNDEFINED_TABLE: &str = "undefined_table";
+    /// The `where` condition does not parse or is not a row condition.
+    pub const INVALID_CONDITION: &str = "invalid_condition";
+    /// The token is malformed or is not for this table's shards.
+    pub const INVALID_TOKEN: &str = "invalid_token";
+    /// The token is older than the change window: resubscribe with `"snapshot": true`.
+    pub const TOKEN_EXPIRED: &str = "token_expired";
+    /// The table was dropped or laid out anew.
+    pub const TABLE_CHANGED: &str = "table_changed";
+    /// The client did not read fast enough; resume from the token given.
+    pub const SLOW_CONSUMER: &str = "slow_consumer";
+    /// The cluster could not serve the subscription now; resume from the token given.
+    pub const UNAVAILABLE: &str = "unavailable";
+    /// Asked for something Cairn does not do yet.
+    pub const UNSUPPORTED: &str = "unsupported";
+}
+
+/// Subscriptions open on this node.
+#[derive(Default)]
+pub struct Subscriptions {
+    open: AtomicUsize,
+}
+
+/// Holds one place in the node's subscription count.
+struct Counted(Arc<Subscriptions>);
+
+impl Subscriptions {
+    fn take(self: &Arc<Self>) -> Option<Counted> {
+        let taken = self
+            .open
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < limits::SUBSCRIPTIONS_PER_NODE_MAX).then_some(n + 1)
+            })
+            .is_ok();
+        taken.then(|| Counted(self.clone()))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientMessage {
+    id: Option<String>,
+    subscribe: Option<SubscribeRequest>,
+    unsubscribe: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeRequest {
+    table: Option<String>,
+    #[serde(rename = "where")]
+    condition: Option<String>,
+    prefix: Option<String>,
+    files: Option<String>,
+    from: Option<String>,
+    #[serde(default)]
+    snapshot: bool,
+    progress_ms: Option<u64>,
+}
+
+/// What the connection's writer sends: a message, and for a subscription's message the
+/// token it moves that subscription to once written.
+struct Outgoing {
+    text: String,
+    delivered: Option<(String, Token)>,
+}
+
+/// The connection's outbox and what was written from it.
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::Sender<Outgoing>,
+    /// Set when the outbox overflowed: the writer cuts the connection.
+    slow: Arc<tokio::sync::Notify>,
+}
+
+impl Outbox {
+    /// Queue a message; false when the client is too slow (the connection is being cut).
+    fn send(&self, text: String, delivered: Option<(String, Token)>) -> bool {
+        match self.tx.try_send(Outgoing { text, delivered }) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.slow.notify_one();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn error(&self, id: &str, code: &str, message: &str, token: Option<&Token>) -> bool {
+        let mut error = json!({"code": code, "message": message});
+        if let Some(t) = token {
+            error["token"] = json!(t.to_string());
+        }
+        self.send(json!({"id": id, "error": error}).to_string(), None)
+    }
+}
+
+/// `GET /v1/ws`: upgrade to a WebSocket serving subscriptions.
+pub fn upgrade(
+    ws: WebSocketUpgrade,
+    engine: Arc<Engine>,
+    subscriptions: Arc<Subscriptions>,
+) -> Response {
+    ws.max_message_size(limits::WS_MESSAGE_BYTES_MAX)
+        .max_frame_size(limits::WS_MESSAGE_BYTES_MAX)
+        .on_upgrade(move |socket| serve(socket, engine, subscriptions))
+}
+
+async fn serve(socket: WebSocket, engine: Arc<Engine>, subscriptions: Arc<Subscriptions>) {
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(limits::WS_OUTBOX_MAX);
+    let outbox = Outbox {
+        tx,
+        slow: Arc::new(tokio::sync::Notify::new()),
+    };
+    // Subscription id → its task and the token of its last message written.
+    let open: Arc<Mutex<HashMap<String, tokio::task::JoinHandle<()>>>> = Arc::default();
+    let written: Arc<Mutex<HashMap<String, Token>>> = Arc::default();
+
+    let writer = {
+        let (slow, written, open) = (outbox.slow.clone(), written.clone(), open.clone());
+        async move {
+            loop {
+                tokio::select! {
+                    out = rx.recv() => {
+                        let Some(out) = out else { return };
+                        if sink.send(Message::Text(Utf8Bytes::from(out.text))).await.is_err() {
+                            return;
+                        }
+                        if let Some((id, token)) = out.delivered {
+                            written.lock().expect("ws lock poisoned").insert(id, token);
+                        }
+                    }
+                    _ = slow.notified() => {
+                        // Tell each subscription where it stands, as far as the client can
+                        // be reached at all, and close.
+                        for (_, task) in open.lock().expect("ws lock poisoned").drain() {
+                            task.abort();
+                        }
+                        let tokens = written.lock().expect("ws lock poisoned").clone();
+                        let notice = async {
+                            for (id, token) in tokens {
+                                let error = json!({"id": id, "error": {
+                                    "code": code::SLOW_CONSUMER,
+                                    "message": format!("more than {} messages waited for this client; resume from the token", limits::WS_OUTBOX_MAX),
+                                    "token": token.to_string(),
+                                }});
+                                sink.send(Message::Text(Utf8Bytes::from(error.to_string()))).await?;
+                            }
+                            sink.close().await
+                        };
+                        let _ = tokio::time::timeout(Duration::from_secs(2), notice).await;
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let reader = async {
+        while let Some(Ok(message)) = stream.next().await {
+            match message {
+                Message::Text(text) => {
+                    handle(&text, &engine, &subscriptions, &outbox, &open, &written);
+                }
+                Message::Binary(_) => {
+                    outbox.error(
+                        "",
+                        code::BAD_REQUEST,
+                        "messages are JSON text, not binary",
+                        None,
+                    );
+                }
+                Message::Close(_) => return,
+                Message::Ping(_) | Message::Pong(_) => {}
+            }
+        }
+    };
+    tokio::select! {
+        _ = writer => {}
+        _ = reader => {}
+    }
+    for (_, task) in open.lock().expect("ws lock poisoned").drain() {
+        task.abort();
+    }
+}
+
+/// One client message.
+fn handle(
+    text: &str,
+    engine: &Arc<Engine>,
+    subscriptions: &Arc<Subscriptions>,
+    outbox: &Outbox,
+    open: &Arc<Mutex<HashMap<String, tokio::task::JoinHandle<()>>>>,
+    written: &Arc<Mutex<HashMap<String, Token>>>,
+) {
+    let message: ClientMessage = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(e) => {
+            outbox.error("", code::BAD_REQUEST, &format!("not a request: {e}"), None);
+            return;
+        }
+    };
+    match message {
+        ClientMessage {
+            unsubscribe: Some(id),
+            subscribe: None,
+            ..
+        } => {
+            let task = open.lock().expect("ws lock poisoned").remove(&id);
+            written.lock().expect("ws lock poisoned").remove(&id);
+            match task {
+                Some(task) => {
+                    task.abort();
+                    outbox.send(json!({"id": id, "unsubscribed": true}).to_string(), None);
+                }
+                None => {
+                    outbox.error(&id, code::BAD_REQUEST, "no such subscription", None);
+                }
+            }
+        }
+        ClientMessage {
+            id: Some(id),
+            subscribe: Some(request),
+            unsubscribe: None,
+        } => {
+            let mut tasks = open.lock().expect("ws lock poisoned");
+            tasks.retain(|_, t| !t.is_finished());
+            if tasks.contains_key(&id) {
+                outbox.error(
+                    &id,
+                    code::DUPLICATE_ID,
+                    "a subscription with this id is open",
+                    None,
+                );
+                return;
+            }
+            if tasks.len() >= limits::SUBSCRIPTIONS_PER_CONNECTION_MAX {
+                outbox.error(
+                    &id,
+                    code::TOO_MANY_SUBSCRIPTIONS,
+                    &format!(
+                        "{} subscriptions are open on this connection (the limit)",
+                        limits::SUBSCRIPTIONS_PER_CONNECTION_MAX
+                    ),
+                    None,
+                );
+                return;
+            }
+            let Some(counted) = subscriptions.take() else {
+                outbox.error(
+                    &id,
+                    code::TOO_MANY_SUBSCRIPTIONS,
+                    &format!(
+                        "{} subscriptions are open on this node (the limit)",
+                        limits::SUBSCRIPTIONS_PER_NODE_MAX
+                    ),
+                    None,
+                );
+                return;
+            };
+            let task = tokio::spawn(run(
+                id.clone(),
+                request,
+                engine.clone(),
+                outbox.clone(),
+                counted,
+            ));
+            tasks.insert(id, task);
+        }
+        ClientMessage { id, .. } => {
+            outbox.error(
+                id.as_deref().unwrap_or(""),
+                code::BAD_REQUEST,
+                "expected {\"id\": ..., \"subscribe\": {...}} or {\"unsubscribe\": id}",
+                None,
+            );
+        }
+    }
+}
+
+/// The error code for a failure to open a subscription.
+fn open_error_code(e: &Error) -> &'static str {
+    use crate::error::sqlstate;
+    match e.code() {
+        sqlstate::UNDEFINED_TABLE => code::UNDEFINED_TABLE,
+        sqlstate::INVALID_PARAMETER_VALUE => code::INVALID_TOKEN,
+        sqlstate::PROGRAM_LIMIT_EXCEEDED => code::BAD_REQUEST,
+        _ if e.is_client_error() => code::INVALID_CONDITION,
+        _ => code::UNAVAILABLE,
+    }
+}
+
+/// One subscription, from opening it to its end.
+async fn run(
+    id: String,
+    request: SubscribeRequest,
+    engine: Arc<Engine>,
+    outbox: Outbox,
+    _counted: Counted,
+) {
+    let progress = Duration::from_millis(request.progress_ms.unwrap_or(1000).max(100));
+    let request = match subscribe_request(request) {
+        Ok(r) => r,
+        Err((code, message)) => {
+            outbox.error(&id, code, &message, None);
+            return;
+        }
+    };
+    let (mut subscription, snapshot) = match Subscription::open(&engine, request).await {
+        Ok(s) => s,
+        Err(e) => {
+            outbox.error(&id, open_error_code(&e), &e.to_string(), None);
+            return;
+        }
+    };
+    let start = subscription.token().clone();
+    let ack = json!({"id": id, "subscribed": {"token": start.to_string()}});
+    if !outbox.send(ack.to_string(), Some((id.clone(), start))) {
+        return;
+    }
+    if let Some(snapshot) = snapshot {
+        let total = snapshot.rows.len();
+        for rows in snapshot.rows.chunks(500) {
+            let rows: Vec<Json> = rows
+                .iter()
+                .map(|r| row_json(&snapshot.columns, r))
+                .collect();
+            if !outbox.send(json!({"id": id, "snapshot": rows}).to_string(), None) {
+                return;
+            }
+        }
+        if !outbox.send(
+            json!({"id": id, "snapshot_done": {"rows": total}}).to_string(),
+            None,
+        ) {
+            return;
+        }
+    }
+    let mut tick = tokio::time::interval(progress);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            next = subscription.next() => match next {
+                Ok(changes) => {
+                    for change in changes {
+                        let token = change.token.clone();
+                        let message = json!({"id": id, "event": event_json(&change)});
+                        if !outbox.send(message.to_string(), Some((id.clone(), token))) {
+                            return;
+                        }
+                    }
+                }
+                Err(end) => {
+                    let token = subscription.token();
+                    let (code, message, token) = match &end {
+                        End::Expired(m) => (code::TOKEN_EXPIRED, m.clone(), None),
+                        End::TableChanged(m) => (code::TABLE_CHANGED, m.clone(), None),
+                        End::Failed(e) => (code::UNAVAILABLE, e.to_string(), Some(token)),
+                    };
+                    outbox.error(&id, code, &message, token);
+                    return;
+                }
+            },
+            _ = tick.tick() => {
+                let token = subscription.token().clone();
+                let message = json!({"id": id, "progress": token.to_string()});
+                if !outbox.send(message.to_string(), Some((id.clone(), token))) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn subscribe_request(
+    r: SubscribeRequest,
+) -> std::result::Result<subscribe::Request, (&'static str, String)> {
+    let from = match r.from.as_deref() {
+        None | Some("now") => None,
+        Some(text) => Some(
+            text.parse::<Token>()
+                .map_err(|e| (code::INVALID_TOKEN, e.to_string()))?,
+        ),
+    };
+    match (r.table, r.prefix, r.files) {
+        (Some(table), None, None) => Ok(subscribe::Request {
+            table,
+            condition: r.condition,
+            key_prefix: None,
+            from,
+            snapshot: r.snapshot,
+        }),
+        (None, Some(prefix), None) if r.condition.is_none() => Ok(subscribe::Request {
+            table: crate::sql::kv::TABLE.to_string(),
+            condition: None,
+            key_prefix: Some(("key".to_string(), prefix)),
+            from,
+            snapshot: r.snapshot,
+        }),
+        (None, None, Some(_)) => Err((
+            code::UNSUPPORTED,
+            "file subscriptions come with file storage, which Cairn does not have yet".into(),
+        )),
+        _ => Err((
+            code::BAD_REQUEST,
+            "subscribe to one of: {\"table\": ..., \"where\"?: ...}, {\"prefix\": ...}, \
+             {\"files\": ...}"
+                .into(),
+        )),
+    }
+}
+
+/// A row as a JSON object, each value shaped by its column's type.
+fn row_json(columns: &Columns, row: &[Value]) -> Json {
+    let mut object = Map::new();
+    for ((name, ty), value) in columns.iter().zip(row) {
+        object.insert(name.clone(), json_value(value, *ty));
+    }
+    Json::Object(object)
+}
+
+fn event_json(change: &Change) -> Json {
+    let row = |values: &[Value]| {
+        if values.is_empty() {
+            Json::Null
+        } else {
+            row_json(&change.columns, values)
+        }
+    };
+    let keyed = if change.new.is_empty() {
+        &change.old
+    } else {
+        &change.new
+    };
+    let key = if change.key.is_empty() {
+        Json::Null
+    } else {
+        let mut object = Map::new();
+        for &i in change.key.iter() {
+            if let (Some((name, ty)), Some(v)) =
+                (change.columns.get(i as usize), keyed.get(i as usize))
+            {
+                object.insert(name.clone(), json_value(v, *ty));
+            }
+        }
+        Json::Object(object)
+    };
+    let time = crate::types::format_timestamp_micros(
+        change.time as i64 - crate::types::PG_EPOCH_UNIX_MICROS,
+        true,
+    );
+    json!({
+        "table": &*change.table,
+        "op": match change.op {
+            ChangeOp::Insert => "insert",
+            ChangeOp::Update => "update",
+            ChangeOp::Delete => "delete",
+        },
+        "key": key,
+        "new": row(&change.new),
+        "old": row(&change.old),
+        "txn": change.txn,
+        "time": time,
+        "token": change.token.to_string(),
+    })
+}
