@@ -228,6 +228,9 @@ pub const SUBSCRIPTIONS_PER_NODE_MAX: usize = 10_000;
 /// Messages waiting to be written to one WebSocket client; a client that lets more pile up
 /// is too slow and is cut with its last token.
 pub const WS_OUTBOX_MAX: usize = 4_096;
+/// How long a client cut for being slow gets to read what was sent before the notice
+/// (its subscriptions' last tokens) and the close.
+pub const WS_CUT_NOTICE_WAIT: Duration = Duration::from_secs(10);
 /// A WebSocket message from a client (subscribe requests are small).
 pub const WS_MESSAGE_BYTES_MAX: usize = 64 * 1024;
 /// Rows a subscription's snapshot may send (more is refused: subscribe with a narrower

@@ -178,38 +178,57 @@ async fn serve(socket: WebSocket, engine: Arc<Engine>, subscriptions: Arc<Subscr
         let (slow, written, open) = (outbox.slow.clone(), written.clone(), open.clone());
         async move {
             loop {
-                tokio::select! {
-                    out = rx.recv() => {
-                        let Some(out) = out else { return };
-                        if sink.send(Message::Text(Utf8Bytes::from(out.text))).await.is_err() {
-                            return;
-                        }
-                        if let Some((id, token)) = out.delivered {
-                            written.lock().expect("ws lock poisoned").insert(id, token);
-                        }
-                    }
-                    _ = slow.notified() => {
-                        // Tell each subscription where it stands, as far as the client can
-                        // be reached at all, and close.
-                        for (_, task) in open.lock().expect("ws lock poisoned").drain() {
-                            task.abort();
-                        }
-                        let tokens = written.lock().expect("ws lock poisoned").clone();
-                        let notice = async {
-                            for (id, token) in tokens {
-                                let error = json!({"id": id, "error": {
-                                    "code": code::SLOW_CONSUMER,
-                                    "message": format!("more than {} messages waited for this client; resume from the token", limits::WS_OUTBOX_MAX),
-                                    "token": token.to_string(),
-                                }});
-                                sink.send(Message::Text(Utf8Bytes::from(error.to_string()))).await?;
+                let sent = tokio::select! {
+                    biased;
+                    _ = slow.notified() => false,
+                    out = rx.recv() => match out {
+                        None => return,
+                        Some(out) => {
+                            // Waiting on a client that does not read: the outbox fills
+                            // meanwhile, and `slow` interrupts the wait.
+                            let text = Message::Text(Utf8Bytes::from(out.text));
+                            tokio::select! {
+                                biased;
+                                _ = slow.notified() => false,
+                                r = sink.send(text) => {
+                                    if r.is_err() {
+                                        return;
+                                    }
+                                    if let Some((id, token)) = out.delivered {
+                                        written.lock().expect("ws lock poisoned").insert(id, token);
+                                    }
+                                    true
+                                }
                             }
-                            sink.close().await
-                        };
-                        let _ = tokio::time::timeout(Duration::from_secs(2), notice).await;
-                        return;
-                    }
+                        }
+                    },
+                };
+                if sent {
+                    continue;
                 }
+                // Too slow: stop the subscriptions, tell each where it stands (after what
+                // the client will still read), and close.
+                for (_, task) in open.lock().expect("ws lock poisoned").drain() {
+                    task.abort();
+                }
+                let tokens = written.lock().expect("ws lock poisoned").clone();
+                let notice = async {
+                    for (id, token) in tokens {
+                        let error = json!({"id": id, "error": {
+                            "code": code::SLOW_CONSUMER,
+                            "message": format!(
+                                "more than {} messages waited for this client; resume from the token",
+                                limits::WS_OUTBOX_MAX
+                            ),
+                            "token": token.to_string(),
+                        }});
+                        sink.send(Message::Text(Utf8Bytes::from(error.to_string())))
+                            .await?;
+                    }
+                    sink.close().await
+                };
+                let _ = tokio::time::timeout(limits::WS_CUT_NOTICE_WAIT, notice).await;
+                return;
             }
         }
     };
@@ -250,10 +269,19 @@ fn handle(
     open: &Arc<Mutex<HashMap<String, tokio::task::JoinHandle<()>>>>,
     written: &Arc<Mutex<HashMap<String, Token>>>,
 ) {
-    let message: ClientMessage = match serde_json::from_str(text) {
+    let parsed: Json = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            outbox.error("", code::BAD_REQUEST, &format!("not JSON: {e}"), None);
+            return;
+        }
+    };
+    // The id, when there is one, goes with the error about the rest.
+    let id = parsed["id"].as_str().unwrap_or("").to_string();
+    let message: ClientMessage = match serde_json::from_value(parsed) {
         Ok(m) => m,
         Err(e) => {
-            outbox.error("", code::BAD_REQUEST, &format!("not a request: {e}"), None);
+            outbox.error(&id, code::BAD_REQUEST, &format!("not a request: {e}"), None);
             return;
         }
     };

@@ -543,3 +543,93 @@ pub fn run_python(python: &str, args: &[&str], env: &[(&str, &str)]) {
         "{args:?} failed (or ran past 300 s):\n{text}"
     );
 }
+
+/// A WebSocket client of `/v1/ws`, speaking its JSON messages.
+pub struct Ws {
+    stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl Ws {
+    pub async fn connect(http: SocketAddr) -> Ws {
+        let (stream, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(format!("ws://{http}/v1/ws")),
+        )
+        .await
+        .expect("websocket connect in time")
+        .expect("websocket connect");
+        Ws { stream }
+    }
+
+    /// Connect to the first of `nodes` that accepts (others may be down).
+    pub async fn connect_any(nodes: &[SocketAddr]) -> Ws {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for http in nodes {
+                let attempt = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    tokio_tungstenite::connect_async(format!("ws://{http}/v1/ws")),
+                )
+                .await;
+                if let Ok(Ok((stream, _))) = attempt {
+                    return Ws { stream };
+                }
+            }
+            assert!(Instant::now() < deadline, "no node accepted a websocket");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn send(&mut self, message: serde_json::Value) {
+        use futures::SinkExt;
+        self.stream
+            .send(tokio_tungstenite::tungstenite::Message::Text(
+                message.to_string().into(),
+            ))
+            .await
+            .expect("websocket send");
+    }
+
+    /// The next JSON message, or None when the connection ends (or nothing comes for 30 s).
+    pub async fn next(&mut self) -> Option<serde_json::Value> {
+        use futures::StreamExt;
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(30), self.stream.next())
+                .await
+                .ok()??
+                .ok()?;
+            match message {
+                tokio_tungstenite::tungstenite::Message::Text(text) => {
+                    return Some(serde_json::from_str(&text).expect("JSON message"))
+                }
+                tokio_tungstenite::tungstenite::Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next message, which must come.
+    pub async fn expect(&mut self) -> serde_json::Value {
+        self.next().await.expect("a websocket message")
+    }
+
+    /// Subscribe and return the acknowledgement's token (panics on an error answer).
+    pub async fn subscribe(&mut self, id: &str, request: serde_json::Value) -> String {
+        self.send(serde_json::json!({"id": id, "subscribe": request}))
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "no answer to subscribe {id}");
+            let m = self.expect().await;
+            if m["id"] != id {
+                continue;
+            }
+            assert!(m["error"].is_null(), "subscribe {id}: {m}");
+            if let Some(token) = m["subscribed"]["token"].as_str() {
+                return token.to_string();
+            }
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! WebSocket subscriptions (`/v1/ws`) against real nodes: what a subscriber receives is
+//! exactly what committed, in order, from now, from a token, or after a snapshot.
+
+mod common;
+
+use common::{TestNode, Ws};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// How long a test waits for what it expects before failing.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Messages until `done` says so; fails after `WAIT`, showing the last messages.
+async fn until(ws: &mut Ws, what: &str, mut done: impl FnMut(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut seen = std::collections::VecDeque::new();
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited {WAIT:?} for {what}; last messages: {seen:?}"
+        );
+        let m = ws.expect().await;
+        if done(&m) {
+            return m;
+        }
+        seen.push_back(m);
+        if seen.len() > 5 {
+            seen.pop_front();
+        }
+    }
+}
+
+/// Messages for subscription `id` until `n` events came (progress and others skipped).
+async fn events(ws: &mut Ws, id: &str, n: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let m = until(ws, &format!("event {} of {id}", got.len() + 1), |m| {
+            assert!(m["error"].is_null(), "{m}");
+            m["id"] == id && !m["event"].is_null()
+        })
+        .await;
+        got.push(m["event"].clone());
+    }
+    got
+}
+
+/// Wait for a progress message of `id`, failing on any event meanwhile (it would be one
+/// nobody expected).
+async fn quiet_until_progress(ws: &mut Ws, id: &str) -> String {
+    let m = until(ws, &format!("progress of {id}"), |m| {
+        assert!(m["event"].is_null(), "unexpected event: {m}");
+        assert!(m["error"].is_null(), "{m}");
+        m["id"] == id && m["progress"].is_string()
+    })
+    .await;
+    m["progress"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_arrive_in_commit_order_with_whole_rows() {
+    let node = TestNode::start().await;
+    let client = node.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE rides (id int PRIMARY KEY, status text NOT NULL, fare numeric(8,2), tags text[])",
+        )
+        .await
+        .unwrap();
+    client
+        .execute("INSERT INTO rides VALUES (0, 'before', 1, '{}')", &[])
+        .await
+        .unwrap();
+    let mut ws = Ws::connect(node.http).await;
+    let start = ws.subscribe("s1", json!({"table": "rides"})).await;
+    assert!(start.starts_with('s'), "a token: {start}");
+
+    // Three commits (one multi-statement query would be one transaction, whose net
+    // change to row 1 is nothing).
+    for sql in [
+        "INSERT INTO rides VALUES (1, 'open', 12.5, '{a,b}')",
+        "UPDATE rides SET status = 'taken' WHERE id = 1",
+        "DELETE FROM rides WHERE id = 1",
+    ] {
+        client.execute(sql, &[]).await.unwrap();
+    }
+    let got = events(&mut ws, "s1", 3).await;
+    assert_eq!(got[0]["op"], "insert");
+    assert_eq!(got[0]["table"], "rides");
+    assert_eq!(got[0]["key"], json!({"id": 1}));
+    assert_eq!(
+        got[0]["new"],
+        json!({"id": 1, "status": "open", "fare": 12.5, "tags": ["a", "b"]}),
+        "values as /v1/sql gives them"
+    );
+    assert_eq!(got[0]["old"], Value::Null);
+    assert_eq!(got[1]["op"], "update");
+    assert_eq!(got[1]["old"]["status"], "open");
+    assert_eq!(got[1]["new"]["status"], "taken");
+    assert_eq!(
+        got[1]["new"]["fare"], 12.5,
+        "unchanged columns are there too"
+    );
+    assert_eq!(got[2]["op"], "delete");
+    assert_eq!(got[2]["new"], Value::Null);
+    assert_eq!(got[2]["old"]["status"], "taken");
+    // Three statements, three commits: three transactions, in order.
+    let txns: BTreeSet<&str> = got.iter().map(|e| e["txn"].as_str().unwrap()).collect();
+    assert_eq!(txns.len(), 3);
+    let tokens: Vec<&str> = got.iter().map(|e| e["token"].as_str().unwrap()).collect();
+    assert!(tokens.windows(2).all(|w| w[0] != w[1]));
+    assert!(got[0]["time"].as_str().unwrap().starts_with("20"));
+
+    // A transaction's changes arrive together, with one id.
+    client
+        .batch_execute(
+            "BEGIN; INSERT INTO rides VALUES (2, 'open', 1, '{}'), (3, 'open', 2, '{}');
+             UPDATE rides SET fare = 9 WHERE id = 0; COMMIT;",
+        )
+        .await
+        .unwrap();
+    let got = events(&mut ws, "s1", 3).await;
+    let txns: BTreeSet<&str> = got.iter().map(|e| e["txn"].as_str().unwrap()).collect();
+    assert_eq!(txns.len(), 1, "{got:?}");
+
+    // Progress comes when nothing changes, and resuming from it replays nothing.
+    let progress = quiet_until_progress(&mut ws, "s1").await;
+    let mut again = Ws::connect(node.http).await;
+    let token = again
+        .subscribe("r", json!({"table": "rides", "from": progress}))
+        .await;
+    assert_eq!(token, progress);
+    quiet_until_progress(&mut again, "r").await;
+    // Resuming from the token of the first change replays the rest, exactly.
+    let mut replay = Ws::connect(node.http).await;
+    replay
+        .subscribe("r", json!({"table": "rides", "from": tokens[0]}))
+        .await;
+    let rest = events(&mut replay, "r", 5).await;
+    // Shards interleave; each shard's changes keep their order.
+    let row1: Vec<&Value> = rest.iter().filter(|e| e["key"]["id"] == 1).collect();
+    assert_eq!(row1.len(), 2);
+    assert_eq!(row1[0]["op"], "update");
+    assert_eq!(row1[1]["op"], "delete");
+    let later: BTreeSet<&str> = rest
+        .iter()
+        .filter(|e| e["key"]["id"] != 1)
+        .map(|e| e["txn"].as_str().unwrap())
+        .collect();
+    assert_eq!(later.len(), 1, "the transaction's three changes: {rest:?}");
+    quiet_until_progress(&mut replay, "r").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_condition_passes_exactly_the_rows_it_matches_before_or_after() {
+    let node = TestNode::start().await;
+    let client = node.client().await;
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, n int, s text)")
+        .await
+        .unwrap();
+    let mut ws = Ws::connect(node.http).await;
+    ws.subscribe(
+        "big",
+        json!({"table": "t", "where": "n > 10 AND s <> 'skip'"}),
+    )
+    .await;
+    for sql in [
+        "INSERT INTO t VALUES (1, 5, 'a')",     // no
+        "INSERT INTO t VALUES (2, 20, 'a')",    // yes
+        "INSERT INTO t VALUES (3, 20, 'skip')", // no
+        "UPDATE t SET n = 6 WHERE id = 1",      // no: neither row matches
+        "UPDATE t SET n = 7 WHERE id = 2",      // yes: the old row matched
+        "UPDATE t SET n = 30 WHERE id = 1",     // yes: the new row matches
+        "DELETE FROM t WHERE id = 3",           // no
+        "DELETE FROM t WHERE id = 1",           // yes
+    ] {
+        client.execute(sql, &[]).await.unwrap();
+    }
+    let got = events(&mut ws, "big", 4).await;
+    let seen: Vec<(String, i64)> = got
+        .iter()
+        .map(|e| {
+            (
+                e["op"].as_str().unwrap().to_string(),
+                e["key"]["id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("insert".into(), 2),
+            ("update".into(), 2),
+            ("update".into(), 1),
+            ("delete".into(), 1)
+        ]
+    );
+    quiet_until_progress(&mut ws, "big").await;
+
+    // Bad requests get coded errors, and the connection stays usable.
+    for (request, code) in [
+        (json!({"table": "nope"}), "undefined_table"),
+        (json!({"table": "t", "where": "n >"}), "invalid_condition"),
+        (
+            json!({"table": "t", "where": "n > 1; DROP TABLE t"}),
+            "invalid_condition",
+        ),
+        (
+            json!({"table": "t", "where": "n IN (SELECT n FROM t)"}),
+            "invalid_condition",
+        ),
+        (json!({"table": "t", "from": "garbage"}), "invalid_token"),
+        (json!({"table": "t", "from": "s999:1"}), "invalid_token"),
+        (json!({"files": "media/"}), "unsupported"),
+        (json!({"table": "t", "bogus": 1}), "bad_request"),
+    ] {
+        ws.send(json!({"id": "x", "subscribe": request})).await;
+        let m = until(&mut ws, "an answer", |m| m["id"] == "x").await;
+        assert_eq!(m["error"]["code"], code, "{request}: {m}");
+    }
+    ws.send(json!("not an object")).await;
+    let m = until(&mut ws, "an error", |m| !m["error"].is_null()).await;
+    assert_eq!(m["error"]["code"], "bad_request");
+    ws.send(json!({"unsubscribe": "big"})).await;
+    until(&mut ws, "unsubscribed", |m| m["unsubscribed"] == true).await;
+    client
+        .execute("INSERT INTO t VALUES (9, 99, 'a')", &[])
+        .await
+        .unwrap();
+    ws.subscribe("after", json!({"table": "t"})).await;
+    quiet_until_progress(&mut ws, "after").await;
+}
+
+/// Rows keyed by id, as a subscriber rebuilds them from a snapshot and events.
+fn apply(rows: &mut BTreeMap<i64, i64>, event: &Value) {
+    let id = event["key"]["id"].as_i64().unwrap();
+    match event["op"].as_str().unwrap() {
+        "insert" => {
+            let old = rows.insert(id, event["new"]["n"].as_i64().unwrap());
+            assert!(
+                old.is_none(),
+                "insert of {id} delivered twice or after the snapshot"
+            );
+        }
+        "update" => {
+            let old = rows.insert(id, event["new"]["n"].as_i64().unwrap());
+            assert_eq!(
+                old,
+                event["old"]["n"].as_i64(),
+                "update of {id} does not follow what came before"
+            );
+        }
+        "delete" => {
+            assert!(
+                rows.remove(&id).is_some(),
+                "delete of {id} of a row never seen"
+            );
+        }
+        other => panic!("op {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_then_changes_has_no_gap_and_no_duplicate_under_concurrent_writes() {
+    let node = TestNode::start().await;
+    let client = node.client().await;
+    client
+        .batch_execute("CREATE TABLE counts (id int PRIMARY KEY, n int NOT NULL)")
+        .await
+        .unwrap();
+    let writer = {
+        let client = node.client().await;
+        tokio::spawn(async move {
+            for i in 0..300i64 {
+                client
+                    .execute("INSERT INTO counts VALUES ($1, 0)", &[&(i as i32)])
+                    .await
+                    .unwrap();
+                client
+                    .execute(
+                        "UPDATE counts SET n = n + 1 WHERE id = $1",
+                        &[&((i / 2) as i32)],
+                    )
+                    .await
+                    .unwrap();
+                if i % 7 == 0 {
+                    client
+                        .execute("DELETE FROM counts WHERE id = $1", &[&((i / 3) as i32)])
+                        .await
+                        .unwrap();
+                }
+            }
+        })
+    };
+    // Subscribe while the writer runs.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer made no progress"
+        );
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM counts", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if n > 50 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut ws = Ws::connect(node.http).await;
+    ws.subscribe("snap", json!({"table": "counts", "snapshot": true}))
+        .await;
+    let mut rows = BTreeMap::new();
+    let done = until(&mut ws, "the snapshot", |m| {
+        assert!(
+            m["event"].is_null(),
+            "an event before the snapshot ended: {m}"
+        );
+        for r in m["snapshot"].as_array().into_iter().flatten() {
+            rows.insert(r["id"].as_i64().unwrap(), r["n"].as_i64().unwrap());
+        }
+        !m["snapshot_done"].is_null()
+    })
+    .await;
+    assert_eq!(
+        done["snapshot_done"]["rows"].as_u64().unwrap() as usize,
+        rows.len()
+    );
+    assert!(!rows.is_empty());
+    writer.await.unwrap();
+    // Everything the writer committed is now either in the snapshot or coming as events;
+    // read until the subscription's progress covers the last write.
+    let expected: BTreeMap<i64, i64> = client
+        .query("SELECT id, n FROM counts", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<_, i32>(0) as i64, r.get::<_, i32>(1) as i64))
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while rows != expected {
+        assert!(std::time::Instant::now() < deadline, "never converged");
+        let m = ws.expect().await;
+        assert!(m["error"].is_null(), "{m}");
+        if !m["event"].is_null() {
+            apply(&mut rows, &m["event"]);
+        }
+    }
+    // And nothing more comes.
+    quiet_until_progress(&mut ws, "snap").await;
+    quiet_until_progress(&mut ws, "snap").await;
+}
