@@ -236,3 +236,15 @@ pub const WS_MESSAGE_BYTES_MAX: usize = 64 * 1024;
 /// Rows a subscription's snapshot may send (more is refused: subscribe with a narrower
 /// condition, or read the table with SQL and resume from a token).
 pub const SUBSCRIPTION_SNAPSHOT_ROWS_MAX: usize = 100_000;
+
+/// The key-value API: a key's bytes (UTF-8), a value's bytes, steps in one `/v1/kv/txn`.
+pub const KV_KEY_BYTES_MAX: usize = 4 * 1024;
+pub const KV_VALUE_BYTES_MAX: usize = 1024 * 1024;
+pub const KV_TXN_OPS_MAX: usize = 128;
+/// The longest time to live a key may be given.
+pub const KV_TTL_MAX: Duration = Duration::from_secs(365 * 86_400);
+/// Keys answered by one list request at most (`limit` defaults to 100).
+pub const KV_LIST_MAX: usize = 1_000;
+/// How often the meta leader looks for expired keys, and how many it deletes per look.
+pub const KV_EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
+pub const KV_EXPIRY_BATCH: usize = 1_000;

@@ -352,3 +352,278 @@ async fn a_snapshot_then_changes_has_no_gap_and_no_duplicate_under_concurrent_wr
     quiet_until_progress(&mut ws, "snap").await;
     quiet_until_progress(&mut ws, "snap").await;
 }
+
+/// Insert ids `0..n` into `t` through any live node, each until it is known committed
+/// (acknowledged, or a retry finds it there: 23505), so all of them end up committed once.
+async fn write_all(
+    nodes: Vec<std::net::SocketAddr>,
+    n: i32,
+    acked: std::sync::Arc<std::sync::atomic::AtomicI32>,
+) {
+    let mut target = 0usize;
+    let mut client: Option<tokio_postgres::Client> = None;
+    for id in 0..n {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "insert {id} never committed"
+            );
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                let addr = nodes[target % nodes.len()];
+                let url = format!(
+                    "host={} port={} user=w dbname=cairn connect_timeout=2",
+                    addr.ip(),
+                    addr.port()
+                );
+                client = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                    Ok((c, conn)) => {
+                        tokio::spawn(conn);
+                        Some(c)
+                    }
+                    Err(_) => {
+                        target += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+            }
+            let c = client.as_ref().unwrap();
+            let v = format!("row {id}");
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&id, &v];
+            let insert = c.execute("INSERT INTO t VALUES ($1, $2)", &params);
+            match tokio::time::timeout(std::time::Duration::from_secs(20), insert).await {
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) if e.code().map(|c| c.code()) == Some("23505") => break,
+                _ => {
+                    // Unknown outcome or unavailable: ask again elsewhere; the retry tells.
+                    client = None;
+                    target += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+        acked.store(id + 1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subscriber_resumes_elsewhere_after_its_node_and_shard_leaders_die_and_gets_each_change_once(
+) {
+    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::sync::Arc;
+    let mut cluster = common::Cluster::start(3, &[]);
+    let pg: Vec<_> = cluster.nodes.iter().map(|n| n.pg).collect();
+    let http: Vec<_> = cluster.nodes.iter().map(|n| n.http).collect();
+    common::connect(pg[0])
+        .await
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+
+    // The subscriber starts on node 3 and, whenever its connection ends, resumes from the
+    // last token it got on whichever node answers.
+    let received: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let resumed = Arc::new(AtomicI32::new(0));
+    let reader = {
+        let (received, resumed, http) = (received.clone(), resumed.clone(), http.clone());
+        let mut ws = Ws::connect(http[2]).await;
+        let mut token = ws.subscribe("t", json!({"table": "t"})).await;
+        tokio::spawn(async move {
+            loop {
+                match ws.next().await {
+                    Some(m) if !m["event"].is_null() => {
+                        token = m["event"]["token"].as_str().unwrap().to_string();
+                        received.lock().unwrap().push(m["event"].clone());
+                    }
+                    Some(m) if m["progress"].is_string() => {
+                        token = m["progress"].as_str().unwrap().to_string();
+                    }
+                    Some(m) if m["error"]["code"] == "unavailable" => {
+                        token = m["error"]["token"].as_str().unwrap().to_string();
+                        ws = Ws::connect_any(&http).await;
+                        ws.subscribe("t", json!({"table": "t", "from": token}))
+                            .await;
+                        resumed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Some(m) => assert!(m["error"].is_null(), "{m}"),
+                    None => {
+                        ws = Ws::connect_any(&http).await;
+                        ws.subscribe("t", json!({"table": "t", "from": token}))
+                            .await;
+                        resumed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        })
+    };
+
+    const N: i32 = 400;
+    let acked = Arc::new(AtomicI32::new(0));
+    let writer = tokio::spawn(write_all(pg.clone(), N, acked.clone()));
+    let reach = |n: i32| {
+        let acked = acked.clone();
+        async move {
+            while acked.load(Ordering::SeqCst) < n {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    reach(100).await;
+    cluster.nodes[2].kill9(); // the node serving the subscription
+    reach(200).await;
+    // Back to three (two of three down would stop every shard), then a shard leader dies.
+    let leader = tokio::task::block_in_place(|| {
+        cluster.nodes[2].restart();
+        cluster.leader_of("s1")
+    });
+    cluster.nodes[leader].kill9();
+    reach(300).await;
+    tokio::task::block_in_place(|| {
+        for node in cluster.nodes.iter_mut() {
+            if node.child.try_wait().map(|s| s.is_some()).unwrap_or(true) {
+                node.restart();
+            }
+        }
+    });
+    writer.await.unwrap();
+
+    // Every committed insert arrives once: the table holds exactly 0..N.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let n = received.lock().unwrap().len();
+        if n >= N as usize {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {n} of {N} changes arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Anything extra would be a duplicate: give it time to show up.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    reader.abort();
+    let received = received.lock().unwrap().clone();
+    let mut ids: Vec<i64> = received
+        .iter()
+        .map(|e| {
+            assert_eq!(e["op"], "insert");
+            e["key"]["id"].as_i64().unwrap()
+        })
+        .collect();
+    // One writer inserts in id order, so each shard's changes come in id order.
+    let mut last: BTreeMap<String, i64> = BTreeMap::new();
+    for e in &received {
+        let (shard, id) = (
+            e["shard"].as_str().unwrap().to_string(),
+            e["key"]["id"].as_i64().unwrap(),
+        );
+        if let Some(prev) = last.insert(shard.clone(), id) {
+            assert!(prev < id, "{shard}: {id} after {prev}");
+        }
+    }
+    ids.sort();
+    assert_eq!(
+        ids,
+        (0..N as i64).collect::<Vec<_>>(),
+        "each committed change exactly once"
+    );
+    assert!(
+        resumed.load(Ordering::SeqCst) >= 1,
+        "the subscriber had to resume"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cairn_watch_prints_each_change_once_and_resumes_on_another_node() {
+    use std::io::BufRead;
+    let mut cluster = common::Cluster::start(3, &[]);
+    let pg: Vec<_> = cluster.nodes.iter().map(|n| n.pg).collect();
+    let client = common::connect(pg[0]).await;
+    client
+        .batch_execute("CREATE TABLE w (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let urls = format!(
+        "http://{},http://{}",
+        cluster.nodes[2].http, cluster.nodes[1].http
+    );
+    let mut watch = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            "watch", "--url", &urls, "--table", "w", "--json", "--count", "6",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("cairn watch starts");
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut printed: Vec<Value> = Vec::new();
+    let next_line = |what: &str| -> Value {
+        let line = lines.recv_timeout(WAIT).unwrap_or_else(|_| {
+            panic!("cairn watch printed nothing for {WAIT:?} waiting for {what}")
+        });
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    };
+    // Subscribed (on node 3) before the first write.
+    loop {
+        let m = next_line("the subscription");
+        if !m["subscribed"].is_null() {
+            break;
+        }
+    }
+    for id in 1..=3 {
+        client
+            .execute("INSERT INTO w VALUES ($1, 'x')", &[&id])
+            .await
+            .unwrap();
+    }
+    while printed.len() < 3 {
+        let m = next_line("the first three events");
+        if !m["event"].is_null() {
+            printed.push(m["event"].clone());
+        }
+    }
+    cluster.nodes[2].kill9();
+    let client = common::connect(pg[1]).await;
+    for id in 4..=6 {
+        client
+            .execute("INSERT INTO w VALUES ($1, 'x')", &[&id])
+            .await
+            .unwrap();
+    }
+    while printed.len() < 6 {
+        let m = next_line("the last three events, from node 2");
+        if !m["event"].is_null() {
+            printed.push(m["event"].clone());
+        }
+    }
+    let status = tokio::task::block_in_place(|| {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(s) = watch.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "cairn watch did not stop after 6 events"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    });
+    assert!(status.success(), "{status}");
+    let mut ids: Vec<i64> = printed
+        .iter()
+        .map(|e| e["key"]["id"].as_i64().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, [1, 2, 3, 4, 5, 6], "each change printed once");
+}

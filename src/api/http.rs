@@ -39,8 +39,8 @@ fn no_txn(id: &str) -> ApiError {
 
 /// What every handler works with.
 #[derive(Clone)]
-struct Api {
-    engine: Arc<Engine>,
+pub(super) struct Api {
+    pub(super) engine: Arc<Engine>,
     txns: Arc<Txns>,
 }
 
@@ -112,10 +112,10 @@ struct SqlRequest {
     max_staleness: Option<String>,
 }
 
-struct ApiError {
-    status: StatusCode,
-    code: String,
-    message: String,
+pub(super) struct ApiError {
+    pub(super) status: StatusCode,
+    pub(super) code: String,
+    pub(super) message: String,
 }
 
 impl From<Error> for ApiError {
@@ -239,7 +239,7 @@ async fn run_one(session: &mut Session, stmt: &Statement) -> Result<Output, Erro
 
 /// The body is JSON whatever its Content-Type says (`curl -d` sends a form type).
 /// The request body, or the error answering a body refused by axum (too large, unreadable).
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(super) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|r| {
         let status = r.status();
         let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -255,7 +255,7 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(super) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid JSON request: {e}")))
 }
 
@@ -264,7 +264,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
 /// part of its effects, or a write whose caller never learns it applied. The client going
 /// away cancels `cancel` instead: the statement stops if nothing of it took effect yet
 /// (SQLSTATE 57014; inside a transaction, the transaction fails), else it finishes.
-async fn detached<T: Send + 'static>(
+pub(super) async fn detached<T: Send + 'static>(
     cancel: Cancel,
     work: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -650,6 +650,7 @@ async fn txn_rollback(
 }
 
 pub fn router(engine: Arc<Engine>) -> Router {
+    crate::sql::kv::spawn_reaper(&engine);
     let txns = Arc::new(Txns::default());
     tokio::spawn(Txns::reap(Arc::downgrade(&txns)));
     let subscriptions = Arc::new(super::ws::Subscriptions::default());
@@ -662,6 +663,20 @@ pub fn router(engine: Arc<Engine>) -> Router {
     Router::new()
         .route("/v1/ws", get(ws))
         .route("/v1/sql", post(sql))
+        .route("/v1/kv", get(super::kv::list))
+        .route(
+            "/v1/kv/txn",
+            post(super::kv::txn)
+                .get(super::kv::get_txn_key)
+                .put(super::kv::put_txn_key)
+                .delete(super::kv::delete_txn_key),
+        )
+        .route(
+            "/v1/kv/{*key}",
+            get(super::kv::get)
+                .put(super::kv::put)
+                .delete(super::kv::delete),
+        )
         .route("/v1/txn", post(txn_begin))
         .route("/v1/txn/{id}/sql", post(txn_sql))
         .route("/v1/txn/{id}/commit", post(txn_commit))

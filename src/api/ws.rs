@@ -11,7 +11,8 @@
 //! - `{"id", "subscribed": {"token"}}`: where delivery starts;
 //! - with a snapshot, `{"id", "snapshot": [row, ...]}` messages, then `{"id",
 //!   "snapshot_done": {"rows": n}}`;
-//! - `{"id", "event": {"table", "op", "key", "new", "old", "txn", "time", "token"}}`;
+//! - `{"id", "event": {"shard", "table", "op", "key", "new", "old", "txn", "time",
+//!   "token"}}`;
 //! - `{"id", "progress": "<token>"}` every `progress_ms`: everything before it has been
 //!   sent;
 //! - `{"id", "error": {"code", "message", "token"?}}`, after which the subscription is over
@@ -26,7 +27,7 @@ use crate::cluster::feed::Token;
 use crate::error::Error;
 use crate::limits;
 use crate::sql::subscribe::{self, Change, Columns, End, Subscription};
-use crate::sql::Engine;
+use crate::sql::{kv, Engine};
 use crate::storage::changeset::ChangeOp;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
@@ -391,6 +392,14 @@ async fn run(
             return;
         }
     };
+    if request.table == kv::TABLE {
+        // A prefix subscription may come before the first key is written.
+        if let Err(e) = kv::ensure_table(&engine).await {
+            outbox.error(&id, code::UNAVAILABLE, &e.to_string(), None);
+            return;
+        }
+    }
+    let table = request.table.clone();
     let (mut subscription, snapshot) = match Subscription::open(&engine, request).await {
         Ok(s) => s,
         Err(e) => {
@@ -408,7 +417,7 @@ async fn run(
         for rows in snapshot.rows.chunks(500) {
             let rows: Vec<Json> = rows
                 .iter()
-                .map(|r| row_json(&snapshot.columns, r))
+                .map(|r| row_json(&table, &snapshot.columns, r))
                 .collect();
             if !outbox.send(json!({"id": id, "snapshot": rows}).to_string(), None) {
                 return;
@@ -477,7 +486,7 @@ fn subscribe_request(
             snapshot: r.snapshot,
         }),
         (None, Some(prefix), None) if r.condition.is_none() => Ok(subscribe::Request {
-            table: crate::sql::kv::TABLE.to_string(),
+            table: kv::TABLE.to_string(),
             condition: None,
             key_prefix: Some(("key".to_string(), prefix)),
             from,
@@ -496,11 +505,20 @@ fn subscribe_request(
     }
 }
 
-/// A row as a JSON object, each value shaped by its column's type.
-fn row_json(columns: &Columns, row: &[Value]) -> Json {
+/// A row as a JSON object, each value shaped by its column's type. A key-value row's
+/// value is shown as the key-value API lists it (text, or `value_base64`).
+fn row_json(table: &str, columns: &Columns, row: &[Value]) -> Json {
     let mut object = Map::new();
     for ((name, ty), value) in columns.iter().zip(row) {
-        object.insert(name.clone(), json_value(value, *ty));
+        match (name.as_str(), value) {
+            ("value", Value::Blob(bytes)) if table == kv::TABLE => {
+                let (field, shown) = super::kv::value_json(bytes);
+                object.insert(field.into(), shown);
+            }
+            _ => {
+                object.insert(name.clone(), json_value(value, *ty));
+            }
+        }
     }
     Json::Object(object)
 }
@@ -510,7 +528,7 @@ fn event_json(change: &Change) -> Json {
         if values.is_empty() {
             Json::Null
         } else {
-            row_json(&change.columns, values)
+            row_json(&change.table, &change.columns, values)
         }
     };
     let keyed = if change.new.is_empty() {
@@ -536,6 +554,7 @@ fn event_json(change: &Change) -> Json {
         true,
     );
     json!({
+        "shard": change.shard.to_string(),
         "table": &*change.table,
         "op": match change.op {
             ChangeOp::Insert => "insert",

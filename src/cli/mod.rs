@@ -7,6 +7,7 @@ pub mod dev;
 pub mod firewall;
 pub mod local;
 pub mod slt;
+pub mod watch;
 
 use crate::node::{Node, NodeConfig};
 use clap::{Parser, Subcommand};
@@ -37,6 +38,8 @@ pub enum Command {
     Chaos(chaos::ChaosArgs),
     /// Run sqllogictest files against a PostgreSQL-protocol server and count what passes.
     Slt(slt::SltArgs),
+    /// Print a table's changes or a key prefix's as they commit (WebSocket `/v1/ws`).
+    Watch(watch::WatchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,6 +183,7 @@ pub fn main() -> anyhow::Result<()> {
             Command::Start(args) => start(args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Slt(args) => slt::run(args).await,
+            Command::Watch(args) => watch::run(args).await,
             Command::Chaos(args) => {
                 if chaos::run(args).await? {
                     Ok(())

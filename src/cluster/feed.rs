@@ -122,12 +122,15 @@ pub enum Stop {
     Failed(Error),
 }
 
+/// A table as one part names it: its name, columns and primary-key column positions.
+type PartTable = (Arc<str>, Arc<[String]>, Arc<[u32]>);
+
 /// Decode a page's parts into the events at or after `from`.
 pub fn decode(shard: ShardId, parts: &[RawPart], from: Position) -> Result<Vec<Event>> {
     let mut events = Vec::new();
     for part in parts {
         let stored = part.decode()?;
-        let tables: Vec<(Arc<str>, Arc<[String]>, Arc<[u32]>)> = stored
+        let tables: Vec<PartTable> = stored
             .tables
             .into_iter()
             .map(|t| (t.name.into(), t.columns.into(), t.key.into()))

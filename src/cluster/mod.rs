@@ -211,6 +211,12 @@ impl Cluster {
             .cloned()
     }
 
+    /// Does this node lead the meta group (as far as it knows)? Cluster-wide chores run
+    /// there, so nodes do not repeat each other's work.
+    pub fn leads_meta(&self) -> bool {
+        self.meta.leader().0 == Some(self.node)
+    }
+
     /// Every group with a replica here, the meta group first.
     pub fn groups(&self) -> Vec<Arc<ShardGroup>> {
         let mut all = vec![self.meta.clone()];

@@ -46,6 +46,7 @@ pub type Columns = Arc<[(String, PgType)]>;
 /// One change as a subscriber sees it.
 #[derive(Debug, Clone)]
 pub struct Change {
+    pub shard: ShardId,
     pub table: Arc<str>,
     pub op: ChangeOp,
     pub columns: Columns,
@@ -353,6 +354,7 @@ impl Subscription {
             }
         };
         Change {
+            shard: event.shard,
             table: event.table.clone(),
             op: event.op,
             columns,

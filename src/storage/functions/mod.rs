@@ -34,6 +34,13 @@ pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         conn.create_scalar_function(name, 0, volatile, |_| Ok(timestamp_now()))?;
     }
     conn.create_scalar_function("version", 0, constant, |_| Ok(version_string()))?;
+    // The key-value API's clock and versions, evaluated where the statement runs: on the
+    // shard's leader for a write, so the leader decides expiry and versions.
+    conn.create_scalar_function("cairn_clock_us", 0, volatile, |_| Ok(now_micros() as i64))?;
+    conn.create_scalar_function("cairn_kv_version", 1, volatile, |ctx| {
+        let previous: Option<i64> = ctx.get(0)?;
+        Ok(next_kv_version(previous, now_micros() as i64))
+    })?;
     conn.create_scalar_function("current_database", 0, constant, |_| Ok("cairn".to_string()))?;
     conn.create_scalar_function("current_schema", 0, constant, |_| Ok("public".to_string()))?;
     // Drivers set session settings this way (Django's time zone, asyncpg's jit); Cairn's
@@ -907,6 +914,17 @@ fn arith(ctx: &rusqlite::functions::Context<'_>, op: Op) -> rusqlite::Result<Val
                 Op::Mod => a % b,
             }))
         }
+    }
+}
+
+/// A key's next version: the writing leader's clock in µs, and always past the previous
+/// version, so a version is never given twice to one key while it exists, and a key
+/// deleted and created again gets a new one unless leaders' clocks disagree by more than
+/// the time in between.
+pub fn next_kv_version(previous: Option<i64>, now_us: i64) -> i64 {
+    match previous {
+        Some(p) if p >= now_us => p + 1,
+        _ => now_us,
     }
 }
 
