@@ -228,6 +228,8 @@ pub const SUBSCRIPTIONS_PER_NODE_MAX: usize = 10_000;
 /// Messages waiting to be written to one WebSocket client; a client that lets more pile up
 /// is too slow and is cut with its last token.
 pub const WS_OUTBOX_MAX: usize = 4_096;
+/// A client whose full outbox frees no room for this long is too slow: it is cut.
+pub const WS_SLOW_CLIENT_WAIT: Duration = Duration::from_secs(5);
 /// How long a client cut for being slow gets to read what was sent before the notice
 /// (its subscriptions' last tokens) and the close.
 pub const WS_CUT_NOTICE_WAIT: Duration = Duration::from_secs(10);

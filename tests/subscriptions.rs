@@ -627,3 +627,139 @@ async fn cairn_watch_prints_each_change_once_and_resumes_on_another_node() {
     ids.sort();
     assert_eq!(ids, [1, 2, 3, 4, 5, 6], "each change printed once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_older_than_the_kept_window_gets_token_expired() {
+    // A node keeping only ~16 KiB of events per replica.
+    let dir = tempfile::tempdir().unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut config = common::config(dir.path(), any, any);
+    config.events = cairn::storage::events::Window {
+        max_age: std::time::Duration::from_secs(3600),
+        max_bytes: 16 * 1024,
+    };
+    let node = cairn::node::Node::start(config).await.unwrap();
+    let client = common::connect(node.pg_addr).await;
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    client
+        .execute("INSERT INTO t VALUES (0, 'first')", &[])
+        .await
+        .unwrap();
+    let mut ws = Ws::connect(node.http_addr).await;
+    let old = ws.subscribe("a", json!({"table": "t"})).await;
+    drop(ws);
+    // ~400 KiB of changes in 200 commits: far more than the window on every shard.
+    let pad = "x".repeat(2000);
+    for id in 1..=200 {
+        client
+            .execute("INSERT INTO t VALUES ($1, $2)", &[&id, &pad])
+            .await
+            .unwrap();
+    }
+    let mut ws = Ws::connect(node.http_addr).await;
+    ws.send(json!({"id": "b", "subscribe": {"table": "t", "from": old}}))
+        .await;
+    let m = until(&mut ws, "an answer to the old token", |m| {
+        m["id"] == "b" && (!m["error"].is_null() || !m["event"].is_null())
+    })
+    .await;
+    assert_eq!(m["error"]["code"], "token_expired", "{m}");
+    assert!(
+        m["error"]["message"].as_str().unwrap().contains("snapshot"),
+        "the message says what to do: {m}"
+    );
+    // A recent token still resumes.
+    let now = ws.subscribe("c", json!({"table": "t"})).await;
+    client
+        .execute("INSERT INTO t VALUES (1000, 'new')", &[])
+        .await
+        .unwrap();
+    let got = events(&mut ws, "c", 1).await;
+    assert_eq!(got[0]["key"]["id"], 1000);
+    let mut ws2 = Ws::connect(node.http_addr).await;
+    ws2.subscribe("d", json!({"table": "t", "from": now})).await;
+    let again = events(&mut ws2, "d", 1).await;
+    assert_eq!(again[0]["key"]["id"], 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_too_slow_to_keep_up_is_cut_with_its_last_token_and_resumes_from_it() {
+    let node = TestNode::start().await;
+    let client = node.client().await;
+    client
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    // A client with a small receive buffer that stops reading after subscribing.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(node.http).await.unwrap();
+    let (mut slow, _) =
+        tokio_tungstenite::client_async(format!("ws://{}/v1/ws", node.http), stream)
+            .await
+            .unwrap();
+    {
+        use futures::SinkExt;
+        let request = json!({"id": "s", "subscribe": {"table": "t", "progress_ms": 100000}});
+        slow.send(tokio_tungstenite::tungstenite::Message::Text(
+            request.to_string().into(),
+        ))
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    const N: i64 = 30_000;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, {N}) g"
+        ))
+        .await
+        .unwrap();
+    // Not reading for longer than the server waits on a full outbox: it cuts the client.
+    tokio::time::sleep(cairn::limits::WS_SLOW_CLIENT_WAIT + std::time::Duration::from_secs(2))
+        .await;
+    // Now read: events, then the cut with the token of the last event delivered.
+    let mut ids = Vec::new();
+    let mut last_token = None;
+    let cut_token = loop {
+        use futures::StreamExt;
+        let message = tokio::time::timeout(WAIT, slow.next())
+            .await
+            .unwrap_or_else(|_| panic!("silence after {} events", ids.len()))
+            .unwrap_or_else(|| panic!("the end after {} events, before an error", ids.len()))
+            .unwrap();
+        let tokio_tungstenite::tungstenite::Message::Text(text) = message else {
+            continue;
+        };
+        let m: Value = serde_json::from_str(&text).unwrap();
+        if let Some(e) = m.get("event") {
+            ids.push(e["key"]["id"].as_i64().unwrap());
+            last_token = Some(e["token"].as_str().unwrap().to_string());
+        } else if !m["error"].is_null() {
+            assert_eq!(m["error"]["code"], "slow_consumer", "{m}");
+            break m["error"]["token"].as_str().unwrap().to_string();
+        }
+    };
+    assert!(
+        (ids.len() as i64) < N,
+        "cut before everything was delivered"
+    );
+    if let Some(last) = &last_token {
+        assert_eq!(
+            &cut_token, last,
+            "the cut names the last event the client got"
+        );
+    }
+    // Resuming from the token gives the rest, each once.
+    let mut ws = Ws::connect(node.http).await;
+    ws.subscribe("r", json!({"table": "t", "from": cut_token}))
+        .await;
+    let rest = events(&mut ws, "r", N as usize - ids.len()).await;
+    ids.extend(rest.iter().map(|e| e["key"]["id"].as_i64().unwrap()));
+    ids.sort();
+    assert_eq!(ids, (1..=N).collect::<Vec<_>>());
+    quiet_until_progress(&mut ws, "r").await;
+}

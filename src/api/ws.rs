@@ -18,9 +18,11 @@
 //! - `{"id", "error": {"code", "message", "token"?}}`, after which the subscription is over
 //!   (`token`: where to resume). Codes: see [`code`].
 //!
-//! Each subscription runs in its own task and writes to the connection's bounded outbox; a
-//! client that lets `WS_OUTBOX_MAX` messages pile up is cut (`slow_consumer`, with each
-//! subscription's last token sent) — never skipped ahead, never buffered without bound.
+//! Each subscription runs in its own task and writes to the connection's bounded outbox
+//! (`WS_OUTBOX_MAX` messages), waiting while it is full: a client that reads slowly is
+//! served at its pace (a subscription behind the feed reads the kept events, not memory);
+//! one that frees no room for `WS_SLOW_CLIENT_WAIT` is cut (`slow_consumer`, with each
+//! subscription's last written token) — never skipped ahead, never buffered without bound.
 
 use super::http::json_value;
 use crate::cluster::feed::Token;
@@ -132,8 +134,9 @@ struct Outbox {
 }
 
 impl Outbox {
-    /// Queue a message; false when the client is too slow (the connection is being cut).
-    fn send(&self, text: String, delivered: Option<(String, Token)>) -> bool {
+    /// Queue a message now; when the outbox is full the client is too slow and the
+    /// connection is cut (false).
+    fn post(&self, text: String, delivered: Option<(String, Token)>) -> bool {
         match self.tx.try_send(Outgoing { text, delivered }) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -144,12 +147,39 @@ impl Outbox {
         }
     }
 
+    /// Queue a subscription's message, waiting while the outbox is full: a client that
+    /// reads is throttled to its pace (its subscription falls behind the feed, not into
+    /// memory); one that frees no room for `WS_SLOW_CLIENT_WAIT` is too slow and is cut.
+    async fn deliver(&self, text: String, delivered: Option<(String, Token)>) -> bool {
+        let queued = self.tx.send(Outgoing { text, delivered });
+        match tokio::time::timeout(limits::WS_SLOW_CLIENT_WAIT, queued).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                self.slow.notify_one();
+                false
+            }
+        }
+    }
+
+    /// Queue a progress message unless the outbox is full (the next one says the same,
+    /// later); false only when the connection is gone.
+    fn progress(&self, text: String, delivered: (String, Token)) -> bool {
+        match self.tx.try_send(Outgoing {
+            text,
+            delivered: Some(delivered),
+        }) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
     fn error(&self, id: &str, code: &str, message: &str, token: Option<&Token>) -> bool {
         let mut error = json!({"code": code, "message": message});
         if let Some(t) = token {
             error["token"] = json!(t.to_string());
         }
-        self.send(json!({"id": id, "error": error}).to_string(), None)
+        self.post(json!({"id": id, "error": error}).to_string(), None)
     }
 }
 
@@ -186,21 +216,30 @@ async fn serve(socket: WebSocket, engine: Arc<Engine>, subscriptions: Arc<Subscr
                         None => return,
                         Some(out) => {
                             // Waiting on a client that does not read: the outbox fills
-                            // meanwhile, and `slow` interrupts the wait.
+                            // meanwhile, and `slow` interrupts the wait. The message is
+                            // finished first all the same (the client may have part of
+                            // it already), so the notice's token counts it.
                             let text = Message::Text(Utf8Bytes::from(out.text));
-                            tokio::select! {
+                            let mut sending = std::pin::pin!(sink.send(text));
+                            let (sent, cut) = tokio::select! {
                                 biased;
-                                _ = slow.notified() => false,
-                                r = sink.send(text) => {
-                                    if r.is_err() {
-                                        return;
+                                r = &mut sending => (r, false),
+                                _ = slow.notified() => {
+                                    match tokio::time::timeout(limits::WS_CUT_NOTICE_WAIT, sending).await {
+                                        Ok(r) => (r, true),
+                                        // It never finished: close without a notice; the
+                                        // client's last whole event has its token.
+                                        Err(_) => return,
                                     }
-                                    if let Some((id, token)) = out.delivered {
-                                        written.lock().expect("ws lock poisoned").insert(id, token);
-                                    }
-                                    true
                                 }
+                            };
+                            if sent.is_err() {
+                                return;
                             }
+                            if let Some((id, token)) = out.delivered {
+                                written.lock().expect("ws lock poisoned").insert(id, token);
+                            }
+                            !cut
                         }
                     },
                 };
@@ -297,7 +336,7 @@ fn handle(
             match task {
                 Some(task) => {
                     task.abort();
-                    outbox.send(json!({"id": id, "unsubscribed": true}).to_string(), None);
+                    outbox.post(json!({"id": id, "unsubscribed": true}).to_string(), None);
                 }
                 None => {
                     outbox.error(&id, code::BAD_REQUEST, "no such subscription", None);
@@ -409,7 +448,10 @@ async fn run(
     };
     let start = subscription.token().clone();
     let ack = json!({"id": id, "subscribed": {"token": start.to_string()}});
-    if !outbox.send(ack.to_string(), Some((id.clone(), start))) {
+    if !outbox
+        .deliver(ack.to_string(), Some((id.clone(), start)))
+        .await
+    {
         return;
     }
     if let Some(snapshot) = snapshot {
@@ -419,14 +461,20 @@ async fn run(
                 .iter()
                 .map(|r| row_json(&table, &snapshot.columns, r))
                 .collect();
-            if !outbox.send(json!({"id": id, "snapshot": rows}).to_string(), None) {
+            if !outbox
+                .deliver(json!({"id": id, "snapshot": rows}).to_string(), None)
+                .await
+            {
                 return;
             }
         }
-        if !outbox.send(
-            json!({"id": id, "snapshot_done": {"rows": total}}).to_string(),
-            None,
-        ) {
+        if !outbox
+            .deliver(
+                json!({"id": id, "snapshot_done": {"rows": total}}).to_string(),
+                None,
+            )
+            .await
+        {
             return;
         }
     }
@@ -440,7 +488,7 @@ async fn run(
                     for change in changes {
                         let token = change.token.clone();
                         let message = json!({"id": id, "event": event_json(&change)});
-                        if !outbox.send(message.to_string(), Some((id.clone(), token))) {
+                        if !outbox.deliver(message.to_string(), Some((id.clone(), token))).await {
                             return;
                         }
                     }
@@ -459,7 +507,7 @@ async fn run(
             _ = tick.tick() => {
                 let token = subscription.token().clone();
                 let message = json!({"id": id, "progress": token.to_string()});
-                if !outbox.send(message.to_string(), Some((id.clone(), token))) {
+                if !outbox.progress(message.to_string(), (id.clone(), token)) {
                     return;
                 }
             }
