@@ -250,3 +250,12 @@ pub const KV_LIST_MAX: usize = 1_000;
 /// How often the meta leader looks for expired keys, and how many it deletes per look.
 pub const KV_EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
 pub const KV_EXPIRY_BATCH: usize = 1_000;
+
+/// The result cache: bytes of cached results per node (the least used go first), the
+/// longest TTL a table or session may ask for, the largest single result kept, and how
+/// long a linearizable lookup waits for this node to have seen the changes committed
+/// before it (else the query runs without the cache).
+pub const RESULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+pub const RESULT_CACHE_TTL_MAX: Duration = Duration::from_secs(24 * 3600);
+pub const RESULT_CACHE_ENTRY_BYTES_MAX: usize = 4 * 1024 * 1024;
+pub const RESULT_CACHE_CATCH_UP_WAIT: Duration = Duration::from_secs(1);

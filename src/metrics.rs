@@ -25,6 +25,19 @@ pub struct Metrics {
     registry: Registry,
     statements: Family<StatementLabels, Counter>,
     latency: Family<StatementLabels, Histogram>,
+    pub cache: CacheMetrics,
+}
+
+/// The result cache's counters (`sql::cache`).
+#[derive(Clone, Default)]
+pub struct CacheMetrics {
+    pub hits: Counter,
+    pub misses: Counter,
+    /// Entries pushed out to stay within the cache's bytes.
+    pub evictions: Counter,
+    /// Entries found stale: a change to a table they read committed after them.
+    pub invalidations: Counter,
+    pub bytes: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Metrics {
@@ -46,10 +59,37 @@ impl Metrics {
             latency.clone(),
         );
         registry.register_collector(Box::new(ReplicaCollector(Arc::downgrade(cluster))));
+        let cache = CacheMetrics::default();
+        registry.register(
+            "result_cache_hits",
+            "SELECTs answered from this node's result cache",
+            cache.hits.clone(),
+        );
+        registry.register(
+            "result_cache_misses",
+            "Cacheable SELECTs that ran (nothing cached, or it was stale or expired)",
+            cache.misses.clone(),
+        );
+        registry.register(
+            "result_cache_evictions",
+            "Cached results pushed out to keep the cache within its bytes",
+            cache.evictions.clone(),
+        );
+        registry.register(
+            "result_cache_invalidations",
+            "Cached results found stale (a table they read changed after them)",
+            cache.invalidations.clone(),
+        );
+        registry.register(
+            "result_cache_bytes",
+            "Bytes of results in this node's cache (estimated)",
+            cache.bytes.clone(),
+        );
         Metrics {
             registry,
             statements,
             latency,
+            cache,
         }
     }
 

@@ -47,6 +47,11 @@ pub enum Object {
         on: String,
         text: String,
     },
+    /// A table's result cache: `WITH (cache_ttl = ...)` or `ALTER TABLE ... SET (...)`.
+    CacheTtl {
+        table: String,
+        millis: u64,
+    },
 }
 
 impl Object {
@@ -55,8 +60,14 @@ impl Object {
             Object::View(v) => format!("view:{}", v.name.to_lowercase()),
             Object::Sequence(s) => format!("sequence:{}", s.name.to_lowercase()),
             Object::Comment { on, .. } => format!("comment:{on}"),
+            Object::CacheTtl { table, .. } => cache_ttl_key(table),
         }
     }
+}
+
+/// The key a table's cache TTL is kept under.
+pub fn cache_ttl_key(table: &str) -> String {
+    format!("cache_ttl:{}", table.to_lowercase())
 }
 
 /// The key a comment on `kind` (`table`, `column`, `view`, `sequence`, `index`) named
@@ -494,6 +505,16 @@ impl Catalog {
             Change::ForgetObject(key) => {
                 self.objects.remove(key);
             }
+        }
+    }
+
+    /// How long results of queries over `table` may be cached, if the table asks for it.
+    pub fn cache_ttl(&self, table: &str) -> Option<std::time::Duration> {
+        match self.objects.get(&cache_ttl_key(table)) {
+            Some(Object::CacheTtl { millis, .. }) => {
+                Some(std::time::Duration::from_millis(*millis))
+            }
+            _ => None,
         }
     }
 

@@ -186,6 +186,22 @@ pub async fn plan(mt: &MetaTxn<'_>, catalog: &Catalog, action: &DdlAction) -> Re
             }
             Ok(out)
         }
+        DdlAction::SetCacheTtl { table, ttl } => {
+            if catalog.table(table).is_none() {
+                return Err(Error::sql(
+                    sqlstate::UNDEFINED_TABLE,
+                    format!("relation \"{table}\" does not exist"),
+                ));
+            }
+            let change = match ttl {
+                Some(ttl) => Change::PutObject(Box::new(Object::CacheTtl {
+                    table: table.to_lowercase(),
+                    millis: ttl.as_millis() as u64,
+                })),
+                None => Change::ForgetObject(crate::catalog::cache_ttl_key(table)),
+            };
+            Ok(vec![object_plan(table, vec![change])])
+        }
         DdlAction::Comment { kind, name, text } => {
             let exists = match *kind {
                 "table" => catalog.table(name).is_some(),
@@ -638,7 +654,10 @@ fn plan_drop(catalog: &Catalog, name: &str, if_exists: bool, cascade: bool) -> R
     // Its comments, and the sequences it owns, go with it.
     let prefix = |kind: &str| format!("comment:{kind}:{}", table.name.to_lowercase());
     for key in catalog.objects.keys() {
-        if key == &prefix("table") || key.starts_with(&format!("{}.", prefix("column"))) {
+        if key == &prefix("table")
+            || key.starts_with(&format!("{}.", prefix("column")))
+            || key == &crate::catalog::cache_ttl_key(&table.name)
+        {
             finish.push(Change::ForgetObject(key.clone()));
         }
     }
@@ -1525,6 +1544,13 @@ async fn plan_create(mt: &MetaTxn<'_>, catalog: &Catalog, ct: &CreateTable) -> R
     plan.steps = steps_on(&shards, &format!("{drop};{sqlite}"));
     plan.undo = steps_on(&shards, &drop);
     plan.finish = vec![Change::PutTable(Box::new(table))];
+    if let Some(ttl) = ct.cache_ttl {
+        plan.finish
+            .push(Change::PutObject(Box::new(Object::CacheTtl {
+                table: ct.name.to_lowercase(),
+                millis: ttl.as_millis() as u64,
+            })));
+    }
     plan.abort = vec![Change::ForgetTable(ct.name.clone())];
     if !unenforced.is_empty() {
         plan.notice = Some(format!(

@@ -10,6 +10,7 @@
 //! → `Output { tag: "INSERT 0 1" }`. DDL goes to `ddl` instead: a job in the catalog, run on
 //! every shard of the table.
 
+pub mod cache;
 pub mod copy;
 pub mod ddl;
 mod distinct;

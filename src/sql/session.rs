@@ -41,12 +41,16 @@ pub struct Engine {
     with_system: std::sync::Mutex<Option<(Arc<Catalog>, Arc<Catalog>)>>,
     /// This node's change feeds (subscriptions).
     pub feeds: crate::cluster::feed::Feeds,
+    /// This node's result cache.
+    pub cache: super::cache::ResultCache,
 }
 
 impl Engine {
     pub fn new(cluster: Arc<Cluster>) -> Arc<Engine> {
+        let metrics = crate::metrics::Metrics::new(&cluster);
         Arc::new(Engine {
-            metrics: crate::metrics::Metrics::new(&cluster),
+            cache: super::cache::ResultCache::new(metrics.cache.clone()),
+            metrics,
             feeds: crate::cluster::feed::Feeds::new(&cluster),
             cluster,
             describer: scratch::Describer::default(),
@@ -906,6 +910,7 @@ impl Session {
                         ["linearizable", "bounded", "any"].contains(&value.to_lowercase().as_str())
                     }
                     "cairn.max_staleness" => parse_duration(value).is_some(),
+                    "cairn.cache_ttl" => translate::parse_cache_ttl(value).is_ok(),
                     _ => true,
                 };
                 if !valid {
@@ -913,7 +918,7 @@ impl Session {
                         sqlstate::INVALID_PARAMETER_VALUE,
                         format!(
                             "invalid value for {name}: \"{value}\" (read consistency: linearizable, \
-                             bounded or any; staleness: e.g. 500ms or 2s)"
+                             bounded or any; staleness: e.g. 500ms or 2s; cache_ttl: e.g. 5s, or off)"
                         ),
                     ));
                 }
@@ -1044,11 +1049,19 @@ impl Session {
                 let catalog = self.catalog();
                 let plan =
                     plan::plan(&self.engine, &catalog, inner, &params, self.txn.is_none()).await?;
-                let rows: Vec<Vec<Value>> = plan
-                    .explain()
-                    .into_iter()
-                    .map(|l| vec![Value::Text(l)])
-                    .collect();
+                let mut lines = plan.explain();
+                if inner.kind == Kind::Read && self.txn.is_none() {
+                    if let Some(c) = self.cacheable(inner, &params) {
+                        let held = if self.engine.cache.holds(&c) {
+                            "a cached result is held; it answers unless a change committed since"
+                        } else {
+                            "no cached result: it runs, then its result is kept"
+                        };
+                        lines.push(format!("Result cache: on (ttl {:?}); {held}", c.ttl));
+                    }
+                }
+                let rows: Vec<Vec<Value>> =
+                    lines.into_iter().map(|l| vec![Value::Text(l)]).collect();
                 Ok(Output {
                     fields: vec![Field {
                         name: "QUERY PLAN".into(),
@@ -1077,6 +1090,11 @@ impl Session {
                 } else {
                     t
                 };
+                if t.kind == Kind::Read && self.txn.is_none() {
+                    if let Some(c) = self.cacheable(t, &params) {
+                        return self.read_cached(t, &c, params).await;
+                    }
+                }
                 let plan =
                     plan::plan(&self.engine, &catalog, t, &params, self.txn.is_none()).await?;
                 // A statement writing several shards is atomic: an implicit transaction.
@@ -1128,6 +1146,95 @@ impl Session {
                 Ok(self.output(t, rows))
             }
         }
+    }
+
+    /// Whether the result cache may answer this SELECT (see `cache::cacheable`).
+    fn cacheable(&self, t: &Translated, params: &[Value]) -> Option<super::cache::Cacheable> {
+        let stmt = t.stmt.as_ref()?;
+        let session_ttl = match self.settings.get("cairn.cache_ttl") {
+            Some(v) => translate::parse_cache_ttl(v).ok().flatten(),
+            None => None,
+        };
+        let catalog = self.engine.cluster.catalog();
+        // Quick way out: no table caches and the session does not ask.
+        if session_ttl.is_none() && !catalog.objects.keys().any(|k| k.starts_with("cache_ttl:")) {
+            return None;
+        }
+        let ctes = plan::cte_names(stmt);
+        let mut tables = Vec::new();
+        let _ = sqlparser::ast::visit_relations(stmt.as_ref(), |n| {
+            let name = translate::object_name(n);
+            if !ctes.contains(&name.to_lowercase()) {
+                tables.push(name);
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+        super::cache::cacheable(
+            &catalog,
+            &t.sql,
+            &stmt.to_string(),
+            &tables,
+            params,
+            session_ttl,
+        )
+    }
+
+    /// A cacheable SELECT: from the cache when an entry holds for this session's read
+    /// consistency, else run (at linearizable consistency) and kept.
+    async fn read_cached(
+        &mut self,
+        t: &Translated,
+        c: &super::cache::Cacheable,
+        params: Vec<Value>,
+    ) -> Result<Output> {
+        let engine = self.engine.clone();
+        let cache = &engine.cache;
+        let shards = c.shards();
+        let max_age = match self.read_consistency() {
+            ReadConsistency::Linearizable => None,
+            ReadConsistency::Bounded(bound) => Some(Some(bound)),
+            ReadConsistency::Any => Some(None),
+        };
+        // Bounded and any: an entry the watches know no change for, without a round trip.
+        if let Some(age) = max_age {
+            if let Some(out) = cache.get(c, age) {
+                cache.hit();
+                return Ok(out);
+            }
+        }
+        // Where every shard stands now (nothing committed before this query is missed).
+        let now = cache
+            .now(&engine.cluster, &engine.feeds, &shards)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "result cache: not used");
+                None
+            });
+        if max_age.is_none() && now.is_some() {
+            if let Some(out) = cache.get(c, None) {
+                cache.hit();
+                return Ok(out);
+            }
+        }
+        cache.miss();
+        // Computed at linearizable consistency, so the entry is at least as new as `now`.
+        let saved = self
+            .settings
+            .insert("cairn.read_consistency".into(), "linearizable".into());
+        let catalog = self.catalog();
+        let result = match plan::plan(&self.engine, &catalog, t, &params, true).await {
+            Ok(plan) => self.run_plan(&plan, &params).await,
+            Err(e) => Err(e),
+        };
+        match saved {
+            Some(v) => self.settings.insert("cairn.read_consistency".into(), v),
+            None => self.settings.remove("cairn.read_consistency"),
+        };
+        let out = self.output(t, result?);
+        if let Some(now) = now {
+            cache.put(c, now, &out);
+        }
+        Ok(out)
     }
 
     /// SAVEPOINT, ROLLBACK TO, RELEASE: on every shard the transaction holds, and on those
@@ -1284,6 +1391,7 @@ impl Session {
             | A::CreateView { .. }
             | A::CreateSequence { .. }
             | A::DropObjects { .. }
+            | A::SetCacheTtl { .. }
             | A::Comment { .. } => Vec::new(),
         };
         // A view's columns: its query described now, against this session's catalog.

@@ -132,6 +132,11 @@ pub enum DdlAction {
         if_exists: bool,
         cascade: bool,
     },
+    /// `ALTER TABLE t SET (cache_ttl = '60s')`; None turns the table's cache off.
+    SetCacheTtl {
+        table: String,
+        ttl: Option<std::time::Duration>,
+    },
     /// `COMMENT ON kind name IS 'text' | NULL`.
     Comment {
         kind: &'static str,
@@ -226,6 +231,8 @@ pub struct CreateTable {
     pub shard_count: Option<u32>,
     /// `WITH (colocate_with = 'table')`.
     pub colocate_with: Option<String>,
+    /// `WITH (cache_ttl = '60s')`: results of queries over it may be cached this long.
+    pub cache_ttl: Option<std::time::Duration>,
 }
 
 impl CreateTable {
@@ -2207,6 +2214,25 @@ pub fn translate(
             if let Some(action) = add_unique_constraint(alter)? {
                 return Ok(ddl(action, "ALTER TABLE"));
             }
+            if let [ast::AlterTableOperation::SetOptionsParens { options }] =
+                alter.operations.as_slice()
+            {
+                let table = object_name(&alter.name);
+                let mut ttl = None;
+                for o in options {
+                    match o {
+                        ast::SqlOption::KeyValue { key, value }
+                            if ident_name(key) == "cache_ttl" =>
+                        {
+                            ttl = parse_cache_ttl(&option_text(value))?;
+                        }
+                        other => {
+                            return Err(Error::unsupported(format!("ALTER TABLE SET ({other})")))
+                        }
+                    }
+                }
+                return Ok(ddl(DdlAction::SetCacheTtl { table, ttl }, "ALTER TABLE"));
+            }
             let table = object_name(&alter.name);
             let action = match alter_table(alter, catalog.table(&table))? {
                 Altered::Columns(sql, added) => DdlAction::AlterTable { table, sql, added },
@@ -3224,6 +3250,7 @@ fn create_table(create: &mut ast::CreateTable) -> Result<CreateTable> {
     };
     let mut shard_count = None;
     let mut colocate_with = None;
+    let mut cache_ttl = None;
     let mut zones = Vec::new();
     if let ast::CreateTableOptions::With(options) = &create.table_options {
         for o in options {
@@ -3249,6 +3276,7 @@ fn create_table(create: &mut ast::CreateTable) -> Result<CreateTable> {
                     shard_count = Some(n);
                 }
                 "colocate_with" => colocate_with = Some(text.to_lowercase()),
+                "cache_ttl" => cache_ttl = parse_cache_ttl(&text)?,
                 "zones" => {
                     zones = text
                         .split(',')
@@ -3332,7 +3360,27 @@ fn create_table(create: &mut ast::CreateTable) -> Result<CreateTable> {
         partition_of,
         shard_count,
         colocate_with,
+        cache_ttl,
     })
+}
+
+/// A `cache_ttl` option: a duration (`'60s'`, `'5m'`), or `0`/`off` for no caching.
+pub fn parse_cache_ttl(text: &str) -> Result<Option<std::time::Duration>> {
+    let t = text.trim().to_lowercase();
+    if t == "0" || t == "off" || t == "none" {
+        return Ok(None);
+    }
+    match crate::units::duration(&t) {
+        Some(d) if d.is_zero() => Ok(None),
+        Some(d) if d <= limits::RESULT_CACHE_TTL_MAX => Ok(Some(d)),
+        _ => Err(Error::sql(
+            sqlstate::INVALID_PARAMETER_VALUE,
+            format!(
+                "invalid value for cache_ttl: \"{text}\" (a duration such as 60s or 5m, at most {}s; 0 or off for none)",
+                limits::RESULT_CACHE_TTL_MAX.as_secs()
+            ),
+        )),
+    }
 }
 
 /// `ALTER TABLE t ADD [CONSTRAINT c] PRIMARY KEY (...)` or `... UNIQUE (...)`: a unique
