@@ -133,3 +133,34 @@ fn bank_and_register_workloads_under_partitions_pass() {
     let (ok, out) = chaos("register", 4, 18060, None, "kill,pause,partition");
     assert!(ok && out.contains("verdict: PASS"), "{out}");
 }
+
+#[test]
+fn watch_workload_under_kills_and_pauses_passes() {
+    let (ok, out) = chaos("watch", 8, 18070, None, "kill,pause");
+    assert!(ok && out.contains("verdict: PASS"), "{out}");
+    assert!(
+        out.contains("kill -9") || out.contains("SIGSTOP"),
+        "no faults were injected: {out}"
+    );
+    assert!(
+        !out.contains(" 0 events delivered"),
+        "nothing was delivered: {out}"
+    );
+}
+
+#[test]
+fn planted_dropped_and_reordered_events_are_caught() {
+    if !cfg!(debug_assertions) {
+        println!("skipped: release builds ignore planted bugs");
+        return;
+    }
+    let (ok, out) = chaos("watch", 9, 18080, Some("watch-drop-event"), "kill,pause");
+    assert!(!ok && out.contains("verdict: FAIL"), "{out}");
+    assert!(out.contains("never delivered"), "{out}");
+    let (ok, out) = chaos("watch", 10, 18090, Some("watch-reorder"), "kill,pause");
+    assert!(!ok && out.contains("verdict: FAIL"), "{out}");
+    assert!(
+        out.contains("out of order") || out.contains("acknowledged before"),
+        "{out}"
+    );
+}

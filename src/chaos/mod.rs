@@ -3,3 +3,4 @@
 //! faults is `cli::chaos`; it drives real `cairn start` processes.
 
 pub mod history;
+pub mod watch;

@@ -4,8 +4,11 @@
 //! replicas to converge, then check the history.
 //!
 //! Workloads: `set` (unique inserts: every acknowledged insert present at the end, nothing
-//! never attempted present) and `register` (reads, writes and compare-and-set on a few keys;
-//! each key's history must be linearizable). A failing seed replays the same fault
+//! never attempted present), `register` (reads, writes and compare-and-set on a few keys;
+//! each key's history must be linearizable), `bank` (transfers across shards; totals
+//! never change) and `watch` (writers update hot rows and insert new ones while WebSocket
+//! subscribers follow the table, resuming from their tokens through faults and their own
+//! dropped connections; `chaos::watch` checks etcd's watch properties per shard). A failing seed replays the same fault
 //! schedule (the timing of client operations around it varies).
 
 use crate::chaos::history::{self, Call, Op, Outcome};
@@ -23,6 +26,7 @@ pub enum Workload {
     Set,
     Register,
     Bank,
+    Watch,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -72,6 +76,12 @@ const REGISTER_KEYS: i64 = 4;
 /// Accounts in the bank workload, and each one's opening balance.
 const BANK_ACCOUNTS: i64 = 8;
 const BANK_OPENING: i64 = 100;
+/// Rows the watch workload's writers update (besides the rows they insert).
+const WATCH_HOT_ROWS: i64 = 8;
+/// The watch workload's filtered subscriber follows rows with `v % WATCH_MODULUS = 0`.
+const WATCH_MODULUS: i64 = 3;
+/// How long subscribers get to catch up with the end token once the writers stopped.
+const WATCH_CATCH_UP: Duration = Duration::from_secs(60);
 
 /// One bank operation on `c`: a transfer as an interactive transaction (read both balances,
 /// move money only if the source can afford it), or a read of the total in a transaction.
@@ -228,6 +238,13 @@ async fn client(
         let unique = (id as i64 + 1) * 1_000_000_000 + counter;
         let (key, call) = match workload {
             Workload::Set => (0, Call::Add(unique)),
+            Workload::Watch => {
+                if rng.random_bool(0.7) {
+                    (rng.random_range(0..WATCH_HOT_ROWS), Call::Write(unique))
+                } else {
+                    (unique, Call::Add(unique))
+                }
+            }
             Workload::Bank => {
                 let from = rng.random_range(0..BANK_ACCOUNTS);
                 let to = (from + rng.random_range(1..BANK_ACCOUNTS)) % BANK_ACCOUNTS;
@@ -255,6 +272,14 @@ async fn client(
         let invoked = micros(start);
         let run = async {
             match call {
+                Call::Add(v) if workload == Workload::Watch => c
+                    .execute("INSERT INTO chaos_watch (id, v) VALUES ($1, $1)", &[&v])
+                    .await
+                    .map(|_| None),
+                Call::Write(v) if workload == Workload::Watch => c
+                    .execute("UPDATE chaos_watch SET v = $2 WHERE id = $1", &[&key, &v])
+                    .await
+                    .map(|_| None),
                 Call::Add(v) => c
                     .execute("INSERT INTO chaos_set (v) VALUES ($1)", &[&v])
                     .await
@@ -384,6 +409,167 @@ fn last_seen(history: &Mutex<Vec<Op>>, key: i64) -> i64 {
         .unwrap_or(0)
 }
 
+/// A WebSocket connection to one node's `/v1/ws`.
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Subscribe on the node at `http` and answer the acknowledgement's token.
+async fn ws_subscribe(
+    http: std::net::SocketAddr,
+    request: serde_json::Value,
+) -> Option<(WsStream, String)> {
+    use futures::{SinkExt, StreamExt};
+    let url = format!("ws://{http}/v1/ws");
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio_tungstenite::connect_async(url),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let message = serde_json::json!({"id": "w", "subscribe": request});
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        message.to_string().into(),
+    ))
+    .await
+    .ok()?;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .ok()??
+            .ok()?;
+        let tokio_tungstenite::tungstenite::Message::Text(text) = m else {
+            continue;
+        };
+        let m: serde_json::Value = serde_json::from_str(&text).ok()?;
+        if let Some(t) = m["subscribed"]["token"].as_str() {
+            return Some((ws, t.to_string()));
+        }
+        if !m["error"].is_null() {
+            return None;
+        }
+    }
+}
+
+/// Has `at` reached `end` on every shard `end` names?
+fn caught_up(at: &crate::cluster::feed::Token, end: &crate::cluster::feed::Token) -> bool {
+    end.0
+        .iter()
+        .all(|(s, p)| at.0.get(s).is_some_and(|mine| mine >= p))
+}
+
+/// One subscriber of the watch workload: follows `chaos_watch` from `start` through every
+/// fault, resuming from its last token on a random node whenever its connection ends (and,
+/// with client faults, dropping it itself now and then); stops once caught up with the end
+/// token, or `WATCH_CATCH_UP` after it was given.
+/// Who a watch-workload subscriber is and where it starts.
+struct Watcher {
+    name: String,
+    modulus: Option<i64>,
+    nodes: Vec<std::net::SocketAddr>,
+    start: String,
+    seed: u64,
+    client_faults: bool,
+}
+
+async fn watcher(
+    who: Watcher,
+    end: tokio::sync::watch::Receiver<Option<crate::cluster::feed::Token>>,
+    log: Arc<Mutex<Vec<crate::chaos::watch::Seen>>>,
+) {
+    let Watcher {
+        name,
+        modulus,
+        nodes,
+        start,
+        seed,
+        client_faults,
+    } = who;
+    use crate::chaos::watch::Seen;
+    use futures::StreamExt;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(
+        seed.wrapping_mul(31)
+            .wrapping_add(name.len() as u64 * 7 + modulus.unwrap_or(0) as u64),
+    );
+    let record = |s: Seen| log.lock().expect("watch log lock poisoned").push(s);
+    let mut token = start;
+    let mut deadline: Option<Instant> = None;
+    let done = |token: &str, deadline: &mut Option<Instant>| -> bool {
+        let Some(target) = end.borrow().clone() else {
+            return false;
+        };
+        let limit = *deadline.get_or_insert_with(|| Instant::now() + WATCH_CATCH_UP);
+        let at: Option<crate::cluster::feed::Token> = token.parse().ok();
+        at.is_some_and(|a| caught_up(&a, &target)) || Instant::now() > limit
+    };
+    loop {
+        if done(&token, &mut deadline) {
+            return;
+        }
+        let mut request =
+            serde_json::json!({"table": "chaos_watch", "from": token, "progress_ms": 200});
+        if let Some(m) = modulus {
+            request["where"] = serde_json::json!(format!("v % {m} = 0"));
+        }
+        let node = nodes[rng.random_range(0..nodes.len())];
+        let Some((mut ws, _)) = ws_subscribe(node, request).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        loop {
+            if done(&token, &mut deadline) {
+                return;
+            }
+            if client_faults && rng.random_range(0..300) == 0 {
+                drop(ws);
+                record(Seen::Resumed);
+                break;
+            }
+            let next = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+            let text = match next {
+                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => t,
+                Ok(Some(Ok(_))) => continue,
+                // Closed, failed, or silent for 5 s (a paused node sends no progress).
+                _ => {
+                    record(Seen::Resumed);
+                    break;
+                }
+            };
+            let Ok(m) = serde_json::from_str::<serde_json::Value>(&text) else {
+                record(Seen::Failed(format!("not JSON: {text}")));
+                return;
+            };
+            if let Some(e) = m.get("event") {
+                let value = |row: &serde_json::Value| row["v"].as_i64();
+                let t = e["token"].as_str().unwrap_or_default().to_string();
+                record(Seen::Event {
+                    shard: e["shard"].as_str().unwrap_or_default().to_string(),
+                    token: t.clone(),
+                    op: e["op"].as_str().unwrap_or_default().to_string(),
+                    id: e["key"]["id"].as_i64().unwrap_or(-1),
+                    old: value(&e["old"]),
+                    new: value(&e["new"]),
+                });
+                token = t;
+            } else if let Some(p) = m["progress"].as_str() {
+                record(Seen::Progress(p.to_string()));
+                token = p.to_string();
+            } else if let Some(e) = m.get("error") {
+                let code = e["code"].as_str().unwrap_or_default();
+                if code == "unavailable" || code == "slow_consumer" {
+                    if let Some(t) = e["token"].as_str() {
+                        token = t.to_string();
+                    }
+                    record(Seen::Resumed);
+                    break;
+                }
+                record(Seen::Failed(format!("{code}: {}", e["message"])));
+                return;
+            }
+        }
+    }
+}
+
 pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     if args.nodes < 3 {
         bail!("--nodes must be at least 3 (faults take one node away at a time)");
@@ -441,6 +627,18 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
                 history.lock().expect("history lock poisoned").push(init);
             }
         }
+        Workload::Watch => {
+            setup
+                .batch_execute(
+                    "CREATE TABLE chaos_watch (id bigint PRIMARY KEY, v bigint NOT NULL) WITH (shard_count = 4)",
+                )
+                .await?;
+            for id in 0..WATCH_HOT_ROWS {
+                setup
+                    .execute("INSERT INTO chaos_watch VALUES ($1, 0)", &[&id])
+                    .await?;
+            }
+        }
         Workload::Bank => {
             setup
                 // Accounts spread over shards: transfers are cross-shard transactions
@@ -457,6 +655,32 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
                     )
                     .await?;
             }
+        }
+    }
+    let http: Vec<std::net::SocketAddr> = cluster.nodes.iter().map(|n| n.http).collect();
+    let (end_tx, end_rx) = tokio::sync::watch::channel(None);
+    let mut watchers = Vec::new();
+    if args.workload == Workload::Watch {
+        // Every subscriber starts from one token taken before any write.
+        let (_, start) = ws_subscribe(http[0], serde_json::json!({"table": "chaos_watch"}))
+            .await
+            .context("subscribing on n1")?;
+        for (name, modulus) in [
+            ("all-1", None),
+            ("all-2", None),
+            ("filtered", Some(WATCH_MODULUS)),
+        ] {
+            let log: Arc<Mutex<Vec<crate::chaos::watch::Seen>>> = Arc::default();
+            let who = Watcher {
+                name: name.to_string(),
+                modulus,
+                nodes: http.clone(),
+                start: start.clone(),
+                seed: args.seed,
+                client_faults: !args.no_client_faults,
+            };
+            let task = tokio::spawn(watcher(who, end_rx.clone(), log.clone()));
+            watchers.push((name, modulus, log, task));
         }
     }
     let start = Instant::now();
@@ -631,6 +855,42 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
                 "register: {} keys, {} operations, non-linearizable keys {:?}, undecided keys {:?}",
                 v.keys, v.ops, v.violations, v.undecided
             );
+            v.ok()
+        }
+        Workload::Watch => {
+            // Where every shard stands now that writes stopped: each subscriber must get there.
+            let end = match ws_subscribe(http[0], serde_json::json!({"table": "chaos_watch"})).await
+            {
+                Some((_, t)) => t,
+                None => bail!("could not take the end token on n1"),
+            };
+            let end: crate::cluster::feed::Token = end.parse()?;
+            let _ = end_tx.send(Some(end.clone()));
+            let mut logs = Vec::new();
+            for (name, modulus, log, task) in watchers.drain(..) {
+                let _ = task.await;
+                let seen = std::mem::take(&mut *log.lock().expect("watch log lock poisoned"));
+                logs.push(crate::chaos::watch::Log {
+                    name: name.to_string(),
+                    modulus,
+                    seen,
+                });
+            }
+            let path = args.data_dir.join("watch.jsonl");
+            let mut file = std::fs::File::create(&path)?;
+            for log in &logs {
+                writeln!(file, "{}", serde_json::to_string(log)?)?;
+            }
+            let initial = (0..WATCH_HOT_ROWS).map(|k| (k, 0)).collect();
+            let v = crate::chaos::watch::check_watch(&history, &initial, &logs, &end);
+            println!(
+                "watch: {} subscribers, {} events delivered, {} resumes, end token {end}",
+                v.subscribers, v.events, v.resumes
+            );
+            for p in v.problems.iter().take(20) {
+                println!("  {p}");
+            }
+            println!("subscribers' logs: {}", path.display());
             v.ok()
         }
         Workload::Bank => {

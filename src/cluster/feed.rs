@@ -82,6 +82,8 @@ pub struct Event {
     pub time: u64,
     /// The cross-shard transaction that made it, if any.
     pub txn: Option<u64>,
+    /// Which of its entry's transactions made it (0 unless group commit put several in one).
+    pub group: u32,
     pub table: Arc<str>,
     pub columns: Arc<[String]>,
     /// The primary key's columns (indexes into `columns`).
@@ -152,6 +154,7 @@ pub fn decode(shard: ShardId, parts: &[RawPart], from: Position) -> Result<Vec<E
                 position,
                 time: part.time,
                 txn: change.txn,
+                group: change.group,
                 table,
                 columns,
                 key,
@@ -159,6 +162,20 @@ pub fn decode(shard: ShardId, parts: &[RawPart], from: Position) -> Result<Vec<E
                 old: change.old.into_iter().map(Into::into).collect(),
                 new: change.new.into_iter().map(Into::into).collect(),
             });
+        }
+    }
+    if crate::planted::active("watch-drop-event") {
+        events.retain(|e| !(e.position.ordinal == 0 && e.position.index % 23 == 5));
+    }
+    if crate::planted::active("watch-reorder") {
+        // Adjacent events of different entries trade contents, keeping their positions.
+        for i in 1..events.len() {
+            let (a, b) = events.split_at_mut(i);
+            let (x, y) = (&mut a[i - 1], &mut b[0]);
+            if x.position.index % 7 == 3 && x.position.index != y.position.index {
+                std::mem::swap(x, y);
+                std::mem::swap(&mut x.position, &mut y.position);
+            }
         }
     }
     Ok(events)

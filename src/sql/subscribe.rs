@@ -363,7 +363,8 @@ impl Subscription {
             new: event.new.clone(),
             txn: match event.txn {
                 Some(id) => format!("t{id}"),
-                None => format!("{}/{}", event.shard, event.position.index),
+                None if event.group == 0 => format!("{}/{}", event.shard, event.position.index),
+                None => format!("{}/{}.{}", event.shard, event.position.index, event.group),
             },
             time: event.time,
             token: self.token.clone(),

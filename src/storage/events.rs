@@ -107,6 +107,9 @@ pub struct StoredChange {
     /// The cross-shard transaction whose commit made this change (its id on every shard it
     /// wrote); None for a change committed by this shard's entry alone.
     pub txn: Option<u64>,
+    /// Which of the entry's own transactions made it (group commit puts several
+    /// autocommit statements in one entry, each its own changeset): 0, 1, ...
+    pub group: u32,
 }
 
 /// A changed table as it was when the change was made.
@@ -163,9 +166,19 @@ pub struct Page {
 #[derive(Default)]
 pub struct EntryChanges {
     part: StoredPart,
+    /// Changesets of this entry so far, and whether the last op was one: a changeset right
+    /// after another is the next transaction of a group commit (a transaction's DDL
+    /// splits its own changes, with the DDL between them).
+    changesets: u32,
+    after_changeset: bool,
 }
 
 impl EntryChanges {
+    /// The entry ran DDL: the next changeset continues the same transaction.
+    pub fn ddl(&mut self) {
+        self.after_changeset = false;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.part.changes.is_empty()
     }
@@ -227,6 +240,16 @@ impl Recorder {
         txn: Option<u64>,
         rows: Vec<AppliedRow>,
     ) -> Result<()> {
+        let group = match txn {
+            Some(_) => 0,
+            None => {
+                if entry.after_changeset {
+                    entry.changesets += 1;
+                }
+                entry.after_changeset = true;
+                entry.changesets
+            }
+        };
         for row in rows {
             let table = match entry.part.tables.iter().position(|t| t.name == row.table) {
                 Some(i) => i,
@@ -242,6 +265,7 @@ impl Recorder {
                 old: row.old.into_iter().map(Into::into).collect(),
                 new: row.new.into_iter().map(Into::into).collect(),
                 txn,
+                group,
             });
         }
         Ok(())
@@ -501,6 +525,7 @@ mod tests {
             old: vec![],
             new: vec![WireValue::Integer(i), WireValue::Text("x".repeat(100_000))],
             txn: None,
+            group: 0,
         }
     }
 

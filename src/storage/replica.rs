@@ -483,6 +483,7 @@ impl Replica {
             },
             Op::Ddl(sql) => {
                 tx.execute_batch(sql)?;
+                changes.ddl();
                 if let Some(recorder) = self.recorder.borrow_mut().as_mut() {
                     recorder.schema_changed();
                 }
@@ -987,6 +988,14 @@ impl<'c> Speculative<'c> {
         Ok(())
     }
 
+    /// End the changes recorded so far as one changeset and start the next.
+    fn split(&mut self, conn: &'c Connection) -> Result<()> {
+        self.cut()?;
+        self.session = None;
+        self.session = Some(Session::new(conn)?);
+        Ok(())
+    }
+
     /// Run one statement in its own savepoint: on error its effects are undone and the
     /// transaction stays usable.
     fn exec(&mut self, conn: &'c Connection, slot: &Slot, stmt: &Statement) -> Result<Rows> {
@@ -1162,10 +1171,15 @@ fn serve(
                     continue;
                 }
                 let result = Speculative::begin(conn).and_then(|mut spec| {
-                    let results: Vec<Result<Rows>> = stmts
-                        .iter()
-                        .map(|s| spec.exec(conn, &replica.slot, s))
-                        .collect();
+                    // Each statement is a transaction of its own: its own changeset, so
+                    // change events stay per transaction (not netted across the batch).
+                    let mut results: Vec<Result<Rows>> = Vec::with_capacity(stmts.len());
+                    for (i, s) in stmts.iter().enumerate() {
+                        if i > 0 {
+                            spec.split(conn)?;
+                        }
+                        results.push(spec.exec(conn, &replica.slot, s));
+                    }
                     let ops = spec.finish(conn)?;
                     Ok((results, ops))
                 });
