@@ -164,3 +164,15 @@ fn planted_dropped_and_reordered_events_are_caught() {
         "{out}"
     );
 }
+
+#[test]
+fn register_workload_over_the_key_value_api_passes() {
+    let (ok, out) = chaos("kv-register", 12, 18100, None, "kill,pause");
+    assert!(ok && out.contains("verdict: PASS"), "{out}");
+    assert!(out.contains("non-linearizable keys []"), "{out}");
+    if cfg!(debug_assertions) {
+        // The checker sees through the HTTP API too: stale reads make it fail.
+        let (ok, out) = chaos("kv-register", 5, 18110, Some("stale-reads"), "kill,pause");
+        assert!(!ok && !out.contains("non-linearizable keys []"), "{out}");
+    }
+}

@@ -27,6 +27,8 @@ pub enum Workload {
     Register,
     Bank,
     Watch,
+    /// The register workload over the HTTP key-value API (GET, PUT, CAS by If-Match).
+    KvRegister,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -238,6 +240,7 @@ async fn client(
         let unique = (id as i64 + 1) * 1_000_000_000 + counter;
         let (key, call) = match workload {
             Workload::Set => (0, Call::Add(unique)),
+            Workload::KvRegister => unreachable!("kv_client runs this workload"),
             Workload::Watch => {
                 if rng.random_bool(0.7) {
                     (rng.random_range(0..WATCH_HOT_ROWS), Call::Write(unique))
@@ -391,6 +394,136 @@ async fn client(
         if outcome == Outcome::Unknown {
             conn = None; // try another node
         }
+    }
+}
+
+/// One HTTP request of the kv-register workload: status, ETag and body, or why none came.
+fn kv_call(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    if_match: Option<&str>,
+    body: Option<String>,
+) -> Result<(u16, Option<String>, String), String> {
+    let result = match method {
+        "GET" => agent.get(url).call(),
+        _ => {
+            let mut req = agent.put(url);
+            if let Some(tag) = if_match {
+                req = req.header("if-match", tag);
+            }
+            req.send(body.unwrap_or_default())
+        }
+    };
+    let mut resp = result.map_err(|e| e.to_string())?;
+    let etag = resp
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let text = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
+    Ok((resp.status().as_u16(), etag, text))
+}
+
+/// What an answer means for a write: applied, certainly not applied, or unknown.
+fn kv_write_outcome(status: u16, body: &str) -> Outcome {
+    match status {
+        200 => Outcome::Ok(None),
+        // Precondition failed, bad request, unavailable before anything ran.
+        412 | 400 | 404 | 409 | 413 | 503 => Outcome::Fail,
+        _ if body.contains("\"outcome\":\"unknown\"") => Outcome::Unknown,
+        _ => Outcome::Unknown,
+    }
+}
+
+/// A client of the kv-register workload: reads, writes and compare-and-sets (a read of the
+/// value and its version, then a write with `If-Match`) on a few keys over HTTP, against a
+/// random node each time; client faults are requests given up after 0–40 ms.
+async fn kv_client(
+    id: usize,
+    plan: Plan,
+    nodes: Vec<std::net::SocketAddr>,
+    start: Instant,
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<Vec<Op>>>,
+) {
+    let mut rng =
+        rand::rngs::StdRng::seed_from_u64(plan.seed.wrapping_mul(7919).wrapping_add(id as u64));
+    let mut counter = 0i64;
+    while !stop.load(Ordering::Relaxed) {
+        counter += 1;
+        let unique = (id as i64 + 1) * 1_000_000_000 + counter;
+        let key = rng.random_range(0..REGISTER_KEYS);
+        let call = match rng.random_range(0..4) {
+            0 | 1 => Call::Read,
+            2 => Call::Write(unique),
+            _ => Call::Cas(last_seen(&history, key), unique),
+        };
+        let node = nodes[rng.random_range(0..nodes.len())];
+        let timeout = if plan.client_faults && rng.random_range(0..25) == 0 {
+            Duration::from_millis(rng.random_range(1..40))
+        } else {
+            OP_TIMEOUT
+        };
+        let url = format!("http://{node}/v1/kv/chaos/{key}");
+        let invoked = micros(start);
+        let (outcome, error) = tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(timeout))
+                .build()
+                .into();
+            let parse = |text: &str| text.trim().parse::<i64>().ok();
+            match call {
+                Call::Read => match kv_call(&agent, "GET", &url, None, None) {
+                    Ok((200, _, text)) => (Outcome::Ok(parse(&text)), None),
+                    Ok((404, _, _)) => (Outcome::Ok(None), None),
+                    Ok((status, _, text)) => (Outcome::Fail, Some(format!("{status}: {text}"))),
+                    Err(e) => (Outcome::Fail, Some(e)),
+                },
+                Call::Write(v) => match kv_call(&agent, "PUT", &url, None, Some(v.to_string())) {
+                    Ok((status, _, text)) => (
+                        kv_write_outcome(status, &text),
+                        (status != 200).then(|| format!("{status}: {text}")),
+                    ),
+                    Err(e) => (Outcome::Unknown, Some(e)),
+                },
+                Call::Cas(from, to) => {
+                    let (value, tag) = match kv_call(&agent, "GET", &url, None, None) {
+                        Ok((200, Some(tag), text)) => (parse(&text), tag),
+                        Ok((status, _, text)) => {
+                            return (Outcome::Fail, Some(format!("read {status}: {text}")))
+                        }
+                        Err(e) => return (Outcome::Fail, Some(format!("read: {e}"))),
+                    };
+                    if value != Some(from) {
+                        return (Outcome::Fail, None);
+                    }
+                    match kv_call(&agent, "PUT", &url, Some(&tag), Some(to.to_string())) {
+                        Ok((status, _, text)) => (
+                            kv_write_outcome(status, &text),
+                            (status != 200).then(|| format!("{status}: {text}")),
+                        ),
+                        Err(e) => (Outcome::Unknown, Some(e)),
+                    }
+                }
+                _ => (Outcome::Fail, Some("not a register operation".into())),
+            }
+        })
+        .await
+        .unwrap_or((Outcome::Unknown, Some("client task failed".into())));
+        history.lock().expect("history lock poisoned").push(Op {
+            client: id,
+            key,
+            call,
+            invoked,
+            completed: micros(start),
+            outcome,
+            error,
+        });
     }
 }
 
@@ -627,6 +760,35 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
                 history.lock().expect("history lock poisoned").push(init);
             }
         }
+        Workload::KvRegister => {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(30)))
+                .build()
+                .into();
+            let http0 = cluster.nodes[0].http;
+            tokio::task::block_in_place(|| {
+                for k in 0..REGISTER_KEYS {
+                    let url = format!("http://{http0}/v1/kv/chaos/{k}");
+                    match kv_call(&agent, "PUT", &url, None, Some("0".into())) {
+                        Ok((200, _, _)) => {}
+                        other => bail!("setting up key {k}: {other:?}"),
+                    }
+                }
+                Ok(())
+            })?;
+            for k in 0..REGISTER_KEYS {
+                history.lock().expect("history lock poisoned").push(Op {
+                    client: usize::MAX,
+                    key: k,
+                    call: Call::Write(0),
+                    invoked: 0,
+                    completed: 0,
+                    outcome: Outcome::Ok(None),
+                    error: None,
+                });
+            }
+        }
         Workload::Watch => {
             setup
                 .batch_execute(
@@ -692,6 +854,17 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
                 workload: args.workload,
                 client_faults: !args.no_client_faults,
             };
+            if args.workload == Workload::KvRegister {
+                let http = cluster.nodes.iter().map(|n| n.http).collect();
+                return tokio::spawn(kv_client(
+                    i,
+                    plan,
+                    http,
+                    start,
+                    stop.clone(),
+                    history.clone(),
+                ));
+            }
             tokio::spawn(client(
                 i,
                 plan,
@@ -849,7 +1022,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
             );
             v.ok()
         }
-        Workload::Register => {
+        Workload::Register | Workload::KvRegister => {
             let v = history::check_registers(&history);
             println!(
                 "register: {} keys, {} operations, non-linearizable keys {:?}, undecided keys {:?}",
