@@ -143,7 +143,9 @@ fn bench_compare_runs_end_to_end_at_a_tiny_scale() {
         "### `insert`",
         "### `scan`",
         "### `news`",
+        "### `watch`",
         "| cairn |",
+        "| cairn-http |",
         "| postgresql |",
         "| etcd |",
         "Cairn/postgresql throughput",
@@ -151,7 +153,12 @@ fn bench_compare_runs_end_to_end_at_a_tiny_scale() {
     ] {
         assert!(md.contains(needle), "no {needle:?} in:\n{md}\n{text}");
     }
-    for plot in ["kv-throughput.svg", "kv-latency.svg", "scan-throughput.svg"] {
+    for plot in [
+        "kv-throughput.svg",
+        "kv-latency.svg",
+        "scan-throughput.svg",
+        "watch-throughput.svg",
+    ] {
         let svg = std::fs::read_to_string(out_dir.path().join(plot)).unwrap();
         assert!(svg.contains("<svg") && svg.contains("cairn"), "{plot}");
     }

@@ -56,6 +56,9 @@ pub enum BenchCommand {
     Report(bench::report::ReportArgs),
     /// Kill -9 the leader of a local 3-node cluster repeatedly; time until writes resume.
     Failover(bench::FailoverArgs),
+    /// Change delivery to N subscribers: events/s and commit-to-delivery latency (Cairn's
+    /// WebSocket subscriptions, or etcd's watch).
+    Watch(bench::watch::WatchArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -195,6 +198,7 @@ pub fn main() -> anyhow::Result<()> {
             Command::Bench(BenchCommand::Insert(args)) => finish(bench::insert(args).await?),
             Command::Bench(BenchCommand::Scan(args)) => finish(bench::scan(args).await?),
             Command::Bench(BenchCommand::News(args)) => finish(bench::news::news(args).await?),
+            Command::Bench(BenchCommand::Watch(args)) => finish(bench::watch::watch(args).await?),
             Command::Bench(BenchCommand::Report(args)) => {
                 let md = bench::report::report(&args)?;
                 println!("{md}");

@@ -6,8 +6,10 @@
 //! reporting a speed.
 
 mod etcd;
+mod http_kv;
 pub mod news;
 pub mod report;
+pub mod watch;
 mod zipf;
 
 use anyhow::{bail, Context};
@@ -25,8 +27,8 @@ const SAMPLES_PER_CLIENT_MAX: usize = 5_000_000;
 /// What every workload takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Common {
-    /// Server to load: a PostgreSQL URL (Cairn or PostgreSQL), or `etcd://host:port,...`
-    /// (key-value workload only).
+    /// Server to load: a PostgreSQL URL (Cairn or PostgreSQL), or for the key-value
+    /// workload `etcd://host:port,...` or Cairn's HTTP API `http://host:port,...`.
     #[arg(long, default_value = "postgres://cairn@127.0.0.1:5433/cairn")]
     pub url: String,
     /// Concurrent clients (connections).
@@ -446,6 +448,19 @@ pub async fn kv(args: KvArgs) -> anyhow::Result<Report> {
         }
         let hosts: Vec<String> = hosts.split(',').map(|h| format!("http://{h}")).collect();
         return etcd::kv(&args, hosts).await;
+    }
+    if args.common.url.starts_with("http://") {
+        if args.scan_ratio > 0.0 || args.shards.is_some() {
+            bail!("--scan-ratio and --shards are not for the HTTP key-value API");
+        }
+        let hosts: Vec<String> = args
+            .common
+            .url
+            .trim_start_matches("http://")
+            .split(',')
+            .map(|h| format!("http://{h}"))
+            .collect();
+        return http_kv::kv(&args, hosts).await;
     }
     let table = match args.shards {
         Some(n) => format!("cairn_bench_kv_{n}"),

@@ -28,6 +28,9 @@ pub struct NewsArgs {
     /// The data set was loaded by an earlier run with the same sizes and data seed.
     #[arg(long)]
     pub skip_load: bool,
+    /// Cairn: each client session caches results this long (`SET cairn.cache_ttl`), e.g. 60s.
+    #[arg(long)]
+    pub cache_ttl: Option<String>,
 }
 
 /// Remove every `WITH (...)` whose text contains `needle` (all of them if `needle` is
@@ -90,14 +93,29 @@ pub async fn news(args: NewsArgs) -> anyhow::Result<Report> {
     let checks = Arc::new(data::checks(&d));
     let mut workers = Vec::new();
     for _ in 0..args.common.clients {
+        let client = super::connect(&args.common.url).await?;
+        if let Some(ttl) = &args.cache_ttl {
+            client
+                .batch_execute(&format!(
+                    "SET cairn.cache_ttl = '{}'",
+                    ttl.replace('\'', "")
+                ))
+                .await?;
+        }
         workers.push(News {
-            client: super::connect(&args.common.url).await?,
+            client,
             checks: checks.clone(),
         });
     }
     let params = format!(
-        "users={} articles={} reads={}",
-        args.users, args.articles, args.reads
+        "users={} articles={} reads={}{}",
+        args.users,
+        args.articles,
+        args.reads,
+        args.cache_ttl
+            .as_ref()
+            .map(|t| format!(" cache-ttl={t}"))
+            .unwrap_or_default()
     );
     drive(&args.common, "news", params, workers).await
 }
