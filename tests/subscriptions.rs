@@ -229,6 +229,37 @@ async fn a_condition_passes_exactly_the_rows_it_matches_before_or_after() {
         .unwrap();
     ws.subscribe("after", json!({"table": "t"})).await;
     quiet_until_progress(&mut ws, "after").await;
+
+    // An id in use is refused; so is a subscription past the per-connection limit.
+    ws.send(json!({"id": "after", "subscribe": {"table": "t"}}))
+        .await;
+    let m = until(&mut ws, "duplicate", |m| !m["error"].is_null()).await;
+    assert_eq!(m["error"]["code"], "duplicate_id", "{m}");
+    for i in 1..cairn::limits::SUBSCRIPTIONS_PER_CONNECTION_MAX {
+        ws.subscribe(&format!("n{i}"), json!({"table": "t"})).await;
+    }
+    ws.send(json!({"id": "one-too-many", "subscribe": {"table": "t"}}))
+        .await;
+    let m = until(&mut ws, "the limit", |m| m["id"] == "one-too-many").await;
+    assert_eq!(m["error"]["code"], "too_many_subscriptions", "{m}");
+    // Binary frames and garbage are answered, and the node keeps serving.
+    {
+        use futures::SinkExt;
+        let mut raw = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", node.http))
+            .await
+            .unwrap()
+            .0;
+        raw.send(tokio_tungstenite::tungstenite::Message::Binary(
+            vec![0xff, 0x00, 0x13].into(),
+        ))
+        .await
+        .unwrap();
+        raw.send(tokio_tungstenite::tungstenite::Message::Text("{{{".into()))
+            .await
+            .unwrap();
+    }
+    let mut fresh = Ws::connect(node.http).await;
+    fresh.subscribe("ok", json!({"table": "t"})).await;
 }
 
 /// Rows keyed by id, as a subscriber rebuilds them from a snapshot and events.
