@@ -146,6 +146,7 @@ fn bench_compare_runs_end_to_end_at_a_tiny_scale() {
         "### `watch`",
         "| cairn |",
         "| cairn-http |",
+        "| cairn-cache |",
         "| postgresql |",
         "| etcd |",
         "Cairn/postgresql throughput",
