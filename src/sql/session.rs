@@ -80,6 +80,7 @@ impl Engine {
             copy: None,
             cancel: Cancel::default(),
             in_flight: false,
+            cache_fill: false,
             sequence_values: Default::default(),
         }
     }
@@ -278,6 +279,10 @@ pub struct Session {
     /// A statement is running. Still set when the next one starts, the last was abandoned
     /// half-way (its future dropped): see [`Session::recover_abandoned`].
     in_flight: bool,
+    /// The running statement fills the result cache: it reads at linearizable consistency
+    /// whatever the session's setting (cleared when any statement starts, so an abandoned
+    /// one cannot leave it set).
+    cache_fill: bool,
     /// This session's last sequence values (currval, lastval).
     sequence_values: super::sequences::SessionValues,
 }
@@ -341,6 +346,9 @@ impl Session {
     }
 
     fn read_consistency(&self) -> ReadConsistency {
+        if self.cache_fill {
+            return ReadConsistency::Linearizable;
+        }
         match self.setting("cairn.read_consistency").as_deref() {
             Some("any") => ReadConsistency::Any,
             Some("bounded") => {
@@ -511,6 +519,7 @@ impl Session {
     /// rolled back, an explicit one is failed (its statements' effects are unknown, so it
     /// may not commit).
     async fn recover_abandoned(&mut self) {
+        self.cache_fill = false;
         if !std::mem::replace(&mut self.in_flight, true) {
             return;
         }
@@ -1218,18 +1227,13 @@ impl Session {
         }
         cache.miss();
         // Computed at linearizable consistency, so the entry is at least as new as `now`.
-        let saved = self
-            .settings
-            .insert("cairn.read_consistency".into(), "linearizable".into());
+        self.cache_fill = true;
         let catalog = self.catalog();
         let result = match plan::plan(&self.engine, &catalog, t, &params, true).await {
             Ok(plan) => self.run_plan(&plan, &params).await,
             Err(e) => Err(e),
         };
-        match saved {
-            Some(v) => self.settings.insert("cairn.read_consistency".into(), v),
-            None => self.settings.remove("cairn.read_consistency"),
-        };
+        self.cache_fill = false;
         let out = self.output(t, result?);
         if let Some(now) = now {
             cache.put(c, now, &out);
