@@ -174,14 +174,16 @@ fn planted_dropped_and_reordered_events_are_caught() {
     );
 }
 
+// Each run takes ports base..base+2, +100 and +200 on 127.0.0.11-13, and the tests run in
+// parallel: bases must not overlap in those ranges.
 #[test]
 fn register_workload_over_the_key_value_api_passes() {
-    let (ok, out) = chaos("kv-register", 12, 18100, None, "kill,pause");
+    let (ok, out) = chaos("kv-register", 12, 18300, None, "kill,pause");
     assert!(ok && out.contains("verdict: PASS"), "{out}");
     assert!(out.contains("non-linearizable keys []"), "{out}");
     if cfg!(debug_assertions) {
         // The checker sees through the HTTP API too: stale reads make it fail.
-        let (ok, out) = chaos("kv-register", 5, 18110, Some("stale-reads"), "kill,pause");
+        let (ok, out) = chaos("kv-register", 5, 18330, Some("stale-reads"), "kill,pause");
         assert!(!ok && !out.contains("non-linearizable keys []"), "{out}");
     }
 }
