@@ -157,7 +157,7 @@ fn planted_dropped_and_reordered_events_are_caught() {
     let (ok, out) = chaos("watch", 9, 18080, Some("watch-drop-event"), "kill,pause");
     assert!(!ok && out.contains("verdict: FAIL"), "{out}");
     assert!(out.contains("never delivered"), "{out}");
-    let (ok, out) = chaos("watch", 10, 18090, Some("watch-reorder"), "kill,pause");
+    let (ok, out) = chaos("watch", 10, 18360, Some("watch-reorder"), "kill,pause");
     assert!(!ok && out.contains("verdict: FAIL"), "{out}");
     // Caught by whichever check the swapped pair breaks: a row's chain, the real-time
     // order, or the filtered stream no longer matching the unfiltered one.
