@@ -150,6 +150,31 @@ pub const LEARNER_CATCH_UP_WAIT: Duration = Duration::from_secs(20);
 /// How often the placement driver (on the meta leader) compares the catalog with reality.
 pub const PLACEMENT_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Replica moves (a replica added and not yet trimmed) in flight at once across the
+/// cluster, and per node taking one in: each move copies a shard (a snapshot when the log
+/// no longer covers it), so the bound keeps repair from starving client traffic.
+pub const PLACEMENT_MOVES_MAX: usize = 4;
+pub const PLACEMENT_MOVES_PER_NODE: usize = 2;
+
+/// How long a node must be dead (by gossip) before its replicas are re-created elsewhere,
+/// unless `--dead-after` says otherwise. A minute rides out a process restart, an upgrade or
+/// a short network cut (moving replicas then would copy data only to move it back), and is
+/// still short enough that a second failure in the same shards is unlikely meanwhile.
+pub const DEAD_AFTER_DEFAULT: Duration = Duration::from_secs(60);
+
+/// A node gossip has not heard of since this node started counts as down after this
+/// (gossip reaches every live node within a few probe periods).
+pub const LIVENESS_UNKNOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How often each node asks catalog nodes it does not see alive to gossip with it.
+pub const GOSSIP_ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
+
+/// Gossip inputs (datagrams, timers) queued for the gossip task.
+pub const GOSSIP_QUEUE: usize = 1024;
+
+/// Events a node keeps for `GET /v1/events` (the oldest are dropped).
+pub const JOURNAL_EVENTS: usize = 1000;
+
 /// A DDL job still pending after this long is adopted by the meta leader (its coordinator
 /// failed or died); before that, the coordinator is assumed to be driving it.
 pub const DDL_JOB_ADOPT_AFTER: Duration = Duration::from_secs(10);

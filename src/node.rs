@@ -58,6 +58,9 @@ pub struct NodeConfig {
     pub shard_count: u32,
     /// How much of its change events each data replica here keeps.
     pub events: crate::storage::events::Window,
+    /// How long another node is dead (by gossip) before its replicas are re-created
+    /// elsewhere (acted on by whichever node leads the meta group).
+    pub dead_after: Duration,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -138,7 +141,17 @@ fn record(id: NodeId, info: &NodeInfo) -> NodeRecord {
         pg_addr: info.pg_addr.clone(),
         http_addr: info.http_addr.clone(),
         zone: info.zone.clone(),
+        state: Default::default(),
+        since_ms: 0,
     }
+}
+
+/// The refusal a node that was decommissioned gets when it starts again under its id.
+fn decommissioned(id: NodeId) -> Error {
+    Error::Unavailable(format!(
+        "node {id} was decommissioned and cannot rejoin under its old identity; \
+         start it with an empty --data-dir to join as a new node"
+    ))
 }
 
 impl Node {
@@ -191,9 +204,15 @@ impl Node {
             config.heartbeat_interval_ms,
             config.snapshot_every,
         )?;
+        let journal = Arc::new(crate::cluster::journal::Journal::default());
+        let liveness =
+            crate::cluster::liveness::Liveness::start(id, cluster_addr, journal.clone()).await?;
         let cluster = Cluster::open(
             ClusterConfig {
                 node: id,
+                liveness,
+                journal,
+                dead_after: config.dead_after,
                 info: info.clone(),
                 dir: config.data_dir.join("shards"),
                 logs,
@@ -204,6 +223,14 @@ impl Node {
             bootstrap,
         )
         .await?;
+        if cluster
+            .catalog()
+            .node(id)
+            .is_some_and(|n| n.state == crate::catalog::NodeState::Decommissioned)
+        {
+            cluster.shutdown().await;
+            return Err(decommissioned(id));
+        }
         // Name the cluster on every connection from the start (a restarted node knows it
         // from its meta replica).
         client.set_cluster_id(cluster.catalog().settings.cluster_id.clone());
@@ -267,13 +294,33 @@ impl Node {
                 .map(|n| n.cluster_addr.clone())
                 .collect();
             if cluster.meta.leader().0 == Some(id) || peers.is_empty() {
+                let mut updated = record(id, &info);
+                if let Some(known) = cluster.catalog().node(id) {
+                    updated.state = known.state;
+                    updated.since_ms = known.since_ms;
+                }
                 if let Err(e) = cluster
-                    .write(ShardId::META, meta::put_node(&record(id, &info))?)
+                    .write(ShardId::META, meta::put_node(&updated)?)
                     .await
                 {
                     tracing::warn!(error = %e, "could not record this node's addresses");
                 }
             } else {
+                // A node decommissioned while it was away learns it here (its own catalog
+                // may not say so: it left the meta group).
+                for peer in &peers {
+                    let answer = client.call(peer, request(), Duration::from_secs(5)).await;
+                    match answer {
+                        Ok(Response::Done(Ok(()))) => break,
+                        Ok(Response::Done(Err(WireError::Unavailable(m))))
+                            if m.contains("was decommissioned") =>
+                        {
+                            cluster.shutdown().await;
+                            return Err(Error::Unavailable(m));
+                        }
+                        _ => {}
+                    }
+                }
                 let c = client.clone();
                 tokio::spawn(async move {
                     if let Err(e) = ask_cluster(&c, &peers, request).await {
@@ -609,7 +656,16 @@ impl Handler for NodeRpc {
                 {
                     Some(r) => r,
                     None => {
-                        let put = meta::put_node(&record(NodeId(id), &node));
+                        // Addresses change; the node's place in its life does not.
+                        let mut updated = record(NodeId(id), &node);
+                        if let Some(known) = self.cluster.catalog().node(NodeId(id)) {
+                            if known.state == crate::catalog::NodeState::Decommissioned {
+                                return Response::Done(Err(decommissioned(NodeId(id)).into()));
+                            }
+                            updated.state = known.state;
+                            updated.since_ms = known.since_ms;
+                        }
+                        let put = meta::put_node(&updated);
                         let result = match put {
                             Ok(stmt) => meta.writer.execute(stmt).await.map(|_| ()),
                             Err(e) => Err(e),
@@ -641,6 +697,25 @@ impl Handler for NodeRpc {
                     None => Response::Done(wire(self.cluster.add_member(&group, id, node).await)),
                 }
             }
+            Request::RemoveNode { shard, id } => {
+                let Some(group) = self.group(shard) else {
+                    return Response::Done(Err(no_such_shard()));
+                };
+                match self
+                    .to_leader(&group, Request::RemoveNode { shard, id })
+                    .await
+                {
+                    Some(r) => r,
+                    None => Response::Done(wire(self.cluster.remove_member(&group, id).await)),
+                }
+            }
+            Request::Voters { shard } => match self.group(shard) {
+                Some(group) => {
+                    Response::Voters(wire(crate::cluster::router::leader_voters(&group)))
+                }
+                None => Response::Voters(Err(no_such_shard())),
+            },
+            Request::Status => Response::Status(Box::new(self.cluster.status())),
             Request::CatalogAt { index } => {
                 let applied = self
                     .cluster

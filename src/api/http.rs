@@ -683,6 +683,18 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/txn/{id}/rollback", post(txn_rollback))
         .route("/health", get(health))
         .route("/v1/replicas", get(replicas))
+        .route("/v1/nodes", get(super::nodes::list))
+        .route(
+            "/v1/nodes/{id}/decommission",
+            post(super::nodes::decommission),
+        )
+        .route(
+            "/v1/nodes/{id}/recommission",
+            post(super::nodes::recommission),
+        )
+        .route("/v1/nodes/{id}/remove", post(super::nodes::remove))
+        .route("/v1/events", get(super::nodes::events))
+        .route("/v1/shards", get(super::nodes::shards))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits::HTTP_BODY_BYTES_MAX))

@@ -5,5 +5,6 @@
 
 pub mod http;
 pub mod kv;
+pub mod nodes;
 pub mod pgwire;
 pub mod ws;

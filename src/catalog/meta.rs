@@ -29,6 +29,28 @@ pub fn put_node(n: &NodeRecord) -> Result<Statement> {
     ))
 }
 
+/// Replace shard `s` only if its replicas are still `expected` (the placement driver's
+/// compare-and-set: a DDL job or another driver may have changed the shard meanwhile).
+pub fn put_shard_if(s: &Shard, expected: &[crate::ids::NodeId]) -> Result<Statement> {
+    Ok(dml(
+        "UPDATE _cairn_shards SET def = ?2 WHERE id = ?1 AND json_extract(def, '$.replicas') = json(?3)",
+        vec![Value::Integer(s.id.0 as i64), json(s)?, json(&expected)?],
+    ))
+}
+
+/// Replace node `n`'s record only if its state is still `state` (lifecycle changes from any
+/// node race the placement driver's).
+pub fn put_node_if_state(n: &NodeRecord, state: &str) -> Result<Statement> {
+    Ok(dml(
+        "UPDATE _cairn_nodes SET def = ?2 WHERE id = ?1 AND coalesce(json_extract(def, '$.state'), 'active') = ?3",
+        vec![
+            Value::Integer(n.id.0 as i64),
+            json(n)?,
+            Value::Text(state.to_string()),
+        ],
+    ))
+}
+
 pub fn put_table(t: &Table) -> Result<Statement> {
     Ok(dml(
         "INSERT OR REPLACE INTO _cairn_tables (name, def) VALUES (?1, ?2)",

@@ -290,6 +290,37 @@ pub struct Shard {
     pub replication_factor: u32,
     /// Zones the replicas must be in (empty: any).
     pub zones: Vec<String>,
+    /// Nodes whose replica was moved away: already out of the group's Raft membership
+    /// (the placement driver removes a member from Raft first, then lists it here), so
+    /// each of them deletes its copy. A node placed here again leaves this list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<NodeId>,
+    /// Replicas a rebalance is moving away: taken out once the replica added in their
+    /// place is a voter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leaving: Vec<NodeId>,
+}
+
+/// Where a node is in its life: serving (`Active`), having its replicas and meta vote
+/// moved away (`Decommissioning`), or gone for good (`Decommissioned`: its id is never
+/// used again; a process starting under it is refused).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    #[default]
+    Active,
+    Decommissioning,
+    Decommissioned,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Active => "active",
+            NodeState::Decommissioning => "decommissioning",
+            NodeState::Decommissioned => "decommissioned",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -299,6 +330,18 @@ pub struct NodeRecord {
     pub pg_addr: String,
     pub http_addr: String,
     pub zone: Option<String>,
+    #[serde(default)]
+    pub state: NodeState,
+    /// When `state` last changed (Unix milliseconds; 0 = when the node joined).
+    #[serde(default)]
+    pub since_ms: u64,
+}
+
+impl NodeRecord {
+    /// May the placement driver put replicas here?
+    pub fn is_active(&self) -> bool {
+        self.state == NodeState::Active
+    }
 }
 
 /// A change a DDL job makes to the catalog when it ends.

@@ -6,6 +6,7 @@ pub mod chaos;
 pub mod dev;
 pub mod firewall;
 pub mod local;
+pub mod node;
 pub mod slt;
 pub mod watch;
 
@@ -40,6 +41,8 @@ pub enum Command {
     Slt(slt::SltArgs),
     /// Print a table's changes or a key prefix's as they commit (WebSocket `/v1/ws`).
     Watch(watch::WatchArgs),
+    /// List nodes; decommission, recommission or remove one.
+    Node(node::NodeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,6 +110,10 @@ pub struct StartArgs {
     /// How many bytes of change events each replica keeps at most (oldest go first).
     #[arg(long, default_value = "64MiB", value_parser = crate::units::bytes_arg)]
     pub events_max_bytes: u64,
+    /// How long a node must be dead (by gossip) before its replicas are re-created on
+    /// other nodes. Long enough to ride out a restart or an upgrade without copying data.
+    #[arg(long, default_value = "60s", value_parser = crate::units::duration_arg)]
+    pub dead_after: std::time::Duration,
 }
 
 pub fn init_logging() {
@@ -139,6 +146,7 @@ pub async fn start(args: StartArgs) -> anyhow::Result<()> {
             max_age: args.events_max_age,
             max_bytes: args.events_max_bytes,
         },
+        dead_after: args.dead_after,
     };
     let node = Node::start(config).await?;
     shutdown_signal().await;
@@ -187,6 +195,7 @@ pub fn main() -> anyhow::Result<()> {
             Command::Dev(args) => dev::run(args).await,
             Command::Slt(args) => slt::run(args).await,
             Command::Watch(args) => watch::run(args).await,
+            Command::Node(args) => node::run(args).await,
             Command::Chaos(args) => {
                 if chaos::run(args).await? {
                     Ok(())

@@ -15,6 +15,11 @@ pub struct MetaTxn<'c> {
 }
 
 impl<'c> MetaTxn<'c> {
+    /// Nodes this node's gossip sees as not alive (new replicas are not placed there).
+    pub fn down_nodes(&self) -> std::collections::BTreeSet<crate::ids::NodeId> {
+        self.cluster.liveness.down()
+    }
+
     /// Take the meta writer. The catalog read afterwards ([`MetaTxn::catalog`]) includes every
     /// change committed before, so decisions made on it cannot race other catalog writers.
     pub async fn begin(cluster: &'c Cluster) -> Result<MetaTxn<'c>> {

@@ -19,11 +19,14 @@
 
 pub mod feed;
 pub mod jobs;
+pub mod journal;
+pub mod liveness;
 pub mod meta_txn;
+pub mod nodes;
 pub mod placement;
 pub mod router;
 
-use crate::catalog::{meta, Catalog, NodeRecord, META_SCHEMA};
+use crate::catalog::{meta, Catalog, NodeRecord, NodeState, META_SCHEMA};
 use crate::error::{Error, Result};
 use crate::ids::{NodeId, ShardId};
 use crate::limits;
@@ -53,6 +56,11 @@ pub struct ClusterConfig {
     pub client: Arc<Client>,
     /// How much of their change events data shards keep.
     pub events: crate::storage::events::Window,
+    /// Gossip's view of the other nodes.
+    pub liveness: Arc<liveness::Liveness>,
+    pub journal: Arc<journal::Journal>,
+    /// How long a node is dead before its replicas are re-created elsewhere.
+    pub dead_after: Duration,
 }
 
 pub struct Cluster {
@@ -60,6 +68,11 @@ pub struct Cluster {
     pub info: NodeInfo,
     pub client: Arc<Client>,
     pub meta: Arc<ShardGroup>,
+    pub liveness: Arc<liveness::Liveness>,
+    pub journal: Arc<journal::Journal>,
+    pub dead_after: Duration,
+    /// When this process started (Unix ms).
+    pub started_ms: u64,
     dir: PathBuf,
     logs: LogDb,
     raft: Arc<openraft::Config>,
@@ -74,6 +87,8 @@ pub struct Cluster {
     /// One membership change at a time per node (openraft refuses overlapping ones).
     pub(crate) changing: tokio::sync::Mutex<()>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The placement driver's record of stuck moves (while this node runs it).
+    stuck: Mutex<std::sync::Weak<DriverState>>,
     /// Two-phase commit decisions (by coordinator shard) whose every part is resolved,
     /// waiting to be deleted in one batch (`Cluster::decision_resolved`).
     resolved: Mutex<ResolvedDecisions>,
@@ -85,6 +100,23 @@ struct ResolvedDecisions {
     count: usize,
     /// A flush is scheduled (for `FORGET_AFTER` after the first record queued).
     scheduled: bool,
+}
+
+/// What one node says of itself to the others (`GET /v1/nodes`, `GET /v1/events`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NodeStatus {
+    pub node: u64,
+    pub started_ms: u64,
+    pub version: String,
+    /// Groups this node leads (`meta` included).
+    pub leading: Vec<ShardId>,
+    /// Groups with a replica here.
+    pub replicas: Vec<ShardId>,
+    pub events: Vec<journal::Event>,
+    /// How this node sees every other: (node, liveness, since in Unix ms).
+    pub liveness: Vec<(u64, String, u64)>,
+    /// On the meta leader: why replicas of leaving or dead nodes cannot move now, by node.
+    pub stuck: Vec<(u64, Vec<String>)>,
 }
 
 /// Lets a shard's writer learn decisions kept by other shards (two-phase commit recovery).
@@ -163,6 +195,10 @@ impl Cluster {
             info: config.info,
             client: config.client,
             meta,
+            liveness: config.liveness,
+            journal: config.journal,
+            dead_after: config.dead_after,
+            started_ms: liveness::now_ms(),
             dir: config.dir,
             logs: config.logs,
             raft: config.raft,
@@ -174,6 +210,7 @@ impl Cluster {
             changing: tokio::sync::Mutex::new(()),
             tasks: Mutex::new(Vec::new()),
             resolved: Mutex::new(ResolvedDecisions::default()),
+            stuck: Mutex::new(std::sync::Weak::new()),
         });
         cluster
             .meta
@@ -184,6 +221,7 @@ impl Cluster {
             tokio::spawn(watch_catalog(cluster.clone())),
             tokio::spawn(heartbeats(cluster.clone())),
             tokio::spawn(placement_driver(cluster.clone())),
+            tokio::spawn(track_liveness(cluster.clone())),
         ];
         cluster.tasks.lock().expect("tasks lock").extend(tasks);
         Ok(cluster)
@@ -192,6 +230,26 @@ impl Cluster {
     /// The catalog as of this node's applied meta index.
     pub fn catalog(&self) -> Arc<Catalog> {
         self.catalog.borrow().clone()
+    }
+
+    /// Whether this node may serve statements: its catalog loads and it was not
+    /// decommissioned (57P03 otherwise, so clients go to another node).
+    pub fn serving(&self) -> Result<()> {
+        let catalog = self.catalog();
+        catalog.usable()?;
+        if catalog
+            .node(self.node)
+            .is_some_and(|n| n.state == NodeState::Decommissioned)
+        {
+            return Err(Error::sql(
+                crate::error::sqlstate::CANNOT_CONNECT_NOW,
+                format!(
+                    "node {} was decommissioned; connect to another node of the cluster",
+                    self.node
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// A receiver that wakes when the catalog changes.
@@ -246,6 +304,12 @@ impl Cluster {
             }
         }
         for shard in catalog.shards.values() {
+            if shard.removed.contains(&self.node) && !shard.replicas.contains(&self.node) {
+                if let Err(e) = self.remove_moved(shard.id).await {
+                    tracing::warn!(shard = %shard.id, error = %e, "removing a moved replica");
+                }
+                continue;
+            }
             if !shard.replicas.contains(&self.node) || self.group(shard.id).is_some() {
                 continue;
             }
@@ -301,6 +365,38 @@ impl Cluster {
         Ok(waiting)
     }
 
+    /// Stop and delete this node's replica of `shard`, which the placement driver moved to
+    /// another node: it is out of the group's Raft membership already (the driver removes
+    /// it there before the catalog lists it as removed), so nothing counts on its copy.
+    async fn remove_moved(&self, shard: ShardId) -> Result<()> {
+        let group = self
+            .groups
+            .write()
+            .expect("groups lock poisoned")
+            .remove(&shard);
+        self.leaders.lock().expect("leaders lock").remove(&shard);
+        if let Some(group) = &group {
+            group.shutdown().await;
+        }
+        let dir = self.dir.join(shard.to_string());
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| Error::internal(format!("removing {}: {e}", dir.display())))?;
+            crate::storage::durable::sync_dir(&self.dir)
+                .map_err(|e| Error::internal(format!("syncing {}: {e}", self.dir.display())))?;
+            self.logs.remove(shard)?;
+        }
+        if group.is_some() {
+            let line = format!(
+                "shard {shard}: replica on {} deleted (moved to other nodes)",
+                self.node
+            );
+            tracing::info!("{line}");
+            self.journal.record("replica", line);
+        }
+        Ok(())
+    }
+
     /// Stop and delete this node's replica of retired `shard` (group, files, log), if it
     /// has one; false while two-phase commit records on it may still be asked for.
     async fn remove_retired(&self, shard: ShardId) -> Result<bool> {
@@ -334,6 +430,42 @@ impl Cluster {
         }
         for group in self.groups() {
             group.shutdown().await;
+        }
+    }
+
+    /// This node's status, for the other nodes.
+    pub fn status(&self) -> NodeStatus {
+        let groups = self.groups();
+        let catalog = self.catalog();
+        NodeStatus {
+            node: self.node.0,
+            started_ms: self.started_ms,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            leading: groups
+                .iter()
+                .filter(|g| g.leader().0 == Some(self.node))
+                .map(|g| g.shard)
+                .collect(),
+            replicas: groups.iter().map(|g| g.shard).collect(),
+            events: self.journal.all(),
+            liveness: catalog
+                .nodes
+                .keys()
+                .map(|n| {
+                    let (live, since) = self.liveness.of(*n);
+                    (n.0, live.as_str().to_string(), since)
+                })
+                .collect(),
+            stuck: match self.stuck.lock().expect("lock").upgrade() {
+                Some(driver) if self.leads_meta() => driver
+                    .stuck
+                    .lock()
+                    .expect("lock")
+                    .iter()
+                    .map(|(n, why)| (n.0, why.clone()))
+                    .collect(),
+                _ => Vec::new(),
+            },
         }
     }
 
@@ -375,6 +507,39 @@ impl Cluster {
         )
         .await
         .map_err(membership_error)?;
+        Ok(())
+    }
+}
+
+impl Cluster {
+    /// Take `id` out of `group`'s membership (voter or learner). Only on the group's leader.
+    pub async fn remove_member(&self, group: &ShardGroup, id: u64) -> Result<()> {
+        let _one_at_a_time = self.changing.lock().await;
+        let raft = &group.raft;
+        let membership = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let change = if membership.voter_ids().any(|v| v == id) {
+            if membership.voter_ids().count() <= 1 {
+                return Err(Error::Unavailable(format!(
+                    "{} is the only voter of {}",
+                    NodeId(id),
+                    group.shard
+                )));
+            }
+            openraft::ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else if membership.learner_ids().any(|l| l == id) {
+            openraft::ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        } else {
+            return Ok(());
+        };
+        tracing::info!(shard = %group.shard, node = %NodeId(id), "removing replica from the group");
+        raft.change_membership(change, false)
+            .await
+            .map_err(membership_error)?;
         Ok(())
     }
 }
@@ -429,86 +594,345 @@ async fn heartbeats(cluster: Arc<Cluster>) {
     .await
 }
 
-/// On the meta leader: give shards the replicas they lack, make each group's membership
-/// follow the catalog, and finish DDL jobs whose coordinator went away.
+/// On every node: ask the catalog's nodes that gossip does not see alive to gossip with us
+/// (a node just started or restarted, or one back from a partition).
+async fn track_liveness(cluster: Arc<Cluster>) {
+    loop {
+        let catalog = cluster.catalog();
+        for n in catalog.nodes.values() {
+            if n.id == cluster.node || n.state == NodeState::Decommissioned {
+                continue;
+            }
+            if cluster.liveness.of(n.id).0 == liveness::Live::Alive {
+                continue;
+            }
+            if let Ok(mut addrs) = tokio::net::lookup_host(n.cluster_addr.as_str()).await {
+                if let Some(addr) = addrs.next() {
+                    cluster.liveness.announce(addr);
+                }
+            }
+        }
+        tokio::time::sleep(limits::GOSSIP_ANNOUNCE_EVERY).await;
+    }
+}
+
+/// The placement driver's memory between rounds (on the meta leader).
+#[derive(Default)]
+struct DriverState {
+    /// (shard, node) pairs known to be voters of the shard's group.
+    confirmed: Mutex<BTreeSet<(ShardId, NodeId)>>,
+    /// Replicas being made voters.
+    adding: Mutex<BTreeSet<(ShardId, NodeId)>>,
+    /// Shards a replica is being taken away from.
+    removing: Mutex<BTreeSet<ShardId>>,
+    /// Nodes being taken out of the meta group.
+    leaving_meta: Mutex<BTreeSet<NodeId>>,
+    jobs_running: Mutex<BTreeSet<u64>>,
+    /// Why shards on a leaving node cannot move now, by node (for `GET /v1/nodes`).
+    stuck: Mutex<BTreeMap<NodeId, Vec<String>>>,
+}
+
+/// On the meta leader, every `PLACEMENT_INTERVAL`: make each group's membership follow the
+/// catalog, take the next placement step of each shard (within the move limits), finish
+/// decommissions, and finish DDL jobs whose coordinator went away.
 async fn placement_driver(cluster: Arc<Cluster>) {
-    // (shard, node) pairs known to be voters, and work in flight.
-    let confirmed: Arc<Mutex<BTreeSet<(ShardId, NodeId)>>> = Arc::default();
-    let in_flight: Arc<Mutex<BTreeSet<(ShardId, NodeId)>>> = Arc::default();
-    let jobs_running: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
+    let state: Arc<DriverState> = Arc::default();
+    *cluster.stuck.lock().expect("lock") = Arc::downgrade(&state);
     let mut jobs_seen: HashMap<u64, Instant> = HashMap::new();
     loop {
         tokio::time::sleep(limits::PLACEMENT_INTERVAL).await;
         if cluster.meta.leader().0 != Some(cluster.node) {
             jobs_seen.clear();
+            // Another leader may change memberships meanwhile.
+            state.confirmed.lock().expect("lock").clear();
             continue;
         }
         let catalog = cluster.catalog();
-        // Replicas wanted but not placed (nodes joined since the shard was created).
-        for shard in catalog.shards.values() {
-            let missing = placement::missing(&catalog, shard);
-            if missing.is_empty() {
-                continue;
-            }
-            let mut grown = shard.clone();
-            grown.replicas.extend(missing.iter().copied());
-            tracing::info!(shard = %shard.id, added = ?missing, "placing more replicas");
-            let write = match meta::put_shard(&grown) {
-                Ok(stmt) => cluster.meta.writer.execute(stmt).await.map(|_| ()),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = write {
-                tracing::warn!(shard = %shard.id, error = %e, "placing replicas");
-            }
-            // One change per round: the next round sees the new catalog.
-            break;
-        }
-        // Group memberships follow the catalog.
-        for shard in catalog.shards.values() {
-            for node in &shard.replicas {
-                let key = (shard.id, *node);
-                if confirmed.lock().expect("lock").contains(&key)
-                    || !in_flight.lock().expect("lock").insert(key)
-                {
-                    continue;
-                }
-                let Some(record) = catalog.node(*node) else {
-                    in_flight.lock().expect("lock").remove(&key);
-                    continue;
-                };
-                let info = NodeInfo::from(record);
-                let (c, confirmed, in_flight) =
-                    (cluster.clone(), confirmed.clone(), in_flight.clone());
-                tokio::spawn(async move {
-                    match c.add_replica(key.0, key.1, info).await {
-                        Ok(()) => {
-                            confirmed.lock().expect("lock").insert(key);
-                        }
-                        Err(e) => {
-                            tracing::debug!(shard = %key.0, node = %key.1, error = %e, "membership change pending")
-                        }
-                    }
-                    in_flight.lock().expect("lock").remove(&key);
-                });
-            }
-        }
+        let nodes: Vec<NodeId> = catalog.nodes.keys().copied().collect();
+        let down = cluster.liveness.down_among(nodes.iter().copied());
+        let dead = cluster
+            .liveness
+            .dead_longer_than(nodes.iter().copied(), cluster.dead_after);
+        follow_catalog(&cluster, &catalog, &down, &state);
+        place(&cluster, &catalog, &down, &dead, &state).await;
+        finish_decommissions(&cluster, &catalog, &state).await;
         // DDL jobs left behind by a coordinator that failed or died.
         jobs_seen.retain(|id, _| catalog.jobs.contains_key(id));
         for job in catalog.jobs.values() {
             let seen = *jobs_seen.entry(job.id).or_insert_with(Instant::now);
             if seen.elapsed() < limits::DDL_JOB_ADOPT_AFTER
-                || !jobs_running.lock().expect("lock").insert(job.id)
+                || !state.jobs_running.lock().expect("lock").insert(job.id)
             {
                 continue;
             }
-            let (c, job, running) = (cluster.clone(), job.clone(), jobs_running.clone());
+            let (c, job, state) = (cluster.clone(), job.clone(), state.clone());
             tokio::spawn(async move {
                 tracing::info!(job = job.id, table = %job.table, "finishing a DDL job");
                 if let Err(e) = c.run_job(&job).await {
                     tracing::warn!(job = job.id, error = %e, "DDL job not finished yet");
                 }
-                running.lock().expect("lock").remove(&job.id);
+                state.jobs_running.lock().expect("lock").remove(&job.id);
             });
         }
+    }
+}
+
+/// Group memberships follow the catalog: each replica it names on a live node becomes a
+/// voter (learner first, caught up, then promoted).
+fn follow_catalog(
+    cluster: &Arc<Cluster>,
+    catalog: &Catalog,
+    down: &BTreeSet<NodeId>,
+    state: &Arc<DriverState>,
+) {
+    for shard in catalog.shards.values() {
+        for node in &shard.replicas {
+            let key = (shard.id, *node);
+            if down.contains(node)
+                || state.confirmed.lock().expect("lock").contains(&key)
+                || !state.adding.lock().expect("lock").insert(key)
+            {
+                continue;
+            }
+            let Some(record) = catalog.node(*node) else {
+                state.adding.lock().expect("lock").remove(&key);
+                continue;
+            };
+            let info = NodeInfo::from(record);
+            let (c, state) = (cluster.clone(), state.clone());
+            tokio::spawn(async move {
+                match c.add_replica(key.0, key.1, info).await {
+                    Ok(()) => {
+                        state.confirmed.lock().expect("lock").insert(key);
+                    }
+                    Err(e) => {
+                        tracing::debug!(shard = %key.0, node = %key.1, error = %e, "membership change pending")
+                    }
+                }
+                state.adding.lock().expect("lock").remove(&key);
+            });
+        }
+    }
+}
+
+/// One placement step per shard that needs one, adds within `PLACEMENT_MOVES_MAX` moves in
+/// flight (and `PLACEMENT_MOVES_PER_NODE` into any one node).
+async fn place(
+    cluster: &Arc<Cluster>,
+    catalog: &Arc<Catalog>,
+    down: &BTreeSet<NodeId>,
+    dead: &BTreeSet<NodeId>,
+    state: &Arc<DriverState>,
+) {
+    let view = placement::View {
+        catalog,
+        down,
+        dead,
+    };
+    let mut load = placement::replica_load(catalog);
+    // A move is in flight while its shard has a replica more than it wants or a replica
+    // not yet a voter; count them, and what each node is taking in.
+    let confirmed = state.confirmed.lock().expect("lock").clone();
+    let mut moves = 0;
+    let mut incoming: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for shard in catalog.shards.values() {
+        let want = placement::wanted(catalog, shard.replication_factor, &shard.zones);
+        let pending: Vec<NodeId> = shard
+            .replicas
+            .iter()
+            .copied()
+            .filter(|n| !confirmed.contains(&(shard.id, *n)))
+            .collect();
+        if shard.replicas.len() > want || !pending.is_empty() {
+            moves += 1;
+        }
+        for n in pending {
+            *incoming.entry(n).or_default() += 1;
+        }
+    }
+    let mut stuck: BTreeMap<NodeId, Vec<String>> = BTreeMap::new();
+    for shard in catalog.shards.values() {
+        if state.removing.lock().expect("lock").contains(&shard.id) {
+            continue;
+        }
+        let voters: BTreeSet<NodeId> = shard
+            .replicas
+            .iter()
+            .copied()
+            .filter(|n| confirmed.contains(&(shard.id, *n)))
+            .collect();
+        let leader = cluster.known_leader(shard.id);
+        let step = placement::next_step(&view, shard, &voters, leader, &load);
+        if let Some(why) = placement::why_stuck(&view, shard, &voters, &load) {
+            let leaving =
+                |n: &&NodeId| dead.contains(*n) || catalog.node(**n).is_none_or(|r| !r.is_active());
+            for n in shard.replicas.iter().filter(leaving) {
+                stuck
+                    .entry(*n)
+                    .or_default()
+                    .push(format!("{}: {why}", shard.id));
+            }
+        }
+        match step {
+            None => {}
+            Some(placement::Step::Add { node, from, reason }) => {
+                if moves >= limits::PLACEMENT_MOVES_MAX
+                    || incoming.get(&node).copied().unwrap_or(0) >= limits::PLACEMENT_MOVES_PER_NODE
+                {
+                    continue;
+                }
+                let mut grown = shard.clone();
+                grown.replicas.push(node);
+                grown.removed.retain(|n| *n != node);
+                if reason == placement::Reason::Rebalance {
+                    grown.leaving.extend(from);
+                }
+                let line = match from {
+                    Some(from) => format!(
+                        "shard {}: moving replica {from} → {node} ({reason})",
+                        shard.id
+                    ),
+                    None => format!("shard {}: adding a replica on {node} ({reason})", shard.id),
+                };
+                match cluster.put_shard_if(&grown, &shard.replicas).await {
+                    Ok(true) => {
+                        tracing::info!("{line}");
+                        cluster.journal.record("move", line);
+                        moves += 1;
+                        *incoming.entry(node).or_default() += 1;
+                        *load.entry(node).or_default() += 1;
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(shard = %shard.id, error = %e, "placing a replica"),
+                }
+            }
+            Some(placement::Step::Remove { node, reason }) => {
+                state.removing.lock().expect("lock").insert(shard.id);
+                *load.entry(node).or_default() -= 1;
+                let (c, shard, state) = (cluster.clone(), shard.clone(), state.clone());
+                tokio::spawn(async move {
+                    match c.take_replica_away(&shard, node).await {
+                        Ok(()) => {
+                            let line =
+                                format!("shard {}: replica on {node} removed ({reason})", shard.id);
+                            tracing::info!("{line}");
+                            c.journal.record("move", line);
+                            state
+                                .confirmed
+                                .lock()
+                                .expect("lock")
+                                .remove(&(shard.id, node));
+                        }
+                        Err(e) => {
+                            let line = format!(
+                                "shard {}: cannot remove the replica on {node} yet ({reason}): {e}",
+                                shard.id
+                            );
+                            tracing::warn!("{line}");
+                            c.journal.record("stuck", line);
+                        }
+                    }
+                    state.removing.lock().expect("lock").remove(&shard.id);
+                });
+            }
+        }
+    }
+    let mut kept = state.stuck.lock().expect("lock");
+    for (node, reasons) in &stuck {
+        for r in reasons {
+            if !kept.get(node).is_some_and(|old| old.contains(r)) {
+                let line = format!("node {node}: cannot move shard {r}");
+                tracing::warn!("{line}");
+                cluster.journal.record("stuck", line);
+            }
+        }
+    }
+    *kept = stuck;
+}
+
+/// A decommissioning node holding no replica is decommissioned; a decommissioned node
+/// leaves the meta group.
+async fn finish_decommissions(cluster: &Arc<Cluster>, catalog: &Catalog, state: &Arc<DriverState>) {
+    let load = placement::replica_load(catalog);
+    for n in catalog.nodes.values() {
+        match n.state {
+            NodeState::Decommissioning if load.get(&n.id).copied().unwrap_or(0) == 0 => {
+                let mut done = n.clone();
+                done.state = NodeState::Decommissioned;
+                done.since_ms = liveness::now_ms();
+                let write = match meta::put_node(&done) {
+                    Ok(stmt) => cluster.meta.writer.execute(stmt).await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                match write {
+                    Ok(()) => {
+                        let line = format!("node {}: decommissioned (no replicas left)", n.id);
+                        tracing::info!("{line}");
+                        cluster.journal.record("node", line);
+                    }
+                    Err(e) => tracing::warn!(node = %n.id, error = %e, "recording a decommission"),
+                }
+            }
+            NodeState::Decommissioned => {
+                let member = cluster.meta.members().iter().any(|(m, _)| *m == n.id);
+                if !member || !state.leaving_meta.lock().expect("lock").insert(n.id) {
+                    continue;
+                }
+                let (c, state, id) = (cluster.clone(), state.clone(), n.id);
+                tokio::spawn(async move {
+                    match c.remove_member(&c.meta, id.0).await {
+                        Ok(()) => {
+                            let line = format!("node {id}: removed from the meta group");
+                            tracing::info!("{line}");
+                            c.journal.record("node", line);
+                        }
+                        Err(e) => tracing::warn!(node = %id, error = %e, "leaving the meta group"),
+                    }
+                    state.leaving_meta.lock().expect("lock").remove(&id);
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Cluster {
+    /// Replace shard `shard` in the catalog if its replicas are still `expected`; whether
+    /// it was replaced. Only on the meta leader.
+    async fn put_shard_if(
+        &self,
+        shard: &crate::catalog::Shard,
+        expected: &[NodeId],
+    ) -> Result<bool> {
+        let rows = self
+            .meta
+            .writer
+            .execute(meta::put_shard_if(shard, expected)?)
+            .await?;
+        Ok(rows.changes > 0)
+    }
+
+    /// The second half of a move: take `node`'s replica of `shard` out of the group (after
+    /// checking with the group's leader that every other replica is a voter), then out of
+    /// the catalog, listing it as removed so the node deletes its copy.
+    async fn take_replica_away(&self, shard: &crate::catalog::Shard, node: NodeId) -> Result<()> {
+        let (voters, _) = self.voters(shard.id).await?;
+        if let Some(n) = shard
+            .replicas
+            .iter()
+            .find(|r| **r != node && !voters.contains(r))
+        {
+            return Err(Error::Unavailable(format!("{n} is not a voter yet")));
+        }
+        self.remove_replica(shard.id, node).await?;
+        let mut shrunk = shard.clone();
+        shrunk.replicas.retain(|r| *r != node);
+        shrunk.initial.retain(|r| *r != node);
+        shrunk.leaving.retain(|r| *r != node);
+        if !shrunk.removed.contains(&node) {
+            shrunk.removed.push(node);
+        }
+        self.put_shard_if(&shrunk, &shard.replicas).await?;
+        Ok(())
     }
 }

@@ -18,6 +18,7 @@ use crate::replication::group::{wait_for_leader, ReadConsistency, ShardGroup};
 use crate::replication::transport::{CallError, Request, Response};
 use crate::replication::writer::Transaction;
 use crate::storage::replica::{Rows, Statement};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -725,4 +726,58 @@ impl Cluster {
         )
         .await
     }
+
+    /// Take `node` out of `shard`'s group (through its leader).
+    pub async fn remove_replica(&self, shard: ShardId, node: NodeId) -> Result<()> {
+        self.route(
+            shard,
+            |g| async move { self.remove_member(&g, node.0).await },
+            |addr| async move {
+                let request = Request::RemoveNode { shard, id: node.0 };
+                match self.call(&addr, request).await? {
+                    Response::Done(r) => r.map_err(Into::into),
+                    _ => Err(unexpected()),
+                }
+            },
+        )
+        .await
+    }
+
+    /// The voters of `shard`'s group as its leader sees them.
+    pub async fn voters(&self, shard: ShardId) -> Result<(BTreeSet<NodeId>, NodeId)> {
+        self.route(
+            shard,
+            |g| async move {
+                leader_voters(&g).map(|(v, l)| (v.into_iter().map(NodeId).collect(), NodeId(l)))
+            },
+            |addr| async move {
+                match self.call(&addr, Request::Voters { shard }).await? {
+                    Response::Voters(r) => {
+                        let (voters, leader) = r.map_err(Error::from)?;
+                        Ok((voters.into_iter().map(NodeId).collect(), NodeId(leader)))
+                    }
+                    _ => Err(unexpected()),
+                }
+            },
+        )
+        .await
+    }
+}
+
+/// On a group's leader: its voters and its own id; NotLeader elsewhere.
+pub fn leader_voters(g: &ShardGroup) -> Result<(Vec<u64>, u64)> {
+    if g.leader().0 != Some(g.node) {
+        return Err(Error::NotLeader {
+            leader: g.leader().0,
+        });
+    }
+    let voters = g
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect();
+    Ok((voters, g.node.0))
 }

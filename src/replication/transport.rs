@@ -71,6 +71,17 @@ pub enum Request {
         id: u64,
         node: super::NodeInfo,
     },
+    /// Take a node out of one shard's group (voter or learner). Sent to its leader.
+    RemoveNode {
+        shard: ShardId,
+        id: u64,
+    },
+    /// To a shard's leader: the group's voters.
+    Voters {
+        shard: ShardId,
+    },
+    /// This node's state for `GET /v1/nodes` and `GET /v1/events`.
+    Status,
     /// Run a statement on the leader, outside or inside a forwarded transaction. A
     /// `cancel` key lets the caller stop it (`Cancel`).
     Exec {
@@ -175,6 +186,9 @@ pub enum Response {
     Done(Result<(), WireError>),
     Events(Result<crate::storage::events::Page, WireError>),
     RowsAt(Result<(WireRows, u64), WireError>),
+    /// A group's voters and its leader.
+    Voters(Result<(Vec<u64>, u64), WireError>),
+    Status(Box<crate::cluster::NodeStatus>),
 }
 
 /// An [`Error`] on the wire.

@@ -549,7 +549,12 @@ async fn new_reference_group(
     plan: &mut DdlPlan,
 ) -> Result<u64> {
     let id = mt.next("_colocations", 1).await? as u64;
-    let every = catalog.nodes.keys().copied().collect::<Vec<_>>();
+    let every = catalog
+        .nodes
+        .values()
+        .filter(|n| n.is_active())
+        .map(|n| n.id)
+        .collect::<Vec<_>>();
     let replicas = placement::leader_first(catalog, every, &BTreeMap::new());
     let shard = ShardId(mt.next("_shards", 1).await? as u64);
     let s = Shard {
@@ -559,6 +564,8 @@ async fn new_reference_group(
         replicas,
         replication_factor: 0,
         zones: Vec::new(),
+        removed: Vec::new(),
+        leaving: Vec::new(),
     };
     plan.setup.push(meta::put_shard(&s)?);
     plan.new_shards.push(shard);
@@ -1212,7 +1219,14 @@ async fn new_shard(
 ) -> Result<ShardId> {
     let rf = catalog.settings.replication_factor;
     let want = placement::wanted(catalog, rf, zones).max(1);
-    let replicas = placement::choose(catalog, &[], want, zones, &placing.replicas);
+    let replicas = placement::choose(
+        catalog,
+        &mt.down_nodes(),
+        &[],
+        want,
+        zones,
+        &placing.replicas,
+    );
     if replicas.is_empty() {
         return Err(Error::sql(
             sqlstate::INVALID_PARAMETER_VALUE,
@@ -1235,6 +1249,8 @@ async fn new_shard(
         replicas,
         replication_factor: rf,
         zones: zones.to_vec(),
+        removed: Vec::new(),
+        leaving: Vec::new(),
     };
     plan.setup.push(meta::put_shard(&shard)?);
     plan.new_shards.push(id);

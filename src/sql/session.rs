@@ -393,7 +393,7 @@ impl Session {
         stmt: sqlparser::ast::Statement,
         given: &[Option<PgType>],
     ) -> Result<Translated> {
-        self.engine.cluster.catalog().usable()?;
+        self.engine.cluster.serving()?;
         let mut stmt = stmt;
         super::system::rewrite(&mut stmt);
         if let Some(stand_in) = super::system::empty_stand_in(&stmt) {
@@ -545,7 +545,7 @@ impl Session {
     async fn execute_one(&mut self, prepared: &Prepared, params: Vec<Value>) -> Result<Output> {
         let t = &prepared.translated;
         if !matches!(t.kind, Kind::Commit | Kind::Rollback) {
-            self.engine.cluster.catalog().usable()?;
+            self.engine.cluster.serving()?;
         }
         if self.transaction_failed()
             && !matches!(

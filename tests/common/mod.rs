@@ -30,6 +30,7 @@ pub fn config(dir: &Path, pg: SocketAddr, http: SocketAddr) -> NodeConfig {
         replication_factor: 3,
         shard_count: 4,
         events: Default::default(),
+        dead_after: cairn::limits::DEAD_AFTER_DEFAULT,
     }
 }
 

@@ -1,0 +1,150 @@
+//! Node lifecycle over HTTP: `GET /v1/nodes`, `POST /v1/nodes/{id}/decommission`,
+//! `.../recommission`, `.../remove`, and the merged event log `GET /v1/events`.
+
+use super::http::{Api, ApiError};
+use crate::catalog::NodeRecord;
+use crate::cluster::nodes::{parse_node, Lifecycle};
+use crate::cluster::NodeStatus;
+use crate::ids::ShardId;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::{json, Value};
+
+fn node_json(
+    api: &Api,
+    record: &NodeRecord,
+    status: Option<&NodeStatus>,
+    replicas: usize,
+) -> Value {
+    let cluster = &api.engine.cluster;
+    let (live, live_since) = cluster.liveness.of(record.id);
+    json!({
+        "id": record.id.to_string(),
+        "cluster_addr": record.cluster_addr,
+        "pg_addr": record.pg_addr,
+        "http_addr": record.http_addr,
+        "zone": record.zone,
+        "state": record.state.as_str(),
+        "since_ms": record.since_ms,
+        "liveness": live.as_str(),
+        "liveness_since_ms": live_since,
+        "replicas": replicas,
+        "leaders": status.map(|s| s.leading.iter().filter(|g| **g != ShardId::META).count()),
+        "leads_meta": status.map(|s| s.leading.contains(&ShardId::META)),
+        "started_ms": status.map(|s| s.started_ms),
+        "version": status.map(|s| s.version.clone()),
+    })
+}
+
+/// `GET /v1/nodes`: every node in the catalog, with liveness as this node's gossip sees it,
+/// replica counts from the catalog and leader counts from each node itself (null when it did
+/// not answer).
+pub(super) async fn list(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+    let cluster = api.engine.cluster.clone();
+    let catalog = cluster.catalog();
+    let load = crate::cluster::placement::replica_load(&catalog);
+    let statuses = cluster.node_statuses().await;
+    // The meta leader's placement driver knows which moves are stuck, and why.
+    let stuck: Vec<(u64, Vec<String>)> = statuses
+        .iter()
+        .filter_map(|(_, s)| s.as_ref())
+        .flat_map(|s| s.stuck.clone())
+        .collect();
+    let nodes: Vec<Value> = statuses
+        .iter()
+        .map(|(record, status)| {
+            let replicas = load.get(&record.id).copied().unwrap_or(0);
+            let mut node = node_json(&api, record, status.as_ref(), replicas);
+            let why: Vec<&String> = stuck
+                .iter()
+                .filter(|(n, _)| *n == record.id.0)
+                .flat_map(|(_, w)| w)
+                .collect();
+            node["stuck"] = json!(why);
+            node
+        })
+        .collect();
+    Ok(Json(json!({ "nodes": nodes })))
+}
+
+async fn change(
+    api: Api,
+    id: String,
+    op: Lifecycle,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id = parse_node(&id)?;
+    let cluster = api.engine.cluster.clone();
+    let record = cluster.change_node_state(id, op).await?;
+    let load = crate::cluster::placement::replica_load(&cluster.catalog());
+    let replicas = load.get(&id).copied().unwrap_or(0);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "node": node_json(&api, &record, None, replicas) })),
+    ))
+}
+
+pub(super) async fn decommission(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    change(api, id, Lifecycle::Decommission).await
+}
+
+pub(super) async fn recommission(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    change(api, id, Lifecycle::Recommission).await
+}
+
+pub(super) async fn remove(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    change(api, id, Lifecycle::Remove).await
+}
+
+/// `GET /v1/shards`: every shard's placement from the catalog, with its leader as this node
+/// knows it.
+pub(super) async fn shards(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+    let cluster = api.engine.cluster.clone();
+    let catalog = cluster.catalog();
+    let names = |nodes: &[crate::ids::NodeId]| -> Vec<String> {
+        nodes.iter().map(|n| n.to_string()).collect()
+    };
+    let shards: Vec<Value> = catalog
+        .shards
+        .values()
+        .map(|s| {
+            json!({
+                "shard": s.id.to_string(),
+                "colocation": s.colocation,
+                "replicas": names(&s.replicas),
+                "leaving": names(&s.leaving),
+                "replication_factor": s.replication_factor,
+                "zones": s.zones,
+                "leader": cluster.known_leader(s.id).map(|l| l.to_string()),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "shards": shards })))
+}
+
+/// `GET /v1/events`: every reachable node's event log, merged by time (oldest first).
+pub(super) async fn events(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+    let statuses = api.engine.cluster.node_statuses().await;
+    let mut events: Vec<Value> = Vec::new();
+    for (record, status) in &statuses {
+        for e in status.iter().flat_map(|s| &s.events) {
+            events.push(json!({
+                "at_ms": e.at_ms,
+                "node": record.id.to_string(),
+                "kind": e.kind,
+                "message": e.message,
+            }));
+        }
+    }
+    events.sort_by_key(|e| e["at_ms"].as_u64().unwrap_or(0));
+    Ok(Json(json!({ "events": events })))
+}

@@ -1,0 +1,142 @@
+//! Node lifecycle, from any node: decommission (move every replica and the meta vote away,
+//! then mark the node decommissioned), recommission (undo that before it finishes), remove
+//! (a dead node: the same, without waiting for `--dead-after`), and what every node says of
+//! itself (`NodeStatus`, gathered for `GET /v1/nodes` and `GET /v1/events`).
+//!
+//! The state change is one conditional write to the meta group; the placement driver on the
+//! meta leader does the moving and records the end.
+
+use super::{liveness, placement, Cluster, NodeStatus};
+use crate::catalog::{meta, NodeRecord, NodeState};
+use crate::error::{sqlstate, Error, Result};
+use crate::ids::{NodeId, ShardId};
+use crate::replication::transport::{Request, Response};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    Decommission,
+    Recommission,
+    /// Decommission a node that is not alive.
+    Remove,
+}
+
+/// How long `/v1/nodes` waits for each node's own status.
+const STATUS_WAIT: Duration = Duration::from_secs(1);
+
+fn refused(message: String) -> Error {
+    Error::sql(sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE, message)
+}
+
+/// Parse `n3` or `3`.
+pub fn parse_node(text: &str) -> Result<NodeId> {
+    text.strip_prefix('n')
+        .unwrap_or(text)
+        .parse::<u64>()
+        .map(NodeId)
+        .map_err(|_| {
+            Error::sql(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!("{text:?} is not a node id (n1, n2, ...)"),
+            )
+        })
+}
+
+impl Cluster {
+    /// Start, undo or force a node's decommission. Refused at once, naming the shards, if
+    /// the rest of the cluster cannot hold their replication factor.
+    pub async fn change_node_state(&self, id: NodeId, op: Lifecycle) -> Result<NodeRecord> {
+        self.sync(ShardId::META).await?;
+        let catalog = self.catalog();
+        let Some(node) = catalog.node(id).cloned() else {
+            return Err(Error::sql(
+                sqlstate::UNDEFINED_OBJECT,
+                format!("no node {id} in this cluster"),
+            ));
+        };
+        let (from, to) = match (op, node.state) {
+            (Lifecycle::Recommission, NodeState::Active) => return Ok(node),
+            (Lifecycle::Recommission, NodeState::Decommissioning) => {
+                (NodeState::Decommissioning, NodeState::Active)
+            }
+            (_, NodeState::Decommissioned) => {
+                return Err(refused(format!(
+                    "node {id} is decommissioned; it cannot come back under its id (start a \
+                     process with an empty data dir to add a new node)"
+                )))
+            }
+            (_, NodeState::Decommissioning) => return Ok(node),
+            (Lifecycle::Decommission | Lifecycle::Remove, NodeState::Active) => {
+                (NodeState::Active, NodeState::Decommissioning)
+            }
+        };
+        if op == Lifecycle::Remove && self.liveness.of(id).0 == liveness::Live::Alive {
+            return Err(refused(format!(
+                "node {id} is alive; `remove` is for a dead node (decommission it instead)"
+            )));
+        }
+        if to == NodeState::Decommissioning {
+            let stuck = placement::stuck_without(&catalog, id);
+            if !stuck.is_empty() {
+                let shards: Vec<String> =
+                    stuck.iter().map(|(s, why)| format!("{s}: {why}")).collect();
+                return Err(refused(format!(
+                    "cannot decommission {id}: {} shard(s) would be left without enough \
+                     replicas ({}); add nodes first",
+                    stuck.len(),
+                    shards.join("; ")
+                )));
+            }
+            let voters = self.meta.members().len();
+            if voters <= 1 {
+                return Err(refused(format!(
+                    "cannot decommission {id}: it is the only node"
+                )));
+            }
+        }
+        let mut changed = node.clone();
+        changed.state = to;
+        changed.since_ms = liveness::now_ms();
+        let rows = self
+            .write(
+                ShardId::META,
+                meta::put_node_if_state(&changed, from.as_str())?,
+            )
+            .await?;
+        if rows.changes == 0 {
+            return Err(Error::Retry(format!(
+                "node {id} changed state meanwhile; look again"
+            )));
+        }
+        let line = match to {
+            NodeState::Active => format!("node {id}: recommissioned"),
+            _ => format!("node {id}: decommissioning"),
+        };
+        tracing::info!("{line}");
+        self.journal.record("node", line);
+        Ok(changed)
+    }
+
+    /// Every node's own status (None for a node that did not answer within a second).
+    pub async fn node_statuses(&self) -> Vec<(NodeRecord, Option<NodeStatus>)> {
+        let catalog = self.catalog();
+        let asks = catalog.nodes.values().map(|n| async move {
+            if n.id == self.node {
+                return (n.clone(), Some(self.status()));
+            }
+            if n.state == NodeState::Decommissioned {
+                return (n.clone(), None);
+            }
+            let status = match self
+                .client
+                .call(&n.cluster_addr, Request::Status, STATUS_WAIT)
+                .await
+            {
+                Ok(Response::Status(s)) => Some(*s),
+                _ => None,
+            };
+            (n.clone(), status)
+        });
+        futures::future::join_all(asks).await
+    }
+}
