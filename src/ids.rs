@@ -49,6 +49,28 @@ impl fmt::Display for ShardId {
         }
     }
 }
+/// The name of one life of a shard's replica on a node: its directory under `shards/` and
+/// its log's keys. Placement 0 (a replica the shard was created with) is the shard's own
+/// name (`s3`); a replica placed later is `s3.e2`, so a node moved away from a shard and
+/// back never mixes the two copies' logs or files.
+pub fn replica_name(shard: ShardId, epoch: u64) -> String {
+    if epoch == 0 {
+        shard.to_string()
+    } else {
+        format!("{shard}.e{epoch}")
+    }
+}
+
+/// The shard and placement of a replica directory's name (`s3`, `s3.e2`).
+pub fn parse_replica_name(name: &str) -> Option<(ShardId, u64)> {
+    let (shard, epoch) = match name.split_once(".e") {
+        Some((s, e)) => (s, e.parse().ok()?),
+        None => (name, 0),
+    };
+    let id = shard.strip_prefix('s')?.parse().ok()?;
+    Some((ShardId(id), epoch))
+}
+
 id_type!(
     /// A Raft term.
     Term,

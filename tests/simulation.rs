@@ -1393,19 +1393,9 @@ impl Driver<'_> {
                     }
                 }
             }
-            // One leader per term commits: entries of a term all come from one node.
-            let mut by_term: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
-            for (id, _) in &first.entries {
-                by_term
-                    .entry(id.leader_id.term)
-                    .or_default()
-                    .insert(id.leader_id.node_id);
-            }
-            if let Some((term, nodes)) = by_term.iter().find(|(_, n)| n.len() > 1) {
-                return Err(format!(
-                    "s{g}: entries of term {term} were committed by leaders {nodes:?}"
-                ));
-            }
+            // One leader per term is structural: Cairn runs openraft with
+            // `single-term-leader` (a vote is for one node per term), so log ids carry
+            // the term alone and there is nothing more to compare here.
         }
         // Every acknowledged write at its index, on every replica.
         for (g, text, index) in &workload.acked {

@@ -299,6 +299,41 @@ pub struct Shard {
     /// place is a voter.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leaving: Vec<NodeId>,
+    /// Which placement of the shard on a node each replica is (0 for the initial ones, then
+    /// one more at each add): a node that finds its copy was made for an older placement
+    /// (it was moved away and back while the node missed the catalog in between) deletes
+    /// it and starts empty, since that copy is no longer a member the group knows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub epochs: Vec<(NodeId, u64)>,
+    /// The placement the next add gets (every earlier one is below it).
+    #[serde(default)]
+    pub epoch_next: u64,
+}
+
+impl Shard {
+    /// The placement `node`'s replica is for (see `epochs`).
+    pub fn epoch_of(&self, node: NodeId) -> u64 {
+        self.epochs
+            .iter()
+            .find(|(n, _)| *n == node)
+            .map(|(_, e)| *e)
+            .unwrap_or(0)
+    }
+
+    /// Every placement made so far is below this one.
+    pub fn epochs_below(&self) -> u64 {
+        self.epoch_next.max(1)
+    }
+
+    /// Record a new placement on `node`.
+    pub fn place_on(&mut self, node: NodeId) {
+        let next = self.epochs_below();
+        self.epoch_next = next + 1;
+        self.epochs.retain(|(n, _)| *n != node);
+        self.epochs.push((node, next));
+        self.replicas.push(node);
+        self.removed.retain(|n| *n != node);
+    }
 }
 
 /// Where a node is in its life: serving (`Active`), having its replicas and meta vote

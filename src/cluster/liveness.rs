@@ -159,6 +159,11 @@ impl Liveness {
         }
         match self.seen.lock().expect("liveness lock").get(&node) {
             Some(s) => (s.live, s.since_ms),
+            // Not heard of for the whole grace period since this node started: dead, as far
+            // as anyone here can tell.
+            None if self.started.elapsed() > limits::LIVENESS_UNKNOWN_GRACE => {
+                (Live::Dead, self.started_ms)
+            }
             None => (Live::Unknown, self.started_ms),
         }
     }
@@ -175,15 +180,13 @@ impl Liveness {
         }
     }
 
-    /// Of `nodes`, those not to place anything on: suspect, dead, or unknown past the grace.
+    /// Of `nodes`, those not to place anything on: suspect or dead (a node not heard of yet
+    /// counts as dead only after `LIVENESS_UNKNOWN_GRACE`: a cluster just started places
+    /// its first tables on every node).
     pub fn down_among(&self, nodes: impl IntoIterator<Item = NodeId>) -> BTreeSet<NodeId> {
         nodes
             .into_iter()
-            .filter(|n| match self.of(*n).0 {
-                Live::Alive => false,
-                Live::Suspect | Live::Dead => true,
-                Live::Unknown => self.started.elapsed() > limits::LIVENESS_UNKNOWN_GRACE,
-            })
+            .filter(|n| !matches!(self.of(*n).0, Live::Alive | Live::Unknown))
             .collect()
     }
 

@@ -87,6 +87,8 @@ pub struct Cluster {
     /// One membership change at a time per node (openraft refuses overlapping ones).
     pub(crate) changing: tokio::sync::Mutex<()>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The placement (`Shard::epochs`) each local replica was made for.
+    placed: Mutex<HashMap<ShardId, u64>>,
     /// The placement driver's record of stuck moves (while this node runs it).
     stuck: Mutex<std::sync::Weak<DriverState>>,
     /// Two-phase commit decisions (by coordinator shard) whose every part is resolved,
@@ -178,6 +180,7 @@ impl Cluster {
             ShardGroup::start(
                 config.node,
                 ShardId::META,
+                0,
                 &config.dir,
                 &config.logs,
                 config.raft.clone(),
@@ -211,6 +214,7 @@ impl Cluster {
             tasks: Mutex::new(Vec::new()),
             resolved: Mutex::new(ResolvedDecisions::default()),
             stuck: Mutex::new(std::sync::Weak::new()),
+            placed: Mutex::new(HashMap::new()),
         });
         cluster
             .meta
@@ -304,19 +308,33 @@ impl Cluster {
             }
         }
         for shard in catalog.shards.values() {
-            if shard.removed.contains(&self.node) && !shard.replicas.contains(&self.node) {
-                if let Err(e) = self.remove_moved(shard.id).await {
-                    tracing::warn!(shard = %shard.id, error = %e, "removing a moved replica");
+            if !shard.replicas.contains(&self.node) {
+                if shard.removed.contains(&self.node) {
+                    // Moved away: every copy made for a placement this catalog knows is out
+                    // of the group. (A later placement here, which this catalog may not know
+                    // yet, is kept.)
+                    if let Err(e) = self.delete_lives(shard.id, shard.epochs_below()).await {
+                        tracing::warn!(shard = %shard.id, error = %e, "removing a moved replica");
+                    }
                 }
                 continue;
             }
-            if !shard.replicas.contains(&self.node) || self.group(shard.id).is_some() {
+            let epoch = shard.epoch_of(self.node);
+            let running = self.placed.lock().expect("placed lock").get(&shard.id).copied();
+            match running {
+                Some(e) if e >= epoch => continue,
+                _ => {}
+            }
+            // Copies of earlier placements here are out of the group: delete them first.
+            if let Err(e) = self.delete_lives(shard.id, epoch).await {
+                tracing::warn!(shard = %shard.id, error = %e, "removing a replica of an older placement");
                 continue;
             }
             let group = Arc::new(
                 ShardGroup::start(
                     self.node,
                     shard.id,
+                    epoch,
                     &self.dir,
                     &self.logs,
                     self.raft.clone(),
@@ -331,7 +349,11 @@ impl Cluster {
             group
                 .writer
                 .set_decider(Arc::new(ClusterDecider(Arc::downgrade(self))));
-            tracing::info!(shard = %shard.id, replicas = ?shard.replicas, "replica started");
+            self.placed
+                .lock()
+                .expect("placed lock")
+                .insert(shard.id, epoch);
+            tracing::info!(shard = %shard.id, replicas = ?shard.replicas, epoch, "replica started");
             self.groups
                 .write()
                 .expect("groups lock poisoned")
@@ -365,34 +387,46 @@ impl Cluster {
         Ok(waiting)
     }
 
-    /// Stop and delete this node's replica of `shard`, which the placement driver moved to
-    /// another node: it is out of the group's Raft membership already (the driver removes
-    /// it there before the catalog lists it as removed), so nothing counts on its copy.
-    async fn remove_moved(&self, shard: ShardId) -> Result<()> {
-        let group = self
-            .groups
-            .write()
-            .expect("groups lock poisoned")
-            .remove(&shard);
-        self.leaders.lock().expect("leaders lock").remove(&shard);
-        if let Some(group) = &group {
-            group.shutdown().await;
+    /// Stop and delete this node's copies of `shard` made for placements below `below`
+    /// (the running group too, if it is one of them): the placement driver takes a replica
+    /// out of the group's Raft membership before the catalog says so, so nothing counts on
+    /// these copies. `u64::MAX` deletes every copy (a retired shard).
+    async fn delete_lives(&self, shard: ShardId, below: u64) -> Result<()> {
+        let running = self.placed.lock().expect("placed lock").get(&shard).copied();
+        if running.is_some_and(|e| e < below) {
+            let group = self
+                .groups
+                .write()
+                .expect("groups lock poisoned")
+                .remove(&shard);
+            self.leaders.lock().expect("leaders lock").remove(&shard);
+            self.placed.lock().expect("placed lock").remove(&shard);
+            if let Some(group) = group {
+                group.shutdown().await;
+                let line = format!("shard {shard}: replica on {} deleted (moved away)", self.node);
+                tracing::info!("{line}");
+                self.journal.record("replica", line);
+            }
         }
-        let dir = self.dir.join(shard.to_string());
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .map_err(|e| Error::internal(format!("removing {}: {e}", dir.display())))?;
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::internal(format!("{}: {e}", self.dir.display()))),
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some((id, epoch)) = name.to_str().and_then(crate::ids::parse_replica_name) else {
+                continue;
+            };
+            if id != shard || epoch >= below {
+                continue;
+            }
+            let path = entry.path();
+            std::fs::remove_dir_all(&path)
+                .map_err(|e| Error::internal(format!("removing {}: {e}", path.display())))?;
             crate::storage::durable::sync_dir(&self.dir)
                 .map_err(|e| Error::internal(format!("syncing {}: {e}", self.dir.display())))?;
-            self.logs.remove(shard)?;
-        }
-        if group.is_some() {
-            let line = format!(
-                "shard {shard}: replica on {} deleted (moved to other nodes)",
-                self.node
-            );
-            tracing::info!("{line}");
-            self.journal.record("replica", line);
+            self.logs.remove(shard, epoch)?;
         }
         Ok(())
     }
@@ -409,17 +443,11 @@ impl Cluster {
                 .expect("groups lock poisoned")
                 .remove(&shard);
             self.leaders.lock().expect("leaders lock").remove(&shard);
+            self.placed.lock().expect("placed lock").remove(&shard);
             group.shutdown().await;
             tracing::info!(%shard, "replica removed: the shard was retired with its last table");
         }
-        let dir = self.dir.join(shard.to_string());
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .map_err(|e| Error::internal(format!("removing {}: {e}", dir.display())))?;
-            crate::storage::durable::sync_dir(&self.dir)
-                .map_err(|e| Error::internal(format!("syncing {}: {e}", self.dir.display())))?;
-            self.logs.remove(shard)?;
-        }
+        self.delete_lives(shard, u64::MAX).await?;
         Ok(true)
     }
 
@@ -782,8 +810,7 @@ async fn place(
                     continue;
                 }
                 let mut grown = shard.clone();
-                grown.replicas.push(node);
-                grown.removed.retain(|n| *n != node);
+                grown.place_on(node);
                 if reason == placement::Reason::Rebalance {
                     grown.leaving.extend(from);
                 }
@@ -929,6 +956,7 @@ impl Cluster {
         shrunk.replicas.retain(|r| *r != node);
         shrunk.initial.retain(|r| *r != node);
         shrunk.leaving.retain(|r| *r != node);
+        shrunk.epochs.retain(|(r, _)| *r != node);
         if !shrunk.removed.contains(&node) {
             shrunk.removed.push(node);
         }

@@ -438,6 +438,8 @@ mod tests {
                 zones: vec![],
                 removed: vec![],
                 leaving: vec![],
+                epochs: vec![],
+                epoch_next: 0,
             },
         );
     }

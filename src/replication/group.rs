@@ -76,22 +76,25 @@ pub fn raft_config(
 
 impl ShardGroup {
     /// Open (or create) the shard's replica under `dir` and start its group. It waits to be
-    /// initialised ([`ShardGroup::initialize`]) or to hear from a leader.
+    /// initialised ([`ShardGroup::initialize`]) or to hear from a leader. `epoch` is which
+    /// placement of the shard on this node it is (`ids::replica_name`).
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         node: NodeId,
         shard: ShardId,
+        epoch: u64,
         dir: &Path,
         logs: &LogDb,
         config: Arc<openraft::Config>,
         client: Arc<Client>,
         options: &ReplicaOptions,
     ) -> Result<ShardGroup> {
-        let shard_dir = dir.join(format!("{shard}"));
+        let shard_dir = dir.join(crate::ids::replica_name(shard, epoch));
         let replica = ReplicaHandle::start(&shard_dir.join("replica.db"), shard, options)?;
         let state_machine =
             StateMachine::new(replica.clone(), &shard_dir.join("snapshots")).await?;
         let snapshots_installed = state_machine.installed.clone();
-        let mut log_store = logs.store(shard)?;
+        let mut log_store = logs.store(shard, epoch)?;
         refuse_a_gap(shard, &replica, &mut log_store).await?;
         let network = Network { shard, client };
         let raft = Raft::new(node.0, config, network, log_store, state_machine)

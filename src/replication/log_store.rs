@@ -70,12 +70,23 @@ impl LogDb {
         })
     }
 
-    /// Delete the log of `shard` (its group is stopped for good: the shard was retired).
-    pub fn remove(&self, shard: ShardId) -> crate::error::Result<()> {
+    /// The keyspace holding one life (placement `epoch`) of `shard`'s log.
+    fn keyspace_name(shard: ShardId, epoch: u64) -> String {
+        if epoch == 0 {
+            format!("log_s{}", shard.0)
+        } else {
+            format!("log_s{}_e{epoch}", shard.0)
+        }
+    }
+
+    /// Delete one life of the log of `shard` (its group is stopped for good: the shard was
+    /// retired, or the replica moved away).
+    pub fn remove(&self, shard: ShardId, epoch: u64) -> crate::error::Result<()> {
         let fail = |e: fjall::Error| {
             crate::error::Error::internal(format!("removing the log of {shard}: {e}"))
         };
-        let name = format!("log_s{}", shard.0);
+        let name = Self::keyspace_name(shard, epoch);
+        let prefix = format!("{}/", crate::ids::replica_name(shard, epoch));
         if self.db.keyspace_exists(&name) {
             let log = self
                 .db
@@ -84,7 +95,7 @@ impl LogDb {
             self.db.delete_keyspace(log).map_err(fail)?;
         }
         let mut batch = self.db.batch();
-        for guard in self.meta.prefix(format!("{shard}/")) {
+        for guard in self.meta.prefix(prefix) {
             let key = guard.key().map_err(fail)?;
             batch.remove(&self.meta, key);
         }
@@ -92,17 +103,18 @@ impl LogDb {
         self.db.persist(PersistMode::SyncData).map_err(fail)
     }
 
-    /// The log store of one shard's group.
-    pub fn store(&self, shard: ShardId) -> crate::error::Result<LogStore> {
+    /// The log store of one shard's group (placement `epoch` of its replica here).
+    pub fn store(&self, shard: ShardId, epoch: u64) -> crate::error::Result<LogStore> {
         let log = self
             .db
-            .keyspace(&format!("log_s{}", shard.0), KeyspaceCreateOptions::default)
+            .keyspace(&Self::keyspace_name(shard, epoch), KeyspaceCreateOptions::default)
             .map_err(|e| crate::error::Error::internal(format!("opening log of {shard}: {e}")))?;
         Ok(LogStore {
             db: self.db.clone(),
             meta: self.meta.clone(),
             log,
             shard,
+            name: crate::ids::replica_name(shard, epoch),
             syncer: self.syncer.clone(),
         })
     }
@@ -114,6 +126,8 @@ pub struct LogStore {
     meta: Keyspace,
     log: Keyspace,
     shard: ShardId,
+    /// Prefix of this life's keys in `raft_meta` (`replica_name`).
+    name: String,
     syncer: Arc<Syncer>,
 }
 
@@ -131,7 +145,7 @@ fn write_err(e: impl std::fmt::Display) -> StorageError {
 
 impl LogStore {
     fn meta_key(&self, name: &str) -> String {
-        format!("{}/{name}", self.shard)
+        format!("{}/{name}", self.name)
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(

@@ -566,6 +566,8 @@ async fn new_reference_group(
         zones: Vec::new(),
         removed: Vec::new(),
         leaving: Vec::new(),
+        epochs: Vec::new(),
+        epoch_next: 0,
     };
     plan.setup.push(meta::put_shard(&s)?);
     plan.new_shards.push(shard);
@@ -1251,6 +1253,8 @@ async fn new_shard(
         zones: zones.to_vec(),
         removed: Vec::new(),
         leaving: Vec::new(),
+        epochs: Vec::new(),
+        epoch_next: 0,
     };
     plan.setup.push(meta::put_shard(&shard)?);
     plan.new_shards.push(id);

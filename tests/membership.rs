@@ -1,0 +1,537 @@
+//! A cluster that changes and heals itself, with real `cairn start` processes on 127.0.0.1:
+//! nodes join and get their share of replicas and leaders, a node is decommissioned under
+//! load (and one recommissioned before it finished; an impossible one refused), a node
+//! killed with SIGKILL has its replicas re-created elsewhere after `--dead-after` and comes
+//! back empty. Every acknowledged write is read back and all replicas agree by checksum.
+
+mod common;
+
+use common::{free_addr, http_get, http_post, wait_for, Cluster, ProcessNode};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Short enough for a test to wait out; long enough that a busy machine's pause is not a death.
+const DEAD_AFTER: &str = "6s";
+
+/// Errors a client may see while replicas move: retry (40001), unavailable (57P03), a
+/// connection cut (no code), or an outcome unknown (08007, not counted as acknowledged).
+const RETRYABLE: &[&str] = &[
+    "40001", "57P03", "57P01", "08006", "08007", "08000", "57014",
+];
+
+async fn client(pg: SocketAddr) -> Option<tokio_postgres::Client> {
+    let url = format!(
+        "host={} port={} user=t connect_timeout=2",
+        pg.ip(),
+        pg.port()
+    );
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    Some(c)
+}
+
+/// A key-value load: one writer per node inserting unique keys until stopped; the keys
+/// acknowledged, and every SQLSTATE that was not retryable.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<BTreeSet<i64>>>,
+    bad: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(nodes: Vec<SocketAddr>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked: Arc<Mutex<BTreeSet<i64>>> = Arc::default();
+        let bad: Arc<Mutex<Vec<String>>> = Arc::default();
+        let tasks = nodes
+            .into_iter()
+            .enumerate()
+            .map(|(w, pg)| {
+                let (stop, acked, bad) = (stop.clone(), acked.clone(), bad.clone());
+                tokio::spawn(async move {
+                    let mut next = ((w as i64) + 1) << 32;
+                    let mut c = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        if c.is_none() {
+                            c = client(pg).await;
+                            if c.is_none() {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            }
+                        }
+                        next += 1;
+                        let conn = c.as_ref().unwrap();
+                        let key = next;
+                        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
+                        let insert = conn.execute("INSERT INTO kv (k, v) VALUES ($1, $1)", &params);
+                        match tokio::time::timeout(Duration::from_secs(15), insert).await {
+                            Ok(Ok(_)) => {
+                                acked.lock().unwrap().insert(next);
+                            }
+                            Ok(Err(e)) if e.is_closed() => c = None,
+                            Ok(Err(e)) => {
+                                let code = e.code().map(|c| c.code().to_string());
+                                match code {
+                                    Some(code) if !RETRYABLE.contains(&code.as_str()) => {
+                                        bad.lock().unwrap().push(format!("{code}: {e}"))
+                                    }
+                                    _ => {}
+                                }
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            Err(_) => c = None,
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            acked,
+            bad,
+            tasks,
+        }
+    }
+
+    /// Stop, and check that no error was other than retryable; the acknowledged keys.
+    async fn finish(self) -> BTreeSet<i64> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let bad = self.bad.lock().unwrap().clone();
+        assert!(
+            bad.is_empty(),
+            "the load saw errors that are not retryable: {bad:?}"
+        );
+        let acked = self.acked.lock().unwrap().clone();
+        assert!(!acked.is_empty(), "the load acknowledged nothing");
+        acked
+    }
+}
+
+async fn all_keys(pg: SocketAddr) -> BTreeSet<i64> {
+    let c = client(pg).await.expect("connect");
+    c.query("SELECT k FROM kv", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn json(addr: SocketAddr, path: &str) -> Option<Value> {
+    serde_json::from_str(&http_get(addr, path)?).ok()
+}
+
+/// `GET /v1/nodes` by node id ("n1": its JSON).
+fn nodes(http: SocketAddr) -> BTreeMap<String, Value> {
+    json(http, "/v1/nodes")
+        .map(|v| {
+            v["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| (n["id"].as_str().unwrap().to_string(), n.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One node of `GET /v1/nodes` (null if the answer did not come or lacks it).
+fn node(http: SocketAddr, id: &str) -> Value {
+    nodes(http).remove(id).unwrap_or(Value::Null)
+}
+
+/// `GET /v1/shards`: each shard's replicas and replicas leaving.
+fn shards(http: SocketAddr) -> Vec<(String, Vec<String>, Vec<String>)> {
+    let names = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap().to_string())
+            .collect()
+    };
+    json(http, "/v1/shards")
+        .map(|v| {
+            v["shards"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| {
+                    (
+                        s["shard"].as_str().unwrap().to_string(),
+                        names(&s["replicas"]),
+                        names(&s["leaving"]),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every shard has `rf` replicas, none leaving, and none on `not_on`.
+fn placed(http: SocketAddr, rf: usize, not_on: &[&str]) -> bool {
+    let all = shards(http);
+    !all.is_empty()
+        && all.iter().all(|(_, replicas, leaving)| {
+            replicas.len() == rf
+                && leaving.is_empty()
+                && !replicas.iter().any(|r| not_on.contains(&r.as_str()))
+        })
+}
+
+/// Replica counts of the active nodes differ by at most one.
+fn balanced(http: SocketAddr) -> bool {
+    let counts: Vec<u64> = nodes(http)
+        .values()
+        .filter(|n| n["state"] == "active")
+        .map(|n| n["replicas"].as_u64().unwrap())
+        .collect();
+    !counts.is_empty() && counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1
+}
+
+/// Every node's replicas are exactly the shards the catalog places on it (moved replicas
+/// deleted, new ones running).
+fn replicas_match_catalog(cluster: &Cluster, ids: &[String]) -> bool {
+    let catalog = shards(cluster.nodes[0].http);
+    cluster.nodes.iter().zip(ids).all(|(node, id)| {
+        let Some(v) = json(node.http, "/v1/replicas") else {
+            return false;
+        };
+        let here: BTreeSet<String> = v["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["shard"].as_str().unwrap().to_string())
+            .filter(|s| s != "meta")
+            .collect();
+        let wanted: BTreeSet<String> = catalog
+            .iter()
+            .filter(|(_, replicas, _)| replicas.contains(id))
+            .map(|(s, _, _)| s.clone())
+            .collect();
+        here == wanted
+    })
+}
+
+fn node_id(node: &ProcessNode) -> String {
+    json(node.http, "/health").unwrap()["node"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn start(n: usize) -> Cluster {
+    Cluster::start(n, &["--dead-after", DEAD_AFTER])
+}
+
+fn add_node(cluster: &mut Cluster) {
+    let i = cluster.nodes.len();
+    let dir = cluster.dirs.path().join(format!("n{}", i + 1));
+    let join = Some(cluster.nodes[0].cluster);
+    cluster.nodes.push(ProcessNode::spawn_in_cluster(
+        &dir,
+        free_addr(),
+        free_addr(),
+        free_addr(),
+        join,
+        &["--dead-after", DEAD_AFTER],
+    ));
+}
+
+async fn create_table(pg: SocketAddr, shards: u32) {
+    let c = client(pg).await.expect("connect");
+    c.batch_execute(&format!(
+        "CREATE TABLE kv (k bigint PRIMARY KEY, v bigint) WITH (shard_count = {shards});
+         INSERT INTO kv SELECT g, g FROM generate_series(1, 500) g;"
+    ))
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joined_nodes_get_their_share_under_load() {
+    let mut cluster = start(3);
+    create_table(cluster.nodes[0].pg, 16).await;
+    let load = Load::start(cluster.nodes.iter().map(|n| n.pg).collect());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    add_node(&mut cluster);
+    add_node(&mut cluster);
+    let http = cluster.nodes[0].http;
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || {
+                let n = nodes(http);
+                n.len() == 5
+                    && n.values().all(|n| n["liveness"] == "alive")
+                    && placed(http, 3, &[])
+                    && balanced(http)
+            },
+            Duration::from_secs(120),
+            "5 nodes alive, every shard with 3 replicas, counts balanced",
+        )
+    });
+    let acked = load.finish().await;
+    let ids: Vec<String> = cluster.nodes.iter().map(node_id).collect();
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || replicas_match_catalog(&cluster, &ids),
+            Duration::from_secs(60),
+            "every node holding exactly its catalog replicas",
+        );
+        cluster.assert_converged();
+    });
+    // The new nodes serve, and lead some shards.
+    let n = nodes(http);
+    for id in &ids[3..] {
+        assert!(n[id]["replicas"].as_u64().unwrap() >= 9, "{n:?}");
+    }
+    let keys = all_keys(cluster.nodes[4].pg).await;
+    let lost: Vec<&i64> = acked.difference(&keys).collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    assert_eq!(keys.iter().filter(|k| **k <= 500).count(), 500);
+    // Every move was logged as one line.
+    let events = json(http, "/v1/events").unwrap();
+    let moves = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["message"].as_str().unwrap().contains("moving replica"))
+        .count();
+    assert!(moves >= 10, "moves logged: {events}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decommission_under_load_and_refusals() {
+    let mut cluster = start(3);
+    create_table(cluster.nodes[0].pg, 8).await;
+    let http = cluster.nodes[0].http;
+    // Three nodes, replication factor 3: no node can leave.
+    let (status, body) = http_post(
+        http,
+        "/v1/nodes/n3/decommission",
+        "",
+        Duration::from_secs(30),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("cannot decommission n3") && body.contains("s1") && body.contains("55000"),
+        "{body}"
+    );
+    let (status, body) = http_post(
+        http,
+        "/v1/nodes/n9/decommission",
+        "",
+        Duration::from_secs(30),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("no node n9"), "{body}");
+    add_node(&mut cluster);
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || placed(http, 3, &[]) && balanced(http),
+            Duration::from_secs(90),
+            "n4 placed",
+        )
+    });
+    let ids: Vec<String> = cluster.nodes.iter().map(node_id).collect();
+    // `remove` is for dead nodes.
+    let (status, body) = http_post(
+        http,
+        &format!("/v1/nodes/{}/remove", ids[2]),
+        "",
+        Duration::from_secs(30),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("is alive"), "{body}");
+
+    // Recommission before it finishes: with n4 stopped (SIGSTOP), replicas leaving n3
+    // have nowhere to go, and the move is reported stuck with its reason.
+    cluster.nodes[3].signal("-STOP");
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || node(http, &ids[3])["liveness"] != "alive",
+            Duration::from_secs(30),
+            "n4 seen not alive",
+        )
+    });
+    let (status, body) = http_post(
+        http,
+        &format!("/v1/nodes/{}/decommission", ids[2]),
+        "",
+        Duration::from_secs(30),
+    );
+    assert_eq!(status, 202, "{body}");
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || {
+                node(http, &ids[2])["stuck"].as_array().is_some_and(|s| {
+                    s.iter()
+                        .any(|w| w.as_str().unwrap().contains("no active, alive node"))
+                })
+            },
+            Duration::from_secs(30),
+            "the stuck decommission reported with its reason",
+        )
+    });
+    let (status, body) = http_post(
+        http,
+        &format!("/v1/nodes/{}/recommission", ids[2]),
+        "",
+        Duration::from_secs(30),
+    );
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(node(http, &ids[2])["state"], "active");
+    cluster.nodes[3].signal("-CONT");
+
+    // Decommission n2 under load: it ends with no replica, out of the meta group, refusing
+    // statements; nothing acknowledged is lost.
+    let load = Load::start(vec![
+        cluster.nodes[0].pg,
+        cluster.nodes[2].pg,
+        cluster.nodes[3].pg,
+    ]);
+    let leaving = ids[1].clone();
+    let (status, body) = http_post(
+        http,
+        &format!("/v1/nodes/{leaving}/decommission"),
+        "",
+        Duration::from_secs(30),
+    );
+    assert_eq!(status, 202, "{body}");
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || {
+                let n = nodes(http);
+                n[&leaving]["state"] == "decommissioned"
+                    && n[&leaving]["replicas"] == 0
+                    && placed(http, 3, &[leaving.as_str()])
+            },
+            Duration::from_secs(120),
+            "the decommission to finish",
+        )
+    });
+    let acked = load.finish().await;
+    let keys = all_keys(cluster.nodes[0].pg).await;
+    let lost: Vec<&i64> = acked.difference(&keys).collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    // The decommissioned node deletes its replicas and refuses clients.
+    let gone = cluster.nodes[1].pg;
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || {
+                json(cluster.nodes[1].http, "/v1/replicas").is_some_and(|v| {
+                    v["replicas"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|r| r["shard"] == "meta")
+                })
+            },
+            Duration::from_secs(60),
+            "the decommissioned node's replicas deleted",
+        )
+    });
+    let c = client(gone).await.expect("connect");
+    let e = c.query("SELECT count(*) FROM kv", &[]).await.unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "57P03", "{e}");
+    let message = e.as_db_error().unwrap().message();
+    assert!(message.contains("decommissioned"), "{message}");
+    // It cannot come back under its old identity.
+    cluster.nodes[1].kill9();
+    cluster.nodes[1].launch();
+    let status = tokio::task::block_in_place(|| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = cluster.nodes[1].child.try_wait() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a decommissioned node started"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    assert!(!status.success());
+    // The rest is balanced and agrees.
+    cluster.nodes.remove(1);
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || balanced(http),
+            Duration::from_secs(60),
+            "balanced after the decommission",
+        );
+        cluster.assert_converged();
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_is_replaced_and_comes_back_empty() {
+    let mut cluster = start(4);
+    create_table(cluster.nodes[0].pg, 8).await;
+    let http = cluster.nodes[0].http;
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || placed(http, 3, &[]) && balanced(http),
+            Duration::from_secs(60),
+            "placed",
+        )
+    });
+    let ids: Vec<String> = cluster.nodes.iter().map(node_id).collect();
+    // Kill a node other than the meta leader's.
+    let victim = (1..4)
+        .find(|i| node(http, &ids[*i])["leads_meta"] != true)
+        .unwrap();
+    let dead = ids[victim].clone();
+    cluster.nodes[victim].kill9();
+    let load = Load::start(
+        (0..4)
+            .filter(|i| *i != victim)
+            .map(|i| cluster.nodes[i].pg)
+            .collect(),
+    );
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || node(http, &dead)["liveness"] == "dead",
+            Duration::from_secs(30),
+            "gossip to declare the node dead",
+        );
+        wait_for(
+            || placed(http, 3, &[dead.as_str()]),
+            Duration::from_secs(90),
+            "the dead node's replicas re-created elsewhere",
+        );
+    });
+    let acked = load.finish().await;
+    let keys = all_keys(cluster.nodes[0].pg).await;
+    let lost: Vec<&i64> = acked.difference(&keys).collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    let events = json(http, "/v1/events").unwrap().to_string();
+    assert!(events.contains(&format!("{dead} (dead node)")), "{events}");
+    // Back again: it learns its replicas moved, drops them, and is given its share anew.
+    cluster.nodes[victim].restart();
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || node(http, &dead)["liveness"] == "alive" && placed(http, 3, &[]) && balanced(http),
+            Duration::from_secs(120),
+            "the returned node rebalanced",
+        );
+        wait_for(
+            || replicas_match_catalog(&cluster, &ids),
+            Duration::from_secs(60),
+            "every node holding exactly its catalog replicas",
+        );
+        cluster.assert_converged();
+    });
+    let keys = all_keys(cluster.nodes[victim].pg).await;
+    assert!(acked.is_subset(&keys));
+}
