@@ -516,7 +516,10 @@ async fn a_dead_node_is_replaced_and_comes_back_empty() {
     let lost: Vec<&i64> = acked.difference(&keys).collect();
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     let events = json(http, "/v1/events").unwrap().to_string();
-    assert!(events.contains(&format!("{dead} (dead node)")), "{events}");
+    assert!(
+        events.contains(&format!("moving replica {dead} → ")) && events.contains("(dead node)"),
+        "{events}"
+    );
     // Back again: it learns its replicas moved, drops them, and is given its share anew.
     cluster.nodes[victim].restart();
     tokio::task::block_in_place(|| {

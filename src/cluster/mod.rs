@@ -320,7 +320,12 @@ impl Cluster {
                 continue;
             }
             let epoch = shard.epoch_of(self.node);
-            let running = self.placed.lock().expect("placed lock").get(&shard.id).copied();
+            let running = self
+                .placed
+                .lock()
+                .expect("placed lock")
+                .get(&shard.id)
+                .copied();
             match running {
                 Some(e) if e >= epoch => continue,
                 _ => {}
@@ -392,7 +397,12 @@ impl Cluster {
     /// out of the group's Raft membership before the catalog says so, so nothing counts on
     /// these copies. `u64::MAX` deletes every copy (a retired shard).
     async fn delete_lives(&self, shard: ShardId, below: u64) -> Result<()> {
-        let running = self.placed.lock().expect("placed lock").get(&shard).copied();
+        let running = self
+            .placed
+            .lock()
+            .expect("placed lock")
+            .get(&shard)
+            .copied();
         if running.is_some_and(|e| e < below) {
             let group = self
                 .groups
@@ -403,7 +413,10 @@ impl Cluster {
             self.placed.lock().expect("placed lock").remove(&shard);
             if let Some(group) = group {
                 group.shutdown().await;
-                let line = format!("shard {shard}: replica on {} deleted (moved away)", self.node);
+                let line = format!(
+                    "shard {shard}: replica on {} deleted (moved away)",
+                    self.node
+                );
                 tracing::info!("{line}");
                 self.journal.record("replica", line);
             }
@@ -625,8 +638,9 @@ async fn heartbeats(cluster: Arc<Cluster>) {
 /// On every node: ask the catalog's nodes that gossip does not see alive to gossip with us
 /// (a node just started or restarted, or one back from a partition).
 async fn track_liveness(cluster: Arc<Cluster>) {
+    let mut changes = cluster.catalog_watch();
     loop {
-        let catalog = cluster.catalog();
+        let catalog = changes.borrow_and_update().clone();
         for n in catalog.nodes.values() {
             if n.id == cluster.node || n.state == NodeState::Decommissioned {
                 continue;
@@ -640,7 +654,11 @@ async fn track_liveness(cluster: Arc<Cluster>) {
                 }
             }
         }
-        tokio::time::sleep(limits::GOSSIP_ANNOUNCE_EVERY).await;
+        // Again soon, or at once when a node joins.
+        tokio::select! {
+            () = tokio::time::sleep(limits::GOSSIP_ANNOUNCE_EVERY) => {}
+            changed = changes.changed() => if changed.is_err() { return },
+        }
     }
 }
 
@@ -677,10 +695,11 @@ async fn placement_driver(cluster: Arc<Cluster>) {
         }
         let catalog = cluster.catalog();
         let nodes: Vec<NodeId> = catalog.nodes.keys().copied().collect();
-        let down = cluster.liveness.down_among(nodes.iter().copied());
         let dead = cluster
             .liveness
             .dead_longer_than(nodes.iter().copied(), cluster.dead_after);
+        let mut down = cluster.liveness.down_among(nodes.iter().copied());
+        down.extend(dead.iter().copied());
         follow_catalog(&cluster, &catalog, &down, &state);
         place(&cluster, &catalog, &down, &dead, &state).await;
         finish_decommissions(&cluster, &catalog, &state).await;
@@ -758,24 +777,20 @@ async fn place(
         dead,
     };
     let mut load = placement::replica_load(catalog);
-    // A move is in flight while its shard has a replica more than it wants or a replica
-    // not yet a voter; count them, and what each node is taking in.
+    // A move is in flight while its shard has a replica more than it wants (added, the old
+    // one not yet taken away); a node is taking one in while its replica is not a voter yet.
     let confirmed = state.confirmed.lock().expect("lock").clone();
     let mut moves = 0;
     let mut incoming: BTreeMap<NodeId, usize> = BTreeMap::new();
     for shard in catalog.shards.values() {
         let want = placement::wanted(catalog, shard.replication_factor, &shard.zones);
-        let pending: Vec<NodeId> = shard
-            .replicas
-            .iter()
-            .copied()
-            .filter(|n| !confirmed.contains(&(shard.id, *n)))
-            .collect();
-        if shard.replicas.len() > want || !pending.is_empty() {
+        if shard.replicas.len() > want {
             moves += 1;
         }
-        for n in pending {
-            *incoming.entry(n).or_default() += 1;
+        for n in &shard.replicas {
+            if !confirmed.contains(&(shard.id, *n)) && !down.contains(n) {
+                *incoming.entry(*n).or_default() += 1;
+            }
         }
     }
     let mut stuck: BTreeMap<NodeId, Vec<String>> = BTreeMap::new();
@@ -866,7 +881,8 @@ async fn place(
     }
     let mut kept = state.stuck.lock().expect("lock");
     for (node, reasons) in &stuck {
-        for r in reasons {
+        // Waiting for a new replica to catch up is progress, not worth an event.
+        for r in reasons.iter().filter(|r| !r.contains("to catch up")) {
             if !kept.get(node).is_some_and(|old| old.contains(r)) {
                 let line = format!("node {node}: cannot move shard {r}");
                 tracing::warn!("{line}");

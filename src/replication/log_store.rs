@@ -107,7 +107,10 @@ impl LogDb {
     pub fn store(&self, shard: ShardId, epoch: u64) -> crate::error::Result<LogStore> {
         let log = self
             .db
-            .keyspace(&Self::keyspace_name(shard, epoch), KeyspaceCreateOptions::default)
+            .keyspace(
+                &Self::keyspace_name(shard, epoch),
+                KeyspaceCreateOptions::default,
+            )
             .map_err(|e| crate::error::Error::internal(format!("opening log of {shard}: {e}")))?;
         Ok(LogStore {
             db: self.db.clone(),
