@@ -538,3 +538,56 @@ async fn a_dead_node_is_replaced_and_comes_back_empty() {
     let keys = all_keys(cluster.nodes[victim].pg).await;
     assert!(acked.is_subset(&keys));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_without_quorum_fails_fast_naming_its_missing_replicas() {
+    let mut cluster = start(3);
+    create_table(cluster.nodes[0].pg, 4).await;
+    let http = cluster.nodes[0].http;
+    let ids: Vec<String> = cluster.nodes.iter().map(node_id).collect();
+    cluster.nodes[1].kill9();
+    cluster.nodes[2].kill9();
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || {
+                let n = nodes(http);
+                n.get(&ids[1]).is_some_and(|v| v["liveness"] == "dead")
+                    && n.get(&ids[2]).is_some_and(|v| v["liveness"] == "dead")
+            },
+            Duration::from_secs(30),
+            "both nodes seen dead",
+        )
+    });
+    let c = client(cluster.nodes[0].pg).await.expect("connect");
+    // Once the leaders' leases run out, every write fails at once, naming the dead nodes.
+    let mut answer = None;
+    for _ in 0..50 {
+        let started = std::time::Instant::now();
+        match c.execute("INSERT INTO kv VALUES (100001, 1)", &[]).await {
+            Ok(_) => panic!("a write without a quorum succeeded"),
+            Err(e) => {
+                let db = e.as_db_error().expect("an error from the server");
+                if db.message().contains("has no quorum") {
+                    answer = Some((
+                        db.code().code().to_string(),
+                        db.message().to_string(),
+                        started.elapsed(),
+                    ));
+                    break;
+                }
+            }
+        }
+    }
+    let (code, message, _took) = answer.expect("a no-quorum error");
+    assert_eq!(code, "57P03", "{message}");
+    assert!(
+        message.contains(&ids[1]) && message.contains(&ids[2]),
+        "{message}"
+    );
+    // Reads at `any` are served by the replica left.
+    c.batch_execute("SET cairn.read_consistency = 'any'")
+        .await
+        .unwrap();
+    let rows = c.query("SELECT count(*) FROM kv", &[]).await.unwrap();
+    assert_eq!(rows[0].get::<_, i64>(0), 500);
+}

@@ -1,6 +1,10 @@
 //! `cairn dev`: a local cluster of `cairn start` child processes (so one can be killed),
-//! their logs prefixed with the node name, connection hints printed once all are up.
-//! It restarts nothing on its own; Ctrl-C stops every node.
+//! their logs prefixed with the node's id, connection hints printed once all are up.
+//! It restarts nothing on its own, says when a node exits, and SIGINT or SIGTERM stops
+//! every node within a few seconds.
+//!
+//! A new cluster's nodes start one after another, so the cluster gives node i the id `ni`
+//! and its data dir is `<dir>/ni`; the ids printed are read back from each node either way.
 
 use anyhow::{bail, Context};
 use std::net::{SocketAddr, TcpStream};
@@ -39,12 +43,16 @@ pub struct DevArgs {
     pub zones: Vec<String>,
 }
 
-fn forward_logs(name: String, child: &mut Child) {
+/// A node's log prefix: its data dir's name until the cluster's id for it is known.
+type Prefix = std::sync::Arc<std::sync::Mutex<String>>;
+
+fn forward_logs(name: Prefix, child: &mut Child) {
     if let Some(out) = child.stderr.take() {
         let name = name.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(out).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                let name = name.lock().expect("prefix lock").clone();
                 eprintln!("[{name}] {line}");
             }
         });
@@ -53,9 +61,35 @@ fn forward_logs(name: String, child: &mut Child) {
         tokio::spawn(async move {
             let mut lines = BufReader::new(out).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                let name = name.lock().expect("prefix lock").clone();
                 println!("[{name}] {line}");
             }
         });
+    }
+}
+
+/// The id the cluster gave the node serving HTTP at `addr` (from `/health`).
+fn node_id(addr: SocketAddr) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    s.write_all(b"GET /health HTTP/1.0\r\n\r\n").ok()?;
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    let json: serde_json::Value = serde_json::from_str(body.split_once("\r\n\r\n")?.1).ok()?;
+    json["node"].as_str().map(str::to_string)
+}
+
+/// Stop a node: SIGTERM, then SIGKILL if it has not exited within `grace`.
+async fn stop(name: &str, child: &mut Child, grace: Duration) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        eprintln!("{name} did not stop within {grace:?}; killing it");
+        let _ = child.kill().await;
     }
 }
 
@@ -97,6 +131,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         bail!("--nodes must be at least 1");
     }
     let exe = std::env::current_exe().context("locating the cairn binary")?;
+    // A new cluster starts its nodes in turn (so node i joins i-th and is given id `ni`); an
+    // existing one all at once (a lone first node cannot elect a meta leader).
+    let fresh = !args.data_dir.join("n1").join("node.json").exists();
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut children = Vec::new();
     for i in 0..args.nodes {
         let name = format!("n{}", i + 1);
@@ -132,19 +170,26 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {name}"))?;
-        forward_logs(name.clone(), &mut child);
-        children.push((name, pg, http, dir, child));
+        let prefix: Prefix = std::sync::Arc::new(std::sync::Mutex::new(name.clone()));
+        forward_logs(prefix.clone(), &mut child);
+        if fresh {
+            wait_ready(http, &mut child, deadline)?;
+        }
+        children.push((prefix, pg, http, dir, child));
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for (_, _, http, _, child) in children.iter_mut() {
+    for (prefix, _, http, _, child) in children.iter_mut() {
         wait_ready(*http, child, deadline)?;
+        if let Some(id) = node_id(*http) {
+            *prefix.lock().expect("prefix lock") = id;
+        }
     }
     println!(
         "\nCairn dev cluster is up ({} node{}):",
         args.nodes,
         if args.nodes == 1 { "" } else { "s" }
     );
-    for (name, pg, http, dir, child) in &children {
+    for (prefix, pg, http, dir, child) in &children {
+        let name = prefix.lock().expect("prefix lock").clone();
         println!(
             "  {name}  pgwire {pg}  http {http}  pid {}  data {}",
             child.id().unwrap_or(0),
@@ -156,24 +201,36 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  psql \"postgres://cairn@{pg}/cairn\"");
     println!("  curl -s http://{http}/v1/sql -d '{{\"sql\": \"SELECT version()\"}}'");
     println!("\nPress Ctrl-C to stop.\n");
-    tokio::select! {
-        _ = super::shutdown_signal() => {}
-        _ = async {
-            for (_, _, _, _, child) in children.iter_mut() {
-                let _ = child.wait().await;
+    let mut exited = vec![false; children.len()];
+    let stop_signal = super::shutdown_signal();
+    tokio::pin!(stop_signal);
+    loop {
+        tokio::select! {
+            _ = &mut stop_signal => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        // Say when a node exits (crashed, or killed by hand).
+        for (i, (prefix, _, _, _, child)) in children.iter_mut().enumerate() {
+            if exited[i] {
+                continue;
             }
-        } => { bail!("every node exited"); }
-    }
-    println!("stopping...");
-    for (name, _, _, _, child) in children.iter_mut() {
-        // Ctrl-C in a terminal reaches the children too; give them a moment to stop cleanly.
-        match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
-            Ok(_) => {}
-            Err(_) => {
-                eprintln!("{name} did not stop within 10 s; killing it");
-                let _ = child.kill().await;
+            if let Ok(Some(status)) = child.try_wait() {
+                exited[i] = true;
+                let name = prefix.lock().expect("prefix lock").clone();
+                eprintln!("[{name}] exited: {status}");
             }
         }
+        if exited.iter().all(|e| *e) {
+            bail!("every node exited");
+        }
     }
+    println!("stopping...");
+    // Every node at once: a node that waited for its peers' answers while they stop one
+    // by one would take the longest.
+    let stops = children.iter_mut().map(|(prefix, _, _, _, child)| {
+        let name = prefix.lock().expect("prefix lock").clone();
+        async move { stop(&name, child, Duration::from_secs(5)).await }
+    });
+    futures::future::join_all(stops).await;
     Ok(())
 }

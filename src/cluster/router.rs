@@ -115,6 +115,32 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// Fail at once, naming the replicas that are gone, when gossip says most of `shard`'s
+    /// replicas are dead: no leader can be elected, and waiting `LEADER_WAIT` for one only
+    /// delays the answer.
+    fn refuse_without_quorum(&self, shard: ShardId) -> Result<()> {
+        let replicas = self.replicas_of(shard);
+        let dead: Vec<String> = replicas
+            .iter()
+            .filter(|n| self.liveness.of(**n).0 == super::liveness::Live::Dead)
+            .map(|n| n.to_string())
+            .collect();
+        if replicas.is_empty() || (replicas.len() - dead.len()) * 2 > replicas.len() {
+            return Ok(());
+        }
+        Err(Error::sql(
+            crate::error::sqlstate::CANNOT_CONNECT_NOW,
+            format!(
+                "shard {shard} has no quorum: {} of its {} replicas are down ({}); it takes \
+                 writes again when they return (reads with cairn.read_consistency = 'any' are \
+                 served by the replicas left)",
+                dead.len(),
+                replicas.len(),
+                dead.join(", ")
+            ),
+        ))
+    }
+
     fn cached_leader(&self, shard: ShardId) -> Option<NodeId> {
         self.leaders
             .lock()
@@ -176,6 +202,9 @@ impl Cluster {
         loop {
             let here = self.group(shard);
             let mut target = self.known_leader(shard);
+            if target.is_none_or(|l| self.liveness.of(l).0 == super::liveness::Live::Dead) {
+                self.refuse_without_quorum(shard)?;
+            }
             if target.is_none() {
                 if let Some(g) = &here {
                     let left = deadline.saturating_duration_since(Instant::now());
