@@ -166,6 +166,10 @@ pub const DEAD_AFTER_DEFAULT: Duration = Duration::from_secs(60);
 /// (gossip reaches every live node within a few probe periods).
 pub const LIVENESS_UNKNOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// Largest replication factor a table may ask for (beyond it every write waits on a
+/// quorum of many nodes for little more safety).
+pub const REPLICATION_FACTOR_MAX: u32 = 9;
+
 /// How long `cairn start` lets its groups stop cleanly on SIGINT/SIGTERM before exiting
 /// anyway (nothing acknowledged depends on it: the log is fsynced before any answer).
 pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);

@@ -591,3 +591,56 @@ async fn a_shard_without_quorum_fails_fast_naming_its_missing_replicas() {
     let rows = c.query("SELECT count(*) FROM kv", &[]).await.unwrap();
     assert_eq!(rows[0].get::<_, i64>(0), 500);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tables_replication_factor_changes_online() {
+    let cluster = start(4);
+    create_table(cluster.nodes[0].pg, 4).await;
+    let http = cluster.nodes[0].http;
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || placed(http, 3, &[]),
+            Duration::from_secs(60),
+            "3 replicas each",
+        )
+    });
+    let c = client(cluster.nodes[1].pg).await.expect("connect");
+    let e = c
+        .batch_execute("ALTER TABLE kv SET (replication_factor = 0)")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "22023", "{e:?}");
+    let load = Load::start(vec![cluster.nodes[0].pg, cluster.nodes[2].pg]);
+    c.batch_execute("ALTER TABLE kv SET (replication_factor = 4)")
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || placed(http, 4, &[]),
+            Duration::from_secs(90),
+            "4 replicas each",
+        )
+    });
+    c.batch_execute("ALTER TABLE kv SET (replication_factor = 2)")
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || placed(http, 2, &[]) && balanced(http),
+            Duration::from_secs(90),
+            "2 replicas each, balanced",
+        )
+    });
+    let acked = load.finish().await;
+    let keys = all_keys(cluster.nodes[3].pg).await;
+    assert!(acked.is_subset(&keys), "acknowledged writes lost");
+    let ids: Vec<String> = cluster.nodes.iter().map(node_id).collect();
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || replicas_match_catalog(&cluster, &ids),
+            Duration::from_secs(60),
+            "trimmed replicas deleted",
+        );
+        cluster.assert_converged();
+    });
+}

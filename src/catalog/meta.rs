@@ -176,5 +176,13 @@ pub fn change(change: &Change) -> Result<Statement> {
         Change::PutColocation(g) => put_colocation(g),
         Change::PutObject(o) => put_object(o),
         Change::ForgetObject(key) => Ok(delete_object(key)),
+        // Only the factor changes: the placement driver may be changing replicas meanwhile.
+        Change::SetReplicationFactor { colocation, factor } => Ok(dml(
+            "UPDATE _cairn_shards SET def = json_set(def, '$.replication_factor', ?2) WHERE json_extract(def, '$.colocation') = ?1",
+            vec![
+                Value::Integer(*colocation as i64),
+                Value::Integer(*factor as i64),
+            ],
+        )),
     }
 }

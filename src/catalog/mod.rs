@@ -388,6 +388,12 @@ pub enum Change {
     PutObject(Box<Object>),
     /// Delete the object with this key.
     ForgetObject(String),
+    /// Every shard of a colocation group keeps this many replicas (the placement driver
+    /// adds or trims them online).
+    SetReplicationFactor {
+        colocation: u64,
+        factor: u32,
+    },
 }
 
 /// One shard's part of a DDL job.
@@ -582,6 +588,13 @@ impl Catalog {
             }
             Change::ForgetObject(key) => {
                 self.objects.remove(key);
+            }
+            Change::SetReplicationFactor { colocation, factor } => {
+                for shard in self.shards.values_mut() {
+                    if shard.colocation == *colocation {
+                        shard.replication_factor = *factor;
+                    }
+                }
             }
         }
     }

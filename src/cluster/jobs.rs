@@ -105,7 +105,10 @@ impl Cluster {
                 Change::PutTable(t) => {
                     left.extend(before(&t.name, Some(t.colocation)).filter(|&g| g != t.colocation))
                 }
-                Change::PutColocation(_) | Change::PutObject(_) | Change::ForgetObject(_) => {}
+                Change::PutColocation(_)
+                | Change::PutObject(_)
+                | Change::ForgetObject(_)
+                | Change::SetReplicationFactor { .. } => {}
             }
         }
         left.sort_unstable();

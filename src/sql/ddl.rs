@@ -186,6 +186,24 @@ pub async fn plan(mt: &MetaTxn<'_>, catalog: &Catalog, action: &DdlAction) -> Re
             }
             Ok(out)
         }
+        DdlAction::SetReplicationFactor { table, factor } => {
+            let t = catalog.table(table).ok_or_else(|| {
+                Error::sql(
+                    sqlstate::UNDEFINED_TABLE,
+                    format!("relation \"{table}\" does not exist"),
+                )
+            })?;
+            if matches!(t.distribution, Distribution::Reference) {
+                return Err(Error::unsupported(
+                    "a reference table has a replica on every node; its replication factor cannot change",
+                ));
+            }
+            let change = Change::SetReplicationFactor {
+                colocation: t.colocation,
+                factor: *factor,
+            };
+            Ok(vec![object_plan(table, vec![change])])
+        }
         DdlAction::SetCacheTtl { table, ttl } => {
             if catalog.table(table).is_none() {
                 return Err(Error::sql(

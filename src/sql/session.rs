@@ -1396,6 +1396,7 @@ impl Session {
             | A::CreateSequence { .. }
             | A::DropObjects { .. }
             | A::SetCacheTtl { .. }
+            | A::SetReplicationFactor { .. }
             | A::Comment { .. } => Vec::new(),
         };
         // A view's columns: its query described now, against this session's catalog.

@@ -132,6 +132,11 @@ pub enum DdlAction {
         if_exists: bool,
         cascade: bool,
     },
+    /// `ALTER TABLE t SET (replication_factor = n)`: replicas of every shard the table is on.
+    SetReplicationFactor {
+        table: String,
+        factor: u32,
+    },
     /// `ALTER TABLE t SET (cache_ttl = '60s')`; None turns the table's cache off.
     SetCacheTtl {
         table: String,
@@ -2226,6 +2231,15 @@ pub fn translate(
                         {
                             ttl = parse_cache_ttl(&option_text(value))?;
                         }
+                        ast::SqlOption::KeyValue { key, value }
+                            if ident_name(key) == "replication_factor" && options.len() == 1 =>
+                        {
+                            let factor = parse_replication_factor(&option_text(value))?;
+                            return Ok(ddl(
+                                DdlAction::SetReplicationFactor { table, factor },
+                                "ALTER TABLE",
+                            ));
+                        }
                         other => {
                             return Err(Error::unsupported(format!("ALTER TABLE SET ({other})")))
                         }
@@ -3362,6 +3376,23 @@ fn create_table(create: &mut ast::CreateTable) -> Result<CreateTable> {
         colocate_with,
         cache_ttl,
     })
+}
+
+/// A `replication_factor` option: replicas per shard, 1 to `REPLICATION_FACTOR_MAX`.
+pub fn parse_replication_factor(text: &str) -> Result<u32> {
+    text.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=limits::REPLICATION_FACTOR_MAX).contains(n))
+        .ok_or_else(|| {
+            Error::sql(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!(
+                    "replication_factor must be between 1 and {} (set it alone in ALTER TABLE ... SET)",
+                    limits::REPLICATION_FACTOR_MAX
+                ),
+            )
+        })
 }
 
 /// A `cache_ttl` option: a duration (`'60s'`, `'5m'`), or `0`/`off` for no caching.
