@@ -634,6 +634,24 @@ async fn a_tables_replication_factor_changes_online() {
     let acked = load.finish().await;
     let keys = all_keys(cluster.nodes[3].pg).await;
     assert!(acked.is_subset(&keys), "acknowledged writes lost");
+    // A table created with its own factor gets shards of its own with it.
+    c.batch_execute(
+        "CREATE TABLE wide (k bigint PRIMARY KEY) WITH (shard_count = 2, replication_factor = 4);
+         INSERT INTO wide VALUES (1), (2), (3);",
+    )
+    .await
+    .unwrap();
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || {
+                let all = shards(http);
+                all.iter().filter(|(_, r, _)| r.len() == 4).count() == 2
+                    && all.iter().filter(|(_, r, _)| r.len() == 2).count() == 4
+            },
+            Duration::from_secs(90),
+            "the new table's 2 shards with 4 replicas, the old table's 4 with 2",
+        )
+    });
     let ids: Vec<String> = cluster.nodes.iter().map(node_id).collect();
     tokio::task::block_in_place(|| {
         wait_for(

@@ -1476,8 +1476,20 @@ async fn plan_create(mt: &MetaTxn<'_>, catalog: &Catalog, ct: &CreateTable) -> R
         }
         (None, c) => c,
     };
+    // A table asking for its own replication factor gets shards of its own (unless told to
+    // share another table's), given that factor once they exist.
+    let own_factor = ct.replication_factor.filter(|_| colocate.is_none());
+    if ct.replication_factor.is_some() && matches!(distribution, Distribution::List { .. }) {
+        return Err(Error::unsupported(
+            "replication_factor on a list-partitioned table (set it on each partition's zones instead)",
+        ));
+    }
+    let shared_single = match own_factor {
+        Some(_) => None,
+        None => free_single_group(mt, catalog).await,
+    };
     let colocation = match &distribution {
-        Distribution::Single => match colocate.or(free_single_group(mt, catalog).await) {
+        Distribution::Single => match colocate.or(shared_single) {
             Some(id) => id,
             None => {
                 new_colocation(mt, catalog, ColocationKind::Single, 1, &mut plan)
@@ -1505,6 +1517,7 @@ async fn plan_create(mt: &MetaTxn<'_>, catalog: &Catalog, ct: &CreateTable) -> R
                     }
                     Some(id)
                 }
+                None if own_factor.is_some() => None,
                 None => catalog
                     .colocations
                     .values()
@@ -1582,6 +1595,10 @@ async fn plan_create(mt: &MetaTxn<'_>, catalog: &Catalog, ct: &CreateTable) -> R
     plan.steps = steps_on(&shards, &format!("{drop};{sqlite}"));
     plan.undo = steps_on(&shards, &drop);
     plan.finish = vec![Change::PutTable(Box::new(table))];
+    if let Some(factor) = own_factor {
+        plan.finish
+            .push(Change::SetReplicationFactor { colocation, factor });
+    }
     if let Some(ttl) = ct.cache_ttl {
         plan.finish
             .push(Change::PutObject(Box::new(Object::CacheTtl {

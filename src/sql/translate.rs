@@ -238,6 +238,8 @@ pub struct CreateTable {
     pub colocate_with: Option<String>,
     /// `WITH (cache_ttl = '60s')`: results of queries over it may be cached this long.
     pub cache_ttl: Option<std::time::Duration>,
+    /// `WITH (replication_factor = n)`: replicas of each of its shards.
+    pub replication_factor: Option<u32>,
 }
 
 impl CreateTable {
@@ -3265,6 +3267,7 @@ fn create_table(create: &mut ast::CreateTable) -> Result<CreateTable> {
     let mut shard_count = None;
     let mut colocate_with = None;
     let mut cache_ttl = None;
+    let mut replication_factor = None;
     let mut zones = Vec::new();
     if let ast::CreateTableOptions::With(options) = &create.table_options {
         for o in options {
@@ -3291,6 +3294,7 @@ fn create_table(create: &mut ast::CreateTable) -> Result<CreateTable> {
                 }
                 "colocate_with" => colocate_with = Some(text.to_lowercase()),
                 "cache_ttl" => cache_ttl = parse_cache_ttl(&text)?,
+                "replication_factor" => replication_factor = Some(parse_replication_factor(&text)?),
                 "zones" => {
                     zones = text
                         .split(',')
@@ -3375,6 +3379,7 @@ fn create_table(create: &mut ast::CreateTable) -> Result<CreateTable> {
         shard_count,
         colocate_with,
         cache_ttl,
+        replication_factor,
     })
 }
 
