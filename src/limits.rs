@@ -166,6 +166,10 @@ pub const DEAD_AFTER_DEFAULT: Duration = Duration::from_secs(60);
 /// (gossip reaches every live node within a few probe periods).
 pub const LIVENESS_UNKNOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// Voters of the meta group at most; other nodes follow it as learners. Five survive two
+/// failures, and every catalog change waits for three of them, not for every node.
+pub const META_VOTERS_MAX: usize = 5;
+
 /// Largest replication factor a table may ask for (beyond it every write waits on a
 /// quorum of many nodes for little more safety).
 pub const REPLICATION_FACTOR_MAX: u32 = 9;

@@ -662,3 +662,66 @@ async fn a_tables_replication_factor_changes_online() {
         cluster.assert_converged();
     });
 }
+
+/// Meta roles by node id ("voter", "learner") as `GET /v1/nodes` reports them.
+fn meta_roles(http: SocketAddr) -> BTreeMap<String, String> {
+    nodes(http)
+        .into_iter()
+        .filter_map(|(id, n)| Some((id, n["meta"].as_str()?.to_string())))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_meta_group_keeps_five_voters_and_replaces_a_dead_one() {
+    let mut cluster = start(6);
+    let http = cluster.nodes[0].http;
+    let voters = |roles: &BTreeMap<String, String>| -> Vec<String> {
+        roles
+            .iter()
+            .filter(|(_, r)| *r == "voter")
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || {
+                let roles = meta_roles(http);
+                roles.len() == 6 && voters(&roles).len() == 5
+            },
+            Duration::from_secs(60),
+            "5 meta voters and a learner",
+        )
+    });
+    let ids: Vec<String> = cluster.nodes.iter().map(node_id).collect();
+    let roles = meta_roles(http);
+    let learner = roles
+        .iter()
+        .find(|(_, r)| *r == "learner")
+        .unwrap()
+        .0
+        .clone();
+    // Kill a voter that does not lead the meta group.
+    let victim = (1..6)
+        .find(|i| roles[&ids[*i]] == "voter" && node(http, &ids[*i])["leads_meta"] != true)
+        .unwrap();
+    cluster.nodes[victim].kill9();
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || {
+                let roles = meta_roles(http);
+                roles.get(&learner).is_some_and(|r| r == "voter")
+                    && roles.get(&ids[victim]).is_some_and(|r| r == "learner")
+            },
+            Duration::from_secs(60),
+            "the learner promoted in the dead voter's place",
+        )
+    });
+    // The catalog still changes, through any live node.
+    let survivor = (1..6).find(|i| *i != victim).unwrap();
+    let c = client(cluster.nodes[survivor].pg).await.expect("connect");
+    c.batch_execute(
+        "CREATE TABLE after_death (k int PRIMARY KEY); INSERT INTO after_death VALUES (1);",
+    )
+    .await
+    .unwrap();
+}

@@ -19,6 +19,14 @@ fn node_json(
 ) -> Value {
     let cluster = &api.engine.cluster;
     let (live, live_since) = cluster.liveness.of(record.id);
+    let (voters, learners) = cluster.meta_roles();
+    let meta = if voters.contains(&record.id) {
+        Some("voter")
+    } else if learners.contains(&record.id) {
+        Some("learner")
+    } else {
+        None
+    };
     json!({
         "id": record.id.to_string(),
         "cluster_addr": record.cluster_addr,
@@ -32,6 +40,7 @@ fn node_json(
         "replicas": replicas,
         "leaders": status.map(|s| s.leading.iter().filter(|g| **g != ShardId::META).count()),
         "leads_meta": status.map(|s| s.leading.contains(&ShardId::META)),
+        "meta": meta,
         "started_ms": status.map(|s| s.started_ms),
         "version": status.map(|s| s.version.clone()),
     })

@@ -542,6 +542,12 @@ impl Cluster {
             ))
         })?
         .map_err(membership_error)?;
+        // The meta group keeps at most `META_VOTERS_MAX` voters; other nodes follow it as
+        // learners (the placement driver promotes one when a voter dies or leaves).
+        if group.shard.is_meta() && voters.len() >= limits::META_VOTERS_MAX {
+            tracing::info!(node = %NodeId(id), "joined the meta group as a learner");
+            return Ok(());
+        }
         raft.change_membership(
             openraft::ChangeMembers::AddVoterIds(BTreeSet::from([id])),
             false,
@@ -549,6 +555,17 @@ impl Cluster {
         .await
         .map_err(membership_error)?;
         Ok(())
+    }
+
+    /// The meta group's voters and learners, as this node's replica knows them.
+    pub fn meta_roles(&self) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
+        let metrics = self.meta.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        (
+            membership.voter_ids().map(NodeId).collect(),
+            membership.learner_ids().map(NodeId).collect(),
+        )
     }
 }
 
@@ -702,6 +719,7 @@ async fn placement_driver(cluster: Arc<Cluster>) {
         down.extend(dead.iter().copied());
         follow_catalog(&cluster, &catalog, &down, &state);
         place(&cluster, &catalog, &down, &dead, &state).await;
+        balance_meta(&cluster, &catalog, &down, &dead, &state);
         finish_decommissions(&cluster, &catalog, &state).await;
         // DDL jobs left behind by a coordinator that failed or died.
         jobs_seen.retain(|id, _| catalog.jobs.contains_key(id));
@@ -893,13 +911,89 @@ async fn place(
     *kept = stuck;
 }
 
+/// The meta group's voters: up to `META_VOTERS_MAX` active nodes that are alive, spread over
+/// zones; a voter that is dead, leaving or beyond the count becomes a learner once a
+/// replacement (if any) is a voter. One change per round.
+fn balance_meta(
+    cluster: &Arc<Cluster>,
+    catalog: &Catalog,
+    down: &BTreeSet<NodeId>,
+    dead: &BTreeSet<NodeId>,
+    state: &Arc<DriverState>,
+) {
+    let (voters, learners) = cluster.meta_roles();
+    let active = |n: &NodeId| catalog.node(*n).is_some_and(|r| r.is_active());
+    // A voter stays one until it is dead past `--dead-after` (a suspect moment is no
+    // reason to change the group); a learner is promoted only while alive.
+    let usable = |n: &NodeId| !dead.contains(n) && active(n);
+    let promotable = |n: &NodeId| !down.contains(n) && active(n);
+    let good: Vec<NodeId> = voters.iter().copied().filter(usable).collect();
+    let target = voters
+        .iter()
+        .chain(&learners)
+        .filter(|n| usable(n))
+        .count()
+        .min(limits::META_VOTERS_MAX);
+    let zone = |n: &NodeId| catalog.node(*n).and_then(|r| r.zone.clone());
+    let covered: BTreeSet<Option<String>> = good.iter().map(zone).collect();
+    let change = if good.len() < target {
+        // Promote a learner, from a zone no good voter is in if there is one.
+        learners
+            .iter()
+            .copied()
+            .filter(promotable)
+            .min_by_key(|n| (covered.contains(&zone(n)), *n))
+            .map(|n| (n, true))
+    } else if voters.len() > target {
+        // Demote a voter that is dead or leaving, else the surplus.
+        voters
+            .iter()
+            .copied()
+            .max_by_key(|n| (!usable(n), Some(*n) != cluster.meta.leader().0, *n))
+            .map(|n| (n, false))
+    } else {
+        None
+    };
+    let Some((node, promote)) = change else {
+        return;
+    };
+    if !state.leaving_meta.lock().expect("lock").insert(node) {
+        return;
+    }
+    let (c, state) = (cluster.clone(), state.clone());
+    tokio::spawn(async move {
+        let _one_at_a_time = c.changing.lock().await;
+        let change = if promote {
+            openraft::ChangeMembers::AddVoterIds(BTreeSet::from([node.0]))
+        } else {
+            openraft::ChangeMembers::RemoveVoters(BTreeSet::from([node.0]))
+        };
+        // A demoted voter stays a learner: it still follows the catalog.
+        match c.meta.raft.change_membership(change, true).await {
+            Ok(_) => {
+                let line = format!(
+                    "meta: {node} is now a {}",
+                    if promote { "voter" } else { "learner" }
+                );
+                tracing::info!("{line}");
+                c.journal.record("move", line);
+            }
+            Err(e) => tracing::warn!(%node, error = %e, "changing the meta group's voters"),
+        }
+        state.leaving_meta.lock().expect("lock").remove(&node);
+    });
+}
+
 /// A decommissioning node holding no replica is decommissioned; a decommissioned node
 /// leaves the meta group.
 async fn finish_decommissions(cluster: &Arc<Cluster>, catalog: &Catalog, state: &Arc<DriverState>) {
     let load = placement::replica_load(catalog);
     for n in catalog.nodes.values() {
         match n.state {
-            NodeState::Decommissioning if load.get(&n.id).copied().unwrap_or(0) == 0 => {
+            NodeState::Decommissioning
+                if load.get(&n.id).copied().unwrap_or(0) == 0
+                    && !cluster.meta_roles().0.contains(&n.id) =>
+            {
                 let mut done = n.clone();
                 done.state = NodeState::Decommissioned;
                 done.since_ms = liveness::now_ms();

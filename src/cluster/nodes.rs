@@ -87,8 +87,7 @@ impl Cluster {
                     shards.join("; ")
                 )));
             }
-            let voters = self.meta.members().len();
-            if voters <= 1 {
+            if catalog.nodes.values().filter(|n| n.is_active()).count() <= 1 {
                 return Err(refused(format!(
                     "cannot decommission {id}: it is the only node"
                 )));

@@ -107,7 +107,7 @@ impl Cluster {
     /// The nodes that should hold `shard`.
     pub(super) fn replicas_of(&self, shard: ShardId) -> Vec<NodeId> {
         if shard.is_meta() {
-            return self.meta.members().into_iter().map(|(n, _)| n).collect();
+            return self.meta_roles().0.into_iter().collect();
         }
         self.catalog()
             .shard(shard)
