@@ -166,6 +166,13 @@ pub const DEAD_AFTER_DEFAULT: Duration = Duration::from_secs(60);
 /// (gossip reaches every live node within a few probe periods).
 pub const LIVENESS_UNKNOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// How often the meta leader checks every shard's replicas against each other, and the
+/// pause between two shards (a check scans the shard on every replica: pacing keeps it from
+/// competing with clients), and how long a check waits for each replica's result.
+pub const CONSISTENCY_CHECK_EVERY: Duration = Duration::from_secs(600);
+pub const CONSISTENCY_CHECK_PACE: Duration = Duration::from_secs(1);
+pub const CONSISTENCY_CHECK_WAIT: Duration = Duration::from_secs(10);
+
 /// Voters of the meta group at most; other nodes follow it as learners. Five survive two
 /// failures, and every catalog change waits for three of them, not for every node.
 pub const META_VOTERS_MAX: usize = 5;

@@ -114,6 +114,14 @@ impl Metrics {
     }
 }
 
+/// Divergent replicas found by consistency checks run on this node.
+static DIVERGENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Count divergent replicas a consistency check found.
+pub fn divergence_found(replicas: u64) {
+    DIVERGENCE.fetch_add(replicas, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Reads each local replica's Raft metrics at scrape time.
 struct ReplicaCollector(Weak<Cluster>);
 
@@ -160,6 +168,15 @@ impl Collector for ReplicaCollector {
         let mut changes = Vec::new();
         let mut served = Vec::new();
         let mut installed = Vec::new();
+        family(
+            &mut encoder,
+            "cairn_replica_divergence",
+            "Replicas found diverging from their shard's majority by consistency checks run here (shard=\"all\")",
+            &[(
+                "all".to_string(),
+                ConstCounter::new(DIVERGENCE.load(std::sync::atomic::Ordering::Relaxed)),
+            )],
+        )?;
         for g in cluster.groups() {
             installed.push((
                 g.shard.to_string(),

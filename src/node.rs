@@ -476,13 +476,26 @@ impl NodeRpc {
     /// Raft messages are accepted only from members of the group (or by a node not yet in
     /// any membership, which is how a new replica first hears from the leader): a message
     /// from elsewhere with a higher term would otherwise depose a healthy leader.
-    fn is_member_message(group: &ShardGroup, vote: &openraft::Vote<u64>) -> bool {
+    fn is_member_message(&self, group: &ShardGroup, vote: &openraft::Vote<u64>) -> bool {
+        let Some(from) = vote.leader_id().voted_for().map(NodeId) else {
+            return false;
+        };
+        // A data shard's messages come only from nodes the catalog places on it: a copy
+        // taken out of the group that has not learnt so yet (paused, cut off) still
+        // believes in its old membership and campaigns — a new, empty replica here (no
+        // membership yet) must not vote for it or take its entries.
+        if !group.shard.is_meta() {
+            let placed = self
+                .cluster
+                .catalog()
+                .shard(group.shard)
+                .is_some_and(|s| s.replicas.contains(&from));
+            if !placed {
+                return false;
+            }
+        }
         let members = group.members();
-        members.is_empty()
-            || vote
-                .leader_id()
-                .voted_for()
-                .is_some_and(|id| members.iter().any(|(m, _)| m.0 == id))
+        members.is_empty() || members.iter().any(|(m, _)| *m == from)
     }
 
     fn stranger(vote: &openraft::Vote<u64>) -> openraft::error::RaftError<u64> {
@@ -599,7 +612,7 @@ impl Handler for NodeRpc {
                 let Some(group) = self.group(shard) else {
                     return Response::Done(Err(no_such_shard()));
                 };
-                if !Self::is_member_message(&group, &rpc.vote) {
+                if !self.is_member_message(&group, &rpc.vote) {
                     return Response::Append(Err(Self::stranger(&rpc.vote)));
                 }
                 let commit = rpc.leader_commit.map(|l| l.index).unwrap_or(0);
@@ -616,7 +629,7 @@ impl Handler for NodeRpc {
                 let Some(group) = self.group(shard) else {
                     return Response::Done(Err(no_such_shard()));
                 };
-                if !Self::is_member_message(&group, &rpc.vote) {
+                if !self.is_member_message(&group, &rpc.vote) {
                     return Response::Vote(Err(Self::stranger(&rpc.vote)));
                 }
                 Response::Vote(group.raft.vote(rpc).await)
@@ -625,7 +638,7 @@ impl Handler for NodeRpc {
                 let Some(group) = self.group(shard) else {
                     return Response::Done(Err(no_such_shard()));
                 };
-                if !Self::is_member_message(&group, &rpc.vote) {
+                if !self.is_member_message(&group, &rpc.vote) {
                     let e = openraft::error::RaftError::Fatal(openraft::error::Fatal::Panicked);
                     return Response::Snapshot(Err(e));
                 }
@@ -716,6 +729,14 @@ impl Handler for NodeRpc {
                 None => Response::Voters(Err(no_such_shard())),
             },
             Request::Status => Response::Status(Box::new(self.cluster.status())),
+            Request::CheckShard { shard, id } => match self.group(shard) {
+                Some(group) => Response::Done(wire(group.writer.check(id).await)),
+                None => Response::Done(Err(no_such_shard())),
+            },
+            Request::CheckResult { shard, id } => match self.group(shard) {
+                Some(group) => Response::Check(wire(group.replica.check_result(id).await)),
+                None => Response::Check(Err(no_such_shard())),
+            },
             Request::CatalogAt { index } => {
                 let applied = self
                     .cluster

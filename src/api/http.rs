@@ -389,6 +389,14 @@ async fn health(State(Api { engine, .. }): State<Api>) -> Json<Json_> {
         health["status"] = json!("degraded");
         health["catalog_error"] = json!(e);
     }
+    let divergent = engine.cluster.divergent.lock().expect("lock").clone();
+    if !divergent.is_empty() {
+        health["status"] = json!("degraded");
+        health["divergent"] = json!(divergent
+            .iter()
+            .map(|(s, n)| (s.to_string(), n.clone()))
+            .collect::<std::collections::BTreeMap<_, _>>());
+    }
     Json(health)
 }
 
@@ -695,6 +703,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/nodes/{id}/remove", post(super::nodes::remove))
         .route("/v1/events", get(super::nodes::events))
         .route("/v1/shards", get(super::nodes::shards))
+        .route("/v1/shards/{id}/check", post(super::nodes::check))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits::HTTP_BODY_BYTES_MAX))

@@ -140,6 +140,26 @@ pub(super) async fn shards(State(api): State<Api>) -> Result<Json<Value>, ApiErr
     Ok(Json(json!({ "shards": shards })))
 }
 
+/// `POST /v1/shards/{id}/check`: compare the shard's replicas at one log index now; a
+/// divergent one is replaced.
+pub(super) async fn check(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let shard = id
+        .strip_prefix('s')
+        .and_then(|n| n.parse::<u64>().ok())
+        .map(ShardId)
+        .ok_or_else(|| {
+            crate::error::Error::sql(
+                crate::error::sqlstate::INVALID_PARAMETER_VALUE,
+                format!("{id:?} is not a shard id (s1, s2, ...)"),
+            )
+        })?;
+    let report = api.engine.cluster.check_shard(shard).await?;
+    Ok(Json(json!({ "check": report })))
+}
+
 /// `GET /v1/events`: every reachable node's event log, merged by time (oldest first).
 pub(super) async fn events(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
     let statuses = api.engine.cluster.node_statuses().await;

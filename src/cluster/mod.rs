@@ -17,6 +17,7 @@
 //! the preferred leader initialises it (the others too, after a delay, if it did not) → the
 //! group elects a leader and the DDL job runs on it.
 
+pub mod check;
 pub mod feed;
 pub mod jobs;
 pub mod journal;
@@ -87,6 +88,8 @@ pub struct Cluster {
     /// One membership change at a time per node (openraft refuses overlapping ones).
     pub(crate) changing: tokio::sync::Mutex<()>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Shards whose last consistency check here found divergent replicas (by node).
+    pub divergent: Mutex<BTreeMap<ShardId, Vec<String>>>,
     /// The placement (`Shard::epochs`) each local replica was made for.
     placed: Mutex<HashMap<ShardId, u64>>,
     /// The placement driver's record of stuck moves (while this node runs it).
@@ -215,6 +218,7 @@ impl Cluster {
             resolved: Mutex::new(ResolvedDecisions::default()),
             stuck: Mutex::new(std::sync::Weak::new()),
             placed: Mutex::new(HashMap::new()),
+            divergent: Mutex::new(BTreeMap::new()),
         });
         cluster
             .meta
@@ -226,6 +230,7 @@ impl Cluster {
             tokio::spawn(heartbeats(cluster.clone())),
             tokio::spawn(placement_driver(cluster.clone())),
             tokio::spawn(track_liveness(cluster.clone())),
+            tokio::spawn(check::scheduled_checks(cluster.clone())),
         ];
         cluster.tasks.lock().expect("tasks lock").extend(tasks);
         Ok(cluster)
@@ -683,9 +688,11 @@ async fn track_liveness(cluster: Arc<Cluster>) {
 #[derive(Default)]
 struct DriverState {
     /// (shard, node) pairs known to be voters of the shard's group.
-    confirmed: Mutex<BTreeSet<(ShardId, NodeId)>>,
+    /// Keyed by placement too: a replica taken away and placed again (a new epoch) is a new
+    /// member to add, whoever took it away.
+    confirmed: Mutex<BTreeSet<(ShardId, NodeId, u64)>>,
     /// Replicas being made voters.
-    adding: Mutex<BTreeSet<(ShardId, NodeId)>>,
+    adding: Mutex<BTreeSet<(ShardId, NodeId, u64)>>,
     /// Shards a replica is being taken away from.
     removing: Mutex<BTreeSet<ShardId>>,
     /// Nodes being taken out of the meta group.
@@ -752,7 +759,7 @@ fn follow_catalog(
 ) {
     for shard in catalog.shards.values() {
         for node in &shard.replicas {
-            let key = (shard.id, *node);
+            let key = (shard.id, *node, shard.epoch_of(*node));
             if down.contains(node)
                 || state.confirmed.lock().expect("lock").contains(&key)
                 || !state.adding.lock().expect("lock").insert(key)
@@ -806,7 +813,7 @@ async fn place(
             moves += 1;
         }
         for n in &shard.replicas {
-            if !confirmed.contains(&(shard.id, *n)) && !down.contains(n) {
+            if !confirmed.contains(&(shard.id, *n, shard.epoch_of(*n))) && !down.contains(n) {
                 *incoming.entry(*n).or_default() += 1;
             }
         }
@@ -820,7 +827,7 @@ async fn place(
             .replicas
             .iter()
             .copied()
-            .filter(|n| confirmed.contains(&(shard.id, *n)))
+            .filter(|n| confirmed.contains(&(shard.id, *n, shard.epoch_of(*n))))
             .collect();
         let leader = cluster.known_leader(shard.id);
         let step = placement::next_step(&view, shard, &voters, leader, &load);
@@ -877,11 +884,11 @@ async fn place(
                                 format!("shard {}: replica on {node} removed ({reason})", shard.id);
                             tracing::info!("{line}");
                             c.journal.record("move", line);
-                            state
-                                .confirmed
-                                .lock()
-                                .expect("lock")
-                                .remove(&(shard.id, node));
+                            state.confirmed.lock().expect("lock").remove(&(
+                                shard.id,
+                                node,
+                                shard.epoch_of(node),
+                            ));
                         }
                         Err(e) => {
                             let line = format!(

@@ -62,6 +62,9 @@ pub enum Op {
     /// entry's changes in change events (`storage::events`). First in every batch a writer
     /// proposes; applying it changes no rows.
     Time(u64),
+    /// A consistency check: every replica applying it takes a checksum of its rows at this
+    /// entry (`storage::replica`), so replicas are compared at the same log index.
+    Check { id: u64 },
 }
 
 impl Op {
@@ -75,6 +78,7 @@ impl Op {
             Op::Forget { txns } => 8 + 8 * txns.len(),
             Op::Decide { .. } | Op::Resolve { .. } | Op::Staged { .. } | Op::DropStaged => 16,
             Op::Time(_) => 9,
+            Op::Check { .. } => 9,
         }
     }
 }

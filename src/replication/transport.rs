@@ -82,6 +82,17 @@ pub enum Request {
     },
     /// This node's state for `GET /v1/nodes` and `GET /v1/events`.
     Status,
+    /// To a shard's leader: propose consistency check `id`.
+    CheckShard {
+        shard: ShardId,
+        id: u64,
+    },
+    /// This node's replica's result of consistency check `id`: (log index, checksum), or
+    /// None until it has applied the check.
+    CheckResult {
+        shard: ShardId,
+        id: u64,
+    },
     /// Run a statement on the leader, outside or inside a forwarded transaction. A
     /// `cancel` key lets the caller stop it (`Cancel`).
     Exec {
@@ -189,6 +200,7 @@ pub enum Response {
     /// A group's voters and its leader.
     Voters(Result<(Vec<u64>, u64), WireError>),
     Status(Box<crate::cluster::NodeStatus>),
+    Check(Result<Option<(u64, u64)>, WireError>),
 }
 
 /// An [`Error`] on the wire.

@@ -110,6 +110,10 @@ enum Request {
         txns: Vec<u64>,
         reply: oneshot::Sender<Result<()>>,
     },
+    Check {
+        id: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 enum TxnCmd {
@@ -423,6 +427,12 @@ impl Writer {
 
     /// Delete the decision records of `txns`, kept here as their coordinator shard. Only
     /// for transactions whose every part was resolved through its shard's log.
+    /// Propose consistency check `id` (every replica takes a checksum when it applies it);
+    /// returns once it is applied here.
+    pub async fn check(&self, id: u64) -> Result<()> {
+        self.send(|reply| Request::Check { id, reply }).await
+    }
+
     pub async fn forget(&self, txns: Vec<u64>) -> Result<()> {
         self.send(|reply| Request::Forget { txns, reply }).await
     }
@@ -782,6 +792,16 @@ async fn run(cx: Context, mut rx: mpsc::Receiver<Request>) {
                 let result = match ensure_ready(&cx, &mut ready_term).await {
                     Err(e) => Err(e),
                     Ok(()) => propose(&cx.raft, vec![Op::Resolve { txn, commit }]).await,
+                };
+                let _ = reply.send(result);
+            }
+            Request::Check { id, reply } => {
+                if reply.is_closed() {
+                    continue;
+                }
+                let result = match ensure_ready(&cx, &mut ready_term).await {
+                    Err(e) => Err(e),
+                    Ok(()) => propose(&cx.raft, vec![Op::Check { id }]).await,
                 };
                 let _ = reply.send(result);
             }

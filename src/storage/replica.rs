@@ -318,7 +318,15 @@ pub struct Replica {
     /// The commit time of the last entry that carried one (for entries of older logs that
     /// carry none).
     last_time: std::cell::Cell<u64>,
+    /// Results of consistency checks applied here: (check id, log index, checksum), newest
+    /// last, at most `CHECKS_KEPT`.
+    checks: RefCell<std::collections::VecDeque<(u64, u64, u64)>>,
+    /// Debug builds' planted divergence applies to this replica (see `planted.rs`).
+    planted_divergence: bool,
 }
+
+/// Consistency check results a replica keeps (a checker reads its own within seconds).
+const CHECKS_KEPT: usize = 64;
 
 impl Replica {
     pub fn open(path: &Path, shard: ShardId, options: &ReplicaOptions) -> Result<Replica> {
@@ -354,6 +362,12 @@ impl Replica {
             pending: RefCell::new(None),
             recorder: RefCell::new(recorder),
             last_time: Default::default(),
+            checks: RefCell::new(Default::default()),
+            // Only a replica the shard was created with (a copy placed later is named
+            // `sN.eM`): so a divergent copy, once replaced, is healthy.
+            planted_divergence: crate::planted::active("replica-divergence")
+                && !shard.is_meta()
+                && !path.to_string_lossy().contains(".e"),
         };
         replica.changed();
         Ok(replica)
@@ -436,6 +450,21 @@ impl Replica {
                     if let Op::Time(t) = op {
                         self.last_time.set(*t);
                     }
+                    if self.planted_divergence
+                        && matches!(op, Op::Changeset(_))
+                        && entry.log_id.index % 5 == 0
+                    {
+                        continue;
+                    }
+                    if let Op::Check { id } = op {
+                        let sum = Replica::checksum_rows(&tx, false)?;
+                        let mut checks = self.checks.borrow_mut();
+                        if checks.len() >= CHECKS_KEPT {
+                            checks.pop_front();
+                        }
+                        checks.push_back((*id, entry.log_id.index, sum));
+                        continue;
+                    }
                     self.apply_op(&tx, op, None, &mut changes).map_err(|e| {
                         Error::Corrupt(format!("{}: applying {}: {e}", self.shard, entry.log_id))
                     })?;
@@ -488,7 +517,7 @@ impl Replica {
                     recorder.schema_changed();
                 }
             }
-            Op::Time(_) => {}
+            Op::Time(_) | Op::Check { .. } => {}
             Op::Prepare {
                 txn,
                 coordinator,
@@ -607,10 +636,19 @@ impl Replica {
 
     /// A checksum of every user table's rows, for comparing replicas in tests and checks.
     pub fn checksum(conn: &Connection) -> Result<u64> {
+        Replica::checksum_rows(conn, true)
+    }
+
+    /// A checksum of the tables' rows; change events only `with_events` (each node keeps
+    /// its own window of them, so consistency checks leave them out).
+    fn checksum_rows(conn: &Connection, with_events: bool) -> Result<u64> {
         let mut tables: Vec<String> = conn
             .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_cairn_state' ORDER BY name")?
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
+        if !with_events {
+            tables.retain(|t| t != "_cairn_events");
+        }
         tables.sort();
         let mut hash = Fnv::default();
         for table in tables {
@@ -758,6 +796,7 @@ pub type BatchOutcome = (Vec<Result<Rows>>, Vec<Op>);
 /// Requests served by the replica thread.
 enum Command {
     AppliedState(oneshot::Sender<Result<(Option<LogId>, Membership)>>),
+    CheckResult(u64, oneshot::Sender<Result<Option<(u64, u64)>>>),
     Apply(Vec<Entry>, oneshot::Sender<Result<()>>),
     /// Run statements in one speculative transaction, each in its own savepoint; return each
     /// result and the ops to replicate, then roll back.
@@ -841,6 +880,12 @@ impl ReplicaHandle {
     /// (they carry no rows, see `Replica::apply`).
     pub async fn checksum(&self) -> Result<(u64, u64)> {
         self.call(Command::Checksum).await?
+    }
+
+    /// The result of consistency check `id` on this replica, once it has applied it: the
+    /// log index it was taken at and the checksum.
+    pub async fn check_result(&self, id: u64) -> Result<Option<(u64, u64)>> {
+        self.call(|reply| Command::CheckResult(id, reply)).await?
     }
 
     /// Run a read-only query on a pooled connection. Dropping the returned future (a
@@ -1150,6 +1195,15 @@ fn serve(
             }
             Command::Checksum(reply) => {
                 let _ = reply.send(replica.consistent_checksum());
+            }
+            Command::CheckResult(id, reply) => {
+                let found = replica
+                    .checks
+                    .borrow()
+                    .iter()
+                    .find(|(c, _, _)| *c == id)
+                    .map(|(_, index, sum)| (*index, *sum));
+                let _ = reply.send(Ok(found));
             }
             Command::Apply(entries, reply) => {
                 let has_data = entries
