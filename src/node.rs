@@ -498,6 +498,26 @@ impl NodeRpc {
         members.is_empty() || members.iter().any(|(m, _)| *m == from)
     }
 
+    /// Whether this replica may grant votes. Raft names members by node, not by copy, so
+    /// a new, empty copy placed on a node that was once a voter would vote for a removed
+    /// copy elsewhere that still lists that node in its old membership (any log is as
+    /// long as an empty one) and make it a leader with a stale log. So a copy with no
+    /// membership yet votes only in its group's first election, as one of the copies the
+    /// group was created with. Once it has a log it votes as Raft says — even while it
+    /// believes itself a learner (a promotion it has not received yet may count on it).
+    fn may_vote(&self, group: &ShardGroup) -> bool {
+        let me = group.node;
+        if group.members().iter().next().is_some() {
+            return true;
+        }
+        !group.shard.is_meta()
+            && self
+                .cluster
+                .catalog()
+                .shard(group.shard)
+                .is_some_and(|s| s.initial.contains(&me) && s.epoch_of(me) == 0)
+    }
+
     fn stranger(vote: &openraft::Vote<u64>) -> openraft::error::RaftError<u64> {
         tracing::warn!(from = ?vote.leader_id().voted_for(), term = vote.leader_id().get_term(), "rejecting a raft message from a non-member");
         openraft::error::RaftError::Fatal(openraft::error::Fatal::Panicked)
@@ -629,7 +649,7 @@ impl Handler for NodeRpc {
                 let Some(group) = self.group(shard) else {
                     return Response::Done(Err(no_such_shard()));
                 };
-                if !self.is_member_message(&group, &rpc.vote) {
+                if !self.is_member_message(&group, &rpc.vote) || !self.may_vote(&group) {
                     return Response::Vote(Err(Self::stranger(&rpc.vote)));
                 }
                 Response::Vote(group.raft.vote(rpc).await)
