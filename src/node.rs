@@ -507,7 +507,7 @@ impl NodeRpc {
     /// believes itself a learner (a promotion it has not received yet may count on it).
     fn may_vote(&self, group: &ShardGroup) -> bool {
         let me = group.node;
-        if group.members().iter().next().is_some() {
+        if !group.members().is_empty() {
             return true;
         }
         !group.shard.is_meta()
