@@ -480,22 +480,22 @@ impl NodeRpc {
         let Some(from) = vote.leader_id().voted_for().map(NodeId) else {
             return false;
         };
-        // A data shard's messages come only from nodes the catalog places on it: a copy
-        // taken out of the group that has not learnt so yet (paused, cut off) still
-        // believes in its old membership and campaigns — a new, empty replica here (no
-        // membership yet) must not vote for it or take its entries.
-        if !group.shard.is_meta() {
-            let placed = self
+        let members = group.members();
+        let in_members = members.iter().any(|(m, _)| *m == from);
+        if group.shard.is_meta() {
+            return members.is_empty() || in_members;
+        }
+        // A data shard's messages come from its members, or from nodes the catalog places
+        // on it (a member added after this copy's last membership entry — it learns of
+        // it from that node). A new, empty copy takes them only from the catalog's nodes:
+        // a copy taken out of the group that has not learnt so yet (paused, cut off) still
+        // believes in its old membership and campaigns.
+        in_members
+            || self
                 .cluster
                 .catalog()
                 .shard(group.shard)
-                .is_some_and(|s| s.replicas.contains(&from));
-            if !placed {
-                return false;
-            }
-        }
-        let members = group.members();
-        members.is_empty() || members.iter().any(|(m, _)| *m == from)
+                .is_some_and(|s| s.replicas.contains(&from))
     }
 
     /// Whether this replica may grant votes. Raft names members by node, not by copy, so
