@@ -325,6 +325,20 @@ impl Shard {
         self.epoch_next.max(1)
     }
 
+    /// The record after `node`'s replica is taken out of the group: listed as removed (so
+    /// the node deletes its copy) and in no other list.
+    pub fn take_off(&self, node: NodeId) -> Shard {
+        let mut shrunk = self.clone();
+        shrunk.replicas.retain(|r| *r != node);
+        shrunk.initial.retain(|r| *r != node);
+        shrunk.leaving.retain(|r| *r != node);
+        shrunk.epochs.retain(|(r, _)| *r != node);
+        if !shrunk.removed.contains(&node) {
+            shrunk.removed.push(node);
+        }
+        shrunk
+    }
+
     /// Record a new placement on `node`.
     pub fn place_on(&mut self, node: NodeId) {
         let next = self.epochs_below();

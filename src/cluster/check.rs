@@ -163,14 +163,7 @@ impl Cluster {
             .shard(shard)
             .cloned()
             .ok_or_else(|| Error::internal(format!("{shard} vanished")))?;
-        let mut shrunk = record.clone();
-        shrunk.replicas.retain(|r| *r != node);
-        shrunk.initial.retain(|r| *r != node);
-        shrunk.leaving.retain(|r| *r != node);
-        shrunk.epochs.retain(|(r, _)| *r != node);
-        if !shrunk.removed.contains(&node) {
-            shrunk.removed.push(node);
-        }
+        let shrunk = record.take_off(node);
         self.write(
             ShardId::META,
             meta::put_shard_if(&shrunk, &record.replicas)?,

@@ -1069,14 +1069,7 @@ impl Cluster {
             return Err(Error::Unavailable(format!("{n} is not a voter yet")));
         }
         self.remove_replica(shard.id, node).await?;
-        let mut shrunk = shard.clone();
-        shrunk.replicas.retain(|r| *r != node);
-        shrunk.initial.retain(|r| *r != node);
-        shrunk.leaving.retain(|r| *r != node);
-        shrunk.epochs.retain(|(r, _)| *r != node);
-        if !shrunk.removed.contains(&node) {
-            shrunk.removed.push(node);
-        }
+        let shrunk = shard.take_off(node);
         self.put_shard_if(&shrunk, &shard.replicas).await?;
         Ok(())
     }
