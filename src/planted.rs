@@ -6,7 +6,7 @@
 //! - `ack-before-commit`: autocommit writes are acknowledged before their proposal commits.
 //! - `watch-drop-event`: change feeds drop the first event of one entry in 23.
 //! - `watch-reorder`: change feeds swap the contents of adjacent events of different
-//!   entries (positions kept in order) for one entry in 7.
+//!   entries (positions kept in order) for one entry in 3.
 
 use std::sync::OnceLock;
 

@@ -51,8 +51,9 @@ pub struct ChaosArgs {
     /// First port used (pgwire ports from here, HTTP +100, cluster +200).
     #[arg(long, default_value_t = 18000)]
     pub base_port: u16,
-    /// Fault kinds the nemesis draws from, comma-separated: kill, pause, partition.
-    /// Partitions need root and `iptables`; without them the default leaves them out.
+    /// Fault kinds the nemesis draws from, comma-separated: kill, pause, partition,
+    /// membership. Partitions need root and `iptables`; without them the default leaves
+    /// them out. Membership changes are never drawn unless named.
     #[arg(long, value_delimiter = ',')]
     pub faults: Vec<FaultKind>,
     /// Leave out what clients do to the cluster: by default about one operation in twelve
@@ -71,7 +72,24 @@ pub enum FaultKind {
     /// Cut the network: isolate the leader, split off a random minority, or cut one pair of
     /// nodes (a bridge: the others still reach both).
     Partition,
+    /// Change who is in the cluster: add a node, decommission one (stopped once drained),
+    /// or kill one for good (sometimes also `remove`d at once) and let its replicas be
+    /// re-created on the others. Nodes then run with `--dead-after` MEMBERSHIP_DEAD_AFTER.
+    Membership,
 }
+
+/// Replicas per shard in a chaos cluster (the default replication factor): membership
+/// changes keep at least this many nodes in service.
+const REPLICAS: usize = 3;
+/// Nodes the membership nemesis may add beyond `--nodes`.
+const MEMBERSHIP_SPARES: usize = 3;
+/// How long a node must be dead before its replicas move, under the membership nemesis:
+/// short, so a run of seconds sees the repair.
+const MEMBERSHIP_DEAD_AFTER: &str = "3s";
+/// How long the cluster gets, once the clients stopped, to finish the moves the membership
+/// nemesis started: every shard back to its replication factor on nodes in service and
+/// every decommission done.
+const MEMBERSHIP_SETTLE: Duration = Duration::from_secs(120);
 
 /// Registers in the register workload: few keys, so operations on each overlap.
 const REGISTER_KEYS: i64 = 4;
@@ -363,7 +381,10 @@ async fn client(
                 _ => Outcome::Ok(result),
             },
             Ok(Err(e)) => {
-                if e.is_closed() {
+                // A node that is shutting down, out of the cluster or cut off from its
+                // shards' quorum (57P01, 57P03) will say so again: go to another, as a
+                // pool would.
+                if e.is_closed() || e.code().is_some_and(|c| c.code().starts_with("57P")) {
                     conn = None;
                 }
                 error = Some(match e.as_db_error() {
@@ -727,8 +748,21 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     }
     kinds.dedup();
     println!("faults: {kinds:?}");
-    let mut cluster =
-        super::local::LocalCluster::start(args.nodes, &args.data_dir, args.base_port)?;
+    let membership = kinds.contains(&FaultKind::Membership);
+    let node_args = if membership {
+        vec![
+            "--dead-after".to_string(),
+            MEMBERSHIP_DEAD_AFTER.to_string(),
+        ]
+    } else {
+        Vec::new()
+    };
+    let mut cluster = super::local::LocalCluster::start_with(
+        args.nodes,
+        &args.data_dir,
+        args.base_port,
+        node_args,
+    )?;
     let ips: Vec<std::net::IpAddr> = cluster.nodes.iter().map(|n| n.cluster.ip()).collect();
     let first = cluster.nodes[0].cluster;
     let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
@@ -879,14 +913,19 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     // The nemesis: one fault at a time, drawn from the seed, each healed before the next.
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let mut faults = Vec::new();
+    // Nodes the membership nemesis took out of service for good, by index, with their ids:
+    // other faults leave them alone.
+    let mut retired = Retired::default();
     while start.elapsed() + Duration::from_secs(3) < args.duration {
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
         let kind = kinds[rng.random_range(0..kinds.len())];
+        let in_service: Vec<usize> = (0..cluster.nodes.len())
+            .filter(|i| !retired.nodes.contains_key(i))
+            .collect();
         let on_leader = rng.random_bool(0.5);
-        let target = if on_leader {
-            cluster.leader().unwrap_or(0)
-        } else {
-            rng.random_range(0..args.nodes)
+        let target = match cluster.leader() {
+            Some(l) if on_leader && !retired.nodes.contains_key(&l) => l,
+            _ => in_service[rng.random_range(0..in_service.len())],
         };
         let who = if on_leader { "leader" } else { "random" };
         let hold = Duration::from_millis(rng.random_range(300..1500));
@@ -953,6 +992,11 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
                     at.as_secs_f64()
                 ));
             }
+            FaultKind::Membership => {
+                let what =
+                    membership_step(&mut cluster, &mut retired, &mut rng, args.nodes).await?;
+                faults.push(format!("{:>7.2}s {what}", at.as_secs_f64()));
+            }
         }
     }
     let remaining = args.duration.saturating_sub(start.elapsed());
@@ -968,6 +1012,20 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     if let Some(fw) = firewall.as_mut() {
         fw.heal()?;
     }
+    println!("faults:");
+    for f in &faults {
+        println!("  {f}");
+    }
+    let settled = if membership {
+        tokio::task::block_in_place(|| settle_membership(&mut cluster, &retired))
+    } else {
+        Ok(String::new())
+    };
+    match &settled {
+        Ok(how) if !how.is_empty() => println!("membership: {how}"),
+        Ok(_) => {}
+        Err(e) => println!("membership: FAILED to settle: {e:#}"),
+    }
     let (converged, states) =
         tokio::task::block_in_place(|| cluster.converge(Duration::from_secs(60)))?;
 
@@ -978,10 +1036,6 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         writeln!(file, "{}", serde_json::to_string(op)?)?;
     }
     let count = |o: fn(&Outcome) -> bool| history.iter().filter(|op| o(&op.outcome)).count();
-    println!("faults:");
-    for f in &faults {
-        println!("  {f}");
-    }
     println!(
         "operations: {} ok, {} failed, {} unknown",
         count(|o| matches!(o, Outcome::Ok(_))),
@@ -1097,11 +1151,205 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         }
     };
     println!("history: {}", path.display());
-    let passed = converged && checker_ok;
+    let passed = converged && checker_ok && settled.is_ok();
     println!(
         "verdict: {} (seed {})",
         if passed { "PASS" } else { "FAIL" },
         args.seed
     );
     Ok(passed)
+}
+
+/// The nodes the membership nemesis took out of service for good: index → cluster id.
+#[derive(Default)]
+struct Retired {
+    nodes: std::collections::BTreeMap<usize, String>,
+    /// Those decommissioned (rather than killed): stopped once drained.
+    draining: BTreeSet<usize>,
+}
+
+/// The id the cluster gave the node at `http` (`/health`'s `node`).
+fn node_id(http: std::net::SocketAddr) -> Option<String> {
+    let v: serde_json::Value =
+        serde_json::from_str(&super::local::http_get(http, "/health")?).ok()?;
+    v["node"].as_str().map(str::to_string)
+}
+
+/// Node `id`'s liveness as the node at `http` sees it.
+fn liveness(http: std::net::SocketAddr, id: &str) -> Option<String> {
+    let v: serde_json::Value =
+        serde_json::from_str(&super::local::http_get(http, "/v1/nodes")?).ok()?;
+    v["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["id"] == id)
+        .and_then(|n| n["liveness"].as_str().map(str::to_string))
+}
+
+/// One membership change, drawn from `rng` among those that keep `REPLICAS` nodes in
+/// service: add a node, decommission one, or kill one for good. Never the first node (the
+/// one the others join through and the checkers read from). Its description.
+async fn membership_step(
+    cluster: &mut super::local::LocalCluster,
+    retired: &mut Retired,
+    rng: &mut rand::rngs::StdRng,
+    nodes: usize,
+) -> anyhow::Result<String> {
+    let in_service: Vec<usize> = (1..cluster.nodes.len())
+        .filter(|i| !retired.nodes.contains_key(i) && cluster.nodes[*i].child.is_some())
+        .collect();
+    let mut choices = Vec::new();
+    if cluster.nodes.len() < nodes + MEMBERSHIP_SPARES {
+        choices.push("add");
+    }
+    // The first node is always in service besides these.
+    if in_service.len() + 1 > REPLICAS {
+        choices.extend(["decommission", "kill"]);
+    }
+    let Some(&choice) = choices.get(rng.random_range(0..choices.len().max(1))) else {
+        return Ok("membership: nothing to change".to_string());
+    };
+    let http0 = cluster.nodes[0].http;
+    Ok(match choice {
+        "add" => {
+            let i = tokio::task::block_in_place(|| cluster.add())?;
+            let id = node_id(cluster.nodes[i].http).unwrap_or_else(|| "?".into());
+            format!("added n{} (cluster id {id})", i + 1)
+        }
+        "decommission" => {
+            let target = in_service[rng.random_range(0..in_service.len())];
+            let Some(id) = node_id(cluster.nodes[target].http) else {
+                return Ok(format!("decommission n{}: its id unknown", target + 1));
+            };
+            let path = format!("/v1/nodes/{id}/decommission");
+            match tokio::task::block_in_place(|| super::local::http_post(http0, &path)) {
+                Some((202, _)) => {
+                    retired.nodes.insert(target, id.clone());
+                    retired.draining.insert(target);
+                    format!("decommissioning n{} ({id})", target + 1)
+                }
+                other => format!("decommission n{} ({id}) refused: {other:?}", target + 1),
+            }
+        }
+        _ => {
+            // Losing a second replica of a shard for good before the first is replaced
+            // loses its quorum for good, in any Raft system: kill only a settled cluster.
+            let waiting = tokio::task::block_in_place(|| unsettled(http0, retired));
+            if !waiting.is_empty() {
+                return Ok(format!(
+                    "kill for good: not yet, still repairing ({})",
+                    waiting.len()
+                ));
+            }
+            let target = in_service[rng.random_range(0..in_service.len())];
+            let Some(id) = node_id(cluster.nodes[target].http) else {
+                return Ok(format!("kill n{}: its id unknown", target + 1));
+            };
+            cluster.nodes[target].kill9().await;
+            retired.nodes.insert(target, id.clone());
+            if rng.random_bool(0.5) {
+                // `remove` is for a node known dead: wait until gossip stops calling it alive.
+                let path = format!("/v1/nodes/{id}/remove");
+                let answer = tokio::task::block_in_place(|| {
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    while Instant::now() < deadline && liveness(http0, &id) == Some("alive".into())
+                    {
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    super::local::http_post(http0, &path)
+                });
+                format!(
+                    "kill -9 n{} ({id}) for good, then remove: {:?}",
+                    target + 1,
+                    answer.map(|a| a.0)
+                )
+            } else {
+                format!("kill -9 n{} ({id}) for good", target + 1)
+            }
+        }
+    })
+}
+
+/// What is still moving after the membership nemesis' changes: shards not at their
+/// replication factor on nodes in service (or with a replica leaving), meta voters on
+/// retired nodes, decommissions not finished. Empty once the cluster has settled.
+fn unsettled(http0: std::net::SocketAddr, retired: &Retired) -> Vec<String> {
+    let get = |path: &str| {
+        super::local::http_get(http0, path)
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+    };
+    let mut problems = Vec::new();
+    let is_retired = |id: &str| retired.nodes.values().any(|r| r == id);
+    match get("/v1/shards") {
+        None => problems.push("GET /v1/shards on n1 failed".to_string()),
+        Some(v) => {
+            for shard in v["shards"].as_array().into_iter().flatten() {
+                let name = shard["shard"].as_str().unwrap_or("?");
+                let replicas: Vec<&str> = shard["replicas"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r.as_str())
+                    .collect();
+                let factor = shard["replication_factor"].as_u64().unwrap_or(0) as usize;
+                let leaving = shard["leaving"].as_array().map_or(0, |l| l.len());
+                if replicas.len() != factor || replicas.iter().any(|r| is_retired(r)) || leaving > 0
+                {
+                    problems.push(format!(
+                        "{name}: replicas {replicas:?} (factor {factor}, leaving {leaving})"
+                    ));
+                }
+            }
+        }
+    }
+    match get("/v1/nodes") {
+        None => problems.push("GET /v1/nodes on n1 failed".to_string()),
+        Some(v) => {
+            for node in v["nodes"].as_array().into_iter().flatten() {
+                let id = node["id"].as_str().unwrap_or("?");
+                if node["meta"] == "voter" && is_retired(id) {
+                    problems.push(format!("{id} is still a meta voter"));
+                }
+                let draining = retired
+                    .draining
+                    .iter()
+                    .any(|i| retired.nodes.get(i).is_some_and(|r| r == id));
+                if draining && node["state"] != "decommissioned" {
+                    problems.push(format!("{id} is {}, not decommissioned", node["state"]));
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// Wait until the moves the membership nemesis started are done (`unsettled` says nothing),
+/// then stop the decommissioned nodes' processes, as an operator would.
+fn settle_membership(
+    cluster: &mut super::local::LocalCluster,
+    retired: &Retired,
+) -> anyhow::Result<String> {
+    let http0 = cluster.nodes[0].http;
+    let deadline = Instant::now() + MEMBERSHIP_SETTLE;
+    let started = Instant::now();
+    loop {
+        let problems = unsettled(http0, retired);
+        if problems.is_empty() {
+            for i in &retired.draining {
+                let node = &mut cluster.nodes[*i];
+                if let Some(mut c) = node.child.take() {
+                    let _ = c.start_kill();
+                }
+            }
+            return Ok(format!(
+                "settled {:.1}s after the clients stopped: every shard at its replication factor on nodes in service; retired {:?}",
+                started.elapsed().as_secs_f64(),
+                retired.nodes.values().collect::<Vec<_>>()
+            ));
+        }
+        if Instant::now() > deadline {
+            bail!("after {MEMBERSHIP_SETTLE:?}: {}", problems.join("; "));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }

@@ -2,7 +2,10 @@
 //! packets between two nodes' loopback addresses (each node has its own 127.x address, and
 //! its connections to peers leave from it — see `replication::transport::TcpDialer`).
 //! Clients on 127.0.0.1 still reach every node, as clients on the far side of a partition
-//! would. The rules live in a chain of their own, removed when the `Firewall` is dropped.
+//! would. The rules live in a chain of their own, removed when the `Firewall` is dropped,
+//! and drop only packets to this run's cluster ports (`base + 200 ..= base + 299`, TCP and
+//! UDP): runs side by side share the 127.x addresses, and one run's partition must not cut
+//! another's nodes.
 
 use anyhow::{bail, Context};
 use std::net::IpAddr;
@@ -11,6 +14,8 @@ use std::process::Command;
 pub struct Firewall {
     /// This run's chain (runs on other ports keep theirs).
     chain: String,
+    /// This run's cluster ports, as iptables writes a range (`first:last`).
+    ports: String,
 }
 
 fn iptables(args: &[&str]) -> anyhow::Result<()> {
@@ -39,27 +44,44 @@ fn is_root() -> bool {
 }
 
 impl Firewall {
-    /// Set up this run's chain (`tag` tells concurrent runs apart; root and `iptables`
-    /// needed); an error says why partitions cannot be made here.
-    pub fn new(tag: u16) -> anyhow::Result<Firewall> {
+    /// Set up the chain of the run whose ports start at `base` (its cluster ports are
+    /// `base + 200` on); root and `iptables` needed. An error says why partitions cannot be
+    /// made here.
+    pub fn new(base: u16) -> anyhow::Result<Firewall> {
         if !is_root() {
             bail!("partitions need root (for iptables)");
         }
-        let chain = format!("CAIRN_CHAOS_{tag}");
+        let chain = format!("CAIRN_CHAOS_{base}");
+        let ports = format!("{}:{}", base + 200, base + 299);
         // Left over from a run that was killed: start clean.
         let _ = iptables(&["-D", "OUTPUT", "-j", &chain]);
         let _ = iptables(&["-F", &chain]);
         let _ = iptables(&["-X", &chain]);
         iptables(&["-N", &chain])?;
         iptables(&["-I", "OUTPUT", "-j", &chain])?;
-        Ok(Firewall { chain })
+        Ok(Firewall { chain, ports })
     }
 
-    /// Drop everything between `a` and `b`, both ways.
+    /// Drop everything between the nodes at `a` and `b`, both ways.
     pub fn cut(&mut self, a: IpAddr, b: IpAddr) -> anyhow::Result<()> {
         for (src, dst) in [(a, b), (b, a)] {
             let (s, d) = (src.to_string(), dst.to_string());
-            iptables(&["-A", &self.chain, "-s", &s, "-d", &d, "-j", "DROP"])?;
+            for proto in ["tcp", "udp"] {
+                iptables(&[
+                    "-A",
+                    &self.chain,
+                    "-s",
+                    &s,
+                    "-d",
+                    &d,
+                    "-p",
+                    proto,
+                    "--dport",
+                    &self.ports,
+                    "-j",
+                    "DROP",
+                ])?;
+            }
         }
         Ok(())
     }

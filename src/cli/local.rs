@@ -14,6 +14,8 @@ pub struct LocalNode {
     pub dir: PathBuf,
     pub child: Option<tokio::process::Child>,
     pub paused: bool,
+    /// Further `cairn start` arguments, e.g. `--dead-after 3s`.
+    pub args: Vec<String>,
 }
 
 impl LocalNode {
@@ -33,6 +35,7 @@ impl LocalNode {
             &self.http.to_string(),
         ]);
         cmd.args(["--cluster-addr", &self.cluster.to_string()]);
+        cmd.args(&self.args);
         if let Some(j) = join {
             cmd.args(["--join", &j.to_string()]);
         }
@@ -100,24 +103,66 @@ impl LocalNode {
 
 /// GET `path` from a node's HTTP API; the body of a 200 answer.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    match request(addr, "GET", path, Duration::from_secs(3))? {
+        (200, body) => Some(body),
+        _ => None,
+    }
+}
+
+/// POST (no body) to `path` on a node's HTTP API: status and body, none if it did not
+/// answer.
+pub fn http_post(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    request(addr, "POST", path, Duration::from_secs(30))
+}
+
+fn request(addr: SocketAddr, method: &str, path: &str, wait: Duration) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+    s.set_read_timeout(Some(wait)).ok()?;
+    s.write_all(format!("{method} {path} HTTP/1.0\r\nContent-Length: 0\r\n\r\n").as_bytes())
         .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let (head, body) = text.split_once("\r\n\r\n")?;
-    (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
 }
 
 pub struct LocalCluster {
     pub nodes: Vec<LocalNode>,
+    dir: PathBuf,
+    base_port: u16,
+    args: Vec<String>,
 }
 
 impl LocalCluster {
     /// Start `n` nodes with data under `dir` (emptied first) on ports from `base_port`.
     pub fn start(n: usize, dir: &std::path::Path, base_port: u16) -> anyhow::Result<LocalCluster> {
+        Self::start_with(n, dir, base_port, Vec::new())
+    }
+
+    /// `start`, every node (and every node added later) given `args` besides its addresses.
+    pub fn start_with(
+        n: usize,
+        dir: &std::path::Path,
+        base_port: u16,
+        args: Vec<String>,
+    ) -> anyhow::Result<LocalCluster> {
         let _ = std::fs::remove_dir_all(dir);
+        let mut cluster = LocalCluster {
+            nodes: Vec::new(),
+            dir: dir.to_path_buf(),
+            base_port,
+            args,
+        };
+        for _ in 0..n {
+            cluster.add()?;
+        }
+        Ok(cluster)
+    }
+
+    /// Start one more node (joining the first); its index in `nodes`.
+    pub fn add(&mut self) -> anyhow::Result<usize> {
+        let i = self.nodes.len();
         // On Linux every 127.x address is local: each node gets its own, so a partition can
         // tell nodes apart (see `firewall`).
         let ip = |i: usize| -> [u8; 4] {
@@ -127,22 +172,19 @@ impl LocalCluster {
                 [127, 0, 0, 1]
             }
         };
-        let addr = |i: usize| -> SocketAddr { (ip(i % 100), base_port + i as u16).into() };
-        let mut nodes: Vec<LocalNode> = (0..n)
-            .map(|i| LocalNode {
-                pg: addr(i),
-                http: addr(100 + i),
-                cluster: addr(200 + i),
-                dir: dir.join(format!("n{}", i + 1)),
-                child: None,
-                paused: false,
-            })
-            .collect();
-        let first = nodes[0].cluster;
-        for (i, node) in nodes.iter_mut().enumerate() {
-            node.spawn((i > 0).then_some(first))?;
-        }
-        Ok(LocalCluster { nodes })
+        let addr = |k: usize| -> SocketAddr { (ip(i), self.base_port + k as u16).into() };
+        let mut node = LocalNode {
+            pg: addr(i),
+            http: addr(100 + i),
+            cluster: addr(200 + i),
+            dir: self.dir.join(format!("n{}", i + 1)),
+            child: None,
+            paused: false,
+            args: self.args.clone(),
+        };
+        node.spawn(self.nodes.first().map(|n| n.cluster))?;
+        self.nodes.push(node);
+        Ok(i)
     }
 
     /// Index of the node a running node names as leader of its first data shard (of the
@@ -172,9 +214,11 @@ impl LocalCluster {
         loop {
             // Per node: shard → (applied index, checksum, unresolved prepared parts).
             type Replicas = std::collections::BTreeMap<String, (u64, String, u64)>;
+            // Nodes taken out of service for good (no process) hold nothing that counts.
             let states: Option<Vec<Replicas>> = self
                 .nodes
                 .iter()
+                .filter(|n| n.child.is_some())
                 .map(|n| {
                     let v: serde_json::Value =
                         serde_json::from_str(&http_get(n.http, "/v1/replicas")?).ok()?;
@@ -209,10 +253,15 @@ impl LocalCluster {
                     let sums_equal = shards
                         .iter()
                         .all(|sh| copies(sh).windows(2).all(|w| w[0].1 == w[1].1));
-                    let mut report: Vec<String> = states
+                    let names = self
+                        .nodes
                         .iter()
                         .enumerate()
-                        .map(|(i, s)| format!("n{}: {s:?}", i + 1))
+                        .filter(|(_, n)| n.child.is_some())
+                        .map(|(i, _)| format!("n{}", i + 1));
+                    let mut report: Vec<String> = names
+                        .zip(&states)
+                        .map(|(name, s)| format!("{name}: {s:?}"))
                         .collect();
                     if unresolved > 0 {
                         report.push(format!(

@@ -172,7 +172,7 @@ pub fn decode(shard: ShardId, parts: &[RawPart], from: Position) -> Result<Vec<E
         for i in 1..events.len() {
             let (a, b) = events.split_at_mut(i);
             let (x, y) = (&mut a[i - 1], &mut b[0]);
-            if x.position.index % 7 == 3 && x.position.index != y.position.index {
+            if x.position.index % 3 == 1 && x.position.index != y.position.index {
                 std::mem::swap(x, y);
                 std::mem::swap(&mut x.position, &mut y.position);
             }

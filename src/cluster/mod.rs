@@ -873,12 +873,34 @@ async fn place(
                     Err(e) => tracing::warn!(shard = %shard.id, error = %e, "placing a replica"),
                 }
             }
+            Some(placement::Step::Stay { node }) => {
+                let mut kept = shard.clone();
+                kept.leaving.retain(|n| *n != node);
+                match cluster.put_shard_if(&kept, &shard.replicas).await {
+                    Ok(true) => {
+                        let line = format!(
+                            "shard {}: keeping the replica on {node} (the rebalance moving it is called off: its new replica is going away too)",
+                            shard.id
+                        );
+                        tracing::info!("{line}");
+                        cluster.journal.record("move", line);
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(shard = %shard.id, error = %e, "keeping a replica"),
+                }
+            }
             Some(placement::Step::Remove { node, reason }) => {
                 state.removing.lock().expect("lock").insert(shard.id);
                 *load.entry(node).or_default() -= 1;
+                let going: Vec<NodeId> = shard
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|n| view.doomed_hard(*n).is_some())
+                    .collect();
                 let (c, shard, state) = (cluster.clone(), shard.clone(), state.clone());
                 tokio::spawn(async move {
-                    match c.take_replica_away(&shard, node).await {
+                    match c.take_replica_away(&shard, node, &going).await {
                         Ok(()) => {
                             let line =
                                 format!("shard {}: replica on {node} removed ({reason})", shard.id);
@@ -1057,14 +1079,20 @@ impl Cluster {
     }
 
     /// The second half of a move: take `node`'s replica of `shard` out of the group (after
-    /// checking with the group's leader that every other replica is a voter), then out of
-    /// the catalog, listing it as removed so the node deletes its copy.
-    async fn take_replica_away(&self, shard: &crate::catalog::Shard, node: NodeId) -> Result<()> {
+    /// checking with the group's leader that every other replica is a voter, but those in
+    /// `going`, which leave too), then out of the catalog, listing it as removed so the node
+    /// deletes its copy.
+    async fn take_replica_away(
+        &self,
+        shard: &crate::catalog::Shard,
+        node: NodeId,
+        going: &[NodeId],
+    ) -> Result<()> {
         let (voters, _) = self.voters(shard.id).await?;
         if let Some(n) = shard
             .replicas
             .iter()
-            .find(|r| **r != node && !voters.contains(r))
+            .find(|r| **r != node && !voters.contains(r) && !going.contains(r))
         {
             return Err(Error::Unavailable(format!("{n} is not a voter yet")));
         }

@@ -176,6 +176,9 @@ pub enum Step {
     },
     /// Take the replica on `node` away (out of the Raft group first, then the catalog).
     Remove { node: NodeId, reason: Reason },
+    /// Keep the replica on `node` that a rebalance was moving away: the replicas that were
+    /// to stay are too few without it (the move's new replica is itself going away).
+    Stay { node: NodeId },
 }
 
 /// What the cluster looks like to the placement driver.
@@ -191,8 +194,16 @@ impl View<'_> {
     /// A replica of `shard` that must go, and why: its node is leaving or long dead, or a
     /// rebalance is moving it.
     fn doomed(&self, shard: &Shard, node: NodeId) -> Option<Reason> {
+        if shard.leaving.contains(&node) {
+            return Some(Reason::Rebalance);
+        }
+        self.doomed_hard(node)
+    }
+
+    /// Why every replica on `node` must go whatever the balance: the node is leaving the
+    /// cluster or long dead.
+    pub fn doomed_hard(&self, node: NodeId) -> Option<Reason> {
         match self.catalog.node(node) {
-            _ if shard.leaving.contains(&node) => Some(Reason::Rebalance),
             None => Some(Reason::Decommission),
             Some(n) if !n.is_active() => Some(Reason::Decommission),
             Some(_) if self.dead.contains(&node) => Some(Reason::Dead),
@@ -220,12 +231,31 @@ pub fn next_step(
         .copied()
         .filter(|n| view.doomed(shard, *n).is_none())
         .collect();
+    // Replicas that go whatever happens (their node leaving or long dead) need not be
+    // voters: two dead replicas must not each wait for the other.
     let others_are_voters = |gone: NodeId| {
         shard
             .replicas
             .iter()
-            .all(|r| *r == gone || voters.contains(r))
+            .all(|r| *r == gone || voters.contains(r) || view.doomed_hard(*r).is_some())
     };
+    // 0. A rebalance is optional: call it off where its departure would leave too few
+    //    replicas without the one it moves away (its new replica leaving too, or dead).
+    let must_go = shard
+        .replicas
+        .iter()
+        .filter(|n| !shard.leaving.contains(n) && view.doomed(shard, **n).is_some())
+        .count();
+    if shard.replicas.len() - must_go - shard.leaving.len() < want {
+        if let Some(node) = shard
+            .leaving
+            .iter()
+            .copied()
+            .find(|n| shard.replicas.contains(n) && view.doomed_hard(*n).is_none())
+        {
+            return Some(Step::Stay { node });
+        }
+    }
     // 1. Too few replicas that will stay: add one.
     if staying.len() < want {
         let (from, reason) = match shard
@@ -521,6 +551,7 @@ mod tests {
                     shard.replicas.retain(|r| r != node);
                     shard.leaving.retain(|r| r != node);
                 }
+                Step::Stay { node } => shard.leaving.retain(|r| r != node),
             }
             taken.push(step);
         }
@@ -571,6 +602,53 @@ mod tests {
         let steps = settle(&mut c, &down, &down);
         assert!(steps.is_empty(), "no node to move to: {steps:?}");
         assert!(c.shards.values().all(|s| s.replicas.len() == 3));
+    }
+
+    #[test]
+    fn a_rebalance_whose_new_replica_leaves_is_called_off() {
+        // s1 on n1, n4, n5 was moving n5 → n6 (n6 added, n5 marked leaving) when n6 was
+        // decommissioned: with no other node to go to, n5 must stay and n6 go; found stuck
+        // by the membership chaos run (seed 21) before `Stay`.
+        let mut c = catalog(&[None, None, None, None, None, None]);
+        add_shard(&mut c, 1, vec![NodeId(1), NodeId(4), NodeId(5), NodeId(6)]);
+        c.shards.get_mut(&ShardId(1)).unwrap().leaving = vec![NodeId(5)];
+        for n in [2, 3, 6] {
+            c.nodes.get_mut(&NodeId(n)).unwrap().state = crate::catalog::NodeState::Decommissioning;
+        }
+        let steps = settle(&mut c, &no_down(), &no_down());
+        assert_eq!(steps[0], Step::Stay { node: NodeId(5) }, "{steps:?}");
+        let s = c.shard(ShardId(1)).unwrap();
+        assert_eq!(
+            s.replicas,
+            vec![NodeId(1), NodeId(4), NodeId(5)],
+            "{steps:?}"
+        );
+        assert!(s.leaving.is_empty());
+    }
+
+    #[test]
+    fn two_dead_replicas_do_not_wait_for_each_other() {
+        // After a meta leader change the driver knows no dead replica as a voter: each
+        // dead one's removal must not wait for the other to become one (bank chaos seed 23).
+        let mut c = catalog(&[None, None, None, None, None]);
+        add_shard(
+            &mut c,
+            1,
+            vec![NodeId(1), NodeId(2), NodeId(3), NodeId(4), NodeId(5)],
+        );
+        let dead = BTreeSet::from([NodeId(2), NodeId(3)]);
+        let view = View {
+            catalog: &c,
+            down: &dead,
+            dead: &dead,
+        };
+        let shard = c.shard(ShardId(1)).unwrap();
+        let alive: BTreeSet<NodeId> = [NodeId(1), NodeId(4), NodeId(5)].into();
+        let step = next_step(&view, shard, &alive, Some(NodeId(1)), &replica_load(&c));
+        assert!(
+            matches!(step, Some(Step::Remove { node, reason: Reason::Dead }) if dead.contains(&node)),
+            "{step:?}"
+        );
     }
 
     #[test]
