@@ -819,6 +819,43 @@ impl Handler for NodeRpc {
                 self.forget_cancel(cancel);
                 Response::Rows(wire(result.map(Into::into)))
             }
+            Request::ReadReplica {
+                shard,
+                stmt,
+                fresh_ms,
+                cancel,
+            } => {
+                let Some(group) = self.group(shard) else {
+                    return Response::Rows(Err(no_such_shard()));
+                };
+                let applied = group
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .last_applied
+                    .map_or(0, |l| l.index);
+                if applied == 0 {
+                    return Response::Rows(Err(WireError::Unavailable(format!(
+                        "{shard}: this replica has applied nothing yet"
+                    ))));
+                }
+                let consistency = match fresh_ms {
+                    None => ReadConsistency::Any,
+                    Some(ms) => ReadConsistency::Bounded(Duration::from_millis(ms)),
+                };
+                if let ReadConsistency::Bounded(bound) = consistency {
+                    if !group.fresh_within(bound) {
+                        return Response::Rows(Err(WireError::Unavailable(format!(
+                            "{shard}: this replica has not heard from its leader within {bound:?}"
+                        ))));
+                    }
+                }
+                let mut stmt: crate::storage::replica::Statement = stmt.into();
+                stmt.cancel = self.cancel_token(cancel);
+                let result = self.cluster.read_here(&group, stmt, consistency).await;
+                self.forget_cancel(cancel);
+                Response::Rows(wire(result.map(Into::into)))
+            }
             Request::Begin { shard, priority } => {
                 let Some(group) = self.group(shard) else {
                     return Response::Txn(Err(no_such_shard()));

@@ -761,3 +761,123 @@ async fn a_divergent_replica_is_found_by_a_check_and_replaced() {
     let keys = all_keys(cluster.nodes[2].pg).await;
     assert_eq!(keys.len(), 60);
 }
+
+/// The "half the nodes down" promise on `n` nodes with `rf` replicas per shard: stop the
+/// nodes in `down` (as many as half) → every survivor reads every row at `any`, a write to
+/// a shard that kept a quorum succeeds, and one to a shard that lost it fails with 57P03
+/// naming its missing replicas. Which shards keep a quorum comes from `/v1/shards`.
+async fn half_down(n: usize, rf: usize, down: &[usize]) {
+    // The default --dead-after (60 s): nothing is re-created during the test.
+    let mut cluster = Cluster::start(n, &[]);
+    let c = client(cluster.nodes[0].pg).await.expect("connect");
+    c.batch_execute(&format!(
+        "CREATE TABLE kv (k bigint PRIMARY KEY, v bigint) WITH (shard_count = 8, replication_factor = {rf});
+         INSERT INTO kv SELECT g, g FROM generate_series(1, 400) g;"
+    ))
+    .await
+    .unwrap();
+    let ids: Vec<String> = cluster.nodes.iter().map(node_id).collect();
+    let http = cluster.nodes[0].http;
+    let placement = shards(http);
+    // Every replica has applied the rows (an `any` read is served as a replica stands).
+    tokio::task::block_in_place(|| cluster.assert_converged());
+    for i in down {
+        cluster.nodes[*i].kill9();
+    }
+    let gone: Vec<&String> = down.iter().map(|i| &ids[*i]).collect();
+    let survivors: Vec<usize> = (0..n).filter(|i| !down.contains(i)).collect();
+    let seen_by = cluster.nodes[survivors[0]].http;
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || {
+                let n = nodes(seen_by);
+                gone.iter()
+                    .all(|id| n.get(*id).is_some_and(|v| v["liveness"] == "dead"))
+            },
+            Duration::from_secs(30),
+            "the stopped nodes seen dead",
+        )
+    });
+    // Every row, from every survivor, at `any`.
+    for s in &survivors {
+        let c = client(cluster.nodes[*s].pg).await.expect("connect");
+        c.batch_execute("SET cairn.read_consistency = 'any'")
+            .await
+            .unwrap();
+        let rows = c.query("SELECT k FROM kv", &[]).await.unwrap();
+        let keys: BTreeSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+        assert_eq!(
+            keys,
+            (1..=400).collect(),
+            "read on {} with {gone:?} down",
+            ids[*s]
+        );
+    }
+    // Writes: each key's shard either has a quorum (the write succeeds) or not (57P03
+    // naming the missing replicas, once the leaders' leases ran out).
+    let with_quorum = placement
+        .iter()
+        .filter(|(_, replicas, _)| {
+            replicas.iter().filter(|r| !gone.contains(r)).count() * 2 > replicas.len()
+        })
+        .count();
+    let c = client(cluster.nodes[survivors[0]].pg)
+        .await
+        .expect("connect");
+    let (mut ok, mut refused) = (0, 0);
+    for k in 1001..1041i64 {
+        let mut outcome = None;
+        for _ in 0..100 {
+            match c.execute("INSERT INTO kv VALUES ($1, 0)", &[&k]).await {
+                Ok(_) => {
+                    outcome = Some(true);
+                    break;
+                }
+                Err(e) => {
+                    let db = e.as_db_error().expect("an error from the server");
+                    if db.message().contains("has no quorum") {
+                        assert_eq!(db.code().code(), "57P03", "{}", db.message());
+                        assert!(
+                            gone.iter().any(|id| db.message().contains(id.as_str())),
+                            "{}",
+                            db.message()
+                        );
+                        outcome = Some(false);
+                        break;
+                    }
+                    // A lease running out or a leader changing: try again.
+                    assert!(RETRYABLE.contains(&db.code().code()), "{}", db.message());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        match outcome.expect("neither written nor refused for want of a quorum") {
+            true => ok += 1,
+            false => refused += 1,
+        }
+    }
+    // 40 keys over 8 shards: with some shards on each side, both outcomes are seen.
+    if with_quorum > 0 {
+        assert!(
+            ok > 0,
+            "{with_quorum} shards kept a quorum, yet no write succeeded"
+        );
+    }
+    if with_quorum < placement.len() {
+        assert!(
+            refused > 0,
+            "shards lost their quorum, yet every write succeeded"
+        );
+    }
+    assert_eq!(ok + refused, 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_of_four_nodes_down_with_three_replicas() {
+    half_down(4, 3, &[1, 2]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_of_six_nodes_down_with_four_replicas() {
+    half_down(6, 4, &[0, 3, 5]).await;
+}

@@ -201,10 +201,10 @@ impl Cluster {
         let mut rotation = 0usize;
         loop {
             let here = self.group(shard);
+            // A leader whose followers died keeps its place until its lease runs out, and
+            // would hold the request until the forward timeout: gossip decides first.
+            self.refuse_without_quorum(shard)?;
             let mut target = self.known_leader(shard);
-            if target.is_none_or(|l| self.liveness.of(l).0 == super::liveness::Live::Dead) {
-                self.refuse_without_quorum(shard)?;
-            }
             if target.is_none() {
                 if let Some(g) = &here {
                     let left = deadline.saturating_duration_since(Instant::now());
@@ -280,13 +280,28 @@ impl Cluster {
             read,
             cancel: Some(key),
         };
+        // No effect outside its transaction: a lost answer fails only the statement (and
+        // the transaction with it). Else, once sent, the outcome is unknown.
+        let effect = !read && txn.is_none();
+        self.call_cancellable(addr, request, key, &token, effect)
+            .await
+    }
+
+    /// Send `request` (a statement sent with cancel key `key`), passing a cancel of `token`
+    /// on to `addr` while it runs; its rows.
+    async fn call_cancellable(
+        &self,
+        addr: &str,
+        request: Request,
+        key: u64,
+        token: &crate::storage::cancel::Cancel,
+        effect: bool,
+    ) -> Result<Rows> {
         let call = async {
-            if read || txn.is_some() {
-                // No effect outside its transaction: a lost answer fails only the statement
-                // (and the transaction with it).
-                self.call(addr, request).await
-            } else {
+            if effect {
                 self.call_write(addr, request).await
+            } else {
+                self.call(addr, request).await
             }
         };
         tokio::pin!(call);
@@ -309,6 +324,60 @@ impl Cluster {
             Response::Rows(r) => r.map(Into::into).map_err(Into::into),
             _ => Err(unexpected()),
         }
+    }
+
+    /// An `any` or `bounded` read on a shard this node holds no replica of: served by
+    /// another node's replica as it stands (for `bounded`, one that heard from its leader
+    /// within the bound), trying the replicas gossip sees alive first. None if no replica
+    /// answered (the caller then asks the leader).
+    async fn read_elsewhere(
+        &self,
+        shard: ShardId,
+        stmt: &Statement,
+        consistency: ReadConsistency,
+    ) -> Result<Option<Rows>> {
+        let fresh_ms = match consistency {
+            ReadConsistency::Any => None,
+            ReadConsistency::Bounded(bound) => Some(bound.as_millis() as u64),
+            ReadConsistency::Linearizable => return Ok(None),
+        };
+        let mut replicas: Vec<NodeId> = self
+            .replicas_of(shard)
+            .into_iter()
+            .filter(|n| *n != self.node)
+            .collect();
+        // Alive first, then suspect; the leader last (it has the most to do).
+        let leader = self.known_leader(shard);
+        replicas.sort_by_key(|n| (self.liveness.of(*n).0 as u8, Some(*n) == leader));
+        for node in replicas {
+            if self.liveness.of(node).0 == super::liveness::Live::Dead {
+                continue;
+            }
+            let Some(addr) = self.addr_of(node) else {
+                continue;
+            };
+            let token = stmt.cancel.clone();
+            token.check()?;
+            let key = rand::random::<u64>();
+            let request = Request::ReadReplica {
+                shard,
+                stmt: stmt.clone().into(),
+                fresh_ms,
+                cancel: Some(key),
+            };
+            match self
+                .call_cancellable(&addr, request, key, &token, false)
+                .await
+            {
+                Ok(rows) => return Ok(Some(rows)),
+                // The statement itself failed: another replica would fail it too.
+                Err(e @ Error::Sql { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(%shard, %node, error = %e, "replica read elsewhere failed")
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// An autocommit write on `shard`, answered once committed and applied.
@@ -335,7 +404,16 @@ impl Cluster {
         stmt: Statement,
         consistency: ReadConsistency,
     ) -> Result<Rows> {
-        if let Some(g) = self.group(shard) {
+        // A replica that has applied nothing yet (just placed here, not caught up) has no
+        // tables at all: it serves no reads.
+        let here = self.group(shard).filter(|g| {
+            g.raft
+                .metrics()
+                .borrow()
+                .last_applied
+                .is_some_and(|l| l.index > 0)
+        });
+        if let Some(g) = here {
             if crate::planted::active("stale-reads") {
                 return g.read_local(stmt).await;
             }
@@ -346,6 +424,8 @@ impl Cluster {
                 }
                 _ => {}
             }
+        } else if let Some(rows) = self.read_elsewhere(shard, &stmt, consistency).await? {
+            return Ok(rows);
         }
         self.route(
             shard,

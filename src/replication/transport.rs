@@ -102,6 +102,14 @@ pub enum Request {
         read: bool,
         cancel: Option<u64>,
     },
+    /// A read served by this node's replica of `shard` as it stands (`any`), or only if it
+    /// heard from its leader within `fresh_ms` (`bounded`); `cancel` as for `Exec`.
+    ReadReplica {
+        shard: ShardId,
+        stmt: WireStatement,
+        fresh_ms: Option<u64>,
+        cancel: Option<u64>,
+    },
     /// Answer once this node's meta replica has applied `index` (the catalog a schema
     /// change just made is in force here).
     CatalogAt {
