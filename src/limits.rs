@@ -147,6 +147,10 @@ pub const CLUSTER_BATCH_MAX: usize = 64;
 /// freeing the node's one-at-a-time membership lock for the next change).
 pub const LEARNER_CATCH_UP_WAIT: Duration = Duration::from_secs(20);
 
+/// How long a membership change waits to commit before its lock is given up (the
+/// placement driver tries again): a leader that lost its quorum would wait forever.
+pub const MEMBERSHIP_CHANGE_WAIT: Duration = Duration::from_secs(10);
+
 /// How often the placement driver (on the meta leader) compares the catalog with reality.
 pub const PLACEMENT_INTERVAL: Duration = Duration::from_millis(500);
 

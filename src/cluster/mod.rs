@@ -85,8 +85,9 @@ pub struct Cluster {
     leaders: Mutex<HashMap<ShardId, NodeId>>,
     /// One reconciliation at a time.
     reconciling: tokio::sync::Mutex<()>,
-    /// One membership change at a time per node (openraft refuses overlapping ones).
-    pub(crate) changing: tokio::sync::Mutex<()>,
+    /// One membership change at a time per group (openraft refuses overlapping ones);
+    /// groups do not wait for each other.
+    changing: Mutex<HashMap<ShardId, Arc<tokio::sync::Mutex<()>>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Shards whose last consistency check here found divergent replicas (by node).
     pub divergent: Mutex<BTreeMap<ShardId, Vec<String>>>,
@@ -213,7 +214,7 @@ impl Cluster {
             catalog,
             leaders: Mutex::new(HashMap::new()),
             reconciling: tokio::sync::Mutex::new(()),
-            changing: tokio::sync::Mutex::new(()),
+            changing: Mutex::default(),
             tasks: Mutex::new(Vec::new()),
             resolved: Mutex::new(ResolvedDecisions::default()),
             stuck: Mutex::new(std::sync::Weak::new()),
@@ -518,7 +519,8 @@ impl Cluster {
     /// Add `id` to `group` as a voter (learner first, until it has caught up). Only on the
     /// group's leader.
     pub async fn add_member(&self, group: &ShardGroup, id: u64, node: NodeInfo) -> Result<()> {
-        let _one_at_a_time = self.changing.lock().await;
+        let lock = self.change_lock(group.shard);
+        let _one_at_a_time = lock.lock().await;
         let raft = &group.raft;
         let voters: BTreeSet<u64> = raft
             .metrics()
@@ -553,13 +555,22 @@ impl Cluster {
             tracing::info!(node = %NodeId(id), "joined the meta group as a learner");
             return Ok(());
         }
-        raft.change_membership(
+        change_membership(
+            group,
             openraft::ChangeMembers::AddVoterIds(BTreeSet::from([id])),
             false,
         )
         .await
-        .map_err(membership_error)?;
-        Ok(())
+    }
+
+    /// The lock that keeps `shard`'s membership changes one at a time.
+    fn change_lock(&self, shard: ShardId) -> Arc<tokio::sync::Mutex<()>> {
+        self.changing
+            .lock()
+            .expect("lock")
+            .entry(shard)
+            .or_default()
+            .clone()
     }
 
     /// The meta group's voters and learners, as this node's replica knows them.
@@ -577,7 +588,8 @@ impl Cluster {
 impl Cluster {
     /// Take `id` out of `group`'s membership (voter or learner). Only on the group's leader.
     pub async fn remove_member(&self, group: &ShardGroup, id: u64) -> Result<()> {
-        let _one_at_a_time = self.changing.lock().await;
+        let lock = self.change_lock(group.shard);
+        let _one_at_a_time = lock.lock().await;
         let raft = &group.raft;
         let membership = raft
             .metrics()
@@ -600,11 +612,32 @@ impl Cluster {
             return Ok(());
         };
         tracing::info!(shard = %group.shard, node = %NodeId(id), "removing replica from the group");
-        raft.change_membership(change, false)
-            .await
-            .map_err(membership_error)?;
-        Ok(())
+        change_membership(group, change, false).await
     }
+}
+
+/// Propose a membership change of `group` and wait for it to commit, at most
+/// `MEMBERSHIP_CHANGE_WAIT`: a leader that lost its quorum would wait forever, holding the
+/// group's change lock (the change may still commit later; callers look again).
+async fn change_membership(
+    group: &ShardGroup,
+    change: openraft::ChangeMembers<u64, NodeInfo>,
+    retain: bool,
+) -> Result<()> {
+    tokio::time::timeout(
+        limits::MEMBERSHIP_CHANGE_WAIT,
+        group.raft.change_membership(change, retain),
+    )
+    .await
+    .map_err(|_| {
+        Error::Unavailable(format!(
+            "a membership change of {} did not commit within {:?}",
+            group.shard,
+            limits::MEMBERSHIP_CHANGE_WAIT
+        ))
+    })?
+    .map_err(membership_error)?;
+    Ok(())
 }
 
 /// A refused membership change: NotLeader (with the leader, if known) or Unavailable.
@@ -991,14 +1024,15 @@ fn balance_meta(
     }
     let (c, state) = (cluster.clone(), state.clone());
     tokio::spawn(async move {
-        let _one_at_a_time = c.changing.lock().await;
+        let lock = c.change_lock(ShardId::META);
+        let _one_at_a_time = lock.lock().await;
         let change = if promote {
             openraft::ChangeMembers::AddVoterIds(BTreeSet::from([node.0]))
         } else {
             openraft::ChangeMembers::RemoveVoters(BTreeSet::from([node.0]))
         };
         // A demoted voter stays a learner: it still follows the catalog.
-        match c.meta.raft.change_membership(change, true).await {
+        match change_membership(&c.meta, change, true).await {
             Ok(_) => {
                 let line = format!(
                     "meta: {node} is now a {}",
