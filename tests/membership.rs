@@ -881,3 +881,69 @@ async fn half_of_four_nodes_down_with_three_replicas() {
 async fn half_of_six_nodes_down_with_four_replicas() {
     half_down(6, 4, &[0, 3, 5]).await;
 }
+
+/// A decommission that cannot finish is reported, not silent: with n3 dead there is no node
+/// left for n4's replicas, so `/v1/nodes` lists n4's stuck shards with the reason and
+/// `/v1/events` has a `stuck` event; once n3 is back the move finishes and nothing is stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decommission_that_cannot_finish_names_its_stuck_shards_until_it_can() {
+    let mut cluster = start(4);
+    create_table(cluster.nodes[0].pg, 4).await;
+    let http = cluster.nodes[0].http;
+    tokio::task::block_in_place(|| {
+        wait_for(|| placed(http, 3, &[]), Duration::from_secs(60), "placed")
+    });
+    let ids: Vec<String> = cluster.nodes.iter().map(node_id).collect();
+    cluster.nodes[2].kill9();
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || nodes(http)[&ids[2]]["liveness"] == "dead",
+            Duration::from_secs(30),
+            "n3 seen dead",
+        )
+    });
+    // Accepted (three other nodes are in the catalog), but n3 is dead: nowhere to go.
+    let (status, body) = lifecycle(http, &format!("/v1/nodes/{}/decommission", ids[3]));
+    assert_eq!(status, 202, "{body}");
+    let mut reasons = Vec::new();
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || {
+                reasons = nodes(http)[&ids[3]]["stuck"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                !reasons.is_empty()
+            },
+            Duration::from_secs(60),
+            "n4 reported stuck",
+        )
+    });
+    let text = format!("{reasons:?}");
+    assert!(
+        text.contains("no active, alive node without a replica of it to move to"),
+        "{text}"
+    );
+    assert!(text.contains('s'), "the stuck shards are named: {text}");
+    assert_eq!(nodes(http)[&ids[3]]["state"], "decommissioning");
+    let events = json(http, "/v1/events").unwrap().to_string();
+    assert!(
+        events.contains("stuck") && events.contains(&format!("node {}", ids[3])),
+        "{events}"
+    );
+    // n3 returns: the replicas move to it, the decommission finishes, nothing is stuck.
+    tokio::task::block_in_place(|| cluster.nodes[2].restart());
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || {
+                let n = nodes(http);
+                n[&ids[3]]["state"] == "decommissioned"
+                    && n[&ids[3]]["replicas"] == 0
+                    && n.values().all(|v| v["stuck"].as_array().is_none_or(|s| s.is_empty()))
+                    && placed(http, 3, &[ids[3].as_str()])
+            },
+            Duration::from_secs(120),
+            "the decommission to finish once n3 is back",
+        )
+    });
+}
