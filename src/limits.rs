@@ -154,6 +154,17 @@ pub const MEMBERSHIP_CHANGE_WAIT: Duration = Duration::from_secs(10);
 /// How often the placement driver (on the meta leader) compares the catalog with reality.
 pub const PLACEMENT_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How often the placement driver looks at how leaders are spread (one leadership move at
+/// most each time; each election costs the shard a moment of writes).
+pub const LEADER_BALANCE_EVERY: Duration = Duration::from_secs(3);
+
+/// A shard whose leadership was moved is not moved again for this long.
+pub const LEADER_MOVE_COOLDOWN: Duration = Duration::from_secs(30);
+
+/// A replica campaigns for leadership only if it heard from the leader this recently
+/// (and applied what the leader had committed then).
+pub const CAMPAIGN_FRESH: Duration = Duration::from_millis(300);
+
 /// Replica moves (a replica added and not yet trimmed) in flight at once across the
 /// cluster, and per node taking one in: each move copies a shard (a snapshot when the log
 /// no longer covers it), so the bound keeps repair from starving client traffic.
@@ -188,6 +199,10 @@ pub const REPLICATION_FACTOR_MAX: u32 = 9;
 /// How long `cairn start` lets its groups stop cleanly on SIGINT/SIGTERM before exiting
 /// anyway (nothing acknowledged depends on it: the log is fsynced before any answer).
 pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
+
+/// How long a node shutting down waits for its leaderships to be taken over (within
+/// `SHUTDOWN_WAIT`).
+pub const HANDOVER_WAIT: Duration = Duration::from_millis(1500);
 
 /// How often each node asks catalog nodes it does not see alive to gossip with it.
 pub const GOSSIP_ANNOUNCE_EVERY: Duration = Duration::from_secs(2);

@@ -371,6 +371,9 @@ impl Node {
         for s in &self.servers {
             s.abort();
         }
+        // Others take over this node's leaderships now rather than after an election
+        // timeout each.
+        self.cluster.hand_over(limits::HANDOVER_WAIT).await;
         self.cluster.shutdown().await;
         tracing::info!(node = %self.id, "node stopped");
     }
@@ -819,6 +822,10 @@ impl Handler for NodeRpc {
                 self.forget_cancel(cancel);
                 Response::Rows(wire(result.map(Into::into)))
             }
+            Request::Campaign { shard } => match self.group(shard) {
+                Some(group) => Response::Done(wire(self.cluster.campaign(&group).await)),
+                None => Response::Done(Err(no_such_shard())),
+            },
             Request::ReadReplica {
                 shard,
                 stmt,

@@ -302,11 +302,29 @@ async fn joined_nodes_get_their_share_under_load() {
         );
         cluster.assert_converged();
     });
-    // The new nodes serve, and lead some shards.
+    // The new nodes serve, and leaders are spread by leadership moves: each node leads its
+    // share (16 shards over 5 nodes) give or take one.
     let n = nodes(http);
     for id in &ids[3..] {
         assert!(n[id]["replicas"].as_u64().unwrap() >= 9, "{n:?}");
     }
+    let mut leaders = Vec::new();
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || {
+                leaders = nodes(http)
+                    .values()
+                    .map(|n| n["leaders"].as_u64().unwrap_or(0))
+                    .collect();
+                leaders.iter().max().unwrap() - leaders.iter().min().unwrap() <= 1
+                    && leaders.iter().sum::<u64>() == 16
+            },
+            Duration::from_secs(90),
+            "leaders balanced",
+        )
+    });
+    let events = json(http, "/v1/events").unwrap().to_string();
+    assert!(events.contains("moving leadership"), "{leaders:?} {events}");
     let keys = all_keys(cluster.nodes[4].pg).await;
     let lost: Vec<&i64> = acked.difference(&keys).collect();
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
@@ -939,7 +957,8 @@ async fn a_decommission_that_cannot_finish_names_its_stuck_shards_until_it_can()
                 let n = nodes(http);
                 n[&ids[3]]["state"] == "decommissioned"
                     && n[&ids[3]]["replicas"] == 0
-                    && n.values().all(|v| v["stuck"].as_array().is_none_or(|s| s.is_empty()))
+                    && n.values()
+                        .all(|v| v["stuck"].as_array().is_none_or(|s| s.is_empty()))
                     && placed(http, 3, &[ids[3].as_str()])
             },
             Duration::from_secs(120),

@@ -21,6 +21,7 @@ pub mod check;
 pub mod feed;
 pub mod jobs;
 pub mod journal;
+mod leaders;
 pub mod liveness;
 pub mod meta_txn;
 pub mod nodes;
@@ -733,6 +734,8 @@ struct DriverState {
     jobs_running: Mutex<BTreeSet<u64>>,
     /// Why shards on a leaving node cannot move now, by node (for `GET /v1/nodes`).
     stuck: Mutex<BTreeMap<NodeId, Vec<String>>>,
+    /// Shards whose leadership was last moved, and when.
+    leader_moves: Mutex<HashMap<ShardId, Instant>>,
 }
 
 /// On the meta leader, every `PLACEMENT_INTERVAL`: make each group's membership follow the
@@ -742,6 +745,7 @@ async fn placement_driver(cluster: Arc<Cluster>) {
     let state: Arc<DriverState> = Arc::default();
     *cluster.stuck.lock().expect("lock") = Arc::downgrade(&state);
     let mut jobs_seen: HashMap<u64, Instant> = HashMap::new();
+    let mut leaders_balanced = Instant::now();
     loop {
         tokio::time::sleep(limits::PLACEMENT_INTERVAL).await;
         if cluster.meta.leader().0 != Some(cluster.node) {
@@ -761,6 +765,16 @@ async fn placement_driver(cluster: Arc<Cluster>) {
         place(&cluster, &catalog, &down, &dead, &state).await;
         balance_meta(&cluster, &catalog, &down, &dead, &state);
         finish_decommissions(&cluster, &catalog, &state).await;
+        // Leaders move once replicas are where they belong (a move in flight changes who
+        // can lead what).
+        let settled = catalog.shards.values().all(|s| {
+            s.leaving.is_empty()
+                && s.replicas.len() <= placement::wanted(&catalog, s.replication_factor, &s.zones)
+        });
+        if settled && leaders_balanced.elapsed() >= limits::LEADER_BALANCE_EVERY {
+            leaders_balanced = Instant::now();
+            leaders::balance(&cluster, &catalog, &down, &state).await;
+        }
         // DDL jobs left behind by a coordinator that failed or died.
         jobs_seen.retain(|id, _| catalog.jobs.contains_key(id));
         for job in catalog.jobs.values() {

@@ -102,6 +102,11 @@ pub enum Request {
         read: bool,
         cancel: Option<u64>,
     },
+    /// Ask for an election of `shard`'s group from this node (a leadership move): done only
+    /// by a caught-up voter.
+    Campaign {
+        shard: ShardId,
+    },
     /// A read served by this node's replica of `shard` as it stands (`any`), or only if it
     /// heard from its leader within `fresh_ms` (`bounded`); `cancel` as for `Exec`.
     ReadReplica {
