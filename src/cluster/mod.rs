@@ -748,7 +748,7 @@ async fn placement_driver(cluster: Arc<Cluster>) {
     let mut leaders_balanced = Instant::now();
     loop {
         tokio::time::sleep(limits::PLACEMENT_INTERVAL).await;
-        if cluster.meta.leader().0 != Some(cluster.node) {
+        if !cluster.surely_leads_meta().await {
             jobs_seen.clear();
             // Another leader may change memberships meanwhile.
             state.confirmed.lock().expect("lock").clear();
@@ -793,6 +793,43 @@ async fn placement_driver(cluster: Arc<Cluster>) {
                 state.jobs_running.lock().expect("lock").remove(&job.id);
             });
         }
+    }
+}
+
+impl Cluster {
+    /// Whether this node leads the meta group, confirmed by a quorum of its voters, and is
+    /// one of them. A leader taken out of the meta group (decommissioned) can go on
+    /// believing it leads, with a catalog that no longer changes: a placement driver
+    /// running there undid the real one's moves (membership chaos seed 43).
+    ///
+    /// openraft 0.9 does not always step a leader down when it leaves the voters; such a
+    /// leader stops its heartbeats here, so the voters elect one of their own.
+    async fn surely_leads_meta(&self) -> bool {
+        let heartbeats = self.meta.raft.runtime_config();
+        if self.meta.leader().0 != Some(self.node) {
+            heartbeats.heartbeat(true);
+            return false;
+        }
+        let voter = self
+            .meta
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.node.0);
+        if !voter {
+            tracing::info!(
+                "this node leads the meta group but is no longer a voter: stopping its heartbeats so a voter takes over"
+            );
+            heartbeats.heartbeat(false);
+            return false;
+        }
+        heartbeats.heartbeat(true);
+        tokio::time::timeout(limits::PLACEMENT_INTERVAL * 4, self.meta.read_index())
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }
 
