@@ -523,13 +523,7 @@ impl Cluster {
         let lock = self.change_lock(group.shard);
         let _one_at_a_time = lock.lock().await;
         let raft = &group.raft;
-        let voters: BTreeSet<u64> = raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let voters = group.voters();
         if voters.contains(&id) {
             return Ok(());
         }
@@ -810,16 +804,7 @@ impl Cluster {
             heartbeats.heartbeat(true);
             return false;
         }
-        let voter = self
-            .meta
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|v| v == self.node.0);
-        if !voter {
+        if !self.meta.voters().contains(&self.node.0) {
             tracing::info!(
                 "this node leads the meta group but is no longer a voter: stopping its heartbeats so a voter takes over"
             );

@@ -880,13 +880,5 @@ pub fn leader_voters(g: &ShardGroup) -> Result<(Vec<u64>, u64)> {
             leader: g.leader().0,
         });
     }
-    let voters = g
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .voter_ids()
-        .collect();
-    Ok((voters, g.node.0))
+    Ok((g.voters().into_iter().collect(), g.node.0))
 }

@@ -202,6 +202,17 @@ impl ShardGroup {
         Ok(log_id.map(|l| l.index).unwrap_or(0))
     }
 
+    /// The group's voters as this replica's membership has them.
+    pub fn voters(&self) -> std::collections::BTreeSet<u64> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
     /// How to reach a member of this group.
     pub fn node_info(&self, id: NodeId) -> Option<NodeInfo> {
         let m = self.raft.metrics();
