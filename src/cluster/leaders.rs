@@ -108,8 +108,8 @@ impl Cluster {
     }
 }
 
-/// One leadership move toward balance, on the meta leader: if the data shards' leaders on
-/// active, alive nodes differ by more than one between the busiest and the idlest node,
+/// One leadership move toward balance, on the meta leader, while every active node is
+/// alive: if the data shards' leaders on active nodes differ by more than one between the busiest and the idlest node,
 /// ask a voter of one of the busiest node's shards on a node leading fewer than it minus
 /// one to campaign. A shard moved is left alone for `LEADER_MOVE_COOLDOWN`.
 pub(super) async fn balance(
@@ -118,6 +118,15 @@ pub(super) async fn balance(
     down: &BTreeSet<NodeId>,
     state: &Arc<DriverState>,
 ) {
+    // While an active node is down, leaders are where elections put them: moving them
+    // too only adds aborted commits for clients already riding out the failure.
+    if catalog
+        .nodes
+        .values()
+        .any(|n| n.is_active() && down.contains(&n.id))
+    {
+        return;
+    }
     let eligible: BTreeSet<NodeId> = catalog
         .nodes
         .values()
