@@ -187,6 +187,12 @@ pub const LIVENESS_UNKNOWN_GRACE: Duration = Duration::from_secs(10);
 pub const CONSISTENCY_CHECK_EVERY: Duration = Duration::from_secs(600);
 pub const CONSISTENCY_CHECK_PACE: Duration = Duration::from_secs(1);
 pub const CONSISTENCY_CHECK_WAIT: Duration = Duration::from_secs(10);
+/// How fast a replica reads its rows for a check unless `--check-rate` says otherwise:
+/// CockroachDB's default (`server.consistency_check.max_rate`), a 1 GiB shard in about
+/// two minutes, a small share of any disk. And how long a checker waits for a replica
+/// still reading (a 28 GiB shard at that rate).
+pub const CONSISTENCY_CHECK_RATE: u64 = 8 * 1024 * 1024;
+pub const CONSISTENCY_CHECK_RUN_MAX: Duration = Duration::from_secs(3600);
 
 /// Voters of the meta group at most; other nodes follow it as learners. Five survive two
 /// failures, and every catalog change waits for three of them, not for every node.

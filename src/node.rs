@@ -61,6 +61,8 @@ pub struct NodeConfig {
     /// How long another node is dead (by gossip) before its replicas are re-created
     /// elsewhere (acted on by whichever node leads the meta group).
     pub dead_after: Duration,
+    /// Bytes per second a consistency check reads at most on each replica here.
+    pub check_rate: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -213,6 +215,7 @@ impl Node {
                 liveness,
                 journal,
                 dead_after: config.dead_after,
+                check_rate: config.check_rate,
                 info: info.clone(),
                 dir: config.data_dir.join("shards"),
                 logs,

@@ -67,6 +67,7 @@ async fn snapshot_restore_gives_identical_contents() {
                 hook
             }),
             events: (!group.shard.is_meta()).then(Default::default),
+            check_rate: None,
         };
         let fresh = ReplicaHandle::start(
             &snap_dir.path().join(format!("{}.db", group.shard)),

@@ -66,13 +66,24 @@
 //! moment), so a failing seed replays the same decisions but not always the same
 //! interleaving: run it a few times.
 //!
-//! `CAIRN_SIM_SEEDS=7,8,9` (or `7..=20`) runs other seeds, `CAIRN_SIM_VERBOSE=1` prints each
+//! Replica moves (`replica_moves_survive_faults`): 5 hosts, each group on 3 of them, and a
+//! mover standing in for the placement driver that moves replicas the way Cairn does — an
+//! `AddNode` to the group's leader runs `membership::add_voter` (learner, caught up,
+//! promoted), then a `RemoveNode` runs `membership::remove` — under the same faults, with
+//! crashes it asks for right after a step (of the leader, the replica leaving or the one
+//! arriving). A move that fails part-way is resumed from the voters the leader reports.
+//! Checked besides the above: no membership ever has fewer than 3 voters (in either half of
+//! a joint one); at the end every group has 3 voters and no learner, and the checks run over
+//! the replicas that are members then (a removed replica keeps what it had and is left out).
+//!
+//! `CAIRN_SIM_SEEDS=7,8,9` (or `7..=20`; `CAIRN_SIM_MOVE_SEEDS` for the moves) runs other seeds, `CAIRN_SIM_VERBOSE=1` prints each
 //! run's faults, `RUST_LOG=openraft=debug` the hosts' logs.
 
 #![allow(clippy::result_large_err)] // openraft's StorageError is large by its design.
 
 use cairn::ids::{NodeId, ShardId};
 use cairn::replication::group::{raft_config, run_heartbeats};
+use cairn::replication::membership;
 use cairn::replication::network::Network;
 use cairn::replication::transport::{
     self, Client, Dialer, Handler, Request, Response, Stream, WireError,
@@ -97,7 +108,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -105,6 +116,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Seeds CI runs; `CAIRN_SIM_SEEDS` overrides.
 const SEEDS: std::ops::RangeInclusive<u64> = 1..=8;
+/// Seeds of the runs with replica moves; `CAIRN_SIM_MOVE_SEEDS` overrides.
+const MOVE_SEEDS: std::ops::RangeInclusive<u64> = 1..=4;
 const GROUPS: u64 = 8;
 /// Concurrent client workers, each proposing one write at a time.
 const WORKERS: u64 = 4;
@@ -124,6 +137,13 @@ const TICK: Duration = Duration::from_millis(1);
 const MAX_LATENCY: Duration = Duration::from_millis(25);
 /// How long the client waits for a proposal's answer before counting it as unknown.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Replica moves: hosts of the cluster, and each group's replicas (its voters when no move
+/// is under way).
+const MOVE_HOSTS: u64 = 5;
+const REPLICAS: u64 = 3;
+/// The mover waits for a step's answer this long: a learner's catch-up and a membership
+/// change have their own limits in `membership` (20 s and 10 s).
+const MOVE_TIMEOUT: Duration = Duration::from_secs(35);
 
 /// Hosts of the cluster: 3 (Cairn's default replication factor) for odd seeds, 5 for even.
 fn hosts_for(seed: u64) -> u64 {
@@ -142,9 +162,21 @@ fn cluster_addr(host: u64) -> String {
     format!("{}:{PORT}", host_name(host))
 }
 
-fn members(hosts: u64) -> BTreeMap<u64, NodeInfo> {
-    (1..=hosts)
-        .map(|h| {
+/// A group's first members: every host, or with replica moves `REPLICAS` of them (a
+/// different set for each group).
+fn first_members(shared: &Shared, group: u64) -> BTreeSet<u64> {
+    if !shared.moves {
+        return (1..=shared.hosts).collect();
+    }
+    (0..REPLICAS)
+        .map(|k| (group - 1 + k) % shared.hosts + 1)
+        .collect()
+}
+
+fn members(hosts: &BTreeSet<u64>) -> BTreeMap<u64, NodeInfo> {
+    hosts
+        .iter()
+        .map(|&h| {
             let info = NodeInfo {
                 cluster_addr: cluster_addr(h),
                 ..NodeInfo::default()
@@ -556,6 +588,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 )));
             }
             lock(&self.oracle).saw_applied(self.disk.host, self.disk.group, entry.log_id, &p);
+            if let EntryPayload::Membership(m) = &entry.payload {
+                // A move adds the new voter before it removes the old one.
+                if m.get_joint_config()
+                    .iter()
+                    .any(|c| (c.len() as u64) < REPLICAS)
+                {
+                    return Err(self.broken(format!(
+                        "{}: membership {m} at {} has fewer than {REPLICAS} voters",
+                        self.name(),
+                        entry.log_id
+                    )));
+                }
+            }
             let mut sm = lock(&self.disk.sm);
             if let EntryPayload::Membership(m) = &entry.payload {
                 sm.record.membership = StoredMembership::new(Some(entry.log_id), m.clone());
@@ -812,6 +857,16 @@ struct Shared {
     install_time: Duration,
     /// Hosts in the cluster, `n1` to `n<hosts>`.
     hosts: u64,
+    /// Whether the mover moves replicas between hosts (see `run_mover`).
+    moves: bool,
+    /// Crashes the mover asks for between the steps of a move: (host, why).
+    crash_asks: Mutex<Vec<(u64, String)>>,
+    /// What the mover did, for the driver's history.
+    mover_log: Mutex<Vec<String>>,
+    /// Moves finished.
+    moved: AtomicU64,
+    /// Set by the mover once the client stopped and every move it began has finished.
+    settled: AtomicBool,
 }
 
 #[derive(Default)]
@@ -828,7 +883,10 @@ struct Workload {
 
 /// A host's calls: Raft messages for its groups, and proposals from the client.
 struct HostRpc {
+    host: u64,
     rafts: BTreeMap<u64, Raft>,
+    /// One membership change of a group at a time, as `Cluster::change_lock`.
+    changing: BTreeMap<u64, tokio::sync::Mutex<()>>,
 }
 
 fn not_here() -> WireError {
@@ -874,6 +932,38 @@ impl Handler for HostRpc {
                     }
                     Err(e) => Err(WireError::Unavailable(e.to_string())),
                 })
+            }
+            // A replica move's steps, run by Cairn's own `membership` functions.
+            Request::AddNode { shard, id, node } => {
+                let (Some(raft), Some(lock)) =
+                    (self.rafts.get(&shard.0), self.changing.get(&shard.0))
+                else {
+                    return Response::Done(Err(not_here()));
+                };
+                let _one_at_a_time = lock.lock().await;
+                let added = membership::add_voter(raft, shard, id, node, usize::MAX).await;
+                Response::Done(added.map_err(WireError::from))
+            }
+            Request::RemoveNode { shard, id } => {
+                let (Some(raft), Some(lock)) =
+                    (self.rafts.get(&shard.0), self.changing.get(&shard.0))
+                else {
+                    return Response::Done(Err(not_here()));
+                };
+                let _one_at_a_time = lock.lock().await;
+                let removed = membership::remove(raft, shard, id, REPLICAS as usize).await;
+                Response::Done(removed.map_err(WireError::from))
+            }
+            Request::Voters { shard } => {
+                let Some(raft) = self.rafts.get(&shard.0) else {
+                    return Response::Voters(Err(not_here()));
+                };
+                let leader = raft.metrics().borrow().current_leader;
+                if leader != Some(self.host) {
+                    return Response::Voters(Err(WireError::NotLeader { leader }));
+                }
+                let voters = membership::voters(raft).into_iter().collect();
+                Response::Voters(Ok((voters, self.host)))
             }
             Request::Ping => Response::Done(Ok(())),
             other => Response::Done(Err(WireError::Internal(format!(
@@ -940,10 +1030,11 @@ async fn run_host(host: u64, disks: Vec<Arc<Disk>>, shared: Arc<Shared>) -> turm
             install_time: shared.install_time,
         };
         let raft = Raft::new(host, config.clone(), network, log, sm).await?;
-        // Every member initialises a pristine group with the same membership (openraft
-        // allows it); a restarted one already is.
-        if !raft.is_initialized().await? {
-            match raft.initialize(members(shared.hosts)).await {
+        // Every first member initialises a pristine group with the same membership (openraft
+        // allows it); a restarted one already is. Other hosts wait to be added.
+        let first = first_members(&shared, group);
+        if first.contains(&host) && !raft.is_initialized().await? {
+            match raft.initialize(members(&first)).await {
                 Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -957,7 +1048,12 @@ async fn run_host(host: u64, disks: Vec<Arc<Disk>>, shared: Arc<Shared>) -> turm
         Duration::from_millis(HEARTBEAT_MS),
         move || all.clone(),
     ));
-    let handler: Arc<dyn Handler> = Arc::new(HostRpc { rafts });
+    let changing = rafts.keys().map(|g| (*g, Default::default())).collect();
+    let handler: Arc<dyn Handler> = Arc::new(HostRpc {
+        host,
+        rafts,
+        changing,
+    });
     let listener =
         turmoil::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, PORT))).await?;
     loop {
@@ -1043,6 +1139,127 @@ async fn propose(seed: u64, worker: u64, client: Arc<Client>, shared: Arc<Shared
     }
 }
 
+/// The mover, standing in for Cairn's placement driver: it moves a replica of a random group
+/// to a host without one the way the driver does — `AddNode` to the group's leader (learner,
+/// caught up, promoted), then `RemoveNode` of the old replica — and now and then asks for a
+/// crash between the steps (of the leader, the replica leaving or the one arriving). A move
+/// that fails part-way is resumed from the voters the leader reports, never abandoned, so
+/// every group ends with `REPLICAS` voters and no learner. Once the client stops, it finishes
+/// the moves under way and says so (`settled`).
+async fn run_mover(seed: u64, shared: Arc<Shared>) -> turmoil::Result {
+    let client = Client::with_dialer(Arc::new(SimDialer {
+        wires: shared.wires.clone(),
+    }));
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(7_919).wrapping_add(77));
+    let mut leaders: BTreeMap<u64, u64> = BTreeMap::new();
+    // Group → (from, to).
+    let mut under_way: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    let log = |what: String| lock(&shared.mover_log).push(what);
+    loop {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..=800))).await;
+        let stopping = shared.stop.load(Ordering::SeqCst);
+        let pending: Vec<u64> = under_way.keys().copied().collect();
+        let group = if stopping || (!pending.is_empty() && rng.random_bool(0.5)) {
+            match pending.get(rng.random_range(0..pending.len().max(1))) {
+                Some(g) => *g,
+                None => {
+                    shared.settled.store(true, Ordering::SeqCst);
+                    log("mover: every move finished".into());
+                    return Ok(());
+                }
+            }
+        } else {
+            rng.random_range(1..=GROUPS)
+        };
+        let shard = ShardId(group);
+        let host = match leaders.get(&group) {
+            Some(h) => *h,
+            None => rng.random_range(1..=shared.hosts),
+        };
+        let answer = client
+            .call(
+                &cluster_addr(host),
+                Request::Voters { shard },
+                CLIENT_TIMEOUT,
+            )
+            .await;
+        let (voters, leader) = match answer {
+            Ok(Response::Voters(Ok((voters, leader)))) => {
+                leaders.insert(group, leader);
+                (voters.into_iter().collect::<BTreeSet<u64>>(), leader)
+            }
+            Ok(Response::Voters(Err(WireError::NotLeader { leader: Some(l) }))) if l != host => {
+                leaders.insert(group, l);
+                continue;
+            }
+            _ => {
+                leaders.remove(&group);
+                continue;
+            }
+        };
+        let (from, to) = match under_way.get(&group) {
+            Some(m) => *m,
+            None => {
+                if voters.len() as u64 != REPLICAS {
+                    continue;
+                }
+                let outside: Vec<u64> =
+                    (1..=shared.hosts).filter(|h| !voters.contains(h)).collect();
+                let inside: Vec<u64> = voters.iter().copied().collect();
+                let from = inside[rng.random_range(0..inside.len())];
+                let to = outside[rng.random_range(0..outside.len())];
+                under_way.insert(group, (from, to));
+                log(format!("mover: s{group} moving n{from} -> n{to}"));
+                (from, to)
+            }
+        };
+        let (step, request) = if !voters.contains(&to) {
+            let node = NodeInfo {
+                cluster_addr: cluster_addr(to),
+                ..NodeInfo::default()
+            };
+            (
+                "add",
+                Request::AddNode {
+                    shard,
+                    id: to,
+                    node,
+                },
+            )
+        } else if voters.contains(&from) {
+            ("remove", Request::RemoveNode { shard, id: from })
+        } else {
+            under_way.remove(&group);
+            shared.moved.fetch_add(1, Ordering::SeqCst);
+            log(format!("mover: s{group} moved n{from} -> n{to}"));
+            continue;
+        };
+        let answer = client
+            .call(&cluster_addr(leader), request, MOVE_TIMEOUT)
+            .await;
+        match answer {
+            Ok(Response::Done(Ok(()))) => {
+                log(format!("mover: s{group} {step} done on n{leader}"));
+                if !stopping && rng.random_bool(0.3) {
+                    let whom = [leader, from, to][rng.random_range(0..3)];
+                    lock(&shared.crash_asks)
+                        .push((whom, format!(" after the {step} step of s{group}")));
+                }
+            }
+            Ok(Response::Done(Err(e))) => {
+                log(format!(
+                    "mover: s{group} {step} on n{leader} refused: {e:?}"
+                ));
+                leaders.remove(&group);
+            }
+            other => {
+                log(format!("mover: s{group} {step} on n{leader}: {other:?}"));
+                leaders.remove(&group);
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The driver: faults, convergence, checks.
 
@@ -1093,6 +1310,16 @@ impl Driver<'_> {
         self.sim
             .step()
             .map_err(|e| format!("simulation stopped: {e}"))?;
+        let said: Vec<String> = lock(&self.shared.mover_log).drain(..).collect();
+        for line in said {
+            self.note(line);
+        }
+        let asks: Vec<(u64, String)> = lock(&self.shared.crash_asks).drain(..).collect();
+        if !self.shared.stop.load(Ordering::SeqCst) {
+            for (host, why) in asks {
+                self.crash(host, &why, 1_000);
+            }
+        }
         let live = lock(&self.shared.live);
         for (host, rafts) in live.iter() {
             if self.down.contains(host) {
@@ -1320,16 +1547,39 @@ impl Driver<'_> {
         self.note("healed; client stopped".into());
     }
 
-    /// Whether every replica of every group holds the same log and applied all of it.
+    /// A group's members (voters, learners) in the newest membership any replica applied.
+    fn members(&self, g: u64) -> (BTreeSet<u64>, BTreeSet<u64>) {
+        let newest = self
+            .disks
+            .values()
+            .map(|d| lock(&d[(g - 1) as usize].sm).record.clone())
+            .max_by_key(|r| r.last)
+            .unwrap_or_default();
+        let m = newest.membership.membership();
+        (m.voter_ids().collect(), m.learner_ids().collect())
+    }
+
+    /// The replicas of group `g` that are members of it now, by host.
+    fn member_disks(&self, g: u64) -> Vec<(u64, Arc<Disk>)> {
+        let (voters, learners) = self.members(g);
+        self.disks
+            .iter()
+            .filter(|(h, _)| voters.contains(h) || learners.contains(h))
+            .map(|(h, d)| (*h, d[(g - 1) as usize].clone()))
+            .collect()
+    }
+
+    /// Whether every member replica of every group holds the same log and applied all of it
+    /// (and, with moves, the mover finished every move).
     fn converged(&self) -> bool {
+        if self.shared.moves && !self.shared.settled.load(Ordering::SeqCst) {
+            return false;
+        }
         (1..=GROUPS).all(|g| {
             let states: BTreeSet<(Option<LogId>, Option<LogId>)> = self
-                .disks
-                .values()
-                .map(|d| {
-                    let disk = &d[(g - 1) as usize];
-                    (lock(&disk.log).last_log_id(), lock(&disk.sm).record.last)
-                })
+                .member_disks(g)
+                .iter()
+                .map(|(_, disk)| (lock(&disk.log).last_log_id(), lock(&disk.sm).record.last))
                 .collect();
             states.len() == 1 && states.iter().all(|(log, applied)| log == applied)
         })
@@ -1337,7 +1587,17 @@ impl Driver<'_> {
 
     fn state_report(&self) -> String {
         let mut out = String::new();
+        if self.shared.moves {
+            out.push_str(&format!(
+                "  mover settled: {}\n",
+                self.shared.settled.load(Ordering::SeqCst)
+            ));
+        }
         for g in 1..=GROUPS {
+            let (voters, learners) = self.members(g);
+            out.push_str(&format!(
+                "  s{g}: voters {voters:?} learners {learners:?}\n"
+            ));
             for (h, d) in &self.disks {
                 let disk = &d[(g - 1) as usize];
                 let log = lock(&disk.log);
@@ -1359,10 +1619,18 @@ impl Driver<'_> {
     fn check(&self) -> Result<(), String> {
         let workload = lock(&self.shared.workload);
         for g in 1..=GROUPS {
+            if self.shared.moves {
+                let (voters, learners) = self.members(g);
+                if voters.len() as u64 != REPLICAS || !learners.is_empty() {
+                    return Err(format!(
+                        "s{g} settled with voters {voters:?} and learners {learners:?}"
+                    ));
+                }
+            }
             let records: Vec<(u64, Record)> = self
-                .disks
+                .member_disks(g)
                 .iter()
-                .map(|(h, d)| (*h, lock(&d[(g - 1) as usize].sm).record.clone()))
+                .map(|(h, d)| (*h, lock(&d.sm).record.clone()))
                 .collect();
             let (first_host, first) = &records[0];
             for (h, r) in &records[1..] {
@@ -1397,10 +1665,10 @@ impl Driver<'_> {
             // `single-term-leader` (a vote is for one node per term), so log ids carry
             // the term alone and there is nothing more to compare here.
         }
-        // Every acknowledged write at its index, on every replica.
+        // Every acknowledged write at its index, on every member replica.
         for (g, text, index) in &workload.acked {
-            for (h, d) in &self.disks {
-                let sm = lock(&d[(g - 1) as usize].sm);
+            for (h, d) in self.member_disks(*g) {
+                let sm = lock(&d.sm);
                 let found = sm
                     .record
                     .entries
@@ -1419,7 +1687,7 @@ impl Driver<'_> {
 }
 
 /// One simulation run; `Err` says what went wrong.
-fn run(seed: u64) -> Result<String, String> {
+fn run(seed: u64, moves: bool) -> Result<String, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
@@ -1437,7 +1705,8 @@ fn run(seed: u64) -> Result<String, String> {
         } else {
             Duration::ZERO
         },
-        hosts: hosts_for(seed),
+        hosts: if moves { MOVE_HOSTS } else { hosts_for(seed) },
+        moves,
         ..Shared::default()
     });
     let mut disks = BTreeMap::new();
@@ -1462,6 +1731,9 @@ fn run(seed: u64) -> Result<String, String> {
         });
     }
     sim.client("client", run_client(seed, shared.clone()));
+    if moves {
+        sim.client("mover", run_mover(seed, shared.clone()));
+    }
     let mut driver = Driver {
         seed,
         hosts: shared.hosts,
@@ -1508,7 +1780,7 @@ fn run(seed: u64) -> Result<String, String> {
             Ok(format!(
                 "{} hosts; writes: {} acknowledged, {} unknown, {} refused; {} fault events; \
                  {} (group, term)s with a leader, {} with two; snapshots: {built} built, \
-                 {installed} installed; {:.1}s simulated",
+                 {installed} installed; {} replica moves; {:.1}s simulated",
                 driver.hosts,
                 w.acked.len(),
                 w.unknown,
@@ -1516,6 +1788,7 @@ fn run(seed: u64) -> Result<String, String> {
                 driver.history.len(),
                 driver.leaders.len(),
                 two_leader_terms,
+                driver.shared.moved.load(Ordering::SeqCst),
                 driver.sim.elapsed().as_secs_f64()
             ))
         }
@@ -1528,9 +1801,10 @@ fn run(seed: u64) -> Result<String, String> {
     }
 }
 
-fn seeds() -> Vec<u64> {
-    let Ok(spec) = std::env::var("CAIRN_SIM_SEEDS") else {
-        return SEEDS.collect();
+/// The seeds in `var` (`7,8` or `7..=20`), else `default`.
+fn seeds(var: &str, default: std::ops::RangeInclusive<u64>) -> Vec<u64> {
+    let Ok(spec) = std::env::var(var) else {
+        return default.collect();
     };
     let mut seeds = Vec::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -1540,14 +1814,15 @@ fn seeds() -> Vec<u64> {
         };
         match parsed {
             Some((a, b)) => seeds.extend(a..=b),
-            None => panic!("CAIRN_SIM_SEEDS: cannot read {part:?} (want e.g. 7,8 or 7..=20)"),
+            None => panic!("{var}: cannot read {part:?} (want e.g. 7,8 or 7..=20)"),
         }
     }
     seeds
 }
 
-#[test]
-fn replication_survives_faults() {
+/// Run every seed of `var` (else `default`), with or without replica moves; panic with the
+/// first failure's report.
+fn run_seeds(var: &str, default: std::ops::RangeInclusive<u64>, moves: bool, test: &str) {
     // openraft logs every failed RPC as an error: quiet unless asked for.
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
@@ -1555,30 +1830,47 @@ fn replication_survives_faults() {
             .with_test_writer()
             .try_init();
     }
-    for seed in seeds() {
+    for seed in seeds(var, default) {
         let started = std::time::Instant::now();
-        eprintln!("simulation seed {seed}: running");
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(seed)));
+        eprintln!("{test} seed {seed}: running");
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(seed, moves)));
+        let rerun = format!("rerun with {var}={seed} cargo test --test simulation {test}");
         match outcome {
             Ok(Ok(summary)) => eprintln!(
-                "simulation seed {seed}: ok in {:.1}s: {summary}",
+                "{test} seed {seed}: ok in {:.1}s: {summary}",
                 started.elapsed().as_secs_f64()
             ),
-            Ok(Err(failure)) => panic!(
-                "simulation seed {seed} failed: {failure}\nrerun with CAIRN_SIM_SEEDS={seed} \
-                 cargo test --test simulation"
-            ),
+            Ok(Err(failure)) => panic!("{test} seed {seed} failed: {failure}\n{rerun}"),
             Err(panic) => {
                 let message = panic
                     .downcast_ref::<String>()
                     .cloned()
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_default();
-                panic!(
-                    "simulation seed {seed} panicked: {message}\nrerun with \
-                     CAIRN_SIM_SEEDS={seed} cargo test --test simulation"
-                )
+                panic!("{test} seed {seed} panicked: {message}\n{rerun}")
             }
         }
     }
+}
+
+#[test]
+fn replication_survives_faults() {
+    run_seeds(
+        "CAIRN_SIM_SEEDS",
+        SEEDS,
+        false,
+        "replication_survives_faults",
+    );
+}
+
+/// Replica moves (learner added, caught up, promoted; old replica removed) under the same
+/// faults, with crashes aimed between the steps.
+#[test]
+fn replica_moves_survive_faults() {
+    run_seeds(
+        "CAIRN_SIM_MOVE_SEEDS",
+        MOVE_SEEDS,
+        true,
+        "replica_moves_survive_faults",
+    );
 }

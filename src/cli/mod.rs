@@ -114,6 +114,10 @@ pub struct StartArgs {
     /// other nodes. Long enough to ride out a restart or an upgrade without copying data.
     #[arg(long, default_value = "60s", value_parser = crate::units::duration_arg)]
     pub dead_after: std::time::Duration,
+    /// How fast a replica reads its rows for a consistency check, in bytes per second
+    /// (checks run every 10 minutes and on demand, off the write path).
+    #[arg(long, default_value = "8MiB", value_parser = crate::units::bytes_arg)]
+    pub check_rate: u64,
 }
 
 pub fn init_logging() {
@@ -147,6 +151,7 @@ pub async fn start(args: StartArgs) -> anyhow::Result<()> {
             max_bytes: args.events_max_bytes,
         },
         dead_after: args.dead_after,
+        check_rate: args.check_rate,
     };
     let node = Node::start(config).await?;
     shutdown_signal().await;

@@ -53,9 +53,12 @@ impl Cluster {
         )
         .await?;
         let leader = self.known_leader(shard);
-        // Each replica's result, once it has applied the check.
+        // Each replica's result, once it has applied the check and read its rows: a
+        // replica that has not applied it gets `CONSISTENCY_CHECK_WAIT`, one still reading
+        // (at `--check-rate`) up to `CONSISTENCY_CHECK_RUN_MAX`.
         let asks = record.replicas.iter().map(|n| async move {
-            let deadline = Instant::now() + limits::CONSISTENCY_CHECK_WAIT;
+            let started = Instant::now();
+            let mut deadline = started + limits::CONSISTENCY_CHECK_WAIT;
             loop {
                 let found = if *n == self.node {
                     match self.group(shard) {
@@ -79,10 +82,23 @@ impl Cluster {
                         None => None,
                     }
                 };
-                if found.is_some() || Instant::now() > deadline {
-                    return (*n, found);
+                let reading = match found {
+                    Some((index, Some(sum))) => return (*n, Some((index, sum))),
+                    Some((_, None)) => true,
+                    None => false,
+                };
+                if reading {
+                    deadline = started + limits::CONSISTENCY_CHECK_RUN_MAX;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                if Instant::now() > deadline {
+                    return (*n, None);
+                }
+                let pause = if started.elapsed() < limits::CONSISTENCY_CHECK_WAIT {
+                    Duration::from_millis(100)
+                } else {
+                    Duration::from_secs(1)
+                };
+                tokio::time::sleep(pause).await;
             }
         });
         let results: Vec<(NodeId, Option<(u64, u64)>)> = futures::future::join_all(asks).await;

@@ -34,6 +34,7 @@ use crate::ids::{NodeId, ShardId};
 use crate::limits;
 use crate::replication::group::ShardGroup;
 use crate::replication::log_store::LogDb;
+use crate::replication::membership;
 use crate::replication::transport::Client;
 use crate::replication::NodeInfo;
 use crate::storage::replica::ReplicaOptions;
@@ -63,6 +64,8 @@ pub struct ClusterConfig {
     pub journal: Arc<journal::Journal>,
     /// How long a node is dead before its replicas are re-created elsewhere.
     pub dead_after: Duration,
+    /// Bytes per second a consistency check reads at most on each replica here.
+    pub check_rate: u64,
 }
 
 pub struct Cluster {
@@ -79,6 +82,7 @@ pub struct Cluster {
     logs: LogDb,
     raft: Arc<openraft::Config>,
     events: crate::storage::events::Window,
+    check_rate: u64,
     /// Data groups with a replica here.
     groups: RwLock<BTreeMap<ShardId, Arc<ShardGroup>>>,
     catalog: watch::Receiver<Arc<Catalog>>,
@@ -180,6 +184,7 @@ impl Cluster {
             schema: META_SCHEMA,
             on_change: Some(on_change),
             events: None,
+            check_rate: Some(config.check_rate),
         };
         let meta = Arc::new(
             ShardGroup::start(
@@ -211,6 +216,7 @@ impl Cluster {
             logs: config.logs,
             raft: config.raft,
             events: config.events,
+            check_rate: config.check_rate,
             groups: RwLock::new(BTreeMap::new()),
             catalog,
             leaders: Mutex::new(HashMap::new()),
@@ -353,6 +359,7 @@ impl Cluster {
                     self.client.clone(),
                     &ReplicaOptions {
                         events: Some(self.events),
+                        check_rate: Some(self.check_rate),
                         ..Default::default()
                     },
                 )
@@ -518,44 +525,17 @@ impl Cluster {
     }
 
     /// Add `id` to `group` as a voter (learner first, until it has caught up). Only on the
-    /// group's leader.
+    /// group's leader. The meta group keeps at most `META_VOTERS_MAX` voters; other nodes
+    /// follow it as learners (the placement driver promotes one when a voter dies or leaves).
     pub async fn add_member(&self, group: &ShardGroup, id: u64, node: NodeInfo) -> Result<()> {
         let lock = self.change_lock(group.shard);
         let _one_at_a_time = lock.lock().await;
-        let raft = &group.raft;
-        let voters = group.voters();
-        if voters.contains(&id) {
-            return Ok(());
-        }
-        tracing::info!(shard = %group.shard, node = %NodeId(id), addr = %node.cluster_addr, "adding replica");
-        // A learner that never catches up (it died, or cannot be reached) must not hold the
-        // membership lock forever: every later join through this node would wait behind it.
-        tokio::time::timeout(
-            limits::LEARNER_CATCH_UP_WAIT,
-            raft.add_learner(id, node, true),
-        )
-        .await
-        .map_err(|_| {
-            Error::Unavailable(format!(
-                "{} did not catch up with {} within {:?}",
-                NodeId(id),
-                group.shard,
-                limits::LEARNER_CATCH_UP_WAIT
-            ))
-        })?
-        .map_err(membership_error)?;
-        // The meta group keeps at most `META_VOTERS_MAX` voters; other nodes follow it as
-        // learners (the placement driver promotes one when a voter dies or leaves).
-        if group.shard.is_meta() && voters.len() >= limits::META_VOTERS_MAX {
-            tracing::info!(node = %NodeId(id), "joined the meta group as a learner");
-            return Ok(());
-        }
-        change_membership(
-            group,
-            openraft::ChangeMembers::AddVoterIds(BTreeSet::from([id])),
-            false,
-        )
-        .await
+        let voters_max = if group.shard.is_meta() {
+            limits::META_VOTERS_MAX
+        } else {
+            usize::MAX
+        };
+        membership::add_voter(&group.raft, group.shard, id, node, voters_max).await
     }
 
     /// The lock that keeps `shard`'s membership changes one at a time.
@@ -585,67 +565,7 @@ impl Cluster {
     pub async fn remove_member(&self, group: &ShardGroup, id: u64) -> Result<()> {
         let lock = self.change_lock(group.shard);
         let _one_at_a_time = lock.lock().await;
-        let raft = &group.raft;
-        let membership = raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
-        let change = if membership.voter_ids().any(|v| v == id) {
-            if membership.voter_ids().count() <= 1 {
-                return Err(Error::Unavailable(format!(
-                    "{} is the only voter of {}",
-                    NodeId(id),
-                    group.shard
-                )));
-            }
-            openraft::ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-        } else if membership.learner_ids().any(|l| l == id) {
-            openraft::ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-        } else {
-            return Ok(());
-        };
-        tracing::info!(shard = %group.shard, node = %NodeId(id), "removing replica from the group");
-        change_membership(group, change, false).await
-    }
-}
-
-/// Propose a membership change of `group` and wait for it to commit, at most
-/// `MEMBERSHIP_CHANGE_WAIT`: a leader that lost its quorum would wait forever, holding the
-/// group's change lock (the change may still commit later; callers look again).
-async fn change_membership(
-    group: &ShardGroup,
-    change: openraft::ChangeMembers<u64, NodeInfo>,
-    retain: bool,
-) -> Result<()> {
-    tokio::time::timeout(
-        limits::MEMBERSHIP_CHANGE_WAIT,
-        group.raft.change_membership(change, retain),
-    )
-    .await
-    .map_err(|_| {
-        Error::Unavailable(format!(
-            "a membership change of {} did not commit within {:?}",
-            group.shard,
-            limits::MEMBERSHIP_CHANGE_WAIT
-        ))
-    })?
-    .map_err(membership_error)?;
-    Ok(())
-}
-
-/// A refused membership change: NotLeader (with the leader, if known) or Unavailable.
-fn membership_error(
-    e: openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, NodeInfo>>,
-) -> Error {
-    match e {
-        openraft::error::RaftError::APIError(
-            openraft::error::ClientWriteError::ForwardToLeader(f),
-        ) => Error::NotLeader {
-            leader: f.leader_id.map(NodeId),
-        },
-        other => Error::Unavailable(other.to_string()),
+        membership::remove(&group.raft, group.shard, id, 1).await
     }
 }
 
@@ -1068,7 +988,7 @@ fn balance_meta(
             openraft::ChangeMembers::RemoveVoters(BTreeSet::from([node.0]))
         };
         // A demoted voter stays a learner: it still follows the catalog.
-        match change_membership(&c.meta, change, true).await {
+        match membership::change(&c.meta.raft, ShardId::META, change, true).await {
             Ok(_) => {
                 let line = format!(
                     "meta: {node} is now a {}",

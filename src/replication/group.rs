@@ -204,13 +204,7 @@ impl ShardGroup {
 
     /// The group's voters as this replica's membership has them.
     pub fn voters(&self) -> std::collections::BTreeSet<u64> {
-        self.raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect()
+        super::membership::voters(&self.raft)
     }
 
     /// How to reach a member of this group.

@@ -213,7 +213,8 @@ pub enum Response {
     /// A group's voters and its leader.
     Voters(Result<(Vec<u64>, u64), WireError>),
     Status(Box<crate::cluster::NodeStatus>),
-    Check(Result<Option<(u64, u64)>, WireError>),
+    /// A consistency check on a replica: (log index, checksum once taken).
+    Check(Result<Option<crate::storage::replica::CheckState>, WireError>),
 }
 
 /// An [`Error`] on the wire.

@@ -78,6 +78,9 @@ pub struct ReplicaOptions {
     pub on_change: Option<OnChange>,
     /// Keep change events for this window (data shards); None keeps none (the meta group).
     pub events: Option<events::Window>,
+    /// Bytes per second a consistency check reads at most (`--check-rate`); None:
+    /// `CONSISTENCY_CHECK_RATE`.
+    pub check_rate: Option<u64>,
 }
 
 /// A column of a statement's result, as SQLite describes it.
@@ -318,15 +321,75 @@ pub struct Replica {
     /// The commit time of the last entry that carried one (for entries of older logs that
     /// carry none).
     last_time: std::cell::Cell<u64>,
-    /// Results of consistency checks applied here: (check id, log index, checksum), newest
-    /// last, at most `CHECKS_KEPT`.
-    checks: RefCell<std::collections::VecDeque<(u64, u64, u64)>>,
+    /// Consistency checks applied here, newest last, at most `CHECKS_KEPT`; each one's
+    /// checksum is taken on a thread of its own (see `start_check`).
+    checks: Arc<Mutex<std::collections::VecDeque<CheckRun>>>,
+    /// Bytes per second a check reads at most.
+    check_rate: u64,
     /// Debug builds' planted divergence applies to this replica (see `planted.rs`).
     planted_divergence: bool,
 }
 
 /// Consistency check results a replica keeps (a checker reads its own within seconds).
 const CHECKS_KEPT: usize = 64;
+
+/// A consistency check applied on this replica: its id, the log index it was applied at,
+/// and the checksum of the rows as of that index once computed.
+#[derive(Debug, Clone, Copy)]
+struct CheckRun {
+    id: u64,
+    index: u64,
+    sum: Option<u64>,
+}
+
+/// A consistency check on a replica: the log index it was applied at, and the checksum of
+/// the rows as of that index once it has been taken.
+pub type CheckState = (u64, Option<u64>);
+
+/// Whether `entry` carries a consistency check.
+fn carries_check(entry: &Entry) -> bool {
+    matches!(&entry.payload, EntryPayload::Normal(batch)
+        if batch.ops.iter().any(|op| matches!(op, Op::Check { .. })))
+}
+
+/// Keeps a scan at a rate in bytes per second: after each chunk it sleeps until the bytes
+/// read so far are due.
+struct Pacer {
+    rate: u64,
+    started: std::time::Instant,
+    bytes: u64,
+    unpaced: u64,
+}
+
+impl Pacer {
+    fn new(rate: u64) -> Pacer {
+        Pacer {
+            rate: rate.max(1),
+            started: std::time::Instant::now(),
+            bytes: 0,
+            unpaced: 0,
+        }
+    }
+
+    /// How long to wait, `elapsed` after the start, with `bytes` read at `rate`.
+    fn wait(rate: u64, bytes: u64, elapsed: std::time::Duration) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64)
+            .saturating_sub(elapsed)
+    }
+
+    fn read(&mut self, bytes: usize) {
+        self.bytes += bytes as u64;
+        self.unpaced += bytes as u64;
+        // Sleep in steps of at most a tenth of a second's worth (and 64 KiB).
+        if self.unpaced >= (self.rate / 10).clamp(1, 64 * 1024) {
+            self.unpaced = 0;
+            let wait = Pacer::wait(self.rate, self.bytes, self.started.elapsed());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+}
 
 impl Replica {
     pub fn open(path: &Path, shard: ShardId, options: &ReplicaOptions) -> Result<Replica> {
@@ -362,7 +425,11 @@ impl Replica {
             pending: RefCell::new(None),
             recorder: RefCell::new(recorder),
             last_time: Default::default(),
-            checks: RefCell::new(Default::default()),
+            checks: Default::default(),
+            check_rate: options
+                .check_rate
+                .unwrap_or(limits::CONSISTENCY_CHECK_RATE)
+                .max(1),
             // Only a replica the shard was created with (a copy placed later is named
             // `sN.eM`): so a divergent copy, once replaced, is healthy.
             planted_divergence: crate::planted::active("replica-divergence")
@@ -417,12 +484,34 @@ impl Replica {
         Ok((applied, membership))
     }
 
-    /// Apply committed entries, all in one SQLite transaction with the new applied id.
+    /// Apply committed entries, in one SQLite transaction with the new applied id — or one
+    /// up to each entry carrying a consistency check, so the check can read the rows as of
+    /// its own entry while the rest are applied (`start_check`).
     /// `in_txn` says whether a speculative transaction is open on the connection; then only
     /// entries without data may arrive (the leader's writer waits for its own proposals).
     fn apply(&self, entries: &[Entry], in_txn: bool) -> Result<()> {
+        let mut rest = entries;
+        while !rest.is_empty() {
+            let cut = rest
+                .iter()
+                .position(carries_check)
+                .map_or(rest.len(), |i| i + 1);
+            let (now, later) = rest.split_at(cut);
+            let checks = self.apply_run(now, in_txn)?;
+            for (id, index) in checks {
+                self.start_check(id, index)?;
+            }
+            rest = later;
+        }
+        Ok(())
+    }
+
+    /// Apply `entries` in one SQLite transaction; the consistency checks among them are
+    /// returned (id, log index), to be started once it is committed.
+    fn apply_run(&self, entries: &[Entry], in_txn: bool) -> Result<Vec<(u64, u64)>> {
+        let mut checks = Vec::new();
         let Some(last) = entries.last() else {
-            return Ok(());
+            return Ok(checks);
         };
         let (_, mut membership) = self.applied_state()?;
         let has_data = entries
@@ -435,7 +524,7 @@ impl Replica {
         }
         if in_txn && !has_data {
             *self.pending.borrow_mut() = Some((last.log_id, membership));
-            return Ok(());
+            return Ok(checks);
         }
         assert!(
             !in_txn,
@@ -457,12 +546,7 @@ impl Replica {
                         continue;
                     }
                     if let Op::Check { id } = op {
-                        let sum = Replica::checksum_rows(&tx, false)?;
-                        let mut checks = self.checks.borrow_mut();
-                        if checks.len() >= CHECKS_KEPT {
-                            checks.pop_front();
-                        }
-                        checks.push_back((*id, entry.log_id.index, sum));
+                        checks.push((*id, entry.log_id.index));
                         continue;
                     }
                     self.apply_op(&tx, op, None, &mut changes).map_err(|e| {
@@ -487,6 +571,62 @@ impl Replica {
         *self.pending.borrow_mut() = None;
         if has_data {
             self.changed();
+        }
+        Ok(checks)
+    }
+
+    /// Consistency check `id`, applied at `index` (the last entry committed): pin the rows
+    /// as they are now in a read transaction of their own (WAL mode keeps that view while
+    /// later entries are applied), then take their checksum on another thread at
+    /// `check_rate` bytes per second — a check never holds up the log, nor competes with
+    /// clients for the disk at full speed.
+    fn start_check(&self, id: u64, index: u64) -> Result<()> {
+        let path = self
+            .conn
+            .path()
+            .ok_or_else(|| Error::internal("a replica without a file"))?
+            .to_string();
+        let reader = open_connection(Path::new(&path), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        reader.execute_batch("BEGIN")?;
+        // The first read starts the read transaction: from here on it sees this index.
+        reader.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
+        {
+            let mut checks = self.checks.lock().expect("checks lock");
+            if checks.len() >= CHECKS_KEPT {
+                checks.pop_front();
+            }
+            checks.push_back(CheckRun {
+                id,
+                index,
+                sum: None,
+            });
+        }
+        let (checks, rate, shard) = (self.checks.clone(), self.check_rate, self.shard);
+        let spawned = std::thread::Builder::new()
+            .name(format!("cairn-check-{shard}"))
+            .spawn(move || {
+                let mut pacer = Pacer::new(rate);
+                let sum = Replica::checksum_rows_paced(&reader, false, Some(&mut pacer));
+                let _ = reader.execute_batch("COMMIT");
+                let mut checks = checks.lock().expect("checks lock");
+                match sum {
+                    Ok(sum) => {
+                        if let Some(run) = checks.iter_mut().find(|c| c.id == id) {
+                            run.sum = Some(sum);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(%shard, index, error = %e, "consistency check failed here");
+                        checks.retain(|c| c.id != id);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(%shard, index, error = %e, "cannot start a consistency check");
+            self.checks
+                .lock()
+                .expect("checks lock")
+                .retain(|c| c.id != id);
         }
         Ok(())
     }
@@ -642,6 +782,15 @@ impl Replica {
     /// A checksum of the tables' rows; change events only `with_events` (each node keeps
     /// its own window of them, so consistency checks leave them out).
     fn checksum_rows(conn: &Connection, with_events: bool) -> Result<u64> {
+        Replica::checksum_rows_paced(conn, with_events, None)
+    }
+
+    /// `checksum_rows`, reading at most as fast as `pacer` allows.
+    fn checksum_rows_paced(
+        conn: &Connection,
+        with_events: bool,
+        mut pacer: Option<&mut Pacer>,
+    ) -> Result<u64> {
         let mut tables: Vec<String> = conn
             .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_cairn_state' ORDER BY name")?
             .query_map([], |r| r.get(0))?
@@ -667,14 +816,25 @@ impl Replica {
             let n = stmt.column_count();
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
+                let mut bytes = 0;
                 for i in 0..n {
                     match row.get::<_, Value>(i)? {
                         Value::Null => hash.write(b"N"),
                         Value::Integer(v) => hash.write(&v.to_le_bytes()),
                         Value::Real(v) => hash.write(&v.to_bits().to_le_bytes()),
-                        Value::Text(s) => hash.write(s.as_bytes()),
-                        Value::Blob(b) => hash.write(&b),
+                        Value::Text(s) => {
+                            bytes += s.len();
+                            hash.write(s.as_bytes())
+                        }
+                        Value::Blob(b) => {
+                            bytes += b.len();
+                            hash.write(&b)
+                        }
                     }
+                    bytes += 8;
+                }
+                if let Some(pacer) = pacer.as_deref_mut() {
+                    pacer.read(bytes);
                 }
             }
         }
@@ -796,7 +956,7 @@ pub type BatchOutcome = (Vec<Result<Rows>>, Vec<Op>);
 /// Requests served by the replica thread.
 enum Command {
     AppliedState(oneshot::Sender<Result<(Option<LogId>, Membership)>>),
-    CheckResult(u64, oneshot::Sender<Result<Option<(u64, u64)>>>),
+    CheckResult(u64, oneshot::Sender<Result<Option<CheckState>>>),
     Apply(Vec<Entry>, oneshot::Sender<Result<()>>),
     /// Run statements in one speculative transaction, each in its own savepoint; return each
     /// result and the ops to replicate, then roll back.
@@ -882,9 +1042,9 @@ impl ReplicaHandle {
         self.call(Command::Checksum).await?
     }
 
-    /// The result of consistency check `id` on this replica, once it has applied it: the
-    /// log index it was taken at and the checksum.
-    pub async fn check_result(&self, id: u64) -> Result<Option<(u64, u64)>> {
+    /// Consistency check `id` on this replica, once it has applied it: the log index it was
+    /// applied at and the checksum of the rows as of that index (None while it is taken).
+    pub async fn check_result(&self, id: u64) -> Result<Option<CheckState>> {
         self.call(|reply| Command::CheckResult(id, reply)).await?
     }
 
@@ -1199,10 +1359,11 @@ fn serve(
             Command::CheckResult(id, reply) => {
                 let found = replica
                     .checks
-                    .borrow()
+                    .lock()
+                    .expect("checks lock")
                     .iter()
-                    .find(|(c, _, _)| *c == id)
-                    .map(|(_, index, sum)| (*index, *sum));
+                    .find(|c| c.id == id)
+                    .map(|c| (c.index, c.sum));
                 let _ = reply.send(Ok(found));
             }
             Command::Apply(entries, reply) => {
@@ -1540,6 +1701,99 @@ mod tests {
         let got = changes(&f.read(Position::after_entry(page.floor)).await);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].0, last);
+    }
+
+    #[test]
+    fn a_paced_scan_waits_until_its_bytes_are_due() {
+        let mib = 1024 * 1024;
+        let second = std::time::Duration::from_secs(1);
+        // 16 MiB at 8 MiB/s are due after 2 s: at 1 s, one more second to wait.
+        assert_eq!(Pacer::wait(8 * mib, 16 * mib, second), second);
+        assert_eq!(
+            Pacer::wait(8 * mib, 16 * mib, 3 * second),
+            std::time::Duration::ZERO
+        );
+        assert_eq!(
+            Pacer::wait(8 * mib, 0, std::time::Duration::ZERO),
+            std::time::Duration::ZERO
+        );
+    }
+
+    /// A replica with `t (id, body)` holding `rows` rows of 1000 bytes, checks reading at
+    /// `rate` bytes per second.
+    async fn checked_replica(dir: &Path, rate: u64, rows: u64) -> ReplicaHandle {
+        let options = ReplicaOptions {
+            check_rate: Some(rate),
+            ..Default::default()
+        };
+        let replica = ReplicaHandle::start(&dir.join("r.db"), ShardId(1), &options).unwrap();
+        let insert = (1..=rows)
+            .map(|i| format!("INSERT INTO t VALUES ({i}, printf('%.1000c', 'x'));"))
+            .collect::<String>();
+        replica
+            .apply(vec![
+                entry(
+                    1,
+                    vec![Op::Ddl(
+                        "CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)".into(),
+                    )],
+                ),
+                entry(2, vec![Op::Ddl(insert)]),
+            ])
+            .await
+            .unwrap();
+        replica
+    }
+
+    async fn check_sum(replica: &ReplicaHandle, id: u64) -> (u64, u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some((index, Some(sum))) = replica.check_result(id).await.unwrap() {
+                return (index, sum);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "check {id} never finished"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_check_reads_its_own_index_without_holding_up_later_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        // 8 rows of 1000 bytes at 4000 bytes/s: about two seconds of reading.
+        let slow = checked_replica(&dir.path().join("slow"), 4000, 8).await;
+        // The check and a later write, applied together.
+        slow.apply(vec![
+            entry(3, vec![Op::Check { id: 7 }]),
+            entry(
+                4,
+                vec![Op::Ddl("INSERT INTO t VALUES (100, 'later')".into())],
+            ),
+        ])
+        .await
+        .unwrap();
+        // The write is applied while the check is still reading.
+        let later = slow
+            .read(statement("SELECT body FROM t WHERE id = 100"))
+            .await
+            .unwrap();
+        assert_eq!(later.rows, vec![vec![Value::Text("later".into())]]);
+        assert_eq!(slow.check_result(7).await.unwrap(), Some((3, None)));
+        // Its checksum is of the rows at index 3: the same as a replica that never had the
+        // later write, and not what the rows are now.
+        let other = checked_replica(&dir.path().join("other"), u64::MAX, 8).await;
+        other
+            .apply(vec![entry(3, vec![Op::Check { id: 7 }])])
+            .await
+            .unwrap();
+        let expected = check_sum(&other, 7).await;
+        assert_eq!(check_sum(&slow, 7).await, expected);
+        slow.apply(vec![entry(5, vec![Op::Check { id: 8 }])])
+            .await
+            .unwrap();
+        assert_ne!(check_sum(&slow, 8).await.1, expected.1);
     }
 
     #[tokio::test]
