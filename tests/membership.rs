@@ -650,6 +650,127 @@ async fn a_tables_replication_factor_changes_online() {
     });
 }
 
+/// Each shard with zones `zones` as `GET /v1/shards` lists it: (replication factor,
+/// replicas). Empty if the answer did not come.
+fn shards_in_zones(http: SocketAddr, zones: &[&str]) -> Vec<(u64, Vec<String>)> {
+    let Some(v) = json(http, "/v1/shards") else {
+        return Vec::new();
+    };
+    v["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s["zones"]
+                .as_array()
+                .is_some_and(|z| z.iter().eq(zones.iter()))
+        })
+        .map(|s| {
+            let replicas = s["replicas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_str().unwrap().to_string())
+                .collect();
+            (s["replication_factor"].as_u64().unwrap(), replicas)
+        })
+        .collect()
+}
+
+/// Whether the one shard with `zones` wants `factor` replicas and has `count` of them, all
+/// in `zone` unless it is None.
+fn partition_placed(
+    http: SocketAddr,
+    zones: &[&str],
+    factor: u64,
+    count: usize,
+    zone: Option<&str>,
+) -> bool {
+    let zone_of: BTreeMap<String, String> = nodes(http)
+        .into_iter()
+        .map(|(id, n)| (id, n["zone"].as_str().unwrap_or("").to_string()))
+        .collect();
+    match shards_in_zones(http, zones).as_slice() {
+        [(f, replicas)] => {
+            *f == factor
+                && replicas.len() == count
+                && zone.is_none_or(|z| {
+                    replicas
+                        .iter()
+                        .all(|r| zone_of.get(r).map(String::as_str) == Some(z))
+                })
+        }
+        _ => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_partition_keeps_its_own_replication_factor_in_its_zones() {
+    // n1-n3 in zone east, n4-n5 in west.
+    let zone = |i: usize| if i < 3 { "east" } else { "west" };
+    let cluster = Cluster::start_each(5, |i| {
+        ["--dead-after", DEAD_AFTER, "--zone", zone(i)]
+            .map(String::from)
+            .to_vec()
+    });
+    let http = cluster.nodes[0].http;
+    let c = client(cluster.nodes[0].pg).await.expect("connect");
+    c.batch_execute(
+        "CREATE TABLE regional (id bigint, region text, PRIMARY KEY (region, id)) PARTITION BY LIST (region);
+         CREATE TABLE regional_east PARTITION OF regional FOR VALUES IN ('east') WITH (zones = 'east', replication_factor = 2);
+         CREATE TABLE regional_west PARTITION OF regional FOR VALUES IN ('west') WITH (zones = 'west');
+         CREATE TABLE regional_rest PARTITION OF regional DEFAULT WITH (replication_factor = 5);
+         INSERT INTO regional VALUES (1, 'east'), (2, 'west'), (3, 'north');",
+    )
+    .await
+    .unwrap();
+    // The parent takes no factor of its own: each partition has one.
+    let e = c
+        .batch_execute(
+            "CREATE TABLE other (id bigint, region text, PRIMARY KEY (region, id)) WITH (replication_factor = 2) PARTITION BY LIST (region)",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "0A000", "{e:?}");
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || {
+                partition_placed(http, &["east"], 2, 2, Some("east"))
+                    // The default factor (3), as many as the zone has (2).
+                    && partition_placed(http, &["west"], 3, 2, Some("west"))
+                    && partition_placed(http, &[], 5, 5, None)
+            },
+            Duration::from_secs(60),
+            "east: 2 replicas in east; west: 2 in west; the default partition: 5",
+        )
+    });
+    c.batch_execute(
+        "ALTER TABLE regional_east SET (replication_factor = 3);
+         ALTER TABLE regional_west SET (replication_factor = 1);",
+    )
+    .await
+    .unwrap();
+    tokio::task::block_in_place(|| {
+        wait_for(
+            || {
+                partition_placed(http, &["east"], 3, 3, Some("east"))
+                    && partition_placed(http, &["west"], 1, 1, Some("west"))
+                    && partition_placed(http, &[], 5, 5, None)
+            },
+            Duration::from_secs(90),
+            "east: 3 replicas in east; west: 1 in west; the default partition still 5",
+        )
+    });
+    let other = client(cluster.nodes[4].pg).await.expect("connect");
+    let rows = other
+        .query("SELECT id FROM regional ORDER BY id", &[])
+        .await
+        .unwrap();
+    let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    tokio::task::block_in_place(|| cluster.assert_converged());
+}
+
 /// Meta roles by node id ("voter", "learner") as `GET /v1/nodes` reports them.
 fn meta_roles(http: SocketAddr) -> BTreeMap<String, String> {
     nodes(http)

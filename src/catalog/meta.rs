@@ -184,5 +184,12 @@ pub fn change(change: &Change) -> Result<Statement> {
                 Value::Integer(*factor as i64),
             ],
         )),
+        Change::SetShardReplicationFactor { shard, factor } => Ok(dml(
+            "UPDATE _cairn_shards SET def = json_set(def, '$.replication_factor', ?2) WHERE id = ?1",
+            vec![
+                Value::Integer(shard.0 as i64),
+                Value::Integer(*factor as i64),
+            ],
+        )),
     }
 }

@@ -408,6 +408,11 @@ pub enum Change {
         colocation: u64,
         factor: u32,
     },
+    /// One shard (a list partition's) keeps this many replicas.
+    SetShardReplicationFactor {
+        shard: ShardId,
+        factor: u32,
+    },
 }
 
 /// One shard's part of a DDL job.
@@ -610,6 +615,11 @@ impl Catalog {
                     }
                 }
             }
+            Change::SetShardReplicationFactor { shard, factor } => {
+                if let Some(shard) = self.shards.get_mut(shard) {
+                    shard.replication_factor = *factor;
+                }
+            }
         }
     }
 
@@ -674,6 +684,16 @@ impl Catalog {
     pub fn index_owner(&self, name: &str) -> Option<&Table> {
         self.tables()
             .find(|t| t.indexes.iter().any(|(i, _)| i.eq_ignore_ascii_case(name)))
+    }
+
+    /// The list partition named `name` (of any list-partitioned table).
+    pub fn list_partition(&self, name: &str) -> Option<&ListPartition> {
+        self.colocations.values().find_map(|c| match &c.kind {
+            ColocationKind::List { partitions } => partitions
+                .iter()
+                .find(|p| p.name.eq_ignore_ascii_case(name)),
+            _ => None,
+        })
     }
 
     pub fn colocation_of(&self, table: &Table) -> Result<&Colocation> {

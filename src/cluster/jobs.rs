@@ -108,7 +108,8 @@ impl Cluster {
                 Change::PutColocation(_)
                 | Change::PutObject(_)
                 | Change::ForgetObject(_)
-                | Change::SetReplicationFactor { .. } => {}
+                | Change::SetReplicationFactor { .. }
+                | Change::SetShardReplicationFactor { .. } => {}
             }
         }
         left.sort_unstable();

@@ -187,6 +187,14 @@ pub async fn plan(mt: &MetaTxn<'_>, catalog: &Catalog, action: &DdlAction) -> Re
             Ok(out)
         }
         DdlAction::SetReplicationFactor { table, factor } => {
+            // A list partition's shard: in its zones, with its own factor.
+            if let Some(shard) = catalog.list_partition(table).map(|p| p.shard) {
+                let change = Change::SetShardReplicationFactor {
+                    shard,
+                    factor: *factor,
+                };
+                return Ok(vec![object_plan(table, vec![change])]);
+            }
             let t = catalog.table(table).ok_or_else(|| {
                 Error::sql(
                     sqlstate::UNDEFINED_TABLE,
@@ -1234,10 +1242,11 @@ async fn new_shard(
     catalog: &Catalog,
     colocation: u64,
     zones: &[String],
+    factor: Option<u32>,
     placing: &mut Placing,
     plan: &mut DdlPlan,
 ) -> Result<ShardId> {
-    let rf = catalog.settings.replication_factor;
+    let rf = factor.unwrap_or(catalog.settings.replication_factor);
     let want = placement::wanted(catalog, rf, zones).max(1);
     let replicas = placement::choose(
         catalog,
@@ -1314,7 +1323,7 @@ async fn new_colocation(
     let mut placing = Placing::default();
     let mut shards = Vec::new();
     for _ in 0..shard_count {
-        shards.push(new_shard(mt, catalog, id, &[], &mut placing, plan).await?);
+        shards.push(new_shard(mt, catalog, id, &[], None, &mut placing, plan).await?);
     }
     let group = Colocation { id, kind, shards };
     plan.setup.push(meta::put_colocation(&group)?);
@@ -1481,7 +1490,8 @@ async fn plan_create(mt: &MetaTxn<'_>, catalog: &Catalog, ct: &CreateTable) -> R
     let own_factor = ct.replication_factor.filter(|_| colocate.is_none());
     if ct.replication_factor.is_some() && matches!(distribution, Distribution::List { .. }) {
         return Err(Error::unsupported(
-            "replication_factor on a list-partitioned table (set it on each partition's zones instead)",
+            "replication_factor on a list-partitioned table (give each partition its own: CREATE TABLE ... PARTITION OF ... WITH (zones = '...', replication_factor = n))",
+
         ));
     }
     let shared_single = match own_factor {
@@ -1662,7 +1672,16 @@ async fn plan_partition(
         ..DdlPlan::default()
     };
     let mut placing = Placing::default();
-    let shard = new_shard(mt, catalog, group.id, &of.zones, &mut placing, &mut plan).await?;
+    let shard = new_shard(
+        mt,
+        catalog,
+        group.id,
+        &of.zones,
+        of.replication_factor,
+        &mut placing,
+        &mut plan,
+    )
+    .await?;
     let mut grown = group.clone();
     grown.shards.push(shard);
     if let ColocationKind::List { partitions } = &mut grown.kind {

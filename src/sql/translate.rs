@@ -205,13 +205,16 @@ pub enum PartitionBy {
     Hash(String),
 }
 
-/// `CREATE TABLE t PARTITION OF parent FOR VALUES IN (...) | DEFAULT [WITH (zones = '...')]`.
+/// `CREATE TABLE t PARTITION OF parent FOR VALUES IN (...) | DEFAULT
+/// [WITH (zones = '...', replication_factor = n)]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PartitionOf {
     pub parent: String,
     /// None for the DEFAULT partition.
     pub values: Option<Vec<KeyValue>>,
     pub zones: Vec<String>,
+    /// Replicas of the partition's shard (in its zones); None: the cluster's default.
+    pub replication_factor: Option<u32>,
 }
 
 /// A translated `CREATE TABLE`.
@@ -3356,6 +3359,7 @@ fn create_table(create: &mut ast::CreateTable) -> Result<CreateTable> {
                 parent: object_name(&parent),
                 values,
                 zones,
+                replication_factor: replication_factor.take(),
             })
         }
     };
