@@ -5,6 +5,9 @@
 //! - `stale-reads`: linearizable reads are served by the local replica, like `any`.
 //! - `ack-before-commit`: autocommit writes are acknowledged before their proposal commits.
 //! - `watch-drop-event`: change feeds drop the first event of one entry in 23.
+//! - `stale-base`: the leader's speculative changes claim the state one entry before the
+//!   one they were computed on (`Op::Base`), so replicas refuse each write that follows a
+//!   write — the guard against changes computed on a state that is gone, at work.
 //! - `watch-reorder`: change feeds swap the contents of adjacent events of different
 //!   entries (positions kept in order) for one entry in 3.
 

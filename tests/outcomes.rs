@@ -98,3 +98,54 @@ async fn a_write_without_quorum_answers_outcome_unknown_never_retry() {
         "a write answered 40001 was applied: present {present:?}, unknown {want:?}"
     );
 }
+
+/// Replicas refuse an entry whose changes were computed on a state a later write changed
+/// (`Op::Base`): with every leader's bases planted one entry stale, a write that follows a
+/// write is refused — on every replica alike — and its client gets 40001; nothing of it is
+/// anywhere, and every acknowledged write is everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_computed_on_a_changed_state_is_refused_on_every_replica() {
+    let cluster = tokio::task::block_in_place(|| {
+        Cluster::start_each(3, |_| vec!["ENV:CAIRN_PLANTED_BUG=stale-base".into()])
+    });
+    let c = common::connect(cluster.nodes[0].pg).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(e) = c
+        .batch_execute("CREATE TABLE IF NOT EXISTS based (k bigint PRIMARY KEY)")
+        .await
+    {
+        assert!(
+            Instant::now() < deadline,
+            "CREATE TABLE kept failing: {e:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (mut acked, mut refused) = (Vec::new(), Vec::new());
+    for k in 0..20i64 {
+        match c.execute("INSERT INTO based VALUES ($1)", &[&k]).await {
+            Ok(1) => acked.push(k),
+            Ok(n) => panic!("INSERT of {k} inserted {n} rows"),
+            Err(e) => {
+                assert_eq!(e.code().map(|c| c.code()), Some("40001"), "{e:?}");
+                refused.push(k);
+            }
+        }
+    }
+    assert!(
+        !acked.is_empty() && !refused.is_empty(),
+        "acknowledged {acked:?}, refused {refused:?}: the planted bases should make every other write stale"
+    );
+    for node in &cluster.nodes {
+        let rows = common::connect(node.pg)
+            .await
+            .query("SELECT k FROM based ORDER BY k", &[])
+            .await
+            .unwrap();
+        let keys: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        assert_eq!(
+            keys, acked,
+            "refused writes applied somewhere, or acknowledged ones lost"
+        );
+    }
+    tokio::task::block_in_place(|| cluster.assert_converged());
+}

@@ -607,7 +607,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             sm.record.last = Some(entry.log_id);
             sm.record.entries.push((entry.log_id, p));
-            applied.push(Applied);
+            applied.push(Applied::default());
         }
         self.disk.passed(Moment::Applied);
         Ok(applied)

@@ -59,6 +59,9 @@ pub enum BenchCommand {
     Report(bench::report::ReportArgs),
     /// Kill -9 the leader of a local 3-node cluster repeatedly; time until writes resume.
     Failover(bench::FailoverArgs),
+    /// A local cluster under a key-value load through added nodes (rebalance) and a node
+    /// killed for good (repair): throughput per phase, seconds per GiB moved.
+    Rebalance(bench::rebalance::RebalanceArgs),
     /// Change delivery to N subscribers: events/s and commit-to-delivery latency (Cairn's
     /// WebSocket subscriptions, or etcd's watch).
     Watch(bench::watch::WatchArgs),
@@ -227,6 +230,10 @@ pub fn main() -> anyhow::Result<()> {
                 let md = bench::report::report(&args)?;
                 println!("{md}");
                 eprintln!("wrote {}", args.out.join("compare.md").display());
+                Ok(())
+            }
+            Command::Bench(BenchCommand::Rebalance(args)) => {
+                bench::rebalance::rebalance(args).await?.print();
                 Ok(())
             }
             Command::Bench(BenchCommand::Failover(args)) => {

@@ -66,6 +66,11 @@ pub enum Op {
     /// A consistency check: every replica applying it takes a checksum of its rows at this
     /// entry (`storage::replica`), so replicas are compared at the same log index.
     Check { id: u64 },
+    /// The applied index of the state the entry's changes were computed on (the leader's
+    /// speculative execution). Every replica refuses, alike, an entry carrying it when a
+    /// later entry already changed rows: its changes were computed on a state that is gone
+    /// (a writer that lost and regained leadership between computing and proposing).
+    Base { index: u64 },
 }
 
 impl Op {
@@ -79,7 +84,7 @@ impl Op {
             Op::Forget { txns } => 8 + 8 * txns.len(),
             Op::Decide { .. } | Op::Resolve { .. } | Op::Staged { .. } | Op::DropStaged => 16,
             Op::Time(_) => 9,
-            Op::Check { .. } => 9,
+            Op::Check { .. } | Op::Base { .. } => 9,
         }
     }
 }
@@ -96,9 +101,36 @@ impl std::fmt::Display for Batch {
     }
 }
 
-/// What a replica reports after applying an entry.
+/// What a replica reports after applying an entry: whether it refused it (an `Op::Base`
+/// older than the last entry that changed rows; nothing of it applied).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Applied;
+pub struct Applied {
+    pub refused: bool,
+}
+
+impl Op {
+    /// Whether applying the op changes a table's rows or schema (what a later `Base` must
+    /// have seen).
+    pub fn writes_rows(&self) -> bool {
+        matches!(
+            self,
+            Op::Changeset(_) | Op::Ddl(_) | Op::Resolve { commit: true, .. } | Op::Staged { .. }
+        )
+    }
+}
+
+/// `ops` split into their leading `Op::Base` (if any) and the rest: a proposal keeps the
+/// base at its top level, where replicas check it, also when the rest is staged or
+/// prepared.
+pub fn take_base(mut ops: Vec<Op>) -> (Vec<Op>, Vec<Op>) {
+    match ops.first() {
+        Some(Op::Base { .. }) => {
+            let rest = ops.split_off(1);
+            (ops, rest)
+        }
+        _ => (Vec::new(), ops),
+    }
+}
 
 /// What the cluster knows about a node: how to reach it. Kept in each group's membership.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

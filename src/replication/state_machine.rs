@@ -200,12 +200,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let n = entries.len();
-        self.replica
+        let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+        let refused = self
+            .replica
             .apply(entries)
             .await
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        Ok(vec![Applied; n])
+        Ok(indexes
+            .into_iter()
+            .map(|i| Applied {
+                refused: refused.contains(&i),
+            })
+            .collect())
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {

@@ -499,6 +499,10 @@ async fn propose(raft: &Raft, ops: Vec<Op>) -> Result<()> {
     stamped.push(Op::Time(crate::storage::functions::now_micros()));
     stamped.extend(ops);
     match raft.client_write(Batch { ops: stamped }).await {
+        Ok(written) if written.data.refused => Err(Error::Retry(
+            "the shard changed between computing this write and committing it (its leader changed); retry it"
+                .into(),
+        )),
         Ok(_) => Ok(()),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(Error::NotLeader {
             leader: f.leader_id.map(NodeId),
@@ -526,9 +530,16 @@ fn internal_read(sql: &str, params: Vec<Value>) -> Statement {
 /// dropped here if this node still leads, else by the next leader (`ensure_ready`).
 async fn propose_ops(raft: &Raft, ops: Vec<Op>) -> Result<()> {
     let id = rand::random::<u64>() >> 1;
+    let (mut base, ops) = super::take_base(ops);
     match stage_large(raft, ops, id).await? {
-        Some(ops) => propose(raft, ops).await,
-        None => staged_or_drop(raft, vec![Op::Staged { id }]).await,
+        Some(ops) => {
+            base.extend(ops);
+            propose(raft, base).await
+        }
+        None => {
+            base.push(Op::Staged { id });
+            staged_or_drop(raft, base).await
+        }
     }
 }
 
@@ -967,26 +978,25 @@ async fn run_transaction(
                     let _ = reply.send(Err(e));
                     return false;
                 }
+                // The base stays at the entry's top level, where replicas check it.
+                let (mut base, ops) = super::take_base(ops);
                 let prepared = match stage_large(&cx.raft, ops, txn).await {
                     Ok(Some(ops)) => {
-                        propose(
-                            &cx.raft,
-                            vec![Op::Prepare {
-                                txn,
-                                coordinator,
-                                ops,
-                            }],
-                        )
-                        .await
-                    }
-                    Ok(None) => {
-                        let ops = vec![Op::Staged { id: txn }];
-                        let op = Op::Prepare {
+                        base.push(Op::Prepare {
                             txn,
                             coordinator,
                             ops,
-                        };
-                        staged_or_drop(&cx.raft, vec![op]).await
+                        });
+                        propose(&cx.raft, base).await
+                    }
+                    Ok(None) => {
+                        let ops = vec![Op::Staged { id: txn }];
+                        base.push(Op::Prepare {
+                            txn,
+                            coordinator,
+                            ops,
+                        });
+                        staged_or_drop(&cx.raft, base).await
                     }
                     Err(e) => Err(e),
                 };

@@ -489,7 +489,8 @@ impl Replica {
     /// its own entry while the rest are applied (`start_check`).
     /// `in_txn` says whether a speculative transaction is open on the connection; then only
     /// entries without data may arrive (the leader's writer waits for its own proposals).
-    fn apply(&self, entries: &[Entry], in_txn: bool) -> Result<()> {
+    fn apply(&self, entries: &[Entry], in_txn: bool) -> Result<Vec<u64>> {
+        let mut refused = Vec::new();
         let mut rest = entries;
         while !rest.is_empty() {
             let cut = rest
@@ -497,18 +498,26 @@ impl Replica {
                 .position(carries_check)
                 .map_or(rest.len(), |i| i + 1);
             let (now, later) = rest.split_at(cut);
-            let checks = self.apply_run(now, in_txn)?;
+            let checks = self.apply_run(now, in_txn, &mut refused)?;
             for (id, index) in checks {
                 self.start_check(id, index)?;
             }
             rest = later;
         }
-        Ok(())
+        Ok(refused)
     }
 
     /// Apply `entries` in one SQLite transaction; the consistency checks among them are
-    /// returned (id, log index), to be started once it is committed.
-    fn apply_run(&self, entries: &[Entry], in_txn: bool) -> Result<Vec<(u64, u64)>> {
+    /// returned (id, log index), to be started once it is committed, and the indexes of the
+    /// entries refused added to `refused`: an entry whose `Op::Base` is older than the last
+    /// entry that changed rows (`last_write`) applies nothing — on every replica alike,
+    /// since both come from the log.
+    fn apply_run(
+        &self,
+        entries: &[Entry],
+        in_txn: bool,
+        refused: &mut Vec<u64>,
+    ) -> Result<Vec<(u64, u64)>> {
         let mut checks = Vec::new();
         let Some(last) = entries.last() else {
             return Ok(checks);
@@ -532,8 +541,27 @@ impl Replica {
             self.shard
         );
         let tx = self.conn.unchecked_transaction()?;
+        let mut last_write = self.read_state::<u64>("last_write")?.unwrap_or(0);
         for entry in entries {
             if let EntryPayload::Normal(batch) = &entry.payload {
+                let base = batch.ops.iter().find_map(|op| match op {
+                    Op::Base { index } => Some(*index),
+                    _ => None,
+                });
+                if base.is_some_and(|base| base < last_write) {
+                    tracing::warn!(
+                        shard = %self.shard,
+                        entry = %entry.log_id,
+                        base = base.unwrap_or(0),
+                        last_write,
+                        "refusing an entry computed on a state a later entry changed"
+                    );
+                    refused.push(entry.log_id.index);
+                    continue;
+                }
+                if batch.ops.iter().any(Op::writes_rows) {
+                    last_write = entry.log_id.index;
+                }
                 let mut changes = EntryChanges::default();
                 for op in &batch.ops {
                     if let Op::Time(t) = op {
@@ -567,6 +595,7 @@ impl Replica {
         }
         self.write_state("applied", &last.log_id)?;
         self.write_state("membership", &membership)?;
+        self.write_state("last_write", &last_write)?;
         tx.commit()?;
         *self.pending.borrow_mut() = None;
         if has_data {
@@ -657,7 +686,7 @@ impl Replica {
                     recorder.schema_changed();
                 }
             }
-            Op::Time(_) | Op::Check { .. } => {}
+            Op::Time(_) | Op::Check { .. } | Op::Base { .. } => {}
             Op::Prepare {
                 txn,
                 coordinator,
@@ -957,7 +986,7 @@ pub type BatchOutcome = (Vec<Result<Rows>>, Vec<Op>);
 enum Command {
     AppliedState(oneshot::Sender<Result<(Option<LogId>, Membership)>>),
     CheckResult(u64, oneshot::Sender<Result<Option<CheckState>>>),
-    Apply(Vec<Entry>, oneshot::Sender<Result<()>>),
+    Apply(Vec<Entry>, oneshot::Sender<Result<Vec<u64>>>),
     /// Run statements in one speculative transaction, each in its own savepoint; return each
     /// result and the ops to replicate, then roll back.
     ExecBatch(Vec<Statement>, oneshot::Sender<Result<BatchOutcome>>),
@@ -1012,7 +1041,8 @@ impl ReplicaHandle {
     pub async fn applied_state(&self) -> Result<(Option<LogId>, Membership)> {
         self.call(Command::AppliedState).await?
     }
-    pub async fn apply(&self, entries: Vec<Entry>) -> Result<()> {
+    /// Apply committed entries; the log indexes of those refused (see `Op::Base`).
+    pub async fn apply(&self, entries: Vec<Entry>) -> Result<Vec<u64>> {
         self.call(|r| Command::Apply(entries, r)).await?
     }
     pub async fn exec_batch(&self, stmts: Vec<Statement>) -> Result<BatchOutcome> {
@@ -1165,15 +1195,24 @@ impl ReplicaHandle {
 struct Speculative<'c> {
     session: Option<Session<'c>>,
     ops: Vec<Op>,
+    /// The applied index the changes are computed on (`Op::Base`).
+    base: u64,
 }
 
 impl<'c> Speculative<'c> {
-    fn begin(conn: &'c Connection) -> Result<Self> {
+    fn begin(replica: &'c Replica) -> Result<Self> {
+        let conn = &replica.conn;
+        let mut base = replica.applied_state()?.0.map_or(0, |l| l.index);
+        if crate::planted::active("stale-base") {
+            // Deliberately wrong (see `planted`): as if computed before the last entry.
+            base = base.saturating_sub(1);
+        }
         conn.execute_batch("BEGIN IMMEDIATE")?;
         match Session::new(conn) {
             Ok(session) => Ok(Speculative {
                 session: Some(session),
                 ops: Vec::new(),
+                base,
             }),
             Err(e) => {
                 let _ = conn.execute_batch("ROLLBACK");
@@ -1312,11 +1351,15 @@ impl<'c> Speculative<'c> {
     }
 
     /// End the transaction: return the ops and roll back (the ops come back through Raft).
+    /// The changes, led by the `Op::Base` they were computed on when there are any.
     fn finish(mut self, conn: &Connection) -> Result<Vec<Op>> {
         let cut = self.cut();
         self.session = None;
         conn.execute_batch("ROLLBACK")?;
         cut?;
+        if self.ops.iter().any(Op::writes_rows) {
+            self.ops.insert(0, Op::Base { index: self.base });
+        }
         Ok(self.ops)
     }
 
@@ -1385,7 +1428,7 @@ fn serve(
                     let _ = reply.send(Err(Error::internal("batch while a transaction is open")));
                     continue;
                 }
-                let result = Speculative::begin(conn).and_then(|mut spec| {
+                let result = Speculative::begin(replica).and_then(|mut spec| {
                     // Each statement is a transaction of its own: its own changeset, so
                     // change events stay per transaction (not netted across the batch).
                     let mut results: Vec<Result<Rows>> = Vec::with_capacity(stmts.len());
@@ -1404,7 +1447,7 @@ fn serve(
                 if let Some(open) = txn.take() {
                     open.abort(conn);
                 }
-                let _ = reply.send(Speculative::begin(conn).map(|s| txn = Some(s)));
+                let _ = reply.send(Speculative::begin(replica).map(|s| txn = Some(s)));
             }
             Command::Exec(stmt, reply) => {
                 let result = match txn.as_mut() {
@@ -1701,6 +1744,55 @@ mod tests {
         let got = changes(&f.read(Position::after_entry(page.floor)).await);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].0, last);
+    }
+
+    #[tokio::test]
+    async fn every_replica_refuses_changes_computed_on_a_state_a_later_write_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |index: u64, base: u64, k: u64| {
+            entry(
+                index,
+                vec![
+                    Op::Base { index: base },
+                    Op::Ddl(format!("INSERT INTO t VALUES ({k})")),
+                ],
+            )
+        };
+        let log = vec![
+            entry(
+                1,
+                vec![Op::Ddl("CREATE TABLE t (k INTEGER PRIMARY KEY)".into())],
+            ),
+            write(2, 1, 1),
+            // Computed on index 1, but entry 2 changed rows since: refused.
+            write(3, 1, 2),
+            // Computed on index 2 (entry 3 changed nothing): applied.
+            write(4, 2, 3),
+            // A batch that writes nothing moves the applied index, not the last write.
+            entry(5, vec![Op::Time(1)]),
+            write(6, 5, 4),
+            write(7, 6, 5),
+        ];
+        // One replica applies the log entry by entry, the other all at once.
+        let options = ReplicaOptions::default();
+        let one = ReplicaHandle::start(&dir.path().join("one.db"), ShardId(1), &options).unwrap();
+        let all = ReplicaHandle::start(&dir.path().join("all.db"), ShardId(1), &options).unwrap();
+        let mut refused_one = Vec::new();
+        for e in &log {
+            refused_one.extend(one.apply(vec![e.clone()]).await.unwrap());
+        }
+        let refused_all = all.apply(log).await.unwrap();
+        assert_eq!(refused_one, vec![3]);
+        assert_eq!(refused_all, vec![3]);
+        for replica in [&one, &all] {
+            let rows = replica
+                .read(statement("SELECT k FROM t ORDER BY k"))
+                .await
+                .unwrap();
+            let keys: Vec<Value> = rows.rows.into_iter().flatten().collect();
+            assert_eq!(keys, [1, 3, 4, 5].map(Value::Integer).to_vec());
+        }
+        assert_eq!(one.checksum().await.unwrap(), all.checksum().await.unwrap());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 mod etcd;
 mod http_kv;
 pub mod news;
+pub mod rebalance;
 pub mod report;
 pub mod watch;
 mod zipf;
