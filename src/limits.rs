@@ -328,3 +328,9 @@ pub const RESULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 pub const RESULT_CACHE_TTL_MAX: Duration = Duration::from_secs(24 * 3600);
 pub const RESULT_CACHE_ENTRY_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub const RESULT_CACHE_CATCH_UP_WAIT: Duration = Duration::from_secs(1);
+
+/// How long past the leader's lease (openraft's: the maximum election timeout) a follower
+/// waits before campaigning on its own (`cluster::campaign_on_silence`): the other
+/// followers heard the leader's last heartbeat a little later and must have let their lease
+/// run out too, or they refuse the vote.
+pub const CAMPAIGN_MARGIN: std::time::Duration = std::time::Duration::from_millis(40);

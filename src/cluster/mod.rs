@@ -236,6 +236,7 @@ impl Cluster {
         let tasks = vec![
             tokio::spawn(watch_catalog(cluster.clone())),
             tokio::spawn(heartbeats(cluster.clone())),
+            tokio::spawn(campaign_on_silence(cluster.clone())),
             tokio::spawn(placement_driver(cluster.clone())),
             tokio::spawn(track_liveness(cluster.clone())),
             tokio::spawn(check::scheduled_checks(cluster.clone())),
@@ -603,6 +604,59 @@ async fn heartbeats(cluster: Arc<Cluster>) {
         cluster.groups().iter().map(|g| g.raft.clone()).collect()
     })
     .await
+}
+
+/// On every node, every heartbeat interval: a follower that has heard nothing from its
+/// group's leader for the leader's lease (openraft's followers refuse votes until it runs
+/// out) and is the group's first voter after that leader campaigns at once — instead of
+/// waiting out the lease *plus* a random election timeout like the others, which is also
+/// how two survivors of three ended up splitting votes for several rounds. Once per
+/// silence: a candidacy that fails (a longer log elsewhere, say) is left to openraft's own
+/// timers. Raft's safety does not depend on who campaigns when; this only picks one.
+async fn campaign_on_silence(cluster: Arc<Cluster>) {
+    let lease = Duration::from_millis(cluster.raft.election_timeout_max) + limits::CAMPAIGN_MARGIN;
+    let mut tick =
+        tokio::time::interval(Duration::from_millis(cluster.raft.heartbeat_interval.max(1)) / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tried: HashMap<ShardId, Instant> = HashMap::new();
+    loop {
+        tick.tick().await;
+        for g in cluster.groups() {
+            let heard = match *g.leader_contact.lock().expect("contact lock poisoned") {
+                Some((heard, _)) => heard,
+                None => continue,
+            };
+            if heard.elapsed() < lease || tried.get(&g.shard) == Some(&heard) {
+                continue;
+            }
+            let (leader, first) = {
+                let m = g.raft.metrics();
+                let m = m.borrow();
+                if m.state != openraft::ServerState::Follower {
+                    continue;
+                }
+                let Some(leader) = m.current_leader else {
+                    continue;
+                };
+                let first = m
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .filter(|v| *v != leader)
+                    .min();
+                (leader, first)
+            };
+            if first != Some(g.node.0) {
+                continue;
+            }
+            tried.insert(g.shard, heard);
+            tracing::info!(shard = %g.shard, silent_ms = heard.elapsed().as_millis() as u64, "no word from leader n{leader} for a lease: campaigning");
+            if let Err(e) = g.raft.trigger().elect().await {
+                tracing::debug!(shard = %g.shard, error = %e, "could not campaign");
+            }
+        }
+        tried.retain(|shard, _| cluster.group(*shard).is_some());
+    }
 }
 
 /// On every node: ask the catalog's nodes that gossip does not see alive to gossip with us

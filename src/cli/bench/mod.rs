@@ -764,47 +764,164 @@ pub struct FailoverArgs {
     pub base_port: u16,
 }
 
-/// Kill -9 the leader of a local 3-node cluster `trials` times; report the time from each
-/// kill to the first successful write issued after it.
+/// Shards of the probe table `failover` writes: one row per shard, so a write can be aimed
+/// at each.
+const FAILOVER_SHARDS: u32 = 6;
+
+/// Kill -9 a node of a local 3-node cluster `trials` times — the one leading most of the
+/// probe table's shards — and report, for each kill, the time until a write had succeeded
+/// on every shard it led (the last of them; a write to a shard it did not lead proves
+/// nothing about failover).
 pub async fn failover(args: FailoverArgs) -> anyhow::Result<Vec<Duration>> {
     if args.trials == 0 {
         bail!("--trials must be at least 1");
     }
     let mut cluster = super::local::LocalCluster::start(3, &args.data_dir, args.base_port)?;
     let first = cluster.nodes[0].cluster;
-    connect(&cluster.nodes[0].url())
-        .await?
-        .batch_execute("CREATE TABLE failover_probe (id bigserial PRIMARY KEY, at text)")
+    let client = connect(&cluster.nodes[0].url()).await?;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE failover_probe (id bigint PRIMARY KEY, at text) \
+             WITH (shard_count = {FAILOVER_SHARDS})"
+        ))
         .await?;
+    let keys = probe_keys(&client).await?;
+    for key in keys.values() {
+        client
+            .execute(
+                "INSERT INTO failover_probe (id, at) VALUES ($1, 'loaded')",
+                &[key],
+            )
+            .await?;
+    }
+    drop(client);
     let mut times = Vec::new();
     for trial in 0..args.trials {
-        let leader = cluster.leader().context("no leader")?;
-        cluster.nodes[leader].kill9().await;
+        let leaders = settled_leaders(&cluster, &keys).await?;
+        let victim = (0..cluster.nodes.len())
+            .max_by_key(|n| leaders.values().filter(|l| *l == n).count())
+            .expect("three nodes");
+        let led: Vec<i64> = keys
+            .iter()
+            .filter(|(shard, _)| leaders.get(*shard) == Some(&victim))
+            .map(|(_, key)| *key)
+            .collect();
+        cluster.nodes[victim].kill9().await;
         let killed = Instant::now();
-        let survivor = cluster.nodes[(leader + 1) % 3].url();
-        let elapsed = loop {
-            let attempt = async {
-                let c = connect(&survivor).await?;
-                c.execute("INSERT INTO failover_probe (at) VALUES (now()::text)", &[])
-                    .await?;
-                anyhow::Ok(())
-            };
-            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(5), attempt).await {
-                break killed.elapsed();
-            }
-            if killed.elapsed() > Duration::from_secs(60) {
-                bail!("no write succeeded within 60 s of killing the leader");
-            }
-        };
+        let survivor = cluster.nodes[(victim + 1) % 3].url();
+        let writes = led
+            .iter()
+            .map(|key| write_until_done(&survivor, *key, killed));
+        let done = futures::future::try_join_all(writes).await?;
+        let last = done.iter().max().copied().unwrap_or_default();
+        let first_done = done.iter().min().copied().unwrap_or_default();
         println!(
-            "trial {}: killed n{}, first write after {:.0} ms",
+            "trial {}: killed n{} (it led {} of the {} probe shards); a write succeeded on every one of them after {:.0} ms (the first after {:.0} ms)",
             trial + 1,
-            leader + 1,
-            elapsed.as_secs_f64() * 1000.0
+            victim + 1,
+            led.len(),
+            keys.len(),
+            last.as_secs_f64() * 1000.0,
+            first_done.as_secs_f64() * 1000.0,
         );
-        times.push(elapsed);
-        cluster.nodes[leader].spawn(Some(first))?;
+        times.push(last);
+        cluster.nodes[victim].spawn(Some(first))?;
     }
     times.sort();
     Ok(times)
+}
+
+/// One key of `failover_probe` per shard, found by asking EXPLAIN where an INSERT goes.
+async fn probe_keys(
+    client: &tokio_postgres::Client,
+) -> anyhow::Result<std::collections::BTreeMap<String, i64>> {
+    let mut keys = std::collections::BTreeMap::new();
+    for key in 1..10_000i64 {
+        let plan = client
+            .simple_query(&format!(
+                "EXPLAIN INSERT INTO failover_probe (id, at) VALUES ({key}, '')"
+            ))
+            .await?;
+        let shard = plan.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r
+                .get(0)
+                .and_then(|l| l.strip_prefix("Shard "))
+                .and_then(|l| l.split(':').next())
+                .map(str::to_string),
+            _ => None,
+        });
+        let shard = shard.with_context(|| format!("EXPLAIN did not name a shard for key {key}"))?;
+        keys.entry(shard).or_insert(key);
+        if keys.len() == FAILOVER_SHARDS as usize {
+            return Ok(keys);
+        }
+    }
+    bail!(
+        "found keys for only {} of {FAILOVER_SHARDS} shards",
+        keys.len()
+    )
+}
+
+/// Each probe shard's leader (node index), once every node is up and every node agrees on a
+/// leader for each of them (within 60 s).
+async fn settled_leaders(
+    cluster: &super::local::LocalCluster,
+    keys: &std::collections::BTreeMap<String, i64>,
+) -> anyhow::Result<std::collections::BTreeMap<String, usize>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let views: Vec<Option<std::collections::BTreeMap<String, usize>>> = cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                let body = super::local::http_get(n.http, "/health")?;
+                let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+                v["shards"]
+                    .as_array()?
+                    .iter()
+                    .filter(|s| s["shard"].as_str().is_some_and(|s| keys.contains_key(s)))
+                    .map(|s| {
+                        let l = s["leader"]
+                            .as_str()?
+                            .trim_start_matches('n')
+                            .parse::<usize>()
+                            .ok()?;
+                        Some((s["shard"].as_str()?.to_string(), l.checked_sub(1)?))
+                    })
+                    .collect()
+            })
+            .collect();
+        if let Some(Some(view)) = views.first() {
+            if view.len() == keys.len() && views.iter().all(|v| v.as_ref() == Some(view)) {
+                return Ok(view.clone());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the probe shards did not settle on leaders within 60 s: {views:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Write `key`'s row through `url` until a write succeeds (each attempt bounded by 5 s, all
+/// of them by 60 s); the time from `since`.
+async fn write_until_done(url: &str, key: i64, since: Instant) -> anyhow::Result<Duration> {
+    loop {
+        let attempt = async {
+            let c = connect(url).await?;
+            c.execute(
+                "UPDATE failover_probe SET at = now()::text WHERE id = $1",
+                &[&key],
+            )
+            .await?;
+            anyhow::Ok(())
+        };
+        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            return Ok(since.elapsed());
+        }
+        if since.elapsed() > Duration::from_secs(60) {
+            bail!("no write to key {key} succeeded within 60 s of the kill");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
