@@ -57,7 +57,7 @@ pub enum BenchCommand {
     News(bench::news::NewsArgs),
     /// Tables and plots from the JSON results of several runs (scripts/bench-compare).
     Report(bench::report::ReportArgs),
-    /// Kill -9 the leader of a local 3-node cluster repeatedly; time until writes resume.
+    /// Kill -9 a leader of a local 3-node cluster repeatedly; time until every shard it led takes writes.
     Failover(bench::FailoverArgs),
     /// A local cluster under a key-value load through added nodes (rebalance) and a node
     /// killed for good (repair): throughput per phase, seconds per GiB moved.
@@ -88,9 +88,9 @@ pub struct StartArgs {
     /// Placement label (e.g. a region or rack).
     #[arg(long)]
     pub zone: Option<String>,
-    /// Minimum Raft election timeout; the maximum is twice this. A follower that has seen a
-    /// leader campaigns after a lease of the maximum plus a random timeout in [min, max), so
-    /// failover takes about 3x this (openraft 0.9's leader lease).
+    /// Minimum Raft election timeout; the maximum is twice this and is the leader's lease
+    /// (openraft 0.9): one follower campaigns once the lease has run out (about 2x this
+    /// after the leader's last heartbeat), the others after a further random timeout.
     #[arg(long, default_value_t = 150)]
     pub election_timeout_ms: u64,
     /// Raft heartbeat interval.
