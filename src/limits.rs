@@ -334,3 +334,10 @@ pub const RESULT_CACHE_CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 /// followers heard the leader's last heartbeat a little later and must have let their lease
 /// run out too, or they refuse the vote.
 pub const CAMPAIGN_MARGIN: std::time::Duration = std::time::Duration::from_millis(40);
+
+/// The part of the leader's lease (openraft's: the maximum election timeout, measured by
+/// followers from when they accept an append) within which the leader answers linearizable
+/// reads from its replica without a quorum round (`ShardGroup::lease_read_index`). The rest
+/// covers clocks that run at different rates on different hosts: a quarter of the lease is
+/// far more than any drift between two monotonic clocks over 300 ms.
+pub const LEASE_READ_FRACTION: f64 = 0.75;

@@ -168,6 +168,8 @@ impl Collector for ReplicaCollector {
         let mut changes = Vec::new();
         let mut served = Vec::new();
         let mut installed = Vec::new();
+        let mut lease_reads = Vec::new();
+        let mut quorum_reads = Vec::new();
         family(
             &mut encoder,
             "cairn_replica_divergence",
@@ -178,6 +180,14 @@ impl Collector for ReplicaCollector {
             )],
         )?;
         for g in cluster.groups() {
+            lease_reads.push((
+                g.shard.to_string(),
+                ConstCounter::new(g.lease_reads.load(std::sync::atomic::Ordering::Relaxed)),
+            ));
+            quorum_reads.push((
+                g.shard.to_string(),
+                ConstCounter::new(g.quorum_reads.load(std::sync::atomic::Ordering::Relaxed)),
+            ));
             installed.push((
                 g.shard.to_string(),
                 ConstCounter::new(
@@ -254,6 +264,18 @@ impl Collector for ReplicaCollector {
             "leader_changes",
             "Leadership changes seen by each local replica (new leader or new term)",
             &changes,
+        )?;
+        family(
+            &mut encoder,
+            "linearizable_reads_by_lease",
+            "Linearizable reads this node answered as each shard's leader within its lease, without a quorum round",
+            &lease_reads,
+        )?;
+        family(
+            &mut encoder,
+            "linearizable_reads_by_quorum",
+            "Linearizable reads this node answered as each shard's leader after confirming leadership with a quorum",
+            &quorum_reads,
         )?;
         family(
             &mut encoder,

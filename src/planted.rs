@@ -8,6 +8,9 @@
 //! - `stale-base`: the leader's speculative changes claim the state one entry before the
 //!   one they were computed on (`Op::Base`), so replicas refuse each write that follows a
 //!   write — the guard against changes computed on a state that is gone, at work.
+//! - `lease-forever`: a leader answers linearizable reads from its replica as long as it
+//!   takes itself for the leader, however long ago a quorum last acknowledged it (the
+//!   leader lease without its clock).
 //! - `watch-reorder`: change feeds swap the contents of adjacent events of different
 //!   entries (positions kept in order) for one entry in 3.
 

@@ -347,6 +347,27 @@ async fn linearizable_reads_see_writes_acknowledged_on_other_nodes() {
             "read on node {r} after a write acknowledged by node {w} was stale"
         );
     }
+    // With a healthy leader, those reads were answered within its lease, without a quorum
+    // round each (a lease that never holds would still be correct, only slower).
+    let count = |name: &str| -> u64 {
+        cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                let text = common::http_get(n.http, "/metrics").unwrap();
+                text.lines()
+                    .filter(|l| l.starts_with(name))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum::<f64>() as u64
+            })
+            .sum()
+    };
+    let lease = count("cairn_linearizable_reads_by_lease_total");
+    let quorum = count("cairn_linearizable_reads_by_quorum_total");
+    assert!(
+        lease >= 100,
+        "only {lease} of 150 linearizable reads used the leader's lease ({quorum} took a quorum round)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -986,6 +986,7 @@ async fn run_host(host: u64, disks: Vec<Arc<Disk>>, shared: Arc<Shared>) -> turm
         let network = Network {
             shard: ShardId(group),
             client: client.clone(),
+            acks: Default::default(),
         };
         let log = LogStore {
             disk: disk.clone(),

@@ -39,6 +39,12 @@ pub struct ShardGroup {
     /// When this node last accepted entries or a heartbeat from the leader, and the commit
     /// index the leader reported then (for bounded-staleness reads on followers).
     pub leader_contact: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
+    /// What followers acknowledged of this node as leader (lease reads).
+    acks: Arc<super::network::Acks>,
+    /// Linearizable reads this node answered as leader within its lease, and those that
+    /// needed a quorum round (or shared one).
+    pub lease_reads: std::sync::atomic::AtomicU64,
+    pub quorum_reads: std::sync::atomic::AtomicU64,
     pub shard: ShardId,
     pub node: NodeId,
     pub raft: Raft,
@@ -96,7 +102,12 @@ impl ShardGroup {
         let snapshots_installed = state_machine.installed.clone();
         let mut log_store = logs.store(shard, epoch)?;
         refuse_a_gap(shard, &replica, &mut log_store).await?;
-        let network = Network { shard, client };
+        let acks = Arc::new(super::network::Acks::default());
+        let network = Network {
+            shard,
+            client,
+            acks: acks.clone(),
+        };
         let raft = Raft::new(node.0, config, network, log_store, state_machine)
             .await
             .map_err(|e| Error::internal(format!("{shard}: starting raft: {e}")))?;
@@ -109,6 +120,9 @@ impl ShardGroup {
             elections,
             snapshots_installed,
             leader_contact: std::sync::Mutex::new(None),
+            acks,
+            lease_reads: std::sync::atomic::AtomicU64::new(0),
+            quorum_reads: std::sync::atomic::AtomicU64::new(0),
             shard,
             node,
             raft,
@@ -181,7 +195,7 @@ impl ShardGroup {
         self.count();
         if consistency == ReadConsistency::Linearizable {
             wait_for_leader(&self.raft, crate::limits::LEADER_WAIT).await;
-            self.reads.confirm(&self.raft).await?;
+            self.confirm_read().await?;
         }
         self.replica.read(stmt).await
     }
@@ -191,8 +205,78 @@ impl ShardGroup {
     pub async fn read_at(&self, stmt: Statement) -> Result<(Rows, u64)> {
         self.count();
         wait_for_leader(&self.raft, crate::limits::LEADER_WAIT).await;
-        self.reads.confirm(&self.raft).await?;
+        self.confirm_read().await?;
         self.replica.read_at(stmt).await
+    }
+
+    /// Make a linearizable read on this node safe: within the leader's lease, catch the
+    /// replica up with what is committed; else confirm leadership with a quorum round
+    /// (shared by the reads that arrive meanwhile).
+    async fn confirm_read(&self) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(index) = self.lease_read_index().await {
+            let caught_up = self.applied() >= index
+                || self
+                    .raft
+                    .wait(Some(crate::limits::LEADER_WAIT))
+                    .applied_index_at_least(Some(index), "lease read")
+                    .await
+                    .is_ok();
+            if caught_up {
+                self.lease_reads.fetch_add(1, Relaxed);
+                return Ok(());
+            }
+        }
+        self.quorum_reads.fetch_add(1, Relaxed);
+        self.reads.confirm(&self.raft).await
+    }
+
+    fn applied(&self) -> u64 {
+        let m = self.raft.metrics();
+        let applied = m.borrow().last_applied.map(|l| l.index).unwrap_or(0);
+        applied
+    }
+
+    /// A read index without a quorum round: this node's commit index, if it leads, has
+    /// committed an entry of its own term (so everything committed before it took over is
+    /// covered), and a quorum of voters acknowledged appends it sent less than
+    /// `LEASE_READ_FRACTION` of the lease ago. Followers refuse votes for a lease after
+    /// accepting an append (openraft), so no other leader can have been elected meanwhile —
+    /// except with this node's own vote, which would have ended its leadership, seen here.
+    /// `None` during a membership change (two quorums) or whenever anything is unsure.
+    async fn lease_read_index(&self) -> Option<u64> {
+        if crate::planted::active("lease-forever") {
+            // For the fault tests: trust a lease that may have run out long ago.
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            if m.current_leader == Some(self.node.0) {
+                return m.last_applied.map(|l| l.index);
+            }
+        }
+        let now = std::time::Instant::now();
+        let me = self.node.0;
+        let (vote, committed, voters) = self
+            .raft
+            .with_raft_state(move |st| {
+                let vote = *st.vote_ref();
+                let effective = st.membership_state.effective();
+                let joint = effective.membership().get_joint_config().len() > 1;
+                let voters: std::collections::BTreeSet<u64> = effective.voter_ids().collect();
+                (vote, st.committed, (!joint).then_some(voters))
+            })
+            .await
+            .ok()?;
+        if !vote.is_committed() || vote.leader_id().voted_for() != Some(me) {
+            return None;
+        }
+        let committed = committed?;
+        if committed.leader_id.term != vote.leader_id().term {
+            return None;
+        }
+        let acked = self.acks.quorum_acked(me, &vote, &voters?, now)?;
+        let lease = std::time::Duration::from_millis(self.raft.config().election_timeout_max);
+        (now.duration_since(acked) < lease.mul_f64(crate::limits::LEASE_READ_FRACTION))
+            .then_some(committed.index)
     }
 
     /// The read index on this node, which must lead: leadership confirmed by a quorum, and

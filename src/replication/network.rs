@@ -16,11 +16,13 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use std::sync::Arc;
+use std::time::Instant;
 
 #[derive(Clone)]
 pub struct Network {
     pub shard: ShardId,
     pub client: Arc<Client>,
+    pub acks: Arc<Acks>,
 }
 
 pub struct Peer {
@@ -28,6 +30,50 @@ pub struct Peer {
     target: u64,
     addr: String,
     client: Arc<Client>,
+    acks: Arc<Acks>,
+}
+
+/// What each follower last acknowledged of this node as leader: the vote it accepted and
+/// when the append it accepted was *sent*. A follower that accepted an append refuses every
+/// vote for a lease (openraft's, the maximum election timeout) from when it received it, so
+/// once a quorum has acknowledged sends at or after `t`, no other leader can exist before
+/// `t` plus the lease ([`super::group::ShardGroup`]'s lease reads).
+#[derive(Default)]
+pub struct Acks(std::sync::Mutex<std::collections::HashMap<u64, (openraft::Vote<u64>, Instant)>>);
+
+impl Acks {
+    fn record(&self, target: u64, vote: openraft::Vote<u64>, sent: Instant) {
+        let mut acks = self.0.lock().expect("acks lock poisoned");
+        match acks.get_mut(&target) {
+            Some((v, at)) if *v == vote => *at = (*at).max(sent),
+            _ => {
+                acks.insert(target, (vote, sent));
+            }
+        }
+    }
+
+    /// The latest time a quorum of `voters` acknowledged `vote` (this node, `me`, counting as
+    /// `now`), if a quorum ever did.
+    pub fn quorum_acked(
+        &self,
+        me: u64,
+        vote: &openraft::Vote<u64>,
+        voters: &std::collections::BTreeSet<u64>,
+        now: Instant,
+    ) -> Option<Instant> {
+        let acks = self.0.lock().expect("acks lock poisoned");
+        let mut times: Vec<Instant> = voters
+            .iter()
+            .filter_map(|v| match acks.get(v) {
+                _ if *v == me => Some(now),
+                Some((acked, at)) if acked == vote => Some(*at),
+                _ => None,
+            })
+            .collect();
+        let quorum = voters.len() / 2 + 1;
+        times.sort_unstable_by(|a, b| b.cmp(a));
+        times.get(quorum.checked_sub(1)?).copied()
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -39,6 +85,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.cluster_addr.clone(),
             client: self.client.clone(),
+            acks: self.acks.clone(),
         }
     }
 }
@@ -92,6 +139,7 @@ impl RaftNetwork<TypeConfig> for Peer {
                 ));
             }
         }
+        let (vote, sent) = (rpc.vote, Instant::now());
         match self
             .call(
                 Request::Append {
@@ -102,7 +150,13 @@ impl RaftNetwork<TypeConfig> for Peer {
             )
             .await?
         {
-            Response::Append(Ok(r)) => Ok(r),
+            Response::Append(Ok(r)) => {
+                // Any answer but a higher vote means the follower took us for its leader.
+                if !matches!(r, AppendEntriesResponse::HigherVote(_)) {
+                    self.acks.record(self.target, vote, sent);
+                }
+                Ok(r)
+            }
             Response::Append(Err(e)) => Err(self.remote(e)),
             _ => Err(unexpected("append")),
         }
@@ -148,5 +202,43 @@ impl RaftNetwork<TypeConfig> for Peer {
             Response::Vote(Err(e)) => Err(self.remote(e)),
             _ => Err(unexpected("vote")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Acks;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_lease_runs_from_the_send_a_quorum_acknowledged_for_the_current_vote() {
+        let acks = Acks::default();
+        let vote = openraft::Vote::new_committed(3, 1);
+        let voters = [1, 2, 3].into_iter().collect();
+        let t0 = Instant::now();
+        let now = t0 + Duration::from_millis(100);
+        // Nobody but the leader itself: no quorum, no lease.
+        assert_eq!(acks.quorum_acked(1, &vote, &voters, now), None);
+        acks.record(2, vote, t0);
+        acks.record(3, vote, t0 + Duration::from_millis(30));
+        // The second newest of {now, t0 + 30, t0} counts for 2 of 3.
+        assert_eq!(
+            acks.quorum_acked(1, &vote, &voters, now),
+            Some(t0 + Duration::from_millis(30))
+        );
+        // An older send answered late does not move the lease back.
+        acks.record(3, vote, t0);
+        assert_eq!(
+            acks.quorum_acked(1, &vote, &voters, now),
+            Some(t0 + Duration::from_millis(30))
+        );
+        // Acknowledgements of an earlier leadership of this node count for nothing.
+        let next = openraft::Vote::new_committed(4, 1);
+        assert_eq!(acks.quorum_acked(1, &next, &voters, now), None);
+        acks.record(2, next, t0 + Duration::from_millis(50));
+        assert_eq!(
+            acks.quorum_acked(1, &next, &voters, now),
+            Some(t0 + Duration::from_millis(50))
+        );
     }
 }
