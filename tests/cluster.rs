@@ -901,3 +901,68 @@ async fn a_node_whose_catalog_does_not_load_refuses_statements_and_says_why() {
         tokio::task::block_in_place(|| common::http_get(cluster.nodes[2].http, "/health").unwrap());
     assert!(health.contains("\"status\":\"degraded\""), "{health}");
 }
+
+/// Whether `leader` answers a linearizable read with both followers of its shard stopped
+/// for well past its lease (1 s against 300 ms): `Some(v)` if it answered, `None` if it
+/// failed or had not answered after 3 s. Followers resumed before it returns.
+async fn read_on_a_cut_off_leader(cluster: &Cluster) -> Option<i32> {
+    let c = client(cluster.nodes[0].pg).await.unwrap();
+    // No primary key: one shard holds every row.
+    c.batch_execute("CREATE TABLE cut (v integer); INSERT INTO cut VALUES (7)")
+        .await
+        .unwrap();
+    let shard = shard_of(&c, "cut").await;
+    let leader = tokio::task::block_in_place(|| cluster.leader_of(&shard));
+    let lc = client(cluster.nodes[leader].pg).await.unwrap();
+    let v: i32 = lc.query_one("SELECT v FROM cut", &[]).await.unwrap().get(0);
+    assert_eq!(v, 7, "a read with every node up");
+    let followers: Vec<usize> = (0..cluster.nodes.len()).filter(|n| *n != leader).collect();
+    for f in &followers {
+        cluster.nodes[*f].signal("-STOP");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(3),
+        lc.query_one("SELECT v FROM cut", &[]),
+    )
+    .await;
+    for f in &followers {
+        cluster.nodes[*f].signal("-CONT");
+    }
+    match answer {
+        Ok(Ok(row)) => Some(row.get(0)),
+        _ => None,
+    }
+}
+
+/// A leader answers linearizable reads from its replica only within its lease: cut off from
+/// both followers for longer than that, it must not answer — another leader may have
+/// taken writes meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_followers_past_its_lease_answers_no_linearizable_read() {
+    let cluster = tokio::task::block_in_place(|| Cluster::start(3, &[]));
+    let answer = read_on_a_cut_off_leader(&cluster).await;
+    assert_eq!(
+        answer, None,
+        "a leader that heard from no follower for 1 s answered a linearizable read"
+    );
+}
+
+/// The test above fails, as it must, with the lease's clock taken away (planted
+/// `lease-forever`): what it checks is the lease's age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_lease_without_a_clock_answers_on_a_cut_off_leader() {
+    if !cfg!(debug_assertions) {
+        println!("skipped: release builds ignore planted bugs");
+        return;
+    }
+    let cluster = tokio::task::block_in_place(|| {
+        Cluster::start_each(3, |_| vec!["ENV:CAIRN_PLANTED_BUG=lease-forever".into()])
+    });
+    let answer = read_on_a_cut_off_leader(&cluster).await;
+    assert_eq!(
+        answer,
+        Some(7),
+        "the planted bug should answer from the stale lease"
+    );
+}
