@@ -613,6 +613,8 @@ async fn heartbeats(cluster: Arc<Cluster>) {
 /// how two survivors of three ended up splitting votes for several rounds. Once per
 /// silence: a candidacy that fails (a longer log elsewhere, say) is left to openraft's own
 /// timers. Raft's safety does not depend on who campaigns when; this only picks one.
+/// Requests that never come back cannot stall it: `with_raft_state` and `elect` only talk
+/// to this node's own Raft core.
 async fn campaign_on_silence(cluster: Arc<Cluster>) {
     let lease = Duration::from_millis(cluster.raft.election_timeout_max) + limits::CAMPAIGN_MARGIN;
     let mut tick =
@@ -647,6 +649,16 @@ async fn campaign_on_silence(cluster: Arc<Cluster>) {
                 (leader, first)
             };
             if first != Some(g.node.0) {
+                continue;
+            }
+            // `leader_contact` counts appends only; openraft's own clock also runs from
+            // snapshot chunks (a follower being sent a snapshot hears from its leader all
+            // along). Campaign only once that clock, the one votes are refused by, ran out.
+            let since_vote = g
+                .raft
+                .with_raft_state(|st| st.vote_last_modified().map(|t| t.elapsed()))
+                .await;
+            if !matches!(since_vote, Ok(Some(d)) if d >= lease) {
                 continue;
             }
             tried.insert(g.shard, heard);

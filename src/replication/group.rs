@@ -227,8 +227,9 @@ impl ShardGroup {
                 return Ok(());
             }
         }
+        self.reads.confirm(&self.raft).await?;
         self.quorum_reads.fetch_add(1, Relaxed);
-        self.reads.confirm(&self.raft).await
+        Ok(())
     }
 
     fn applied(&self) -> u64 {
@@ -253,7 +254,6 @@ impl ShardGroup {
                 return m.last_applied.map(|l| l.index);
             }
         }
-        let now = std::time::Instant::now();
         let me = self.node.0;
         let (vote, committed, voters) = self
             .raft
@@ -273,6 +273,9 @@ impl ShardGroup {
         if committed.leader_id.term != vote.leader_id().term {
             return None;
         }
+        // Taken after the state was read, so the lease is checked at a moment no earlier
+        // than the one the state is of (however long the Raft core took to answer).
+        let now = std::time::Instant::now();
         let acked = self.acks.quorum_acked(me, &vote, &voters?, now)?;
         let lease = std::time::Duration::from_millis(self.raft.config().election_timeout_max);
         (now.duration_since(acked) < lease.mul_f64(crate::limits::LEASE_READ_FRACTION))
