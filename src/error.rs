@@ -41,6 +41,7 @@ pub mod sqlstate {
     pub const QUERY_CANCELED: &str = "57014";
     pub const CANNOT_CONNECT_NOW: &str = "57P03";
     pub const INTERNAL_ERROR: &str = "XX000";
+    pub const UNDEFINED_FILE: &str = "58P01";
     pub const DATA_CORRUPTED: &str = "XX001";
     pub const UNDEFINED_PARAMETER: &str = "42P02";
     pub const INVALID_PARAMETER_TYPE: &str = "08P01";

@@ -341,3 +341,31 @@ pub const CAMPAIGN_MARGIN: std::time::Duration = std::time::Duration::from_milli
 /// covers clocks that run at different rates on different hosts: a quarter of the lease is
 /// far more than any drift between two monotonic clocks over 300 ms.
 pub const LEASE_READ_FRACTION: f64 = 0.75;
+
+/// Files (`sql::files`): the bytes of one chunk row — one Raft entry per chunk, so at most
+/// `ENTRY_BYTES_TARGET`; chosen by measurement (docs/BENCHMARKS.md, "Files").
+pub const FILE_CHUNK_BYTES: usize = 256 * 1024;
+/// The largest file. Memory does not grow with it (uploads and downloads stream); the
+/// bound keeps one upload from filling a cluster's disks by mistake.
+pub const FILE_BYTES_MAX: u64 = 16 * 1024 * 1024 * 1024;
+/// A file path's bytes (UTF-8), as many file systems allow for a whole path.
+pub const FILE_PATH_BYTES_MAX: usize = 1024;
+/// Chunk writes one upload keeps in flight, and chunk reads one download reads ahead: with
+/// the chunk size, the memory an upload or a download holds.
+pub const FILE_UPLOAD_PARALLEL: usize = 4;
+pub const FILE_READ_AHEAD: usize = 4;
+/// How often an upload tells the cluster it is alive (at most; a quarter of `--files-gc-after`
+/// when that is shorter).
+pub const FILE_UPLOAD_TOUCH_EVERY: Duration = Duration::from_secs(10);
+/// `--files-gc-after`'s default: replaced and deleted versions stay readable this long for
+/// downloads in flight; an upload silent this long is abandoned.
+pub const FILE_GC_AFTER: Duration = Duration::from_secs(300);
+/// How often the meta leader collects old versions at most, and how many per pass.
+pub const FILE_GC_INTERVAL: Duration = Duration::from_secs(10);
+pub const FILE_GC_BATCH: usize = 64;
+/// How long one chunk write is retried across leader changes before the upload fails.
+pub const FILE_CHUNK_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Times a file's commit (or a rename) is retried after a conflict with another writer.
+pub const FILE_COMMIT_RETRIES: u32 = 8;
+/// Files answered by one list request at most (`limit` defaults to 100).
+pub const FILE_LIST_MAX: usize = 1_000;

@@ -63,6 +63,8 @@ pub struct NodeConfig {
     pub dead_after: Duration,
     /// Bytes per second a consistency check reads at most on each replica here.
     pub check_rate: u64,
+    /// How files are kept (old versions' collection delay).
+    pub files: crate::sql::files::Settings,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -353,7 +355,7 @@ impl Node {
                 }
             }
         }));
-        let engine = Engine::new(cluster.clone());
+        let engine = Engine::new(cluster.clone(), config.files);
         tokio::spawn(sweep_transactions(handler));
         servers.push(tokio::spawn(api::pgwire::serve(pg, engine.clone())));
         servers.push(tokio::spawn(api::http::serve(http, engine.clone())));

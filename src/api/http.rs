@@ -659,6 +659,7 @@ async fn txn_rollback(
 
 pub fn router(engine: Arc<Engine>) -> Router {
     crate::sql::kv::spawn_reaper(&engine);
+    crate::sql::files::spawn_collector(&engine);
     let txns = Arc::new(Txns::default());
     tokio::spawn(Txns::reap(Arc::downgrade(&txns)));
     let subscriptions = Arc::new(super::ws::Subscriptions::default());
@@ -684,6 +685,17 @@ pub fn router(engine: Arc<Engine>) -> Router {
             get(super::kv::get)
                 .put(super::kv::put)
                 .delete(super::kv::delete),
+        )
+        .route("/v1/files", get(super::files::list))
+        .route(
+            "/v1/files/{*path}",
+            get(super::files::get)
+                .head(super::files::head)
+                .put(super::files::put)
+                .delete(super::files::delete)
+                .post(super::files::post)
+                // A file streams in under its own bound (`limits::FILE_BYTES_MAX`).
+                .layer(DefaultBodyLimit::disable()),
         )
         .route("/v1/txn", post(txn_begin))
         .route("/v1/txn/{id}/sql", post(txn_sql))

@@ -41,7 +41,7 @@ pub mod code {
     pub const TOO_LARGE: &str = "too_large";
 }
 
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
+pub(super) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
     ApiError {
         status,
         code: code.into(),
@@ -49,7 +49,7 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError
     }
 }
 
-fn bad_request(message: impl Into<String>) -> ApiError {
+pub(super) fn bad_request(message: impl Into<String>) -> ApiError {
     error(StatusCode::BAD_REQUEST, code::BAD_REQUEST, message)
 }
 
@@ -188,14 +188,14 @@ pub(super) struct ListParams {
 }
 
 /// Query parameters, or a coded error naming what is wrong with them.
-fn query<T: serde::de::DeserializeOwned + Default>(
+pub(super) fn query<T: serde::de::DeserializeOwned + Default>(
     q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
 ) -> Result<T, ApiError> {
     q.map(|Query(t)| t)
         .map_err(|e| bad_request(format!("bad query parameters: {}", e.body_text())))
 }
 
-type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
+pub(super) type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
 
 /// `GET /v1/kv/{key}`.
 pub(super) async fn get(

@@ -121,6 +121,10 @@ pub struct StartArgs {
     /// (checks run every 10 minutes and on demand, off the write path).
     #[arg(long, default_value = "8MiB", value_parser = crate::units::bytes_arg)]
     pub check_rate: u64,
+    /// How long a replaced or deleted file stays readable for downloads in flight before its
+    /// chunks are deleted; an upload silent this long is abandoned and collected.
+    #[arg(long, default_value = "5m", value_parser = crate::units::duration_arg)]
+    pub files_gc_after: std::time::Duration,
 }
 
 pub fn init_logging() {
@@ -155,6 +159,9 @@ pub async fn start(args: StartArgs) -> anyhow::Result<()> {
         },
         dead_after: args.dead_after,
         check_rate: args.check_rate,
+        files: crate::sql::files::Settings {
+            gc_after: args.files_gc_after,
+        },
     };
     let node = Node::start(config).await?;
     shutdown_signal().await;

@@ -145,7 +145,7 @@ pub async fn ensure_table(engine: &Arc<Engine>) -> Result<()> {
 }
 
 /// Run one statement with positional parameters, typed as the statement needs them.
-async fn run(session: &mut Session, sql: &str, params: Vec<Value>) -> Result<Output> {
+pub(super) async fn run(session: &mut Session, sql: &str, params: Vec<Value>) -> Result<Output> {
     let prepared = session
         .prepare(sql, &[])
         .await?

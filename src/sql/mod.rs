@@ -13,6 +13,7 @@
 pub mod cache;
 pub mod copy;
 pub mod ddl;
+pub mod files;
 mod distinct;
 pub mod kv;
 pub mod plan;

@@ -43,12 +43,15 @@ pub struct Engine {
     pub feeds: crate::cluster::feed::Feeds,
     /// This node's result cache.
     pub cache: super::cache::ResultCache,
+    /// How files are kept (`sql::files`).
+    pub files: super::files::Settings,
 }
 
 impl Engine {
-    pub fn new(cluster: Arc<Cluster>) -> Arc<Engine> {
+    pub fn new(cluster: Arc<Cluster>, files: super::files::Settings) -> Arc<Engine> {
         let metrics = crate::metrics::Metrics::new(&cluster);
         Arc::new(Engine {
+            files,
             cache: super::cache::ResultCache::new(metrics.cache.clone()),
             metrics,
             feeds: crate::cluster::feed::Feeds::new(&cluster),

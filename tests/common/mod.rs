@@ -32,6 +32,7 @@ pub fn config(dir: &Path, pg: SocketAddr, http: SocketAddr) -> NodeConfig {
         events: Default::default(),
         dead_after: cairn::limits::DEAD_AFTER_DEFAULT,
         check_rate: cairn::limits::CONSISTENCY_CHECK_RATE,
+        files: Default::default(),
     }
 }
 
