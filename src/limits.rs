@@ -98,6 +98,11 @@ pub const TXN_CHANGES_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// of about this size (a single larger entry goes alone).
 pub const ENTRY_BYTES_TARGET: usize = 1024 * 1024;
 
+/// The memory one shard's log keeps before writing it to a table file (fjall's memtable;
+/// its default, 64 MiB, is per shard: a node with many shards, or files streaming through
+/// a few, held hundreds of MiB of log in memory).
+pub const LOG_MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
+
 /// A session holding a transaction on another node's shard leader tells it so this often;
 /// the leader ends a forwarded transaction it has not heard of for `REMOTE_TXN_SILENCE`
 /// (the session's node died or was cut off), freeing the shard's writer.

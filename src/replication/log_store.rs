@@ -12,6 +12,7 @@
 
 use super::{storage_error, Entry, LogId, StorageError, TypeConfig};
 use crate::ids::ShardId;
+use crate::limits;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, RaftLogReader, Vote};
@@ -107,10 +108,10 @@ impl LogDb {
     pub fn store(&self, shard: ShardId, epoch: u64) -> crate::error::Result<LogStore> {
         let log = self
             .db
-            .keyspace(
-                &Self::keyspace_name(shard, epoch),
-                KeyspaceCreateOptions::default,
-            )
+            .keyspace(&Self::keyspace_name(shard, epoch), || {
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(limits::LOG_MEMTABLE_BYTES)
+            })
             .map_err(|e| crate::error::Error::internal(format!("opening log of {shard}: {e}")))?;
         Ok(LogStore {
             db: self.db.clone(),
