@@ -372,5 +372,9 @@ pub const FILE_GC_BATCH: usize = 64;
 pub const FILE_CHUNK_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Times a file's commit (or a rename) is retried after a conflict with another writer.
 pub const FILE_COMMIT_RETRIES: u32 = 8;
+/// Rows below a folder read to list it (FTP's LIST walks every path under the folder).
+pub const FILE_FOLDER_ROWS_MAX: usize = 100_000;
 /// Files answered by one list request at most (`limit` defaults to 100).
 pub const FILE_LIST_MAX: usize = 1_000;
+/// An FTP session sending no command for this long is closed (libunftp's idle timeout).
+pub const FTP_IDLE_SESSION: Duration = Duration::from_secs(600);

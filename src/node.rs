@@ -65,6 +65,9 @@ pub struct NodeConfig {
     pub check_rate: u64,
     /// How files are kept (old versions' collection delay).
     pub files: crate::sql::files::Settings,
+    /// Where FTP clients connect (none: no FTP), and the ports of its passive mode.
+    pub ftp_addr: Option<SocketAddr>,
+    pub ftp_passive_ports: std::ops::RangeInclusive<u16>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -164,6 +167,18 @@ impl Node {
             .map_err(|e| Error::internal(format!("creating {}: {e}", config.data_dir.display())))?;
         let pg = bind(config.pg_addr, "pgwire").await?;
         let http = bind(config.http_addr, "http").await?;
+        // libunftp binds its own listener: this one only checks the address is free now.
+        let ftp = match config.ftp_addr {
+            Some(addr) => {
+                let probe = bind(addr, "ftp").await?;
+                let bound = probe
+                    .local_addr()
+                    .map_err(|e| Error::internal(format!("ftp address: {e}")))?;
+                drop(probe);
+                Some(bound)
+            }
+            None => None,
+        };
         let listener = bind(config.cluster_addr, "cluster").await?;
         let pg_addr = pg.local_addr().map_err(Error::internal)?;
         let http_addr = http.local_addr().map_err(Error::internal)?;
@@ -359,6 +374,13 @@ impl Node {
         tokio::spawn(sweep_transactions(handler));
         servers.push(tokio::spawn(api::pgwire::serve(pg, engine.clone())));
         servers.push(tokio::spawn(api::http::serve(http, engine.clone())));
+        if let Some(ftp) = ftp {
+            servers.push(tokio::spawn(api::ftp::serve(
+                ftp,
+                config.ftp_passive_ports.clone(),
+                engine.clone(),
+            )));
+        }
         tracing::info!(node = %id, pgwire = %pg_addr, http = %http_addr, cluster = %cluster_addr, "node started");
         Ok(Node {
             id,

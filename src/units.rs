@@ -47,6 +47,17 @@ pub fn bytes_arg(text: &str) -> Result<u64, String> {
     bytes(text).ok_or_else(|| format!("not a size: {text} (e.g. 512KiB, 64MiB, 1GiB)"))
 }
 
+/// For clap: a port range `FIRST-LAST` (inclusive, first at most last).
+pub fn port_range_arg(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let parsed = text
+        .split_once('-')
+        .and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)));
+    match parsed {
+        Some((a, b)) if a > 0 && a <= b => Ok(a..=b),
+        _ => Err(format!("not a port range: {text} (e.g. 50000-50100)")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

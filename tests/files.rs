@@ -193,8 +193,7 @@ fn wait_collected(http: SocketAddr, what: &str) {
 }
 
 #[test]
-fn a_large_file_through_one_node_is_read_whole_and_in_ranges_from_the_others_in_bounded_memory()
-{
+fn a_large_file_through_one_node_is_read_whole_and_in_ranges_from_the_others_in_bounded_memory() {
     let mib: usize = std::env::var("CAIRN_FILES_TEST_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -231,7 +230,11 @@ fn a_large_file_through_one_node_is_read_whole_and_in_ranges_from_the_others_in_
         .arg(url(0, "big/upload.bin"))
         .output()
         .expect("curl");
-    assert!(out.status.success(), "upload: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "upload: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     eprintln!("uploaded {size} bytes in {:?}", started.elapsed());
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer["sha256"], expected, "{answer}");
@@ -246,7 +249,11 @@ fn a_large_file_through_one_node_is_read_whole_and_in_ranges_from_the_others_in_
             .arg(url(i, "big/upload.bin"))
             .output()
             .expect("curl");
-        assert!(out.status.success(), "download from node {}: {out:?}", i + 1);
+        assert!(
+            out.status.success(),
+            "download from node {}: {out:?}",
+            i + 1
+        );
         eprintln!("downloaded from node {} in {:?}", i + 1, started.elapsed());
         assert_eq!(sha256_file(&target), expected, "node {}", i + 1);
     }
@@ -329,7 +336,10 @@ fn preconditions_ranges_listing_and_bad_input_answer_as_documented() {
         &[("if-none-match", "*")],
         Some(b"x"),
     );
-    assert_eq!((again.status, again.code().as_str()), (412, "precondition_failed"));
+    assert_eq!(
+        (again.status, again.code().as_str()),
+        (412, "precondition_failed")
+    );
     let wrong = request(
         "PUT",
         n[1],
@@ -371,19 +381,40 @@ fn preconditions_ranges_listing_and_bad_input_answer_as_documented() {
         None,
     );
     assert_eq!(same.status, 304);
-    let part = request("GET", n[0], "/v1/files/docs/a.txt", &[("range", "bytes=7-13")], None);
+    let part = request(
+        "GET",
+        n[0],
+        "/v1/files/docs/a.txt",
+        &[("range", "bytes=7-13")],
+        None,
+    );
     assert_eq!((part.status, part.body.as_slice()), (206, &two[7..14]));
     let stale_range = request(
         "GET",
         n[0],
         "/v1/files/docs/a.txt",
-        &[("range", "bytes=7-13"), ("if-range", &format!("\"{sha_one}\""))],
+        &[
+            ("range", "bytes=7-13"),
+            ("if-range", &format!("\"{sha_one}\"")),
+        ],
         None,
     );
     assert_eq!((stale_range.status, stale_range.body), (200, two.clone()));
-    let past = request("GET", n[0], "/v1/files/docs/a.txt", &[("range", "bytes=100-")], None);
-    assert_eq!((past.status, past.code().as_str()), (416, "range_not_satisfiable"));
-    assert_eq!(past.header("content-range").unwrap(), format!("bytes */{}", two.len()));
+    let past = request(
+        "GET",
+        n[0],
+        "/v1/files/docs/a.txt",
+        &[("range", "bytes=100-")],
+        None,
+    );
+    assert_eq!(
+        (past.status, past.code().as_str()),
+        (416, "range_not_satisfiable")
+    );
+    assert_eq!(
+        past.header("content-range").unwrap(),
+        format!("bytes */{}", two.len())
+    );
 
     // An empty file is a file.
     assert_eq!(put(n[0], "docs/empty", b"").status, 200);
@@ -392,7 +423,10 @@ fn preconditions_ranges_listing_and_bad_input_answer_as_documented() {
 
     // Listing: a prefix, paging, and the SQL view.
     for i in 0..5 {
-        assert_eq!(put(n[i % 3], &format!("list/f{i}"), &[i as u8; 10]).status, 200);
+        assert_eq!(
+            put(n[i % 3], &format!("list/f{i}"), &[i as u8; 10]).status,
+            200
+        );
     }
     let page = request("GET", n[1], "/v1/files?prefix=list/&limit=3", &[], None).json();
     let paths: Vec<&str> = page["items"]
@@ -403,11 +437,21 @@ fn preconditions_ranges_listing_and_bad_input_answer_as_documented() {
         .collect();
     assert_eq!(paths, ["list/f0", "list/f1", "list/f2"]);
     assert_eq!(page["next"], "list/f2");
-    let rest = request("GET", n[2], "/v1/files?prefix=list/&after=list/f2", &[], None).json();
+    let rest = request(
+        "GET",
+        n[2],
+        "/v1/files?prefix=list/&after=list/f2",
+        &[],
+        None,
+    )
+    .json();
     assert_eq!(rest["items"].as_array().unwrap().len(), 2);
     assert_eq!(rest["next"], Value::Null);
     assert_eq!(rest["items"][0]["size"], 10);
-    let rows = sql(n[0], "SELECT path, size, sha256 FROM cairn_files ORDER BY path");
+    let rows = sql(
+        n[0],
+        "SELECT path, size, sha256 FROM cairn_files ORDER BY path",
+    );
     assert_eq!(rows["rows"][0], json!(["docs/a.txt", two.len(), sha_two]));
     assert_eq!(rows["rows"].as_array().unwrap().len(), 7);
 
@@ -425,12 +469,19 @@ fn preconditions_ranges_listing_and_bad_input_answer_as_documented() {
     let again = request("DELETE", n[2], "/v1/files/docs/a.txt", &[], None);
     assert_eq!(again.json()["deleted"], false);
     let missing = get(n[0], "docs/a.txt");
-    assert_eq!((missing.status, missing.code().as_str()), (404, "not_found"));
+    assert_eq!(
+        (missing.status, missing.code().as_str()),
+        (404, "not_found")
+    );
 
     // Bad paths and requests: coded errors, and nothing stored.
     for path in ["a/../b", "a//b", "dir/", "a%00b", "%2E%2E/x", "a%0Ab"] {
         let a = request("PUT", n[0], &format!("/v1/files/{path}"), &[], Some(b"x"));
-        assert_eq!((a.status, a.code().as_str()), (400, "bad_request"), "{path}");
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (400, "bad_request"),
+            "{path}"
+        );
     }
     let not_utf8 = raw(n[0], b"PUT /v1/files/a%ff HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx");
     assert!(not_utf8.starts_with("HTTP/1.1 400"), "{not_utf8}");
@@ -440,7 +491,13 @@ fn preconditions_ranges_listing_and_bad_input_answer_as_documented() {
     assert_eq!((a.status, a.code().as_str()), (413, "too_large"));
     let a = request("POST", n[0], "/v1/files/list/f0", &[], None);
     assert_eq!(a.status, 400);
-    let a = request("PUT", n[0], "/v1/files/x", &[("if-match", "\"42\"")], Some(b"x"));
+    let a = request(
+        "PUT",
+        n[0],
+        "/v1/files/x",
+        &[("if-match", "\"42\"")],
+        Some(b"x"),
+    );
     assert_eq!(a.status, 400);
     let a = request("GET", n[0], "/v1/files?limit=0", &[], None);
     assert_eq!(a.status, 400);
@@ -456,7 +513,17 @@ fn preconditions_ranges_listing_and_bad_input_answer_as_documented() {
         .iter()
         .map(|i| i["path"].as_str().unwrap())
         .collect();
-    assert_eq!(all, ["docs/empty", "list/f0", "list/f1", "list/f2", "list/f3", "list/f4"]);
+    assert_eq!(
+        all,
+        [
+            "docs/empty",
+            "list/f0",
+            "list/f1",
+            "list/f2",
+            "list/f3",
+            "list/f4"
+        ]
+    );
     // The replaced and deleted versions are collected.
     wait_collected(n[2], "old versions collected");
 }
@@ -525,7 +592,10 @@ fn overwrites_and_renames_are_atomic_under_concurrent_readers() {
         assert!(reads > 0);
     });
     // One complete version, the same on every node.
-    let last: Vec<String> = n.iter().map(|h| sha256_hex(&get(*h, "hot/file").body)).collect();
+    let last: Vec<String> = n
+        .iter()
+        .map(|h| sha256_hex(&get(*h, "hot/file").body))
+        .collect();
     assert!(shas.contains(&last[0]));
     assert!(last.iter().all(|s| *s == last[0]), "{last:?}");
 
@@ -577,10 +647,22 @@ fn overwrites_and_renames_are_atomic_under_concurrent_readers() {
     });
     // A rename onto an existing file replaces it; a missing source is 404.
     assert_eq!(put(n[0], "moving/other", b"replaced").status, 200);
-    let a = request("POST", n[0], "/v1/files/moving/7?rename_to=moving/other", &[], None);
+    let a = request(
+        "POST",
+        n[0],
+        "/v1/files/moving/7?rename_to=moving/other",
+        &[],
+        None,
+    );
     assert_eq!(a.status, 200);
     assert!(get(n[2], "moving/other").body == *body);
-    let a = request("POST", n[0], "/v1/files/moving/7?rename_to=moving/x", &[], None);
+    let a = request(
+        "POST",
+        n[0],
+        "/v1/files/moving/7?rename_to=moving/x",
+        &[],
+        None,
+    );
     assert_eq!((a.status, a.code().as_str()), (404, "not_found"));
     wait_collected(n[0], "overwritten versions collected");
 }
@@ -656,7 +738,11 @@ fn an_upload_cut_off_leaves_nothing_visible_and_its_chunks_are_collected() {
     let alive = n[through];
     let a = get(alive, "cut/leader");
     match a.status {
-        200 => assert_eq!(sha256_hex(&a.body), sha256_file(&source), "a partial file is visible"),
+        200 => assert_eq!(
+            sha256_hex(&a.body),
+            sha256_file(&source),
+            "a partial file is visible"
+        ),
         404 => eprintln!(
             "the upload failed: {}",
             String::from_utf8_lossy(&out.stdout)
@@ -679,4 +765,127 @@ impl OutputLater for Command {
             .spawn()
             .expect("spawn")
     }
+}
+
+/// A cluster whose nodes serve FTP too; their FTP addresses.
+fn ftp_cluster() -> (Cluster, Vec<SocketAddr>) {
+    let ftp: Vec<SocketAddr> = (0..3).map(|_| common::free_addr()).collect();
+    let addrs = ftp.clone();
+    let cluster = Cluster::start_each(3, move |i| {
+        vec![
+            "--files-gc-after".into(),
+            GC_AFTER.into(),
+            "--ftp-addr".into(),
+            addrs[i].to_string(),
+        ]
+    });
+    (cluster, ftp)
+}
+
+#[test]
+fn ftp_clients_put_get_list_rename_resume_and_delete_the_same_files_as_http() {
+    let (cluster, ftp) = ftp_cluster();
+    let n: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.http).collect();
+    // Python's ftplib: every command the FTP back end serves (tests/python/ftp_client.py).
+    let python = std::env::var("CAIRN_PYTHON").unwrap_or_else(|_| "python3".into());
+    common::run_python(
+        &python,
+        &[
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/ftp_client.py"),
+            "127.0.0.1",
+            &ftp[0].port().to_string(),
+            &ftp[1].port().to_string(),
+            &n[2].to_string(),
+        ],
+        &[],
+    );
+
+    // curl: put, list, get, a resumed upload (-C -), rename and delete by quote commands.
+    let dir = tempfile::tempdir().unwrap();
+    let body = random_bytes(900 * 1024);
+    let source = dir.path().join("curl.bin");
+    std::fs::write(&source, &body).unwrap();
+    let curl = |args: &[&str]| -> Vec<u8> {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "60"])
+            .args(args)
+            .output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "curl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let url = |i: usize, path: &str| format!("ftp://{}/{path}", ftp[i]);
+    curl(&[
+        "-T",
+        source.to_str().unwrap(),
+        "--ftp-create-dirs",
+        &url(0, "curl/a.bin"),
+    ]);
+    assert!(
+        get(n[1], "curl/a.bin").body == body,
+        "a file put over FTP read over HTTP"
+    );
+    let listing = String::from_utf8(curl(&["-l", &url(1, "curl/")])).unwrap();
+    assert_eq!(listing.lines().collect::<Vec<_>>(), ["a.bin"]);
+    assert!(curl(&[&url(2, "curl/a.bin")]) == body);
+    // A resumed upload: the first part stored, then curl -C - sends the rest.
+    std::fs::write(dir.path().join("part.bin"), &body[..300 * 1024]).unwrap();
+    curl(&[
+        "-T",
+        dir.path().join("part.bin").to_str().unwrap(),
+        &url(0, "curl/b.bin"),
+    ]);
+    curl(&[
+        "-C",
+        "-",
+        "-T",
+        source.to_str().unwrap(),
+        &url(1, "curl/b.bin"),
+    ]);
+    let b = get(n[2], "curl/b.bin");
+    assert_eq!(
+        sha256_hex(&b.body),
+        sha256_hex(&body),
+        "curl -C - resumed the upload"
+    );
+    // A resumed download.
+    let partial = dir.path().join("down.bin");
+    std::fs::write(&partial, &body[..100 * 1024]).unwrap();
+    curl(&[
+        "-C",
+        "-",
+        "-o",
+        partial.to_str().unwrap(),
+        &url(2, "curl/b.bin"),
+    ]);
+    assert!(
+        std::fs::read(&partial).unwrap() == body,
+        "curl -C - resumed the download"
+    );
+    curl(&[
+        "-Q",
+        "RNFR /curl/b.bin",
+        "-Q",
+        "RNTO /curl/c.bin",
+        &url(0, "curl/"),
+    ]);
+    assert_eq!(get(n[0], "curl/b.bin").status, 404);
+    assert!(get(n[1], "curl/c.bin").body == body);
+    curl(&["-Q", "DELE /curl/c.bin", &url(2, "curl/")]);
+    assert_eq!(get(n[0], "curl/c.bin").status, 404);
+    // Garbage on the FTP port: an error reply, and the node keeps serving.
+    let mut s = TcpStream::connect(ftp[0]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"\xff\xfe\x00garbage\r\nRETR\r\nUSER\r\n")
+        .unwrap();
+    let mut reply = [0u8; 256];
+    let got = s.read(&mut reply).unwrap_or(0);
+    assert!(got > 0 && reply[0].is_ascii_digit(), "an FTP reply");
+    drop(s);
+    assert_eq!(get(n[0], "curl/a.bin").status, 200);
+    assert!(curl(&[&url(0, "curl/a.bin")]) == body);
 }

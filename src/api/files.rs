@@ -21,7 +21,7 @@ use crate::error::{sqlstate, Error};
 use crate::limits;
 use crate::sql::files::{self, Condition, File, Upload};
 use crate::storage::cancel::Cancel;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -177,7 +177,9 @@ pub(super) async fn put(
     let mut stream = body.into_data_stream();
     while let Some(frame) = stream.next().await {
         let bytes = frame.map_err(|e| {
-            bad_request(format!("the upload was cut short ({e}); nothing was stored"))
+            bad_request(format!(
+                "the upload was cut short ({e}); nothing was stored"
+            ))
         })?;
         upload.write(&bytes).await.map_err(engine_error)?;
     }
@@ -194,11 +196,7 @@ pub(super) async fn put(
         upload.finish(&condition).await.map_err(engine_error)
     })
     .await?;
-    Ok((
-        [(header::ETAG, etag(&file.sha256))],
-        Json(file_json(&file)),
-    )
-        .into_response())
+    Ok(([(header::ETAG, etag(&file.sha256))], Json(file_json(&file))).into_response())
 }
 
 /// A `Range` header resolved against a file's size.
@@ -254,36 +252,14 @@ fn wanted(range: Option<&str>, size: u64) -> Wanted {
     }
 }
 
-/// Bytes `start..end` of `file`, read chunk by chunk a few chunks ahead. A chunk that is
-/// missing or not the size the file says ends the body with an error, so the client sees
-/// a short body (its Content-Length is not reached), never wrong bytes.
+/// Bytes `start..end` of `file` as a body. A chunk that is missing or not the size the
+/// file says ends it with an error, so the client sees a short body (its Content-Length is
+/// not reached), never wrong bytes.
 fn stream(engine: Arc<crate::sql::Engine>, file: File, start: u64, end: u64) -> Body {
-    let chunk_bytes = file.chunk_bytes;
-    let size = file.size;
-    let version = Arc::new(file.version.clone());
-    let chunks = futures::stream::iter(file.chunks_for(start, end))
-        .map(move |seq| {
-            let (engine, version) = (engine.clone(), version.clone());
-            async move {
-                let data = files::read_chunk(&engine, &version, seq).await?;
-                let chunk_start = seq * chunk_bytes;
-                let expected = chunk_bytes.min(size - chunk_start);
-                if data.len() as u64 != expected {
-                    return Err(Error::Corrupt(format!(
-                        "chunk {seq} of version {version} has {} bytes, not {expected}",
-                        data.len()
-                    )));
-                }
-                let from = start.saturating_sub(chunk_start) as usize;
-                let to = (end - chunk_start).min(expected) as usize;
-                Ok(Bytes::from(data).slice(from..to))
-            }
-        })
-        .buffered(limits::FILE_READ_AHEAD)
-        .map_err(|e: Error| {
-            tracing::warn!(error = %e, "a download failed part-way");
-            std::io::Error::other(e.to_string())
-        });
+    let chunks = files::read_range(engine, file, start, end).map_err(|e: Error| {
+        tracing::warn!(error = %e, "a download failed part-way");
+        std::io::Error::other(e.to_string())
+    });
     Body::from_stream(chunks)
 }
 
@@ -421,11 +397,7 @@ pub(super) async fn post(
             .map_err(engine_error)
     })
     .await?;
-    Ok((
-        [(header::ETAG, etag(&file.sha256))],
-        Json(file_json(&file)),
-    )
-        .into_response())
+    Ok(([(header::ETAG, etag(&file.sha256))], Json(file_json(&file))).into_response())
 }
 
 /// `GET /v1/files?prefix=P&limit=L&after=Q`.

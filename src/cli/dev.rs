@@ -31,6 +31,9 @@ pub struct DevArgs {
     /// Cluster port of the first node; node i listens on cluster-port + i - 1.
     #[arg(long, default_value_t = 7000)]
     pub cluster_port: u16,
+    /// FTP port of the first node; node i listens on ftp-port + i - 1 (0: no FTP).
+    #[arg(long, default_value_t = 2121)]
+    pub ftp_port: u16,
     /// Replicas per shard in a new cluster.
     #[arg(long, default_value_t = 3)]
     pub replication_factor: u32,
@@ -153,6 +156,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .arg(http.to_string())
             .arg("--cluster-addr")
             .arg(cluster.to_string());
+        if args.ftp_port != 0 {
+            let ftp: SocketAddr = ([127, 0, 0, 1], args.ftp_port + i).into();
+            cmd.arg("--ftp-addr").arg(ftp.to_string());
+        }
         if let Some(zone) = args.zones.get(i as usize).filter(|z| !z.is_empty()) {
             cmd.arg("--zone").arg(zone);
         }
@@ -200,6 +207,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("\nConnect:");
     println!("  psql \"postgres://cairn@{pg}/cairn\"");
     println!("  curl -s http://{http}/v1/sql -d '{{\"sql\": \"SELECT version()\"}}'");
+    println!("  curl -T photo.jpg http://{http}/v1/files/photos/photo.jpg");
+    if args.ftp_port != 0 {
+        println!(
+            "  curl ftp://127.0.0.1:{}/ (files over FTP, anonymous)",
+            args.ftp_port
+        );
+    }
     println!("\nPress Ctrl-C to stop.\n");
     let mut exited = vec![false; children.len()];
     let stop_signal = super::shutdown_signal();

@@ -125,6 +125,12 @@ pub struct StartArgs {
     /// chunks are deleted; an upload silent this long is abandoned and collected.
     #[arg(long, default_value = "5m", value_parser = crate::units::duration_arg)]
     pub files_gc_after: std::time::Duration,
+    /// Address for FTP clients (the cluster's files, anonymous); off unless given.
+    #[arg(long)]
+    pub ftp_addr: Option<SocketAddr>,
+    /// Ports FTP's passive mode opens data connections on (`FIRST-LAST`).
+    #[arg(long, default_value = "49152-65535", value_parser = crate::units::port_range_arg)]
+    pub ftp_passive_ports: std::ops::RangeInclusive<u16>,
 }
 
 pub fn init_logging() {
@@ -162,6 +168,8 @@ pub async fn start(args: StartArgs) -> anyhow::Result<()> {
         files: crate::sql::files::Settings {
             gc_after: args.files_gc_after,
         },
+        ftp_addr: args.ftp_addr,
+        ftp_passive_ports: args.ftp_passive_ports,
     };
     let node = Node::start(config).await?;
     shutdown_signal().await;

@@ -109,8 +109,7 @@ impl LogDb {
         let log = self
             .db
             .keyspace(&Self::keyspace_name(shard, epoch), || {
-                KeyspaceCreateOptions::default()
-                    .max_memtable_size(limits::LOG_MEMTABLE_BYTES)
+                KeyspaceCreateOptions::default().max_memtable_size(limits::LOG_MEMTABLE_BYTES)
             })
             .map_err(|e| crate::error::Error::internal(format!("opening log of {shard}: {e}")))?;
         Ok(LogStore {

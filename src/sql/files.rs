@@ -187,6 +187,17 @@ pub fn check_prefix(prefix: &str) -> Result<String> {
     Ok(format!("{}{slash}", check_path(body)?))
 }
 
+/// A folder as stored: `""` for the root, else its path ending in `/` (`a/b` and `/a/b/`
+/// are both `a/b/`).
+pub fn check_folder(folder: &str) -> Result<String> {
+    let prefix = check_prefix(folder)?;
+    if prefix.is_empty() || prefix.ends_with('/') {
+        Ok(prefix)
+    } else {
+        Ok(format!("{prefix}/"))
+    }
+}
+
 fn chunk_key(version: &str, seq: u64) -> String {
     format!("{version}:{seq:010}")
 }
@@ -228,7 +239,8 @@ fn int(v: &Value) -> Option<i64> {
 }
 
 /// Columns [`file`] reads, in order.
-const FILE_COLUMNS: &str = "path, version, size, sha256, content_type, chunk_bytes, chunks, changed_us";
+const FILE_COLUMNS: &str =
+    "path, version, size, sha256, content_type, chunk_bytes, chunks, changed_us";
 
 fn file(row: &[Value]) -> Result<File> {
     let corrupt = || Error::Corrupt(format!("{VERSIONS}: a current row missing a column"));
@@ -274,9 +286,8 @@ pub async fn current(
         return Ok(None);
     }
     let mut session = reading(engine, consistency).await?;
-    let sql = format!(
-        "SELECT {FILE_COLUMNS} FROM {VERSIONS} WHERE path = $1 AND state = 'current'"
-    );
+    let sql =
+        format!("SELECT {FILE_COLUMNS} FROM {VERSIONS} WHERE path = $1 AND state = 'current'");
     let out = run_closing(&mut session, &sql, vec![Value::Text(path)]).await?;
     out.rows.first().map(|r| file(r)).transpose()
 }
@@ -328,6 +339,40 @@ pub async fn read_chunk(engine: &Arc<Engine>, version: &str, seq: u64) -> Result
     }
 }
 
+/// Bytes `start..end` of `file`, chunk by chunk, [`limits::FILE_READ_AHEAD`] chunks read
+/// ahead. A chunk that is missing or not the size the file says is an error (and ends the
+/// stream's use): never a short or wrong piece passed on as if whole.
+pub fn read_range(
+    engine: Arc<Engine>,
+    file: File,
+    start: u64,
+    end: u64,
+) -> impl futures::Stream<Item = Result<bytes::Bytes>> + Send {
+    use futures::StreamExt;
+    let (chunk_bytes, size) = (file.chunk_bytes, file.size);
+    let end = end.min(size);
+    let version = Arc::new(file.version.clone());
+    futures::stream::iter(file.chunks_for(start, end))
+        .map(move |seq| {
+            let (engine, version) = (engine.clone(), version.clone());
+            async move {
+                let data = read_chunk(&engine, &version, seq).await?;
+                let chunk_start = seq * chunk_bytes;
+                let expected = chunk_bytes.min(size - chunk_start);
+                if data.len() as u64 != expected {
+                    return Err(Error::Corrupt(format!(
+                        "chunk {seq} of version {version} has {} bytes, not {expected}",
+                        data.len()
+                    )));
+                }
+                let from = start.saturating_sub(chunk_start) as usize;
+                let to = (end - chunk_start).min(expected) as usize;
+                Ok(bytes::Bytes::from(data).slice(from..to))
+            }
+        })
+        .buffered(limits::FILE_READ_AHEAD)
+}
+
 /// Write one chunk (idempotent: a retried write of the same chunk writes the same bytes).
 async fn write_chunk(engine: Arc<Engine>, key: String, data: Vec<u8>) -> Result<()> {
     let sql = format!(
@@ -343,9 +388,12 @@ async fn write_chunk(engine: Arc<Engine>, key: String, data: Vec<u8>) -> Result<
             Ok(_) => return Ok(()),
             // Nothing else sees a chunk before its version is current: writing it again
             // after an unknown outcome is safe.
-            Err(Error::Retry(_) | Error::Ambiguous(_) | Error::NotLeader { .. } | Error::Unavailable(_))
-                if Instant::now() + backoff < deadline =>
-            {
+            Err(
+                Error::Retry(_)
+                | Error::Ambiguous(_)
+                | Error::NotLeader { .. }
+                | Error::Unavailable(_),
+            ) if Instant::now() + backoff < deadline => {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_millis(500));
             }
@@ -427,6 +475,27 @@ impl Upload {
     /// Bytes received so far.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Append the first `upto` bytes of `file` (a resumed or appending upload keeps them;
+    /// [`Upload::finish`] must then be given `Condition::Sha256(file.sha256)` so a file
+    /// changed meanwhile is not mixed into).
+    pub async fn copy_from(&mut self, file: &File, upto: u64) -> Result<()> {
+        use futures::StreamExt;
+        if upto > file.size {
+            return Err(Error::sql(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!(
+                    "offset {upto} is past the end of {:?} ({} bytes)",
+                    file.path, file.size
+                ),
+            ));
+        }
+        let mut bytes = std::pin::pin!(read_range(self.engine.clone(), file.clone(), 0, upto));
+        while let Some(piece) = bytes.next().await {
+            self.write(&piece?).await?;
+        }
+        Ok(())
     }
 
     /// Append bytes.
@@ -533,9 +602,7 @@ impl Upload {
     ) -> Result<File> {
         let path = Value::Text(self.path.clone());
         run(session, "BEGIN", vec![]).await?;
-        let now = format!(
-            "SELECT sha256 FROM {VERSIONS} WHERE path = $1 AND state = 'current'"
-        );
+        let now = format!("SELECT sha256 FROM {VERSIONS} WHERE path = $1 AND state = 'current'");
         let found = run(session, &now, vec![path.clone()]).await?;
         let found = found.rows.first().and_then(|r| text(&r[0]));
         if !condition.holds(found.as_deref()) {
@@ -597,10 +664,7 @@ impl Drop for Upload {
 fn too_large() -> Error {
     Error::sql(
         sqlstate::PROGRAM_LIMIT_EXCEEDED,
-        format!(
-            "a file is at most {} bytes",
-            limits::FILE_BYTES_MAX
-        ),
+        format!("a file is at most {} bytes", limits::FILE_BYTES_MAX),
     )
 }
 
@@ -643,7 +707,10 @@ pub async fn delete(engine: &Arc<Engine>, path: &str, condition: &Condition) -> 
     }
     let mut session = engine.session();
     let (clause, mut params) = match condition {
-        Condition::Sha256(s) => (" AND sha256 = $2", vec![Value::Text(s.to_ascii_lowercase())]),
+        Condition::Sha256(s) => (
+            " AND sha256 = $2",
+            vec![Value::Text(s.to_ascii_lowercase())],
+        ),
         _ => ("", vec![]),
     };
     params.insert(0, Value::Text(path.clone()));
@@ -684,8 +751,7 @@ pub async fn rename(
     let mut attempt = 0;
     loop {
         let mut session = engine.session();
-        let result =
-            rename_in(&mut session, &from, &to, from_condition, to_condition).await;
+        let result = rename_in(&mut session, &from, &to, from_condition, to_condition).await;
         session.close().await;
         match result {
             Err(Error::Retry(_)) if attempt < limits::FILE_COMMIT_RETRIES => {
@@ -761,6 +827,145 @@ async fn rename_in(
         file.modified_us = at;
     }
     Ok(file)
+}
+
+/// One entry of a folder: a file, or a folder below it (named by its path, ending in `/`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Entry {
+    File(File),
+    Folder(String),
+}
+
+/// A folder's prefix for SQL's `substr` (a count of characters) and its range start.
+fn under(prefix: &str) -> (String, Vec<Value>) {
+    match prefix.chars().count() {
+        0 => (String::new(), vec![Value::Text(String::new())]),
+        n => (
+            format!(" AND substr(path, 1, {n}) = $1"),
+            vec![Value::Text(prefix.to_string())],
+        ),
+    }
+}
+
+/// Whether `prefix` (as from [`check_prefix`], ending in `/`) is a folder: the root, one
+/// made with [`make_folder`], or one holding files.
+pub async fn is_folder(engine: &Arc<Engine>, prefix: &str) -> Result<bool> {
+    let prefix = check_folder(prefix)?;
+    if prefix.is_empty() {
+        return Ok(true);
+    }
+    if !exists(engine) {
+        return Ok(false);
+    }
+    let (clause, params) = under(&prefix);
+    let sql = format!(
+        "SELECT 1 FROM {VERSIONS} WHERE state IN ('current', 'folder') AND path >= $1{clause} LIMIT 1"
+    );
+    let mut session = engine.session();
+    Ok(!run_closing(&mut session, &sql, params)
+        .await?
+        .rows
+        .is_empty())
+}
+
+/// The files and folders directly in the folder `prefix`, in path order (at most
+/// [`limits::FILE_FOLDER_ROWS_MAX`] rows below it are read).
+pub async fn children(engine: &Arc<Engine>, prefix: &str) -> Result<Vec<Entry>> {
+    let prefix = check_folder(prefix)?;
+    if !exists(engine) {
+        return Ok(Vec::new());
+    }
+    let (clause, params) = under(&prefix);
+    let sql = format!(
+        "SELECT {FILE_COLUMNS}, state FROM {VERSIONS} WHERE state IN ('current', 'folder')          AND path >= $1{clause} ORDER BY path LIMIT {}",
+        limits::FILE_FOLDER_ROWS_MAX + 1
+    );
+    let mut session = engine.session();
+    let rows = run_closing(&mut session, &sql, params).await?.rows;
+    if rows.len() > limits::FILE_FOLDER_ROWS_MAX {
+        return Err(Error::sql(
+            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+            format!(
+                "folder {prefix:?} holds more than {} files and folders; list it with \
+                 GET /v1/files?prefix=...",
+                limits::FILE_FOLDER_ROWS_MAX
+            ),
+        ));
+    }
+    let mut out: Vec<Entry> = Vec::new();
+    for row in rows {
+        let Some(path) = text(&row[0]) else { continue };
+        let rest = &path[prefix.len()..];
+        match rest.split_once('/') {
+            Some((first, _)) if !first.is_empty() => {
+                let folder = format!("{prefix}{first}/");
+                if !matches!(out.last(), Some(Entry::Folder(f)) if *f == folder) {
+                    out.push(Entry::Folder(folder));
+                }
+            }
+            Some(_) => {}
+            None if text(&row[8]).as_deref() == Some("current") && !rest.is_empty() => {
+                out.push(Entry::File(file(&row)?))
+            }
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Make an empty folder (a marker row; a folder holding files needs none).
+pub async fn make_folder(engine: &Arc<Engine>, prefix: &str) -> Result<()> {
+    let prefix = check_folder(prefix)?;
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    ensure_tables(engine).await?;
+    let file = prefix.trim_end_matches('/');
+    if current(engine, file, None).await?.is_some() {
+        return Err(Error::sql(
+            sqlstate::DUPLICATE_OBJECT,
+            format!("{file:?} is a file"),
+        ));
+    }
+    let sql = format!(
+        "INSERT INTO {VERSIONS} (path, version, state, chunk_bytes, created_us, changed_us)          VALUES ($1, 'folder', 'folder', 0, cairn_clock_us(), cairn_clock_us())          ON CONFLICT (path, version) DO NOTHING"
+    );
+    let mut session = engine.session();
+    run_closing(&mut session, &sql, vec![Value::Text(prefix)]).await?;
+    Ok(())
+}
+
+/// Remove an empty folder; a folder holding anything is refused.
+pub async fn remove_folder(engine: &Arc<Engine>, prefix: &str) -> Result<()> {
+    let prefix = check_folder(prefix)?;
+    if prefix.is_empty() {
+        return Err(Error::sql(
+            sqlstate::OBJECT_IN_USE,
+            "the root folder cannot be removed",
+        ));
+    }
+    if !is_folder(engine, &prefix).await? {
+        return Err(not_found(&prefix));
+    }
+    let (clause, params) = under(&prefix);
+    let sql = format!(
+        "SELECT 1 FROM {VERSIONS} WHERE state IN ('current', 'folder') AND path > $1{clause} LIMIT 1"
+    );
+    let mut session = engine.session();
+    if !run_closing(&mut session, &sql, params.clone())
+        .await?
+        .rows
+        .is_empty()
+    {
+        return Err(Error::sql(
+            sqlstate::DEPENDENT_OBJECTS_STILL_EXIST,
+            format!("folder {prefix:?} is not empty"),
+        ));
+    }
+    let sql = format!("DELETE FROM {VERSIONS} WHERE path = $1 AND state = 'folder'");
+    let mut session = engine.session();
+    run_closing(&mut session, &sql, vec![Value::Text(prefix)]).await?;
+    Ok(())
 }
 
 /// Delete every chunk of `version`, a page of keys at a time, each through its shard.
@@ -851,7 +1056,8 @@ pub async fn collect(engine: &Arc<Engine>) -> Result<Collected> {
 /// Collect old versions in the background while the engine lives, on the node leading the
 /// meta group only.
 pub fn spawn_collector(engine: &Arc<Engine>) {
-    let every = (engine.files.gc_after / 2).clamp(Duration::from_millis(500), limits::FILE_GC_INTERVAL);
+    let every =
+        (engine.files.gc_after / 2).clamp(Duration::from_millis(500), limits::FILE_GC_INTERVAL);
     let engine = Arc::downgrade(engine);
     tokio::spawn(async move {
         loop {
@@ -883,13 +1089,19 @@ mod tests {
     #[test]
     fn paths_are_checked_and_stored_without_a_leading_slash() {
         assert_eq!(check_path("/a/b.txt").unwrap(), "a/b.txt");
-        assert_eq!(check_path("photos/2026/x y.jpg").unwrap(), "photos/2026/x y.jpg");
+        assert_eq!(
+            check_path("photos/2026/x y.jpg").unwrap(),
+            "photos/2026/x y.jpg"
+        );
         for bad in ["", "/", "a/../b", "..", "./a", "a//b", "a/", "a\0b", "a\nb"] {
             let e = check_path(bad).unwrap_err();
             assert_eq!(e.code(), sqlstate::INVALID_PARAMETER_VALUE, "{bad:?}: {e}");
         }
         let long = "x".repeat(limits::FILE_PATH_BYTES_MAX + 1);
-        assert_eq!(check_path(&long).unwrap_err().code(), sqlstate::PROGRAM_LIMIT_EXCEEDED);
+        assert_eq!(
+            check_path(&long).unwrap_err().code(),
+            sqlstate::PROGRAM_LIMIT_EXCEEDED
+        );
         assert_eq!(check_prefix("/").unwrap(), "");
         assert_eq!(check_prefix("a/b/").unwrap(), "a/b/");
         assert!(check_prefix("a/../").is_err());

@@ -13,8 +13,8 @@
 pub mod cache;
 pub mod copy;
 pub mod ddl;
-pub mod files;
 mod distinct;
+pub mod files;
 pub mod kv;
 pub mod plan;
 pub mod scratch;

@@ -33,6 +33,8 @@ pub fn config(dir: &Path, pg: SocketAddr, http: SocketAddr) -> NodeConfig {
         dead_after: cairn::limits::DEAD_AFTER_DEFAULT,
         check_rate: cairn::limits::CONSISTENCY_CHECK_RATE,
         files: Default::default(),
+        ftp_addr: None,
+        ftp_passive_ports: 49152..=65535,
     }
 }
 
