@@ -556,9 +556,8 @@ fn overwrites_and_renames_are_atomic_under_concurrent_readers() {
     };
     std::thread::scope(|s| {
         let mut readers = Vec::new();
-        for r in 0..3 {
+        for &http in &n {
             let stop = stop.clone();
-            let http = n[r];
             readers.push(s.spawn(move || {
                 let mut reads = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {

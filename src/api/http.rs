@@ -112,6 +112,7 @@ struct SqlRequest {
     max_staleness: Option<String>,
 }
 
+#[derive(Debug)]
 pub(super) struct ApiError {
     pub(super) status: StatusCode,
     pub(super) code: String,
