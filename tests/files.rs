@@ -888,3 +888,116 @@ fn ftp_clients_put_get_list_rename_resume_and_delete_the_same_files_as_http() {
     assert_eq!(get(n[0], "curl/a.bin").status, 200);
     assert!(curl(&[&url(0, "curl/a.bin")]) == body);
 }
+
+/// The next `n` file events a subscription receives (progress messages skipped).
+async fn file_events(ws: &mut common::Ws, id: &str, n: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let m = ws
+            .next()
+            .await
+            .unwrap_or_else(|| panic!("{id}: only {got:?}"));
+        assert!(m["error"].is_null(), "{m}");
+        if m["id"] == id && !m["file"].is_null() {
+            got.push(m["file"].clone());
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_of_a_prefix_receives_its_file_events() {
+    let cluster = Cluster::start(3, &["--files-gc-after", GC_AFTER]);
+    let n: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.http).collect();
+    let mut pics = common::Ws::connect(n[1]).await;
+    pics.subscribe("pics", json!({"files": "pics/"})).await;
+    let mut other = common::Ws::connect(n[2]).await;
+    other.subscribe("other", json!({"files": "other/"})).await;
+    let one = random_bytes(300 * 1024);
+    let two = b"small".to_vec();
+    let http = n[0];
+    let ops = tokio::task::spawn_blocking(move || {
+        assert_eq!(put(http, "pics/a.jpg", &one).status, 200);
+        assert_eq!(put(http, "unrelated/x", b"x").status, 200);
+        assert_eq!(put(http, "pics/a.jpg", &two).status, 200);
+        let moved = request(
+            "POST",
+            http,
+            "/v1/files/pics/a.jpg?rename_to=other/b.jpg",
+            &[],
+            None,
+        );
+        assert_eq!(moved.status, 200);
+        let back = request(
+            "POST",
+            http,
+            "/v1/files/other/b.jpg?rename_to=pics/c.jpg",
+            &[],
+            None,
+        );
+        assert_eq!(back.status, 200);
+        assert_eq!(
+            request("DELETE", http, "/v1/files/pics/c.jpg", &[], None).status,
+            200
+        );
+        (sha256_hex(&one), sha256_hex(&two))
+    })
+    .await
+    .unwrap();
+    let got = file_events(&mut pics, "pics", 5).await;
+    let summary: Vec<(String, String, Value)> = got
+        .iter()
+        .map(|e| {
+            (
+                e["op"].as_str().unwrap().to_string(),
+                e["path"].as_str().unwrap().to_string(),
+                e["from"].clone(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("created", "pics/a.jpg", Value::Null),
+        ("overwritten", "pics/a.jpg", Value::Null),
+        ("renamed", "other/b.jpg", json!("pics/a.jpg")),
+        ("renamed", "pics/c.jpg", json!("other/b.jpg")),
+        ("deleted", "pics/c.jpg", Value::Null),
+    ];
+    // Events of one path's shard come in order; the renames' new paths live on other shards.
+    for want in &expected {
+        assert!(
+            summary.contains(&(want.0.to_string(), want.1.to_string(), want.2.clone())),
+            "missing {want:?} in {summary:?}"
+        );
+    }
+    let created = &got[summary.iter().position(|s| s.0 == "created").unwrap()];
+    assert_eq!(
+        (created["size"].as_i64(), created["sha256"].as_str()),
+        (Some(300 * 1024), Some(ops.0.as_str()))
+    );
+    let overwritten = &got[summary.iter().position(|s| s.0 == "overwritten").unwrap()];
+    assert_eq!(overwritten["sha256"], ops.1);
+    assert!(summary.iter().all(|s| !s.1.starts_with("unrelated/")));
+    // The other prefix sees both renames (one into it, one out of it), and nothing else.
+    let got = file_events(&mut other, "other", 2).await;
+    let ops: Vec<&str> = got.iter().map(|e| e["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["renamed", "renamed"], "{got:?}");
+    // A snapshot lists the current files under the prefix.
+    let mut snap = common::Ws::connect(n[0]).await;
+    snap.send(json!({"id": "s", "subscribe": {"files": "unrelated/", "snapshot": true}}))
+        .await;
+    loop {
+        let m = snap.expect().await;
+        if let Some(rows) = m["snapshot"].as_array() {
+            assert_eq!(rows.len(), 1, "{m}");
+            assert_eq!(rows[0]["path"], "unrelated/x");
+            break;
+        }
+        assert!(m["error"].is_null(), "{m}");
+    }
+    // A bad prefix is a coded error.
+    let mut bad = common::Ws::connect(n[0]).await;
+    bad.send(json!({"id": "b", "subscribe": {"files": "a/../b"}}))
+        .await;
+    let m = bad.expect().await;
+    assert_eq!(m["error"]["code"], "bad_request", "{m}");
+}

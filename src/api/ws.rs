@@ -5,6 +5,10 @@
 //! - `{"id": "s1", "subscribe": {"table": "rides", "where": "status = 'open'"}}`, with
 //!   optional `"from": "now" | "<token>"`, `"snapshot": true`, `"progress_ms": 1000`.
 //! - `{"id": "s2", "subscribe": {"prefix": "cart/"}}`: keys of the key-value API.
+//! - `{"id": "s3", "subscribe": {"files": "photos/"}}`: files under a path prefix, as
+//!   `{"id", "file": {"op": "created" | "overwritten" | "renamed" | "deleted", "path",
+//!   "from"?, "size", "sha256", "content_type", "txn", "time", "token"}}` (a rename is one
+//!   event, seen by subscribers of either path's prefix; its `from` is the old path).
 //! - `{"unsubscribe": "s1"}`.
 //!
 //! Server → client, per subscription:
@@ -29,7 +33,7 @@ use crate::cluster::feed::Token;
 use crate::error::Error;
 use crate::limits;
 use crate::sql::subscribe::{self, Change, Columns, End, Subscription};
-use crate::sql::{kv, Engine};
+use crate::sql::{files, kv, Engine};
 use crate::storage::changeset::ChangeOp;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
@@ -424,6 +428,7 @@ async fn run(
     _counted: Counted,
 ) {
     let progress = Duration::from_millis(request.progress_ms.unwrap_or(1000).max(100));
+    let files_prefix = request.files.clone();
     let request = match subscribe_request(request) {
         Ok(r) => r,
         Err((code, message)) => {
@@ -431,13 +436,17 @@ async fn run(
             return;
         }
     };
-    if request.table == kv::TABLE {
-        // A prefix subscription may come before the first key is written.
-        if let Err(e) = kv::ensure_table(&engine).await {
-            outbox.error(&id, code::UNAVAILABLE, &e.to_string(), None);
-            return;
-        }
+    // A prefix subscription may come before the first key or file is written.
+    let made = match request.table.as_str() {
+        kv::TABLE => kv::ensure_table(&engine).await,
+        files::VERSIONS => files::ensure_tables(&engine).await,
+        _ => Ok(()),
+    };
+    if let Err(e) = made {
+        outbox.error(&id, code::UNAVAILABLE, &e.to_string(), None);
+        return;
     }
+    let mut file_events = files_prefix.map(FileEvents::new);
     let table = request.table.clone();
     let (mut subscription, snapshot) = match Subscription::open(&engine, request).await {
         Ok(s) => s,
@@ -454,12 +463,21 @@ async fn run(
     {
         return;
     }
-    if let Some(snapshot) = snapshot {
+    if let Some(mut snapshot) = snapshot {
+        if let Some(events) = &file_events {
+            // Files: the current ones under the prefix, as files.
+            snapshot
+                .rows
+                .retain(|r| events.current_under(&snapshot.columns, r));
+        }
         let total = snapshot.rows.len();
         for rows in snapshot.rows.chunks(500) {
             let rows: Vec<Json> = rows
                 .iter()
-                .map(|r| row_json(&table, &snapshot.columns, r))
+                .map(|r| match &file_events {
+                    Some(_) => FileEvents::file_json(&snapshot.columns, r),
+                    None => row_json(&table, &snapshot.columns, r),
+                })
                 .collect();
             if !outbox
                 .deliver(json!({"id": id, "snapshot": rows}).to_string(), None)
@@ -487,7 +505,15 @@ async fn run(
                 Ok(changes) => {
                     for change in changes {
                         let token = change.token.clone();
-                        let message = json!({"id": id, "event": event_json(&change)});
+                        let message = match &mut file_events {
+                            None => json!({"id": id, "event": event_json(&change)}),
+                            Some(events) => match events.event(&change) {
+                                Some(event) => json!({"id": id, "file": event}),
+                                // Not a file event (an upload's progress, a collection):
+                                // progress messages carry the token past it.
+                                None => continue,
+                            },
+                        };
                         if !outbox.deliver(message.to_string(), Some((id.clone(), token))).await {
                             return;
                         }
@@ -540,10 +566,16 @@ fn subscribe_request(
             from,
             snapshot: r.snapshot,
         }),
-        (None, None, Some(_)) => Err((
-            code::UNSUPPORTED,
-            "file subscriptions come with file storage, which Cairn does not have yet".into(),
-        )),
+        (None, None, Some(prefix)) if r.condition.is_none() => {
+            files::check_prefix(&prefix).map_err(|e| (code::BAD_REQUEST, e.to_string()))?;
+            Ok(subscribe::Request {
+                table: files::VERSIONS.to_string(),
+                condition: None,
+                key_prefix: None,
+                from,
+                snapshot: r.snapshot,
+            })
+        }
         _ => Err((
             code::BAD_REQUEST,
             "subscribe to one of: {\"table\": ..., \"where\"?: ...}, {\"prefix\": ...}, \
@@ -616,4 +648,99 @@ fn event_json(change: &Change) -> Json {
         "time": time,
         "token": change.token.to_string(),
     })
+}
+
+/// File events from the changes of `cairn_file_versions` (see `sql::files` for its states):
+/// a version made current is `created`, or `overwritten` when the same transaction
+/// superseded the path's previous version; a row inserted current is a rename's new path
+/// (`renamed`, `from` its old path); a current version marked deleted is `deleted`.
+/// Everything else (uploads in progress, collection) is no event.
+struct FileEvents {
+    prefix: String,
+    /// The path and transaction of the last version superseded.
+    superseded: Option<(String, String)>,
+}
+
+impl FileEvents {
+    fn new(prefix: String) -> FileEvents {
+        FileEvents {
+            prefix: prefix.trim_start_matches('/').to_string(),
+            superseded: None,
+        }
+    }
+
+    fn column<'a>(columns: &Columns, row: &'a [Value], name: &str) -> Option<&'a Value> {
+        columns
+            .iter()
+            .position(|(c, _)| c == name)
+            .and_then(|i| row.get(i))
+    }
+
+    fn text(columns: &Columns, row: &[Value], name: &str) -> Option<String> {
+        match Self::column(columns, row, name) {
+            Some(Value::Text(t)) => Some(t.clone()),
+            _ => None,
+        }
+    }
+
+    fn current_under(&self, columns: &Columns, row: &[Value]) -> bool {
+        Self::text(columns, row, "state").as_deref() == Some("current")
+            && Self::text(columns, row, "path").is_some_and(|p| p.starts_with(&self.prefix))
+    }
+
+    fn file_json(columns: &Columns, row: &[Value]) -> Json {
+        let int = |name: &str| match Self::column(columns, row, name) {
+            Some(Value::Integer(i)) => json!(i),
+            _ => Json::Null,
+        };
+        json!({
+            "path": Self::text(columns, row, "path"),
+            "size": int("size"),
+            "sha256": Self::text(columns, row, "sha256"),
+            "content_type": Self::text(columns, row, "content_type"),
+        })
+    }
+
+    fn event(&mut self, change: &Change) -> Option<Json> {
+        let (columns, old, new) = (&change.columns, &change.old, &change.new);
+        let state = |row: &[Value]| Self::text(columns, row, "state");
+        let op = match (change.op, state(old).as_deref(), state(new).as_deref()) {
+            (ChangeOp::Update, Some("current"), Some("superseded")) => {
+                self.superseded = Self::text(columns, old, "path").map(|p| (p, change.txn.clone()));
+                return None;
+            }
+            (ChangeOp::Update, Some("uploading"), Some("current")) => {
+                let path = Self::text(columns, new, "path");
+                let replaced = matches!(&self.superseded, Some((p, t)) if Some(p) == path.as_ref() && *t == change.txn);
+                if replaced {
+                    "overwritten"
+                } else {
+                    "created"
+                }
+            }
+            (ChangeOp::Insert, _, Some("current")) => "renamed",
+            (ChangeOp::Update, Some("current"), Some("deleted")) => "deleted",
+            _ => return None,
+        };
+        let row = if new.is_empty() { old } else { new };
+        let path = Self::text(columns, row, "path")?;
+        let from = Self::text(columns, row, "renamed_from").filter(|_| op == "renamed");
+        let under = path.starts_with(&self.prefix)
+            || from.as_ref().is_some_and(|f| f.starts_with(&self.prefix));
+        if !under {
+            return None;
+        }
+        let mut event = Self::file_json(columns, row);
+        event["op"] = json!(op);
+        if let Some(from) = from {
+            event["from"] = json!(from);
+        }
+        event["txn"] = json!(change.txn);
+        event["time"] = json!(crate::types::format_timestamp_micros(
+            change.time as i64 - crate::types::PG_EPOCH_UNIX_MICROS,
+            true,
+        ));
+        event["token"] = json!(change.token.to_string());
+        Some(event)
+    }
 }

@@ -38,7 +38,8 @@ const CREATE_VERSIONS: &str = "CREATE TABLE IF NOT EXISTS cairn_file_versions (\
     path text NOT NULL, version text NOT NULL, state text NOT NULL, \
     size bigint NOT NULL DEFAULT 0, sha256 text, content_type text, \
     chunk_bytes bigint NOT NULL, chunks bigint NOT NULL DEFAULT 0, \
-    created_us bigint NOT NULL, changed_us bigint NOT NULL, PRIMARY KEY (path, version))";
+    created_us bigint NOT NULL, changed_us bigint NOT NULL, renamed_from text, \
+    PRIMARY KEY (path, version))";
 const CREATE_CHUNKS: &str =
     "CREATE TABLE IF NOT EXISTS cairn_file_chunks (chunk text PRIMARY KEY, data bytea NOT NULL)";
 const CREATE_VIEW: &str = "CREATE OR REPLACE VIEW cairn_files AS \
@@ -807,8 +808,8 @@ async fn rename_in(
     .await?;
     let insert = format!(
         "INSERT INTO {VERSIONS} (path, version, state, size, sha256, content_type, chunk_bytes, \
-         chunks, created_us, changed_us) VALUES ($1, $2, 'current', $3, $4, $5, $6, $7, $8, \
-         cairn_clock_us()) RETURNING changed_us"
+         chunks, created_us, changed_us, renamed_from) VALUES ($1, $2, 'current', $3, $4, $5, \
+         $6, $7, $8, cairn_clock_us(), $9) RETURNING changed_us"
     );
     let params = vec![
         Value::Text(to.into()),
@@ -819,6 +820,7 @@ async fn rename_in(
         Value::Integer(file.chunk_bytes as i64),
         Value::Integer(file.chunks as i64),
         Value::Integer(created_us),
+        Value::Text(from.into()),
     ];
     let out = run(session, &insert, params).await?;
     run(session, "COMMIT", vec![]).await?;
