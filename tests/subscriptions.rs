@@ -211,7 +211,7 @@ async fn a_condition_passes_exactly_the_rows_it_matches_before_or_after() {
         ),
         (json!({"table": "t", "from": "garbage"}), "invalid_token"),
         (json!({"table": "t", "from": "s999:1"}), "invalid_token"),
-        (json!({"files": "media/"}), "unsupported"),
+        (json!({"files": "media/../x"}), "bad_request"),
         (json!({"table": "t", "bogus": 1}), "bad_request"),
     ] {
         ws.send(json!({"id": "x", "subscribe": request})).await;
