@@ -378,3 +378,6 @@ pub const FILE_FOLDER_ROWS_MAX: usize = 100_000;
 pub const FILE_LIST_MAX: usize = 1_000;
 /// An FTP session sending no command for this long is closed (libunftp's idle timeout).
 pub const FTP_IDLE_SESSION: Duration = Duration::from_secs(600);
+/// A resumable upload (`/v1/uploads`) not appended to for this long is abandoned and
+/// collected (tus servers commonly keep one a day).
+pub const FILE_RESUMABLE_EXPIRY: Duration = Duration::from_secs(24 * 3600);

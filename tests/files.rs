@@ -95,6 +95,7 @@ fn request(
         "DELETE" => answer(with_headers!(a.delete(&url)).call()),
         "PUT" => answer(with_headers!(a.put(&url)).send(body.unwrap_or_default())),
         "POST" => answer(with_headers!(a.post(&url)).send(body.unwrap_or_default())),
+        "PATCH" => answer(with_headers!(a.patch(&url)).send(body.unwrap_or_default())),
         other => panic!("no method {other}"),
     }
 }
@@ -1000,4 +1001,137 @@ async fn a_subscriber_of_a_prefix_receives_its_file_events() {
         .await;
     let m = bad.expect().await;
     assert_eq!(m["error"]["code"], "bad_request", "{m}");
+}
+
+#[test]
+fn a_resumable_upload_survives_a_cut_off_request_and_publishes_once_whole() {
+    let cluster = Cluster::start(3, &["--files-gc-after", GC_AFTER]);
+    let n: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.http).collect();
+    let chunk = 256 * 1024;
+    let body = random_bytes(4 * chunk + 77);
+    let created = request(
+        "POST",
+        n[0],
+        "/v1/uploads",
+        &[],
+        Some(
+            json!({"path": "big/resumed.bin", "length": body.len(), "content_type": "application/x-test"})
+                .to_string()
+                .as_bytes(),
+        ),
+    );
+    assert_eq!(created.status, 201, "{}", created.json());
+    let id = created.json()["upload"].as_str().unwrap().to_string();
+    assert_eq!(
+        created.header("location").unwrap(),
+        format!("/v1/uploads/{id}")
+    );
+    let at = |i: usize| -> u64 {
+        let a = request("HEAD", n[i], &format!("/v1/uploads/{id}"), &[], None);
+        assert_eq!(a.status, 200);
+        a.header("upload-offset").unwrap().parse().unwrap()
+    };
+    let patch = |i: usize, offset: usize, bytes: &[u8]| {
+        request(
+            "PATCH",
+            n[i],
+            &format!("/v1/uploads/{id}"),
+            &[("upload-offset", &offset.to_string())],
+            Some(bytes),
+        )
+    };
+    // 600 KiB in: two whole chunks kept, the rest dropped until resent.
+    let a = patch(1, 0, &body[..600 * 1024]);
+    assert_eq!(a.status, 204);
+    assert_eq!(a.header("upload-offset").unwrap(), (2 * chunk).to_string());
+    assert_eq!(at(2), 2 * chunk as u64);
+    // Not the upload's offset: 409 with the offset to resume from.
+    let wrong = patch(0, 600 * 1024, &body[600 * 1024..]);
+    assert_eq!(
+        (wrong.status, wrong.code().as_str()),
+        (409, "offset_mismatch")
+    );
+    assert_eq!(
+        wrong.header("upload-offset").unwrap(),
+        (2 * chunk).to_string()
+    );
+    // Nothing is visible before the last byte.
+    assert_eq!(get(n[1], "big/resumed.bin").status, 404);
+    // A request cut off by the client: the whole chunks it delivered are kept.
+    let mut s = TcpStream::connect(n[2]).unwrap();
+    write!(
+        s,
+        "PATCH /v1/uploads/{id} HTTP/1.1\r\nHost: x\r\nUpload-Offset: {}\r\nContent-Length: {}\r\n\r\n",
+        2 * chunk,
+        body.len() - 2 * chunk
+    )
+    .unwrap();
+    s.write_all(&body[2 * chunk..3 * chunk + 1000]).unwrap();
+    s.flush().unwrap();
+    wait_for(
+        || at(0) == 3 * chunk as u64,
+        Duration::from_secs(30),
+        "the delivered chunk kept",
+    );
+    drop(s);
+    // Resumed from the offset the cluster gives, through another node: the file appears.
+    let from = at(1) as usize;
+    let done = patch(0, from, &body[from..]);
+    assert_eq!(done.status, 200, "{}", done.json());
+    assert_eq!(done.json()["sha256"], sha256_hex(&body));
+    let r = get(n[1], "big/resumed.bin");
+    assert!(r.body == body, "the resumed file differs");
+    assert_eq!(r.header("content-type").unwrap(), "application/x-test");
+    // The upload is over; a cancelled one leaves nothing.
+    let gone = request("HEAD", n[0], &format!("/v1/uploads/{id}"), &[], None);
+    assert_eq!(gone.status, 404);
+    let other = request(
+        "POST",
+        n[0],
+        "/v1/uploads",
+        &[],
+        Some(
+            json!({"path": "big/cancelled.bin", "length": 3 * chunk})
+                .to_string()
+                .as_bytes(),
+        ),
+    );
+    let other_id = other.json()["upload"].as_str().unwrap().to_string();
+    let a = request(
+        "PATCH",
+        n[1],
+        &format!("/v1/uploads/{other_id}"),
+        &[("upload-offset", "0")],
+        Some(&body[..2 * chunk]),
+    );
+    assert_eq!(a.status, 204);
+    let c = request(
+        "DELETE",
+        n[2],
+        &format!("/v1/uploads/{other_id}"),
+        &[],
+        None,
+    );
+    assert_eq!(c.status, 200, "{}", c.json());
+    assert_eq!(get(n[0], "big/cancelled.bin").status, 404);
+    // Bad requests.
+    let a = request(
+        "PATCH",
+        n[0],
+        &format!("/v1/uploads/{other_id}"),
+        &[("upload-offset", "0")],
+        Some(b"x"),
+    );
+    assert_eq!((a.status, a.code().as_str()), (404, "not_found"));
+    let a = request("PATCH", n[0], "/v1/uploads/zz", &[], Some(b"x"));
+    assert_eq!(a.status, 400);
+    let a = request(
+        "POST",
+        n[0],
+        "/v1/uploads",
+        &[],
+        Some(b"{\"path\": \"a/../b\", \"length\": 1}"),
+    );
+    assert_eq!((a.status, a.code().as_str()), (400, "bad_request"));
+    wait_collected(n[0], "the cancelled upload's chunks collected");
 }

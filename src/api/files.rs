@@ -8,6 +8,13 @@
 //! - `DELETE /v1/files/{path}`: `{"path", "deleted": bool}`.
 //! - `POST /v1/files/{path}?rename_to=P`: atomic rename (a file at `P` is replaced).
 //! - `GET /v1/files?prefix=P&limit=L&after=Q`: current files in path order, paged.
+//! - Resumable uploads (tus-like offsets): `POST /v1/uploads` `{"path", "length",
+//!   "content_type"?}` answers `{"upload": id, "offset": 0, ...}` (201, `Location`);
+//!   `PATCH /v1/uploads/{id}` with `Upload-Offset: N` (the upload's offset now) appends the
+//!   body and answers the new `Upload-Offset` (204), or the file once `length` bytes are in
+//!   (200, as a PUT; `If-Match`/`If-None-Match` apply then); `HEAD`/`GET /v1/uploads/{id}`
+//!   tell the offset to resume from; `DELETE` cancels. Bytes are kept in whole chunks: after
+//!   a cut-off request the offset is the last whole chunk, and the client resends from it.
 //! - `If-Match: "<sha256>"` / `If-Match: *` / `If-None-Match: *` on PUT, DELETE and rename
 //!   (of the source) as for keys; a precondition that fails answers 412.
 //!
@@ -33,6 +40,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 const RANGE_NOT_SATISFIABLE: &str = "range_not_satisfiable";
+const OFFSET_MISMATCH: &str = "offset_mismatch";
 
 /// An engine error, with the API's codes for what the caller sent or asked wrong.
 fn engine_error(e: Error) -> ApiError {
@@ -45,6 +53,7 @@ fn engine_error(e: Error) -> ApiError {
                 message,
             ),
             sqlstate::INVALID_PARAMETER_VALUE => bad_request(message.clone()),
+            sqlstate::OBJECT_IN_USE => error(StatusCode::CONFLICT, OFFSET_MISMATCH, message),
             sqlstate::PROGRAM_LIMIT_EXCEEDED => {
                 error(StatusCode::PAYLOAD_TOO_LARGE, code::TOO_LARGE, message)
             }
@@ -433,6 +442,131 @@ pub(super) async fn list(
         "items": page.iter().map(file_json).collect::<Vec<_>>(),
         "next": next,
     })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewUpload {
+    path: String,
+    length: u64,
+    content_type: Option<String>,
+}
+
+fn upload_json(u: &files::Resumable) -> Json_ {
+    json!({
+        "upload": u.id,
+        "path": u.path,
+        "offset": u.offset,
+        "length": u.length,
+        "content_type": u.content_type,
+    })
+}
+
+fn offset_headers(u: &files::Resumable) -> [(header::HeaderName, HeaderValue); 2] {
+    [
+        (
+            header::HeaderName::from_static("upload-offset"),
+            HeaderValue::from(u.offset),
+        ),
+        (
+            header::HeaderName::from_static("upload-length"),
+            HeaderValue::from(u.length),
+        ),
+    ]
+}
+
+/// `POST /v1/uploads`.
+pub(super) async fn create_upload(
+    State(api): State<Api>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = super::http::body_bytes(body).map_err(|e| bad_request(e.message))?;
+    let request: NewUpload = super::http::parse_body(&body).map_err(|e| bad_request(e.message))?;
+    let engine = api.engine.clone();
+    let upload = detached(Cancel::default(), async move {
+        files::create_resumable(&engine, &request.path, request.length, request.content_type)
+            .await
+            .map_err(engine_error)
+    })
+    .await?;
+    let location = HeaderValue::from_str(&format!("/v1/uploads/{}", upload.id))
+        .map_err(|e| ApiError::from(Error::internal(e.to_string())))?;
+    let mut response = (StatusCode::CREATED, Json(upload_json(&upload))).into_response();
+    response.headers_mut().insert(header::LOCATION, location);
+    response.headers_mut().extend(offset_headers(&upload));
+    Ok(response)
+}
+
+/// `GET` and `HEAD /v1/uploads/{id}`.
+pub(super) async fn upload_status(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let upload = files::resumable(&api.engine, &id)
+        .await
+        .map_err(engine_error)?;
+    Ok((offset_headers(&upload), Json(upload_json(&upload))).into_response())
+}
+
+/// `PATCH /v1/uploads/{id}`.
+pub(super) async fn append_upload(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let condition = condition(&headers)?;
+    let offset = header_text(&headers, header::HeaderName::from_static("upload-offset"))?
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .ok_or_else(|| bad_request("PATCH takes Upload-Offset: <the upload's offset now>"))?;
+    let mismatch = |e: Error, engine: Arc<crate::sql::Engine>, id: String| async move {
+        let mut answer = engine_error(e).into_response();
+        if let Ok(now) = files::resumable(&engine, &id).await {
+            answer.headers_mut().extend(offset_headers(&now));
+        }
+        answer
+    };
+    let mut appending = match files::Appending::begin(&api.engine, &id, offset).await {
+        Ok(a) => a,
+        Err(e) => return Ok(mismatch(e, api.engine.clone(), id).await),
+    };
+    // A client that goes away drops this future: the whole chunks it sent are kept.
+    let mut stream = body.into_data_stream();
+    while let Some(frame) = stream.next().await {
+        let Ok(bytes) = frame else { break };
+        if let Err(e) = appending.write(&bytes).await {
+            return Ok(mismatch(e, api.engine.clone(), id).await);
+        }
+    }
+    let (upload, file) = detached(Cancel::default(), async move {
+        appending.finish(&condition).await.map_err(engine_error)
+    })
+    .await?;
+    Ok(match file {
+        Some(file) => (
+            [(header::ETAG, etag(&file.sha256))],
+            offset_headers(&upload),
+            Json(file_json(&file)),
+        )
+            .into_response(),
+        None => (StatusCode::NO_CONTENT, offset_headers(&upload)).into_response(),
+    })
+}
+
+/// `DELETE /v1/uploads/{id}`.
+pub(super) async fn cancel_upload(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let engine = api.engine.clone();
+    let shown = id.clone();
+    detached(Cancel::default(), async move {
+        files::cancel_resumable(&engine, &id)
+            .await
+            .map_err(engine_error)
+    })
+    .await?;
+    Ok(Json(json!({"upload": shown, "cancelled": true})).into_response())
 }
 
 #[cfg(test)]

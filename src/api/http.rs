@@ -698,6 +698,15 @@ pub fn router(engine: Arc<Engine>) -> Router {
                 // A file streams in under its own bound (`limits::FILE_BYTES_MAX`).
                 .layer(DefaultBodyLimit::disable()),
         )
+        .route("/v1/uploads", post(super::files::create_upload))
+        .route(
+            "/v1/uploads/{id}",
+            get(super::files::upload_status)
+                .head(super::files::upload_status)
+                .patch(super::files::append_upload)
+                .delete(super::files::cancel_upload)
+                .layer(DefaultBodyLimit::disable()),
+        )
         .route("/v1/txn", post(txn_begin))
         .route("/v1/txn/{id}/sql", post(txn_sql))
         .route("/v1/txn/{id}/commit", post(txn_commit))

@@ -709,7 +709,7 @@ impl FileEvents {
                 self.superseded = Self::text(columns, old, "path").map(|p| (p, change.txn.clone()));
                 return None;
             }
-            (ChangeOp::Update, Some("uploading"), Some("current")) => {
+            (ChangeOp::Update, Some("uploading" | "resumable"), Some("current")) => {
                 let path = Self::text(columns, new, "path");
                 let replaced = matches!(&self.superseded, Some((p, t)) if Some(p) == path.as_ref() && *t == change.txn);
                 if replaced {

@@ -38,7 +38,7 @@ const CREATE_VERSIONS: &str = "CREATE TABLE IF NOT EXISTS cairn_file_versions (\
     path text NOT NULL, version text NOT NULL, state text NOT NULL, \
     size bigint NOT NULL DEFAULT 0, sha256 text, content_type text, \
     chunk_bytes bigint NOT NULL, chunks bigint NOT NULL DEFAULT 0, \
-    created_us bigint NOT NULL, changed_us bigint NOT NULL, renamed_from text, \
+    created_us bigint NOT NULL, changed_us bigint NOT NULL, renamed_from text, length bigint, \
     PRIMARY KEY (path, version))";
 const CREATE_CHUNKS: &str =
     "CREATE TABLE IF NOT EXISTS cairn_file_chunks (chunk text PRIMARY KEY, data bytea NOT NULL)";
@@ -601,37 +601,7 @@ impl Upload {
         sha256: &str,
         condition: &Condition,
     ) -> Result<File> {
-        let path = Value::Text(self.path.clone());
-        run(session, "BEGIN", vec![]).await?;
-        let now = format!("SELECT sha256 FROM {VERSIONS} WHERE path = $1 AND state = 'current'");
-        let found = run(session, &now, vec![path.clone()]).await?;
-        let found = found.rows.first().and_then(|r| text(&r[0]));
-        if !condition.holds(found.as_deref()) {
-            return Err(precondition_failed(&self.path, condition));
-        }
-        let supersede = format!(
-            "UPDATE {VERSIONS} SET state = 'superseded', changed_us = cairn_clock_us() \
-             WHERE path = $1 AND state = 'current'"
-        );
-        run(session, &supersede, vec![path.clone()]).await?;
-        let publish = format!(
-            "UPDATE {VERSIONS} SET state = 'current', size = $3, sha256 = $4, chunks = $5, \
-             changed_us = cairn_clock_us() WHERE path = $1 AND version = $2 \
-             AND state = 'uploading' RETURNING changed_us"
-        );
-        let params = vec![
-            path,
-            Value::Text(self.version.clone()),
-            Value::Integer(self.size as i64),
-            Value::Text(sha256.to_string()),
-            Value::Integer(self.next_seq as i64),
-        ];
-        let out = run(session, &publish, params).await?;
-        let Some(modified_us) = out.rows.first().and_then(|r| int(&r[0])) else {
-            return Err(expired(&self.path));
-        };
-        run(session, "COMMIT", vec![]).await?;
-        Ok(File {
+        let file = File {
             path: self.path.clone(),
             version: self.version.clone(),
             size: self.size,
@@ -639,9 +609,53 @@ impl Upload {
             content_type: self.content_type.clone(),
             chunk_bytes: limits::FILE_CHUNK_BYTES as u64,
             chunks: self.next_seq,
-            modified_us,
-        })
+            modified_us: 0,
+        };
+        publish(session, file, "uploading", condition).await
     }
+}
+
+/// Make `file` (a version in state `from`, its chunks all written) the path's current file
+/// if `condition` holds, superseding the one before, in one transaction on the path's shard.
+async fn publish(
+    session: &mut Session,
+    mut file: File,
+    from: &str,
+    condition: &Condition,
+) -> Result<File> {
+    let path = Value::Text(file.path.clone());
+    run(session, "BEGIN", vec![]).await?;
+    let now = format!("SELECT sha256 FROM {VERSIONS} WHERE path = $1 AND state = 'current'");
+    let found = run(session, &now, vec![path.clone()]).await?;
+    let found = found.rows.first().and_then(|r| text(&r[0]));
+    if !condition.holds(found.as_deref()) {
+        return Err(precondition_failed(&file.path, condition));
+    }
+    let supersede = format!(
+        "UPDATE {VERSIONS} SET state = 'superseded', changed_us = cairn_clock_us() \
+         WHERE path = $1 AND state = 'current'"
+    );
+    run(session, &supersede, vec![path.clone()]).await?;
+    let publish = format!(
+        "UPDATE {VERSIONS} SET state = 'current', size = $3, sha256 = $4, chunks = $5, \
+         changed_us = cairn_clock_us() WHERE path = $1 AND version = $2 \
+         AND state = $6 RETURNING changed_us"
+    );
+    let params = vec![
+        path,
+        Value::Text(file.version.clone()),
+        Value::Integer(file.size as i64),
+        Value::Text(file.sha256.clone()),
+        Value::Integer(file.chunks as i64),
+        Value::Text(from.to_string()),
+    ];
+    let out = run(session, &publish, params).await?;
+    let Some(modified_us) = out.rows.first().and_then(|r| int(&r[0])) else {
+        return Err(expired(&file.path));
+    };
+    run(session, "COMMIT", vec![]).await?;
+    file.modified_us = modified_us;
+    Ok(file)
 }
 
 impl Drop for Upload {
@@ -694,6 +708,238 @@ async fn abandon(engine: &Arc<Engine>, path: &str, version: &str) -> Result<()> 
         delete_chunks(engine, version).await?;
     }
     Ok(())
+}
+
+/// A resumable upload (`/v1/uploads`): a version in state `resumable` that keeps the bytes
+/// received across requests, in whole chunks; `offset` is how many are stored. Once
+/// `length` bytes are in, it becomes the path's current file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resumable {
+    pub id: String,
+    pub path: String,
+    pub offset: u64,
+    pub length: u64,
+    pub content_type: Option<String>,
+}
+
+fn no_upload(id: &str) -> Error {
+    Error::sql(
+        sqlstate::UNDEFINED_FILE,
+        format!("no upload {id:?} in progress (finished, cancelled, or expired)"),
+    )
+}
+
+/// Start a resumable upload of `length` bytes to `path`.
+pub async fn create_resumable(
+    engine: &Arc<Engine>,
+    path: &str,
+    length: u64,
+    content_type: Option<String>,
+) -> Result<Resumable> {
+    let path = check_path(path)?;
+    if length > limits::FILE_BYTES_MAX {
+        return Err(too_large());
+    }
+    ensure_tables(engine).await?;
+    let id = format!("{:032x}", rand::random::<u128>());
+    let sql = format!(
+        "INSERT INTO {VERSIONS} (path, version, state, content_type, chunk_bytes, length, \
+         created_us, changed_us) VALUES ($1, $2, 'resumable', $3, $4, $5, cairn_clock_us(), \
+         cairn_clock_us())"
+    );
+    let params = vec![
+        Value::Text(path.clone()),
+        Value::Text(id.clone()),
+        content_type.clone().map_or(Value::Null, Value::Text),
+        Value::Integer(limits::FILE_CHUNK_BYTES as i64),
+        Value::Integer(length as i64),
+    ];
+    let mut session = engine.session();
+    run_closing(&mut session, &sql, params).await?;
+    Ok(Resumable {
+        id,
+        path,
+        offset: 0,
+        length,
+        content_type,
+    })
+}
+
+/// A resumable upload in progress.
+pub async fn resumable(engine: &Arc<Engine>, id: &str) -> Result<Resumable> {
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) || !exists(engine) {
+        return Err(no_upload(id));
+    }
+    let sql = format!(
+        "SELECT path, size, length, content_type FROM {VERSIONS} \
+         WHERE version = $1 AND state = 'resumable'"
+    );
+    let mut session = engine.session();
+    let out = run_closing(&mut session, &sql, vec![Value::Text(id.into())]).await?;
+    let row = out.rows.first().ok_or_else(|| no_upload(id))?;
+    Ok(Resumable {
+        id: id.to_string(),
+        path: text(&row[0]).ok_or_else(|| no_upload(id))?,
+        offset: int(&row[1]).unwrap_or(0) as u64,
+        length: int(&row[2]).unwrap_or(0) as u64,
+        content_type: text(&row[3]),
+    })
+}
+
+/// Cancel a resumable upload: nothing of it becomes visible, its chunks are deleted.
+pub async fn cancel_resumable(engine: &Arc<Engine>, id: &str) -> Result<()> {
+    let upload = resumable(engine, id).await?;
+    let sql = format!(
+        "UPDATE {VERSIONS} SET state = 'abandoned', changed_us = cairn_clock_us() \
+         WHERE path = $1 AND version = $2 AND state = 'resumable'"
+    );
+    let params = vec![Value::Text(upload.path), Value::Text(upload.id.clone())];
+    let mut session = engine.session();
+    run_closing(&mut session, &sql, params).await?;
+    delete_chunks(engine, &upload.id).await?;
+    Ok(())
+}
+
+/// Bytes appended to a resumable upload by one request. Each whole chunk is stored and the
+/// upload's offset moved past it before the next; bytes of a chunk not completed when the
+/// request ends are dropped (the client resends from the offset it is told).
+pub struct Appending {
+    engine: Arc<Engine>,
+    upload: Resumable,
+    buffer: Vec<u8>,
+}
+
+impl Appending {
+    /// Append at `offset`, which must be the upload's offset now.
+    pub async fn begin(engine: &Arc<Engine>, id: &str, offset: u64) -> Result<Appending> {
+        let upload = resumable(engine, id).await?;
+        if offset != upload.offset {
+            return Err(offset_mismatch(&upload));
+        }
+        Ok(Appending {
+            engine: engine.clone(),
+            upload,
+            buffer: Vec::with_capacity(limits::FILE_CHUNK_BYTES),
+        })
+    }
+
+    /// The bytes stored so far.
+    pub fn upload(&self) -> &Resumable {
+        &self.upload
+    }
+
+    pub async fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        let received = self.upload.offset + self.buffer.len() as u64 + data.len() as u64;
+        if received > self.upload.length {
+            return Err(Error::sql(
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "the upload was declared {} bytes long; {received} came",
+                    self.upload.length
+                ),
+            ));
+        }
+        while !data.is_empty() {
+            let take = (limits::FILE_CHUNK_BYTES - self.buffer.len()).min(data.len());
+            self.buffer.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buffer.len() == limits::FILE_CHUNK_BYTES {
+                self.store_chunk().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Store the buffered chunk and move the upload's offset past it (only from the offset
+    /// this request started at: a second request appending at once fails here).
+    async fn store_chunk(&mut self) -> Result<()> {
+        let seq = self.upload.offset / limits::FILE_CHUNK_BYTES as u64;
+        let data = std::mem::take(&mut self.buffer);
+        let len = data.len() as u64;
+        write_chunk(self.engine.clone(), chunk_key(&self.upload.id, seq), data).await?;
+        let sql = format!(
+            "UPDATE {VERSIONS} SET size = $3, chunks = $4, changed_us = cairn_clock_us() \
+             WHERE path = $1 AND version = $2 AND state = 'resumable' AND size = $5"
+        );
+        let params = vec![
+            Value::Text(self.upload.path.clone()),
+            Value::Text(self.upload.id.clone()),
+            Value::Integer((self.upload.offset + len) as i64),
+            Value::Integer(seq as i64 + 1),
+            Value::Integer(self.upload.offset as i64),
+        ];
+        let mut session = self.engine.session();
+        if run_closing(&mut session, &sql, params).await?.rows_affected == 0 {
+            let now = resumable(&self.engine, &self.upload.id).await?;
+            return Err(offset_mismatch(&now));
+        }
+        self.upload.offset += len;
+        self.buffer = Vec::with_capacity(limits::FILE_CHUNK_BYTES);
+        Ok(())
+    }
+
+    /// End this request: once every byte is in, the file is published (if `condition`
+    /// holds) and returned; before that, the bytes of an incomplete chunk are dropped.
+    pub async fn finish(mut self, condition: &Condition) -> Result<(Resumable, Option<File>)> {
+        let complete = self.upload.offset + self.buffer.len() as u64 == self.upload.length;
+        if !complete {
+            return Ok((self.upload, None));
+        }
+        if !self.buffer.is_empty() {
+            self.store_chunk().await?;
+        }
+        let upload = self.upload.clone();
+        let chunk_bytes = limits::FILE_CHUNK_BYTES as u64;
+        let mut file = File {
+            path: upload.path.clone(),
+            version: upload.id.clone(),
+            size: upload.length,
+            sha256: String::new(),
+            content_type: upload.content_type.clone(),
+            chunk_bytes,
+            chunks: upload.length.div_ceil(chunk_bytes),
+            modified_us: 0,
+        };
+        // The hash of bytes that came over several requests: read back once.
+        let mut hasher = Sha256::new();
+        {
+            use futures::StreamExt;
+            let mut pieces = std::pin::pin!(read_range(
+                self.engine.clone(),
+                file.clone(),
+                0,
+                upload.length
+            ));
+            while let Some(piece) = pieces.next().await {
+                hasher.update(&piece?);
+            }
+        }
+        file.sha256 = hex(&hasher.finalize());
+        let mut attempt = 0;
+        loop {
+            let mut session = self.engine.session();
+            let result = publish(&mut session, file.clone(), "resumable", condition).await;
+            session.close().await;
+            match result {
+                Err(Error::Retry(_)) if attempt < limits::FILE_COMMIT_RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(10 << attempt.min(6))).await;
+                }
+                Ok(file) => return Ok((upload, Some(file))),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn offset_mismatch(upload: &Resumable) -> Error {
+    Error::sql(
+        sqlstate::OBJECT_IN_USE,
+        format!(
+            "the upload is at offset {}: send the bytes from there",
+            upload.offset
+        ),
+    )
 }
 
 /// Delete the path's current file; answers whether there was one. With a condition that
@@ -1016,19 +1262,27 @@ pub async fn collect(engine: &Arc<Engine>) -> Result<Collected> {
         return Ok(done);
     }
     let gc_us = engine.files.gc_after_us();
+    // Uploads silent past `gc_after`, resumable ones past their expiry: abandoned (each
+    // checked again by the update, which an upload touching its row meanwhile fails).
+    let expiry_us = limits::FILE_RESUMABLE_EXPIRY.as_micros() as i64;
     let silent = format!(
-        "SELECT path, version FROM {VERSIONS} WHERE state = 'uploading' \
-         AND changed_us < cairn_clock_us() - {gc_us} LIMIT {}",
+        "SELECT path, version, state FROM {VERSIONS} WHERE \
+         (state = 'uploading' AND changed_us < cairn_clock_us() - {gc_us}) OR \
+         (state = 'resumable' AND changed_us < cairn_clock_us() - {expiry_us}) LIMIT {}",
         limits::FILE_GC_BATCH
     );
     let mut session = engine.session();
     let rows = run_closing(&mut session, &silent, vec![]).await?.rows;
     for row in rows {
+        let cutoff = match &row[2] {
+            Value::Text(s) if s == "resumable" => expiry_us,
+            _ => gc_us,
+        };
         let mut session = engine.session();
         let mark = format!(
             "UPDATE {VERSIONS} SET state = 'abandoned', changed_us = cairn_clock_us() \
-             WHERE path = $1 AND version = $2 AND state = 'uploading' \
-             AND changed_us < cairn_clock_us() - {gc_us}"
+             WHERE path = $1 AND version = $2 AND state = $3 \
+             AND changed_us < cairn_clock_us() - {cutoff}"
         );
         let out = run_closing(&mut session, &mark, row.clone()).await?;
         done.abandoned += out.rows_affected as usize;
