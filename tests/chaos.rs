@@ -211,6 +211,23 @@ fn register_workload_over_the_key_value_api_passes() {
     }
 }
 
+#[test]
+fn files_workload_passes() {
+    // Uploads of multi-chunk files, overwrites, renames and deletes over HTTP under kills and
+    // pauses: every read and the end state are contents acknowledged (or in doubt), whole.
+    let (ok, out) = chaos("files", 13, 18360, None, "kill,pause");
+    assert!(ok && out.contains("verdict: PASS"), "{out}");
+    assert!(out.contains("bad reads [], bad final states []"), "{out}");
+    if cfg!(debug_assertions) {
+        // The checker sees stale reads of files.
+        let (ok, out) = chaos("files", 5, 18390, Some("stale-reads"), "kill,pause");
+        assert!(
+            !ok && !out.contains("bad reads [], bad final states []"),
+            "{out}"
+        );
+    }
+}
+
 /// A membership run passed, and changed the membership: a node was added and one taken
 /// out of service (decommissioned, or killed for good and its replicas re-created), and
 /// afterwards every shard was back at its replication factor on the nodes left.

@@ -24,6 +24,12 @@ pub enum Call {
     },
     /// Read the sum of all balances.
     ReadTotal,
+    /// Delete the key (files: the file at a path).
+    Delete,
+    /// Move the key's value to another key, replacing what is there (files: a rename).
+    Move {
+        to: i64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,7 +115,11 @@ fn step(state: Option<i64>, call: Call, outcome: Outcome) -> Option<Option<i64>>
             Some(if state == Some(from) { Some(to) } else { state })
         }
         (Call::Cas(..), Outcome::Fail) => Some(state),
-        (Call::Add(_), _) | (Call::Transfer { .. }, _) | (Call::ReadTotal, _) => Some(state),
+        (Call::Add(_), _)
+        | (Call::Transfer { .. }, _)
+        | (Call::ReadTotal, _)
+        | (Call::Delete, _)
+        | (Call::Move { .. }, _) => Some(state),
     }
 }
 
@@ -439,4 +449,102 @@ mod tests {
         }
         assert_eq!(linearizable(&h, 1_000_000), Some(true));
     }
+}
+
+/// Files workload verdict. Each client owns its paths and works on them one operation at a
+/// time, so what each path must hold is known from the client's acknowledged operations —
+/// widened by every operation whose outcome is unknown (it may take effect at any time
+/// after it was invoked). Reads during the run and at the end must see one of those
+/// contents whole: a content that was never uploaded (`-1`: a mix or a truncation), or one
+/// from an upload that failed, is a violation, and so is an acknowledged upload that the
+/// path does not hold when nothing later can have replaced it.
+#[derive(Debug, Clone, Default)]
+pub struct FilesVerdict {
+    pub paths: usize,
+    pub uploads_ok: usize,
+    pub reads_ok: usize,
+    /// (path key, what was read, what it could have been).
+    pub bad_reads: Vec<(i64, Option<i64>, Vec<Option<i64>>)>,
+    pub bad_finals: Vec<(i64, Option<i64>, Vec<Option<i64>>)>,
+}
+
+impl FilesVerdict {
+    pub fn ok(&self) -> bool {
+        self.bad_reads.is_empty() && self.bad_finals.is_empty()
+    }
+}
+
+/// `final_state`: each path key's content id at the end (None: no file).
+pub fn check_files(history: &[Op], final_state: &BTreeMap<i64, Option<i64>>) -> FilesVerdict {
+    let mut by_client: BTreeMap<usize, Vec<&Op>> = BTreeMap::new();
+    for op in history {
+        by_client.entry(op.client).or_default().push(op);
+    }
+    let mut verdict = FilesVerdict {
+        paths: final_state.len(),
+        ..Default::default()
+    };
+    // What each path holds for certain (from acknowledged operations), and what it may
+    // hold besides (from operations whose outcome is unknown).
+    let mut certain: BTreeMap<i64, Option<i64>> = BTreeMap::new();
+    let mut maybe: BTreeMap<i64, BTreeSet<Option<i64>>> = BTreeMap::new();
+    for ops in by_client.values_mut() {
+        ops.sort_by_key(|op| op.invoked);
+        for op in ops.iter() {
+            let key = op.key;
+            let possible = |certain: &BTreeMap<i64, Option<i64>>,
+                            maybe: &BTreeMap<i64, BTreeSet<Option<i64>>>,
+                            k: i64| {
+                let mut all: BTreeSet<Option<i64>> = maybe.get(&k).cloned().unwrap_or_default();
+                all.insert(certain.get(&k).copied().flatten());
+                all
+            };
+            match (op.call, op.outcome) {
+                (Call::Write(v), Outcome::Ok(_)) => {
+                    verdict.uploads_ok += 1;
+                    certain.insert(key, Some(v));
+                }
+                (Call::Write(v), Outcome::Unknown) => {
+                    maybe.entry(key).or_default().insert(Some(v));
+                }
+                (Call::Delete, Outcome::Ok(_)) => {
+                    certain.insert(key, None);
+                }
+                (Call::Delete, Outcome::Unknown) => {
+                    maybe.entry(key).or_default().insert(None);
+                }
+                (Call::Move { to }, Outcome::Ok(_)) => {
+                    let from_maybe = maybe.get(&key).cloned().unwrap_or_default();
+                    certain.insert(to, certain.get(&key).copied().flatten());
+                    maybe.entry(to).or_default().extend(from_maybe);
+                    certain.insert(key, None);
+                }
+                (Call::Move { to }, Outcome::Unknown) => {
+                    let moved = possible(&certain, &maybe, key);
+                    maybe.entry(to).or_default().extend(moved);
+                    maybe.entry(key).or_default().insert(None);
+                }
+                (Call::Read, Outcome::Ok(seen)) => {
+                    verdict.reads_ok += 1;
+                    let allowed = possible(&certain, &maybe, key);
+                    if !allowed.contains(&seen) {
+                        verdict
+                            .bad_reads
+                            .push((key, seen, allowed.into_iter().collect()));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    for (&key, &actual) in final_state {
+        let mut allowed: BTreeSet<Option<i64>> = maybe.get(&key).cloned().unwrap_or_default();
+        allowed.insert(certain.get(&key).copied().flatten());
+        if !allowed.contains(&actual) {
+            verdict
+                .bad_finals
+                .push((key, actual, allowed.into_iter().collect()));
+        }
+    }
+    verdict
 }

@@ -29,6 +29,8 @@ pub enum Workload {
     Watch,
     /// The register workload over the HTTP key-value API (GET, PUT, CAS by If-Match).
     KvRegister,
+    /// Files over HTTP: uploads of multi-chunk files, overwrites, renames, deletes, reads.
+    Files,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -258,7 +260,9 @@ async fn client(
         let unique = (id as i64 + 1) * 1_000_000_000 + counter;
         let (key, call) = match workload {
             Workload::Set => (0, Call::Add(unique)),
-            Workload::KvRegister => unreachable!("kv_client runs this workload"),
+            Workload::KvRegister | Workload::Files => {
+                unreachable!("kv_client and files_client run these workloads")
+            }
             Workload::Watch => {
                 if rng.random_bool(0.7) {
                     (rng.random_range(0..WATCH_HOT_ROWS), Call::Write(unique))
@@ -314,6 +318,7 @@ async fn client(
                     .await
                     .map(|_| None),
                 Call::Transfer { .. } | Call::ReadTotal => bank_op(c, call).await,
+                Call::Delete | Call::Move { .. } => unreachable!("files_client runs these"),
                 Call::Cas(from, to) => c
                     .execute(
                         "UPDATE chaos_reg SET v = $3 WHERE k = $1 AND v = $2",
@@ -546,6 +551,201 @@ async fn kv_client(
             error,
         });
     }
+}
+
+/// Paths each files client owns (`chaos/c<client>/s<slot>`).
+const FILE_SLOTS: i64 = 3;
+
+fn file_path(key: i64) -> String {
+    format!("chaos/c{}/s{}", key / FILE_SLOTS, key % FILE_SLOTS)
+}
+
+/// The content of upload `id`: its own bytes (a seeded generator), from one byte to a few
+/// chunks, so every upload's SHA-256 is distinct and a mix of two is recognisable.
+fn file_content(id: i64) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(id as u64);
+    let len = 1 + (id.unsigned_abs() as usize * 7919) % (700 * 1024);
+    let mut bytes = vec![0u8; len];
+    rand::RngCore::fill_bytes(&mut rng, &mut bytes);
+    bytes
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Which upload a read body is: its id, or -1 for bytes no upload sent (a mix, a
+/// truncation); a body whose SHA-256 is not its ETag is -1 too.
+fn identify(
+    body: &[u8],
+    etag: Option<&str>,
+    known: &Mutex<std::collections::HashMap<String, i64>>,
+) -> i64 {
+    let sha = sha256_hex(body);
+    if etag.is_some_and(|t| t.trim_matches('"') != sha) {
+        return -1;
+    }
+    *known.lock().expect("known lock").get(&sha).unwrap_or(&-1)
+}
+
+static FILE_CONTENTS: std::sync::OnceLock<Mutex<std::collections::HashMap<String, i64>>> =
+    std::sync::OnceLock::new();
+
+fn file_contents() -> &'static Mutex<std::collections::HashMap<String, i64>> {
+    FILE_CONTENTS.get_or_init(Default::default)
+}
+
+/// One files client: uploads, renames and deletes on its own paths, and reads of them,
+/// through random nodes.
+async fn files_client(
+    id: usize,
+    plan: Plan,
+    nodes: Vec<std::net::SocketAddr>,
+    start: Instant,
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<Vec<Op>>>,
+) {
+    let mut rng =
+        rand::rngs::StdRng::seed_from_u64(plan.seed.wrapping_mul(6151).wrapping_add(id as u64));
+    let mut counter = 0i64;
+    let base = id as i64 * FILE_SLOTS;
+    while !stop.load(Ordering::Relaxed) {
+        counter += 1;
+        let unique = (id as i64 + 1) * 1_000_000_000 + counter;
+        let key = base + rng.random_range(0..FILE_SLOTS);
+        let call = match rng.random_range(0..10) {
+            0..=3 => Call::Read,
+            4..=6 => Call::Write(unique),
+            7 | 8 => Call::Move {
+                to: base + rng.random_range(0..FILE_SLOTS),
+            },
+            _ => Call::Delete,
+        };
+        if let Call::Move { to } = call {
+            if to == key {
+                continue;
+            }
+        }
+        let node = nodes[rng.random_range(0..nodes.len())];
+        let timeout = if plan.client_faults && rng.random_range(0..25) == 0 {
+            Duration::from_millis(rng.random_range(1..40))
+        } else {
+            OP_TIMEOUT
+        };
+        let url = format!("http://{node}/v1/files/{}", file_path(key));
+        if let Call::Write(v) = call {
+            // Known before it is sent: a read may see it before the answer comes.
+            let sha = sha256_hex(&file_content(v));
+            file_contents().lock().expect("known lock").insert(sha, v);
+        }
+        let invoked = micros(start);
+        let (outcome, error) = tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(timeout))
+                .build()
+                .into();
+            let status_outcome = |r: Result<ureq::http::Response<ureq::Body>, ureq::Error>| match r
+            {
+                Ok(mut resp) => {
+                    let status = resp.status().as_u16();
+                    let text = resp.body_mut().read_to_string().unwrap_or_default();
+                    (
+                        kv_write_outcome(status, &text),
+                        (status != 200).then(|| format!("{status}: {text}")),
+                    )
+                }
+                Err(e) => (Outcome::Unknown, Some(e.to_string())),
+            };
+            match call {
+                Call::Read => match agent.get(&url).call() {
+                    Ok(mut resp) if resp.status() == 200 => {
+                        let etag = resp
+                            .headers()
+                            .get("etag")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string);
+                        match resp.body_mut().with_config().limit(64 << 20).read_to_vec() {
+                            Ok(body) => (
+                                Outcome::Ok(Some(identify(
+                                    &body,
+                                    etag.as_deref(),
+                                    file_contents(),
+                                ))),
+                                None,
+                            ),
+                            // Cut off part-way: no answer, not a wrong one.
+                            Err(e) => (Outcome::Fail, Some(e.to_string())),
+                        }
+                    }
+                    Ok(resp) if resp.status() == 404 => (Outcome::Ok(None), None),
+                    Ok(resp) => (Outcome::Fail, Some(format!("read {}", resp.status()))),
+                    Err(e) => (Outcome::Fail, Some(e.to_string())),
+                },
+                Call::Write(v) => status_outcome(agent.put(&url).send(&file_content(v)[..])),
+                Call::Delete => status_outcome(agent.delete(&url).call()),
+                Call::Move { to } => {
+                    let moved = format!("{url}?rename_to={}", file_path(to));
+                    status_outcome(agent.post(&moved).send_empty())
+                }
+                _ => (Outcome::Fail, Some("not a files operation".into())),
+            }
+        })
+        .await
+        .unwrap_or((Outcome::Unknown, Some("client task failed".into())));
+        history.lock().expect("history lock poisoned").push(Op {
+            client: id,
+            key,
+            call,
+            invoked,
+            completed: micros(start),
+            outcome,
+            error,
+        });
+    }
+}
+
+/// What every files client's paths hold once the run is over (each read whole).
+fn files_final_state(
+    http: std::net::SocketAddr,
+    clients: usize,
+) -> anyhow::Result<std::collections::BTreeMap<i64, Option<i64>>> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let mut out = std::collections::BTreeMap::new();
+    for key in 0..clients as i64 * FILE_SLOTS {
+        let url = format!("http://{http}/v1/files/{}", file_path(key));
+        let mut resp = agent
+            .get(&url)
+            .call()
+            .with_context(|| format!("reading {url}"))?;
+        let value = match resp.status().as_u16() {
+            404 => None,
+            200 => {
+                let etag = resp
+                    .headers()
+                    .get("etag")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let body = resp
+                    .body_mut()
+                    .with_config()
+                    .limit(64 << 20)
+                    .read_to_vec()?;
+                Some(identify(&body, etag.as_deref(), file_contents()))
+            }
+            other => bail!("reading {url} at the end answered {other}"),
+        };
+        out.insert(key, value);
+    }
+    Ok(out)
 }
 
 /// The last value a successful operation on `key` read or wrote: a CAS from it has a fair
@@ -823,6 +1023,22 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
                 });
             }
         }
+        Workload::Files => {
+            // The files tables, made once before the clients race to make them.
+            let http0 = cluster.nodes[0].http;
+            tokio::task::block_in_place(|| {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(60)))
+                    .build()
+                    .into();
+                let url = format!("http://{http0}/v1/files/chaos/setup");
+                match agent.put(&url).send("setup") {
+                    Ok(r) if r.status() == 200 => Ok(()),
+                    other => bail!("setting up the files tables: {other:?}"),
+                }
+            })?;
+        }
         Workload::Watch => {
             setup
                 .batch_execute(
@@ -888,6 +1104,17 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
                 workload: args.workload,
                 client_faults: !args.no_client_faults,
             };
+            if args.workload == Workload::Files {
+                let http = cluster.nodes.iter().map(|n| n.http).collect();
+                return tokio::spawn(files_client(
+                    i,
+                    plan,
+                    http,
+                    start,
+                    stop.clone(),
+                    history.clone(),
+                ));
+            }
             if args.workload == Workload::KvRegister {
                 let http = cluster.nodes.iter().map(|n| n.http).collect();
                 return tokio::spawn(kv_client(
@@ -1073,6 +1300,17 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
                 v.lost,
                 v.unexpected,
                 v.failed_but_present
+            );
+            v.ok()
+        }
+        Workload::Files => {
+            let http0 = cluster.nodes[0].http;
+            let clients = args.clients;
+            let final_state = tokio::task::block_in_place(|| files_final_state(http0, clients))?;
+            let v = history::check_files(&history, &final_state);
+            println!(
+                "files: {} paths, {} uploads acknowledged, {} reads, bad reads {:?}, bad final states {:?}",
+                v.paths, v.uploads_ok, v.reads_ok, v.bad_reads, v.bad_finals
             );
             v.ok()
         }
