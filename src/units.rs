@@ -47,6 +47,25 @@ pub fn bytes_arg(text: &str) -> Result<u64, String> {
     bytes(text).ok_or_else(|| format!("not a size: {text} (e.g. 512KiB, 64MiB, 1GiB)"))
 }
 
+/// A byte count as people write it: `512 B`, `64 KiB`, `1 MiB`, `1.5 GiB`.
+pub fn format_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 /// For clap: a port range `FIRST-LAST` (inclusive, first at most last).
 pub fn port_range_arg(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
     let parsed = text

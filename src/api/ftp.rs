@@ -299,15 +299,11 @@ impl StorageBackend<DefaultUser> for CairnFiles {
             received += n as u64;
             upload.write(&buffer[..n]).await.map_err(ftp_error)?;
         }
-        // Every byte is in: publish it even if the control connection goes now.
-        let engine = self.engine.clone();
-        tokio::spawn(async move {
-            let _keep = engine;
-            upload.finish(&condition).await
-        })
-        .await
-        .map_err(|e| FtpError::new(ErrorKind::LocalError, e.to_string()))?
-        .map_err(ftp_error)?;
+        // Every byte is in: publish it (libunftp runs this on the data connection's task,
+        // which a client going away now does not cancel).
+        Box::pin(upload.finish(&condition))
+            .await
+            .map_err(ftp_error)?;
         Ok(received)
     }
 

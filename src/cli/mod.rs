@@ -65,6 +65,9 @@ pub enum BenchCommand {
     /// Change delivery to N subscribers: events/s and commit-to-delivery latency (Cairn's
     /// WebSocket subscriptions, or etcd's watch).
     Watch(bench::watch::WatchArgs),
+    /// Files over HTTP on a local cluster: upload and download MB/s beside the disk's own and
+    /// a static file server's, and each node's peak memory.
+    Files(bench::files::FilesArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -125,12 +128,28 @@ pub struct StartArgs {
     /// chunks are deleted; an upload silent this long is abandoned and collected.
     #[arg(long, default_value = "5m", value_parser = crate::units::duration_arg)]
     pub files_gc_after: std::time::Duration,
+    /// Bytes per chunk of the files this node writes: for measuring (`cairn bench files
+    /// --chunk-bytes`); the default was chosen by that measurement.
+    #[arg(long, hide = true, default_value_t = crate::limits::FILE_CHUNK_BYTES as u64,
+          value_parser = chunk_bytes_arg)]
+    pub files_chunk_bytes: u64,
     /// Address for FTP clients (the cluster's files, anonymous); off unless given.
     #[arg(long)]
     pub ftp_addr: Option<SocketAddr>,
     /// Ports FTP's passive mode opens data connections on (`FIRST-LAST`).
     #[arg(long, default_value = "49152-65535", value_parser = crate::units::port_range_arg)]
     pub ftp_passive_ports: std::ops::RangeInclusive<u16>,
+}
+
+/// A chunk size between 4 KiB and one Raft entry's target size.
+fn chunk_bytes_arg(text: &str) -> Result<u64, String> {
+    let n = crate::units::bytes_arg(text)?;
+    let max = crate::limits::ENTRY_BYTES_TARGET as u64;
+    if (4096..=max).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("a chunk is 4KiB to {max} bytes (got {text})"))
+    }
 }
 
 pub fn init_logging() {
@@ -167,6 +186,7 @@ pub async fn start(args: StartArgs) -> anyhow::Result<()> {
         check_rate: args.check_rate,
         files: crate::sql::files::Settings {
             gc_after: args.files_gc_after,
+            chunk_bytes: args.files_chunk_bytes as usize,
         },
         ftp_addr: args.ftp_addr,
         ftp_passive_ports: args.ftp_passive_ports,
@@ -241,6 +261,7 @@ pub fn main() -> anyhow::Result<()> {
             Command::Bench(BenchCommand::Scan(args)) => finish(bench::scan(args).await?),
             Command::Bench(BenchCommand::News(args)) => finish(bench::news::news(args).await?),
             Command::Bench(BenchCommand::Watch(args)) => finish(bench::watch::watch(args).await?),
+            Command::Bench(BenchCommand::Files(args)) => bench::files::files(args).await,
             Command::Bench(BenchCommand::Report(args)) => {
                 let md = bench::report::report(&args)?;
                 println!("{md}");

@@ -9,7 +9,8 @@
 //!   deleted, `abandoned` for an upload that failed or went silent. Every change of a path
 //!   is one transaction on the path's shard, so a reader sees the old file or the new one.
 //! - `cairn_file_chunks (chunk, data)`: `chunk` is `<version>:<seq>` (hash-distributed, so
-//!   one file's chunks spread over every shard), `data` at most [`limits::FILE_CHUNK_BYTES`].
+//!   one file's chunks spread over every shard), `data` at most [`Settings::chunk_bytes`]
+//!   (`limits::FILE_CHUNK_BYTES` unless measuring), recorded per version.
 //!   Chunks are written before their version becomes current and never change afterwards.
 //!
 //! The view `cairn_files` shows the current versions to SQL. Versions that are no longer
@@ -53,12 +54,15 @@ pub struct Settings {
     /// How long a replaced or deleted version is kept for downloads in flight, and how long
     /// an upload may be silent before it is abandoned.
     pub gc_after: Duration,
+    /// Bytes per chunk of the versions this node writes (each version records its own).
+    pub chunk_bytes: usize,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             gc_after: limits::FILE_GC_AFTER,
+            chunk_bytes: limits::FILE_CHUNK_BYTES,
         }
     }
 }
@@ -450,7 +454,7 @@ impl Upload {
             Value::Text(path.clone()),
             Value::Text(version.clone()),
             content_type.clone().map_or(Value::Null, Value::Text),
-            Value::Integer(limits::FILE_CHUNK_BYTES as i64),
+            Value::Integer(engine.files.chunk_bytes as i64),
         ];
         run_closing(&mut session, &sql, params).await?;
         Ok(Upload {
@@ -462,7 +466,7 @@ impl Upload {
             hasher: Sha256::new(),
             size: 0,
             next_seq: 0,
-            buffer: Vec::with_capacity(limits::FILE_CHUNK_BYTES),
+            buffer: Vec::with_capacity(engine.files.chunk_bytes),
             writing: JoinSet::new(),
             touched: Instant::now(),
             done: false,
@@ -507,11 +511,11 @@ impl Upload {
         self.hasher.update(data);
         self.size += data.len() as u64;
         while !data.is_empty() {
-            let room = limits::FILE_CHUNK_BYTES - self.buffer.len();
+            let room = self.settings.chunk_bytes - self.buffer.len();
             let take = room.min(data.len());
             self.buffer.extend_from_slice(&data[..take]);
             data = &data[take..];
-            if self.buffer.len() == limits::FILE_CHUNK_BYTES {
+            if self.buffer.len() == self.settings.chunk_bytes {
                 self.flush_chunk().await?;
             }
         }
@@ -528,7 +532,7 @@ impl Upload {
         }
         let data = std::mem::replace(
             &mut self.buffer,
-            Vec::with_capacity(limits::FILE_CHUNK_BYTES),
+            Vec::with_capacity(self.settings.chunk_bytes),
         );
         let key = chunk_key(&self.version, self.next_seq);
         self.next_seq += 1;
@@ -607,7 +611,7 @@ impl Upload {
             size: self.size,
             sha256: sha256.to_string(),
             content_type: self.content_type.clone(),
-            chunk_bytes: limits::FILE_CHUNK_BYTES as u64,
+            chunk_bytes: self.settings.chunk_bytes as u64,
             chunks: self.next_seq,
             modified_us: 0,
         };
@@ -720,6 +724,7 @@ pub struct Resumable {
     pub offset: u64,
     pub length: u64,
     pub content_type: Option<String>,
+    pub chunk_bytes: usize,
 }
 
 fn no_upload(id: &str) -> Error {
@@ -751,7 +756,7 @@ pub async fn create_resumable(
         Value::Text(path.clone()),
         Value::Text(id.clone()),
         content_type.clone().map_or(Value::Null, Value::Text),
-        Value::Integer(limits::FILE_CHUNK_BYTES as i64),
+        Value::Integer(engine.files.chunk_bytes as i64),
         Value::Integer(length as i64),
     ];
     let mut session = engine.session();
@@ -762,6 +767,7 @@ pub async fn create_resumable(
         offset: 0,
         length,
         content_type,
+        chunk_bytes: engine.files.chunk_bytes,
     })
 }
 
@@ -771,7 +777,7 @@ pub async fn resumable(engine: &Arc<Engine>, id: &str) -> Result<Resumable> {
         return Err(no_upload(id));
     }
     let sql = format!(
-        "SELECT path, size, length, content_type FROM {VERSIONS} \
+        "SELECT path, size, length, content_type, chunk_bytes FROM {VERSIONS} \
          WHERE version = $1 AND state = 'resumable'"
     );
     let mut session = engine.session();
@@ -783,6 +789,9 @@ pub async fn resumable(engine: &Arc<Engine>, id: &str) -> Result<Resumable> {
         offset: int(&row[1]).unwrap_or(0) as u64,
         length: int(&row[2]).unwrap_or(0) as u64,
         content_type: text(&row[3]),
+        chunk_bytes: int(&row[4])
+            .filter(|c| *c > 0)
+            .unwrap_or(limits::FILE_CHUNK_BYTES as i64) as usize,
     })
 }
 
@@ -818,8 +827,8 @@ impl Appending {
         }
         Ok(Appending {
             engine: engine.clone(),
+            buffer: Vec::with_capacity(upload.chunk_bytes),
             upload,
-            buffer: Vec::with_capacity(limits::FILE_CHUNK_BYTES),
         })
     }
 
@@ -840,10 +849,10 @@ impl Appending {
             ));
         }
         while !data.is_empty() {
-            let take = (limits::FILE_CHUNK_BYTES - self.buffer.len()).min(data.len());
+            let take = (self.upload.chunk_bytes - self.buffer.len()).min(data.len());
             self.buffer.extend_from_slice(&data[..take]);
             data = &data[take..];
-            if self.buffer.len() == limits::FILE_CHUNK_BYTES {
+            if self.buffer.len() == self.upload.chunk_bytes {
                 self.store_chunk().await?;
             }
         }
@@ -853,7 +862,7 @@ impl Appending {
     /// Store the buffered chunk and move the upload's offset past it (only from the offset
     /// this request started at: a second request appending at once fails here).
     async fn store_chunk(&mut self) -> Result<()> {
-        let seq = self.upload.offset / limits::FILE_CHUNK_BYTES as u64;
+        let seq = self.upload.offset / self.upload.chunk_bytes as u64;
         let data = std::mem::take(&mut self.buffer);
         let len = data.len() as u64;
         write_chunk(self.engine.clone(), chunk_key(&self.upload.id, seq), data).await?;
@@ -874,7 +883,7 @@ impl Appending {
             return Err(offset_mismatch(&now));
         }
         self.upload.offset += len;
-        self.buffer = Vec::with_capacity(limits::FILE_CHUNK_BYTES);
+        self.buffer = Vec::with_capacity(self.upload.chunk_bytes);
         Ok(())
     }
 
@@ -889,7 +898,7 @@ impl Appending {
             self.store_chunk().await?;
         }
         let upload = self.upload.clone();
-        let chunk_bytes = limits::FILE_CHUNK_BYTES as u64;
+        let chunk_bytes = self.upload.chunk_bytes as u64;
         let mut file = File {
             path: upload.path.clone(),
             version: upload.id.clone(),

@@ -6,6 +6,7 @@
 //! reporting a speed.
 
 mod etcd;
+pub mod files;
 mod http_kv;
 pub mod news;
 pub mod rebalance;
