@@ -357,7 +357,7 @@ pub const FILE_BYTES_MAX: u64 = 16 * 1024 * 1024 * 1024;
 pub const FILE_PATH_BYTES_MAX: usize = 1024;
 /// Chunk writes one upload keeps in flight, and chunk reads one download reads ahead: with
 /// the chunk size, the memory an upload or a download holds.
-pub const FILE_UPLOAD_PARALLEL: usize = 4;
+pub const FILE_UPLOAD_PARALLEL: usize = 8;
 pub const FILE_READ_AHEAD: usize = 4;
 /// How often an upload tells the cluster it is alive (at most; a quarter of `--files-gc-after`
 /// when that is shorter).
