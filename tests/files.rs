@@ -995,6 +995,17 @@ async fn a_subscriber_of_a_prefix_receives_its_file_events() {
         }
         assert!(m["error"].is_null(), "{m}");
     }
+    // Chunks' changes are not kept as events (file events come from versions).
+    let mut chunks = common::Ws::connect(n[0]).await;
+    chunks
+        .send(json!({"id": "c", "subscribe": {"table": "cairn_file_chunks"}}))
+        .await;
+    let m = chunks.expect().await;
+    assert_eq!(m["error"]["code"], "unsupported", "{m}");
+    let kept = sql(n[0], "SELECT count(*) FROM cairn_file_chunks")["rows"][0][0]
+        .as_i64()
+        .unwrap();
+    assert!(kept > 0);
     // A bad prefix is a coded error.
     let mut bad = common::Ws::connect(n[0]).await;
     bad.send(json!({"id": "b", "subscribe": {"files": "a/../b"}}))

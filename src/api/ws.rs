@@ -414,6 +414,7 @@ fn open_error_code(e: &Error) -> &'static str {
         sqlstate::UNDEFINED_TABLE => code::UNDEFINED_TABLE,
         sqlstate::INVALID_PARAMETER_VALUE => code::INVALID_TOKEN,
         sqlstate::PROGRAM_LIMIT_EXCEEDED => code::BAD_REQUEST,
+        sqlstate::FEATURE_NOT_SUPPORTED => code::UNSUPPORTED,
         _ if e.is_client_error() => code::INVALID_CONDITION,
         _ => code::UNAVAILABLE,
     }

@@ -124,6 +124,10 @@ pub fn cacheable(
     let mut layout = String::new();
     for name in tables {
         let table = catalog.table(name)?;
+        if crate::storage::events::UNRECORDED_TABLES.contains(&table.name.as_str()) {
+            // No events to tell the cache it changed.
+            return None;
+        }
         if session_ttl.is_none() {
             let t = catalog.cache_ttl(&table.name)?;
             ttl = Some(ttl.map_or(t, |x: Duration| x.min(t)));

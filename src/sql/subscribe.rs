@@ -131,6 +131,15 @@ impl Subscription {
                 format!("relation \"{}\" does not exist", request.table),
             )
         })?;
+        if crate::storage::events::UNRECORDED_TABLES.contains(&table.name.as_str()) {
+            return Err(Error::sql(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "changes of {} are not kept; subscribe to files with {{\"files\": prefix}}",
+                    table.name
+                ),
+            ));
+        }
         let shards = catalog.shards_of(&table)?;
         let query = row_query(&table, request.condition.as_deref(), &catalog)?;
         let filter = match request.condition.as_deref().map(str::trim) {

@@ -29,6 +29,12 @@ pub const SCHEMA: &str = "
         PRIMARY KEY (idx, first));
 ";
 
+/// Tables whose changes are not kept as events: file chunks (`sql::files`), whose bytes
+/// would be stored a third time on every replica (log, row, event) while nobody follows
+/// them — file events come from `cairn_file_versions`. Subscriptions to them and result
+/// caching of queries over them are refused, as both rely on events.
+pub const UNRECORDED_TABLES: &[&str] = &["cairn_file_chunks"];
+
 /// Events of one entry are kept in parts of about this many bytes, so no read has to load
 /// a whole bulk load's events at once.
 const PART_BYTES: usize = 256 * 1024;
@@ -232,7 +238,7 @@ impl Recorder {
     }
 
     /// Add the rows one changeset changed to `entry`; `txn` is the cross-shard transaction
-    /// they belong to, if any.
+    /// they belong to, if any. Rows of [`UNRECORDED_TABLES`] are left out.
     pub fn add(
         &mut self,
         conn: &Connection,
@@ -251,6 +257,9 @@ impl Recorder {
             }
         };
         for row in rows {
+            if UNRECORDED_TABLES.contains(&row.table.as_str()) {
+                continue;
+            }
             let table = match entry.part.tables.iter().position(|t| t.name == row.table) {
                 Some(i) => i,
                 None => {
