@@ -504,6 +504,9 @@ async fn run(
         tokio::select! {
             next = subscription.next() => match next {
                 Ok(changes) => {
+                    if let Some(events) = &mut file_events {
+                        events.note_superseded(&changes);
+                    }
                     for change in changes {
                         let token = change.token.clone();
                         let message = match &mut file_events {
@@ -658,15 +661,36 @@ fn event_json(change: &Change) -> Json {
 /// Everything else (uploads in progress, collection) is no event.
 struct FileEvents {
     prefix: String,
-    /// The path and transaction of the last version superseded.
-    superseded: Option<(String, String)>,
+    /// Paths and transactions of the versions superseded lately (a changeset orders one
+    /// table's rows by key, not by statement: the superseded row may come after the new
+    /// current one, so a batch is looked through first).
+    superseded: std::collections::VecDeque<(String, String)>,
 }
 
 impl FileEvents {
     fn new(prefix: String) -> FileEvents {
         FileEvents {
             prefix: prefix.trim_start_matches('/').to_string(),
-            superseded: None,
+            superseded: Default::default(),
+        }
+    }
+
+    /// Remember the versions this batch supersedes (kept for the next few batches too, in
+    /// case a transaction's changes are split over two).
+    fn note_superseded(&mut self, changes: &[Change]) {
+        for c in changes {
+            let state = |row: &[Value]| Self::text(&c.columns, row, "state");
+            if c.op == ChangeOp::Update
+                && state(&c.old).as_deref() == Some("current")
+                && state(&c.new).as_deref() == Some("superseded")
+            {
+                if let Some(path) = Self::text(&c.columns, &c.old, "path") {
+                    self.superseded.push_back((path, c.txn.clone()));
+                }
+            }
+        }
+        while self.superseded.len() > 256 {
+            self.superseded.pop_front();
         }
     }
 
@@ -706,13 +730,13 @@ impl FileEvents {
         let (columns, old, new) = (&change.columns, &change.old, &change.new);
         let state = |row: &[Value]| Self::text(columns, row, "state");
         let op = match (change.op, state(old).as_deref(), state(new).as_deref()) {
-            (ChangeOp::Update, Some("current"), Some("superseded")) => {
-                self.superseded = Self::text(columns, old, "path").map(|p| (p, change.txn.clone()));
-                return None;
-            }
+            (ChangeOp::Update, Some("current"), Some("superseded")) => return None,
             (ChangeOp::Update, Some("uploading" | "resumable"), Some("current")) => {
                 let path = Self::text(columns, new, "path");
-                let replaced = matches!(&self.superseded, Some((p, t)) if Some(p) == path.as_ref() && *t == change.txn);
+                let replaced = self
+                    .superseded
+                    .iter()
+                    .any(|(p, t)| Some(p) == path.as_ref() && *t == change.txn);
                 if replaced {
                     "overwritten"
                 } else {
