@@ -119,21 +119,62 @@ pub(super) async fn remove(
 pub(super) async fn shards(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
     let cluster = api.engine.cluster.clone();
     let catalog = cluster.catalog();
+    let statuses = cluster.node_statuses().await;
     let names = |nodes: &[crate::ids::NodeId]| -> Vec<String> {
         nodes.iter().map(|n| n.to_string()).collect()
     };
+    // Each replica as its node reports it: (applied index, learner).
+    let mut reported: std::collections::HashMap<(ShardId, u64), (u64, bool)> =
+        std::collections::HashMap::new();
+    for status in statuses.iter().filter_map(|(_, s)| s.as_ref()) {
+        for (shard, applied, learner) in &status.applied {
+            reported.insert((*shard, status.node), (*applied, *learner));
+        }
+    }
+    let mut tables: std::collections::BTreeMap<ShardId, Vec<String>> = Default::default();
+    for table in catalog.tables() {
+        for shard in catalog.shards_of(table).unwrap_or_default() {
+            tables.entry(shard).or_default().push(table.name.clone());
+        }
+    }
     let shards: Vec<Value> = catalog
         .shards
         .values()
         .map(|s| {
+            let leader = cluster.known_leader(s.id);
+            let leader_applied = leader.and_then(|l| reported.get(&(s.id, l.0))).map(|r| r.0);
+            let state: Vec<Value> = s
+                .replicas
+                .iter()
+                .map(|n| {
+                    let r = reported.get(&(s.id, n.0));
+                    let role = match r {
+                        _ if Some(*n) == leader => "leader",
+                        Some((_, true)) => "learner",
+                        Some(_) => "follower",
+                        None => "unknown",
+                    };
+                    json!({
+                        "node": n.to_string(),
+                        "role": role,
+                        "applied_index": r.map(|r| r.0),
+                        "lag": match (leader_applied, r) {
+                            (Some(l), Some(r)) => Some(l.saturating_sub(r.0)),
+                            _ => None,
+                        },
+                    })
+                })
+                .collect();
             json!({
                 "shard": s.id.to_string(),
+                "tables": tables.get(&s.id).cloned().unwrap_or_default(),
                 "colocation": s.colocation,
                 "replicas": names(&s.replicas),
                 "leaving": names(&s.leaving),
                 "replication_factor": s.replication_factor,
                 "zones": s.zones,
-                "leader": cluster.known_leader(s.id).map(|l| l.to_string()),
+                "leader": leader.map(|l| l.to_string()),
+                "replica_state": state,
             })
         })
         .collect();

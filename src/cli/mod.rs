@@ -43,6 +43,8 @@ pub enum Command {
     Watch(watch::WatchArgs),
     /// List nodes; decommission, recommission or remove one.
     Node(node::NodeArgs),
+    /// The cluster at a glance: nodes, then shards with leader, replicas, lag and health.
+    Status(node::StatusArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -249,6 +251,7 @@ pub fn main() -> anyhow::Result<()> {
             Command::Slt(args) => slt::run(args).await,
             Command::Watch(args) => watch::run(args).await,
             Command::Node(args) => node::run(args).await,
+            Command::Status(args) => node::status(args).await,
             Command::Chaos(args) => {
                 if chaos::run(args).await? {
                     Ok(())

@@ -1,4 +1,5 @@
-//! `cairn node list | decommission N | recommission N | remove N`, over any node's HTTP API.
+//! `cairn node list | decommission N | recommission N | remove N` and `cairn status`, over
+//! any node's HTTP API.
 
 use clap::{Args, Subcommand};
 use std::time::Duration;
@@ -89,28 +90,7 @@ fn run_blocking(args: NodeArgs) -> anyhow::Result<()> {
         None => {
             let url = format!("{base}/v1/nodes");
             let body = answer(agent.get(&url).call(), &url)?;
-            let mut table = comfy_table::Table::new();
-            table.load_preset(comfy_table::presets::NOTHING);
-            table.set_header([
-                "id", "state", "liveness", "zone", "replicas", "leaders", "pg", "http",
-            ]);
-            for n in body["nodes"].as_array().into_iter().flatten() {
-                let mut leaders = text(&n["leaders"]);
-                if n["leads_meta"].as_bool() == Some(true) {
-                    leaders.push_str(" +meta");
-                }
-                table.add_row([
-                    text(&n["id"]),
-                    text(&n["state"]),
-                    text(&n["liveness"]),
-                    text(&n["zone"]),
-                    text(&n["replicas"]),
-                    leaders,
-                    text(&n["pg_addr"]),
-                    text(&n["http_addr"]),
-                ]);
-            }
-            println!("{table}");
+            println!("{}", nodes_table(&body));
         }
         Some(verb) => {
             let url = format!("{base}/v1/nodes/{path}/{verb}");
@@ -128,4 +108,127 @@ fn run_blocking(args: NodeArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `cairn status`: the nodes, then the shards.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub url: UrlArg,
+    /// Print `{"nodes": [...], "shards": [...]}` as the HTTP API answers them.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || status_blocking(args)).await?
+}
+
+fn status_blocking(args: StatusArgs) -> anyhow::Result<()> {
+    let agent = agent();
+    let base = args.url.url.trim_end_matches('/');
+    let url = format!("{base}/v1/nodes");
+    let nodes = answer(agent.get(&url).call(), &url)?;
+    let url = format!("{base}/v1/shards");
+    let shards = answer(agent.get(&url).call(), &url)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"nodes": nodes["nodes"], "shards": shards["shards"]})
+        );
+        return Ok(());
+    }
+    println!("{}\n", nodes_table(&nodes));
+    let (table, unhealthy) = shards_table(&shards);
+    println!("{table}");
+    let count = shards["shards"].as_array().map_or(0, Vec::len);
+    if unhealthy == 0 {
+        println!("\n{count} shards, all healthy");
+    } else {
+        println!("\n{count} shards, {unhealthy} not healthy");
+    }
+    Ok(())
+}
+
+/// One line per shard: tables, leader, replicas with roles, lag, health; and how many are
+/// not healthy.
+fn shards_table(body: &serde_json::Value) -> (comfy_table::Table, usize) {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING);
+    table.set_header(["shard", "tables", "leader", "replicas", "lag", "health"]);
+    let mut unhealthy = 0;
+    for s in body["shards"].as_array().into_iter().flatten() {
+        let state = s["replica_state"].as_array().cloned().unwrap_or_default();
+        let replicas: Vec<String> = state
+            .iter()
+            .map(|r| match r["role"].as_str() {
+                Some("leader") => format!("{}*", text(&r["node"])),
+                Some("learner") => format!("{}(learner)", text(&r["node"])),
+                Some("unknown") => format!("{}?", text(&r["node"])),
+                _ => text(&r["node"]),
+            })
+            .collect();
+        let lag = state.iter().filter_map(|r| r["lag"].as_u64()).max();
+        let rf = s["replication_factor"].as_u64().unwrap_or(0) as usize;
+        let voters = state
+            .iter()
+            .filter(|r| matches!(r["role"].as_str(), Some("leader" | "follower")))
+            .count();
+        let health = if s["leader"].is_null() {
+            "no leader".to_string()
+        } else if voters < rf {
+            format!("under-replicated ({voters}/{rf})")
+        } else if s["leaving"].as_array().is_some_and(|l| !l.is_empty()) {
+            "moving".to_string()
+        } else {
+            "ok".to_string()
+        };
+        if health != "ok" {
+            unhealthy += 1;
+        }
+        let tables: Vec<String> = s["tables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        table.add_row([
+            text(&s["shard"]),
+            if tables.is_empty() {
+                "-".into()
+            } else {
+                tables.join(",")
+            },
+            text(&s["leader"]),
+            replicas.join(" "),
+            lag.map_or("-".into(), |l| l.to_string()),
+            health,
+        ]);
+    }
+    (table, unhealthy)
+}
+
+fn nodes_table(body: &serde_json::Value) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING);
+    table.set_header([
+        "id", "state", "liveness", "zone", "replicas", "leaders", "pg", "http",
+    ]);
+    for n in body["nodes"].as_array().into_iter().flatten() {
+        let mut leaders = text(&n["leaders"]);
+        if n["leads_meta"].as_bool() == Some(true) {
+            leaders.push_str(" +meta");
+        }
+        table.add_row([
+            text(&n["id"]),
+            text(&n["state"]),
+            text(&n["liveness"]),
+            text(&n["zone"]),
+            text(&n["replicas"]),
+            leaders,
+            text(&n["pg_addr"]),
+            text(&n["http_addr"]),
+        ]);
+    }
+    table
 }

@@ -128,6 +128,8 @@ pub struct NodeStatus {
     pub liveness: Vec<(u64, String, u64)>,
     /// On the meta leader: why replicas of leaving or dead nodes cannot move now, by node.
     pub stuck: Vec<(u64, Vec<String>)>,
+    /// Each replica here: its shard, applied index, and whether it is a learner.
+    pub applied: Vec<(ShardId, u64, bool)>,
 }
 
 /// Lets a shard's writer learn decisions kept by other shards (two-phase commit recovery).
@@ -503,6 +505,13 @@ impl Cluster {
                 .map(|g| g.shard)
                 .collect(),
             replicas: groups.iter().map(|g| g.shard).collect(),
+            applied: groups
+                .iter()
+                .map(|g| {
+                    let (applied, learner) = g.applied_and_learner(self.node);
+                    (g.shard, applied, learner)
+                })
+                .collect(),
             events: self.journal.all(),
             liveness: catalog
                 .nodes

@@ -301,6 +301,19 @@ impl ShardGroup {
         m.membership_config.membership().get_node(&id.0).cloned()
     }
 
+    /// This replica's applied index, and whether it is a learner (a member without a vote).
+    pub fn applied_and_learner(&self, me: NodeId) -> (u64, bool) {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+        let voter = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == me.0);
+        (applied, !voter)
+    }
+
     /// Every member of this group with how to reach it.
     pub fn members(&self) -> Vec<(NodeId, NodeInfo)> {
         let m = self.raft.metrics();
