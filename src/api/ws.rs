@@ -414,7 +414,8 @@ fn open_error_code(e: &Error) -> &'static str {
         sqlstate::UNDEFINED_TABLE => code::UNDEFINED_TABLE,
         sqlstate::INVALID_PARAMETER_VALUE => code::INVALID_TOKEN,
         sqlstate::PROGRAM_LIMIT_EXCEEDED => code::BAD_REQUEST,
-        sqlstate::FEATURE_NOT_SUPPORTED => code::UNSUPPORTED,
+        // A table whose changes are not kept (`storage::events::UNRECORDED_TABLES`).
+        sqlstate::WRONG_OBJECT_TYPE => code::UNSUPPORTED,
         _ if e.is_client_error() => code::INVALID_CONDITION,
         _ => code::UNAVAILABLE,
     }

@@ -133,7 +133,7 @@ impl Subscription {
         })?;
         if crate::storage::events::UNRECORDED_TABLES.contains(&table.name.as_str()) {
             return Err(Error::sql(
-                sqlstate::FEATURE_NOT_SUPPORTED,
+                sqlstate::WRONG_OBJECT_TYPE,
                 format!(
                     "changes of {} are not kept; subscribe to files with {{\"files\": prefix}}",
                     table.name
