@@ -684,7 +684,12 @@ fn an_upload_cut_off_leaves_nothing_visible_and_its_chunks_are_collected() {
     for _ in 0..12 {
         s.write_all(&random_bytes(256 * 1024)).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // Cut off once the cluster holds some of its chunks.
+    wait_for(
+        || leftovers(n[0]).0 > chunks_in_use(n[0]) + 4,
+        Duration::from_secs(60),
+        "chunks of the cut-off upload written",
+    );
     drop(s);
     assert_eq!(get(n[0], "cut/client").status, 404);
     wait_collected(n[0], "the cut-off upload's chunks collected");
@@ -732,7 +737,12 @@ fn an_upload_cut_off_leaves_nothing_visible_and_its_chunks_are_collected() {
         .arg(&source)
         .arg(format!("http://{}/v1/files/cut/leader", n[through]))
         .output_later();
-    std::thread::sleep(Duration::from_secs(2));
+    // Killed mid-upload: once some of its chunks are in.
+    wait_for(
+        || leftovers(alive_before(&n, leader)).0 > chunks_in_use(alive_before(&n, leader)) + 4,
+        Duration::from_secs(60),
+        "chunks of the upload written",
+    );
     cluster.nodes[leader].kill9();
     let out = curl.wait_with_output().unwrap();
     let alive = n[through];
@@ -752,6 +762,11 @@ fn an_upload_cut_off_leaves_nothing_visible_and_its_chunks_are_collected() {
     cluster.nodes[leader].restart();
     wait_collected(alive, "nothing left of a failed upload");
     assert_eq!(get(n[0], "keep").body, b"kept");
+}
+
+/// A node other than `leader` to ask.
+fn alive_before(n: &[SocketAddr], leader: usize) -> SocketAddr {
+    n[(leader + 1) % n.len()]
 }
 
 trait OutputLater {

@@ -299,10 +299,11 @@ impl StorageBackend<DefaultUser> for CairnFiles {
             received += n as u64;
             upload.write(&buffer[..n]).await.map_err(ftp_error)?;
         }
-        // Every byte is in: publish it (libunftp runs this on the data connection's task,
-        // which a client going away now does not cancel).
-        Box::pin(upload.finish(&condition))
+        // Every byte is in: publish it in a task of its own, so that a client leaving now
+        // cannot drop the publishing transaction half-way.
+        publish_detached(upload, condition)
             .await
+            .map_err(|e| FtpError::new(ErrorKind::LocalError, e.to_string()))?
             .map_err(ftp_error)?;
         Ok(received)
     }
@@ -380,6 +381,13 @@ impl StorageBackend<DefaultUser> for CairnFiles {
             Err(e) => Err(ftp_error(e)),
         }
     }
+}
+
+fn publish_detached(
+    upload: Upload,
+    condition: Condition,
+) -> tokio::task::JoinHandle<crate::error::Result<File>> {
+    tokio::spawn(async move { upload.finish(&condition).await })
 }
 
 fn base_name(path: &str) -> &str {

@@ -263,15 +263,7 @@ fn file(row: &[Value]) -> Result<File> {
 
 /// A session reading at `consistency` (linearizable unless given).
 async fn reading(engine: &Arc<Engine>, consistency: Option<&str>) -> Result<Session> {
-    let mut session = engine.session();
-    if let Some(c) = consistency {
-        let set = format!("SET cairn.read_consistency = '{}'", c.replace('\'', "''"));
-        if let Err(e) = run(&mut session, &set, vec![]).await {
-            session.close().await;
-            return Err(e);
-        }
-    }
-    Ok(session)
+    super::kv::reading(engine, consistency, None).await
 }
 
 async fn run_closing(session: &mut Session, sql: &str, params: Vec<Value>) -> Result<Output> {

@@ -159,7 +159,7 @@ pub(super) async fn run(session: &mut Session, sql: &str, params: Vec<Value>) ->
 }
 
 /// A session reading at `consistency` (`linearizable` unless given), with its bound.
-async fn reading(
+pub(super) async fn reading(
     engine: &Arc<Engine>,
     consistency: Option<&str>,
     max_staleness: Option<&str>,

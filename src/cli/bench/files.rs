@@ -192,7 +192,19 @@ fn run(args: FilesArgs) -> anyhow::Result<()> {
         .stderr(std::process::Stdio::null())
         .spawn()
         .ok();
-    std::thread::sleep(Duration::from_millis(500));
+    // Wait (a bounded while) for the server to listen; without one, that column is left out.
+    if server.is_some() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], static_port));
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if Instant::now() > deadline {
+                eprintln!("the static file server did not start; left out");
+                server = None;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     let mut rows = Vec::new();
     for &size in &args.sizes {
         let (mut dw, mut dr, mut sr, mut up, mut down) = (vec![], vec![], vec![], vec![], vec![]);
