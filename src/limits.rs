@@ -381,3 +381,7 @@ pub const FTP_IDLE_SESSION: Duration = Duration::from_secs(600);
 /// A resumable upload (`/v1/uploads`) not appended to for this long is abandoned and
 /// collected (tus servers commonly keep one a day).
 pub const FILE_RESUMABLE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+
+/// How long the leader of a retired shard's group waits for its followers to have every
+/// entry before it removes its replica anyway (a follower dead or gone early never will).
+pub const RETIRED_LEADER_WAIT: Duration = Duration::from_secs(30);

@@ -103,6 +103,8 @@ pub struct Cluster {
     /// Two-phase commit decisions (by coordinator shard) whose every part is resolved,
     /// waiting to be deleted in one batch (`Cluster::decision_resolved`).
     resolved: Mutex<ResolvedDecisions>,
+    /// Retired shards led here, waiting for their followers to catch up before going (since).
+    retiring: Mutex<HashMap<ShardId, std::time::Instant>>,
 }
 
 #[derive(Default)]
@@ -226,6 +228,7 @@ impl Cluster {
             changing: Mutex::default(),
             tasks: Mutex::new(Vec::new()),
             resolved: Mutex::new(ResolvedDecisions::default()),
+            retiring: Mutex::default(),
             stuck: Mutex::new(std::sync::Weak::new()),
             placed: Mutex::new(HashMap::new()),
             divergent: Mutex::new(BTreeMap::new()),
@@ -468,6 +471,26 @@ impl Cluster {
             if group.replica.two_phase_records().await? > 0 {
                 return Ok(false);
             }
+            // The leader goes last: a follower that has not applied the entries deleting
+            // the records yet would otherwise keep them with no leader left to send them
+            // (and campaign for ever). A follower gone before its time (dead, or removed
+            // early) holds it up for `RETIRED_LEADER_WAIT` at most.
+            if group.leader().0 == Some(self.node) && !group.followers_have_everything() {
+                let since = *self
+                    .retiring
+                    .lock()
+                    .expect("retiring lock")
+                    .entry(shard)
+                    .or_insert_with(std::time::Instant::now);
+                if since.elapsed() < limits::RETIRED_LEADER_WAIT {
+                    return Ok(false);
+                }
+                tracing::warn!(%shard, "removing a retired shard's leader before every follower caught up");
+            } else if group.leader().0 == Some(self.node) {
+                // Let a heartbeat carry the commit index to the followers.
+                tokio::time::sleep(Duration::from_millis(self.raft.heartbeat_interval * 3)).await;
+            }
+            self.retiring.lock().expect("retiring lock").remove(&shard);
             self.groups
                 .write()
                 .expect("groups lock poisoned")
@@ -590,11 +613,11 @@ async fn watch_catalog(cluster: Arc<Cluster>) {
                 continue;
             }
         };
-        // A retired replica still holding two-phase commit records is looked at again
-        // after a while even if the catalog does not change.
+        // A retired replica still holding two-phase commit records (or leading followers
+        // not caught up yet) is looked at again soon even if the catalog does not change.
         let recheck = async {
             if waiting {
-                tokio::time::sleep(Duration::from_secs(5)).await
+                tokio::time::sleep(Duration::from_secs(1)).await
             } else {
                 std::future::pending().await
             }

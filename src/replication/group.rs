@@ -342,6 +342,28 @@ impl ShardGroup {
         at.elapsed() <= bound && applied >= commit
     }
 
+    /// On the leader: whether every other member has every entry of the log and this
+    /// replica has applied it all. A retired group's leader goes last, once this holds (and
+    /// a heartbeat has told the followers the commit index), so no follower is left short of
+    /// the entries that resolve its two-phase commit records, with no leader to send them.
+    pub fn followers_have_everything(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let Some(last) = m.last_log_index else {
+            return true;
+        };
+        if m.last_applied.map(|l| l.index) != Some(last) {
+            return false;
+        }
+        let Some(replication) = &m.replication else {
+            return false;
+        };
+        replication
+            .iter()
+            .filter(|(id, _)| **id != m.id)
+            .all(|(_, matched)| matched.map(|l| l.index) >= Some(last))
+    }
+
     /// The current leader and term, as this node knows them.
     pub fn leader(&self) -> (Option<NodeId>, u64) {
         let m = self.raft.metrics();
