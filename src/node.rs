@@ -68,6 +68,9 @@ pub struct NodeConfig {
     /// Where FTP clients connect (none: no FTP), and the ports of its passive mode.
     pub ftp_addr: Option<SocketAddr>,
     pub ftp_passive_ports: std::ops::RangeInclusive<u16>,
+    /// The `cairn dev` supervisor that started this node, if one did: fault injection
+    /// (`/v1/dev/...`) is forwarded to it, and refused when there is none.
+    pub dev_supervisor: Option<SocketAddr>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -224,8 +227,13 @@ impl Node {
             config.snapshot_every,
         )?;
         let journal = Arc::new(crate::cluster::journal::Journal::default());
-        let liveness =
-            crate::cluster::liveness::Liveness::start(id, cluster_addr, journal.clone()).await?;
+        let liveness = crate::cluster::liveness::Liveness::start(
+            id,
+            cluster_addr,
+            journal.clone(),
+            client.faults.clone(),
+        )
+        .await?;
         let cluster = Cluster::open(
             ClusterConfig {
                 node: id,
@@ -370,7 +378,7 @@ impl Node {
                 }
             }
         }));
-        let engine = Engine::new(cluster.clone(), config.files);
+        let engine = Engine::new(cluster.clone(), config.files, config.dev_supervisor);
         tokio::spawn(sweep_transactions(handler));
         servers.push(tokio::spawn(api::pgwire::serve(pg, engine.clone())));
         servers.push(tokio::spawn(api::http::serve(http, engine.clone())));

@@ -727,6 +727,11 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/shards", get(super::nodes::shards))
         .route("/v1/shards/{id}/check", post(super::nodes::check))
         .route("/metrics", get(metrics))
+        .route(
+            "/v1/dev/links",
+            get(super::dev::links).post(super::dev::set_links),
+        )
+        .route("/v1/dev/{action}", post(super::dev::action))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits::HTTP_BODY_BYTES_MAX))
         .with_state(Api { engine, txns })

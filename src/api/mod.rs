@@ -3,6 +3,7 @@
 //! `sql::Output` / `Error` back into its own format (RowDescription + DataRow + SQLSTATE;
 //! JSON with an error code).
 
+pub mod dev;
 pub mod files;
 pub mod ftp;
 pub mod http;

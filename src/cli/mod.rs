@@ -8,6 +8,7 @@ pub mod firewall;
 pub mod local;
 pub mod node;
 pub mod slt;
+pub mod sql;
 pub mod watch;
 
 use crate::node::{Node, NodeConfig};
@@ -45,6 +46,8 @@ pub enum Command {
     Node(node::NodeArgs),
     /// The cluster at a glance: nodes, then shards with leader, replicas, lag and health.
     Status(node::StatusArgs),
+    /// An interactive SQL shell (or run statements from -c, -f or stdin).
+    Sql(sql::SqlArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,6 +144,10 @@ pub struct StartArgs {
     /// Ports FTP's passive mode opens data connections on (`FIRST-LAST`).
     #[arg(long, default_value = "49152-65535", value_parser = crate::units::port_range_arg)]
     pub ftp_passive_ports: std::ops::RangeInclusive<u16>,
+    /// The `cairn dev` supervisor that runs this node (set by `cairn dev` itself): fault
+    /// injection over `/v1/dev/...` goes to it.
+    #[arg(long, hide = true)]
+    pub dev_supervisor: Option<SocketAddr>,
 }
 
 /// A chunk size between 4 KiB and one Raft entry's target size.
@@ -192,6 +199,7 @@ pub async fn start(args: StartArgs) -> anyhow::Result<()> {
         },
         ftp_addr: args.ftp_addr,
         ftp_passive_ports: args.ftp_passive_ports,
+        dev_supervisor: args.dev_supervisor,
     };
     let node = Node::start(config).await?;
     shutdown_signal().await;
@@ -252,6 +260,7 @@ pub fn main() -> anyhow::Result<()> {
             Command::Watch(args) => watch::run(args).await,
             Command::Node(args) => node::run(args).await,
             Command::Status(args) => node::status(args).await,
+            Command::Sql(args) => sql::run(args).await,
             Command::Chaos(args) => {
                 if chaos::run(args).await? {
                     Ok(())

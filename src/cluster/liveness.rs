@@ -106,6 +106,7 @@ impl Liveness {
         me: NodeId,
         addr: SocketAddr,
         journal: Arc<Journal>,
+        faults: Arc<crate::replication::faults::LinkFaults>,
     ) -> crate::error::Result<Arc<Liveness>> {
         let socket = UdpSocket::bind(addr).await.map_err(|e| {
             crate::error::Error::Unavailable(format!(
@@ -128,7 +129,14 @@ impl Liveness {
             run: now_ms(),
         };
         tokio::spawn(receive(socket.clone(), tx.clone()));
-        tokio::spawn(run(identity, socket, rx, tx, Arc::downgrade(&liveness)));
+        tokio::spawn(run(
+            identity,
+            socket,
+            rx,
+            tx,
+            Arc::downgrade(&liveness),
+            faults,
+        ));
         Ok(liveness)
     }
 
@@ -298,6 +306,7 @@ async fn run(
     mut rx: mpsc::Receiver<Input>,
     tx: mpsc::Sender<Input>,
     liveness: std::sync::Weak<Liveness>,
+    faults: Arc<crate::replication::faults::LinkFaults>,
 ) {
     let config = Config::new_lan(std::num::NonZeroU32::new(16).expect("non-zero"));
     let mut foca = Foca::new(identity, config, StdRng::from_os_rng(), PostcardCodec);
@@ -323,7 +332,19 @@ async fn run(
             tracing::debug!(error = %e, "gossip input ignored");
         }
         for (addr, data) in fx.send.drain(..) {
-            let _ = socket.send_to(&data, addr).await;
+            match faults.of(&addr.to_string()) {
+                None => {
+                    let _ = socket.send_to(&data, addr).await;
+                }
+                Some(crate::replication::faults::LinkFault::Cut) => {}
+                Some(slow) => {
+                    let socket = socket.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(slow.delay()).await;
+                        let _ = socket.send_to(&data, addr).await;
+                    });
+                }
+            }
         }
         for (timer, after) in fx.timers.drain(..) {
             let tx = tx.clone();

@@ -12,6 +12,7 @@
 //! commit → `StateMachine::apply` → `storage::Replica::apply` (changeset + applied index in one
 //! SQLite transaction) → the writer answers the client.
 
+pub mod faults;
 pub mod group;
 pub mod log_store;
 pub mod membership;

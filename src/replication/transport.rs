@@ -354,6 +354,8 @@ pub struct Client {
     dialer: Arc<dyn Dialer>,
     /// Named in the hello of every connection this client opens.
     cluster_id: Arc<Mutex<Option<String>>>,
+    /// Links cut or slowed on purpose (dev mode's fault injection; gossip shares it).
+    pub faults: Arc<super::faults::LinkFaults>,
 }
 
 impl Client {
@@ -368,6 +370,7 @@ impl Client {
             peers: Mutex::new(HashMap::new()),
             dialer,
             cluster_id: Arc::new(Mutex::new(None)),
+            faults: Arc::default(),
         })
     }
 
@@ -413,6 +416,15 @@ impl Client {
         timeout: Duration,
     ) -> Result<Response, CallError> {
         let fut = async {
+            match self.faults.of(addr) {
+                // As a firewall dropping packets looks: the dial times out, nothing sent.
+                Some(super::faults::LinkFault::Cut) => {
+                    tokio::time::sleep(limits::CLUSTER_CONNECT_TIMEOUT).await;
+                    return Err(CallError::NotSent(addr.to_string()));
+                }
+                Some(slow) => tokio::time::sleep(slow.delay()).await,
+                None => {}
+            }
             let (reply, rx) = oneshot::channel();
             self.connection(addr)
                 .send((request, reply))

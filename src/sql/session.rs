@@ -45,13 +45,20 @@ pub struct Engine {
     pub cache: super::cache::ResultCache,
     /// How files are kept (`sql::files`).
     pub files: super::files::Settings,
+    /// The `cairn dev` supervisor that started this node (`api::dev`), if one did.
+    pub dev_supervisor: Option<std::net::SocketAddr>,
 }
 
 impl Engine {
-    pub fn new(cluster: Arc<Cluster>, files: super::files::Settings) -> Arc<Engine> {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        files: super::files::Settings,
+        dev_supervisor: Option<std::net::SocketAddr>,
+    ) -> Arc<Engine> {
         let metrics = crate::metrics::Metrics::new(&cluster);
         Arc::new(Engine {
             files,
+            dev_supervisor,
             cache: super::cache::ResultCache::new(metrics.cache.clone()),
             metrics,
             feeds: crate::cluster::feed::Feeds::new(&cluster),

@@ -35,6 +35,7 @@ pub fn config(dir: &Path, pg: SocketAddr, http: SocketAddr) -> NodeConfig {
         files: Default::default(),
         ftp_addr: None,
         ftp_passive_ports: 49152..=65535,
+        dev_supervisor: None,
     }
 }
 
