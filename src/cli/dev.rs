@@ -123,8 +123,9 @@ pub struct Links {
 pub struct SlowLinks {
     #[command(flatten)]
     pub links: Links,
-    /// How long each message waits.
-    #[arg(long, default_value = "200ms", value_parser = crate::units::duration_arg)]
+    /// How long each message waits. Past the election timeout (150 ms by default) the
+    /// node's groups churn through elections, as they would over such a link.
+    #[arg(long, default_value = "100ms", value_parser = crate::units::duration_arg)]
     pub delay: Duration,
 }
 
@@ -630,7 +631,7 @@ impl Supervisor {
                     LinkFault::Cut
                 } else {
                     LinkFault::Slow {
-                        delay_ms: request.delay_ms.unwrap_or(200),
+                        delay_ms: request.delay_ms.unwrap_or(100),
                     }
                 };
                 {
