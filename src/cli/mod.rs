@@ -5,6 +5,7 @@ pub mod bench;
 pub mod chaos;
 pub mod dev;
 pub mod firewall;
+pub mod load;
 pub mod local;
 pub mod node;
 pub mod slt;
@@ -48,6 +49,8 @@ pub enum Command {
     Status(node::StatusArgs),
     /// An interactive SQL shell (or run statements from -c, -f or stdin).
     Sql(sql::SqlArgs),
+    /// Load a CSV or JSON-lines file into a table: parallel batches, each exactly once.
+    Load(load::LoadArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -261,6 +264,7 @@ pub fn main() -> anyhow::Result<()> {
             Command::Node(args) => node::run(args).await,
             Command::Status(args) => node::status(args).await,
             Command::Sql(args) => sql::run(args).await,
+            Command::Load(args) => load::run(args).await,
             Command::Chaos(args) => {
                 if chaos::run(args).await? {
                     Ok(())
