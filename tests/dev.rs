@@ -1,6 +1,7 @@
 //! Fault injection in dev mode: `cairn dev` runs a real 3-node cluster of processes, and
 //! `cairn dev partition|heal|crash|restart|pause|resume` (sent to any node, which hands it
-//! to the supervisor) act on it; a node started by `cairn start` refuses them all.
+//! to the supervisor) act on it; a node started by `cairn start` refuses them all. And the
+//! dashboard on such a cluster, in headless Chromium (tests/python/dashboard.py).
 
 mod common;
 
@@ -296,4 +297,45 @@ fn a_node_not_run_by_cairn_dev_refuses_fault_injection() {
     );
     // Still serving.
     assert!(common::http_get(node.http, "/health").is_some());
+}
+
+/// The browser the dashboard test drives (Debian's `chromium` and `chromium-driver`);
+/// None (skipped, saying so) without them, unless CAIRN_REQUIRE_BROWSER demands them.
+fn browser() -> Option<()> {
+    let found = ["/usr/bin/chromium", "/usr/bin/chromedriver"]
+        .iter()
+        .all(|p| std::path::Path::new(p).exists());
+    if !found {
+        assert!(
+            std::env::var("CAIRN_REQUIRE_BROWSER").is_err(),
+            "chromium and chromedriver are required here (apt-get install chromium chromium-driver)"
+        );
+        println!("no chromium/chromedriver; skipped");
+        return None;
+    }
+    Some(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_cluster_runs_sql_follows_changes_and_crashes_a_node() {
+    let (Some(python), Some(())) = (common::python(), browser()) else {
+        return;
+    };
+    let dev = tokio::task::block_in_place(|| start_dev(31600));
+    write_through(
+        dev.pg[0],
+        "CREATE TABLE pets (id integer PRIMARY KEY, name text) WITH (shard_count = 3);
+         INSERT INTO pets VALUES (1, 'Rex'), (2, 'Tom')",
+    )
+    .await;
+    let script = format!("{}/tests/python/dashboard.py", env!("CARGO_MANIFEST_DIR"));
+    let base = format!("http://{}", dev.http[0]);
+    let pg = format!("postgresql://cairn@{}/cairn", dev.pg[2]);
+    // CAIRN_SCREENSHOTS=docs/img keeps the pages' screenshots (for the docs).
+    let shots = std::env::var("CAIRN_SCREENSHOTS").unwrap_or_default();
+    let mut args = vec![script.as_str(), base.as_str(), pg.as_str()];
+    if !shots.is_empty() {
+        args.push(shots.as_str());
+    }
+    tokio::task::block_in_place(|| common::run_python(&python, &args, &[]));
 }

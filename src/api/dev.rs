@@ -99,6 +99,15 @@ pub(super) async fn action(
     let (status, text) = answer.map_err(unavailable)?;
     let value: Value = serde_json::from_str(&text)
         .map_err(|_| unavailable(format!("the dev supervisor answered {status}: {text}")))?;
+    // Faults injected show among the cluster's events, beside their effects.
+    if let Some(message) = value["message"].as_str().filter(|_| status == 200) {
+        if action != "faults" {
+            api.engine
+                .cluster
+                .journal
+                .record("fault", format!("dev: {message}"));
+        }
+    }
     Ok((
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         Json(value),

@@ -732,6 +732,9 @@ pub fn router(engine: Arc<Engine>) -> Router {
             get(super::dev::links).post(super::dev::set_links),
         )
         .route("/v1/dev/{action}", post(super::dev::action))
+        .route("/", get(super::dashboard::index))
+        .route("/dashboard/app.js", get(super::dashboard::script))
+        .route("/dashboard/style.css", get(super::dashboard::style))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits::HTTP_BODY_BYTES_MAX))
         .with_state(Api { engine, txns })

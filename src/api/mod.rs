@@ -3,6 +3,7 @@
 //! `sql::Output` / `Error` back into its own format (RowDescription + DataRow + SQLSTATE;
 //! JSON with an error code).
 
+pub mod dashboard;
 pub mod dev;
 pub mod files;
 pub mod ftp;

@@ -245,6 +245,7 @@ impl Cluster {
             tokio::spawn(placement_driver(cluster.clone())),
             tokio::spawn(track_liveness(cluster.clone())),
             tokio::spawn(check::scheduled_checks(cluster.clone())),
+            tokio::spawn(journal_elections(cluster.clone())),
         ];
         cluster.tasks.lock().expect("tasks lock").extend(tasks);
         Ok(cluster)
@@ -625,6 +626,33 @@ async fn watch_catalog(cluster: Arc<Cluster>) {
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },
             () = recheck => {}
+        }
+    }
+}
+
+/// Puts each leadership this node wins in its journal (`GET /v1/events`, the dashboard):
+/// one line per group and term, from the winner only, so the cluster's events name each
+/// election once.
+async fn journal_elections(cluster: Arc<Cluster>) {
+    let mut known: HashMap<ShardId, u64> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for group in cluster.groups() {
+            let (leader, term) = group.leader();
+            if leader != Some(cluster.node) {
+                continue;
+            }
+            if known.insert(group.shard, term) != Some(term) {
+                cluster.journal.record(
+                    "leader",
+                    format!(
+                        "shard {}: {} elected leader (term {term})",
+                        group.shard, cluster.node
+                    ),
+                );
+            }
         }
     }
 }
