@@ -114,6 +114,16 @@ fn a_script_runs_in_order_and_stops_at_its_first_error_with_status_1() {
         "{stdout}"
     );
 
+    // A syntax error points at its place.
+    let out = sql(node.pg, &["-c", "SELECT 1,\n  2 FORM s;"], "");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("ERROR:  42601: ")
+            && stderr.contains(&format!("\nLINE 2:   2 FORM s;\n{}^\n", " ".repeat(17))),
+        "{stderr}"
+    );
+
     // A server that is not there: status 2, said on stderr.
     let out = sql(common::free_addr(), &["-c", "SELECT 1"], "");
     assert_eq!(out.status.code(), Some(2));

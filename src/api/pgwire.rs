@@ -52,6 +52,37 @@ fn user_error(e: Error) -> PgWireError {
     PgWireError::UserError(Box::new(pg_error(&e)))
 }
 
+/// `pg_error`, with the position in `query` a syntax error names (sqlparser says `at
+/// Line: L, Column: C`), as PostgreSQL sends it: the 1-based character offset, which psql
+/// and `cairn sql` show as `LINE n:` with a caret.
+fn pg_error_in(e: &Error, query: &str) -> ErrorInfo {
+    let mut info = pg_error(e);
+    if info.code == crate::error::sqlstate::SYNTAX_ERROR {
+        info.position = syntax_error_position(&info.message, query).map(|p| p.to_string());
+    }
+    info
+}
+
+fn syntax_error_position(message: &str, query: &str) -> Option<usize> {
+    let at = message.rfind("Line: ")?;
+    let (line, rest) = message[at + 6..].split_once(", Column: ")?;
+    let line: usize = line.parse().ok()?;
+    let column: usize = rest
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()?;
+    let mut offset = 0;
+    for (i, text) in query.split('\n').enumerate() {
+        if i + 1 == line {
+            return (column >= 1 && column <= text.chars().count() + 1).then_some(offset + column);
+        }
+        offset += text.chars().count() + 1;
+    }
+    None
+}
+
 fn wire_type(ty: PgType) -> Type {
     Type::from_oid(ty.oid()).unwrap_or(Type::TEXT)
 }
@@ -168,7 +199,7 @@ impl QueryParser for Parser {
             .session()
             .prepare(sql, &given)
             .await
-            .map_err(user_error)
+            .map_err(|e| PgWireError::UserError(Box::new(pg_error_in(&e, sql))))
     }
 
     fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
@@ -284,7 +315,7 @@ impl SimpleQueryHandler for Connection {
             match output.and_then(|o| response(o, &PortalFormat::UnifiedText)) {
                 Ok(r) => responses.push(r),
                 Err(e) => {
-                    responses.push(Response::Error(Box::new(pg_error(&e))));
+                    responses.push(Response::Error(Box::new(pg_error_in(&e, query))));
                     break;
                 }
             }
@@ -533,5 +564,23 @@ pub async fn serve(listener: TcpListener, engine: Arc<Engine>) {
             conn.session.lock().await.close().await;
             drop(permit);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_syntax_errors_line_and_column_become_its_position_in_the_query() {
+        let query = "SELECT 1,\n  2 FORM t";
+        let message =
+            "sql parser error: Expected: end of statement, found: t at Line: 2, Column: 10";
+        // 10 characters of line 1 (with its newline), then column 10 of line 2.
+        assert_eq!(super::syntax_error_position(message, query), Some(20));
+        assert_eq!(&query[19..20], "t");
+        assert_eq!(super::syntax_error_position("no position", query), None);
+        assert_eq!(
+            super::syntax_error_position("at Line: 9, Column: 1", query),
+            None
+        );
     }
 }

@@ -51,8 +51,9 @@ pub struct LoadArgs {
     pub format: Format,
     /// The file to load, or `-` for stdin.
     pub file: PathBuf,
-    /// Records per batch (one transaction each).
-    #[arg(long, default_value_t = 1000)]
+    /// Records per batch (one transaction each; 10,000 measured fastest, see
+    /// docs/BENCHMARKS.md).
+    #[arg(long, default_value_t = 10_000)]
     pub batch: usize,
     /// Batches in flight at once.
     #[arg(long, default_value_t = 4)]
