@@ -127,6 +127,41 @@ async fn refused_records_are_reported_and_skipped_or_stop_the_load() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("--resume"), "{}", text(&out));
 
+    // With batches in parallel, a refused record stops the others too: the load does not
+    // run on to the end of the file.
+    c.batch_execute("CREATE TABLE many (id integer PRIMARY KEY)")
+        .await
+        .unwrap();
+    let big = dir.path().join("many.csv");
+    let mut csv = String::from("id\nnot a number\n");
+    for i in 0..20_000 {
+        csv.push_str(&format!("{i}\n"));
+    }
+    std::fs::write(&big, csv).unwrap();
+    let out = load(
+        &[node.pg],
+        &[
+            "--table",
+            "many",
+            "--batch",
+            "100",
+            "--parallel",
+            "4",
+            big.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("line 2: 22P02"), "{}", text(&out));
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM many", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        n < 10_000,
+        "the load ran on after its refused record: {n} rows"
+    );
+
     // JSON lines: keys in any order, bad ones reported.
     let jsonl = dir.path().join("more.jsonl");
     std::fs::write(

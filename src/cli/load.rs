@@ -28,7 +28,8 @@ pub enum Format {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OnError {
     /// Stop at the first refused record. Batches already committed stay (with --parallel
-    /// above 1, some after it may be among them); --resume continues once it is fixed.
+    /// above 1, some after it may be among them: those in flight finish); --resume
+    /// continues once it is fixed.
     Abort,
     /// Report refused records and load every other one.
     Skip,
@@ -110,6 +111,8 @@ struct Shared {
     skipped_batches: AtomicU64,
     rejected: Mutex<Vec<(u64, String, String)>>,
     progress: indicatif::ProgressBar,
+    /// Set when a batch failed for good: the reader and the other workers stop.
+    stop: std::sync::atomic::AtomicBool,
 }
 
 pub async fn run(args: LoadArgs) -> Result<()> {
@@ -212,6 +215,7 @@ pub async fn run(args: LoadArgs) -> Result<()> {
         skipped_batches: AtomicU64::new(0),
         rejected: Mutex::new(Vec::new()),
         progress,
+        stop: std::sync::atomic::AtomicBool::new(false),
         args,
     });
 
@@ -251,7 +255,13 @@ pub async fn run(args: LoadArgs) -> Result<()> {
                 let Some(batch) = rx.lock().await.recv().await else {
                     return Ok(());
                 };
-                load_batch(&shared, batch).await?;
+                if shared.stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                if let Err(e) = load_batch(&shared, batch).await {
+                    shared.stop.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
             }
         }));
     }
@@ -275,7 +285,7 @@ pub async fn run(args: LoadArgs) -> Result<()> {
                     Format::Csv => read_record(&mut input, &mut text)?,
                     Format::Jsonl => input.read_line(&mut text)?,
                 };
-                if n == 0 {
+                if n == 0 || shared.stop.load(Ordering::Relaxed) {
                     break;
                 }
                 shared.progress.inc(n as u64);
@@ -318,7 +328,7 @@ pub async fn run(args: LoadArgs) -> Result<()> {
                     }
                 }
             }
-            if !records.is_empty() {
+            if !records.is_empty() && !shared.stop.load(Ordering::Relaxed) {
                 let _ = tx.blocking_send(Batch { number, records });
             }
             Ok(())
@@ -590,6 +600,8 @@ async fn try_batch(
         Ok(n) => rows += n,
         Err(e) => match refused(&e) {
             Some(why) if shared.args.on_error == OnError::Abort => {
+                // Stop the other batches now, not once this one's record is named.
+                shared.stop.store(true, Ordering::Relaxed);
                 let _ = client.batch_execute("ROLLBACK").await;
                 let line = if batch.records.len() == 1 {
                     batch.records[0].line
