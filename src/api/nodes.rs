@@ -43,6 +43,8 @@ fn node_json(
         "meta": meta,
         "started_ms": status.map(|s| s.started_ms),
         "version": status.map(|s| s.version.clone()),
+        "cpu_seconds": status.map(|s| s.cpu_seconds),
+        "rss_bytes": status.map(|s| s.rss_bytes),
     })
 }
 

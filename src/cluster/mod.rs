@@ -130,6 +130,9 @@ pub struct NodeStatus {
     pub liveness: Vec<(u64, String, u64)>,
     /// On the meta leader: why replicas of leaving or dead nodes cannot move now, by node.
     pub stuck: Vec<(u64, Vec<String>)>,
+    /// CPU seconds this process has used (user + system), and its resident memory.
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
     /// Each replica here: its shard, applied index, and whether it is a learner.
     pub applied: Vec<(ShardId, u64, bool)>,
 }
@@ -517,6 +520,7 @@ impl Cluster {
 
     /// This node's status, for the other nodes.
     pub fn status(&self) -> NodeStatus {
+        let (cpu_seconds, rss_bytes) = process_usage();
         let groups = self.groups();
         let catalog = self.catalog();
         NodeStatus {
@@ -545,6 +549,8 @@ impl Cluster {
                     (n.0, live.as_str().to_string(), since)
                 })
                 .collect(),
+            cpu_seconds,
+            rss_bytes,
             stuck: match self.stuck.lock().expect("lock").upgrade() {
                 Some(driver) if self.leads_meta() => driver
                     .stuck
@@ -628,6 +634,35 @@ async fn watch_catalog(cluster: Arc<Cluster>) {
             () = recheck => {}
         }
     }
+}
+
+/// This process's CPU seconds (user + system) and resident bytes, from `/proc/self` (zeros
+/// where there is no `/proc`).
+fn process_usage() -> (f64, u64) {
+    // SAFETY: sysconf has no preconditions.
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name (which may hold spaces) closing with ')'.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) / ticks.max(1) as f64)
+        })
+        .unwrap_or(0.0);
+    let rss = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|pages| pages * page.max(1) as u64)
+        .unwrap_or(0);
+    (cpu, rss)
 }
 
 /// Puts each leadership this node wins in its journal (`GET /v1/events`, the dashboard):

@@ -68,6 +68,8 @@ try:
     rows = driver.find_elements(By.CSS_SELECTOR, "#nodes tbody tr")
     assert [r.get_attribute("data-node") for r in rows] == ["n1", "n2", "n3"], texts("#nodes tbody tr")
     assert all("alive" in r.text for r in rows), texts("#nodes tbody tr")
+    # Each node's memory, and its CPU use once two samples are in.
+    wait.until(lambda d: all(" MiB" in t and "%" in t for t in texts("#nodes tbody tr")))
     # The fault buttons show in a dev cluster.
     assert driver.find_element(By.CSS_SELECTOR, "#nodes tbody tr button").is_displayed()
     shot("dashboard-overview.png")

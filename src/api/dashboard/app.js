@@ -119,6 +119,16 @@ async function fault(action, node, from) {
 }
 $("#heal").addEventListener("click", () => fault("heal"));
 
+// CPU use between two refreshes, from each node's CPU seconds.
+const lastCpu = {};
+function cpuPercent(n, now) {
+  if (n.cpu_seconds === null || n.cpu_seconds === undefined) return "";
+  const last = lastCpu[n.id];
+  lastCpu[n.id] = { at: now, cpu: n.cpu_seconds };
+  if (!last || now <= last.at || n.cpu_seconds < last.cpu) return "…";
+  return (100 * (n.cpu_seconds - last.cpu) / ((now - last.at) / 1000)).toFixed(0) + "%";
+}
+
 function drawNodes(nodes) {
   const body = $("#nodes tbody");
   body.replaceChildren();
@@ -130,6 +140,8 @@ function drawNodes(nodes) {
     tr.append(el("td", n.id), el("td", n.state), el("td", live, live === "alive" ? "ok" : "bad"),
       el("td", n.zone || ""), el("td", n.replicas, "num"),
       el("td", (n.leaders ?? "") + (n.leads_meta ? " +meta" : ""), "num"),
+      el("td", cpuPercent(n, now), "num"),
+      el("td", n.rss_bytes ? (n.rss_bytes / 1048576).toFixed(0) + " MiB" : "", "num"),
       el("td", n.started_ms ? duration(now - n.started_ms) : ""), el("td", n.version || ""),
       el("td", n.pg_addr), el("td", n.http_addr));
     const buttons = el("td", null, "dev");
