@@ -725,6 +725,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/nodes/{id}/remove", post(super::nodes::remove))
         .route("/v1/events", get(super::nodes::events))
         .route("/v1/shards", get(super::nodes::shards))
+        .route("/v1/tables", get(super::nodes::tables))
         .route("/v1/shards/{id}/check", post(super::nodes::check))
         .route("/metrics", get(metrics))
         .route(

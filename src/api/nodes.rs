@@ -116,6 +116,39 @@ pub(super) async fn remove(
     change(api, id, Lifecycle::Remove).await
 }
 
+/// `GET /v1/tables`: every table with how it is laid out: distribution, colocation group,
+/// its shards and their replication factors, columns.
+pub(super) async fn tables(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+    let catalog = api.engine.cluster.catalog();
+    let tables: Vec<Value> = catalog
+        .tables()
+        .filter(|t| !t.name.starts_with("cairn_file_"))
+        .map(|t| {
+            let shards = catalog.shards_of(t).unwrap_or_default();
+            let factors: std::collections::BTreeSet<u32> = shards
+                .iter()
+                .filter_map(|s| catalog.shards.get(s))
+                .map(|s| s.replication_factor)
+                .collect();
+            let distribution = match &t.distribution {
+                crate::catalog::Distribution::Single => "single".to_string(),
+                crate::catalog::Distribution::Reference => "reference".to_string(),
+                crate::catalog::Distribution::Hash { column } => format!("hash({column})"),
+                crate::catalog::Distribution::List { column } => format!("list({column})"),
+            };
+            json!({
+                "name": t.name,
+                "distribution": distribution,
+                "colocation": t.colocation,
+                "shards": shards.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                "replication_factors": factors,
+                "columns": t.columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "tables": tables })))
+}
+
 /// `GET /v1/shards`: every shard's placement from the catalog, with its leader as this node
 /// knows it.
 pub(super) async fn shards(State(api): State<Api>) -> Result<Json<Value>, ApiError> {

@@ -85,6 +85,12 @@ try:
     driver.find_element(By.CSS_SELECTOR, "#shards th[data-key=shard]").click()
     shot("dashboard-shards.png")
 
+    # Tables: the table's layout.
+    driver.find_element(By.CSS_SELECTOR, "nav a[data-page=tables]").click()
+    wait.until(lambda d: len(texts("#tables tr[data-table=pets]")) == 1)
+    row = texts("#tables tr[data-table=pets] td")
+    assert row[1] == "hash(id)" and row[3] == "3" and row[4] == "3" and row[6] == "id, name", row
+
     # SQL console: a result table, then an error with its SQLSTATE.
     driver.find_element(By.CSS_SELECTOR, "nav a[data-page=sql]").click()
     box = driver.find_element(By.ID, "sql-text")

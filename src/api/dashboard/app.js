@@ -31,7 +31,7 @@ function duration(ms) {
 }
 
 // --- Pages (the URL's #fragment names the page).
-const pages = ["overview", "shards", "events", "sql", "live"];
+const pages = ["overview", "shards", "tables", "events", "sql", "live"];
 function show() {
   const name = (location.hash || "#overview").slice(1).split("?")[0];
   const page = pages.includes(name) ? name : "overview";
@@ -179,6 +179,24 @@ async function refresh() {
     drawNodes(nodes.nodes);
     drawShards();
     drawHealth(nodes.nodes, shards.shards);
+    if ($("#page-tables").classList.contains("active")) {
+      const tables = await api("/v1/tables");
+      const leaderOf = {};
+      for (const s of shards.shards) leaderOf[s.shard] = s.leader || "?";
+      const body = $("#tables tbody");
+      body.replaceChildren();
+      for (const t of tables.tables) {
+        const tr = el("tr");
+        tr.dataset.table = t.name;
+        const leaders = {};
+        for (const s of t.shards) leaders[leaderOf[s]] = (leaders[leaderOf[s]] || 0) + 1;
+        tr.append(el("td", t.name), el("td", t.distribution), el("td", t.colocation, "num"),
+          el("td", t.shards.length, "num"), el("td", t.replication_factors.join(", "), "num"),
+          el("td", Object.entries(leaders).sort().map(([n, c]) => n + ": " + c).join(", ")),
+          el("td", t.columns.join(", ")));
+        body.append(tr);
+      }
+    }
     if ($("#page-events").classList.contains("active")) {
       const events = await api("/v1/events");
       const body = $("#events tbody");
