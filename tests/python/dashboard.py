@@ -123,6 +123,29 @@ try:
     wait.until(lambda d: any("seen live" in t for t in texts("#live-events tbody tr")))
     shot("dashboard-live.png")
 
+    # Files: upload through the page, list it, download it, delete it.
+    driver.find_element(By.CSS_SELECTOR, "nav a[data-page=files]").click()
+    local = os.path.join(os.environ.get("TMPDIR", "/tmp"), "cairn-dashboard-upload.txt")
+    with open(local, "w") as f:
+        f.write("uploaded from the dashboard\n" * 1000)
+    driver.find_element(By.ID, "files-prefix").send_keys("docs/")
+    driver.find_element(By.ID, "files-choose").send_keys(local)
+    driver.find_element(By.ID, "files-upload").click()
+    wait.until(lambda d: "uploaded docs/cairn-dashboard-upload.txt" in d.find_element(By.ID, "files-status").text)
+    wait.until(lambda d: len(texts("#files tr[data-path='docs/cairn-dashboard-upload.txt']")) == 1)
+    row = texts("#files tr[data-path='docs/cairn-dashboard-upload.txt'] td")
+    assert row[1] == str(28 * 1000), row
+    body = driver.execute_async_script(
+        "const done = arguments[0];"
+        "fetch(document.querySelector(\"#files tr[data-path='docs/cairn-dashboard-upload.txt'] a\").href)"
+        ".then(r => r.text()).then(done)"
+    )
+    assert body == "uploaded from the dashboard\n" * 1000, body[:100]
+    click("#files tr[data-path='docs/cairn-dashboard-upload.txt'] button")
+    wait.until(lambda d: not texts("#files tr[data-path='docs/cairn-dashboard-upload.txt']"))
+    driver.find_element(By.ID, "files-list").click()
+    wait.until(lambda d: "0 file(s)" in d.find_element(By.ID, "files-status").text)
+
     # Crash n2 from the page once it leads a shard: it is shown not alive, and the events
     # name the crash and, after it, a new leader on another node.
     driver.find_element(By.CSS_SELECTOR, "nav a[data-page=overview]").click()

@@ -31,7 +31,7 @@ function duration(ms) {
 }
 
 // --- Pages (the URL's #fragment names the page).
-const pages = ["overview", "shards", "tables", "events", "sql", "live"];
+const pages = ["overview", "shards", "tables", "events", "sql", "live", "files"];
 function show() {
   const name = (location.hash || "#overview").slice(1).split("?")[0];
   const page = pages.includes(name) ? name : "overview";
@@ -304,6 +304,71 @@ function startLive() {
 }
 $("#live-start").addEventListener("click", startLive);
 $("#live-stop").addEventListener("click", stopLive);
+
+// --- Files: list by prefix (paged), download, upload, delete.
+let filesNext = null;
+function fileUrl(path) {
+  return "/v1/files/" + path.split("/").map(encodeURIComponent).join("/");
+}
+async function listFiles(more) {
+  const prefix = $("#files-prefix").value;
+  const body = $("#files tbody");
+  if (!more) { body.replaceChildren(); filesNext = null; }
+  let query = "/v1/files?limit=100&prefix=" + encodeURIComponent(prefix);
+  if (more && filesNext) query += "&after=" + encodeURIComponent(filesNext);
+  try {
+    const page = await api(query);
+    for (const f of page.items) {
+      const tr = el("tr");
+      tr.dataset.path = f.path;
+      const link = el("a", f.path);
+      link.href = fileUrl(f.path);
+      link.download = f.path.split("/").pop();
+      const remove = el("button", "delete");
+      remove.addEventListener("click", async () => {
+        try {
+          await api(fileUrl(f.path), { method: "DELETE" });
+          tr.remove();
+        } catch (e) {
+          $("#files-status").textContent = "error " + e.code + ": " + e.message;
+        }
+      });
+      const name = el("td");
+      name.append(link);
+      tr.append(name, el("td", f.size, "num"), el("td", f.content_type || ""),
+        el("td", f.modified_at || ""), el("td", (f.sha256 || "").slice(0, 12)), el("td"));
+      tr.lastChild.append(remove);
+      body.append(tr);
+    }
+    filesNext = page.next;
+    $("#files-more").disabled = !filesNext;
+    $("#files-status").textContent = body.children.length + " file(s)";
+  } catch (e) {
+    $("#files-status").textContent = "error " + e.code + ": " + e.message;
+  }
+}
+async function uploadFile() {
+  const file = $("#files-choose").files[0];
+  if (!file) return;
+  const path = $("#files-target").value.trim() || ($("#files-prefix").value + file.name);
+  $("#files-status").textContent = "uploading " + path + "…";
+  try {
+    const response = await fetch(fileUrl(path), {
+      method: "PUT", body: file, headers: { "content-type": file.type || "application/octet-stream" },
+    });
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      throw (body.error || { code: String(response.status), message: response.statusText });
+    }
+    await listFiles(false);
+    $("#files-status").textContent = "uploaded " + path;
+  } catch (e) {
+    $("#files-status").textContent = "error " + e.code + ": " + e.message;
+  }
+}
+$("#files-list").addEventListener("click", () => listFiles(false));
+$("#files-more").addEventListener("click", () => listFiles(true));
+$("#files-upload").addEventListener("click", uploadFile);
 
 drawHistory();
 detectDev().then(show);
