@@ -288,7 +288,9 @@ async fn joined_nodes_get_their_share_under_load() {
                     && placed(http, 3, &[])
                     && balanced(http)
             },
-            Duration::from_secs(120),
+            // Generous: 16 shards copied to two new nodes under load on 2 cores took over
+            // 120 s once in CI while another build ran.
+            Duration::from_secs(240),
             "5 nodes alive, every shard with 3 replicas, counts balanced",
         )
     });
@@ -319,7 +321,7 @@ async fn joined_nodes_get_their_share_under_load() {
                 leaders.iter().max().unwrap() - leaders.iter().min().unwrap() <= 1
                     && leaders.iter().sum::<u64>() == 16
             },
-            Duration::from_secs(90),
+            Duration::from_secs(180),
             "leaders balanced",
         )
     });
