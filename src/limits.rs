@@ -385,3 +385,9 @@ pub const FILE_RESUMABLE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 /// How long the leader of a retired shard's group waits for its followers to have every
 /// entry before it removes its replica anyway (a follower dead or gone early never will).
 pub const RETIRED_LEADER_WAIT: Duration = Duration::from_secs(30);
+
+/// Seconds of history each node keeps for the dashboard's charts (15 minutes at 1 s).
+pub const TIMELINE_SECONDS: usize = 900;
+/// How often a node counts the rows and bytes of the tables in the shards it leads (a walk of
+/// their b-tree pages' headers) for `GET /v1/tables`.
+pub const TABLE_SIZES_EVERY: Duration = Duration::from_secs(15);

@@ -379,6 +379,10 @@ impl Node {
             }
         }));
         let engine = Engine::new(cluster.clone(), config.files, config.dev_supervisor);
+        crate::metrics::timeline::start();
+        tokio::spawn(crate::cluster::Cluster::refresh_table_sizes(
+            std::sync::Arc::downgrade(&cluster),
+        ));
         tokio::spawn(sweep_transactions(handler));
         servers.push(tokio::spawn(api::pgwire::serve(pg, engine.clone())));
         servers.push(tokio::spawn(api::http::serve(http, engine.clone())));
@@ -787,6 +791,9 @@ impl Handler for NodeRpc {
                 None => Response::Voters(Err(no_such_shard())),
             },
             Request::Status => Response::Status(Box::new(self.cluster.status())),
+            Request::Timeline { since_ms } => {
+                Response::Timeline(crate::metrics::timeline::since(since_ms))
+            }
             Request::CheckShard { shard, id } => match self.group(shard) {
                 Some(group) => Response::Done(wire(group.writer.check(id).await)),
                 None => Response::Done(Err(no_such_shard())),

@@ -442,7 +442,7 @@ async fn metrics(State(Api { engine, .. }): State<Api>) -> Response {
         .into_response()
 }
 
-async fn not_found() -> ApiError {
+pub(super) async fn not_found() -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
         code: "42704".into(),
@@ -724,6 +724,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         )
         .route("/v1/nodes/{id}/remove", post(super::nodes::remove))
         .route("/v1/events", get(super::nodes::events))
+        .route("/v1/timeline", get(super::nodes::timeline))
         .route("/v1/shards", get(super::nodes::shards))
         .route("/v1/tables", get(super::nodes::tables))
         .route("/v1/shards/{id}/check", post(super::nodes::check))
@@ -736,6 +737,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/", get(super::dashboard::index))
         .route("/dashboard/app.js", get(super::dashboard::script))
         .route("/dashboard/style.css", get(super::dashboard::style))
+        .route("/dashboard/vendor/{file}", get(super::dashboard::vendor))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits::HTTP_BODY_BYTES_MAX))
         .with_state(Api { engine, txns })

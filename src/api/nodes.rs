@@ -120,6 +120,14 @@ pub(super) async fn remove(
 /// its shards and their replication factors, columns.
 pub(super) async fn tables(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
     let catalog = api.engine.cluster.catalog();
+    // Rows and bytes as each shard's leader last counted them.
+    let statuses = api.engine.cluster.node_statuses().await;
+    let mut sizes: std::collections::HashMap<(ShardId, &str), (u64, u64)> = Default::default();
+    for status in statuses.iter().filter_map(|(_, s)| s.as_ref()) {
+        for (shard, table, rows, bytes) in &status.table_sizes {
+            sizes.insert((*shard, table.as_str()), (*rows, *bytes));
+        }
+    }
     let tables: Vec<Value> = catalog
         .tables()
         .filter(|t| !t.name.starts_with("cairn_file_"))
@@ -136,7 +144,21 @@ pub(super) async fn tables(State(api): State<Api>) -> Result<Json<Value>, ApiErr
                 crate::catalog::Distribution::Hash { column } => format!("hash({column})"),
                 crate::catalog::Distribution::List { column } => format!("list({column})"),
             };
+            // A reference table's shards are copies: one of them says how big it is.
+            let counted: Vec<(u64, u64)> = shards
+                .iter()
+                .filter_map(|s| sizes.get(&(*s, t.name.as_str())).copied())
+                .collect();
+            let (rows, bytes) = match &t.distribution {
+                crate::catalog::Distribution::Reference => counted.first().copied().unwrap_or_default(),
+                _ => counted.iter().fold((0, 0), |(r, b), (r2, b2)| (r + r2, b + b2)),
+            };
+            let complete = !counted.is_empty()
+                && (counted.len() == shards.len()
+                    || matches!(t.distribution, crate::catalog::Distribution::Reference));
             json!({
+                "approximate_rows": complete.then_some(rows),
+                "approximate_bytes": complete.then_some(bytes),
                 "name": t.name,
                 "distribution": distribution,
                 "colocation": t.colocation,
@@ -158,12 +180,12 @@ pub(super) async fn shards(State(api): State<Api>) -> Result<Json<Value>, ApiErr
     let names = |nodes: &[crate::ids::NodeId]| -> Vec<String> {
         nodes.iter().map(|n| n.to_string()).collect()
     };
-    // Each replica as its node reports it: (applied index, learner).
-    let mut reported: std::collections::HashMap<(ShardId, u64), (u64, bool)> =
+    // Each replica as its node reports it.
+    let mut reported: std::collections::HashMap<(ShardId, u64), &crate::cluster::ReplicaStatus> =
         std::collections::HashMap::new();
     for status in statuses.iter().filter_map(|(_, s)| s.as_ref()) {
-        for (shard, applied, learner) in &status.applied {
-            reported.insert((*shard, status.node), (*applied, *learner));
+        for r in &status.replicas_here {
+            reported.insert((r.shard, status.node), r);
         }
     }
     let mut tables: std::collections::BTreeMap<ShardId, Vec<String>> = Default::default();
@@ -177,7 +199,7 @@ pub(super) async fn shards(State(api): State<Api>) -> Result<Json<Value>, ApiErr
         .values()
         .map(|s| {
             let leader = cluster.known_leader(s.id);
-            let leader_applied = leader.and_then(|l| reported.get(&(s.id, l.0))).map(|r| r.0);
+            let on_leader = leader.and_then(|l| reported.get(&(s.id, l.0)));
             let state: Vec<Value> = s
                 .replicas
                 .iter()
@@ -185,18 +207,31 @@ pub(super) async fn shards(State(api): State<Api>) -> Result<Json<Value>, ApiErr
                     let r = reported.get(&(s.id, n.0));
                     let role = match r {
                         _ if Some(*n) == leader => "leader",
-                        Some((_, true)) => "learner",
+                        Some(r) if r.learner => "learner",
                         Some(_) => "follower",
                         None => "unknown",
+                    };
+                    let lag = match (on_leader, r) {
+                        (Some(l), Some(r)) => Some(l.applied.saturating_sub(r.applied)),
+                        _ => None,
+                    };
+                    // In time: how much older the newest write applied here is than the
+                    // leader's (unknown while a replica has applied none since it opened).
+                    let lag_ms = match (on_leader, r, lag) {
+                        (_, _, Some(0)) => Some(0),
+                        (Some(l), Some(r), _) if l.applied_time_us > 0 && r.applied_time_us > 0 => {
+                            Some(l.applied_time_us.saturating_sub(r.applied_time_us) / 1000)
+                        }
+                        _ => None,
                     };
                     json!({
                         "node": n.to_string(),
                         "role": role,
-                        "applied_index": r.map(|r| r.0),
-                        "lag": match (leader_applied, r) {
-                            (Some(l), Some(r)) => Some(l.saturating_sub(r.0)),
-                            _ => None,
-                        },
+                        "applied_index": r.map(|r| r.applied),
+                        "term": r.map(|r| r.term),
+                        "lag": lag,
+                        "lag_ms": lag_ms,
+                        "bytes": r.map(|r| r.bytes),
                     })
                 })
                 .collect();
@@ -209,6 +244,8 @@ pub(super) async fn shards(State(api): State<Api>) -> Result<Json<Value>, ApiErr
                 "replication_factor": s.replication_factor,
                 "zones": s.zones,
                 "leader": leader.map(|l| l.to_string()),
+                "term": on_leader.map(|l| l.term),
+                "bytes": on_leader.map(|l| l.bytes),
                 "replica_state": state,
             })
         })
@@ -236,17 +273,51 @@ pub(super) async fn check(
     Ok(Json(json!({ "check": report })))
 }
 
-/// `GET /v1/events`: every reachable node's event log, merged by time (oldest first).
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct TimelineParams {
+    /// `n2`; this node when absent.
+    node: Option<String>,
+    /// Only seconds that ended after this (Unix ms); all kept when absent.
+    since_ms: Option<u64>,
+}
+
+/// `GET /v1/timeline?node=n2&since_ms=T`: one node's last 15 minutes at one-second
+/// resolution (statements by kind with latency histograms, Raft proposals, log fsyncs), for
+/// the dashboard's charts, which merge the nodes' histograms themselves.
+pub(super) async fn timeline(
+    State(api): State<Api>,
+    params: super::kv::QueryResult<TimelineParams>,
+) -> Result<Json<Value>, ApiError> {
+    let params = super::kv::query(params)?;
+    let cluster = &api.engine.cluster;
+    let node = match &params.node {
+        Some(n) => parse_node(n)?,
+        None => cluster.node,
+    };
+    let seconds = cluster
+        .node_timeline(node, params.since_ms.unwrap_or(0))
+        .await?;
+    Ok(Json(json!({
+        "node": node.to_string(),
+        "kinds": crate::metrics::timeline::KINDS,
+        "seconds": seconds,
+    })))
+}
+
+/// `GET /v1/events`: every node's event log, merged by time (oldest first). A node that does
+/// not answer contributes what it said when it last did (`"stale": true`).
 pub(super) async fn events(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
-    let statuses = api.engine.cluster.node_statuses().await;
+    let cluster = &api.engine.cluster;
+    let statuses = cluster.node_statuses().await;
     let mut events: Vec<Value> = Vec::new();
-    for (record, status) in &statuses {
-        for e in status.iter().flat_map(|s| &s.events) {
+    for (node, logged, stale) in cluster.events_by_node(&statuses) {
+        for e in logged {
             events.push(json!({
                 "at_ms": e.at_ms,
-                "node": record.id.to_string(),
+                "node": node.to_string(),
                 "kind": e.kind,
                 "message": e.message,
+                "stale": stale,
             }));
         }
     }

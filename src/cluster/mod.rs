@@ -105,6 +105,12 @@ pub struct Cluster {
     resolved: Mutex<ResolvedDecisions>,
     /// Retired shards led here, waiting for their followers to catch up before going (since).
     retiring: Mutex<HashMap<ShardId, std::time::Instant>>,
+    /// Rows and bytes of each table in the shards led here, as last counted
+    /// (`refresh_table_sizes`): shard → (table, rows, bytes).
+    table_sizes: Mutex<HashMap<ShardId, Vec<(String, u64, u64)>>>,
+    /// The events each other node reported when it last answered (`events_by_node`): a node
+    /// down keeps its history on the dashboard.
+    events_seen: Mutex<HashMap<NodeId, Vec<journal::Event>>>,
 }
 
 #[derive(Default)]
@@ -133,8 +139,25 @@ pub struct NodeStatus {
     /// CPU seconds this process has used (user + system), and its resident memory.
     pub cpu_seconds: f64,
     pub rss_bytes: u64,
-    /// Each replica here: its shard, applied index, and whether it is a learner.
-    pub applied: Vec<(ShardId, u64, bool)>,
+    /// Each replica here.
+    pub replicas_here: Vec<ReplicaStatus>,
+    /// Rows and bytes of the tables in the shards this node leads, as last counted:
+    /// (shard, table, rows, bytes).
+    pub table_sizes: Vec<(ShardId, String, u64, u64)>,
+}
+
+/// One replica as its node reports it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ReplicaStatus {
+    pub shard: ShardId,
+    pub applied: u64,
+    pub learner: bool,
+    pub term: u64,
+    /// Commit time (Unix µs) of the last entry applied that carried one (0: none yet since
+    /// the replica opened).
+    pub applied_time_us: u64,
+    /// The replica's files on disk.
+    pub bytes: u64,
 }
 
 /// Lets a shard's writer learn decisions kept by other shards (two-phase commit recovery).
@@ -232,6 +255,8 @@ impl Cluster {
             tasks: Mutex::new(Vec::new()),
             resolved: Mutex::new(ResolvedDecisions::default()),
             retiring: Mutex::default(),
+            table_sizes: Mutex::default(),
+            events_seen: Mutex::default(),
             stuck: Mutex::new(std::sync::Weak::new()),
             placed: Mutex::new(HashMap::new()),
             divergent: Mutex::new(BTreeMap::new()),
@@ -533,11 +558,32 @@ impl Cluster {
                 .map(|g| g.shard)
                 .collect(),
             replicas: groups.iter().map(|g| g.shard).collect(),
-            applied: groups
+            replicas_here: groups
                 .iter()
                 .map(|g| {
                     let (applied, learner) = g.applied_and_learner(self.node);
-                    (g.shard, applied, learner)
+                    ReplicaStatus {
+                        shard: g.shard,
+                        applied,
+                        learner,
+                        term: g.leader().1,
+                        applied_time_us: g
+                            .replica
+                            .applied_time
+                            .load(std::sync::atomic::Ordering::Relaxed),
+                        bytes: g.replica.disk_bytes(),
+                    }
+                })
+                .collect(),
+            table_sizes: self
+                .table_sizes
+                .lock()
+                .expect("table sizes lock")
+                .iter()
+                .flat_map(|(shard, tables)| {
+                    tables
+                        .iter()
+                        .map(|(t, rows, bytes)| (*shard, t.clone(), *rows, *bytes))
                 })
                 .collect(),
             events: self.journal.all(),

@@ -138,4 +138,84 @@ impl Cluster {
         });
         futures::future::join_all(asks).await
     }
+
+    /// The seconds `node` kept for the charts that ended after `since_ms`.
+    pub async fn node_timeline(
+        &self,
+        node: NodeId,
+        since_ms: u64,
+    ) -> Result<Vec<crate::metrics::timeline::Second>> {
+        if node == self.node {
+            return Ok(crate::metrics::timeline::since(since_ms));
+        }
+        let catalog = self.catalog();
+        let record = catalog
+            .nodes
+            .get(&node)
+            .ok_or_else(|| Error::sql(sqlstate::UNDEFINED_OBJECT, format!("no node {node}")))?;
+        match self
+            .client
+            .call(
+                &record.cluster_addr,
+                Request::Timeline { since_ms },
+                STATUS_WAIT,
+            )
+            .await
+            .map_err(|e| Error::Unavailable(format!("node {node} did not answer: {e}")))?
+        {
+            Response::Timeline(seconds) => Ok(seconds),
+            other => Err(Error::internal(format!(
+                "node {node} answered a timeline request with {other:?}"
+            ))),
+        }
+    }
+
+    /// Count the rows and bytes of the tables in the shards led here, every
+    /// `TABLE_SIZES_EVERY`, for `/v1/tables` (through `NodeStatus`); until the cluster is
+    /// dropped.
+    pub async fn refresh_table_sizes(cluster: std::sync::Weak<Cluster>) {
+        loop {
+            let Some(this) = cluster.upgrade() else {
+                return;
+            };
+            let mut sizes = std::collections::HashMap::new();
+            for group in this.groups() {
+                if group.shard.is_meta() || group.leader().0 != Some(this.node) {
+                    continue;
+                }
+                match group.replica.table_sizes().await {
+                    Ok(tables) => {
+                        sizes.insert(group.shard, tables);
+                    }
+                    Err(e) => tracing::debug!(shard = %group.shard, error = %e, "counting table sizes"),
+                }
+            }
+            *this.table_sizes.lock().expect("table sizes lock") = sizes;
+            drop(this);
+            tokio::time::sleep(crate::limits::TABLE_SIZES_EVERY).await;
+        }
+    }
+
+    /// Each node's events: as it reports them now, or — for a node that did not answer —
+    /// as it last reported them to this node (`true`: not fresh).
+    pub fn events_by_node(
+        &self,
+        statuses: &[(NodeRecord, Option<NodeStatus>)],
+    ) -> Vec<(NodeId, Vec<super::journal::Event>, bool)> {
+        let mut seen = self.events_seen.lock().expect("events lock");
+        statuses
+            .iter()
+            .map(|(record, status)| match status {
+                Some(s) => {
+                    seen.insert(record.id, s.events.clone());
+                    (record.id, s.events.clone(), false)
+                }
+                None => (
+                    record.id,
+                    seen.get(&record.id).cloned().unwrap_or_default(),
+                    true,
+                ),
+            })
+            .collect()
+    }
 }

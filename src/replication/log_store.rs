@@ -50,7 +50,9 @@ impl Syncer {
             return Ok(());
         }
         let upto = self.written.load(Ordering::SeqCst);
+        let started = std::time::Instant::now();
         db.persist(PersistMode::SyncData)?;
+        crate::metrics::timeline::fsync(started.elapsed());
         *synced = upto;
         Ok(())
     }

@@ -82,6 +82,10 @@ pub enum Request {
     },
     /// This node's state for `GET /v1/nodes` and `GET /v1/events`.
     Status,
+    /// This node's seconds kept for the dashboard's charts, those ended after `since_ms`.
+    Timeline {
+        since_ms: u64,
+    },
     /// To a shard's leader: propose consistency check `id`.
     CheckShard {
         shard: ShardId,
@@ -213,6 +217,7 @@ pub enum Response {
     /// A group's voters and its leader.
     Voters(Result<(Vec<u64>, u64), WireError>),
     Status(Box<crate::cluster::NodeStatus>),
+    Timeline(Vec<crate::metrics::timeline::Second>),
     /// A consistency check on a replica: (log index, checksum once taken).
     Check(Result<Option<crate::storage::replica::CheckState>, WireError>),
 }

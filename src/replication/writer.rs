@@ -498,6 +498,7 @@ async fn propose(raft: &Raft, ops: Vec<Op>) -> Result<()> {
     let mut stamped = Vec::with_capacity(ops.len() + 1);
     stamped.push(Op::Time(crate::storage::functions::now_micros()));
     stamped.extend(ops);
+    crate::metrics::timeline::proposal();
     match raft.client_write(Batch { ops: stamped }).await {
         Ok(written) if written.data.refused => Err(Error::Retry(
             "the shard changed between computing this write and committing it (its leader changed); retry it"

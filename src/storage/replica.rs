@@ -318,9 +318,10 @@ pub struct Replica {
     pending: RefCell<Option<(LogId, Membership)>>,
     /// Change events, when this replica keeps them.
     recorder: RefCell<Option<Recorder>>,
-    /// The commit time of the last entry that carried one (for entries of older logs that
-    /// carry none).
-    last_time: std::cell::Cell<u64>,
+    /// The commit time (Unix µs) of the last entry applied that carried one (for entries of
+    /// older logs that carry none); shared with the handle, which reports it (replication lag
+    /// in time is the leader's minus a follower's).
+    last_time: Arc<std::sync::atomic::AtomicU64>,
     /// Consistency checks applied here, newest last, at most `CHECKS_KEPT`; each one's
     /// checksum is taken on a thread of its own (see `start_check`).
     checks: Arc<Mutex<std::collections::VecDeque<CheckRun>>>,
@@ -565,7 +566,8 @@ impl Replica {
                 let mut changes = EntryChanges::default();
                 for op in &batch.ops {
                     if let Op::Time(t) = op {
-                        self.last_time.set(*t);
+                        self.last_time
+                            .store(*t, std::sync::atomic::Ordering::Relaxed);
                     }
                     if self.planted_divergence
                         && matches!(op, Op::Changeset(_))
@@ -583,7 +585,7 @@ impl Replica {
                 }
                 if let Some(recorder) = self.recorder.borrow_mut().as_mut() {
                     recorder
-                        .record(&tx, entry.log_id.index, self.last_time.get(), changes)
+                        .record(&tx, entry.log_id.index, self.last_time.load(std::sync::atomic::Ordering::Relaxed), changes)
                         .map_err(|e| {
                             Error::Corrupt(format!(
                                 "{}: recording the changes of {}: {e}",
@@ -1006,6 +1008,9 @@ pub struct ReplicaHandle {
     pub path: PathBuf,
     pub shard: ShardId,
     pub reads: Arc<ReadPool>,
+    /// Commit time (Unix µs) of the last entry applied that carried one; 0 before any has
+    /// been applied since the replica opened.
+    pub applied_time: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ReplicaHandle {
@@ -1013,6 +1018,7 @@ impl ReplicaHandle {
     pub fn start(path: &Path, shard: ShardId, options: &ReplicaOptions) -> Result<ReplicaHandle> {
         let replica = Replica::open(path, shard, options)?;
         let (tx, rx) = mpsc::sync_channel(limits::REPLICA_QUEUE_MAX);
+        let applied_time = replica.last_time.clone();
         std::thread::Builder::new()
             .name(format!("replica-{shard}"))
             .spawn(move || thread_main(replica, rx))
@@ -1022,7 +1028,19 @@ impl ReplicaHandle {
             path: path.to_path_buf(),
             shard,
             reads: Arc::new(ReadPool::new(path)),
+            applied_time,
         })
+    }
+
+    /// Bytes of the replica's files on disk (the database and its write-ahead log).
+    pub fn disk_bytes(&self) -> u64 {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        [self.path.as_os_str(), wal.as_os_str()]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
     }
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
@@ -1149,6 +1167,36 @@ impl ReplicaHandle {
         .map_err(Error::internal)?;
         guard.defuse();
         result
+    }
+
+    /// Each user table here with its rows and bytes (its indexes included), counted from
+    /// the b-tree pages (`dbstat`) rather than the rows: a walk of the pages' headers.
+    pub async fn table_sizes(&self) -> Result<Vec<(String, u64, u64)>> {
+        let reads = self.reads.clone();
+        tokio::task::spawn_blocking(move || {
+            reads.with(|c, _| {
+                let mut stmt = c.prepare(
+                    "SELECT s.tbl_name,
+                            sum(CASE WHEN d.name = s.tbl_name AND d.pagetype = 'leaf'
+                                THEN d.ncell ELSE 0 END),
+                            sum(d.pgsize)
+                     FROM dbstat d JOIN sqlite_schema s ON s.name = d.name
+                     WHERE s.tbl_name NOT LIKE '!_cairn!_%' ESCAPE '!'
+                       AND s.tbl_name NOT LIKE 'sqlite!_%' ESCAPE '!'
+                     GROUP BY s.tbl_name",
+                )?;
+                let rows = stmt.query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?.max(0) as u64,
+                        r.get::<_, i64>(2)?.max(0) as u64,
+                    ))
+                })?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+        })
+        .await
+        .map_err(Error::internal)?
     }
 
     /// Like [`ReplicaHandle::read`], with other replica files attached (read-only) under the

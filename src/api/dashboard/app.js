@@ -1,5 +1,6 @@
 // Cairn's dashboard: plain JavaScript over the node's own HTTP API (/v1/nodes,
-// /v1/shards, /v1/events, /v1/sql, /v1/ws, and /v1/dev/... in a `cairn dev` cluster).
+// /v1/shards, /v1/tables, /v1/timeline, /v1/events, /v1/sql, /v1/ws, and /v1/dev/... in a
+// `cairn dev` cluster); charts drawn by uPlot (vendored).
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
@@ -22,6 +23,14 @@ async function api(path, options) {
   return body;
 }
 
+function bytes(n) {
+  if (n === null || n === undefined) return "";
+  if (n < 1024) return n + " B";
+  if (n < 1048576) return (n / 1024).toFixed(1) + " KiB";
+  if (n < 1073741824) return (n / 1048576).toFixed(1) + " MiB";
+  return (n / 1073741824).toFixed(2) + " GiB";
+}
+
 function duration(ms) {
   if (ms === null || ms === undefined || ms < 0) return "";
   const s = Math.floor(ms / 1000);
@@ -31,7 +40,7 @@ function duration(ms) {
 }
 
 // --- Pages (the URL's #fragment names the page).
-const pages = ["overview", "shards", "tables", "events", "sql", "live", "files"];
+const pages = ["overview", "shards", "tables", "charts", "events", "sql", "live", "files"];
 function show() {
   const name = (location.hash || "#overview").slice(1).split("?")[0];
   const page = pages.includes(name) ? name : "overview";
@@ -55,6 +64,8 @@ function shardRows(shards) {
     const state = s.replica_state || [];
     const voters = state.filter((r) => r.role === "leader" || r.role === "follower").length;
     const lags = state.map((r) => r.lag).filter((l) => l !== null && l !== undefined);
+    const lagsMs = state.map((r) => r.lag_ms).filter((l) => l !== null && l !== undefined);
+    const leader = state.find((r) => r.role === "leader");
     let health = "ok";
     if (!s.leader) health = "no leader";
     else if (voters < s.replication_factor) health = "under-replicated (" + voters + "/" + s.replication_factor + ")";
@@ -64,7 +75,11 @@ function shardRows(shards) {
       tables: (s.tables || []).join(", "),
       leader: s.leader || "",
       replicas: state.map((r) => r.node + (r.role === "leader" ? "*" : r.role === "learner" ? "(learner)" : r.role === "unknown" ? "?" : "")).join(" "),
+      term: s.term ?? "",
+      applied: leader && leader.applied_index !== null ? leader.applied_index : "",
       lag: lags.length ? Math.max(...lags) : "",
+      lag_ms: lagsMs.length ? Math.max(...lagsMs) : "",
+      size: s.bytes ?? "",
       rf: s.replication_factor,
       health,
     };
@@ -85,8 +100,12 @@ function drawShards() {
   body.replaceChildren();
   for (const r of rows) {
     const tr = el("tr");
-    for (const key of ["shard", "tables", "leader", "replicas", "lag", "rf", "health"]) {
-      tr.append(el("td", r[key], key === "health" ? (r.health === "ok" ? "ok" : "bad") : (key === "lag" || key === "rf" ? "num" : "")));
+    tr.dataset.shard = r.shard;
+    for (const key of ["shard", "tables", "leader", "replicas", "term", "applied", "lag", "lag_ms", "size", "rf", "health"]) {
+      const text = key === "size" ? bytes(r.size === "" ? null : r.size) : r[key];
+      const cls = key === "health" ? (r.health === "ok" ? "ok" : "bad")
+        : (["term", "applied", "lag", "lag_ms", "size", "rf"].includes(key) ? "num" : "");
+      tr.append(el("td", text, cls));
     }
     body.append(tr);
   }
@@ -193,9 +212,13 @@ async function refresh() {
         tr.append(el("td", t.name), el("td", t.distribution), el("td", t.colocation, "num"),
           el("td", t.shards.length, "num"), el("td", t.replication_factors.join(", "), "num"),
           el("td", Object.entries(leaders).sort().map(([n, c]) => n + ": " + c).join(", ")),
-          el("td", t.columns.join(", ")));
+          el("td", t.columns.join(", ")),
+          el("td", t.approximate_rows ?? "…", "num"), el("td", bytes(t.approximate_bytes) || "…", "num"));
         body.append(tr);
       }
+    }
+    if ($("#page-charts").classList.contains("active")) {
+      await refreshCharts(nodes.nodes);
     }
     if ($("#page-events").classList.contains("active")) {
       const events = await api("/v1/events");
@@ -213,6 +236,115 @@ async function refresh() {
     health.className = "health bad";
   }
 }
+
+// --- Charts: every node's last 15 minutes at one point a second (`/v1/timeline`), merged
+// here: rates are summed, latency histograms are added before their quantiles are taken.
+const KINDS = ["read", "write", "ddl", "other"];
+const WINDOW_S = 900;
+const timelines = {}; // node id -> Map(second -> sample)
+const charts = {};
+
+function quantile(buckets, q) {
+  let total = 0;
+  for (const c of buckets.values()) total += c;
+  if (!total) return null;
+  const rank = Math.max(1, Math.ceil(total * q));
+  let seen = 0;
+  for (const i of [...buckets.keys()].sort((a, b) => a - b)) {
+    seen += buckets.get(i);
+    if (seen >= rank) return Math.pow(2, (i + 1) / 4) / 1000;
+  }
+  return null;
+}
+
+function addBuckets(into, sparse) {
+  for (const [i, c] of sparse) into.set(i, (into.get(i) || 0) + c);
+}
+
+async function fetchTimeline(node) {
+  const kept = timelines[node] || (timelines[node] = new Map());
+  let since = 0;
+  for (const t of kept.keys()) since = Math.max(since, t);
+  const answer = await api("/v1/timeline?node=" + node + (since ? "&since_ms=" + since : ""));
+  for (const s of answer.seconds) kept.set(s.at_ms, s);
+  const oldest = Date.now() - (WINDOW_S + 5) * 1000;
+  for (const t of [...kept.keys()]) if (t < oldest) kept.delete(t);
+}
+
+function chart(id, title, series, yLabel) {
+  if (charts[id]) return charts[id];
+  const width = Math.max(400, Math.min(1100, $("#page-charts").clientWidth - 20));
+  const opts = {
+    title, width, height: 220,
+    scales: { x: { time: true } },
+    axes: [{}, { label: yLabel, size: 60 }],
+    series: [{}, ...series.map((s) => ({ label: s.label, stroke: s.color, width: 1.5, dash: s.dash, spanGaps: false }))],
+  };
+  charts[id] = new uPlot(opts, [[], ...series.map(() => [])], $("#" + id));
+  return charts[id];
+}
+
+async function refreshCharts(nodes) {
+  const select = $("#chart-node");
+  const ids = nodes.map((n) => n.id);
+  for (const id of ids) {
+    if (![...select.options].some((o) => o.value === id)) select.append(new Option(id, id));
+  }
+  const chosen = select.value ? [select.value] : ids;
+  const answered = await Promise.all(chosen.map((id) => fetchTimeline(id).then(() => true, () => false)));
+  const missing = chosen.filter((_, i) => !answered[i]);
+  $("#chart-status").textContent = missing.length ? "no answer from " + missing.join(", ") : "";
+  // One x per second across the window; a node's sample falls in the second it ended in.
+  const end = Math.floor(Date.now() / 1000) - 1;
+  const xs = [];
+  for (let t = end - WINDOW_S + 1; t <= end; t++) xs.push(t);
+  const at = new Map(xs.map((t, i) => [t, i]));
+  const n = xs.length;
+  const zeros = () => new Array(n).fill(null);
+  const rate = KINDS.map(zeros), errors = zeros(), proposals = zeros(), fsyncs = zeros();
+  const lat = KINDS.map(() => xs.map(() => new Map()));
+  const fsyncLat = xs.map(() => new Map());
+  let total = 0;
+  for (const id of chosen) {
+    for (const s of (timelines[id] || new Map()).values()) {
+      const i = at.get(Math.floor(s.at_ms / 1000));
+      if (i === undefined) continue;
+      KINDS.forEach((_, k) => { rate[k][i] = (rate[k][i] || 0) + s.statements[k]; addBuckets(lat[k][i], s.latency[k]); });
+      total += s.statements.reduce((a, b) => a + b, 0);
+      errors[i] = (errors[i] || 0) + s.errors;
+      proposals[i] = (proposals[i] || 0) + s.proposals;
+      let count = 0;
+      for (const [, c] of s.fsyncs) count += c;
+      fsyncs[i] = (fsyncs[i] || 0) + count;
+      addBuckets(fsyncLat[i], s.fsyncs);
+    }
+  }
+  const colors = { read: "#1e88e5", write: "#e53935", ddl: "#8e24aa", other: "#757575" };
+  chart("chart-statements", "Statements per second", [
+    ...KINDS.map((k) => ({ label: k, color: colors[k] })), { label: "errors", color: "#ff6f00", dash: [4, 4] },
+  ], "per s").setData([xs, ...rate, errors]);
+  const latSeries = [], latData = [];
+  for (const [k, kind] of KINDS.entries()) {
+    for (const [q, dash] of [[0.5, undefined], [0.99, [4, 4]]]) {
+      latSeries.push({ label: kind + " p" + Math.round(q * 100), color: colors[kind], dash });
+      latData.push(lat[k].map((b) => quantile(b, q)));
+    }
+  }
+  chart("chart-latency", "Statement latency", latSeries, "ms").setData([xs, ...latData]);
+  chart("chart-raft", "Raft proposals and log fsyncs per second", [
+    { label: "proposals", color: "#00897b" }, { label: "fsyncs", color: "#6d4c41" },
+  ], "per s").setData([xs, proposals, fsyncs]);
+  chart("chart-fsync", "Log fsync latency", [
+    { label: "p50", color: "#6d4c41" }, { label: "p99", color: "#6d4c41", dash: [4, 4] },
+  ], "ms").setData([xs, fsyncLat.map((b) => quantile(b, 0.5)), fsyncLat.map((b) => quantile(b, 0.99))]);
+  // For tests and the curious: what the charts hold.
+  const box = $("#chart-statements");
+  box.dataset.statements = total;
+  box.dataset.proposals = proposals.reduce((a, b) => a + (b || 0), 0);
+  box.dataset.fsyncs = fsyncs.reduce((a, b) => a + (b || 0), 0);
+  box.dataset.nodes = chosen.filter((_, i) => answered[i]).join(",");
+}
+$("#chart-node").addEventListener("change", refresh);
 
 async function detectDev() {
   try {

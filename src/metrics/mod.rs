@@ -2,6 +2,8 @@
 //! and outcome with their latency, and — read on each scrape — every local replica's Raft
 //! state (term, leader, applied index, leadership changes) and the catalog's size.
 
+pub mod timeline;
+
 use crate::cluster::Cluster;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -98,6 +100,7 @@ impl Metrics {
             kind,
             outcome: if ok { "ok" } else { "error" },
         };
+        timeline::statement(kind, ok, took);
         self.statements.get_or_create(&labels).inc();
         self.latency
             .get_or_create(&labels)
