@@ -339,3 +339,148 @@ async fn the_dashboard_shows_the_cluster_runs_sql_follows_changes_and_crashes_a_
     }
     tokio::task::block_in_place(|| common::run_python(&python, &args, &[]));
 }
+
+/// Polls `what` every half second until it gives Some, for at most `secs`.
+fn eventually<T>(secs: u64, why: &str, mut what: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = what() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{why}: not within {secs} s");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// What the dashboard draws from: each node's one-second timeline (read through any node),
+/// tables' approximate rows as they change, shards' terms, sizes and lag, and the events of a
+/// node that is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timelines_table_sizes_shard_state_and_a_dead_nodes_events_are_reported() {
+    let dev = tokio::task::block_in_place(|| start_dev(31700));
+    write_through(
+        dev.pg[0],
+        "CREATE TABLE pets (id integer PRIMARY KEY, name text) WITH (shard_count = 3);
+         INSERT INTO pets SELECT g, 'pet ' || g FROM generate_series(1, 300) g;
+         SELECT count(*) FROM pets",
+    )
+    .await;
+    tokio::task::block_in_place(|| {
+        // n1 ran the statements: its timeline, read through n2, has them by kind; every node
+        // fsynced its log (each holds a replica of every shard), and the leaders proposed.
+        let timeline = |via: usize, node: &str| -> Option<Vec<Value>> {
+            json(dev.http[via], &format!("/v1/timeline?node={node}"))
+                .and_then(|v| v["seconds"].as_array().cloned())
+        };
+        let kinds = json(dev.http[0], "/v1/timeline").unwrap()["kinds"].clone();
+        assert_eq!(kinds, serde_json::json!(["read", "write", "ddl", "other"]));
+        let total = |seconds: &[Value], f: &dyn Fn(&Value) -> u64| -> u64 {
+            seconds.iter().map(f).sum()
+        };
+        let n1 = eventually(10, "n1's statements in its timeline", || {
+            let s = timeline(1, "n1")?;
+            let writes = total(&s, &|x| x["statements"][1].as_u64().unwrap());
+            let ddl = total(&s, &|x| x["statements"][2].as_u64().unwrap());
+            (writes >= 1 && ddl >= 1).then_some(s)
+        });
+        // Each statement's latency is in its kind's histogram.
+        let counted: u64 = n1
+            .iter()
+            .flat_map(|x| x["latency"][1].as_array().unwrap().clone())
+            .map(|b| b[1].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            counted,
+            total(&n1, &|x| x["statements"][1].as_u64().unwrap())
+        );
+        eventually(10, "every node's log fsyncs, and the leaders' proposals", || {
+            let mut proposals = 0;
+            for node in ["n1", "n2", "n3"] {
+                let s = timeline(0, node)?;
+                let fsyncs = total(&s, &|x| {
+                    x["fsyncs"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|b| b[1].as_u64().unwrap())
+                        .sum()
+                });
+                if fsyncs == 0 {
+                    return None;
+                }
+                proposals += total(&s, &|x| x["proposals"].as_u64().unwrap());
+            }
+            (proposals >= 1).then_some(())
+        });
+        // Only what came after `since_ms`.
+        let last = n1.last().unwrap()["at_ms"].as_u64().unwrap();
+        let later = json(dev.http[0], &format!("/v1/timeline?node=n1&since_ms={last}")).unwrap();
+        assert!(later["seconds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["at_ms"].as_u64().unwrap() > last));
+        let (status, unknown) = common::http_get_any(dev.http[0], "/v1/timeline?node=n9").unwrap();
+        let unknown: Value = serde_json::from_str(&unknown).unwrap();
+        assert_eq!((status, &unknown["error"]["code"]), (404, &serde_json::json!("42704")), "{unknown}");
+
+        // Shards: term, size and lag of every replica.
+        eventually(30, "every pets replica with term, size and lag", || {
+            let shards = json(dev.http[2], "/v1/shards")?;
+            let pets: Vec<&Value> = shards["shards"]
+                .as_array()?
+                .iter()
+                .filter(|s| s["tables"] == serde_json::json!(["pets"]))
+                .collect();
+            (pets.len() == 3
+                && pets.iter().all(|s| {
+                    s["term"].as_u64().is_some_and(|t| t >= 1)
+                        && s["bytes"].as_u64().is_some_and(|b| b > 0)
+                        && s["replica_state"].as_array().unwrap().iter().all(|r| {
+                            r["lag"].as_u64().is_some()
+                                && r["lag_ms"].as_u64().is_some()
+                                && r["bytes"].as_u64().is_some_and(|b| b > 0)
+                        })
+                }))
+            .then_some(())
+        });
+    });
+
+    // Tables: approximate rows follow the table as it changes.
+    let rows = |http: SocketAddr| -> Option<u64> {
+        json(http, "/v1/tables")?["tables"]
+            .as_array()?
+            .iter()
+            .find(|t| t["name"] == "pets")?["approximate_rows"]
+            .as_u64()
+    };
+    tokio::task::block_in_place(|| {
+        eventually(60, "300 rows in pets", || (rows(dev.http[1]) == Some(300)).then_some(()))
+    });
+    write_through(dev.pg[1], "DELETE FROM pets WHERE id > 200").await;
+    tokio::task::block_in_place(|| {
+        eventually(60, "200 rows in pets", || (rows(dev.http[0]) == Some(200)).then_some(()));
+        let table = json(dev.http[0], "/v1/tables").unwrap();
+        assert!(table["tables"][0]["approximate_bytes"].as_u64().unwrap() > 0);
+
+        // A node down keeps the events it reported, marked stale.
+        let events_of = |node: &str| -> Vec<Value> {
+            json(dev.http[0], "/v1/events").unwrap()["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["node"] == node)
+                .cloned()
+                .collect()
+        };
+        let before = events_of("n2");
+        assert!(!before.is_empty());
+        assert!(before.iter().all(|e| e["stale"] == false));
+        let (code, out) = fault(&dev.http, &["crash", "n2"]);
+        assert_eq!(code, 0, "{out}");
+        eventually(30, "n2's events kept, marked stale, while it is down", || {
+            let now = events_of("n2");
+            (now.len() >= before.len() && now.iter().all(|e| e["stale"] == true)).then_some(())
+        });
+    });
+}

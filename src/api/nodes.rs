@@ -296,7 +296,14 @@ pub(super) async fn timeline(
     };
     let seconds = cluster
         .node_timeline(node, params.since_ms.unwrap_or(0))
-        .await?;
+        .await
+        .map_err(|e| {
+            let mut e = ApiError::from(e);
+            if e.code == crate::error::sqlstate::UNDEFINED_OBJECT {
+                e.status = StatusCode::NOT_FOUND;
+            }
+            e
+        })?;
     Ok(Json(json!({
         "node": node.to_string(),
         "kinds": crate::metrics::timeline::KINDS,

@@ -136,7 +136,15 @@ impl Cluster {
             };
             (n.clone(), status)
         });
-        futures::future::join_all(asks).await
+        let statuses = futures::future::join_all(asks).await;
+        let mut seen = self.events_seen.lock().expect("events lock");
+        for (record, status) in &statuses {
+            if let Some(s) = status {
+                seen.insert(record.id, s.events.clone());
+            }
+        }
+        drop(seen);
+        statuses
     }
 
     /// The seconds `node` kept for the charts that ended after `since_ms`.
@@ -197,19 +205,17 @@ impl Cluster {
     }
 
     /// Each node's events: as it reports them now, or — for a node that did not answer —
-    /// as it last reported them to this node (`true`: not fresh).
+    /// as it last reported them to this node (`true`: not fresh). Every gathering of the
+    /// nodes' statuses (`/v1/nodes`, which the dashboard asks every second) keeps them.
     pub fn events_by_node(
         &self,
         statuses: &[(NodeRecord, Option<NodeStatus>)],
     ) -> Vec<(NodeId, Vec<super::journal::Event>, bool)> {
-        let mut seen = self.events_seen.lock().expect("events lock");
+        let seen = self.events_seen.lock().expect("events lock");
         statuses
             .iter()
             .map(|(record, status)| match status {
-                Some(s) => {
-                    seen.insert(record.id, s.events.clone());
-                    (record.id, s.events.clone(), false)
-                }
+                Some(s) => (record.id, s.events.clone(), false),
                 None => (
                     record.id,
                     seen.get(&record.id).cloned().unwrap_or_default(),

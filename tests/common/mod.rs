@@ -237,6 +237,15 @@ pub fn http_post(addr: SocketAddr, path: &str, body: &str, wait: Duration) -> (u
 
 /// A plain HTTP GET with short timeouts; None if the node does not answer.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    match http_get_any(addr, path)? {
+        (200, body) => Some(body),
+        _ => None,
+    }
+}
+
+/// GET `path`: the status and body whatever the status (None: no answer).
+#[allow(dead_code)]
+pub fn http_get_any(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
@@ -244,7 +253,8 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     let (head, body) = body.split_once("\r\n\r\n")?;
-    (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
 }
 
 /// A cluster of `cairn start` processes on loopback.

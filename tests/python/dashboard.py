@@ -4,7 +4,7 @@ Usage: dashboard.py HTTP_BASE PG_URL_OF_ANOTHER_NODE [SCREENSHOT_DIR]
 
 Against a 3-node `cairn dev` cluster with a table `pets`: every page loads with no console
 error and shows the right nodes and shards; the SQL console runs a query and shows an
-error's SQLSTATE; a row inserted through another node appears in the live view; the crash
+error's SQLSTATE; the charts merge every node's last seconds; a row inserted through another node appears in the live view; the crash
 button kills n2, then the page shows it not alive and a new leader in the events; the
 restart button brings it back.
 """
@@ -82,6 +82,13 @@ try:
     pets = texts("#shards tbody tr")
     assert len(pets) == 3, pets
     assert all(t.split()[-1] == "ok" and "*" in t for t in pets), pets
+    # Each shard's term, applied index, lag in entries and in ms, and size.
+    headers = texts("#shards thead th")
+    assert headers[4:9] == ["term", "applied", "lag (entries)", "lag (ms)", "size"], headers
+    wait.until(lambda d: all(
+        c[4].isdigit() and c[5].isdigit() and c[6].isdigit() and c[7].isdigit() and c[8].endswith("B")
+        for c in (t.split("\t") for t in texts("#shards tbody tr"))
+    ))
     driver.find_element(By.CSS_SELECTOR, "#shards th[data-key=shard]").click()
     shot("dashboard-shards.png")
 
@@ -90,6 +97,9 @@ try:
     wait.until(lambda d: len(texts("#tables tr[data-table=pets]")) == 1)
     row = texts("#tables tr[data-table=pets] td")
     assert row[1] == "hash(id)" and row[3] == "3" and row[4] == "3" and row[6] == "id, name", row
+    # Its approximate rows and bytes, once the leaders have counted them.
+    wait.until(lambda d: texts("#tables tr[data-table=pets] td")[7] == "2")
+    assert texts("#tables tr[data-table=pets] td")[8].endswith("B")
 
     # SQL console: a result table, then an error with its SQLSTATE.
     driver.find_element(By.CSS_SELECTOR, "nav a[data-page=sql]").click()
@@ -111,6 +121,21 @@ try:
     # The failed query's 400 is the only console error so far.
     errors = console_errors(ignore=["/v1/sql"])
     assert not errors, errors
+
+    # Charts: every node's last 15 minutes, merged; the statements just run are counted.
+    driver.find_element(By.CSS_SELECTOR, "nav a[data-page=charts]").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#page-charts .uplot canvas")) == 4)
+    chart = lambda: driver.find_element(By.ID, "chart-statements")
+    wait.until(lambda d: chart().get_attribute("data-nodes") == "n1,n2,n3")
+    wait.until(lambda d: int(chart().get_attribute("data-statements") or 0) >= 3)
+    wait.until(lambda d: int(chart().get_attribute("data-fsyncs") or 0) >= 1)
+    titles = texts("#page-charts .u-title")
+    assert titles == ["Statements per second", "Statement latency",
+                      "Raft proposals and log fsyncs per second", "Log fsync latency"], titles
+    shot("dashboard-charts.png")
+    # One node alone.
+    Select(driver.find_element(By.ID, "chart-node")).select_by_value("n2")
+    wait.until(lambda d: chart().get_attribute("data-nodes") == "n2")
 
     # Live view: a row inserted through another node appears.
     driver.find_element(By.CSS_SELECTOR, "nav a[data-page=live]").click()
@@ -169,6 +194,8 @@ try:
 
     WebDriverWait(driver, 60, ignored_exceptions=STALE).until(elected_after_crash)
     assert any("n2" in t and "liveness" in t for t in texts("#events tbody tr")), texts("#events tbody tr")
+    # n2's own events stay on the page while it is down.
+    assert any(t.split("\t")[1] == "n2" for t in texts("#events tbody tr")), texts("#events tbody tr")
     shot("dashboard-events.png")
 
     # Restart it from the page: alive again.

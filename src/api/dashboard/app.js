@@ -271,14 +271,18 @@ async function fetchTimeline(node) {
   for (const t of [...kept.keys()]) if (t < oldest) kept.delete(t);
 }
 
-function chart(id, title, series, yLabel) {
+// Latencies (`log`) are drawn on a log scale, with a dot for each second that has one.
+function chart(id, title, series, yLabel, log) {
   if (charts[id]) return charts[id];
   const width = Math.max(400, Math.min(1100, $("#page-charts").clientWidth - 20));
   const opts = {
     title, width, height: 220,
-    scales: { x: { time: true } },
+    scales: { x: { time: true }, y: log ? { distr: 3 } : {} },
     axes: [{}, { label: yLabel, size: 60 }],
-    series: [{}, ...series.map((s) => ({ label: s.label, stroke: s.color, width: 1.5, dash: s.dash, spanGaps: false }))],
+    series: [{}, ...series.map((s) => ({
+      label: s.label, stroke: s.color, width: 1.5, dash: s.dash, spanGaps: false,
+      points: log ? { show: true, size: 4 } : undefined,
+    }))],
   };
   charts[id] = new uPlot(opts, [[], ...series.map(() => [])], $("#" + id));
   return charts[id];
@@ -330,13 +334,13 @@ async function refreshCharts(nodes) {
       latData.push(lat[k].map((b) => quantile(b, q)));
     }
   }
-  chart("chart-latency", "Statement latency", latSeries, "ms").setData([xs, ...latData]);
+  chart("chart-latency", "Statement latency", latSeries, "ms", true).setData([xs, ...latData]);
   chart("chart-raft", "Raft proposals and log fsyncs per second", [
     { label: "proposals", color: "#00897b" }, { label: "fsyncs", color: "#6d4c41" },
   ], "per s").setData([xs, proposals, fsyncs]);
   chart("chart-fsync", "Log fsync latency", [
     { label: "p50", color: "#6d4c41" }, { label: "p99", color: "#6d4c41", dash: [4, 4] },
-  ], "ms").setData([xs, fsyncLat.map((b) => quantile(b, 0.5)), fsyncLat.map((b) => quantile(b, 0.99))]);
+  ], "ms", true).setData([xs, fsyncLat.map((b) => quantile(b, 0.5)), fsyncLat.map((b) => quantile(b, 0.99))]);
   // For tests and the curious: what the charts hold.
   const box = $("#chart-statements");
   box.dataset.statements = total;
