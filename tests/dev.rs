@@ -374,9 +374,8 @@ async fn timelines_table_sizes_shard_state_and_a_dead_nodes_events_are_reported(
         };
         let kinds = json(dev.http[0], "/v1/timeline").unwrap()["kinds"].clone();
         assert_eq!(kinds, serde_json::json!(["read", "write", "ddl", "other"]));
-        let total = |seconds: &[Value], f: &dyn Fn(&Value) -> u64| -> u64 {
-            seconds.iter().map(f).sum()
-        };
+        let total =
+            |seconds: &[Value], f: &dyn Fn(&Value) -> u64| -> u64 { seconds.iter().map(f).sum() };
         let n1 = eventually(10, "n1's statements in its timeline", || {
             let s = timeline(1, "n1")?;
             let writes = total(&s, &|x| x["statements"][1].as_u64().unwrap());
@@ -393,28 +392,36 @@ async fn timelines_table_sizes_shard_state_and_a_dead_nodes_events_are_reported(
             counted,
             total(&n1, &|x| x["statements"][1].as_u64().unwrap())
         );
-        eventually(10, "every node's log fsyncs, and the leaders' proposals", || {
-            let mut proposals = 0;
-            for node in ["n1", "n2", "n3"] {
-                let s = timeline(0, node)?;
-                let fsyncs = total(&s, &|x| {
-                    x["fsyncs"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|b| b[1].as_u64().unwrap())
-                        .sum()
-                });
-                if fsyncs == 0 {
-                    return None;
+        eventually(
+            10,
+            "every node's log fsyncs, and the leaders' proposals",
+            || {
+                let mut proposals = 0;
+                for node in ["n1", "n2", "n3"] {
+                    let s = timeline(0, node)?;
+                    let fsyncs = total(&s, &|x| {
+                        x["fsyncs"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|b| b[1].as_u64().unwrap())
+                            .sum()
+                    });
+                    if fsyncs == 0 {
+                        return None;
+                    }
+                    proposals += total(&s, &|x| x["proposals"].as_u64().unwrap());
                 }
-                proposals += total(&s, &|x| x["proposals"].as_u64().unwrap());
-            }
-            (proposals >= 1).then_some(())
-        });
+                (proposals >= 1).then_some(())
+            },
+        );
         // Only what came after `since_ms`.
         let last = n1.last().unwrap()["at_ms"].as_u64().unwrap();
-        let later = json(dev.http[0], &format!("/v1/timeline?node=n1&since_ms={last}")).unwrap();
+        let later = json(
+            dev.http[0],
+            &format!("/v1/timeline?node=n1&since_ms={last}"),
+        )
+        .unwrap();
         assert!(later["seconds"]
             .as_array()
             .unwrap()
@@ -422,7 +429,11 @@ async fn timelines_table_sizes_shard_state_and_a_dead_nodes_events_are_reported(
             .all(|s| s["at_ms"].as_u64().unwrap() > last));
         let (status, unknown) = common::http_get_any(dev.http[0], "/v1/timeline?node=n9").unwrap();
         let unknown: Value = serde_json::from_str(&unknown).unwrap();
-        assert_eq!((status, &unknown["error"]["code"]), (404, &serde_json::json!("42704")), "{unknown}");
+        assert_eq!(
+            (status, &unknown["error"]["code"]),
+            (404, &serde_json::json!("42704")),
+            "{unknown}"
+        );
 
         // Shards: term, size and lag of every replica.
         eventually(30, "every pets replica with term, size and lag", || {
@@ -455,11 +466,15 @@ async fn timelines_table_sizes_shard_state_and_a_dead_nodes_events_are_reported(
             .as_u64()
     };
     tokio::task::block_in_place(|| {
-        eventually(60, "300 rows in pets", || (rows(dev.http[1]) == Some(300)).then_some(()))
+        eventually(60, "300 rows in pets", || {
+            (rows(dev.http[1]) == Some(300)).then_some(())
+        })
     });
     write_through(dev.pg[1], "DELETE FROM pets WHERE id > 200").await;
     tokio::task::block_in_place(|| {
-        eventually(60, "200 rows in pets", || (rows(dev.http[0]) == Some(200)).then_some(()));
+        eventually(60, "200 rows in pets", || {
+            (rows(dev.http[0]) == Some(200)).then_some(())
+        });
         let table = json(dev.http[0], "/v1/tables").unwrap();
         assert!(table["tables"][0]["approximate_bytes"].as_u64().unwrap() > 0);
 
@@ -478,9 +493,13 @@ async fn timelines_table_sizes_shard_state_and_a_dead_nodes_events_are_reported(
         assert!(before.iter().all(|e| e["stale"] == false));
         let (code, out) = fault(&dev.http, &["crash", "n2"]);
         assert_eq!(code, 0, "{out}");
-        eventually(30, "n2's events kept, marked stale, while it is down", || {
-            let now = events_of("n2");
-            (now.len() >= before.len() && now.iter().all(|e| e["stale"] == true)).then_some(())
-        });
+        eventually(
+            30,
+            "n2's events kept, marked stale, while it is down",
+            || {
+                let now = events_of("n2");
+                (now.len() >= before.len() && now.iter().all(|e| e["stale"] == true)).then_some(())
+            },
+        );
     });
 }

@@ -150,8 +150,12 @@ pub(super) async fn tables(State(api): State<Api>) -> Result<Json<Value>, ApiErr
                 .filter_map(|s| sizes.get(&(*s, t.name.as_str())).copied())
                 .collect();
             let (rows, bytes) = match &t.distribution {
-                crate::catalog::Distribution::Reference => counted.first().copied().unwrap_or_default(),
-                _ => counted.iter().fold((0, 0), |(r, b), (r2, b2)| (r + r2, b + b2)),
+                crate::catalog::Distribution::Reference => {
+                    counted.first().copied().unwrap_or_default()
+                }
+                _ => counted
+                    .iter()
+                    .fold((0, 0), |(r, b), (r2, b2)| (r + r2, b + b2)),
             };
             let complete = !counted.is_empty()
                 && (counted.len() == shards.len()

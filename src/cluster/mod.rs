@@ -107,10 +107,13 @@ pub struct Cluster {
     retiring: Mutex<HashMap<ShardId, std::time::Instant>>,
     /// Rows and bytes of each table in the shards led here, as last counted
     /// (`refresh_table_sizes`): shard → (table, rows, bytes).
-    table_sizes: Mutex<HashMap<ShardId, Vec<(String, u64, u64)>>>,
+    table_sizes: Mutex<HashMap<ShardId, Vec<TableSize>>>,
     /// The events each other node reported when it last answered (`events_by_node`): a node
     /// down keeps its history on the dashboard.
     events_seen: Mutex<HashMap<NodeId, Vec<journal::Event>>>,
+    /// The nodes' statuses as last gathered, and when (`node_statuses`): callers within
+    /// `STATUSES_FRESH` of a gathering share it, and callers during one wait for it.
+    statuses: tokio::sync::Mutex<Option<(std::time::Instant, nodes::Statuses)>>,
 }
 
 #[derive(Default)]
@@ -145,6 +148,9 @@ pub struct NodeStatus {
     /// (shard, table, rows, bytes).
     pub table_sizes: Vec<(ShardId, String, u64, u64)>,
 }
+
+/// A table's rows and bytes in one shard: (table, rows, bytes).
+pub type TableSize = (String, u64, u64);
 
 /// One replica as its node reports it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -257,6 +263,7 @@ impl Cluster {
             retiring: Mutex::default(),
             table_sizes: Mutex::default(),
             events_seen: Mutex::default(),
+            statuses: Default::default(),
             stuck: Mutex::new(std::sync::Weak::new()),
             placed: Mutex::new(HashMap::new()),
             divergent: Mutex::new(BTreeMap::new()),

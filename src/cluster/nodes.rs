@@ -11,6 +11,7 @@ use crate::catalog::{meta, NodeRecord, NodeState};
 use crate::error::{sqlstate, Error, Result};
 use crate::ids::{NodeId, ShardId};
 use crate::replication::transport::{Request, Response};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +24,14 @@ pub enum Lifecycle {
 
 /// How long `/v1/nodes` waits for each node's own status.
 const STATUS_WAIT: Duration = Duration::from_secs(1);
+/// How long a node's timeline may take to come: up to 15 minutes of seconds, and the
+/// dashboard asks every node at once.
+const TIMELINE_WAIT: Duration = Duration::from_secs(5);
+/// Statuses gathered this recently are answered again instead of asking every node anew.
+const STATUSES_FRESH: Duration = Duration::from_millis(500);
+
+/// Every node with its status, as gathered at one moment.
+pub(super) type Statuses = Arc<Vec<(NodeRecord, Option<NodeStatus>)>>;
 
 fn refused(message: String) -> Error {
     Error::sql(sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE, message)
@@ -117,7 +126,23 @@ impl Cluster {
     }
 
     /// Every node's own status (None for a node that did not answer within a second).
+    /// Shared by the callers of one moment: a dashboard asks `/v1/nodes` and `/v1/shards`
+    /// together every second, and each tab more; without this every one of them would ask
+    /// every node (and on a busy cluster the answers would come slower than the asks).
     pub async fn node_statuses(&self) -> Vec<(NodeRecord, Option<NodeStatus>)> {
+        let mut last = self.statuses.lock().await;
+        if let Some((at, statuses)) = last.as_ref() {
+            if at.elapsed() < STATUSES_FRESH {
+                return statuses.as_ref().clone();
+            }
+        }
+        let statuses = Arc::new(self.gather_statuses().await);
+        *last = Some((std::time::Instant::now(), statuses.clone()));
+        drop(last);
+        statuses.as_ref().clone()
+    }
+
+    async fn gather_statuses(&self) -> Vec<(NodeRecord, Option<NodeStatus>)> {
         let catalog = self.catalog();
         let asks = catalog.nodes.values().map(|n| async move {
             if n.id == self.node {
@@ -166,7 +191,7 @@ impl Cluster {
             .call(
                 &record.cluster_addr,
                 Request::Timeline { since_ms },
-                STATUS_WAIT,
+                TIMELINE_WAIT,
             )
             .await
             .map_err(|e| Error::Unavailable(format!("node {node} did not answer: {e}")))?
@@ -195,7 +220,9 @@ impl Cluster {
                     Ok(tables) => {
                         sizes.insert(group.shard, tables);
                     }
-                    Err(e) => tracing::debug!(shard = %group.shard, error = %e, "counting table sizes"),
+                    Err(e) => {
+                        tracing::debug!(shard = %group.shard, error = %e, "counting table sizes")
+                    }
                 }
             }
             *this.table_sizes.lock().expect("table sizes lock") = sizes;

@@ -219,15 +219,18 @@ mod tests {
             let upper = bucket_upper_ms(bucket(Duration::from_micros(micros)) as u8);
             let ms = micros as f64 / 1000.0;
             assert!(upper >= ms, "{micros} µs reported as {upper} ms");
-            assert!(upper <= ms * 1.19 + 1e-9, "{micros} µs reported as {upper} ms");
+            assert!(
+                upper <= ms * 1.19 + 1e-9,
+                "{micros} µs reported as {upper} ms"
+            );
         }
     }
 
     #[test]
     fn quantiles_of_merged_histograms_count_every_observation() {
         // 98 fast statements on one node, 2 slow ones on another: p50 is fast, p99 slow.
-        let fast = vec![(bucket(Duration::from_micros(500)) as u8, 98)];
-        let slow = vec![(bucket(Duration::from_millis(200)) as u8, 2)];
+        let fast = [(bucket(Duration::from_micros(500)) as u8, 98)];
+        let slow = [(bucket(Duration::from_millis(200)) as u8, 2)];
         let merged: Vec<(u8, u32)> = fast.iter().chain(&slow).copied().collect();
         let p50 = quantile_ms(&merged, 0.5).unwrap();
         let p99 = quantile_ms(&merged, 0.99).unwrap();

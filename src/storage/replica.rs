@@ -585,7 +585,12 @@ impl Replica {
                 }
                 if let Some(recorder) = self.recorder.borrow_mut().as_mut() {
                     recorder
-                        .record(&tx, entry.log_id.index, self.last_time.load(std::sync::atomic::Ordering::Relaxed), changes)
+                        .record(
+                            &tx,
+                            entry.log_id.index,
+                            self.last_time.load(std::sync::atomic::Ordering::Relaxed),
+                            changes,
+                        )
                         .map_err(|e| {
                             Error::Corrupt(format!(
                                 "{}: recording the changes of {}: {e}",

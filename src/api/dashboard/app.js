@@ -191,15 +191,41 @@ function drawHealth(nodes, shards) {
   health.className = "health " + (alerts.length ? "bad" : "ok");
 }
 
-async function refresh() {
+// One refresh at a time: on a busy cluster an answer can take longer than the tick, and
+// overlapping refreshes would only add to the load they wait on. A refresh asked for while
+// one runs (a page switch) runs right after it.
+let refreshing = null;
+let refreshAgain = false;
+function refresh() {
+  if (refreshing) {
+    refreshAgain = true;
+    return refreshing;
+  }
+  refreshing = refreshOnce().finally(() => {
+    refreshing = null;
+    if (refreshAgain) { refreshAgain = false; refresh(); }
+  });
+  return refreshing;
+}
+
+let lastNodes = null;
+async function refreshOnce() {
   try {
-    const [nodes, shards] = await Promise.all([api("/v1/nodes"), api("/v1/shards")]);
+    // Everything the page shows is asked for at once; the charts need the nodes' ids,
+    // known from the last refresh after the first.
+    const active = (page) => $("#page-" + page).classList.contains("active");
+    const [nodes, shards, tables, events] = await Promise.all([
+      api("/v1/nodes"), api("/v1/shards"),
+      active("tables") ? api("/v1/tables") : null,
+      active("events") ? api("/v1/events") : null,
+      active("charts") && lastNodes ? refreshCharts(lastNodes) : null,
+    ]);
+    lastNodes = nodes.nodes;
     shardsCache = shards.shards;
     drawNodes(nodes.nodes);
     drawShards();
     drawHealth(nodes.nodes, shards.shards);
-    if ($("#page-tables").classList.contains("active")) {
-      const tables = await api("/v1/tables");
+    if (tables) {
       const leaderOf = {};
       for (const s of shards.shards) leaderOf[s.shard] = s.leader || "?";
       const body = $("#tables tbody");
@@ -217,11 +243,10 @@ async function refresh() {
         body.append(tr);
       }
     }
-    if ($("#page-charts").classList.contains("active")) {
+    if (active("charts") && !charts["chart-statements"]) {
       await refreshCharts(nodes.nodes);
     }
-    if ($("#page-events").classList.contains("active")) {
-      const events = await api("/v1/events");
+    if (events) {
       const body = $("#events tbody");
       body.replaceChildren();
       for (const e of events.events.slice().reverse()) {
@@ -508,4 +533,4 @@ $("#files-upload").addEventListener("click", uploadFile);
 
 drawHistory();
 detectDev().then(show);
-setInterval(refresh, 1000);
+setInterval(() => { if (!refreshing) refresh(); }, 1000);
