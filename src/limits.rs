@@ -391,3 +391,5 @@ pub const TIMELINE_SECONDS: usize = 900;
 /// How often a node counts the rows and bytes of the tables in the shards it leads (a walk of
 /// their b-tree pages' headers) for `GET /v1/tables`.
 pub const TABLE_SIZES_EVERY: Duration = Duration::from_secs(15);
+/// Characters of a DDL statement kept in its event (`GET /v1/events`).
+pub const DDL_EVENT_CHARS: usize = 200;

@@ -445,7 +445,8 @@ async fn timelines_table_sizes_shard_state_and_a_dead_nodes_events_are_reported(
                 .collect();
             (pets.len() == 3
                 && pets.iter().all(|s| {
-                    s["term"].as_u64().is_some_and(|t| t >= 1)
+                    s["holds"].as_str().is_some_and(|h| h.starts_with("hash "))
+                        && s["term"].as_u64().is_some_and(|t| t >= 1)
                         && s["bytes"].as_u64().is_some_and(|b| b > 0)
                         && s["replica_state"].as_array().unwrap().iter().all(|r| {
                             r["lag"].as_u64().is_some()
@@ -471,6 +472,7 @@ async fn timelines_table_sizes_shard_state_and_a_dead_nodes_events_are_reported(
         })
     });
     write_through(dev.pg[1], "DELETE FROM pets WHERE id > 200").await;
+    write_through(dev.pg[0], "CREATE TABLE toys (id integer PRIMARY KEY)").await;
     tokio::task::block_in_place(|| {
         eventually(60, "200 rows in pets", || {
             (rows(dev.http[0]) == Some(200)).then_some(())
@@ -488,6 +490,18 @@ async fn timelines_table_sizes_shard_state_and_a_dead_nodes_events_are_reported(
                 .cloned()
                 .collect()
         };
+        // The schema change is an event of the node that ran it.
+        let ddl: Vec<Value> = events_of("n1")
+            .into_iter()
+            .filter(|e| e["kind"] == "ddl")
+            .collect();
+        assert!(
+            ddl.iter().any(|e| e["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("CREATE TABLE toys")),
+            "no DDL event: {ddl:?}"
+        );
         let before = events_of("n2");
         assert!(!before.is_empty());
         assert!(before.iter().all(|e| e["stale"] == false));

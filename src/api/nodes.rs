@@ -45,6 +45,7 @@ fn node_json(
         "version": status.map(|s| s.version.clone()),
         "cpu_seconds": status.map(|s| s.cpu_seconds),
         "rss_bytes": status.map(|s| s.rss_bytes),
+        "divergent_replicas": status.map(|s| s.divergent_replicas),
     })
 }
 
@@ -175,6 +176,45 @@ pub(super) async fn tables(State(api): State<Api>) -> Result<Json<Value>, ApiErr
     Ok(Json(json!({ "tables": tables })))
 }
 
+/// Which rows of its tables a shard holds: its hash range, its list values, or all of them.
+fn holds(catalog: &crate::catalog::Catalog, shard: &crate::catalog::Shard) -> String {
+    use crate::catalog::{ColocationKind, KeyValue};
+    let Some(group) = catalog.colocations.get(&shard.colocation) else {
+        return String::new();
+    };
+    match &group.kind {
+        ColocationKind::Single => "all rows".into(),
+        ColocationKind::Reference => "all rows (reference: a copy on every node)".into(),
+        ColocationKind::Hash { shard_count } => {
+            let i = group
+                .shards
+                .iter()
+                .position(|s| *s == shard.id)
+                .unwrap_or(0);
+            let (lo, hi) = crate::catalog::hash_range(i, *shard_count as usize);
+            format!("hash {lo:016x}–{hi:016x}")
+        }
+        ColocationKind::List { partitions } => {
+            match partitions.iter().find(|p| p.shard == shard.id) {
+                Some(p) => match &p.values {
+                    Some(values) => {
+                        let values: Vec<String> = values
+                            .iter()
+                            .map(|v| match v {
+                                KeyValue::Integer(i) => i.to_string(),
+                                KeyValue::Text(t) => format!("'{t}'"),
+                            })
+                            .collect();
+                        format!("{}: {}", p.name, values.join(", "))
+                    }
+                    None => format!("{}: default", p.name),
+                },
+                None => String::new(),
+            }
+        }
+    }
+}
+
 /// `GET /v1/shards`: every shard's placement from the catalog, with its leader as this node
 /// knows it.
 pub(super) async fn shards(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
@@ -241,6 +281,7 @@ pub(super) async fn shards(State(api): State<Api>) -> Result<Json<Value>, ApiErr
                 .collect();
             json!({
                 "shard": s.id.to_string(),
+                "holds": holds(&catalog, s),
                 "tables": tables.get(&s.id).cloned().unwrap_or_default(),
                 "colocation": s.colocation,
                 "replicas": names(&s.replicas),

@@ -142,6 +142,9 @@ pub struct NodeStatus {
     /// CPU seconds this process has used (user + system), and its resident memory.
     pub cpu_seconds: f64,
     pub rss_bytes: u64,
+    /// Divergent replicas this node's consistency checks found since it started.
+    #[serde(default)]
+    pub divergent_replicas: u64,
     /// Each replica here.
     pub replicas_here: Vec<ReplicaStatus>,
     /// Rows and bytes of the tables in the shards this node leads, as last counted:
@@ -604,6 +607,7 @@ impl Cluster {
                 .collect(),
             cpu_seconds,
             rss_bytes,
+            divergent_replicas: crate::metrics::divergent_replicas(),
             stuck: match self.stuck.lock().expect("lock").upgrade() {
                 Some(driver) if self.leads_meta() => driver
                     .stuck

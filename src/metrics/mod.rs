@@ -125,6 +125,11 @@ pub fn divergence_found(replicas: u64) {
     DIVERGENCE.fetch_add(replicas, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Divergent replicas found by this node's consistency checks since it started.
+pub fn divergent_replicas() -> u64 {
+    DIVERGENCE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Reads each local replica's Raft metrics at scrape time.
 struct ReplicaCollector(Weak<Cluster>);
 

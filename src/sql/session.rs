@@ -409,7 +409,11 @@ impl Session {
         if let Some(stand_in) = super::system::empty_stand_in(&stmt) {
             stmt = stand_in;
         }
-        let t = translate::translate(stmt.clone(), &self.catalog(), given)?;
+        let mut t = translate::translate(stmt.clone(), &self.catalog(), given)?;
+        if matches!(t.kind, Kind::Ddl(_)) && t.sql.is_empty() {
+            // Its text, for the node's event once it is done.
+            t.sql = stmt.to_string();
+        }
         if matches!(t.kind, Kind::Read | Kind::Write) && self.names_unknown_table(&t) {
             self.engine.cluster.sync(ShardId::META).await?;
             return translate::translate(stmt, &self.catalog(), given);
@@ -576,6 +580,17 @@ impl Session {
         self.engine
             .metrics
             .statement(kind, result.is_ok(), started.elapsed());
+        // Schema changes go into the node's events (the dashboard's Events page); inside a
+        // transaction they are not made until COMMIT, which may not come: those are left out.
+        if kind == "ddl" && result.is_ok() && self.txn.is_none() {
+            let text = if t.sql.is_empty() { &t.tag } else { &t.sql };
+            let mut line: String = text.chars().take(limits::DDL_EVENT_CHARS).collect();
+            // (Within a multi-statement query, an implicit transaction, it is not recorded.)
+            if line.len() < text.len() {
+                line.push('…');
+            }
+            self.engine.cluster.journal.record("ddl", line);
+        }
         if result.is_err() {
             if let Some(txn) = self.txn.as_mut() {
                 txn.failed = true;

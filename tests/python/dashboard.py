@@ -84,9 +84,10 @@ try:
     assert all(t.split()[-1] == "ok" and "*" in t for t in pets), pets
     # Each shard's term, applied index, lag in entries and in ms, and size.
     headers = texts("#shards thead th")
-    assert headers[4:9] == ["term", "applied", "lag (entries)", "lag (ms)", "size"], headers
+    assert headers[2] == "holds" and headers[5:10] == ["term", "applied", "lag (entries)", "lag (ms)", "size"], headers
     wait.until(lambda d: all(
-        c[4].isdigit() and c[5].isdigit() and c[6].isdigit() and c[7].isdigit() and c[8].endswith("B")
+        c[2].startswith("hash ")
+        and c[5].isdigit() and c[6].isdigit() and c[7].isdigit() and c[8].isdigit() and c[9].endswith("B")
         for c in (t.split("\t") for t in texts("#shards tbody tr"))
     ))
     driver.find_element(By.CSS_SELECTOR, "#shards th[data-key=shard]").click()

@@ -73,6 +73,7 @@ function shardRows(shards) {
     return {
       shard: s.shard,
       tables: (s.tables || []).join(", "),
+      holds: s.holds || "",
       leader: s.leader || "",
       replicas: state.map((r) => r.node + (r.role === "leader" ? "*" : r.role === "learner" ? "(learner)" : r.role === "unknown" ? "?" : "")).join(" "),
       term: s.term ?? "",
@@ -101,7 +102,7 @@ function drawShards() {
   for (const r of rows) {
     const tr = el("tr");
     tr.dataset.shard = r.shard;
-    for (const key of ["shard", "tables", "leader", "replicas", "term", "applied", "lag", "lag_ms", "size", "rf", "health"]) {
+    for (const key of ["shard", "tables", "holds", "leader", "replicas", "term", "applied", "lag", "lag_ms", "size", "rf", "health"]) {
       const text = key === "size" ? bytes(r.size === "" ? null : r.size) : r[key];
       const cls = key === "health" ? (r.health === "ok" ? "ok" : "bad")
         : (["term", "applied", "lag", "lag_ms", "size", "rf"].includes(key) ? "num" : "");
@@ -180,6 +181,7 @@ function drawHealth(nodes, shards) {
   for (const n of nodes) {
     if (n.liveness !== "alive") alerts.push("node " + n.id + " is " + n.liveness);
     for (const why of n.stuck || []) alerts.push("node " + n.id + ": " + why);
+    if (n.divergent_replicas) alerts.push("node " + n.id + " found " + n.divergent_replicas + " divergent replica(s) (see Events)");
   }
   for (const r of shardRows(shards)) {
     if (r.health !== "ok" && r.health !== "moving") alerts.push("shard " + r.shard + ": " + r.health);
