@@ -65,6 +65,9 @@ pub const CONNECTIONS_MAX: usize = 1_024;
 /// when there is no quorum.
 pub const LEADER_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a node waits at start for its advertised host name to resolve.
+pub const RESOLVE_WAIT: Duration = Duration::from_secs(10);
+
 /// A new one-shard table joins the shared one-shard group unless one transaction holds that
 /// shard's writer throughout this long (then it gets a shard of its own, instead of its
 /// CREATE waiting for a stranger's transaction to end).

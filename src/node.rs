@@ -71,6 +71,9 @@ pub struct NodeConfig {
     /// The `cairn dev` supervisor that started this node, if one did: fault injection
     /// (`/v1/dev/...`) is forwarded to it, and refused when there is none.
     pub dev_supervisor: Option<SocketAddr>,
+    /// The host (name or IP, optionally with the cluster port) other nodes and clients reach
+    /// this node at, when it is not the address it listens on (`--advertise-addr`).
+    pub advertise: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -156,6 +159,111 @@ fn record(id: NodeId, info: &NodeInfo) -> NodeRecord {
     }
 }
 
+/// The addresses a node gives others: where it listens, or `--advertise-addr`'s host with
+/// each listener's port (and the cluster port it names, if it names one).
+struct Advertised {
+    /// The host others reach this node at, as given (a name is resolved by whoever connects,
+    /// so a container that comes back with a new IP address keeps its addresses).
+    host: Option<String>,
+    /// The cluster address, `host:port`.
+    cluster: String,
+}
+
+impl Advertised {
+    fn new(advertise: Option<&str>, cluster: SocketAddr) -> Result<Advertised> {
+        let Some(text) = advertise.map(str::trim).filter(|t| !t.is_empty()) else {
+            if cluster.ip().is_unspecified() {
+                return Err(Error::Unavailable(format!(
+                    "the cluster address {cluster} listens on every interface: give \
+                     --advertise-addr, the host name or address other nodes reach this node at"
+                )));
+            }
+            return Ok(Advertised {
+                host: None,
+                cluster: cluster.to_string(),
+            });
+        };
+        let (host, port) = split_host_port(text).ok_or_else(|| {
+            Error::Unavailable(format!(
+                "--advertise-addr {text:?}: not a host or host:port"
+            ))
+        })?;
+        let port = port.unwrap_or(cluster.port());
+        let cluster = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        Ok(Advertised {
+            host: Some(host),
+            cluster,
+        })
+    }
+
+    /// A listener's address as others should use it.
+    fn with_port(&self, listening: SocketAddr) -> String {
+        match &self.host {
+            None => listening.to_string(),
+            Some(h) if h.contains(':') => format!("[{h}]:{}", listening.port()),
+            Some(h) => format!("{h}:{}", listening.port()),
+        }
+    }
+
+    /// The cluster address as an IP address and port, for gossip, which names peers by
+    /// socket address: resolved once at start (a restart with a new IP address is a new
+    /// gossip identity anyway).
+    async fn resolve(&self) -> Result<SocketAddr> {
+        let found = tokio::time::timeout(
+            limits::RESOLVE_WAIT,
+            tokio::net::lookup_host(self.cluster.as_str()),
+        )
+        .await;
+        let addrs: Vec<SocketAddr> = match found {
+            Ok(Ok(addrs)) => addrs.collect(),
+            Ok(Err(e)) => {
+                return Err(Error::Unavailable(format!(
+                    "advertised address {}: {e}",
+                    self.cluster
+                )))
+            }
+            Err(_) => {
+                return Err(Error::Unavailable(format!(
+                    "advertised address {}: no answer from the resolver in {:?}",
+                    self.cluster,
+                    limits::RESOLVE_WAIT
+                )))
+            }
+        };
+        addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .copied()
+            .ok_or_else(|| {
+                Error::Unavailable(format!("advertised address {}: no address", self.cluster))
+            })
+    }
+}
+
+/// `host`, `host:port`, `1.2.3.4`, `::1`, `[::1]:7000` into a host and maybe a port.
+fn split_host_port(text: &str) -> Option<(String, Option<u16>)> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Some((addr.ip().to_string(), Some(addr.port())));
+    }
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Some((ip.to_string(), None));
+    }
+    let (host, port) = match text.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p.parse::<u16>().ok()?)),
+        None => (text, None),
+    };
+    let valid = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+    valid.then(|| (host.to_string(), port))
+}
+
 /// The refusal a node that was decommissioned gets when it starts again under its id.
 fn decommissioned(id: NodeId) -> Error {
     Error::Unavailable(format!(
@@ -186,12 +294,14 @@ impl Node {
         let pg_addr = pg.local_addr().map_err(Error::internal)?;
         let http_addr = http.local_addr().map_err(Error::internal)?;
         let cluster_addr = listener.local_addr().map_err(Error::internal)?;
+        let advertised = Advertised::new(config.advertise.as_deref(), cluster_addr)?;
         let info = NodeInfo {
-            cluster_addr: cluster_addr.to_string(),
-            pg_addr: pg_addr.to_string(),
-            http_addr: http_addr.to_string(),
+            cluster_addr: advertised.cluster.clone(),
+            pg_addr: advertised.with_port(pg_addr),
+            http_addr: advertised.with_port(http_addr),
             zone: config.zone.clone(),
         };
+        let gossip_addr = advertised.resolve().await?;
         let client = Client::new(Some(cluster_addr.ip()).filter(|ip| !ip.is_unspecified()));
         let id_path = config.data_dir.join("node.json");
         let (identity, fresh) = match read_identity(&id_path)? {
@@ -230,6 +340,7 @@ impl Node {
         let liveness = crate::cluster::liveness::Liveness::start(
             id,
             cluster_addr,
+            gossip_addr,
             journal.clone(),
             client.faults.clone(),
         )
@@ -1058,5 +1169,53 @@ impl Handler for NodeRpc {
                 Response::Done(Ok(()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod advertise_tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_ports_are_split() {
+        let split = |t| split_host_port(t);
+        assert_eq!(split("n1"), Some(("n1".into(), None)));
+        assert_eq!(
+            split("db-1.example.com:7100"),
+            Some(("db-1.example.com".into(), Some(7100)))
+        );
+        assert_eq!(split("10.0.0.5"), Some(("10.0.0.5".into(), None)));
+        assert_eq!(
+            split("10.0.0.5:7001"),
+            Some(("10.0.0.5".into(), Some(7001)))
+        );
+        assert_eq!(split("::1"), Some(("::1".into(), None)));
+        assert_eq!(split("[::1]:7001"), Some(("::1".into(), Some(7001))));
+        assert_eq!(split("n1:port"), None);
+        assert_eq!(split("bad host"), None);
+        assert_eq!(split(":7000"), None);
+    }
+
+    #[test]
+    fn advertised_addresses_keep_each_listeners_port() {
+        let cluster: SocketAddr = "0.0.0.0:7000".parse().unwrap();
+        let a = Advertised::new(Some("n2"), cluster).unwrap();
+        assert_eq!(a.cluster, "n2:7000");
+        assert_eq!(a.with_port("0.0.0.0:5433".parse().unwrap()), "n2:5433");
+        let a = Advertised::new(Some("10.1.2.3:17000"), cluster).unwrap();
+        assert_eq!(a.cluster, "10.1.2.3:17000");
+        assert_eq!(
+            a.with_port("0.0.0.0:8080".parse().unwrap()),
+            "10.1.2.3:8080"
+        );
+        let a = Advertised::new(Some("::1"), cluster).unwrap();
+        assert_eq!(a.cluster, "[::1]:7000");
+        // Without one, the listening address, unless it is every interface.
+        let here: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        assert_eq!(
+            Advertised::new(None, here).unwrap().cluster,
+            "127.0.0.1:7000"
+        );
+        assert!(Advertised::new(None, cluster).is_err());
     }
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{free_addr, http_get, http_post, wait_for, Cluster, ProcessNode};
+use common::{free_addr, http_get, http_post, wait_for, wait_until, Cluster, ProcessNode};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -280,13 +280,31 @@ async fn joined_nodes_get_their_share_under_load() {
     add_node(&mut cluster);
     let http = cluster.nodes[0].http;
     tokio::task::block_in_place(|| {
-        wait_for(
+        wait_until(
             || {
                 let n = nodes(http);
-                n.len() == 5
+                if n.len() == 5
                     && n.values().all(|n| n["liveness"] == "alive")
                     && placed(http, 3, &[])
                     && balanced(http)
+                {
+                    return Ok(());
+                }
+                let nodes: Vec<String> = n
+                    .values()
+                    .map(|n| {
+                        format!(
+                            "{} {} {} replicas={} leaders={} stuck={}",
+                            n["id"],
+                            n["state"],
+                            n["liveness"],
+                            n["replicas"],
+                            n["leaders"],
+                            n["stuck"]
+                        )
+                    })
+                    .collect();
+                Err(format!("nodes {nodes:?}; shards {:?}", shards(http)))
             },
             // Generous: 16 shards copied to two new nodes under load on 2 cores took over
             // 120 s once in CI while another build ran.

@@ -370,6 +370,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         );
     }
     println!("\nInject faults: cairn dev crash|restart|pause|resume n2, cairn dev partition n1 --from n2,n3, cairn dev slow n1 --delay 200ms, cairn dev heal");
+    println!("\nDev mode is insecure: no TLS, no passwords, every node on 127.0.0.1 only.");
     println!("\nPress Ctrl-C to stop.\n");
     let supervisor = Arc::new(Supervisor {
         exe,

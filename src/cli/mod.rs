@@ -51,6 +51,9 @@ pub enum Command {
     Sql(sql::SqlArgs),
     /// Load a CSV or JSON-lines file into a table: parallel batches, each exactly once.
     Load(load::LoadArgs),
+    /// Is the node at --url up and its catalog sound? Exits 0 if so (a container's health
+    /// check: the image has no curl).
+    Health(node::HealthArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,60 +84,70 @@ pub enum BenchCommand {
 #[derive(Debug, Clone, clap::Args)]
 pub struct StartArgs {
     /// Directory holding this node's data (created if missing).
-    #[arg(long, default_value = "cairn-data")]
+    #[arg(long, env = "CAIRN_DATA_DIR", default_value = "cairn-data")]
     pub data_dir: PathBuf,
     /// Address for PostgreSQL clients.
-    #[arg(long, default_value = "127.0.0.1:5433")]
+    #[arg(long, env = "CAIRN_PG_ADDR", default_value = "127.0.0.1:5433")]
     pub pg_addr: SocketAddr,
     /// Address for the HTTP API.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "CAIRN_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
     /// Address for other nodes (Raft, joins, forwarded statements).
-    #[arg(long, default_value = "127.0.0.1:7000")]
+    #[arg(long, env = "CAIRN_CLUSTER_ADDR", default_value = "127.0.0.1:7000")]
     pub cluster_addr: SocketAddr,
+    /// The host name or IP address other nodes and clients reach this node at, when it is
+    /// not the address it listens on (a container's service name, a NAT address); with a
+    /// port, the cluster port others use. Required when listening on 0.0.0.0.
+    #[arg(long, env = "CAIRN_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// Listen on addresses other machines can reach although Cairn has no TLS and no
+    /// passwords yet: anyone who reaches a port can read and write everything. Without it
+    /// a node listens on loopback addresses only.
+    #[arg(long, env = "CAIRN_INSECURE")]
+    pub insecure: bool,
     /// Cluster addresses of existing members to join through (comma-separated). Without
     /// it, a node with an empty data dir starts a new cluster.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "CAIRN_JOIN", value_delimiter = ',')]
     pub join: Vec<String>,
     /// Placement label (e.g. a region or rack).
-    #[arg(long)]
+    #[arg(long, env = "CAIRN_ZONE")]
     pub zone: Option<String>,
     /// Minimum Raft election timeout; the maximum is twice this and is the leader's lease
     /// (openraft 0.9): one follower campaigns once the lease has run out (about 2x this
     /// after the leader's last heartbeat), the others after a further random timeout.
-    #[arg(long, default_value_t = 150)]
+    #[arg(long, env = "CAIRN_ELECTION_TIMEOUT_MS", default_value_t = 150)]
     pub election_timeout_ms: u64,
     /// Raft heartbeat interval.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, env = "CAIRN_HEARTBEAT_MS", default_value_t = 50)]
     pub heartbeat_ms: u64,
     /// Applied log entries between snapshots; the log before a snapshot is purged.
-    #[arg(long, default_value_t = crate::limits::SNAPSHOT_EVERY_ENTRIES)]
+    #[arg(long, env = "CAIRN_SNAPSHOT_EVERY", default_value_t = crate::limits::SNAPSHOT_EVERY_ENTRIES)]
     pub snapshot_every: u64,
     /// Replicas per shard in a new cluster (ignored when joining or restarting).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, env = "CAIRN_REPLICATION_FACTOR", default_value_t = 3)]
     pub replication_factor: u32,
     /// Shards of a hash-distributed table unless its CREATE TABLE says otherwise, in a new
     /// cluster (ignored when joining or restarting).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, env = "CAIRN_SHARD_COUNT", default_value_t = 4)]
     pub shard_count: u32,
     /// How long each replica keeps its change events (the window a subscriber can resume
     /// in), by commit time.
-    #[arg(long, default_value = "24h", value_parser = crate::units::duration_arg)]
+    #[arg(long, env = "CAIRN_EVENTS_MAX_AGE", default_value = "24h", value_parser = crate::units::duration_arg)]
     pub events_max_age: std::time::Duration,
     /// How many bytes of change events each replica keeps at most (oldest go first).
-    #[arg(long, default_value = "64MiB", value_parser = crate::units::bytes_arg)]
+    #[arg(long, env = "CAIRN_EVENTS_MAX_BYTES", default_value = "64MiB", value_parser = crate::units::bytes_arg)]
     pub events_max_bytes: u64,
     /// How long a node must be dead (by gossip) before its replicas are re-created on
     /// other nodes. Long enough to ride out a restart or an upgrade without copying data.
-    #[arg(long, default_value = "60s", value_parser = crate::units::duration_arg)]
+    #[arg(long, env = "CAIRN_DEAD_AFTER", default_value = "60s", value_parser = crate::units::duration_arg)]
     pub dead_after: std::time::Duration,
     /// How fast a replica reads its rows for a consistency check, in bytes per second
     /// (checks run every 10 minutes and on demand, off the write path).
-    #[arg(long, default_value = "8MiB", value_parser = crate::units::bytes_arg)]
+    #[arg(long, env = "CAIRN_CHECK_RATE", default_value = "8MiB", value_parser = crate::units::bytes_arg)]
     pub check_rate: u64,
     /// How long a replaced or deleted file stays readable for downloads in flight before its
     /// chunks are deleted; an upload silent this long is abandoned and collected.
-    #[arg(long, default_value = "5m", value_parser = crate::units::duration_arg)]
+    #[arg(long, env = "CAIRN_FILES_GC_AFTER", default_value = "5m", value_parser = crate::units::duration_arg)]
     pub files_gc_after: std::time::Duration,
     /// Bytes per chunk of the files this node writes: for measuring (`cairn bench files
     /// --chunk-bytes`); the default was chosen by that measurement.
@@ -142,10 +155,10 @@ pub struct StartArgs {
           value_parser = chunk_bytes_arg)]
     pub files_chunk_bytes: u64,
     /// Address for FTP clients (the cluster's files, anonymous); off unless given.
-    #[arg(long)]
+    #[arg(long, env = "CAIRN_FTP_ADDR")]
     pub ftp_addr: Option<SocketAddr>,
     /// Ports FTP's passive mode opens data connections on (`FIRST-LAST`).
-    #[arg(long, default_value = "49152-65535", value_parser = crate::units::port_range_arg)]
+    #[arg(long, env = "CAIRN_FTP_PASSIVE_PORTS", default_value = "49152-65535", value_parser = crate::units::port_range_arg)]
     pub ftp_passive_ports: std::ops::RangeInclusive<u16>,
     /// The `cairn dev` supervisor that runs this node (set by `cairn dev` itself): fault
     /// injection over `/v1/dev/...` goes to it.
@@ -177,7 +190,42 @@ pub fn init_logging() {
         .init();
 }
 
+/// Refuse to listen beyond this machine unless told `--insecure`: nothing on these ports
+/// asks who is connecting.
+fn check_exposure(args: &StartArgs) -> anyhow::Result<()> {
+    let listening = [
+        ("--pg-addr", Some(args.pg_addr)),
+        ("--http-addr", Some(args.http_addr)),
+        ("--cluster-addr", Some(args.cluster_addr)),
+        ("--ftp-addr", args.ftp_addr),
+    ];
+    let exposed: Vec<String> = listening
+        .iter()
+        .filter_map(|(flag, addr)| {
+            addr.filter(|a| !a.ip().is_loopback())
+                .map(|a| format!("{flag} {a}"))
+        })
+        .collect();
+    if exposed.is_empty() {
+        return Ok(());
+    }
+    if !args.insecure {
+        anyhow::bail!(
+            "refusing to listen beyond this machine ({}) without TLS or authentication: \
+             anyone who reaches these ports could read and change every row. Listen on \
+             127.0.0.1, or accept that with --insecure (CAIRN_INSECURE=true)",
+            exposed.join(", ")
+        );
+    }
+    tracing::warn!(
+        listening = %exposed.join(", "),
+        "insecure: no TLS and no authentication; anyone who reaches these ports can read and change everything"
+    );
+    Ok(())
+}
+
 pub async fn start(args: StartArgs) -> anyhow::Result<()> {
+    check_exposure(&args)?;
     let config = NodeConfig {
         data_dir: args.data_dir,
         pg_addr: args.pg_addr,
@@ -203,6 +251,7 @@ pub async fn start(args: StartArgs) -> anyhow::Result<()> {
         ftp_addr: args.ftp_addr,
         ftp_passive_ports: args.ftp_passive_ports,
         dev_supervisor: args.dev_supervisor,
+        advertise: args.advertise_addr,
     };
     let node = Node::start(config).await?;
     shutdown_signal().await;
@@ -263,6 +312,7 @@ pub fn main() -> anyhow::Result<()> {
             Command::Watch(args) => watch::run(args).await,
             Command::Node(args) => node::run(args).await,
             Command::Status(args) => node::status(args).await,
+            Command::Health(args) => node::health(args).await,
             Command::Sql(args) => sql::run(args).await,
             Command::Load(args) => load::run(args).await,
             Command::Chaos(args) => {

@@ -120,6 +120,37 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// `cairn health`: one node's `/health`, briefly.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// HTTP address of the node.
+    #[arg(
+        long,
+        env = "CAIRN_HEALTH_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub url: String,
+}
+
+pub async fn health(args: HealthArgs) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        let url = format!("{}/health", args.url.trim_end_matches('/'));
+        let body = answer(agent.get(&url).call(), &url)?;
+        let status = text(&body["status"]);
+        println!("{} {status}", text(&body["node"]));
+        if status != "ok" {
+            anyhow::bail!("{} is {status}", text(&body["node"]));
+        }
+        Ok(())
+    })
+    .await?
+}
+
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || status_blocking(args)).await?
 }

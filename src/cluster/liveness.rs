@@ -101,10 +101,13 @@ pub fn now_ms() -> u64 {
 }
 
 impl Liveness {
-    /// Bind UDP on `addr` (the cluster address) and start gossiping as node `me`.
+    /// Bind UDP on `addr` (the cluster address) and start gossiping as node `me`, whom
+    /// others reach at `advertised` (`addr` itself unless it listens on every interface or
+    /// behind a translated address).
     pub async fn start(
         me: NodeId,
         addr: SocketAddr,
+        advertised: SocketAddr,
         journal: Arc<Journal>,
         faults: Arc<crate::replication::faults::LinkFaults>,
     ) -> crate::error::Result<Arc<Liveness>> {
@@ -125,7 +128,7 @@ impl Liveness {
         });
         let identity = Peer {
             node: me.0,
-            addr,
+            addr: advertised,
             run: now_ms(),
         };
         tokio::spawn(receive(socket.clone(), tx.clone()));

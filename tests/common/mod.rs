@@ -36,6 +36,7 @@ pub fn config(dir: &Path, pg: SocketAddr, http: SocketAddr) -> NodeConfig {
         ftp_addr: None,
         ftp_passive_ports: 49152..=65535,
         dev_supervisor: None,
+        advertise: None,
     }
 }
 
@@ -407,6 +408,23 @@ pub fn wait_for(mut cond: impl FnMut() -> bool, limit: Duration, what: &str) {
     let deadline = Instant::now() + limit;
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Like `wait_for`, but `check` says what it saw when the condition does not hold, and the
+/// last of those is in the failure.
+pub fn wait_until(mut check: impl FnMut() -> Result<(), String>, limit: Duration, what: &str) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let seen = match check() {
+            Ok(()) => return,
+            Err(seen) => seen,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last seen: {seen}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
