@@ -450,6 +450,32 @@ fn codec() -> LengthDelimitedCodec {
         .new_codec()
 }
 
+/// Wait for a write to the peer unless it goes on without a word from the peer for
+/// `CLUSTER_PEER_SILENCE` (false then, or if the write failed). A peer cut off by the network
+/// stops draining its socket; once the send buffer is full a plain write would block this
+/// connection — its probes too — until every pending call had waited out its own timeout.
+async fn unless_silent<E>(
+    write: impl std::future::Future<Output = std::result::Result<(), E>>,
+    heard: &AtomicU64,
+    now_ms: impl Fn() -> u64,
+) -> bool {
+    let started = now_ms();
+    tokio::pin!(write);
+    let mut check = tokio::time::interval(limits::CLUSTER_PROBE_AFTER / 2);
+    loop {
+        tokio::select! {
+            written = &mut write => return written.is_ok(),
+            _ = check.tick() => {
+                let last = heard.load(Ordering::Relaxed).max(started);
+                if now_ms().saturating_sub(last) > limits::CLUSTER_PEER_SILENCE.as_millis() as u64 {
+                    tracing::info!("peer silent while a write to it waits; closing the connection");
+                    return false;
+                }
+            }
+        }
+    }
+}
+
 /// Owns one outbound connection: writes calls, matches answers by id. Ends (failing every
 /// pending call) when the connection breaks or nobody holds the sender.
 async fn run_connection(
@@ -529,7 +555,7 @@ async fn run_connection(
                 if waiting && quiet {
                     let id = next.fetch_add(1, Ordering::Relaxed);
                     let Ok(bytes) = postcard::to_stdvec(&(id, &Request::Ping)) else { continue };
-                    if sink.send(Bytes::from(bytes)).await.is_err() {
+                    if !unless_silent(sink.send(Bytes::from(bytes)), &heard, now_ms).await {
                         break;
                     }
                     ping_sent = Some(now);
@@ -549,12 +575,12 @@ async fn run_connection(
                         continue;
                     };
                     pending.lock().expect("pending lock poisoned").insert(id, reply);
-                    if sink.feed(Bytes::from(bytes)).await.is_err() {
+                    if !unless_silent(sink.feed(Bytes::from(bytes)), &heard, now_ms).await {
                         failed = true;
                         break;
                     }
                 }
-                if failed || sink.flush().await.is_err() {
+                if failed || !unless_silent(sink.flush(), &heard, now_ms).await {
                     break;
                 }
             }
@@ -616,12 +642,19 @@ pub async fn serve_connection(stream: impl Stream, peer: String, handler: Arc<dy
             .await
             > 0
         {
+            // A caller cut off by the network stops reading: once the send buffer is full,
+            // give up rather than hold the answers (and their share of the node's budget)
+            // until TCP does.
+            let bound = limits::CLUSTER_PEER_SILENCE * 2;
             for frame in batch.drain(..) {
-                if sink.feed(frame).await.is_err() {
+                if !matches!(
+                    tokio::time::timeout(bound, sink.feed(frame)).await,
+                    Ok(Ok(()))
+                ) {
                     return;
                 }
             }
-            if sink.flush().await.is_err() {
+            if !matches!(tokio::time::timeout(bound, sink.flush()).await, Ok(Ok(()))) {
                 return;
             }
         }
