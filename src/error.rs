@@ -12,6 +12,8 @@ pub mod sqlstate {
     pub const UNDEFINED_COLUMN: &str = "42703";
     pub const AMBIGUOUS_COLUMN: &str = "42702";
     pub const UNDEFINED_FUNCTION: &str = "42883";
+    /// A client not allowed to connect as it did (e.g. without TLS where TLS is required).
+    pub const INVALID_AUTHORIZATION_SPECIFICATION: &str = "28000";
     pub const DUPLICATE_TABLE: &str = "42P07";
     pub const DUPLICATE_OBJECT: &str = "42710";
     pub const DATATYPE_MISMATCH: &str = "42804";

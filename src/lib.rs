@@ -30,5 +30,6 @@ pub mod planted;
 pub mod replication;
 pub mod sql;
 pub mod storage;
+pub mod tls;
 pub mod types;
 pub mod units;

@@ -74,6 +74,8 @@ pub struct NodeConfig {
     /// The host (name or IP, optionally with the cluster port) other nodes and clients reach
     /// this node at, when it is not the address it listens on (`--advertise-addr`).
     pub advertise: Option<String>,
+    /// TLS for clients and between nodes (`--certs-dir`); none: plain TCP.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -302,7 +304,14 @@ impl Node {
             zone: config.zone.clone(),
         };
         let gossip_addr = advertised.resolve().await?;
-        let client = Client::new(Some(cluster_addr.ip()).filter(|ip| !ip.is_unspecified()));
+        let source = Some(cluster_addr.ip()).filter(|ip| !ip.is_unspecified());
+        let client = match &config.tls {
+            None => Client::new(source),
+            Some(tls) => Client::with_dialer(Arc::new(transport::TlsDialer {
+                tcp: transport::TcpDialer { source },
+                config: tls.dial.clone(),
+            })),
+        };
         let id_path = config.data_dir.join("node.json");
         let (identity, fresh) = match read_identity(&id_path)? {
             Some(id) => (id, false),
@@ -381,7 +390,11 @@ impl Node {
             next_txn: AtomicU64::new(rand::random::<u64>() >> 2),
             cancels: Mutex::new(HashMap::new()),
         });
-        let mut servers = vec![tokio::spawn(transport::serve(listener, handler.clone()))];
+        let mut servers = vec![tokio::spawn(transport::serve(
+            listener,
+            handler.clone(),
+            config.tls.as_ref().map(|t| t.peers.clone()),
+        ))];
         if !identity.joined {
             let request = || Request::AddNode {
                 shard: ShardId::META,
@@ -495,8 +508,16 @@ impl Node {
             std::sync::Arc::downgrade(&cluster),
         ));
         tokio::spawn(sweep_transactions(handler));
-        servers.push(tokio::spawn(api::pgwire::serve(pg, engine.clone())));
-        servers.push(tokio::spawn(api::http::serve(http, engine.clone())));
+        servers.push(tokio::spawn(api::pgwire::serve(
+            pg,
+            engine.clone(),
+            config.tls.as_ref().map(|t| t.clients.clone()),
+        )));
+        servers.push(tokio::spawn(api::http::serve(
+            http,
+            engine.clone(),
+            config.tls.as_ref().map(|t| t.clients.clone()),
+        )));
         if let Some(ftp) = ftp {
             servers.push(tokio::spawn(api::ftp::serve(
                 ftp,

@@ -738,3 +738,166 @@ fn nodes_on_three_network_namespaces_lose_a_link_keep_writing_and_converge() {
     .expect("count through the healed node");
     assert_eq!(counted, "90|90|1|90", "rows read through n{cut}");
 }
+
+/// `cairn cert ...` into `dir`.
+fn cert(dir: &Path, args: &[&str]) {
+    run(Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["cert", "--certs-dir"])
+        .arg(dir)
+        .args(args));
+}
+
+/// curl over HTTPS trusting `ca`: the body, or curl's error.
+fn https_get(ca: &Path, url: &str) -> Result<String, String> {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "5", "--cacert"])
+        .arg(ca)
+        .arg(url)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// psql with a libpq connection string's `options` (TLS settings among them).
+fn psql_with(port: u16, options: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At"])
+        .arg(format!(
+            "host=localhost port={port} dbname=cairn user=cairn connect_timeout=5 {options}"
+        ))
+        .args(["-c", sql])
+        .output()
+        .expect("run psql");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+#[test]
+fn tls_serves_psql_and_https_with_the_cluster_ca_and_keeps_another_cas_node_out() {
+    let has = |program: &str| Command::new(program).arg("--version").output().is_ok();
+    if !has("psql") || !has("curl") {
+        assert!(
+            std::env::var_os("CAIRN_REQUIRE_PSQL").is_none(),
+            "psql and curl are required here"
+        );
+        eprintln!("skipped: psql or curl is not installed");
+        return;
+    }
+    let dirs = tempfile::tempdir().unwrap();
+    let (certs, other) = (dirs.path().join("certs"), dirs.path().join("other"));
+    for dir in [&certs, &other] {
+        cert(dir, &["create-ca"]);
+        cert(dir, &["create-node", "localhost", "127.0.0.1"]);
+    }
+    cert(&certs, &["create-client", "cairn"]);
+    let ca = certs.join("ca.crt");
+    let certs_arg = format!("ENV:CAIRN_CERTS_DIR={}", certs.display());
+
+    // Three nodes with the cluster's certificates.
+    let first = free_addr();
+    let mut nodes: Vec<common::ProcessNode> = (0..3)
+        .map(|i| common::ProcessNode {
+            child: Command::new("true").spawn().unwrap(),
+            pg: free_addr(),
+            http: free_addr(),
+            cluster: if i == 0 { first } else { free_addr() },
+            dir: dirs.path().join(format!("n{i}")),
+            join: (i > 0).then_some(first),
+            extra: vec![certs_arg.clone()],
+        })
+        .collect();
+    for node in &mut nodes {
+        node.launch();
+    }
+    let url = |node: &common::ProcessNode, path: &str| {
+        format!("https://localhost:{}{path}", node.http.port())
+    };
+    wait_until(
+        || {
+            let body = https_get(&ca, &url(&nodes[0], "/v1/nodes"))?;
+            let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            let alive = v["nodes"]
+                .as_array()
+                .map(|n| n.iter().filter(|n| n["liveness"] == "alive").count());
+            (alive == Some(3)).then_some(()).ok_or(body)
+        },
+        Duration::from_secs(120),
+        "three TLS nodes alive, over HTTPS",
+    );
+
+    // A node whose certificate is another CA's cannot join: no cluster connection gets past
+    // the handshake. It gives up after its minute of trying.
+    let rogue_dir = dirs.path().join("rogue");
+    let mut rogue = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["start", "--data-dir"])
+        .arg(&rogue_dir)
+        .args(["--pg-addr", &free_addr().to_string()])
+        .args(["--http-addr", &free_addr().to_string()])
+        .args(["--cluster-addr", &free_addr().to_string()])
+        .args(["--join", &first.to_string()])
+        .env("CAIRN_CERTS_DIR", &other)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // psql, verifying the node's certificate and name; with a client certificate too.
+    let pg = nodes[0].pg.port();
+    let verify = format!("sslmode=verify-full sslrootcert={}", ca.display());
+    let script = "CREATE TABLE secrets (k bigint PRIMARY KEY, v text); \
+                  INSERT INTO secrets VALUES (1, 'a'), (2, 'b'); \
+                  SELECT count(*) FROM secrets";
+    assert_eq!(psql_with(pg, &verify, script), Ok("2".to_string()));
+    let with_cert = format!(
+        "{verify} sslcert={} sslkey={}",
+        certs.join("client.cairn.crt").display(),
+        certs.join("client.cairn.key").display()
+    );
+    let pg2 = nodes[1].pg.port();
+    assert_eq!(
+        psql_with(pg2, &with_cert, "SELECT v FROM secrets WHERE k = 2"),
+        Ok("b".to_string())
+    );
+    // Without TLS: turned away. Trusting another CA: the node's certificate fails.
+    let plain = psql_with(pg, "sslmode=disable", "SELECT 1").unwrap_err();
+    assert!(plain.contains("TLS connections only"), "{plain}");
+    let wrong = format!(
+        "sslmode=verify-full sslrootcert={}",
+        other.join("ca.crt").display()
+    );
+    let refused = psql_with(pg, &wrong, "SELECT 1").unwrap_err();
+    assert!(refused.contains("certificate verify failed"), "{refused}");
+
+    // HTTPS with the CA; not with another CA, not as plain HTTP.
+    let health = https_get(&ca, &url(&nodes[2], "/health")).unwrap();
+    assert!(health.contains("\"status\":\"ok\""), "{health}");
+    let err = https_get(&other.join("ca.crt"), &url(&nodes[2], "/health")).unwrap_err();
+    assert!(err.contains("certificate"), "{err}");
+    assert_eq!(
+        http_get(nodes[2].http, "/health"),
+        None,
+        "plain HTTP answered"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = rogue.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the rogue node is still trying");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(rogue.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success() && err.contains("could not join"), "{err}");
+    let body = https_get(&ca, &url(&nodes[0], "/v1/nodes")).unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 3, "{body}");
+}

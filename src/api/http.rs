@@ -743,10 +743,16 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .with_state(Api { engine, txns })
 }
 
-pub async fn serve(listener: TcpListener, engine: Arc<Engine>) {
+/// Serve the HTTP API on `listener`; with `tls`, HTTPS only.
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+) {
     let capped = Capped {
         inner: listener,
         slots: Arc::new(tokio::sync::Semaphore::new(limits::CONNECTIONS_MAX)),
+        tls: tls.map(tokio_rustls::TlsAcceptor::from),
     };
     if let Err(e) = axum::serve(capped, router(engine)).await {
         tracing::error!(error = %e, "http server stopped");
@@ -759,12 +765,71 @@ pub async fn serve(listener: TcpListener, engine: Arc<Engine>) {
 struct Capped {
     inner: TcpListener,
     slots: Arc<tokio::sync::Semaphore>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// An accepted connection holding its slot until it closes.
 struct Slotted {
-    stream: tokio::net::TcpStream,
+    stream: Io,
     _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// A connection's bytes: plain, or TLS whose handshake runs on the connection's first read
+/// or write (in the connection's own task, so a slow handshake holds up no one else).
+enum Io {
+    Plain(tokio::net::TcpStream),
+    Handshaking(Box<tokio_rustls::Accept<tokio::net::TcpStream>>),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+    Failed,
+}
+
+impl Io {
+    /// Finish the handshake if one is under way.
+    fn ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        use std::task::Poll;
+        match self {
+            Io::Handshaking(accept) => match std::pin::Pin::new(accept.as_mut()).poll(cx) {
+                Poll::Ready(Ok(tls)) => {
+                    *self = Io::Tls(Box::new(tls));
+                    Poll::Ready(Ok(()))
+                }
+                Poll::Ready(Err(e)) => {
+                    *self = Io::Failed;
+                    Poll::Ready(Err(e))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            Io::Failed => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "TLS handshake failed",
+            ))),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// `$call` on the connection's stream once any handshake is done.
+macro_rules! on_stream {
+    ($self:ident, $cx:ident, |$s:ident| $call:expr) => {{
+        let this = &mut $self.stream;
+        match this.ready($cx) {
+            std::task::Poll::Ready(Ok(())) => {}
+            std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
+            std::task::Poll::Pending => return std::task::Poll::Pending,
+        }
+        match this {
+            Io::Plain($s) => {
+                let $s = std::pin::Pin::new($s);
+                $call
+            }
+            Io::Tls(tls) => {
+                let $s = std::pin::Pin::new(tls.as_mut());
+                $call
+            }
+            Io::Handshaking(_) | Io::Failed => unreachable!("ready() settled the handshake"),
+        }
+    }};
 }
 
 impl axum::serve::Listener for Capped {
@@ -784,6 +849,10 @@ impl axum::serve::Listener for Capped {
             match self.slots.clone().try_acquire_owned() {
                 Ok(slot) => {
                     let _ = stream.set_nodelay(true);
+                    let stream = match &self.tls {
+                        Some(acceptor) => Io::Handshaking(Box::new(acceptor.accept(stream))),
+                        None => Io::Plain(stream),
+                    };
                     return (
                         Slotted {
                             stream,
@@ -810,7 +879,7 @@ impl tokio::io::AsyncRead for Slotted {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+        on_stream!(self, cx, |s| s.poll_read(cx, buf))
     }
 }
 
@@ -820,20 +889,20 @@ impl tokio::io::AsyncWrite for Slotted {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+        on_stream!(self, cx, |s| s.poll_write(cx, buf))
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+        on_stream!(self, cx, |s| s.poll_flush(cx))
     }
 
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+        on_stream!(self, cx, |s| s.poll_shutdown(cx))
     }
 }

@@ -250,6 +250,8 @@ pub struct Connection {
     running: Running,
     /// The key this connection registered under in `cancels`.
     key: std::sync::Mutex<Option<(i32, bytes::Bytes)>>,
+    /// The node serves TLS: a client that did not ask for it is turned away.
+    require_tls: bool,
 }
 
 impl Connection {
@@ -285,6 +287,14 @@ impl NoopStartupHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if self.require_tls && !client.is_secure() {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".to_string(),
+                crate::error::sqlstate::INVALID_AUTHORIZATION_SPECIFICATION.to_string(),
+                "this node accepts TLS connections only (sslmode=require or verify-full)"
+                    .to_string(),
+            ))));
+        }
         let (pid, secret) = client.pid_and_secret_key();
         let key = (pid, secret.to_bytes());
         self.cancels
@@ -528,7 +538,13 @@ impl PgWireServerHandlers for Handlers {
 }
 
 /// Serve PostgreSQL clients on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, engine: Arc<Engine>) {
+/// Serve PostgreSQL clients on `listener`; with `tls`, only over TLS (SSLRequest).
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+) {
+    let acceptor = tls.map(pgwire::tokio::TlsAcceptor::from);
     let cancels = Arc::new(Cancels::default());
     let parser = Arc::new(Parser {
         engine: engine.clone(),
@@ -554,10 +570,12 @@ pub async fn serve(listener: TcpListener, engine: Arc<Engine>) {
             cancels: cancels.clone(),
             running: Running::default(),
             key: std::sync::Mutex::new(None),
+            require_tls: acceptor.is_some(),
         });
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let handlers = Handlers(conn.clone());
-            if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+            if let Err(e) = pgwire::tokio::process_socket(socket, acceptor, handlers).await {
                 tracing::debug!(%peer, error = %e, "pgwire connection ended with an error");
             }
             conn.unregister();

@@ -51,6 +51,8 @@ pub enum Command {
     Sql(sql::SqlArgs),
     /// Load a CSV or JSON-lines file into a table: parallel batches, each exactly once.
     Load(load::LoadArgs),
+    /// Make TLS certificates: a cluster CA, a node's, a client's.
+    Cert(CertArgs),
     /// Is the node at --url up and its catalog sound? Exits 0 if so (a container's health
     /// check: the image has no curl).
     Health(node::HealthArgs),
@@ -81,6 +83,51 @@ pub enum BenchCommand {
     Files(bench::files::FilesArgs),
 }
 
+#[derive(Debug, clap::Args)]
+pub struct CertArgs {
+    #[command(subcommand)]
+    pub command: CertCommand,
+    /// Directory of the certificates (created if missing).
+    #[arg(long, global = true, env = "CAIRN_CERTS_DIR", default_value = "certs")]
+    pub certs_dir: PathBuf,
+    /// The CA's private key (default: ca.key in --certs-dir). Keep it off the nodes once
+    /// their certificates are made.
+    #[arg(long, global = true)]
+    pub ca_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// A new certificate authority for the cluster: ca.crt and ca.key.
+    CreateCa,
+    /// A node's certificate (node.crt, node.key) for every name and address it is reached at.
+    CreateNode {
+        /// Host names and IP addresses, e.g. `n1 localhost 127.0.0.1 10.0.0.5`.
+        #[arg(required = true)]
+        hosts: Vec<String>,
+    },
+    /// A client's certificate (client.USER.crt, client.USER.key), for psql's sslcert.
+    CreateClient {
+        /// The user it names.
+        user: String,
+    },
+}
+
+fn cert(args: CertArgs) -> anyhow::Result<()> {
+    let dir = &args.certs_dir;
+    let ca_key = args
+        .ca_key
+        .clone()
+        .unwrap_or_else(|| dir.join(crate::tls::CA_KEY));
+    let made = match &args.command {
+        CertCommand::CreateCa => crate::tls::create_ca(dir, &ca_key)?,
+        CertCommand::CreateNode { hosts } => crate::tls::create_node(dir, &ca_key, hosts)?,
+        CertCommand::CreateClient { user } => crate::tls::create_client(dir, &ca_key, user)?,
+    };
+    println!("wrote {} (and its key)", made.display());
+    Ok(())
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct StartArgs {
     /// Directory holding this node's data (created if missing).
@@ -100,6 +147,10 @@ pub struct StartArgs {
     /// port, the cluster port others use. Required when listening on 0.0.0.0.
     #[arg(long, env = "CAIRN_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
+    /// Serve TLS from this directory's ca.crt, node.crt and node.key (`cairn cert`): pgwire
+    /// (SSLRequest) and HTTPS for clients, mutual TLS between nodes.
+    #[arg(long, env = "CAIRN_CERTS_DIR")]
+    pub certs_dir: Option<PathBuf>,
     /// Listen on addresses other machines can reach although Cairn has no TLS and no
     /// passwords yet: anyone who reaches a port can read and write everything. Without it
     /// a node listens on loopback addresses only.
@@ -252,6 +303,10 @@ pub async fn start(args: StartArgs) -> anyhow::Result<()> {
         ftp_passive_ports: args.ftp_passive_ports,
         dev_supervisor: args.dev_supervisor,
         advertise: args.advertise_addr,
+        tls: match &args.certs_dir {
+            Some(dir) => Some(crate::tls::Tls::load(dir)?),
+            None => None,
+        },
     };
     let node = Node::start(config).await?;
     shutdown_signal().await;
@@ -313,6 +368,7 @@ pub fn main() -> anyhow::Result<()> {
             Command::Node(args) => node::run(args).await,
             Command::Status(args) => node::status(args).await,
             Command::Health(args) => node::health(args).await,
+            Command::Cert(args) => cert(args),
             Command::Sql(args) => sql::run(args).await,
             Command::Load(args) => load::run(args).await,
             Command::Chaos(args) => {

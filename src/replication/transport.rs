@@ -350,6 +350,25 @@ impl Dialer for TcpDialer {
     }
 }
 
+/// Dials peers over TCP, then TLS: the peer's certificate must be the cluster CA's and name
+/// the host dialed, and this node presents its own (`--certs-dir`).
+pub struct TlsDialer {
+    pub tcp: TcpDialer,
+    pub config: Arc<tokio_rustls::rustls::ClientConfig>,
+}
+
+#[async_trait::async_trait]
+impl Dialer for TlsDialer {
+    async fn dial(&self, addr: &str) -> std::io::Result<Box<dyn Stream>> {
+        let stream = self.tcp.dial(addr).await?;
+        let name = crate::tls::Tls::server_name(addr)?;
+        let tls = tokio_rustls::TlsConnector::from(self.config.clone())
+            .connect(name, stream)
+            .await?;
+        Ok(Box::new(tls))
+    }
+}
+
 type Reply = oneshot::Sender<Result<Response, CallError>>;
 type Call = (Request, Reply);
 
@@ -599,7 +618,15 @@ async fn run_connection(
 /// Accept peers' connections and answer their calls with `handler`, at most
 /// `limits::CLUSTER_CONNECTIONS_MAX` at once (a node keeps one per peer; anything past the
 /// cap is a flood, closed at once).
-pub async fn serve(listener: TcpListener, handler: Arc<dyn Handler>) {
+///
+/// With `tls`, a connection is served only once its TLS handshake is done and the peer has
+/// shown a certificate of the cluster's CA.
+pub async fn serve(
+    listener: TcpListener,
+    handler: Arc<dyn Handler>,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(limits::CLUSTER_CONNECTIONS_MAX));
     loop {
         let (socket, peer) = match listener.accept().await {
@@ -616,8 +643,27 @@ pub async fn serve(listener: TcpListener, handler: Arc<dyn Handler>) {
         };
         let _ = socket.set_nodelay(true);
         let handler = handler.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            serve_connection(socket, peer.to_string(), handler).await;
+            match acceptor {
+                None => serve_connection(socket, peer.to_string(), handler).await,
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(
+                        limits::CLUSTER_CONNECT_TIMEOUT,
+                        acceptor.accept(socket),
+                    )
+                    .await;
+                    match handshake {
+                        Ok(Ok(tls)) => serve_connection(tls, peer.to_string(), handler).await,
+                        Ok(Err(e)) => {
+                            tracing::warn!(%peer, error = %e, "refusing a cluster connection: TLS handshake failed")
+                        }
+                        Err(_) => {
+                            tracing::warn!(%peer, "refusing a cluster connection: no TLS handshake in time")
+                        }
+                    }
+                }
+            }
             drop(slot);
         });
     }

@@ -37,6 +37,7 @@ pub fn config(dir: &Path, pg: SocketAddr, http: SocketAddr) -> NodeConfig {
         ftp_passive_ports: 49152..=65535,
         dev_supervisor: None,
         advertise: None,
+        tls: None,
     }
 }
 
