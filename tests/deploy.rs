@@ -885,6 +885,18 @@ fn tls_serves_psql_and_https_with_the_cluster_ca_and_keeps_another_cas_node_out(
         None,
         "plain HTTP answered"
     );
+    // WSS: the WebSocket upgrade is answered over TLS (curl stops once it is switched).
+    let upgrade = Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "3", "--http1.1", "--cacert"])
+        .arg(&ca)
+        .args(["-H", "Connection: Upgrade", "-H", "Upgrade: websocket"])
+        .args(["-H", "Sec-WebSocket-Version: 13"])
+        .args(["-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="])
+        .arg(url(&nodes[1], "/v1/ws"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&upgrade.stdout);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
 
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
