@@ -868,6 +868,21 @@ fn tls_serves_psql_and_https_with_the_cluster_ca_and_keeps_another_cas_node_out(
     // Without TLS: turned away. Trusting another CA: the node's certificate fails.
     let plain = psql_with(pg, "sslmode=disable", "SELECT 1").unwrap_err();
     assert!(plain.contains("TLS connections only"), "{plain}");
+    // Cairn's own shell, with the CA and a client certificate, from a URL as psql takes it.
+    let shell = run(Command::new(env!("CARGO_BIN_EXE_cairn")).args([
+        "sql",
+        &format!(
+            "postgres://cairn@localhost:{pg}/cairn?sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+            ca.display(),
+            certs.join("client.cairn.crt").display(),
+            certs.join("client.cairn.key").display()
+        ),
+        "--csv",
+        "-c",
+        "SELECT count(*) FROM secrets",
+    ]));
+    let out = String::from_utf8_lossy(&shell.stdout);
+    assert!(out.lines().any(|l| l.trim() == "2"), "{out}");
     let wrong = format!(
         "sslmode=verify-full sslrootcert={}",
         other.join("ca.crt").display()

@@ -8,6 +8,7 @@ pub mod firewall;
 pub mod load;
 pub mod local;
 pub mod node;
+pub mod pgtls;
 pub mod slt;
 pub mod sql;
 pub mod watch;

@@ -6,12 +6,13 @@
 //! the server cannot be reached), like psql with `ON_ERROR_STOP`. Results are drawn with
 //! `comfy-table`; errors carry their SQLSTATE and point at the position the server names.
 
+use super::pgtls;
 use anyhow::{anyhow, bail, Context, Result};
 use futures::{SinkExt, StreamExt};
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::time::Instant;
-use tokio_postgres::{NoTls, SimpleQueryMessage};
+use tokio_postgres::SimpleQueryMessage;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SqlArgs {
@@ -43,11 +44,10 @@ const EXIT_CONNECTION: i32 = 2;
 
 pub async fn run(args: SqlArgs) -> Result<()> {
     let url = normalise_url(&args.url);
-    let config: tokio_postgres::Config = url
-        .parse()
-        .with_context(|| format!("{}: not a PostgreSQL address", args.url))?;
+    let config =
+        pgtls::target(&url).with_context(|| format!("{}: not a PostgreSQL address", args.url))?;
     let mut shell = Shell {
-        client: match connect(&config).await {
+        client: match pgtls::connect(&config).await {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("cairn sql: cannot connect to {}: {e}", args.url);
@@ -106,17 +106,9 @@ fn normalise_url(url: &str) -> String {
     }
 }
 
-async fn connect(config: &tokio_postgres::Config) -> Result<tokio_postgres::Client> {
-    let (client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
-}
-
 struct Shell {
     client: tokio_postgres::Client,
-    config: tokio_postgres::Config,
+    config: pgtls::Target,
     expanded: bool,
     timing: bool,
     csv: bool,
@@ -142,7 +134,12 @@ impl Shell {
             // A first run has no history yet.
             let _ = editor.load_history(path);
         }
-        let db = self.config.get_dbname().unwrap_or("cairn").to_string();
+        let db = self
+            .config
+            .config
+            .get_dbname()
+            .unwrap_or("cairn")
+            .to_string();
         println!(
             "cairn sql {}: \\? for help, \\q to quit.",
             env!("CARGO_PKG_VERSION")
@@ -200,7 +197,7 @@ impl Shell {
 
     async fn input(&mut self, input: &Input) -> Done {
         if self.client.is_closed() && self.interactive {
-            match connect(&self.config).await {
+            match pgtls::connect(&self.config).await {
                 Ok(c) => {
                     eprintln!("The connection to the server was lost; connected again.");
                     self.client = c;
@@ -232,7 +229,7 @@ impl Shell {
         let answer = tokio::select! {
             answer = &mut run => answer,
             _ = tokio::signal::ctrl_c() => {
-                if let Err(e) = cancel.cancel_query(NoTls).await {
+                if let Err(e) = cancel.cancel_query(self.config.tls.clone()).await {
                     eprintln!("could not send the cancel request: {e}");
                 }
                 run.await

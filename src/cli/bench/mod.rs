@@ -139,11 +139,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let target = super::pgtls::target(url).with_context(|| format!("connecting to {url}"))?;
+    super::pgtls::connect(&target)
         .await
-        .with_context(|| format!("connecting to {url}"))?;
-    tokio::spawn(conn);
-    Ok(client)
+        .with_context(|| format!("connecting to {url}"))
 }
 
 /// The value stored under `key`, so reads can be checked: the key's digits repeated, padded
