@@ -12,6 +12,8 @@ pub mod sqlstate {
     pub const UNDEFINED_COLUMN: &str = "42703";
     pub const AMBIGUOUS_COLUMN: &str = "42702";
     pub const UNDEFINED_FUNCTION: &str = "42883";
+    /// A wrong password, or none where one is needed.
+    pub const INVALID_PASSWORD: &str = "28P01";
     /// A client not allowed to connect as it did (e.g. without TLS where TLS is required).
     pub const INVALID_AUTHORIZATION_SPECIFICATION: &str = "28000";
     pub const DUPLICATE_TABLE: &str = "42P07";
@@ -64,6 +66,8 @@ pub mod sqlstate {
 
     pub(crate) const ALL: &[&str] = &[
         SYNTAX_ERROR,
+        INVALID_PASSWORD,
+        INVALID_AUTHORIZATION_SPECIFICATION,
         UNDEFINED_TABLE,
         UNDEFINED_COLUMN,
         AMBIGUOUS_COLUMN,

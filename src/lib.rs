@@ -17,6 +17,7 @@
 //! and sizes as people write them).
 
 pub mod api;
+pub mod auth;
 pub mod catalog;
 pub mod chaos;
 pub mod cli;

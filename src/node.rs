@@ -76,6 +76,9 @@ pub struct NodeConfig {
     pub advertise: Option<String>,
     /// TLS for clients and between nodes (`--certs-dir`); none: plain TCP.
     pub tls: Option<crate::tls::Tls>,
+    /// A new cluster's first user `admin`'s password: PostgreSQL clients must then log in
+    /// (`crate::auth`). Ignored when joining or restarting.
+    pub init_password: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -426,6 +429,18 @@ impl Node {
                 meta::put_setting("shard_count", &config.shard_count.max(1).to_string()),
                 meta::put_setting("cluster_id", &cluster_id),
             ];
+            let first_user = match &config.init_password {
+                Some(password) => {
+                    let admin = crate::auth::user(
+                        "admin",
+                        password,
+                        std::iter::once("admin".to_string()).collect(),
+                    )?;
+                    Some(meta::put_user(&admin)?)
+                }
+                None => None,
+            };
+            let stmts = stmts.into_iter().chain(first_user);
             for stmt in stmts {
                 cluster.exec(ShardId::META, &lease, stmt).await?;
             }
@@ -511,7 +526,7 @@ impl Node {
         servers.push(tokio::spawn(api::pgwire::serve(
             pg,
             engine.clone(),
-            config.tls.as_ref().map(|t| t.clients.clone()),
+            config.tls.clone(),
         )));
         servers.push(tokio::spawn(api::http::serve(
             http,

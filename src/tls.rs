@@ -170,6 +170,8 @@ pub struct Tls {
     /// For connecting to other nodes: their certificate must be the CA's, and this node
     /// presents its own.
     pub dial: Arc<rustls::ClientConfig>,
+    /// `node.crt` as read: SCRAM's channel binding (SCRAM-SHA-256-PLUS) hashes it.
+    pub cert_pem: Vec<u8>,
 }
 
 impl std::fmt::Debug for Tls {
@@ -228,6 +230,7 @@ impl Tls {
             .with_client_auth_cert(chain.clone(), key.clone_key())
             .map_err(|e| io(&cert_path, e))?;
         Ok(Tls {
+            cert_pem: std::fs::read(&cert_path).map_err(|e| io(&cert_path, e))?,
             clients,
             peers: Arc::new(peers),
             dial: Arc::new(dial),

@@ -126,6 +126,9 @@ impl From<Error> for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Error::Sql { code, .. } if code.starts_with("40") => StatusCode::CONFLICT,
+            Error::Sql { code, .. } if *code == sqlstate::INSUFFICIENT_PRIVILEGE => {
+                StatusCode::FORBIDDEN
+            }
             Error::Sql { .. } => StatusCode::BAD_REQUEST,
             Error::Retry(_) => StatusCode::CONFLICT,
             // Not 503: that invites a retry, and this write may have been applied.
@@ -277,10 +280,14 @@ pub(super) async fn detached<T: Send + 'static>(
 
 async fn sql(
     State(api): State<Api>,
+    user: Option<axum::Extension<LoggedIn>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Json_>, ApiError> {
     let req: SqlRequest = parse_body(&body_bytes(body)?)?;
     let mut session = api.engine.session();
+    if let Some(axum::Extension(LoggedIn(user))) = &user {
+        session.log_in(user);
+    }
     let cancel = session.new_statement();
     detached(cancel, run_sql(session, req)).await
 }
@@ -469,6 +476,7 @@ struct TxnSqlRequest {
 /// `POST /v1/txn`: open a transaction.
 async fn txn_begin(
     State(api): State<Api>,
+    user: Option<axum::Extension<LoggedIn>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Json_>, ApiError> {
     let body = body_bytes(body)?;
@@ -501,6 +509,9 @@ async fn txn_begin(
         });
     }
     let mut session = api.engine.session();
+    if let Some(axum::Extension(LoggedIn(user))) = &user {
+        session.log_in(user);
+    }
     let begin = Statement {
         sql: "BEGIN".into(),
         params: vec![],
@@ -658,11 +669,101 @@ async fn txn_rollback(
     .await
 }
 
+/// The user an HTTP request logged in as (HTTP Basic), once the cluster has users.
+#[derive(Clone)]
+pub struct LoggedIn(pub String);
+
+/// `Authorization: Basic` as a user and password.
+fn basic_credentials(headers: &axum::http::HeaderMap) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+/// Once the cluster has users, every request but `/health` logs in with HTTP Basic (401
+/// with a JSON error otherwise) and may do what the user's roles allow: SQL statements are
+/// checked one by one in the session; other requests by what they are (reads, changes,
+/// node operations).
+async fn authenticate(
+    State(api): State<Api>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use crate::auth::Need;
+    let catalog = api.engine.cluster.catalog();
+    let path = req.uri().path().to_string();
+    if catalog.users.is_empty() || path == "/health" {
+        return next.run(req).await;
+    }
+    let user = basic_credentials(req.headers())
+        .filter(|(user, password)| crate::auth::verify(&catalog, user, password))
+        .map(|(user, _)| user.to_lowercase());
+    let Some(user) = user else {
+        let mut response = ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            code: sqlstate::INVALID_PASSWORD.into(),
+            message: "log in with HTTP Basic authentication: a user and its password".into(),
+        }
+        .into_response();
+        response.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Basic realm=\"cairn\""),
+        );
+        return response;
+    };
+    let method = req.method().clone();
+    let reading = method == axum::http::Method::GET || method == axum::http::Method::HEAD;
+    let need = if path.starts_with("/v1/sql") || path.starts_with("/v1/txn") {
+        None
+    } else if (path.starts_with("/v1/nodes/")
+        || path.starts_with("/v1/shards/")
+        || path.starts_with("/v1/dev"))
+        && !reading
+    {
+        Some(Need::Admin)
+    } else if reading {
+        Some(Need::Read)
+    } else {
+        Some(Need::Write)
+    };
+    if let Some(need) = need {
+        let grants = crate::auth::Grants {
+            user: Some(user.clone()),
+            roles: catalog
+                .users
+                .get(&user)
+                .map(|u| u.roles.clone())
+                .unwrap_or_default(),
+        };
+        if let Err(e) = grants.check(need, &format!("{method} {path}")) {
+            return ApiError::from(e).into_response();
+        }
+    }
+    req.extensions_mut().insert(LoggedIn(user));
+    next.run(req).await
+}
+
 pub fn router(engine: Arc<Engine>) -> Router {
     crate::sql::kv::spawn_reaper(&engine);
     crate::sql::files::spawn_collector(&engine);
     let txns = Arc::new(Txns::default());
     tokio::spawn(Txns::reap(Arc::downgrade(&txns)));
+    let api = Api {
+        engine: engine.clone(),
+        txns: txns.clone(),
+    };
     let subscriptions = Arc::new(super::ws::Subscriptions::default());
     let ws = {
         let engine = engine.clone();
@@ -740,7 +841,11 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/dashboard/vendor/{file}", get(super::dashboard::vendor))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits::HTTP_BODY_BYTES_MAX))
-        .with_state(Api { engine, txns })
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            authenticate,
+        ))
+        .with_state(api)
 }
 
 /// Serve the HTTP API on `listener`; with `tls`, HTTPS only.

@@ -288,13 +288,16 @@ impl NoopStartupHandler for Connection {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         if self.require_tls && !client.is_secure() {
-            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                "FATAL".to_string(),
-                crate::error::sqlstate::INVALID_AUTHORIZATION_SPECIFICATION.to_string(),
-                "this node accepts TLS connections only (sslmode=require or verify-full)"
-                    .to_string(),
-            ))));
+            return Err(tls_required());
         }
+        self.register_cancel_key(client);
+        Ok(())
+    }
+}
+
+impl Connection {
+    /// CancelRequests naming this connection's key cancel its running statement.
+    fn register_cancel_key<C: ClientInfo>(&self, client: &C) {
         let (pid, secret) = client.pid_and_secret_key();
         let key = (pid, secret.to_bytes());
         self.cancels
@@ -303,7 +306,6 @@ impl NoopStartupHandler for Connection {
             .expect("cancel registry lock poisoned")
             .insert(key.clone(), self.running.clone());
         *self.key.lock().expect("key lock") = Some(key);
-        Ok(())
     }
 }
 
@@ -513,7 +515,7 @@ impl CopyHandler for Connection {
     }
 }
 
-struct Handlers(Arc<Connection>);
+struct Handlers(Arc<Connection>, Option<Arc<Sasl>>);
 
 impl PgWireServerHandlers for Handlers {
     fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
@@ -525,7 +527,11 @@ impl PgWireServerHandlers for Handlers {
     }
 
     fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
-        self.0.clone()
+        Arc::new(Startup {
+            conn: self.0.clone(),
+            sasl: self.1.clone(),
+            initial_seen: Default::default(),
+        })
     }
 
     fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
@@ -538,13 +544,142 @@ impl PgWireServerHandlers for Handlers {
 }
 
 /// Serve PostgreSQL clients on `listener` until the task is dropped.
-/// Serve PostgreSQL clients on `listener`; with `tls`, only over TLS (SSLRequest).
-pub async fn serve(
-    listener: TcpListener,
-    engine: Arc<Engine>,
-    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
-) {
-    let acceptor = tls.map(pgwire::tokio::TlsAcceptor::from);
+/// The catalog's users, for SCRAM: each one's salt and salted password.
+struct Users(Arc<Engine>);
+
+impl Debug for Users {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Users")
+    }
+}
+
+#[async_trait]
+impl pgwire::api::auth::AuthSource for Users {
+    async fn get_password(
+        &self,
+        login: &pgwire::api::auth::LoginInfo,
+    ) -> PgWireResult<pgwire::api::auth::Password> {
+        let name = login.user().unwrap_or_default().to_lowercase();
+        let catalog = self.0.cluster.catalog();
+        let stored = catalog.users.get(&name).and_then(|u| {
+            Some((
+                crate::auth::unhex(&u.salt)?,
+                crate::auth::unhex(&u.salted_password)?,
+            ))
+        });
+        match stored {
+            Some((salt, salted)) => Ok(pgwire::api::auth::Password::new(Some(salt), salted)),
+            None => Err(PgWireError::InvalidPassword(name)),
+        }
+    }
+}
+
+type Sasl = pgwire::api::auth::sasl::SASLAuthStartupHandler<
+    pgwire::api::auth::DefaultServerParameterProvider,
+>;
+
+/// SCRAM-SHA-256 against the catalog's users (and SCRAM-SHA-256-PLUS, channel binding to
+/// the node's certificate, over TLS).
+fn sasl(engine: &Arc<Engine>, tls: Option<&crate::tls::Tls>) -> Sasl {
+    let mut scram = pgwire::api::auth::sasl::scram::ScramAuth::new(Arc::new(Users(engine.clone())));
+    scram.set_iterations(crate::auth::SCRAM_ITERATIONS as usize);
+    if let Some(tls) = tls {
+        if let Err(e) = scram.configure_certificate(&tls.cert_pem) {
+            tracing::warn!(error = %e, "SCRAM channel binding is off: the node's certificate did not load");
+        }
+    }
+    Sasl::new(Arc::new(Default::default())).with_scram(scram)
+}
+
+/// A connection's startup: as it was where the cluster has no users; a SCRAM login where it
+/// has, after which the session runs as that user.
+pub struct Startup {
+    conn: Arc<Connection>,
+    sasl: Option<Arc<Sasl>>,
+    /// The client's first SASL message (its SASLInitialResponse) has come.
+    initial_seen: std::sync::atomic::AtomicBool,
+}
+
+/// Whether `body` is a well-formed SASLInitialResponse: a mechanism's name, then its data's
+/// length (-1 for none) and at least that much data. pgwire 0.42 decodes it without these
+/// checks and panics on a short one (its connection task dies, the node goes on): refused
+/// here first.
+fn sasl_initial_response_fits(body: &[u8]) -> bool {
+    let Some(nul) = body.iter().position(|b| *b == 0) else {
+        return false;
+    };
+    let rest = &body[nul + 1..];
+    let Some(len) = rest.get(..4) else {
+        return false;
+    };
+    let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+    len == -1 || (len >= 0 && len as usize <= rest.len() - 4)
+}
+
+#[async_trait]
+impl pgwire::api::auth::StartupHandler for Startup {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: pgwire::messages::PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let Some(sasl) = &self.sasl else {
+            return pgwire::api::auth::StartupHandler::on_startup(&*self.conn, client, message)
+                .await;
+        };
+        use pgwire::messages::startup::PasswordMessageFamily;
+        use pgwire::messages::PgWireFrontendMessage as M;
+        let starting = matches!(message, M::Startup(_));
+        if starting && self.conn.require_tls && !client.is_secure() {
+            return Err(tls_required());
+        }
+        if let M::PasswordMessageFamily(PasswordMessageFamily::Raw(body)) = &message {
+            let first = !self
+                .initial_seen
+                .swap(true, std::sync::atomic::Ordering::Relaxed);
+            if first && !sasl_initial_response_fits(body) {
+                return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "FATAL".to_string(),
+                    crate::error::sqlstate::PROTOCOL_VIOLATION.to_string(),
+                    "malformed SASLInitialResponse".to_string(),
+                ))));
+            }
+        }
+        sasl.on_startup(client, message).await?;
+        if matches!(
+            client.state(),
+            pgwire::api::PgWireConnectionState::ReadyForQuery
+        ) {
+            self.conn.register_cancel_key(client);
+            let user = client
+                .metadata()
+                .get(pgwire::api::METADATA_USER)
+                .cloned()
+                .unwrap_or_default();
+            self.conn.session.lock().await.log_in(&user);
+        }
+        Ok(())
+    }
+}
+
+fn tls_required() -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".to_string(),
+        crate::error::sqlstate::INVALID_AUTHORIZATION_SPECIFICATION.to_string(),
+        "this node accepts TLS connections only (sslmode=require or verify-full)".to_string(),
+    )))
+}
+
+/// Serve PostgreSQL clients on `listener`; with `tls`, only over TLS (SSLRequest). Once the
+/// catalog has users, every client logs in as one (SCRAM).
+pub async fn serve(listener: TcpListener, engine: Arc<Engine>, tls: Option<crate::tls::Tls>) {
+    let sasl = Arc::new(sasl(&engine, tls.as_ref()));
+    let acceptor = tls.map(|t| pgwire::tokio::TlsAcceptor::from(t.clients));
     let cancels = Arc::new(Cancels::default());
     let parser = Arc::new(Parser {
         engine: engine.clone(),
@@ -573,8 +708,10 @@ pub async fn serve(
             require_tls: acceptor.is_some(),
         });
         let acceptor = acceptor.clone();
+        // Logins once the cluster has users (checked as each client connects).
+        let sasl = (!engine.cluster.catalog().users.is_empty()).then(|| sasl.clone());
         tokio::spawn(async move {
-            let handlers = Handlers(conn.clone());
+            let handlers = Handlers(conn.clone(), sasl);
             if let Err(e) = pgwire::tokio::process_socket(socket, acceptor, handlers).await {
                 tracing::debug!(%peer, error = %e, "pgwire connection ended with an error");
             }
@@ -582,6 +719,21 @@ pub async fn serve(
             conn.session.lock().await.close().await;
             drop(permit);
         });
+    }
+}
+
+#[cfg(test)]
+mod sasl_tests {
+    use super::sasl_initial_response_fits as fits;
+
+    #[test]
+    fn short_sasl_initial_responses_are_caught() {
+        assert!(fits(b"SCRAM-SHA-256\0\0\0\0\x03abc"));
+        assert!(fits(b"SCRAM-SHA-256\0\xff\xff\xff\xff"));
+        assert!(!fits(b"SCRAM-SHA-256\0\0\0\0\x09abc"));
+        assert!(!fits(b"SCRAM-SHA-256\0\0\0"));
+        assert!(!fits(b"no terminator"));
+        assert!(!fits(b"M\0\x80\0\0\0"));
     }
 }
 

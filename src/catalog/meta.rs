@@ -123,6 +123,20 @@ pub fn delete_job(id: u64) -> Statement {
     )
 }
 
+pub fn put_user(u: &crate::catalog::User) -> Result<Statement> {
+    Ok(dml(
+        "INSERT OR REPLACE INTO _cairn_users (name, def) VALUES (?1, ?2)",
+        vec![Value::Text(u.name.to_lowercase()), json(u)?],
+    ))
+}
+
+pub fn delete_user(name: &str) -> Statement {
+    dml(
+        "DELETE FROM _cairn_users WHERE name = ?1",
+        vec![Value::Text(name.to_lowercase())],
+    )
+}
+
 pub fn put_setting(key: &str, value: &str) -> Statement {
     dml(
         "INSERT OR REPLACE INTO _cairn_settings (key, value) VALUES (?1, ?2)",

@@ -34,7 +34,22 @@ pub const META_SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS _cairn_settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS _cairn_retired (id INTEGER PRIMARY KEY);
     CREATE TABLE IF NOT EXISTS _cairn_objects (key TEXT PRIMARY KEY, def TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS _cairn_users (name TEXT PRIMARY KEY, def TEXT NOT NULL);
 ";
+
+/// A user who logs in with a password (SCRAM-SHA-256), with the built-in roles granted to
+/// it. Once the catalog has one user, every PostgreSQL client must log in as one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    /// `admin`, `readwrite`, `readonly`.
+    #[serde(default)]
+    pub roles: BTreeSet<String>,
+    /// SCRAM's salt and salted password (PBKDF2-HMAC-SHA-256 of the password), hex.
+    pub salt: String,
+    pub salted_password: String,
+    pub iterations: u32,
+}
 
 /// A schema object that holds no rows of its own: views, sequences, comments. Kept in
 /// `_cairn_objects` by [`Object::key`].
@@ -483,6 +498,8 @@ pub struct Catalog {
     pub retired: BTreeSet<ShardId>,
     /// Views, sequences and comments, by [`Object::key`].
     pub objects: BTreeMap<String, Object>,
+    /// Users, by lower-case name.
+    pub users: BTreeMap<String, User>,
     /// Why the newest catalog did not load (a bug, corruption, or a definition written by a
     /// newer version): this is then the last one that did, and the node serves no statement
     /// from it until a later change loads (`Catalog::usable`).
@@ -553,6 +570,9 @@ impl Catalog {
         }
         for (key, o) in load_rows::<String, Object>(conn, "_cairn_objects", |r| r.get(0))? {
             c.objects.insert(key, o);
+        }
+        for (name, u) in load_rows::<String, User>(conn, "_cairn_users", |r| r.get(0))? {
+            c.users.insert(name, u);
         }
         let mut stmt = conn.prepare("SELECT id FROM _cairn_retired")?;
         let mut rows = stmt.query([])?;

@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one node.
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// Run a local cluster for development and print how to connect.
     Dev(dev::DevArgs),
     /// Measure throughput and latency.
@@ -152,6 +152,11 @@ pub struct StartArgs {
     /// (SSLRequest) and HTTPS for clients, mutual TLS between nodes.
     #[arg(long, env = "CAIRN_CERTS_DIR")]
     pub certs_dir: Option<PathBuf>,
+    /// A file holding the password of a new cluster's first user, `admin` (role admin):
+    /// with it, PostgreSQL clients must log in (SCRAM-SHA-256). Read when the cluster is
+    /// created; ignored when joining or restarting. CAIRN_INIT_PASSWORD gives it directly.
+    #[arg(long, env = "CAIRN_INIT_PASSWORD_FILE")]
+    pub init_password_file: Option<PathBuf>,
     /// Listen on addresses other machines can reach although Cairn has no TLS and no
     /// passwords yet: anyone who reaches a port can read and write everything. Without it
     /// a node listens on loopback addresses only.
@@ -242,6 +247,25 @@ pub fn init_logging() {
         .init();
 }
 
+/// The first user's password, from `--init-password-file` or CAIRN_INIT_PASSWORD (one line;
+/// the line's end is not part of it).
+fn init_password(args: &StartArgs) -> anyhow::Result<Option<String>> {
+    let text = match (
+        &args.init_password_file,
+        std::env::var("CAIRN_INIT_PASSWORD"),
+    ) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--init-password-file {}: {e}", path.display()))?,
+        (None, Ok(text)) => text,
+        (None, Err(_)) => return Ok(None),
+    };
+    let password = text.trim_end_matches(['\r', '\n']).to_string();
+    if password.is_empty() {
+        anyhow::bail!("the initial password is empty");
+    }
+    Ok(Some(password))
+}
+
 /// Refuse to listen beyond this machine unless told `--insecure`: nothing on these ports
 /// asks who is connecting.
 fn check_exposure(args: &StartArgs) -> anyhow::Result<()> {
@@ -278,6 +302,7 @@ fn check_exposure(args: &StartArgs) -> anyhow::Result<()> {
 
 pub async fn start(args: StartArgs) -> anyhow::Result<()> {
     check_exposure(&args)?;
+    let init_password = init_password(&args)?;
     let config = NodeConfig {
         data_dir: args.data_dir,
         pg_addr: args.pg_addr,
@@ -304,6 +329,7 @@ pub async fn start(args: StartArgs) -> anyhow::Result<()> {
         ftp_passive_ports: args.ftp_passive_ports,
         dev_supervisor: args.dev_supervisor,
         advertise: args.advertise_addr,
+        init_password,
         tls: match &args.certs_dir {
             Some(dir) => Some(crate::tls::Tls::load(dir)?),
             None => None,
@@ -362,7 +388,7 @@ pub fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         match cli.command {
-            Command::Start(args) => start(args).await,
+            Command::Start(args) => start(*args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Slt(args) => slt::run(args).await,
             Command::Watch(args) => watch::run(args).await,

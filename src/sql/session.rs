@@ -92,6 +92,7 @@ impl Engine {
             in_flight: false,
             cache_fill: false,
             sequence_values: Default::default(),
+            user: None,
         }
     }
 
@@ -295,6 +296,8 @@ pub struct Session {
     cache_fill: bool,
     /// This session's last sequence values (currval, lastval).
     sequence_values: super::sequences::SessionValues,
+    /// The user it logged in as (none: the cluster has no users, nothing is checked).
+    user: Option<String>,
 }
 
 fn failed_txn() -> Error {
@@ -569,6 +572,7 @@ impl Session {
         {
             return Err(failed_txn());
         }
+        self.permitted(&t.kind, &t.tag)?;
         let started = Instant::now();
         let result = self.execute_inner(t, params).await;
         let kind = match &t.kind {
@@ -904,8 +908,155 @@ impl Session {
         Ok(merge(results))
     }
 
+    /// From now on, statements run as `user`, with the roles the catalog gives it at each.
+    pub fn log_in(&mut self, user: &str) {
+        self.user = Some(user.to_lowercase());
+    }
+
+    /// Refuse (42501) a statement the logged-in user's roles do not allow.
+    fn permitted(&self, kind: &Kind, tag: &str) -> Result<()> {
+        use crate::auth::Need;
+        fn need(kind: &Kind) -> Option<Need> {
+            match kind {
+                Kind::Read | Kind::Explain(_) | Kind::Show { .. } | Kind::CopyOut(_) => {
+                    Some(Need::Read)
+                }
+                Kind::Write | Kind::CopyIn(_) => Some(Need::Write),
+                Kind::Ddl(_) | Kind::Users(_) => Some(Need::Admin),
+                Kind::Several(parts) => parts.iter().filter_map(|p| need(&p.kind)).max(),
+                Kind::Begin
+                | Kind::Commit
+                | Kind::Rollback
+                | Kind::Set { .. }
+                | Kind::Noop
+                | Kind::Savepoint(..) => None,
+            }
+        }
+        let Some(user) = &self.user else {
+            return Ok(());
+        };
+        let Some(need) = need(kind) else {
+            return Ok(());
+        };
+        let roles = self
+            .engine
+            .cluster
+            .catalog()
+            .users
+            .get(user)
+            .map(|u| u.roles.clone())
+            .unwrap_or_default();
+        crate::auth::Grants {
+            user: Some(user.clone()),
+            roles,
+        }
+        .check(need, tag)
+    }
+
+    /// `CREATE|ALTER|DROP ROLE`, `GRANT|REVOKE role`: written to the catalog at once.
+    async fn users(&mut self, action: &translate::UserAction, tag: &str) -> Result<Output> {
+        use crate::catalog::meta;
+        use translate::UserAction;
+        if self.txn.is_some() {
+            return Err(Error::sql(
+                sqlstate::ACTIVE_SQL_TRANSACTION,
+                format!("{tag} cannot run inside a transaction block"),
+            ));
+        }
+        let catalog = self.engine.cluster.catalog();
+        let known = |name: &str| {
+            catalog.users.get(name).cloned().ok_or_else(|| {
+                Error::sql(
+                    sqlstate::UNDEFINED_OBJECT,
+                    format!("role \"{name}\" does not exist"),
+                )
+            })
+        };
+        let mut writes = Vec::new();
+        match action {
+            UserAction::Create {
+                name,
+                password,
+                roles,
+                if_not_exists,
+            } => {
+                if catalog.users.contains_key(name) {
+                    if *if_not_exists {
+                        return Ok(Output {
+                            notice: Some(format!("role \"{name}\" already exists, skipping")),
+                            ..Output::command(tag, TxnEvent::None)
+                        });
+                    }
+                    return Err(Error::sql(
+                        sqlstate::DUPLICATE_OBJECT,
+                        format!("role \"{name}\" already exists"),
+                    ));
+                }
+                let Some(password) = password else {
+                    return Err(Error::sql(
+                        sqlstate::INVALID_PARAMETER_VALUE,
+                        format!("role \"{name}\" needs a PASSWORD to log in"),
+                    ));
+                };
+                let roles = roles
+                    .iter()
+                    .map(|r| crate::auth::valid_role(r))
+                    .collect::<Result<_>>()?;
+                writes.push(meta::put_user(&crate::auth::user(name, password, roles)?)?);
+            }
+            UserAction::Password { name, password } => {
+                let old = known(name)?;
+                let new = crate::auth::user(name, password, old.roles)?;
+                writes.push(meta::put_user(&new)?);
+            }
+            UserAction::Drop { names, if_exists } => {
+                for name in names {
+                    if self.user.as_deref() == Some(name.as_str()) {
+                        return Err(Error::sql(
+                            sqlstate::OBJECT_IN_USE,
+                            "current user cannot be dropped",
+                        ));
+                    }
+                    match known(name) {
+                        Ok(_) => writes.push(meta::delete_user(name)),
+                        Err(_) if *if_exists => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            UserAction::Grant {
+                roles,
+                users,
+                revoke,
+            } => {
+                let roles: Vec<String> = roles
+                    .iter()
+                    .map(|r| crate::auth::valid_role(r))
+                    .collect::<Result<_>>()?;
+                for name in users {
+                    let mut user = known(name)?;
+                    for role in &roles {
+                        if *revoke {
+                            user.roles.remove(role);
+                        } else {
+                            user.roles.insert(role.clone());
+                        }
+                    }
+                    writes.push(meta::put_user(&user)?);
+                }
+            }
+        }
+        for write in writes {
+            self.engine.cluster.write(ShardId::META, write).await?;
+        }
+        // This node's catalog has it before the statement answers.
+        self.engine.cluster.sync(ShardId::META).await?;
+        Ok(Output::command(tag, TxnEvent::None))
+    }
+
     async fn execute_inner(&mut self, t: &Translated, params: Vec<Value>) -> Result<Output> {
         match &t.kind {
+            Kind::Users(action) => self.users(action, &t.tag).await,
             Kind::Begin => {
                 let mut out = Output::command("BEGIN", TxnEvent::Started);
                 if self.txn.is_some() {

@@ -50,6 +50,210 @@ pub enum Kind {
     CopyIn(Box<CopyIn>),
     /// `COPY table [(columns)] | (query) TO STDOUT`: the query's rows as copy data.
     CopyOut(Box<CopyOut>),
+    /// `CREATE|ALTER|DROP ROLE|USER`, `GRANT|REVOKE role`: the catalog's users.
+    Users(UserAction),
+}
+
+/// A change to the catalog's users (`crate::auth`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum UserAction {
+    Create {
+        name: String,
+        password: Option<String>,
+        roles: Vec<String>,
+        if_not_exists: bool,
+    },
+    Password {
+        name: String,
+        password: String,
+    },
+    Drop {
+        names: Vec<String>,
+        if_exists: bool,
+    },
+    Grant {
+        roles: Vec<String>,
+        users: Vec<String>,
+        revoke: bool,
+    },
+}
+
+/// A role or user statement as a [`UserAction`], if `stmt` is one.
+fn user_action(stmt: &Statement) -> Result<Option<(UserAction, &'static str)>> {
+    use sqlparser::ast::{Action, GranteeName, Password, Privileges, RoleOption};
+    let password = |p: &Password| -> Result<Option<String>> {
+        match p {
+            Password::NullPassword => Ok(None),
+            Password::Password(Expr::Value(v)) => match &v.value {
+                sqlparser::ast::Value::SingleQuotedString(s) => Ok(Some(s.clone())),
+                _ => Err(Error::sql(sqlstate::SYNTAX_ERROR, "a password is a string")),
+            },
+            Password::Password(_) => {
+                Err(Error::sql(sqlstate::SYNTAX_ERROR, "a password is a string"))
+            }
+        }
+    };
+    let roles_of = |privileges: &Privileges| -> Option<Vec<String>> {
+        match privileges {
+            Privileges::Actions(actions) => actions
+                .iter()
+                .map(|a| match a {
+                    Action::Role { role } => Some(object_name(role).to_lowercase()),
+                    _ => None,
+                })
+                .collect(),
+            _ => None,
+        }
+    };
+    let names_of = |grantees: &[sqlparser::ast::Grantee]| -> Vec<String> {
+        grantees
+            .iter()
+            .filter_map(|g| match &g.name {
+                Some(GranteeName::ObjectName(n)) => Some(object_name(n)),
+                _ => None,
+            })
+            .collect()
+    };
+    Ok(Some(match stmt {
+        Statement::CreateRole(create) => {
+            let name = match create.names.as_slice() {
+                [one] => object_name(one),
+                _ => return Err(Error::unsupported("CREATE ROLE of several roles at once")),
+            };
+            let password = match &create.password {
+                Some(p) => password(p)?,
+                None => None,
+            };
+            let roles = create
+                .in_role
+                .iter()
+                .chain(&create.in_group)
+                .map(|r| r.value.to_lowercase())
+                .collect();
+            (
+                UserAction::Create {
+                    name,
+                    password,
+                    roles,
+                    if_not_exists: create.if_not_exists,
+                },
+                "CREATE ROLE",
+            )
+        }
+        Statement::AlterRole {
+            name,
+            operation: sqlparser::ast::AlterRoleOperation::WithOptions { options },
+        } => {
+            let mut new = None;
+            for option in options {
+                match option {
+                    RoleOption::Password(p) => new = password(p)?,
+                    RoleOption::Login(true) => {}
+                    other => return Err(Error::unsupported(format!("ALTER ROLE ... {other}"))),
+                }
+            }
+            let Some(password) = new else {
+                return Err(Error::unsupported("ALTER ROLE without a new PASSWORD"));
+            };
+            (
+                UserAction::Password {
+                    name: name.value.to_lowercase(),
+                    password,
+                },
+                "ALTER ROLE",
+            )
+        }
+        Statement::Drop {
+            object_type: ObjectType::Role | ObjectType::User,
+            if_exists,
+            names,
+            ..
+        } => (
+            UserAction::Drop {
+                names: names.iter().map(object_name).collect(),
+                if_exists: *if_exists,
+            },
+            "DROP ROLE",
+        ),
+        Statement::Grant(grant) if grant.objects.is_none() => {
+            let Some(roles) = roles_of(&grant.privileges) else {
+                return Ok(None);
+            };
+            (
+                UserAction::Grant {
+                    roles,
+                    users: names_of(&grant.grantees),
+                    revoke: false,
+                },
+                "GRANT ROLE",
+            )
+        }
+        Statement::Revoke(revoke) if revoke.objects.is_none() => {
+            let Some(roles) = roles_of(&revoke.privileges) else {
+                return Ok(None);
+            };
+            (
+                UserAction::Grant {
+                    roles,
+                    users: names_of(&revoke.grantees),
+                    revoke: true,
+                },
+                "REVOKE ROLE",
+            )
+        }
+        _ => return Ok(None),
+    }))
+}
+
+/// PostgreSQL grants a role with `GRANT readonly TO ann`; sqlparser reads role grants as
+/// `GRANT ROLE readonly TO ann`: put the ROLE in where a built-in role's name follows GRANT
+/// or REVOKE. (`CREATE USER` is `CREATE ROLE ... LOGIN` to PostgreSQL and is read as that.)
+fn role_grants(tokens: &mut Vec<sqlparser::tokenizer::TokenWithSpan>) {
+    use sqlparser::keywords::Keyword as K;
+    use sqlparser::tokenizer::{Token, TokenWithSpan, Whitespace};
+    let mut i = 0;
+    while i < tokens.len() {
+        let is = |t: &TokenWithSpan, k: K| matches!(&t.token, Token::Word(w) if w.keyword == k);
+        if is(&tokens[i], K::GRANT) || is(&tokens[i], K::REVOKE) {
+            let next =
+                (i + 1..tokens.len()).find(|j| !matches!(tokens[*j].token, Token::Whitespace(_)));
+            let names_role = next.is_some_and(|j| {
+                matches!(&tokens[j].token, Token::Word(w)
+                    if crate::auth::ROLES.contains(&w.value.to_lowercase().as_str()) && w.quote_style.is_none())
+            });
+            if names_role {
+                tokens.insert(
+                    i + 1,
+                    TokenWithSpan::wrap(Token::Whitespace(Whitespace::Space)),
+                );
+                tokens.insert(i + 1, TokenWithSpan::wrap(Token::make_keyword("ROLE")));
+                tokens.insert(
+                    i + 1,
+                    TokenWithSpan::wrap(Token::Whitespace(Whitespace::Space)),
+                );
+            }
+        }
+        i += 1;
+    }
+}
+
+/// `CREATE USER` is PostgreSQL's `CREATE ROLE ... LOGIN`; sqlparser reads the former as
+/// Snowflake's: make it the latter.
+fn create_user_as_role(tokens: &mut [sqlparser::tokenizer::TokenWithSpan]) {
+    use sqlparser::keywords::Keyword as K;
+    use sqlparser::tokenizer::Token;
+    let significant: Vec<usize> = (0..tokens.len())
+        .filter(|j| !matches!(tokens[*j].token, Token::Whitespace(_)))
+        .collect();
+    for pair in significant.windows(2) {
+        let kw = |j: usize| match &tokens[j].token {
+            Token::Word(w) => Some(w.keyword),
+            _ => None,
+        };
+        if kw(pair[0]) == Some(K::CREATE) && kw(pair[1]) == Some(K::USER) {
+            tokens[pair[1]].token = Token::make_keyword("ROLE");
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -304,6 +508,8 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
     check_operator_runs(&tokens)?;
     let mut tokens = tokens;
     sequence_options_in_order(&mut tokens);
+    role_grants(&mut tokens);
+    create_user_as_role(&mut tokens);
     Parser::new(&PostgreSqlDialect {})
         .with_recursion_limit(200)
         .with_tokens_with_locations(tokens)
@@ -2060,6 +2266,9 @@ pub fn translate(
     if let Some(action) = distribution_call(&stmt)? {
         let tag = "SELECT 1";
         return Ok(ddl(action, tag));
+    }
+    if let Some((action, tag)) = user_action(&stmt)? {
+        return Ok(session(Kind::Users(action), tag));
     }
     match &mut stmt {
         Statement::Query(q) => {

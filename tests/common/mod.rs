@@ -38,6 +38,7 @@ pub fn config(dir: &Path, pg: SocketAddr, http: SocketAddr) -> NodeConfig {
         dev_supervisor: None,
         advertise: None,
         tls: None,
+        init_password: None,
     }
 }
 
