@@ -196,6 +196,12 @@ async fn users_log_in_with_scram_and_do_what_their_roles_allow() {
     );
     let own = admin.batch_execute("DROP USER admin").await.unwrap_err();
     assert_eq!(code(own), "55006");
+    // The last admin keeps its role: nobody could manage users or the schema otherwise.
+    let last = admin
+        .batch_execute("REVOKE admin FROM admin")
+        .await
+        .unwrap_err();
+    assert_eq!(code(last), "55000");
 
     // HTTP: Basic credentials, the same users and roles; /health stays open.
     let http1 = cluster.nodes[0].http;
@@ -333,4 +339,25 @@ fn garbage_and_truncated_scram_exchanges_never_take_a_node_down() {
         let c = login_soon(node.pg, "admin", ADMIN_PASSWORD).await;
         c.simple_query("SELECT 1").await.unwrap();
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_user_of_an_open_cluster_must_be_an_admin_and_logins_start_with_it() {
+    let node = common::TestNode::start().await;
+    let open = node.client().await;
+    let e = open
+        .batch_execute("CREATE USER ann PASSWORD 'pw'")
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), "55000");
+    open.batch_execute("CREATE USER boss PASSWORD 'pw' IN ROLE admin")
+        .await
+        .unwrap();
+    // New connections log in from now on.
+    assert_eq!(
+        login(node.pg, "boss", "wrong").await.err().as_deref(),
+        Some("28P01")
+    );
+    let boss = login_soon(node.pg, "boss", "pw").await;
+    boss.simple_query("SELECT 1").await.unwrap();
 }

@@ -972,6 +972,8 @@ impl Session {
                 )
             })
         };
+        // The users once this statement is done, and the writes that make them so.
+        let mut after = catalog.users.clone();
         let mut writes = Vec::new();
         match action {
             UserAction::Create {
@@ -1002,12 +1004,15 @@ impl Session {
                     .iter()
                     .map(|r| crate::auth::valid_role(r))
                     .collect::<Result<_>>()?;
-                writes.push(meta::put_user(&crate::auth::user(name, password, roles)?)?);
+                let user = crate::auth::user(name, password, roles)?;
+                writes.push(meta::put_user(&user)?);
+                after.insert(user.name.clone(), user);
             }
             UserAction::Password { name, password } => {
                 let old = known(name)?;
                 let new = crate::auth::user(name, password, old.roles)?;
                 writes.push(meta::put_user(&new)?);
+                after.insert(new.name.clone(), new);
             }
             UserAction::Drop { names, if_exists } => {
                 for name in names {
@@ -1018,7 +1023,10 @@ impl Session {
                         ));
                     }
                     match known(name) {
-                        Ok(_) => writes.push(meta::delete_user(name)),
+                        Ok(_) => {
+                            writes.push(meta::delete_user(name));
+                            after.remove(name);
+                        }
                         Err(_) if *if_exists => {}
                         Err(e) => return Err(e),
                     }
@@ -1043,8 +1051,24 @@ impl Session {
                         }
                     }
                     writes.push(meta::put_user(&user)?);
+                    after.insert(user.name.clone(), user);
                 }
             }
+        }
+        // Logins stay possible for someone who can manage them: never no admin among users,
+        // and never no users once there were some (that would open the cluster to anyone).
+        let admins = after.values().filter(|u| u.roles.contains("admin")).count();
+        if (!after.is_empty() || !catalog.users.is_empty()) && admins == 0 {
+            return Err(Error::sql(
+                sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                if after.is_empty() {
+                    "that would leave the cluster without users, open to anyone who connects; \
+                     keep at least one user with the admin role"
+                } else {
+                    "that would leave no user with the admin role, and nobody able to change \
+                     users or the schema again; the first user needs it too (... IN ROLE admin)"
+                },
+            ));
         }
         for write in writes {
             self.engine.cluster.write(ShardId::META, write).await?;
