@@ -28,6 +28,24 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// Whether the tools a test drives are here; says it skips when not (required by `.ci/run`).
+fn have(programs: &[&str]) -> bool {
+    let missing: Vec<&str> = programs
+        .iter()
+        .copied()
+        .filter(|p| Command::new(p).arg("--version").output().is_err())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CAIRN_REQUIRE_PSQL").is_none(),
+        "{missing:?} required here but not installed"
+    );
+    eprintln!("skipped: {missing:?} not installed");
+    false
+}
+
 fn docker_usable() -> bool {
     let ok = |program: &str, args: &[&str]| {
         Command::new(program)
@@ -229,12 +247,7 @@ fn a_compose_cluster_keeps_writing_while_a_container_dies_and_returns_with_a_new
     if !docker_usable() {
         return;
     }
-    if Command::new("psql").arg("--version").output().is_err() {
-        assert!(
-            std::env::var_os("CAIRN_REQUIRE_PSQL").is_none(),
-            "psql is required here but not installed"
-        );
-        eprintln!("skipped: psql is not installed");
+    if !have(&["psql"]) {
         return;
     }
     let project = format!("cairntest{}", std::process::id());
@@ -614,12 +627,7 @@ fn nodes_on_three_network_namespaces_lose_a_link_keep_writing_and_converge() {
             return;
         }
     };
-    if Command::new("psql").arg("--version").output().is_err() {
-        assert!(
-            std::env::var_os("CAIRN_REQUIRE_PSQL").is_none(),
-            "psql is required here"
-        );
-        eprintln!("skipped: psql is not installed");
+    if !have(&["psql"]) {
         return;
     }
     for i in 1..=3 {
@@ -762,13 +770,7 @@ fn psql_with(port: u16, options: &str, sql: &str) -> Result<String, String> {
 
 #[test]
 fn tls_serves_psql_and_https_with_the_cluster_ca_and_keeps_another_cas_node_out() {
-    let has = |program: &str| Command::new(program).arg("--version").output().is_ok();
-    if !has("psql") || !has("curl") {
-        assert!(
-            std::env::var_os("CAIRN_REQUIRE_PSQL").is_none(),
-            "psql and curl are required here"
-        );
-        eprintln!("skipped: psql or curl is not installed");
+    if !have(&["psql", "curl"]) {
         return;
     }
     let dirs = tempfile::tempdir().unwrap();
