@@ -413,30 +413,21 @@ fn a_node_refuses_to_listen_beyond_loopback_unless_told_insecure() {
         "{err}"
     );
     // --insecure lets it listen there, but every interface is no address for others.
-    let err = start_refused(
-        &[
-            "--insecure",
-            "--cluster-addr",
-            &every(cluster),
-            "--pg-addr",
-            &pg.to_string(),
-            "--http-addr",
-            &http.to_string(),
-        ],
-        &[],
-    );
+    let (every_cluster, pg, http) = (every(cluster), pg.to_string(), http.to_string());
+    let insecure = [
+        "--insecure",
+        "--cluster-addr",
+        &every_cluster,
+        "--pg-addr",
+        &pg,
+        "--http-addr",
+        &http,
+    ];
+    let err = start_refused(&insecure, &[]);
     assert!(err.contains("give --advertise-addr"), "{err}");
     // An advertised name that does not resolve is said at once.
     let err = start_refused(
-        &[
-            "--insecure",
-            "--cluster-addr",
-            &every(cluster),
-            "--pg-addr",
-            &pg.to_string(),
-            "--http-addr",
-            &http.to_string(),
-        ],
+        &insecure,
         &[("CAIRN_ADVERTISE_ADDR", "no-such-host.invalid")],
     );
     assert!(

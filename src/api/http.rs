@@ -707,9 +707,20 @@ async fn authenticate(
     if catalog.users.is_empty() || path == "/health" {
         return next.run(req).await;
     }
-    let user = basic_credentials(req.headers())
-        .filter(|(user, password)| crate::auth::verify(&catalog, user, password))
-        .map(|(user, _)| user.to_lowercase());
+    // A key derivation takes milliseconds of CPU: off the async workers, so a burst of
+    // logins (or of wrong passwords, never cached) does not stall running requests.
+    let user = match basic_credentials(req.headers()) {
+        Some((user, password)) => {
+            let catalog = catalog.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::auth::verify(&catalog, &user, &password).then(|| user.to_lowercase())
+            })
+            .await
+            .ok()
+            .flatten()
+        }
+        None => None,
+    };
     let Some(user) = user else {
         let mut response = ApiError {
             status: StatusCode::UNAUTHORIZED,

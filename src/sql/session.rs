@@ -954,16 +954,47 @@ impl Session {
     }
 
     /// `CREATE|ALTER|DROP ROLE`, `GRANT|REVOKE role`: written to the catalog at once.
+    /// In one meta transaction, which holds the meta writer from the check to the commit:
+    /// two admins revoking each other at once cannot both pass the "an admin remains" check.
     async fn users(&mut self, action: &translate::UserAction, tag: &str) -> Result<Output> {
-        use crate::catalog::meta;
-        use translate::UserAction;
         if self.txn.is_some() {
             return Err(Error::sql(
                 sqlstate::ACTIVE_SQL_TRANSACTION,
                 format!("{tag} cannot run inside a transaction block"),
             ));
         }
-        let catalog = self.engine.cluster.catalog();
+        let cluster = self.engine.cluster.clone();
+        let mt = MetaTxn::begin(&cluster).await?;
+        let planned = self.user_changes(action, &mt.catalog());
+        let (writes, notice) = match planned {
+            Ok(p) => p,
+            Err(e) => {
+                mt.rollback().await;
+                return Err(e);
+            }
+        };
+        for write in writes {
+            if let Err(e) = mt.exec(write).await {
+                mt.rollback().await;
+                return Err(e);
+            }
+        }
+        // Commit also catches this node's catalog up before the statement answers.
+        mt.commit().await?;
+        Ok(Output {
+            notice,
+            ..Output::command(tag, TxnEvent::None)
+        })
+    }
+
+    /// The catalog writes `action` makes on `catalog`, and a notice if it makes none.
+    fn user_changes(
+        &self,
+        action: &translate::UserAction,
+        catalog: &crate::catalog::Catalog,
+    ) -> Result<(Vec<crate::storage::replica::Statement>, Option<String>)> {
+        use crate::catalog::meta;
+        use translate::UserAction;
         let known = |name: &str| {
             catalog.users.get(name).cloned().ok_or_else(|| {
                 Error::sql(
@@ -984,10 +1015,8 @@ impl Session {
             } => {
                 if catalog.users.contains_key(name) {
                     if *if_not_exists {
-                        return Ok(Output {
-                            notice: Some(format!("role \"{name}\" already exists, skipping")),
-                            ..Output::command(tag, TxnEvent::None)
-                        });
+                        let notice = format!("role \"{name}\" already exists, skipping");
+                        return Ok((Vec::new(), Some(notice)));
                     }
                     return Err(Error::sql(
                         sqlstate::DUPLICATE_OBJECT,
@@ -1070,12 +1099,7 @@ impl Session {
                 },
             ));
         }
-        for write in writes {
-            self.engine.cluster.write(ShardId::META, write).await?;
-        }
-        // This node's catalog has it before the statement answers.
-        self.engine.cluster.sync(ShardId::META).await?;
-        Ok(Output::command(tag, TxnEvent::None))
+        Ok((writes, None))
     }
 
     async fn execute_inner(&mut self, t: &Translated, params: Vec<Value>) -> Result<Output> {
